@@ -1,0 +1,72 @@
+/**
+ * Loads the data set named on the command line (or the embedded synthetic one) and maps it
+ * onto a checkpoint's vocabulary when evaluating.
+ *
+ * @module
+ */
+import { readDataset, syntheticDataset } from "../lib/data/mod.ts";
+import type { SequenceDataset } from "../lib/data/types.ts";
+
+/** How a data set was obtained; stored in checkpoints so `eval` can rebuild it. */
+export type DataSpec =
+  | { kind: "synthetic"; seed: number }
+  | {
+    kind: "file";
+    path: string;
+    format?: "lines" | "recbole" | "movielens";
+    kCore?: number;
+    categories?: string;
+    minRating?: number;
+  };
+
+/** Reads or generates the data set a {@linkcode DataSpec} describes. */
+export async function loadData(spec: DataSpec): Promise<SequenceDataset> {
+  if (spec.kind === "synthetic") return syntheticDataset({ seed: spec.seed });
+  const { path, ...options } = spec;
+  return await readDataset(path, options);
+}
+
+/**
+ * Re-expresses `dataset` in a checkpoint's item vocabulary (`itemTokens[i]` is the token of
+ * dense id i). Files are remapped by token, so a reordered file still evaluates
+ * correctly; an item the checkpoint never saw is a `RangeError` naming it and the user.
+ */
+export function alignToVocabulary(
+  dataset: SequenceDataset,
+  itemTokens: string[],
+  source: string,
+): SequenceDataset {
+  const same = dataset.vocab.items.length === itemTokens.length &&
+    dataset.vocab.items.every((t, i) => t === itemTokens[i]);
+  if (same) return dataset;
+  const index = new Map(itemTokens.map((t, i) => [t, i]));
+  const sequences = dataset.sequences.map((seq, u) =>
+    Int32Array.from(seq, (id) => {
+      const token = dataset.vocab.items[id];
+      const mapped = index.get(token);
+      if (mapped === undefined || mapped === 0) {
+        throw new RangeError(
+          `${source}: item "${token}" of user "${
+            dataset.vocab.users[u]
+          }" is not in the checkpoint's vocabulary of ${itemTokens.length - 1} items`,
+        );
+      }
+      return mapped;
+    })
+  );
+  let categories: Int32Array[] | undefined;
+  if (dataset.categories) {
+    const own = new Map(dataset.vocab.items.map((t, i) => [t, i]));
+    categories = itemTokens.map((t) => {
+      const id = own.get(t) ?? 0;
+      return id > 0 ? dataset.categories![id] : new Int32Array(0);
+    });
+  }
+  return {
+    ...dataset,
+    vocab: { users: dataset.vocab.users, items: itemTokens },
+    numItems: itemTokens.length - 1,
+    sequences,
+    categories,
+  };
+}

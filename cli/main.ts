@@ -1,0 +1,273 @@
+/**
+ * The command line: `train` and `eval`.
+ *
+ * ```sh
+ * deno task train --model sasrec --data ../shared/data/Office_Products.txt --out runs/office
+ * deno task eval --checkpoint runs/office/checkpoint
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "./_args.ts";
+import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import { leaveOneOut } from "../lib/data/mod.ts";
+import { modelEntry, MODELS } from "../lib/models/mod.ts";
+import { readCheckpoint } from "../lib/train/checkpoint.ts";
+import { evaluateModel, TRAIN_DEFAULTS, train } from "../lib/train/trainer.ts";
+import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
+
+const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** Training flags: name -> [TrainOptions field, help]. */
+const TRAIN_FLAGS: Record<string, [keyof typeof TRAIN_DEFAULTS, string]> = {
+  "epochs": ["epochs", "most epochs to run"],
+  "patience": ["patience", "stop after this many epochs without better valid recall@20 (paper 100)"],
+  "batch-size": ["batchSize", "sequences per training batch (paper 256)"],
+  "eval-batch-size": ["evalBatchSize", "histories per evaluation batch (results do not depend on it)"],
+  "lr": ["learningRate", "Adam learning rate (paper 1e-3)"],
+  "seed": ["seed", "seed of initialisation, batching and every random draw"],
+  "eval-every": ["evalEvery", "validate every this many epochs"],
+};
+
+function usage(): string {
+  const lines = [
+    "Usage:",
+    "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
+    "  deno task eval --checkpoint DIR [--data FILE] [--backend B] [--split test|valid]",
+    "",
+    "Data:",
+    "  --data FILE         sequence lines (.txt), RecBole (.inter) or MovieLens ratings (.dat);",
+    "                      default: the embedded synthetic data set",
+    "  --format F          lines | recbole | movielens (default: from the extension)",
+    "  --categories FILE   item categories (JSON item -> [category] or lines), for diversity",
+    "  --k-core K          apply K-core filtering first (default 0: none)",
+    "  --min-rating R      MovieLens: keep ratings >= R (default 4)",
+    "Run:",
+    `  --model M           ${Object.keys(MODELS).join(" | ")} (default sasrec)`,
+    "  --out DIR           write DIR/metrics.json, DIR/log.jsonl, DIR/checkpoint/ (default runs/<model>)",
+    "  --backend B         auto | webgpu | wasm | cpu (default auto)",
+    "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
+    "Training:",
+  ];
+  for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
+    lines.push(`  --${flag.padEnd(18)}${help} (default ${TRAIN_DEFAULTS[field]})`);
+  }
+  for (const [name, entry] of Object.entries(MODELS)) {
+    lines.push(`Model ${name}:`);
+    for (const [field, help] of Object.entries(entry.help)) {
+      if (field === "seed") continue;
+      lines.push(`  --${kebab(field).padEnd(18)}${help} (default ${entry.defaults[field]})`);
+    }
+  }
+  return lines.join("\n");
+}
+
+function numberFlag(flag: string, text: string): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value)) {
+    throw new RangeError(`--${flag} must be a number, got "${text}"`);
+  }
+  return value;
+}
+
+function progressWriter(): (text: string) => void {
+  const encoder = new TextEncoder();
+  const tty = Deno.stderr.isTerminal();
+  return (text) => {
+    if (tty) {
+      Deno.stderr.writeSync(encoder.encode(text.startsWith("\r") ? `\r\x1b[K${text.slice(1)}` : text));
+    } else if (text.endsWith("\n")) {
+      // Logs in files get whole lines only: one per epoch.
+      Deno.stderr.writeSync(encoder.encode(text.replace(/^\r/, "")));
+    }
+  };
+}
+
+function allModelFlags(): string[] {
+  const flags = new Set<string>();
+  for (const entry of Object.values(MODELS)) {
+    for (const field of Object.keys(entry.defaults)) if (field !== "seed") flags.add(kebab(field));
+  }
+  return [...flags];
+}
+
+async function trainCommand(args: string[]): Promise<void> {
+  const stringFlags = [
+    "model", "data", "format", "categories", "k-core", "min-rating", "out", "backend",
+    ...Object.keys(TRAIN_FLAGS), ...allModelFlags(),
+  ];
+  const { values } = parseArgs({
+    args,
+    options: {
+      ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
+      "no-bucket": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  const v = values as Record<string, string | boolean | undefined>;
+  if (v.help) {
+    console.log(usage());
+    return;
+  }
+  const modelName = (v.model as string | undefined) ?? "sasrec";
+  const entry = modelEntry(modelName);
+  const options: Record<string, number | boolean> = {};
+  for (const [flag, [field]] of Object.entries(TRAIN_FLAGS)) {
+    if (typeof v[flag] === "string") options[field] = numberFlag(flag, v[flag] as string);
+  }
+  if (v["no-bucket"]) options.bucket = false;
+  const config: Record<string, unknown> = { seed: options.seed ?? TRAIN_DEFAULTS.seed };
+  for (const field of Object.keys(entry.defaults)) {
+    const flag = kebab(field);
+    if (field === "seed" || typeof v[flag] !== "string") continue;
+    const def = entry.defaults[field];
+    config[field] = typeof def === "number" ? numberFlag(flag, v[flag] as string) : v[flag];
+  }
+  for (const flag of allModelFlags()) {
+    if (typeof v[flag] === "string" && !(flag.replace(/-([a-z])/g, (_, c) => c.toUpperCase()) in entry.defaults)) {
+      throw new RangeError(`--${flag} is not an option of model ${modelName}`);
+    }
+  }
+  const spec: DataSpec = typeof v.data === "string"
+    ? {
+      kind: "file",
+      path: v.data,
+      format: v.format as "lines" | "recbole" | "movielens" | undefined,
+      kCore: typeof v["k-core"] === "string" ? numberFlag("k-core", v["k-core"]) : undefined,
+      categories: v.categories as string | undefined,
+      minRating: typeof v["min-rating"] === "string"
+        ? numberFlag("min-rating", v["min-rating"])
+        : undefined,
+    }
+    : { kind: "synthetic", seed: 42 };
+  const out = (v.out as string | undefined) ?? `runs/${modelName}`;
+  const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice);
+  console.error(`backend: ${backend.name} (${backend.reason})`);
+
+  const dataset = await loadData(spec);
+  const { split, skipped } = leaveOneOut(dataset);
+  const positions = split.train.reduce((n, s) => n + Math.max(0, s.length - 1), 0);
+  console.error(
+    `data: ${dataset.source}: ${dataset.sequences.length} users, ${dataset.numItems} items; ` +
+      `${split.test.length} evaluated, ${skipped} skipped (fewer than 3 items), ` +
+      `${positions} training positions`,
+  );
+  for (const note of dataset.report.notes) console.error(`data: ${note}`);
+  const model = entry.create({ ...config, numItems: dataset.numItems });
+  console.error(
+    `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${
+      JSON.stringify(model.config)
+    }`,
+  );
+  const result = await train(model, split, dataset.numItems, options, {
+    out,
+    checkpointInfo: { data: spec as Record<string, unknown>, itemTokens: dataset.vocab.items },
+    progress: progressWriter(),
+  });
+  const o = { ...TRAIN_DEFAULTS, ...options };
+  console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);
+  const test = await evaluateModel(
+    model,
+    split.test,
+    dataset.numItems,
+    o.evalBatchSize,
+    model.config.maxLength,
+    dataset.categories,
+  );
+  const metrics = {
+    model: model.name,
+    data: dataset.source,
+    backend: backend.name,
+    seed: o.seed,
+    protocol: {
+      split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
+      ranking: "full catalogue; history and padding excluded; ties pessimistic",
+      maxLength: model.config.maxLength,
+      users: split.test.length,
+      items: dataset.numItems,
+      selection: "best valid recall@20",
+      patience: o.patience,
+      stopped: result.stopped,
+    },
+    config: model.config,
+    train: o,
+    best_epoch: result.bestEpoch,
+    seconds: Math.round(result.seconds * 10) / 10,
+    valid: result.valid,
+    test,
+  };
+  await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
+  await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
+  console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
+  console.error(`wrote ${out}/metrics.json, ${out}/log.jsonl, ${out}/checkpoint/`);
+}
+
+async function evalCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      checkpoint: { type: "string" },
+      data: { type: "string" },
+      backend: { type: "string" },
+      split: { type: "string" },
+      "eval-batch-size": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage());
+    return;
+  }
+  if (!values.checkpoint) throw new TypeError("eval needs --checkpoint DIR");
+  const which = values.split ?? "test";
+  if (which !== "test" && which !== "valid") {
+    throw new RangeError(`--split must be "test" or "valid", got "${which}"`);
+  }
+  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice);
+  console.error(`backend: ${backend.name} (${backend.reason})`);
+  const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
+  let spec = meta.data as DataSpec;
+  if (values.data) spec = { kind: "file", path: values.data };
+  const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, JSON.stringify(spec));
+  const model = modelEntry(meta.model).create({
+    ...meta.config,
+    numItems: meta.itemTokens.length - 1,
+  });
+  model.params.assign(meta.params, weights, `${path}/model.json`);
+  const { split } = leaveOneOut(dataset);
+  const batchSize = values["eval-batch-size"]
+    ? numberFlag("eval-batch-size", values["eval-batch-size"])
+    : 256;
+  const metrics = await evaluateModel(
+    model,
+    which === "test" ? split.test : split.valid,
+    dataset.numItems,
+    batchSize,
+    model.config.maxLength,
+    dataset.categories,
+  );
+  console.log(JSON.stringify({ checkpoint: path, epoch: meta.epoch, split: which, metrics }, null, 1));
+}
+
+/** Runs the CLI with `args`; returns the process exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  try {
+    if (command === "train") await trainCommand(rest);
+    else if (command === "eval") await evalCommand(rest);
+    else {
+      console.error(usage());
+      return command === undefined || command === "--help" ? 0 : 2;
+    }
+    return 0;
+  } catch (e) {
+    const err = e as Error;
+    console.error(`error: ${err.message}`);
+    if (Deno.env.get("SIGMA_DEBUG")) console.error(err.stack);
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,43 @@
+/**
+ * The models, by name, behind one interface.
+ *
+ * @module
+ */
+import type { SequentialModel } from "./_model.ts";
+import { SASREC_DEFAULTS, SASREC_HELP, SasRec } from "./sasrec.ts";
+
+export type { SequentialModel } from "./_model.ts";
+export { stepSeeds } from "./_model.ts";
+export { SASREC_DEFAULTS, SASREC_HELP, SasRec, type SasRecConfig } from "./sasrec.ts";
+
+/** How to build a model by name: its defaults, their help text, and a constructor. */
+export interface ModelEntry {
+  /** Defaults of every config field except `numItems`. */
+  defaults: Record<string, number | string | boolean>;
+  /** One line of help per config field. */
+  help: Record<string, string>;
+  /** Builds the model from a full or partial config. */
+  create(config: Record<string, unknown> & { numItems: number }): SequentialModel & {
+    config: { maxLength: number };
+  };
+}
+
+/** Every model the CLI and checkpoints know, by `--model` name. */
+export const MODELS: Record<string, ModelEntry> = {
+  sasrec: {
+    defaults: SASREC_DEFAULTS as unknown as Record<string, number>,
+    help: SASREC_HELP,
+    create: (config) => new SasRec(config),
+  },
+};
+
+/** The model called `name`; throws a `RangeError` listing the known names otherwise. */
+export function modelEntry(name: string): ModelEntry {
+  const entry = MODELS[name];
+  if (!entry) {
+    throw new RangeError(
+      `Unknown model "${name}": expected one of ${Object.keys(MODELS).join(", ")}`,
+    );
+  }
+  return entry;
+}

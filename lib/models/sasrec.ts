@@ -1,0 +1,180 @@
+/**
+ * SASRec: self-attentive sequential recommendation (Kang and McAuley, 2018), trained with
+ * full softmax cross-entropy over the catalogue, as in the SIGMA paper's Table 2 baseline.
+ *
+ * Reads top to bottom: config with defaults, parameters, encoder, loss, scores.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { EvalBatch, TrainBatch } from "../data/types.ts";
+import {
+  causalPaddingMask,
+  createLayerNorm,
+  createTransformer,
+  dropout,
+  embeddingLookup,
+  fullSoftmaxCrossEntropy,
+  layerNorm,
+  matmul,
+  type SeedSource,
+  transformer,
+  type TransformerSettings,
+} from "../nn/layers.ts";
+import { ParamStore } from "../nn/params.ts";
+import type { SequentialModel } from "./_model.ts";
+
+/** SASRec's configuration. Defaults follow the SIGMA paper's shared settings (§4.1). */
+export interface SasRecConfig {
+  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
+  numItems: number;
+  /** Longest history the model reads; older items are dropped. Paper: 100. */
+  maxLength: number;
+  /** Embedding and hidden width d. Paper: 128 (useful range 32-256). */
+  hidden: number;
+  /** Attention heads; divides `hidden`. Paper: 4. */
+  heads: number;
+  /** Transformer blocks. RecBole's SASRec default: 2 (range 1-4). */
+  layers: number;
+  /** Feed-forward width. RecBole's SASRec default: 256. */
+  inner: number;
+  /** Dropout on embeddings and block outputs. Paper: 0.3 (range 0-0.5). */
+  dropout: number;
+  /** LayerNorm epsilon. Reference code: 1e-12. */
+  layerNormEps: number;
+  /** Standard deviation of the normal initialisation. Reference code: 0.02. */
+  initStd: number;
+  /** Seed of the initial parameters. */
+  seed: number;
+}
+
+/** Defaults for every {@linkcode SasRecConfig} field except `numItems`. */
+export const SASREC_DEFAULTS: Omit<SasRecConfig, "numItems"> = {
+  maxLength: 100,
+  hidden: 128,
+  heads: 4,
+  layers: 2,
+  inner: 256,
+  dropout: 0.3,
+  layerNormEps: 1e-12,
+  initStd: 0.02,
+  seed: 42,
+};
+
+/** One line per {@linkcode SasRecConfig} field, for `--help`. */
+export const SASREC_HELP: Record<keyof typeof SASREC_DEFAULTS, string> = {
+  maxLength: "longest history read; older items dropped (paper 100)",
+  hidden: "embedding and hidden width d (paper 128; 32-256)",
+  heads: "attention heads, divides hidden (paper 4)",
+  layers: "Transformer blocks (RecBole default 2; 1-4)",
+  inner: "feed-forward width (RecBole default 256)",
+  dropout: "dropout rate (paper 0.3; 0-0.5)",
+  layerNormEps: "LayerNorm epsilon (reference code 1e-12)",
+  initStd: "std of the normal initialisation (reference code 0.02)",
+  seed: "seed of the initial parameters (the CLI sets it from --seed)",
+};
+
+/** SASRec behind the {@linkcode SequentialModel} interface. */
+export class SasRec implements SequentialModel<SasRecConfig> {
+  /** Always `"sasrec"`. */
+  readonly name = "sasrec";
+  /** The full configuration. */
+  readonly config: SasRecConfig;
+  /** Trainable parameters. */
+  readonly params: ParamStore;
+  readonly #block: TransformerSettings;
+
+  /** Creates SASRec with fresh, seeded parameters. */
+  constructor(config: Partial<SasRecConfig> & { numItems: number }) {
+    this.config = { ...SASREC_DEFAULTS, ...config };
+    const c = this.config;
+    if (!Number.isInteger(c.numItems) || c.numItems < 1) {
+      throw new RangeError(`numItems must be a positive integer, got ${c.numItems}`);
+    }
+    this.#block = {
+      hidden: c.hidden,
+      heads: c.heads,
+      inner: c.inner,
+      dropout: c.dropout,
+      layers: c.layers,
+      layerNormEps: c.layerNormEps,
+    };
+    const p = new ParamStore(c.seed, c.initStd);
+    p.create("item", [c.numItems + 1, c.hidden]); // row 0 = padding
+    p.create("position", [c.maxLength, c.hidden]);
+    createLayerNorm(p, "embed.ln", c.hidden);
+    createTransformer(p, "enc", this.#block);
+    this.params = p;
+  }
+
+  /**
+   * Hidden states `[B, L, d]` of left-padded `inputs`. Positions are counted from the
+   * right (the newest item always sits at position maxLength-1), so a row's result does
+   * not depend on how far the batch is padded.
+   */
+  encode(inputs: Int32Array, batch: number, length: number, seeds: SeedSource): tf.Tensor3D {
+    const c = this.config;
+    const ids = tf.tensor2d(inputs, [batch, length], "int32");
+    const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
+    const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
+    const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
+    let x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);
+    x = dropout(x, c.dropout, seeds ? seeds() : null); // [B, L, d]
+    const mask = causalPaddingMask(inputs, batch, length); // [B, 1, L, L]
+    return transformer(this.params, "enc", x as tf.Tensor3D, mask, this.#block, seeds);
+  }
+
+  /** Mean full-softmax cross-entropy over every position that has a target. */
+  loss(batch: TrainBatch, seeds: () => number): {
+    loss: tf.Scalar;
+    parts: Record<string, tf.Scalar>;
+  } {
+    const { rows, targets } = targetPositions(batch);
+    const h = this.encode(batch.inputs, batch.batch, batch.length, seeds);
+    const flat = tf.reshape(h, [-1, this.config.hidden]) as tf.Tensor2D; // [B*L, d]
+    const queries = embeddingLookup(flat, tf.tensor1d(rows, "int32")) as tf.Tensor2D; // [P, d]
+    const loss = tf.mean(softmaxOverItems(queries, this.params.get("item") as tf.Tensor2D, targets));
+    return { loss: loss as tf.Scalar, parts: { recon: loss as tf.Scalar } };
+  }
+
+  /** Scores `[B, N + 1]` of every item after each history, from the newest position. */
+  scores(batch: EvalBatch): tf.Tensor2D {
+    const h = this.encode(batch.inputs, batch.batch, batch.length, null);
+    const last = tf.reshape(
+      tf.slice(h, [0, batch.length - 1, 0], [-1, 1, -1]),
+      [batch.batch, this.config.hidden],
+    ) as tf.Tensor2D; // [B, d]
+    return matmul(last, tf.transpose(this.params.get("item")) as tf.Tensor2D); // [B, N+1]
+  }
+}
+
+/** Flat row indices (into `[B*L]`) and target ids of every position that has a target. */
+export function targetPositions(batch: TrainBatch): { rows: Int32Array; targets: Int32Array } {
+  let count = 0;
+  for (const t of batch.targets) if (t !== 0) count++;
+  const rows = new Int32Array(count);
+  const targets = new Int32Array(count);
+  let j = 0;
+  for (let i = 0; i < batch.targets.length; i++) {
+    if (batch.targets[i] !== 0) {
+      rows[j] = i;
+      targets[j++] = batch.targets[i];
+    }
+  }
+  if (count === 0) throw new RangeError("Training batch has no position with a target");
+  return { rows, targets };
+}
+
+/**
+ * Per-position cross-entropy `[P]` of `queries` against the real items (rows 1..N of the
+ * item table: the padding row is never a candidate).
+ */
+export function softmaxOverItems(
+  queries: tf.Tensor2D,
+  itemTable: tf.Tensor2D,
+  targets: Int32Array,
+): tf.Tensor1D {
+  const real = tf.slice(itemTable, [1, 0], [-1, -1]) as tf.Tensor2D; // [N, d]
+  const shifted = tf.tensor1d(targets.map((t) => t - 1), "int32"); // ids 1..N -> rows 0..N-1
+  return fullSoftmaxCrossEntropy(queries, real, shifted);
+}

@@ -1,0 +1,234 @@
+/**
+ * The few layers the models share, as pure functions of a {@linkcode ParamStore}:
+ * a matmul whose gradient avoids transposed GEMMs, an embedding lookup whose gradient is a
+ * scatter, linear, LayerNorm, GELU, dropout, multi-head causal self-attention, and a
+ * post-LayerNorm Transformer block.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { ParamStore } from "./params.ts";
+
+/**
+ * `a @ b` for 2-D tensors, with a gradient written as untransposed matmuls of explicit
+ * transposes. tfjs's own MatMul gradient asks for `transposeA`/`transposeB` products,
+ * which tfjs-backend-wasm runs on a ~3 GFLOP/s loop instead of its ~40 GFLOP/s XNNPACK
+ * path; a transpose is memory-bound and far cheaper than that difference.
+ */
+export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  const f = tf.customGrad((x: tf.Tensor, y: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x, y]);
+    return {
+      value: tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, ys] = saved as tf.Tensor2D[];
+        return [
+          tf.matMul(dy as tf.Tensor2D, tf.transpose(ys)), // [m, k]
+          tf.matMul(tf.transpose(xs), dy as tf.Tensor2D), // [k, n]
+        ];
+      },
+    };
+  });
+  return f(a, b) as tf.Tensor2D;
+}
+
+/**
+ * Rows of `table` at `ids` (any shape), giving `[...ids.shape, d]`. Its gradient is a
+ * ScatterNd of the incoming gradient (duplicates summed), because tfjs's gather gradient
+ * needs UnsortedSegmentSum, which tfjs-backend-wasm lacks and tfjs-backend-cpu runs ~100x
+ * slower than a scatter.
+ */
+export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
+  const [n, d] = table.shape;
+  const flatIds = tf.reshape(ids, [-1]) as tf.Tensor1D; // [M]
+  const f = tf.customGrad((t: tf.Tensor, save: tf.GradSaveFunc) => {
+    // The ids must be saved: tfjs disposes every forward-pass tensor that is not an
+    // input, output or saved value before it runs gradient functions.
+    save([flatIds]);
+    return {
+      value: tf.gather(t, flatIds),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
+        tf.scatterND(tf.reshape(saved[0], [-1, 1]), dy, [n, d]), // [n, d]
+      ],
+    };
+  });
+  return tf.reshape(f(table), [...ids.shape, d]);
+}
+
+/** `x @ W + b` over the last axis; `W` is `[in, out]` named `${name}.w`, `b` `${name}.b`. */
+export function linear(p: ParamStore, name: string, x: tf.Tensor): tf.Tensor {
+  const w = p.get(`${name}.w`) as tf.Tensor2D;
+  const b = p.get(`${name}.b`);
+  const inDim = x.shape[x.shape.length - 1];
+  const lead = x.shape.slice(0, -1);
+  const y = matmul(tf.reshape(x, [-1, inDim]) as tf.Tensor2D, w); // [M, out]
+  return tf.reshape(tf.add(y, b), [...lead, w.shape[1]]); // [..., out]
+}
+
+/** Creates the parameters of {@linkcode linear}. */
+export function createLinear(p: ParamStore, name: string, inDim: number, outDim: number): void {
+  p.create(`${name}.w`, [inDim, outDim], "normal");
+  p.create(`${name}.b`, [outDim], "zeros");
+}
+
+/** LayerNorm over the last axis with gain `${name}.g` and bias `${name}.b`. */
+export function layerNorm(p: ParamStore, name: string, x: tf.Tensor, eps = 1e-12): tf.Tensor {
+  const axis = x.shape.length - 1;
+  const mean = tf.mean(x, axis, true);
+  const centred = tf.sub(x, mean);
+  const variance = tf.mean(tf.square(centred), axis, true);
+  const normed = tf.mul(centred, tf.rsqrt(tf.add(variance, eps)));
+  return tf.add(tf.mul(normed, p.get(`${name}.g`)), p.get(`${name}.b`));
+}
+
+/** Creates the parameters of {@linkcode layerNorm}. */
+export function createLayerNorm(p: ParamStore, name: string, dim: number): void {
+  p.create(`${name}.g`, [dim], "ones");
+  p.create(`${name}.b`, [dim], "zeros");
+}
+
+/** The exact (erf) GELU, as in the reference code. */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+}
+
+/**
+ * Inverted dropout with an explicit seed (tfjs draws it on the host, so it is
+ * reproducible on every backend). Identity when `rate` is 0 or `seed` is null (inference).
+ */
+export function dropout(x: tf.Tensor, rate: number, seed: number | null): tf.Tensor {
+  if (rate <= 0 || seed === null) return x;
+  const keep = tf.cast(tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, "float32", seed), rate), "float32");
+  return tf.mul(x, tf.mul(keep, 1 / (1 - rate)));
+}
+
+/**
+ * Additive attention mask `[B, 1, L, L]` built on the host from the padded inputs: 0 where
+ * query t may see key s (s <= t and key s is not padding), -1e9 elsewhere. A fully masked
+ * row (a padding query) then attends uniformly instead of producing NaN; its output is
+ * never used. Masked keys get exp(-1e9 - max) = 0 exactly, so a row's result does not
+ * depend on how much padding precedes it.
+ */
+export function causalPaddingMask(inputs: Int32Array, batch: number, length: number): tf.Tensor4D {
+  const mask = new Float32Array(batch * length * length);
+  for (let b = 0; b < batch; b++) {
+    for (let t = 0; t < length; t++) {
+      const row = (b * length + t) * length;
+      for (let s = 0; s < length; s++) {
+        if (s > t || inputs[b * length + s] === 0) mask[row + s] = -1e9;
+      }
+    }
+  }
+  return tf.tensor4d(mask, [batch, 1, length, length]);
+}
+
+/** Settings shared by every Transformer encoder in this project. */
+export interface TransformerSettings {
+  /** Model width d. */
+  hidden: number;
+  /** Attention heads; must divide `hidden`. */
+  heads: number;
+  /** Width of the feed-forward layer. */
+  inner: number;
+  /** Dropout on embeddings, attention output and feed-forward output. */
+  dropout: number;
+  /** Number of blocks. */
+  layers: number;
+  /** LayerNorm epsilon (reference code: 1e-12). */
+  layerNormEps: number;
+}
+
+/** Creates the parameters of {@linkcode transformer} under `prefix`. */
+export function createTransformer(p: ParamStore, prefix: string, s: TransformerSettings): void {
+  if (s.hidden % s.heads !== 0) {
+    throw new RangeError(`hidden size ${s.hidden} is not divisible by heads ${s.heads}`);
+  }
+  for (let l = 0; l < s.layers; l++) {
+    const b = `${prefix}.block${l}`;
+    for (const m of ["q", "k", "v", "o"]) createLinear(p, `${b}.attn.${m}`, s.hidden, s.hidden);
+    createLayerNorm(p, `${b}.ln1`, s.hidden);
+    createLinear(p, `${b}.ffn.in`, s.hidden, s.inner);
+    createLinear(p, `${b}.ffn.out`, s.inner, s.hidden);
+    createLayerNorm(p, `${b}.ln2`, s.hidden);
+  }
+}
+
+/** Draws the dropout seeds of one forward pass; null means inference (no dropout). */
+export type SeedSource = (() => number) | null;
+
+function seedOf(seeds: SeedSource): number | null {
+  return seeds ? seeds() : null;
+}
+
+/** Multi-head self-attention with an additive mask `[B, 1, L, L]`. */
+function selfAttention(
+  p: ParamStore,
+  name: string,
+  x: tf.Tensor3D,
+  mask: tf.Tensor4D,
+  s: TransformerSettings,
+): tf.Tensor3D {
+  const [batch, length, hidden] = x.shape;
+  const dh = hidden / s.heads;
+  const split = (t: tf.Tensor) =>
+    tf.transpose(tf.reshape(t, [batch, length, s.heads, dh]), [0, 2, 1, 3]); // [B, h, L, dh]
+  const q = split(linear(p, `${name}.q`, x));
+  const k = split(linear(p, `${name}.k`, x));
+  const v = split(linear(p, `${name}.v`, x));
+  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), mask); // [B, h, L, L]
+  const attn = tf.softmax(logits); // [B, h, L, L]
+  const ctx = tf.transpose(tf.matMul(attn, v), [0, 2, 1, 3]); // [B, L, h, dh]
+  return linear(p, `${name}.o`, tf.reshape(ctx, [batch, length, hidden])) as tf.Tensor3D;
+}
+
+/**
+ * A stack of post-LayerNorm Transformer blocks (as in the reference code):
+ * `x = LN(x + Drop(Attn(x)))`, `x = LN(x + Drop(FFN(x)))`, FFN = Linear-GELU-Linear.
+ */
+export function transformer(
+  p: ParamStore,
+  prefix: string,
+  x: tf.Tensor3D, // [B, L, d]
+  mask: tf.Tensor4D, // [B, 1, L, L]
+  s: TransformerSettings,
+  seeds: SeedSource,
+): tf.Tensor3D {
+  let h = x;
+  for (let l = 0; l < s.layers; l++) {
+    const b = `${prefix}.block${l}`;
+    const attn = dropout(selfAttention(p, `${b}.attn`, h, mask, s), s.dropout, seedOf(seeds));
+    h = layerNorm(p, `${b}.ln1`, tf.add(h, attn), s.layerNormEps) as tf.Tensor3D;
+    const inner = gelu(linear(p, `${b}.ffn.in`, h));
+    const ffn = dropout(linear(p, `${b}.ffn.out`, inner), s.dropout, seedOf(seeds));
+    h = layerNorm(p, `${b}.ln2`, tf.add(h, ffn), s.layerNormEps) as tf.Tensor3D;
+  }
+  return h; // [B, L, d]
+}
+
+/**
+ * Softmax cross-entropy of `queries` `[P, d]` against every row of `items` `[N, d]`, with
+ * `targets` `[P]` indexing rows of `items`; returns the per-position loss `[P]`.
+ * Computed as logsumexp(logits) - logit[target], where the target logit is a row-wise dot
+ * product, so no gradient ever flows through a gather on the `[P, N]` logits.
+ * `chunk` bounds the size of one logits matmul; during training tfjs's tape still keeps
+ * every chunk's logits for the backward pass.
+ */
+export function fullSoftmaxCrossEntropy(
+  queries: tf.Tensor2D,
+  items: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  chunk = 4096,
+): tf.Tensor1D {
+  const itemsT = tf.transpose(items) as tf.Tensor2D; // [d, N], explicit: see matmul()
+  const positions = queries.shape[0];
+  const parts: tf.Tensor1D[] = [];
+  for (let start = 0; start < positions; start += chunk) {
+    const size = Math.min(chunk, positions - start);
+    const q = tf.slice(queries, [start, 0], [size, -1]) as tf.Tensor2D; // [c, d]
+    const logits = matmul(q, itemsT); // [c, N]
+    const lse = tf.logSumExp(logits, 1); // [c]
+    const t = embeddingLookup(items, tf.slice(targets, [start], [size])) as tf.Tensor2D; // [c, d]
+    parts.push(tf.sub(lse, tf.sum(tf.mul(q, t), 1)) as tf.Tensor1D);
+  }
+  return (parts.length === 1 ? parts[0] : tf.concat(parts)) as tf.Tensor1D;
+}

@@ -1,0 +1,131 @@
+/**
+ * A named store of trainable parameters, their seeded initialisation and their
+ * (de)serialisation to plain arrays for checkpoints.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+/** How a parameter starts: the reference code's N(0, 0.02), zeros, or ones. */
+export type Init = "normal" | "zeros" | "ones";
+
+/** Plain-data form of a parameter, as stored in a checkpoint. */
+export interface ParamRecord {
+  /** Parameter name, e.g. `"enc.block0.attn.q.w"`. */
+  name: string;
+  /** Shape of the parameter. */
+  shape: number[];
+}
+
+/**
+ * Owns every trainable variable of a model, by name. Creation is seeded: the same seed
+ * and the same order of `create` calls give bit-identical initial values on any backend,
+ * because tfjs draws seeded random numbers on the host.
+ */
+export class ParamStore {
+  readonly #vars = new Map<string, tf.Variable>();
+  #seed: number;
+  /** Standard deviation of `"normal"` initialisation (reference code: 0.02). */
+  readonly initStd: number;
+
+  /** Creates an empty store whose random initialisation starts from `seed`. */
+  constructor(seed: number, initStd = 0.02) {
+    this.#seed = seed >>> 0;
+    this.initStd = initStd;
+  }
+
+  /** Creates a parameter; throws if the name is taken. */
+  create(name: string, shape: number[], init: Init = "normal"): tf.Variable {
+    if (this.#vars.has(name)) throw new Error(`Parameter "${name}" is already defined`);
+    // Each parameter gets its own seed derived from the store's, so adding a parameter at
+    // the end never changes the values of the ones before it.
+    this.#seed = (Math.imul(this.#seed ^ 0x9e3779b9, 0x85ebca6b) + 0x68e31da4) >>> 0;
+    const value = tf.tidy(() => {
+      if (init === "zeros") return tf.zeros(shape);
+      if (init === "ones") return tf.ones(shape);
+      return tf.randomNormal(shape, 0, this.initStd, "float32", this.#seed);
+    });
+    // No tfjs name: tfjs names are global to the engine, and two models may coexist.
+    const v = tf.variable(value, true);
+    value.dispose();
+    this.#vars.set(name, v);
+    return v;
+  }
+
+  /** The parameter called `name`; throws a clear error if there is none. */
+  get(name: string): tf.Variable {
+    const v = this.#vars.get(name);
+    if (!v) throw new Error(`No parameter named "${name}"`);
+    return v;
+  }
+
+  /** All parameters in creation order. */
+  list(): tf.Variable[] {
+    return [...this.#vars.values()];
+  }
+
+  /** Names and shapes in creation order. */
+  records(): ParamRecord[] {
+    return [...this.#vars.entries()].map(([name, v]) => ({ name, shape: [...v.shape] }));
+  }
+
+  /** Total number of scalar parameters. */
+  size(): number {
+    return this.list().reduce((n, v) => n + v.size, 0);
+  }
+
+  /** Reads every parameter to the host, concatenated in creation order. */
+  async toArrays(): Promise<{ records: ParamRecord[]; values: Float32Array }> {
+    const records = this.records();
+    const values = new Float32Array(this.size());
+    let offset = 0;
+    for (const v of this.list()) {
+      values.set(await v.data() as Float32Array, offset);
+      offset += v.size;
+    }
+    return { records, values };
+  }
+
+  /**
+   * Overwrites every parameter from `values`. The records must match this store's names
+   * and shapes exactly; a mismatch throws a `RangeError` naming the first offending field.
+   */
+  assign(records: ParamRecord[], values: Float32Array, source = "checkpoint"): void {
+    const mine = this.records();
+    if (records.length !== mine.length) {
+      throw new RangeError(
+        `${source}: has ${records.length} parameters, the model has ${mine.length}`,
+      );
+    }
+    for (let i = 0; i < mine.length; i++) {
+      const a = records[i], b = mine[i];
+      if (a.name !== b.name || a.shape.join(",") !== b.shape.join(",")) {
+        throw new RangeError(
+          `${source}: parameter ${i} is "${a.name}" [${a.shape}], the model expects "${b.name}" [${b.shape}]`,
+        );
+      }
+    }
+    if (values.length !== this.size()) {
+      throw new RangeError(
+        `${source}: holds ${values.length} values, the model has ${this.size()} parameters`,
+      );
+    }
+    let offset = 0;
+    for (const [name, v] of this.#vars) {
+      const slice = values.subarray(offset, offset + v.size);
+      for (let j = 0; j < slice.length; j++) {
+        if (!Number.isFinite(slice[j])) {
+          throw new RangeError(`${source}: parameter "${name}" holds a non-finite value`);
+        }
+      }
+      tf.tidy(() => v.assign(tf.tensor(slice, v.shape)));
+      offset += v.size;
+    }
+  }
+
+  /** Frees every variable. */
+  dispose(): void {
+    for (const v of this.#vars.values()) v.dispose();
+    this.#vars.clear();
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * Checkpoints: a folder holding `model.json` (model name, full config, training settings,
+ * data vocabulary, parameter names and shapes, a checksum) and `weights.bin` (every
+ * parameter as little-endian float32, in creation order).
+ *
+ * Writing is atomic: the new checkpoint is written complete into a sibling folder and
+ * swapped in with renames, so a crash at any moment leaves either the previous checkpoint
+ * or the new one intact, never a mixture.
+ *
+ * @module
+ */
+import type { ParamRecord } from "../nn/params.ts";
+
+/** The `model.json` of a checkpoint. */
+export interface CheckpointMeta {
+  /** Format version of this file; bumped on incompatible change. */
+  format: 1;
+  /** Model name, as in `--model`. */
+  model: string;
+  /** The model's full configuration. */
+  config: Record<string, unknown>;
+  /** How the data was read (path or synthetic options), to rebuild it for evaluation. */
+  data: Record<string, unknown>;
+  /** Training settings of the run. */
+  train: Record<string, unknown>;
+  /** Dense item id -> token (index 0 = padding). */
+  itemTokens: string[];
+  /** Epoch (1-based) whose parameters these are. */
+  epoch: number;
+  /** Validation metrics of that epoch. */
+  valid: Record<string, number>;
+  /** Parameter names and shapes, in the order of `weights.bin`. */
+  params: ParamRecord[];
+  /** Number of float32 values in `weights.bin`. */
+  values: number;
+  /** FNV-1a hash of `weights.bin`'s bytes, hex. */
+  checksum: string;
+}
+
+/** FNV-1a 32-bit hash of a byte array, as 8 hex digits. */
+export function fnv1a(bytes: Uint8Array): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < bytes.length; i++) {
+    h ^= bytes[i];
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0).toString(16).padStart(8, "0");
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** Writes a checkpoint folder at `dir` atomically (see the module doc). */
+export async function writeCheckpoint(
+  dir: string,
+  meta: Omit<CheckpointMeta, "format" | "values" | "checksum">,
+  values: Float32Array,
+): Promise<void> {
+  const next = `${dir}.next`;
+  const prev = `${dir}.prev`;
+  await Deno.remove(next, { recursive: true }).catch(() => {});
+  await Deno.mkdir(next, { recursive: true });
+  const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const full: CheckpointMeta = { format: 1, ...meta, values: values.length, checksum: fnv1a(bytes) };
+  const w = await Deno.open(`${next}/weights.bin`, { write: true, create: true, truncate: true });
+  try {
+    let off = 0;
+    while (off < bytes.length) off += await w.write(bytes.subarray(off));
+    await w.sync();
+  } finally {
+    w.close();
+  }
+  await Deno.writeTextFile(`${next}/model.json`, JSON.stringify(full, null, 1) + "\n");
+  if (await exists(dir)) {
+    await Deno.remove(prev, { recursive: true }).catch(() => {});
+    await Deno.rename(dir, prev);
+  }
+  await Deno.rename(next, dir);
+  await Deno.remove(prev, { recursive: true }).catch(() => {});
+}
+
+/**
+ * Reads a checkpoint folder. Falls back to `dir.prev` when a crash interrupted a swap.
+ * Throws a `SyntaxError` or `RangeError` naming the file and field when anything is off.
+ */
+export async function readCheckpoint(
+  dir: string,
+): Promise<{ meta: CheckpointMeta; values: Float32Array; path: string }> {
+  let path = dir.replace(/\/+$/, "");
+  if (!(await exists(`${path}/model.json`)) && (await exists(`${path}.prev/model.json`))) {
+    path = `${path}.prev`;
+  }
+  const metaPath = `${path}/model.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(metaPath);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Deno.errors.NotFound(`No checkpoint at ${dir}: ${metaPath} does not exist`);
+    }
+    throw e;
+  }
+  let meta: CheckpointMeta;
+  try {
+    meta = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${metaPath}: not valid JSON (${(e as Error).message})`);
+  }
+  if (meta.format !== 1) {
+    throw new RangeError(`${metaPath}: field "format" is ${meta.format}, expected 1`);
+  }
+  for (const field of ["model", "config", "data", "itemTokens", "params", "values", "checksum"]) {
+    if (!(field in meta)) throw new SyntaxError(`${metaPath}: field "${field}" is missing`);
+  }
+  const bytes = await Deno.readFile(`${path}/weights.bin`);
+  if (bytes.length !== meta.values * 4) {
+    throw new RangeError(
+      `${path}/weights.bin: holds ${bytes.length} bytes, model.json field "values" says ${meta.values} float32 values (${
+        meta.values * 4
+      } bytes)`,
+    );
+  }
+  const sum = fnv1a(bytes);
+  if (sum !== meta.checksum) {
+    throw new RangeError(
+      `${path}/weights.bin: checksum ${sum} does not match model.json field "checksum" ${meta.checksum}`,
+    );
+  }
+  const values = new Float32Array(bytes.buffer, bytes.byteOffset, meta.values);
+  return { meta, values, path };
+}

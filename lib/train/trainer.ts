@@ -1,0 +1,267 @@
+/**
+ * The training loop: Adam, explicit seeds, validation Recall@20 for model selection with
+ * early stopping, the best checkpoint written atomically, a progress line, and a JSON-lines
+ * log of every epoch.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { Rng } from "../data/random.ts";
+import { evalBatches, trainBatches } from "../data/mod.ts";
+import type { EvalExample, LeaveOneOutSplit } from "../data/types.ts";
+import { evaluate } from "../eval/mod.ts";
+import { type SequentialModel, stepSeeds } from "../models/_model.ts";
+import { type CheckpointMeta, writeCheckpoint } from "./checkpoint.ts";
+
+/** Training settings. Defaults are the paper's (§4.1) unless said otherwise. */
+export interface TrainOptions {
+  /** Most epochs to run. Default 200. */
+  epochs: number;
+  /** Stop after this many evaluations without a better validation Recall@20. Paper: 100. */
+  patience: number;
+  /** Sequences per training batch. Paper: 256. */
+  batchSize: number;
+  /** Histories per evaluation batch; results do not depend on it. Default 256. */
+  evalBatchSize: number;
+  /** Adam learning rate. Paper: 1e-3. */
+  learningRate: number;
+  /** Seed of batching and of every random draw during training. Default 42. */
+  seed: number;
+  /** Validate every this many epochs. Default 1. */
+  evalEvery: number;
+  /** Pad each batch to its own longest history after grouping similar lengths. Default true. */
+  bucket: boolean;
+}
+
+/** Defaults of {@linkcode TrainOptions}. */
+export const TRAIN_DEFAULTS: TrainOptions = {
+  epochs: 200,
+  patience: 100,
+  batchSize: 256,
+  evalBatchSize: 256,
+  learningRate: 1e-3,
+  seed: 42,
+  evalEvery: 1,
+  bucket: true,
+};
+
+/** One epoch's record in the JSON-lines log. */
+export interface EpochRecord {
+  /** 1-based epoch. */
+  epoch: number;
+  /** Mean training loss over the epoch's batches. */
+  loss: number;
+  /** Mean of each named loss part. */
+  parts: Record<string, number>;
+  /** Validation metrics, when this epoch was validated. */
+  valid?: Record<string, number>;
+  /** Wall seconds of the epoch's training steps. */
+  trainSeconds: number;
+  /** Training sequences per second. */
+  sequencesPerSecond: number;
+  /** Whether this epoch is the best so far. */
+  best?: boolean;
+}
+
+/** Where the trainer reports and what it writes. */
+export interface TrainHooks {
+  /** Output folder: `checkpoint/`, `log.jsonl`. Nothing is written when absent. */
+  out?: string;
+  /** Extra fields stored in the checkpoint so evaluation can rebuild the data. */
+  checkpointInfo?: Pick<CheckpointMeta, "data" | "itemTokens">;
+  /** Receives progress text; `\r`-prefixed text replaces the current line. Default: none. */
+  progress?: (text: string) => void;
+}
+
+/** What {@linkcode train} returns. */
+export interface TrainResult {
+  /** Epoch of the best validation Recall@20 (1-based). */
+  bestEpoch: number;
+  /** Validation metrics at the best epoch. */
+  valid: Record<string, number>;
+  /** Every epoch's record. */
+  history: EpochRecord[];
+  /** Wall seconds of the whole run. */
+  seconds: number;
+  /** Why training stopped. */
+  stopped: "epochs" | "patience";
+}
+
+/** The metric that selects the best epoch. */
+export const SELECTION_METRIC = "recall@20";
+
+/** Evaluates `model` on `examples` with full-catalogue ranking. */
+export async function evaluateModel(
+  model: SequentialModel,
+  examples: EvalExample[],
+  numItems: number,
+  batchSize: number,
+  maxLength: number,
+  categories?: Int32Array[],
+): Promise<Record<string, number>> {
+  const batches = evalBatches(examples, { batchSize, maxLength });
+  const result = await evaluate((b) => model.scores(b), batches, { numItems, categories });
+  return result.metrics;
+}
+
+function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  if (s < 60) return `${s.toFixed(0)}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/**
+ * Trains `model` on `split.train`, selecting the epoch with the best validation
+ * Recall@20 and leaving the model's parameters at that epoch. Throws an `Error` naming the
+ * epoch and step if the loss becomes NaN or infinite.
+ */
+export async function train(
+  model: SequentialModel & { config: { maxLength: number } },
+  split: LeaveOneOutSplit,
+  numItems: number,
+  options: Partial<TrainOptions> = {},
+  hooks: TrainHooks = {},
+): Promise<TrainResult> {
+  const o = { ...TRAIN_DEFAULTS, ...options };
+  for (const k of ["epochs", "patience", "batchSize", "evalBatchSize", "evalEvery"] as const) {
+    if (!Number.isInteger(o[k]) || o[k] < 1) {
+      throw new RangeError(`${k} must be a positive integer, got ${o[k]}`);
+    }
+  }
+  if (!(o.learningRate > 0)) {
+    throw new RangeError(`learningRate must be positive, got ${o.learningRate}`);
+  }
+  const say = hooks.progress ?? (() => {});
+  const maxLength = model.config.maxLength;
+  const rng = new Rng(o.seed);
+  const optimizer = tf.train.adam(o.learningRate, 0.9, 0.999, 1e-8);
+  const vars = model.params.list();
+  const history: EpochRecord[] = [];
+  const started = performance.now();
+  let best = { epoch: 0, score: -Infinity, valid: {} as Record<string, number> };
+  let bestValues: Float32Array | null = null;
+  let sinceBest = 0;
+  let stopped: TrainResult["stopped"] = "epochs";
+  let step = 0;
+  const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
+  if (hooks.out) await Deno.mkdir(hooks.out, { recursive: true });
+  if (logFile) await Deno.writeTextFile(logFile, "");
+
+  try {
+    for (let epoch = 1; epoch <= o.epochs; epoch++) {
+      const batches = trainBatches(split.train, {
+        batchSize: o.batchSize,
+        maxLength,
+        rng,
+        bucket: o.bucket,
+      });
+      const t0 = performance.now();
+      let lossSum = 0;
+      const partSums: Record<string, number> = {};
+      let sequences = 0;
+      for (let i = 0; i < batches.length; i++) {
+        const batch = batches[i];
+        const seeds = stepSeeds(o.seed, step++);
+        let partNames: string[] = [];
+        let packed: tf.Tensor | null = null;
+        tf.tidy(() => {
+          optimizer.minimize(() => {
+            const { loss, parts } = model.loss(batch, seeds);
+            partNames = Object.keys(parts);
+            packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])]));
+            return loss;
+          }, false, vars);
+        });
+        const values = await (packed as unknown as tf.Tensor).data();
+        (packed as unknown as tf.Tensor).dispose();
+        if (!Number.isFinite(values[0])) {
+          throw new Error(
+            `Training loss became ${values[0]} at epoch ${epoch}, step ${i + 1}/${batches.length}; ` +
+              `try a lower --lr (now ${o.learningRate})`,
+          );
+        }
+        lossSum += values[0];
+        partNames.forEach((n, j) => partSums[n] = (partSums[n] ?? 0) + values[j + 1]);
+        sequences += batch.batch;
+        const elapsed = (performance.now() - t0) / 1000;
+        const rate = sequences / elapsed;
+        const epochEta = (batches.length - i - 1) * elapsed / (i + 1);
+        say(
+          `\repoch ${epoch}/${o.epochs} step ${i + 1}/${batches.length} loss ${
+            (lossSum / (i + 1)).toFixed(4)
+          } ${rate.toFixed(0)} seq/s epoch ETA ${formatSeconds(epochEta)}`,
+        );
+      }
+      const trainSeconds = (performance.now() - t0) / 1000;
+      const record: EpochRecord = {
+        epoch,
+        loss: lossSum / batches.length,
+        parts: Object.fromEntries(
+          Object.entries(partSums).map(([k, v]) => [k, v / batches.length]),
+        ),
+        trainSeconds,
+        sequencesPerSecond: sequences / trainSeconds,
+      };
+      if (epoch % o.evalEvery === 0 || epoch === o.epochs) {
+        say(`\repoch ${epoch}/${o.epochs} validating ${split.valid.length} users...`);
+        record.valid = await evaluateModel(
+          model,
+          split.valid,
+          numItems,
+          o.evalBatchSize,
+          maxLength,
+        );
+        const score = record.valid[SELECTION_METRIC];
+        if (score > best.score) {
+          best = { epoch, score, valid: record.valid };
+          record.best = true;
+          sinceBest = 0;
+          const { records, values } = await model.params.toArrays();
+          bestValues = values;
+          if (hooks.out) {
+            await writeCheckpoint(`${hooks.out}/checkpoint`, {
+              model: model.name,
+              config: model.config as Record<string, unknown>,
+              data: hooks.checkpointInfo?.data ?? {},
+              itemTokens: hooks.checkpointInfo?.itemTokens ?? [],
+              train: { ...o },
+              epoch,
+              valid: record.valid,
+              params: records,
+            }, values);
+          }
+        } else {
+          sinceBest += o.evalEvery;
+        }
+      }
+      history.push(record);
+      if (logFile) await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+      const total = (performance.now() - started) / 1000;
+      const eta = total / epoch * (o.epochs - epoch);
+      say(
+        `\repoch ${epoch}/${o.epochs} loss ${record.loss.toFixed(4)} ${
+          record.sequencesPerSecond.toFixed(0)
+        } seq/s${
+          record.valid ? ` valid ${SELECTION_METRIC} ${record.valid[SELECTION_METRIC].toFixed(4)}` : ""
+        } best ${best.score.toFixed(4)}@${best.epoch} elapsed ${formatSeconds(total)} ETA<=${
+          formatSeconds(eta)
+        }\n`,
+      );
+      if (sinceBest >= o.patience) {
+        stopped = "patience";
+        break;
+      }
+    }
+  } finally {
+    optimizer.dispose();
+  }
+  if (bestValues) model.params.assign(model.params.records(), bestValues, "best epoch");
+  return {
+    bestEpoch: best.epoch,
+    valid: best.valid,
+    history,
+    seconds: (performance.now() - started) / 1000,
+    stopped,
+  };
+}
