@@ -1,0 +1,84 @@
+/**
+ * Helpers shared by the readers: dense token indices and error-message formatting.
+ *
+ * @module
+ */
+
+/** Padding marker stored at `vocab.items[0]`. */
+export const PAD_TOKEN = "<pad>";
+
+/** Assigns dense ids to tokens in order of first appearance, starting at `first`. */
+export class TokenIndex {
+  readonly tokens: string[] = [];
+  readonly #ids = new Map<string, number>();
+  readonly #first: number;
+
+  constructor(first: number) {
+    this.#first = first;
+  }
+
+  /** The dense id of `token`, assigning the next one on first sight. */
+  id(token: string): number {
+    let id = this.#ids.get(token);
+    if (id === undefined) {
+      id = this.#first + this.tokens.length;
+      this.#ids.set(token, id);
+      this.tokens.push(token);
+    }
+    return id;
+  }
+
+  /** The dense id of `token`, or undefined when it was never seen. */
+  get(token: string): number | undefined {
+    return this.#ids.get(token);
+  }
+
+  get size(): number {
+    return this.tokens.length;
+  }
+}
+
+/** Offending text for an error message, shortened so a huge line cannot flood the log. */
+export function quote(text: string, max = 80): string {
+  const t = text.length > max ? `${text.slice(0, max)}…` : text;
+  return JSON.stringify(t);
+}
+
+/** Splits text into lines, accepting both LF and CRLF files. */
+export function splitLines(text: string): string[] {
+  return text.split(/\r?\n/);
+}
+
+/** Checks that `value` is a positive integer, else a RangeError naming `name`. */
+export function checkPositiveInt(name: string, value: number): void {
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new RangeError(`${name} must be a positive integer, got ${value}`);
+  }
+}
+
+/** Checks that `value` is a non-negative integer, else a RangeError naming `name`. */
+export function checkNonNegativeInt(name: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  }
+}
+
+/** "1 user" / "3 users": notes read better with the right plural. */
+export function plural(n: number, word: string, many = `${word}s`): string {
+  return `${n} ${n === 1 ? word : many}`;
+}
+
+/**
+ * Reads a text file, re-throwing a missing file as `Deno.errors.NotFound` that names the
+ * path and what it was meant to be.
+ */
+export async function readText(path: string, what: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Deno.errors.NotFound(`${what} file not found: ${path}`, { cause: e });
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * Item categories (attributes), used by the Diversity@K and coverage metrics.
+ *
+ * @module
+ */
+import type { SequenceDataset, Vocabulary } from "./types.ts";
+import { plural, quote, readText, splitLines, TokenIndex } from "./_dense.ts";
+
+/** Item categories over a dataset's dense item ids, ready to attach to it. */
+export interface ItemCategories {
+  /** `categories[i]` lists the dense category ids of item `i`; `categories[0]` is empty. */
+  categories: Int32Array[];
+  /** Number of distinct categories; ids run 0..numCategories-1. */
+  numCategories: number;
+  /** `categoryTokens[c]` is the token of dense category `c` in the source file. */
+  categoryTokens: string[];
+  /** What was ignored or missing, e.g. items of the file that are not in the vocabulary. */
+  notes: string[];
+}
+
+/**
+ * Parses an item-categories text against a vocabulary. Two layouts are accepted, told
+ * apart by the first non-blank character:
+ * - JSON `{ "itemToken": [category, ...], ... }` (like `Beauty_item2attributes.json`);
+ *   categories may be numbers or strings;
+ * - text lines `itemToken cat cat ...`, whitespace separated; blank lines ignored.
+ *
+ * Category tokens are densified to 0..C-1 in order of first appearance among items of the
+ * vocabulary. Items absent from the vocabulary are ignored and counted in `notes`; vocabulary
+ * items with no categories get an empty list (also counted). Repeated categories of one
+ * item are kept once.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseCategories } from "./categories.ts";
+ * const vocab = { users: ["u"], items: ["<pad>", "a", "b"] };
+ * const c = parseCategories('{"a": [7, 3], "b": [3]}', vocab, "cats.json");
+ * // c.categories = [[], [0, 1], [1]], c.numCategories = 2
+ * ```
+ *
+ * @param text The file's content.
+ * @param vocab The dataset's vocabulary (item tokens to dense ids).
+ * @param source A name for the text, used in error messages.
+ * @throws {SyntaxError} Invalid JSON, a JSON value that is not a list of strings or
+ * numbers, or an item listed twice in the text layout (both line numbers named).
+ */
+export function parseCategories(text: string, vocab: Vocabulary, source: string): ItemCategories {
+  const itemId = new Map<string, number>();
+  for (let i = 1; i < vocab.items.length; i++) itemId.set(vocab.items[i], i);
+  const cats = new TokenIndex(0);
+  const lists: (Int32Array | undefined)[] = new Array(vocab.items.length).fill(undefined);
+  let unknown = 0;
+  const assign = (item: string, tokens: string[]): void => {
+    const i = itemId.get(item);
+    if (i === undefined) {
+      unknown++;
+      return;
+    }
+    lists[i] = Int32Array.from(new Set(tokens.map((t) => cats.id(t))));
+  };
+
+  if (text.trimStart().startsWith("{")) {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new SyntaxError(`${source}: invalid JSON: ${(e as Error).message}`, { cause: e });
+    }
+    if (json === null || typeof json !== "object" || Array.isArray(json)) {
+      throw new SyntaxError(`${source}: expected a JSON object mapping item tokens to lists`);
+    }
+    for (const [item, value] of Object.entries(json as Record<string, unknown>)) {
+      if (
+        !Array.isArray(value) ||
+        !value.every((v) => typeof v === "string" || typeof v === "number")
+      ) {
+        throw new SyntaxError(
+          `${source}: item ${quote(item)} maps to ${
+            quote(JSON.stringify(value) ?? String(value))
+          }, expected a list of strings or numbers`,
+        );
+      }
+      assign(item, value.map(String));
+    }
+  } else {
+    const lines = splitLines(text);
+    const firstLine = new Map<string, number>();
+    for (let n = 0; n < lines.length; n++) {
+      const line = lines[n].trim();
+      if (line === "") continue;
+      const [item, ...tokens] = line.split(/\s+/);
+      const seen = firstLine.get(item);
+      if (seen !== undefined) {
+        throw new SyntaxError(
+          `${source}:${n + 1}: item ${quote(item)} already has categories on line ${seen}`,
+        );
+      }
+      firstLine.set(item, n + 1);
+      assign(item, tokens);
+    }
+  }
+
+  const empty = new Int32Array(0);
+  let missing = 0;
+  const categories = lists.map((l, i) => {
+    if (i > 0 && (l === undefined || l.length === 0)) missing++;
+    return i === 0 || l === undefined ? empty : l;
+  });
+  const notes: string[] = [];
+  if (unknown > 0) {
+    notes.push(`${source}: ${plural(unknown, "item")} not in the vocabulary ignored`);
+  }
+  if (missing > 0) {
+    notes.push(`${source}: ${plural(missing, "vocabulary item")} without categories`);
+  }
+  return { categories, numCategories: cats.size, categoryTokens: [...cats.tokens], notes };
+}
+
+/**
+ * Reads an item-categories file (JSON or text lines, see {@linkcode parseCategories}).
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { readCategories } from "./categories.ts";
+ * const cats = await readCategories("data/Beauty_item2attributes.json", dataset.vocab);
+ * ```
+ *
+ * @param path The file to read.
+ * @param vocab The dataset's vocabulary.
+ * @throws {Deno.errors.NotFound} The file does not exist.
+ * @throws {SyntaxError} As {@linkcode parseCategories}.
+ */
+export async function readCategories(path: string, vocab: Vocabulary): Promise<ItemCategories> {
+  return parseCategories(await readText(path, "categories"), vocab, path);
+}
+
+/**
+ * Returns a copy of `dataset` with `categories` attached and their notes appended to the
+ * report.
+ *
+ * @param dataset The dataset the categories were parsed against.
+ * @param categories The result of {@linkcode parseCategories} or {@linkcode readCategories}.
+ * @throws {RangeError} The categories cover a different number of items.
+ */
+export function attachCategories(
+  dataset: SequenceDataset,
+  categories: ItemCategories,
+): SequenceDataset {
+  if (categories.categories.length !== dataset.numItems + 1) {
+    throw new RangeError(
+      `categories cover ${
+        categories.categories.length - 1
+      } items, the dataset has ${dataset.numItems}`,
+    );
+  }
+  return {
+    ...dataset,
+    categories: categories.categories,
+    numCategories: categories.numCategories,
+    report: { ...dataset.report, notes: [...dataset.report.notes, ...categories.notes] },
+  };
+}
