@@ -1,0 +1,180 @@
+/**
+ * Ranking on the active tfjs backend: the host-side checks and exclusion mask, the tensor
+ * work, and the read-back. Shared by `rank.ts` and `evaluate.ts`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { EvalBatch } from "../data/types.ts";
+
+/** A batch checked against a score width, with its exclusion mask built on the host. */
+export interface PreparedBatch {
+  /** Rows. */
+  rows: number;
+  /** Score columns: numItems + 1. */
+  width: number;
+  /**
+   * `[rows, width]`, 1 where an item competes in the row's ranking: real items that are
+   * not excluded, and always the target. 0 for padding (column 0) and excluded items.
+   */
+  allowed: Uint8Array;
+  /** Per row, how many items compete, the target included. */
+  allowedCount: Int32Array;
+  /** Flat indices `row * width + target` of each row's target score. */
+  targetIndex: Int32Array;
+}
+
+/**
+ * Checks `batch` against a `[rows, width]` score matrix and builds its exclusion mask.
+ *
+ * @throws {RangeError} A row count that does not match, a target outside 1..width-1, or an
+ * excluded id outside 0..width-1; the row and user are named.
+ */
+export function prepareBatch(batch: EvalBatch, shape: readonly number[]): PreparedBatch {
+  if (shape.length !== 2) {
+    throw new RangeError(`Scores must be a 2-D [batch, numItems + 1] tensor, got shape [${shape}]`);
+  }
+  const [rows, width] = shape;
+  if (rows !== batch.batch || batch.targets.length !== rows || batch.exclude.length !== rows) {
+    throw new RangeError(
+      `Scores have ${rows} rows but the batch has batch=${batch.batch}, ` +
+        `${batch.targets.length} targets and ${batch.exclude.length} exclude lists`,
+    );
+  }
+  if (width < 2) {
+    throw new RangeError(`Scores need numItems + 1 >= 2 columns, got ${width}`);
+  }
+  const allowed = new Uint8Array(rows * width).fill(1);
+  const allowedCount = new Int32Array(rows);
+  const targetIndex = new Int32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const target = batch.targets[r];
+    const user = batch.users[r];
+    if (!Number.isInteger(target) || target < 1 || target >= width) {
+      throw new RangeError(
+        `Row ${r} (user ${user}) has target ${target}, outside the item ids 1..${width - 1}`,
+      );
+    }
+    const base = r * width;
+    allowed[base] = 0;
+    let count = width - 1;
+    for (const e of batch.exclude[r]) {
+      if (!Number.isInteger(e) || e < 0 || e >= width) {
+        throw new RangeError(
+          `Row ${r} (user ${user}) excludes item ${e}, outside the item ids 0..${width - 1}`,
+        );
+      }
+      // The target is never masked: see rankOfTarget() for why.
+      if (e !== 0 && e !== target && allowed[base + e] === 1) {
+        allowed[base + e] = 0;
+        count--;
+      }
+    }
+    allowedCount[r] = count;
+    targetIndex[r] = base + target;
+  }
+  return { rows, width, allowed, allowedCount, targetIndex };
+}
+
+/**
+ * The tensors {@linkcode rankTensors} returns; the caller disposes them. (A type alias,
+ * not an interface, so that `tf.tidy` accepts it as a tensor container.)
+ */
+export type RankTensors = {
+  /** `[rows]` int32: 0-based pessimistic rank of each target. */
+  ranks: tf.Tensor1D;
+  /** `[rows]` int32: number of NaN scores in each row. */
+  nans: tf.Tensor1D;
+  /** `[rows, k]` int32 item ids, best first, when a top-k was asked for. */
+  top?: tf.Tensor2D;
+};
+
+/**
+ * Ranks every row's target on the active backend. Call inside `tf.tidy`.
+ *
+ * Counting is exact on every backend: the comparisons are booleans summed as int32, never a
+ * float sum (tfjs-backend-wasm's float `Sum` drifts on long rows). Intermediates are
+ * disposed as soon as used, so besides the scores and the mask at most two `[rows, width]`
+ * tensors live at once.
+ */
+export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): RankTensors {
+  const { rows, width } = prep;
+  const x = scores.dtype === "float32" ? scores : tf.cast(scores, "float32");
+  const allowed = tf.tensor2d(prep.allowed, [rows, width], "bool");
+  const targetScore = tf.reshape(
+    tf.gather(tf.reshape(x, [rows * width]), tf.tensor1d(prep.targetIndex, "int32")),
+    [rows, 1],
+  );
+
+  const atLeast = tf.greaterEqual(x, targetScore);
+  const competing = tf.logicalAnd(atLeast, allowed);
+  atLeast.dispose();
+  const competingInt = tf.cast(competing, "int32");
+  competing.dispose();
+  // The target is allowed and ties with itself, so it counts once: subtract it.
+  const ranks = tf.sub(tf.sum(competingInt, 1), tf.scalar(1, "int32")) as tf.Tensor1D;
+  competingInt.dispose();
+
+  const isNan = tf.cast(tf.isNaN(x), "int32");
+  const nans = tf.sum(isNan, 1) as tf.Tensor1D;
+  isNan.dispose();
+
+  let top: tf.Tensor2D | undefined;
+  if (k > 0) {
+    const floor = tf.fill([rows, width], -Infinity);
+    const masked = tf.where(allowed, x, floor);
+    floor.dispose();
+    top = tf.topk(masked, Math.min(k, width)).indices as tf.Tensor2D;
+    masked.dispose();
+  }
+  allowed.dispose();
+  return { ranks, nans, top };
+}
+
+/** Results of {@linkcode readRanks}, on the host. */
+export interface RankResult {
+  /** 0-based rank per row. */
+  ranks: Int32Array;
+  /** Top item ids per row, best first, only items that compete; when asked for. */
+  top?: Int32Array[];
+}
+
+/**
+ * Reads back (and disposes) the tensors of {@linkcode rankTensors}.
+ *
+ * @throws {RangeError} A row holds NaN scores; the row and user are named.
+ */
+export async function readRanks(
+  t: RankTensors,
+  prep: PreparedBatch,
+  batch: EvalBatch,
+): Promise<RankResult> {
+  try {
+    const [ranks, nans, top] = await Promise.all([
+      t.ranks.data() as Promise<Int32Array>,
+      t.nans.data() as Promise<Int32Array>,
+      t.top ? (t.top.data() as Promise<Int32Array>) : undefined,
+    ]);
+    for (let r = 0; r < prep.rows; r++) {
+      if (nans[r] > 0) {
+        throw new RangeError(
+          `Scores of row ${r} (user ${batch.users[r]}, target ${batch.targets[r]}) ` +
+            `hold ${nans[r]} NaN value(s)`,
+        );
+      }
+    }
+    const result: RankResult = { ranks: Int32Array.from(ranks) };
+    if (top && t.top) {
+      const k = t.top.shape[1];
+      result.top = [];
+      for (let r = 0; r < prep.rows; r++) {
+        // topk fills a row with masked (-Infinity) items once the competing ones run out.
+        const keep = Math.min(k, prep.allowedCount[r]);
+        result.top.push(Int32Array.from(top.subarray(r * k, r * k + keep)));
+      }
+    }
+    return result;
+  } finally {
+    tf.dispose([t.ranks, t.nans, ...(t.top ? [t.top] : [])]);
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * Full-catalogue evaluation for sequential recommendation: pessimistic ranking of each
+ * target with its history excluded, Recall@K, NDCG@K, MRR, and, with item categories,
+ * Diversity@K (paper Eq. 15) and coverage@K.
+ *
+ * ```ts ignore
+ * import { evaluate, METRIC_KEYS } from "./mod.ts";
+ * const { metrics, count } = await evaluate((b) => model.scores(b), batches, { numItems });
+ * for (const key of METRIC_KEYS) console.log(key, metrics[key]);
+ * ```
+ *
+ * @module
+ */
+export {
+  DEFAULT_KS,
+  listDiversity,
+  METRIC_KEYS,
+  MetricAccumulator,
+  type MetricAccumulatorOptions,
+  type MetricKey,
+  metricKeys,
+  type Metrics,
+  metricsFromRanks,
+} from "./metrics.ts";
+export { rankBatch, rankOfTarget, topKBatch } from "./rank.ts";
+export { type EvalResult, evaluate, type EvaluateOptions } from "./evaluate.ts";
