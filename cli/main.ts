@@ -13,7 +13,7 @@ import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
-import { evaluateModel, TRAIN_DEFAULTS, train } from "../lib/train/trainer.ts";
+import { evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -21,9 +21,15 @@ const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 /** Training flags: name -> [TrainOptions field, help]. */
 const TRAIN_FLAGS: Record<string, [keyof typeof TRAIN_DEFAULTS, string]> = {
   "epochs": ["epochs", "most epochs to run"],
-  "patience": ["patience", "stop after this many epochs without better valid recall@20 (paper 100)"],
+  "patience": [
+    "patience",
+    "stop after this many epochs without better valid recall@20 (paper 100)",
+  ],
   "batch-size": ["batchSize", "sequences per training batch (paper 256)"],
-  "eval-batch-size": ["evalBatchSize", "histories per evaluation batch (results do not depend on it)"],
+  "eval-batch-size": [
+    "evalBatchSize",
+    "histories per evaluation batch (results do not depend on it)",
+  ],
   "lr": ["learningRate", "Adam learning rate (paper 1e-3)"],
   "seed": ["seed", "seed of initialisation, batching and every random draw"],
   "eval-every": ["evalEvery", "validate every this many epochs"],
@@ -75,7 +81,9 @@ function progressWriter(): (text: string) => void {
   const tty = Deno.stderr.isTerminal();
   return (text) => {
     if (tty) {
-      Deno.stderr.writeSync(encoder.encode(text.startsWith("\r") ? `\r\x1b[K${text.slice(1)}` : text));
+      Deno.stderr.writeSync(
+        encoder.encode(text.startsWith("\r") ? `\r\x1b[K${text.slice(1)}` : text),
+      );
     } else if (text.endsWith("\n")) {
       // Logs in files get whole lines only: one per epoch.
       Deno.stderr.writeSync(encoder.encode(text.replace(/^\r/, "")));
@@ -93,8 +101,16 @@ function allModelFlags(): string[] {
 
 async function trainCommand(args: string[]): Promise<void> {
   const stringFlags = [
-    "model", "data", "format", "categories", "k-core", "min-rating", "out", "backend",
-    ...Object.keys(TRAIN_FLAGS), ...allModelFlags(),
+    "model",
+    "data",
+    "format",
+    "categories",
+    "k-core",
+    "min-rating",
+    "out",
+    "backend",
+    ...Object.keys(TRAIN_FLAGS),
+    ...allModelFlags(),
   ];
   const { values } = parseArgs({
     args,
@@ -125,7 +141,10 @@ async function trainCommand(args: string[]): Promise<void> {
     config[field] = typeof def === "number" ? numberFlag(flag, v[flag] as string) : v[flag];
   }
   for (const flag of allModelFlags()) {
-    if (typeof v[flag] === "string" && !(flag.replace(/-([a-z])/g, (_, c) => c.toUpperCase()) in entry.defaults)) {
+    if (
+      typeof v[flag] === "string" &&
+      !(flag.replace(/-([a-z])/g, (_, c) => c.toUpperCase()) in entry.defaults)
+    ) {
       throw new RangeError(`--${flag} is not an option of model ${modelName}`);
     }
   }
@@ -248,7 +267,9 @@ async function evalCommand(args: string[]): Promise<void> {
     model.config.maxLength,
     dataset.categories,
   );
-  console.log(JSON.stringify({ checkpoint: path, epoch: meta.epoch, split: which, metrics }, null, 1));
+  console.log(
+    JSON.stringify({ checkpoint: path, epoch: meta.epoch, split: which, metrics }, null, 1),
+  );
 }
 
 /** Runs the CLI with `args`; returns the process exit code. */

@@ -34,9 +34,10 @@ export function assertAlmostEquals(
   const ok = actual === expected || Math.abs(actual - expected) <= tolerance;
   nodeAssert.ok(
     ok,
-    msg ?? `Expected ${actual} to be within ${tolerance} of ${expected} (off by ${
-      Math.abs(actual - expected)
-    })`,
+    msg ??
+      `Expected ${actual} to be within ${tolerance} of ${expected} (off by ${
+        Math.abs(actual - expected)
+      })`,
   );
 }
 

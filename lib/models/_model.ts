@@ -21,7 +21,10 @@ export interface SequentialModel<C = unknown> {
    * `seeds` draws the seeds of every random choice of this step (dropout, sampling).
    * Also returns named parts of the loss for logging, as scalars.
    */
-  loss(batch: TrainBatch, seeds: () => number): { loss: tf.Scalar; parts: Record<string, tf.Scalar> };
+  loss(
+    batch: TrainBatch,
+    seeds: () => number,
+  ): { loss: tf.Scalar; parts: Record<string, tf.Scalar> };
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
   scores(batch: EvalBatch): tf.Tensor2D;
 }

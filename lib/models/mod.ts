@@ -4,11 +4,11 @@
  * @module
  */
 import type { SequentialModel } from "./_model.ts";
-import { SASREC_DEFAULTS, SASREC_HELP, SasRec } from "./sasrec.ts";
+import { SasRec, SASREC_DEFAULTS, SASREC_HELP } from "./sasrec.ts";
 
 export type { SequentialModel } from "./_model.ts";
 export { stepSeeds } from "./_model.ts";
-export { SASREC_DEFAULTS, SASREC_HELP, SasRec, type SasRecConfig } from "./sasrec.ts";
+export { SasRec, SASREC_DEFAULTS, SASREC_HELP, type SasRecConfig } from "./sasrec.ts";
 
 /** How to build a model by name: its defaults, their help text, and a constructor. */
 export interface ModelEntry {

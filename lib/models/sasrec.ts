@@ -133,7 +133,9 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     const h = this.encode(batch.inputs, batch.batch, batch.length, seeds);
     const flat = tf.reshape(h, [-1, this.config.hidden]) as tf.Tensor2D; // [B*L, d]
     const queries = embeddingLookup(flat, tf.tensor1d(rows, "int32")) as tf.Tensor2D; // [P, d]
-    const loss = tf.mean(softmaxOverItems(queries, this.params.get("item") as tf.Tensor2D, targets));
+    const loss = tf.mean(
+      softmaxOverItems(queries, this.params.get("item") as tf.Tensor2D, targets),
+    );
     return { loss: loss as tf.Scalar, parts: { recon: loss as tf.Scalar } };
   }
 

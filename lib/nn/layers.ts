@@ -9,6 +9,36 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { ParamStore } from "./params.ts";
 
+/** What the forward function of {@linkcode withCustomGradient} returns. */
+export interface CustomGradientResult {
+  /** The op's output. */
+  value: tf.Tensor;
+  /** Gradients of the inputs, in order, from the output's gradient and the saved tensors. */
+  gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[];
+}
+
+/**
+ * `tf.customGrad` with a typed, fixed-arity signature. `forward` gets the `arity` input
+ * tensors and tfjs's `save` function; tensors the gradient needs must go through `save`,
+ * because tfjs disposes every other forward-pass intermediate before the backward pass.
+ */
+export function withCustomGradient(
+  arity: number,
+  forward: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => CustomGradientResult,
+): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const inputs = args.slice(0, arity) as tf.Tensor[];
+    const save = args[arity] as tf.GradSaveFunc;
+    return forward(inputs, save);
+  });
+  return (...inputs: tf.Tensor[]) => {
+    if (inputs.length !== arity) {
+      throw new RangeError(`custom-gradient op takes ${arity} tensors, got ${inputs.length}`);
+    }
+    return f(...inputs);
+  };
+}
+
 /**
  * `a @ b` for 2-D tensors, with a gradient written as untransposed matmuls of explicit
  * transposes. tfjs's own MatMul gradient asks for `transposeA`/`transposeB` products,
@@ -16,11 +46,11 @@ import type { ParamStore } from "./params.ts";
  * path; a transpose is memory-bound and far cheaper than that difference.
  */
 export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
-  const f = tf.customGrad((x: tf.Tensor, y: tf.Tensor, save: tf.GradSaveFunc) => {
+  const f = withCustomGradient(2, ([x, y], save) => {
     save([x, y]);
     return {
       value: tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy, saved) => {
         const [xs, ys] = saved as tf.Tensor2D[];
         return [
           tf.matMul(dy as tf.Tensor2D, tf.transpose(ys)), // [m, k]
@@ -41,13 +71,13 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   const [n, d] = table.shape;
   const flatIds = tf.reshape(ids, [-1]) as tf.Tensor1D; // [M]
-  const f = tf.customGrad((t: tf.Tensor, save: tf.GradSaveFunc) => {
+  const f = withCustomGradient(1, ([t], save) => {
     // The ids must be saved: tfjs disposes every forward-pass tensor that is not an
     // input, output or saved value before it runs gradient functions.
     save([flatIds]);
     return {
       value: tf.gather(t, flatIds),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
+      gradFunc: (dy, saved) => [
         tf.scatterND(tf.reshape(saved[0], [-1, 1]), dy, [n, d]), // [n, d]
       ],
     };
@@ -98,7 +128,10 @@ export function gelu(x: tf.Tensor): tf.Tensor {
  */
 export function dropout(x: tf.Tensor, rate: number, seed: number | null): tf.Tensor {
   if (rate <= 0 || seed === null) return x;
-  const keep = tf.cast(tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, "float32", seed), rate), "float32");
+  const keep = tf.cast(
+    tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, "float32", seed), rate),
+    "float32",
+  );
   return tf.mul(x, tf.mul(keep, 1 / (1 - rate)));
 }
 

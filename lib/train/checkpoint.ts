@@ -68,7 +68,12 @@ export async function writeCheckpoint(
   await Deno.remove(next, { recursive: true }).catch(() => {});
   await Deno.mkdir(next, { recursive: true });
   const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const full: CheckpointMeta = { format: 1, ...meta, values: values.length, checksum: fnv1a(bytes) };
+  const full: CheckpointMeta = {
+    format: 1,
+    ...meta,
+    values: values.length,
+    checksum: fnv1a(bytes),
+  };
   const w = await Deno.open(`${next}/weights.bin`, { write: true, create: true, truncate: true });
   try {
     let off = 0;

@@ -166,18 +166,24 @@ export async function train(
         let partNames: string[] = [];
         let packed: tf.Tensor | null = null;
         tf.tidy(() => {
-          optimizer.minimize(() => {
-            const { loss, parts } = model.loss(batch, seeds);
-            partNames = Object.keys(parts);
-            packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])]));
-            return loss;
-          }, false, vars);
+          optimizer.minimize(
+            () => {
+              const { loss, parts } = model.loss(batch, seeds);
+              partNames = Object.keys(parts);
+              packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])]));
+              return loss;
+            },
+            false,
+            vars,
+          );
         });
         const values = await (packed as unknown as tf.Tensor).data();
         (packed as unknown as tf.Tensor).dispose();
         if (!Number.isFinite(values[0])) {
           throw new Error(
-            `Training loss became ${values[0]} at epoch ${epoch}, step ${i + 1}/${batches.length}; ` +
+            `Training loss became ${values[0]} at epoch ${epoch}, step ${
+              i + 1
+            }/${batches.length}; ` +
               `try a lower --lr (now ${o.learningRate})`,
           );
         }
@@ -236,14 +242,18 @@ export async function train(
         }
       }
       history.push(record);
-      if (logFile) await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+      if (logFile) {
+        await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+      }
       const total = (performance.now() - started) / 1000;
       const eta = total / epoch * (o.epochs - epoch);
       say(
         `\repoch ${epoch}/${o.epochs} loss ${record.loss.toFixed(4)} ${
           record.sequencesPerSecond.toFixed(0)
         } seq/s${
-          record.valid ? ` valid ${SELECTION_METRIC} ${record.valid[SELECTION_METRIC].toFixed(4)}` : ""
+          record.valid
+            ? ` valid ${SELECTION_METRIC} ${record.valid[SELECTION_METRIC].toFixed(4)}`
+            : ""
         } best ${best.score.toFixed(4)}@${best.epoch} elapsed ${formatSeconds(total)} ETA<=${
           formatSeconds(eta)
         }\n`,

@@ -1,0 +1,128 @@
+import * as tf from "@tensorflow/tfjs-core";
+import { selectBackend } from "../backends/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
+import { stepSeeds } from "../lib/models/_model.ts";
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+
+const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
+const TINY = { numItems: 30, hidden: 16, heads: 2, layers: 2, inner: 32, maxLength: 8, seed: 3 };
+
+Deno.test("selectBackend() rejects an unknown name with the name in the message", async () => {
+  // deno-lint-ignore no-explicit-any
+  await assertRejects(() => selectBackend("tpu" as any), RangeError, '"tpu"');
+});
+
+Deno.test("selectBackend() auto picks a backend and says why", async () => {
+  const chosen = await selectBackend("auto");
+  assert(["webgpu", "wasm", "cpu"].includes(chosen.name));
+  assert(chosen.reason.startsWith("auto:"), chosen.reason);
+  assertEquals(tf.getBackend(), chosen.name);
+});
+
+interface Run {
+  loss: number;
+  grads: Float32Array[];
+  scores: Float32Array;
+}
+
+/** Loss, gradients of every parameter and inference scores of tiny SASRec on `backend`. */
+async function sasrecRun(backend: (typeof BACKENDS)[number]): Promise<Run> {
+  await selectBackend(backend);
+  const model = new SasRec(TINY);
+  const batch = tinyTrainBatch(5, 6, TINY.numItems);
+  const vars = model.params.list();
+  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
+  const loss = (await value.data())[0];
+  const out: Float32Array[] = [];
+  for (const v of vars) out.push(await grads[v.name].data() as Float32Array);
+  const scores = tf.tidy(() => model.scores(tinyEvalBatch(5, 6, TINY.numItems)));
+  const s = await scores.data() as Float32Array;
+  tf.dispose([value, scores, ...Object.values(grads)]);
+  model.params.dispose();
+  return { loss, grads: out, scores: s };
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+function maxAbs(a: Float32Array): number {
+  return a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+}
+
+// Tolerances: float32 kernels sum in different orders on each backend (XNNPACK blocks,
+// WGSL workgroups), so results agree to ~1e-6 relative per op; across a 2-block Transformer
+// and its backward pass 1e-4 relative is a safe bound that still catches a wrong kernel.
+Deno.test("SASRec loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
+  const ref = await sasrecRun("cpu");
+  for (const backend of ["wasm", "webgpu"] as const) {
+    const run = await sasrecRun(backend);
+    assert(
+      Math.abs(run.loss - ref.loss) <= 1e-4 * Math.abs(ref.loss),
+      `${backend} loss ${run.loss} vs cpu ${ref.loss}`,
+    );
+    assertEquals(run.grads.length, ref.grads.length);
+    for (let i = 0; i < ref.grads.length; i++) {
+      const scale = Math.max(maxAbs(ref.grads[i]), 1e-3);
+      const diff = maxAbsDiff(run.grads[i], ref.grads[i]);
+      assert(diff <= 1e-3 * scale, `${backend} gradient ${i}: max diff ${diff}, scale ${scale}`);
+    }
+    const diff = maxAbsDiff(run.scores, ref.scores);
+    assert(diff <= 1e-4 * Math.max(maxAbs(ref.scores), 1), `${backend} scores differ by ${diff}`);
+  }
+});
+
+Deno.test("tensor count stays flat over 5 SASRec training steps on every backend", async () => {
+  for (const backend of BACKENDS) {
+    await selectBackend(backend);
+    const model = new SasRec(TINY);
+    const optimizer = tf.train.adam(1e-3);
+    const batch = tinyTrainBatch(4, 6, TINY.numItems);
+    const counts: number[] = [];
+    for (let step = 0; step < 5; step++) {
+      tf.tidy(() => {
+        optimizer.minimize(
+          () => model.loss(batch, stepSeeds(1, step)).loss,
+          false,
+          model.params.list(),
+        );
+      });
+      counts.push(tf.memory().numTensors);
+    }
+    // Adam creates its moment variables on the first step; after it nothing may grow.
+    assertEquals(
+      counts.slice(1),
+      [counts[1], counts[1], counts[1], counts[1]],
+      `${backend}: ${counts}`,
+    );
+    optimizer.dispose();
+    model.params.dispose();
+  }
+});
+
+Deno.test("SASRec training moves the loss down on every backend", async () => {
+  for (const backend of BACKENDS) {
+    await selectBackend(backend);
+    const model = new SasRec({ ...TINY, dropout: 0 });
+    const optimizer = tf.train.adam(1e-2);
+    const batch = tinyTrainBatch(4, 6, TINY.numItems);
+    const losses: number[] = [];
+    for (let step = 0; step < 15; step++) {
+      const l = tf.tidy(() =>
+        optimizer.minimize(
+          () => model.loss(batch, stepSeeds(1, step)).loss,
+          true,
+          model.params.list(),
+        )!
+      );
+      losses.push((await l.data())[0]);
+      l.dispose();
+    }
+    assert(losses[14] < 0.5 * losses[0], `${backend}: loss ${losses[0]} -> ${losses[14]}`);
+    optimizer.dispose();
+    model.params.dispose();
+  }
+});
