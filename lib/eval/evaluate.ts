@@ -5,6 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch } from "../data/types.ts";
 import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "./_device.ts";
 import { DEFAULT_KS, MetricAccumulator, type Metrics } from "./metrics.ts";
@@ -58,7 +59,7 @@ export interface EvalResult {
  * target or excluded id out of range, or NaN scores (row and user named).
  */
 export async function evaluate(
-  scoreFn: (batch: EvalBatch) => tf.Tensor2D,
+  scoreFn: (batch: EvalBatch) => Tensor2D,
   batches: Iterable<EvalBatch>,
   options: EvaluateOptions,
 ): Promise<EvalResult> {

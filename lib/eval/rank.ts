@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch } from "../data/types.ts";
 import { prepareBatch, rankTensors, readRanks } from "./_device.ts";
 
@@ -83,7 +84,7 @@ export function rankOfTarget(
  * @throws {RangeError} Scores of the wrong shape, a target or excluded id out of range, or
  * a row holding NaN scores (the row and user are named).
  */
-export async function rankBatch(scores: tf.Tensor2D, batch: EvalBatch): Promise<Int32Array> {
+export async function rankBatch(scores: Tensor2D, batch: EvalBatch): Promise<Int32Array> {
   const prep = prepareBatch(batch, scores.shape);
   const t = tf.tidy(() => rankTensors(scores, prep));
   return (await readRanks(t, prep, batch)).ranks;
@@ -107,7 +108,7 @@ export async function rankBatch(scores: tf.Tensor2D, batch: EvalBatch): Promise<
  * @throws {RangeError} `k` is not a positive integer, or as {@linkcode rankBatch}.
  */
 export async function topKBatch(
-  scores: tf.Tensor2D,
+  scores: Tensor2D,
   batch: EvalBatch,
   k: number,
 ): Promise<Int32Array[]> {

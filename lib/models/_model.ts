@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs-core";
+import type { Scalar, Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch, TrainBatch } from "../data/types.ts";
 import type { ParamStore } from "../nn/params.ts";
 
@@ -24,9 +24,9 @@ export interface SequentialModel<C = unknown> {
   loss(
     batch: TrainBatch,
     seeds: () => number,
-  ): { loss: tf.Scalar; parts: Record<string, tf.Scalar> };
+  ): { loss: Scalar; parts: Record<string, Scalar> };
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
-  scores(batch: EvalBatch): tf.Tensor2D;
+  scores(batch: EvalBatch): Tensor2D;
 }
 
 /** A 32-bit seed stream for one training step, derived from a run seed and a step number. */

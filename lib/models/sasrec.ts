@@ -7,6 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Scalar, Tensor2D, Tensor3D } from "../nn/tensor_types.ts";
 import type { EvalBatch, TrainBatch } from "../data/types.ts";
 import {
   causalPaddingMask,
@@ -112,7 +113,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
    * right (the newest item always sits at position maxLength-1), so a row's result does
    * not depend on how far the batch is padded.
    */
-  encode(inputs: Int32Array, batch: number, length: number, seeds: SeedSource): tf.Tensor3D {
+  encode(inputs: Int32Array, batch: number, length: number, seeds: SeedSource): Tensor3D {
     const c = this.config;
     const ids = tf.tensor2d(inputs, [batch, length], "int32");
     const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
@@ -126,8 +127,8 @@ export class SasRec implements SequentialModel<SasRecConfig> {
 
   /** Mean full-softmax cross-entropy over every position that has a target. */
   loss(batch: TrainBatch, seeds: () => number): {
-    loss: tf.Scalar;
-    parts: Record<string, tf.Scalar>;
+    loss: Scalar;
+    parts: Record<string, Scalar>;
   } {
     const { rows, targets } = targetPositions(batch);
     const h = this.encode(batch.inputs, batch.batch, batch.length, seeds);
@@ -140,7 +141,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
   }
 
   /** Scores `[B, N + 1]` of every item after each history, from the newest position. */
-  scores(batch: EvalBatch): tf.Tensor2D {
+  scores(batch: EvalBatch): Tensor2D {
     const h = this.encode(batch.inputs, batch.batch, batch.length, null);
     const last = tf.reshape(
       tf.slice(h, [0, batch.length - 1, 0], [-1, 1, -1]),

@@ -5,6 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Variable } from "./tensor_types.ts";
 
 /** How a parameter starts: the reference code's N(0, 0.02), zeros, or ones. */
 export type Init = "normal" | "zeros" | "ones";
@@ -35,7 +36,7 @@ export class ParamStore {
   }
 
   /** Creates a parameter; throws if the name is taken. */
-  create(name: string, shape: number[], init: Init = "normal"): tf.Variable {
+  create(name: string, shape: number[], init: Init = "normal"): Variable {
     if (this.#vars.has(name)) throw new Error(`Parameter "${name}" is already defined`);
     // Each parameter gets its own seed derived from the store's, so adding a parameter at
     // the end never changes the values of the ones before it.
@@ -53,14 +54,14 @@ export class ParamStore {
   }
 
   /** The parameter called `name`; throws a clear error if there is none. */
-  get(name: string): tf.Variable {
+  get(name: string): Variable {
     const v = this.#vars.get(name);
     if (!v) throw new Error(`No parameter named "${name}"`);
     return v;
   }
 
   /** All parameters in creation order. */
-  list(): tf.Variable[] {
+  list(): Variable[] {
     return [...this.#vars.values()];
   }
 

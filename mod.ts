@@ -1,0 +1,75 @@
+/**
+ * Generative sequential recommendation in Deno on tfjs: SASRec today, SIGMA (a VAE with a
+ * multi-interest Gaussian-mixture prior) next, with full-catalogue evaluation, a seeded
+ * trainer with atomic checkpoints, and a backend chosen at run time (WebGPU, WebAssembly
+ * SIMD or the pure-JS cpu kernels).
+ *
+ * The usual way in is the command line (`deno task train`, `deno task eval`); this module
+ * is the same pipeline as a library.
+ *
+ * @example Train SASRec on the embedded synthetic data and read its test metrics
+ * ```ts
+ * import {
+ *   leaveOneOut,
+ *   SasRec,
+ *   selectBackend,
+ *   syntheticDataset,
+ *   train,
+ *   evaluateModel,
+ * } from "./mod.ts";
+ *
+ * const chosen = await selectBackend("auto");
+ * console.log(`backend ${chosen.name}: ${chosen.reason}`);
+ * const data = syntheticDataset({ seed: 7 });
+ * const { split } = leaveOneOut(data);
+ * const numItems = data.numItems;
+ * const model = new SasRec({ numItems, hidden: 32, heads: 2, layers: 1, inner: 64 });
+ * await train(model, split, numItems, { epochs: 2, batchSize: 128 });
+ * const test = await evaluateModel(model, split.test, numItems, 256, model.config.maxLength);
+ * console.log(test["recall@20"], test["ndcg@20"]);
+ * model.params.dispose();
+ * ```
+ *
+ * @module
+ */
+
+export {
+  BACKEND_CHOICES,
+  type BackendChoice,
+  type ChosenBackend,
+  probeWebGpu,
+  selectBackend,
+  type SelectBackendOptions,
+} from "./backends/mod.ts";
+export * from "./lib/data/mod.ts";
+export * from "./lib/eval/mod.ts";
+export {
+  type ModelEntry,
+  modelEntry,
+  MODELS,
+  SasRec,
+  SASREC_DEFAULTS,
+  SASREC_HELP,
+  type SasRecConfig,
+  type SequentialModel,
+  stepSeeds,
+} from "./lib/models/mod.ts";
+export { type Init, type ParamRecord, ParamStore } from "./lib/nn/params.ts";
+export type { SeedSource } from "./lib/nn/layers.ts";
+export type { Scalar, Tensor, Tensor2D, Tensor3D, Variable } from "./lib/nn/tensor_types.ts";
+export {
+  type CheckpointMeta,
+  fnv1a,
+  readCheckpoint,
+  writeCheckpoint,
+} from "./lib/train/checkpoint.ts";
+export {
+  type EpochRecord,
+  evaluateModel,
+  SELECTION_METRIC,
+  train,
+  TRAIN_DEFAULTS,
+  type TrainHooks,
+  type TrainOptions,
+  type TrainResult,
+} from "./lib/train/trainer.ts";
