@@ -49,7 +49,7 @@ function usage(): string {
     "  --k-core K          apply K-core filtering first (default 0: none)",
     "  --min-rating R      MovieLens: keep ratings >= R (default 4)",
     "Run:",
-    `  --model M           ${Object.keys(MODELS).join(" | ")} (default sasrec)`,
+    `  --model M           ${Object.keys(MODELS).join(" | ")} (default ${Object.keys(MODELS)[0]})`,
     "  --out DIR           write DIR/metrics.json, DIR/log.jsonl, DIR/checkpoint/ (default runs/<model>)",
     "  --backend B         auto | webgpu | wasm | cpu (default auto)",
     "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
@@ -74,6 +74,12 @@ function numberFlag(flag: string, text: string): number {
     throw new RangeError(`--${flag} must be a number, got "${text}"`);
   }
   return value;
+}
+
+function booleanFlag(flag: string, text: string): boolean {
+  if (text === "true") return true;
+  if (text === "false") return false;
+  throw new RangeError(`--${flag} must be true or false, got "${text}"`);
 }
 
 function progressWriter(): (text: string) => void {
@@ -126,7 +132,7 @@ async function trainCommand(args: string[]): Promise<void> {
     console.log(usage());
     return;
   }
-  const modelName = (v.model as string | undefined) ?? "sasrec";
+  const modelName = (v.model as string | undefined) ?? Object.keys(MODELS)[0];
   const entry = modelEntry(modelName);
   const options: Record<string, number | boolean> = {};
   for (const [flag, [field]] of Object.entries(TRAIN_FLAGS)) {
@@ -138,7 +144,11 @@ async function trainCommand(args: string[]): Promise<void> {
     const flag = kebab(field);
     if (field === "seed" || typeof v[flag] !== "string") continue;
     const def = entry.defaults[field];
-    config[field] = typeof def === "number" ? numberFlag(flag, v[flag] as string) : v[flag];
+    config[field] = typeof def === "number"
+      ? numberFlag(flag, v[flag] as string)
+      : typeof def === "boolean"
+      ? booleanFlag(flag, v[flag] as string)
+      : v[flag];
   }
   for (const flag of allModelFlags()) {
     if (

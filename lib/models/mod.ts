@@ -5,10 +5,18 @@
  */
 import type { SequentialModel } from "./_model.ts";
 import { SasRec, SASREC_DEFAULTS, SASREC_HELP } from "./sasrec.ts";
+import { Sigma, SIGMA_DEFAULTS, SIGMA_HELP } from "./sigma.ts";
 
 export type { SequentialModel } from "./_model.ts";
 export { stepSeeds } from "./_model.ts";
 export { SasRec, SASREC_DEFAULTS, SASREC_HELP, type SasRecConfig } from "./sasrec.ts";
+export {
+  Sigma,
+  SIGMA_DEFAULTS,
+  SIGMA_HELP,
+  type SigmaConfig,
+  validateSigmaConfig,
+} from "./sigma.ts";
 
 /** How to build a model by name: its defaults, their help text, and a constructor. */
 export interface ModelEntry {
@@ -22,8 +30,13 @@ export interface ModelEntry {
   };
 }
 
-/** Every model the CLI and checkpoints know, by `--model` name. */
+/** Every model the CLI and checkpoints know, by `--model` name; the first is the default. */
 export const MODELS: Record<string, ModelEntry> = {
+  sigma: {
+    defaults: SIGMA_DEFAULTS as unknown as Record<string, number | string | boolean>,
+    help: SIGMA_HELP,
+    create: (config) => new Sigma(config),
+  },
   sasrec: {
     defaults: SASREC_DEFAULTS as unknown as Record<string, number>,
     help: SASREC_HELP,

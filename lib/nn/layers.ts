@@ -265,3 +265,16 @@ export function fullSoftmaxCrossEntropy(
   }
   return (parts.length === 1 ? parts[0] : tf.concat(parts)) as tf.Tensor1D;
 }
+
+/**
+ * Inclusive cumulative sum along `axis`. Its gradient is the reversed cumulative sum of
+ * the incoming gradient, computed directly: tfjs 4.22's own Cumsum gradient returns a
+ * wrongly transposed shape for any axis but the last.
+ */
+export function cumulativeSum(x: tf.Tensor, axis: number): tf.Tensor {
+  const f = withCustomGradient(1, ([t]) => ({
+    value: tf.cumsum(t, axis),
+    gradFunc: (dy) => [tf.cumsum(dy, axis, false, true)],
+  }));
+  return f(x);
+}

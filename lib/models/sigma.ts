@@ -1,0 +1,500 @@
+/**
+ * SIGMA: a sequential-recommendation VAE whose prior is a Gaussian mixture built from the
+ * user's own interests (paper: `SIGMA.md` and `papers/sigma-paper.md`).
+ *
+ * Two VAEs share the item embeddings and train jointly:
+ *
+ * - **MIE-VAE** (§3.2) splits a history into k interests. k category embeddings G score
+ *   every item (`a_i^j`); soft interests are a-weighted sums of item embeddings, hard
+ *   interests a GRU over the items each category wins by a straight-through
+ *   Gumbel-softmax. Their mean is the interest mean `m_t^j`, an MLP gives its variance
+ *   `omega_t^j`, the interest intensities `alpha_t^j` are the running mean of `a`. Its own
+ *   ELBO decodes sampled interests with a max-over-interests score (Eq. 9).
+ * - **SGM-VAE** (§3.3) encodes the history with two Transformers into `mu_t` and
+ *   `log sigma_t^2`, samples `z_t`, and decodes it with a third Transformer to score the
+ *   next item. Its KL is against the mixture `sum_j alpha_t^j N(m_t^j, omega_t^j)`,
+ *   estimated with one sample (Eq. 12).
+ *
+ * Loss (§3.4), averaged over positions with a target:
+ * `-(recon_SGM - lambda KL_SGM) - beta1 (recon_MIE - KL_MIE) + beta2 L_orth`.
+ * Inference ranks by the decoder's output at `z = mu` (or, with `ranking: "mie"`, by
+ * MIE-VAE's max-over-interests score at the interest means).
+ *
+ * Reads top to bottom: config, parameters, shared embedding, MIE-VAE, SGM-VAE, loss,
+ * scores.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Scalar, Tensor2D } from "../nn/tensor_types.ts";
+import type { EvalBatch, TrainBatch } from "../data/types.ts";
+import {
+  causalPaddingMask,
+  createLayerNorm,
+  createLinear,
+  createTransformer,
+  cumulativeSum,
+  dropout,
+  embeddingLookup,
+  gelu,
+  layerNorm,
+  linear,
+  matmul,
+  type SeedSource,
+  transformer,
+  type TransformerSettings,
+} from "../nn/layers.ts";
+import {
+  gumbelSoftmax,
+  l2Normalise,
+  mixturePriorKl,
+  orthogonalityLoss,
+  reparameterise,
+  standardNormalKl,
+  straightThroughOneHot,
+} from "../nn/distributions.ts";
+import { createGru, gatedCategoryGru } from "../nn/gru.ts";
+import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
+import { ParamStore } from "../nn/params.ts";
+import type { SequentialModel } from "./_model.ts";
+import { targetPositions } from "./sasrec.ts";
+
+/** SIGMA's configuration. Defaults are the paper's (§4.1) or SIGMA.md's decisions. */
+export interface SigmaConfig {
+  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
+  numItems: number;
+  /** Longest history the model reads; older items are dropped. Paper: 100. */
+  maxLength: number;
+  /** Embedding and hidden width d. Paper: 128 (useful range 32-256). */
+  hidden: number;
+  /** Attention heads; divides `hidden`. Paper: 4. */
+  heads: number;
+  /** Blocks in each of Enc_mu, Enc_sigma and the decoder. Reference code: 1 (1-3). */
+  layers: number;
+  /** Feed-forward width of the Transformer blocks. Default 256, as SASRec's. */
+  inner: number;
+  /** Dropout on embeddings and block outputs. Paper: 0.3 (0-0.5). */
+  dropout: number;
+  /** LayerNorm epsilon. Reference code: 1e-12. */
+  layerNormEps: number;
+  /** Standard deviation of the normal initialisation. Reference code: 0.02. */
+  initStd: number;
+  /** Seed of the initial parameters. */
+  seed: number;
+  /** Number of interest categories k. Paper: 4 (Amazon), 8 (MovieLens); 2-16. */
+  categories: number;
+  /** Temperature tau of the item-to-category softmax. Authors' code: 0.1 (0.05-1). */
+  categoryTemperature: number;
+  /** Temperature of the Gumbel-softmax that assigns hard categories. SIGMA.md: 1. */
+  gumbelTemperature: number;
+  /** Stacked GRU layers of the hard interests. Authors' code: 2. */
+  gruLayers: number;
+  /** Weight lambda of the mixture-prior KL of SGM-VAE. Paper: 1e-4 (1e-5-1e-2). */
+  lambda: number;
+  /** Weight beta1 of MIE-VAE's ELBO. Paper: 0.01 (1e-5-1e-2). */
+  beta1: number;
+  /** Weight beta2 of the orthogonality loss. Paper: 0.01 (1e-5-1e-2). */
+  beta2: number;
+  /**
+   * Prior of SGM-VAE: `mixture` (SIGMA) or `standard`, N(0, I) with closed-form KL
+   * weighted by `lambdaUni` (the paper's SIGMA_uni, Table 3).
+   */
+  prior: "mixture" | "standard";
+  /** KL weight lambda' with the standard prior. Paper's Table 3: 1 and 1e-4. Default 1. */
+  lambdaUni: number;
+  /** Whether the orthogonality loss is on. Off = the "without L_orth" variant (Table 5). */
+  orthogonality: boolean;
+  /**
+   * What ranks items at inference: `sgm` (the decoder at z = mu, the paper's) or `mie`
+   * (MIE-VAE alone, max over interests; for K <= 40 this ranks exactly as merging each
+   * interest's top 40 by score, the paper's Table 4 protocol).
+   */
+  ranking: "sgm" | "mie";
+  /** Reconstruction loss: `softmax` (full catalogue, paper), `bce` (1 negative), `sampled`. */
+  loss: ItemLossKind;
+  /** Negatives per position for `--loss sampled`. Default 100. */
+  negatives: number;
+  /** Temperature tau of SGM-VAE's softmax (Eq. 13). SIGMA.md: 1. */
+  reconTemperature: number;
+  /** Temperature epsilon of MIE-VAE's max-over-interests softmax (Eq. 9). Default 1. */
+  interestTemperature: number;
+}
+
+/** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
+export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
+  maxLength: 100,
+  hidden: 128,
+  heads: 4,
+  layers: 1,
+  inner: 256,
+  dropout: 0.3,
+  layerNormEps: 1e-12,
+  initStd: 0.02,
+  seed: 42,
+  categories: 4,
+  categoryTemperature: 0.1,
+  gumbelTemperature: 1,
+  gruLayers: 2,
+  lambda: 1e-4,
+  beta1: 0.01,
+  beta2: 0.01,
+  prior: "mixture",
+  lambdaUni: 1,
+  orthogonality: true,
+  ranking: "sgm",
+  loss: "softmax",
+  negatives: 100,
+  reconTemperature: 1,
+  interestTemperature: 1,
+};
+
+/** One line per {@linkcode SigmaConfig} field, for `--help`. */
+export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
+  maxLength: "longest history read; older items dropped (paper 100)",
+  hidden: "embedding and hidden width d (paper 128; 32-256)",
+  heads: "attention heads, divides hidden (paper 4)",
+  layers: "blocks per Transformer: Enc_mu, Enc_sigma, decoder (reference code 1; 1-3)",
+  inner: "feed-forward width (as SASRec: 256)",
+  dropout: "dropout rate (paper 0.3; 0-0.5)",
+  layerNormEps: "LayerNorm epsilon (reference code 1e-12)",
+  initStd: "std of the normal initialisation (reference code 0.02)",
+  seed: "seed of the initial parameters (the CLI sets it from --seed)",
+  categories: "interest categories k (paper 4 Amazon, 8 MovieLens; 2-16)",
+  categoryTemperature: "temperature tau of item-to-category softmax (authors' code 0.1)",
+  gumbelTemperature: "Gumbel-softmax temperature of the hard assignment (1)",
+  gruLayers: "GRU layers of the hard interests (authors' code 2)",
+  lambda: "weight of the mixture-prior KL (paper 1e-4)",
+  beta1: "weight of MIE-VAE's ELBO (paper 0.01)",
+  beta2: "weight of the orthogonality loss (paper 0.01)",
+  prior: "mixture (SIGMA) | standard (SIGMA_uni, KL weight --lambda-uni)",
+  lambdaUni: "KL weight with --prior standard (paper Table 3: 1, 1e-4)",
+  orthogonality: "true | false: use the orthogonality loss (Table 5 ablation: false)",
+  ranking: "sgm (paper) | mie: rank by MIE-VAE's max-over-interests score (Table 4)",
+  loss: "softmax (full, paper) | bce (1 negative) | sampled (--negatives n)",
+  negatives: "negatives per position for --loss sampled",
+  reconTemperature: "temperature tau of SGM-VAE's softmax (Eq. 13)",
+  interestTemperature: "temperature epsilon of MIE-VAE's softmax (Eq. 9)",
+};
+
+/** Everything MIE-VAE derives from a history, at every position. */
+interface Interests {
+  /** Item-to-category probabilities a `[B, L, k]` (0 at padding). */
+  assignment: tf.Tensor3D;
+  /** Interest intensities alpha `[B, L, k]`: rows sum to 1 at real positions. */
+  intensity: tf.Tensor3D;
+  /** Interest means m = (soft + hard) / 2, `[B, L, k, d]`. */
+  mean: tf.Tensor4D;
+}
+
+/** SIGMA behind the {@linkcode SequentialModel} interface. */
+export class Sigma implements SequentialModel<SigmaConfig> {
+  /** Always `"sigma"`. */
+  readonly name = "sigma";
+  /** The full configuration. */
+  readonly config: SigmaConfig;
+  /** Trainable parameters. */
+  readonly params: ParamStore;
+  readonly #block: TransformerSettings;
+
+  /**
+   * Creates SIGMA with fresh, seeded parameters.
+   *
+   * @throws {RangeError} A config field out of its domain (the field is named).
+   */
+  constructor(config: Partial<SigmaConfig> & { numItems: number }) {
+    this.config = { ...SIGMA_DEFAULTS, ...config };
+    const c = this.config;
+    validateSigmaConfig(c);
+    this.#block = {
+      hidden: c.hidden,
+      heads: c.heads,
+      inner: c.inner,
+      dropout: c.dropout,
+      layers: c.layers,
+      layerNormEps: c.layerNormEps,
+    };
+    const d = c.hidden;
+    const p = new ParamStore(c.seed, c.initStd);
+    p.create("item", [c.numItems + 1, d]); // row 0 = padding
+    p.create("position", [c.maxLength, d]);
+    createLayerNorm(p, "embed.ln", d);
+    // MIE-VAE
+    p.create("category", [c.categories, d]); // G, rows L2-normalised before use
+    createGru(p, "gru", d, c.gruLayers);
+    createLinear(p, "omega.l1", 2 * d, d); // log omega^2 = MLP([g || m])
+    createLinear(p, "omega.l2", d, d);
+    createLinear(p, "interest.l1", d, d); // u = MLP(x)
+    createLinear(p, "interest.l2", d, d);
+    // SGM-VAE
+    createTransformer(p, "enc_mu", this.#block);
+    createTransformer(p, "enc_sigma", this.#block);
+    createTransformer(p, "dec", this.#block);
+    this.params = p;
+  }
+
+  // ---------------------------------------------------------------- shared embedding
+
+  /**
+   * Raw item embeddings `[B, L, d]` with padding rows zeroed (MIE-VAE's v_i), and the
+   * Transformer input: LayerNorm(item + position), with dropout when training. Positions
+   * count from the right, so a row's result does not depend on how far it is padded.
+   */
+  #embed(inputs: Int32Array, batch: number, length: number, seeds: SeedSource) {
+    const c = this.config;
+    const ids = tf.tensor2d(inputs, [batch, length], "int32");
+    const realMask = tf.expandDims(tf.cast(tf.notEqual(ids, 0), "float32"), 2); // [B, L, 1]
+    const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
+    const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
+    const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
+    const x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);
+    return {
+      realMask: realMask as tf.Tensor3D,
+      items: tf.mul(items, realMask) as tf.Tensor3D, // [B, L, d]
+      input: dropout(x, c.dropout, seeds ? seeds() : null) as tf.Tensor3D, // [B, L, d]
+      mask: causalPaddingMask(inputs, batch, length), // [B, 1, L, L]
+    };
+  }
+
+  // ---------------------------------------------------------------- MIE-VAE
+
+  /** The k category embeddings, L2-normalised: `[k, d]`. */
+  #categories(): tf.Tensor2D {
+    return l2Normalise(this.params.get("category")) as tf.Tensor2D;
+  }
+
+  /**
+   * Soft and hard interests, their means and intensities at every position. When
+   * training (`seeds` given) each item's hard category is a straight-through
+   * Gumbel-softmax sample over `log a`; at inference it is the argmax of `a`.
+   */
+  #interests(items: tf.Tensor3D, realMask: tf.Tensor3D, seeds: SeedSource): Interests {
+    const c = this.config;
+    const [batch, length, d] = items.shape;
+    const k = c.categories;
+    const flat = tf.reshape(l2Normalise(items), [batch * length, d]) as tf.Tensor2D; // [B*L, d]
+    const gT = tf.transpose(this.#categories()) as tf.Tensor2D; // [d, k]
+    const logits = tf.reshape(
+      tf.div(matmul(flat, gT), c.categoryTemperature),
+      [batch, length, k],
+    ); // [B, L, k]
+    const assignment = tf.mul(tf.softmax(logits), realMask) as tf.Tensor3D; // a, [B, L, k]
+    // Soft interests h_t^j = sum_{i<=t} a_i^j v_i.
+    const weighted = tf.mul(tf.expandDims(assignment, 3), tf.expandDims(items, 2)); // [B, L, k, d]
+    const soft = cumulativeSum(weighted, 1); // [B, L, k, d]
+    // Intensities alpha_t^j = mean_{i<=t} a_i^j (0 before the first real item).
+    const seen = tf.maximum(cumulativeSum(realMask, 1), 1); // [B, L, 1]
+    const intensity = tf.div(cumulativeSum(assignment, 1), seen) as tf.Tensor3D; // [B, L, k]
+    // Hard interests: one category per item, then a gated GRU per category.
+    const logA = tf.logSoftmax(logits); // log a, stable
+    const hardOneHot = seeds
+      ? gumbelSoftmax(logA, c.gumbelTemperature, seeds(), true)
+      : straightThroughOneHot(logA);
+    const gates = tf.mul(hardOneHot, realMask) as tf.Tensor3D; // [B, L, k]
+    const hard = gatedCategoryGru(this.params, "gru", items, gates, c.gruLayers); // [B, L, k, d]
+    const mean = tf.div(tf.add(soft, hard), 2) as tf.Tensor4D; // Eq. 5
+    return { assignment, intensity, mean };
+  }
+
+  /** log omega^2 = MLP([g_j || m^j]) (Eq. 6) for interest means `[P, k, d]`. */
+  #interestLogVar(mean: tf.Tensor3D): tf.Tensor3D {
+    const [positions, k, d] = mean.shape;
+    const g = tf.tile(tf.expandDims(this.#categories(), 0), [positions, 1, 1]); // [P, k, d]
+    const h = gelu(linear(this.params, "omega.l1", tf.concat([g, mean], 2))); // [P, k, d]
+    return tf.reshape(linear(this.params, "omega.l2", h), [positions, k, d]) as tf.Tensor3D;
+  }
+
+  /** u^j = MLP(x^j): interest vectors in item space, `[P, k, d]`. */
+  #interestDecoder(x: tf.Tensor3D): tf.Tensor3D {
+    const h = gelu(linear(this.params, "interest.l1", x));
+    return linear(this.params, "interest.l2", h) as tf.Tensor3D;
+  }
+
+  // ---------------------------------------------------------------- SGM-VAE
+
+  /** Posterior mean and log-variance of z, `[B, L, d]` each. */
+  #posterior(input: tf.Tensor3D, mask: tf.Tensor4D, seeds: SeedSource) {
+    return {
+      mu: transformer(this.params, "enc_mu", input, mask, this.#block, seeds),
+      logVar: transformer(this.params, "enc_sigma", input, mask, this.#block, seeds),
+    };
+  }
+
+  /** Decoder output u_hat `[B, L, d]` from latent codes z `[B, L, d]`. */
+  #decode(z: tf.Tensor3D, mask: tf.Tensor4D, seeds: SeedSource): tf.Tensor3D {
+    return transformer(this.params, "dec", z, mask, this.#block, seeds);
+  }
+
+  // ---------------------------------------------------------------- loss
+
+  /**
+   * The joint loss of a batch (§3.4), averaged over positions with a target, and its
+   * parts: `recon` (SGM reconstruction), `kl` (SGM KL, mixture or standard prior),
+   * `recon_mie`, `kl_mie`, `orth` (each a mean over positions, before weighting).
+   */
+  loss(batch: TrainBatch, seeds: () => number): {
+    loss: Scalar;
+    parts: Record<string, Scalar>;
+  } {
+    const c = this.config;
+    const { batch: b, length, inputs } = batch;
+    const d = c.hidden;
+    const k = c.categories;
+    const { rows, targets } = targetPositions(batch);
+    const positions = rows.length;
+    const rowIds = tf.tensor1d(rows, "int32");
+    // Rows of `[B, L, ...]` at the P positions with a target: [P, ...].
+    const atTargets = (t: tf.Tensor, tail: number[]) =>
+      tf.reshape(
+        embeddingLookup(tf.reshape(t, [b * length, -1]) as tf.Tensor2D, rowIds),
+        [positions, ...tail],
+      );
+    const itemTable = this.params.get("item") as tf.Tensor2D;
+    const e = this.#embed(inputs, b, length, seeds);
+
+    // SGM-VAE: z = mu + sigma * eps, decoded at every position (the decoder is causal).
+    const { mu, logVar } = this.#posterior(e.input, e.mask, seeds);
+    const z = reparameterise(mu, logVar, seeds()) as tf.Tensor3D; // [B, L, d]
+    const decoded = atTargets(this.#decode(z, e.mask, seeds), [1, d]) as tf.Tensor3D; // [P, 1, d]
+    const reconSgm = itemLoss(decoded, itemTable, targets, {
+      kind: c.loss,
+      negatives: c.negatives,
+      temperature: c.reconTemperature,
+      seed: seeds(),
+    }); // [P]
+
+    // MIE-VAE: interests at the P positions, sampled, decoded with max over interests.
+    const interests = this.#interests(e.items, e.realMask, seeds);
+    const mean = atTargets(interests.mean, [k, d]) as tf.Tensor3D; // [P, k, d]
+    const intensity = atTargets(interests.intensity, [k]) as tf.Tensor2D; // [P, k]
+    const interestLogVar = this.#interestLogVar(mean); // [P, k, d]
+    const x = reparameterise(mean, interestLogVar, seeds()) as tf.Tensor3D; // [P, k, d]
+    const reconMie = itemLoss(this.#interestDecoder(x), itemTable, targets, {
+      kind: c.loss,
+      negatives: c.negatives,
+      temperature: c.interestTemperature,
+      seed: seeds(),
+    }); // [P]
+    const klMie = tf.sum(standardNormalKl(mean, interestLogVar), 1); // [P], Eq. 7 over k
+
+    // KL of SGM-VAE at the same positions.
+    const zP = atTargets(z, [d]);
+    const muP = atTargets(mu, [d]);
+    const logVarP = atTargets(logVar, [d]);
+    const klSgm = c.prior === "mixture"
+      // alpha rows sum to 1 by construction at real positions: no host check needed.
+      ? mixturePriorKl(zP, muP, logVarP, intensity, mean, interestLogVar, {
+        checkWeights: false,
+      })
+      : standardNormalKl(muP, logVarP); // [P]
+    const klWeight = c.prior === "mixture" ? c.lambda : c.lambdaUni;
+
+    const orth = orthogonalityLoss(this.params.get("category") as tf.Tensor2D);
+    const perPosition = tf.add(
+      tf.add(reconSgm, tf.mul(klSgm, klWeight)),
+      tf.mul(tf.add(reconMie, klMie), c.beta1),
+    ); // [P]
+    let loss = tf.mean(perPosition) as tf.Scalar;
+    if (c.orthogonality) loss = tf.add(loss, tf.mul(orth, c.beta2)) as tf.Scalar;
+    return {
+      loss,
+      parts: {
+        recon: tf.mean(reconSgm) as tf.Scalar,
+        kl: tf.mean(klSgm) as tf.Scalar,
+        recon_mie: tf.mean(reconMie) as tf.Scalar,
+        kl_mie: tf.mean(klMie) as tf.Scalar,
+        orth,
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- scores
+
+  /**
+   * Scores `[B, N + 1]` of every item after each history, at the newest position:
+   * the decoder at z = mu (`ranking: "sgm"`), or MIE-VAE's max over interest vectors at
+   * the interest means (`ranking: "mie"`).
+   */
+  scores(batch: EvalBatch): Tensor2D {
+    const c = this.config;
+    const { batch: b, length, inputs } = batch;
+    const d = c.hidden;
+    const itemsT = tf.transpose(this.params.get("item")) as tf.Tensor2D; // [d, N+1]
+    const e = this.#embed(inputs, b, length, null);
+    const last = (t: tf.Tensor, tail: number[]) =>
+      tf.reshape(tf.slice(t, [0, length - 1], [-1, 1]), [b, ...tail]);
+    if (c.ranking === "mie") {
+      const interests = this.#interests(e.items, e.realMask, null);
+      const u = this.#interestDecoder(last(interests.mean, [c.categories, d]) as tf.Tensor3D);
+      const perInterest = matmul(tf.reshape(u, [b * c.categories, d]) as tf.Tensor2D, itemsT);
+      return tf.max(tf.reshape(perInterest, [b, c.categories, -1]), 1) as tf.Tensor2D; // [B, N+1]
+    }
+    const { mu } = this.#posterior(e.input, e.mask, null);
+    const decoded = last(this.#decode(mu, e.mask, null), [d]) as tf.Tensor2D; // [B, d]
+    return matmul(decoded, itemsT); // [B, N+1]
+  }
+
+  /**
+   * Item-to-category probabilities `[N + 1, k]` of every item (row 0, padding, included),
+   * as MIE-VAE assigns them: `softmax_j(g_j . normalize(v_i) / tau)`.
+   */
+  itemCategories(): Tensor2D {
+    return tf.tidy(() => {
+      const v = l2Normalise(this.params.get("item")) as tf.Tensor2D; // [N+1, d]
+      const gT = tf.transpose(this.#categories()) as tf.Tensor2D; // [d, k]
+      return tf.softmax(tf.div(matmul(v, gT), this.config.categoryTemperature)) as tf.Tensor2D;
+    });
+  }
+}
+
+/** Checks every field of a full SIGMA config, naming the first bad one. */
+export function validateSigmaConfig(c: SigmaConfig): void {
+  const positiveInts = [
+    "numItems",
+    "maxLength",
+    "hidden",
+    "heads",
+    "layers",
+    "inner",
+    "categories",
+    "gruLayers",
+    "negatives",
+  ] as const;
+  for (const f of positiveInts) {
+    if (!Number.isInteger(c[f]) || c[f] < 1) {
+      throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);
+    }
+  }
+  const positive = [
+    "layerNormEps",
+    "initStd",
+    "categoryTemperature",
+    "gumbelTemperature",
+    "reconTemperature",
+    "interestTemperature",
+  ] as const;
+  for (const f of positive) {
+    if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
+  }
+  for (const f of ["lambda", "beta1", "beta2", "lambdaUni"] as const) {
+    if (!(c[f] >= 0) || !Number.isFinite(c[f])) {
+      throw new RangeError(`${f} must be a finite number >= 0, got ${c[f]}`);
+    }
+  }
+  if (!(c.dropout >= 0 && c.dropout < 1)) {
+    throw new RangeError(`dropout must be in [0, 1), got ${c.dropout}`);
+  }
+  if (c.hidden % c.heads !== 0) {
+    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
+  }
+  const choices: [keyof SigmaConfig, readonly unknown[]][] = [
+    ["prior", ["mixture", "standard"]],
+    ["ranking", ["sgm", "mie"]],
+    ["loss", ITEM_LOSS_KINDS],
+    ["orthogonality", [true, false]],
+  ];
+  for (const [f, allowed] of choices) {
+    if (!allowed.includes(c[f])) {
+      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
+    }
+  }
+}
