@@ -33,6 +33,10 @@ const TRAIN_FLAGS: Record<string, [keyof typeof TRAIN_DEFAULTS, string]> = {
   "lr": ["learningRate", "Adam learning rate (paper 1e-3)"],
   "seed": ["seed", "seed of initialisation, batching and every random draw"],
   "eval-every": ["evalEvery", "validate every this many epochs"],
+  "max-positions": [
+    "maxPositions",
+    "most target positions per forward/backward pass; larger batches are split (memory)",
+  ],
 };
 
 function usage(): string {

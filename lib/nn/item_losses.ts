@@ -9,7 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
-import { embeddingLookup, fullSoftmaxCrossEntropy, matmul } from "./layers.ts";
+import { embeddingLookup, matmul, withCustomGradient } from "./layers.ts";
 
 /** The loss over items: `softmax` (full catalogue), `bce` (1 negative), `sampled`. */
 export type ItemLossKind = "softmax" | "bce" | "sampled";
@@ -27,8 +27,8 @@ export interface ItemLossOptions {
   temperature: number;
   /** Seed of the negative sampling. */
   seed: number;
-  /** Most positions per logits matmul of the full softmax. Default 4096. */
-  chunk?: number;
+  /** Most logits (positions x interests x items) the full softmax holds at once. Default 2^23. */
+  logitBudget?: number;
 }
 
 /**
@@ -50,10 +50,7 @@ export function itemLoss(
   if (o.kind === "softmax") {
     const real = tf.slice(itemTable, [1, 0], [-1, -1]) as tf.Tensor2D; // [N, d]
     const rows = tf.tensor1d(targets.map((t) => t - 1), "int32"); // ids 1..N -> rows 0..N-1
-    if (k === 1) {
-      return fullSoftmaxCrossEntropy(tf.reshape(q, [positions, d]) as tf.Tensor2D, real, rows);
-    }
-    return maxInterestSoftmaxCrossEntropy(q, real, rows, o.chunk ?? 4096);
+    return maxInterestSoftmaxCrossEntropy(q, real, rows, o.logitBudget ?? 1 << 23);
   }
   const n = o.kind === "bce" ? 1 : o.negatives;
   if (!Number.isInteger(n) || n < 1) {
@@ -82,27 +79,89 @@ function maxInterestScore(queries: tf.Tensor3D, items: tf.Tensor): tf.Tensor1D {
 
 /**
  * Full-softmax cross-entropy `[P]` where an item's logit is the max over the `k` interest
- * vectors of the query (Eq. 9), chunked over positions so at most `chunk * k * N` logits
- * exist at once in the forward pass.
+ * vectors of the query (Eq. 9; k = 1 is the plain full softmax), as one fused op. The
+ * forward pass goes through positions in chunks of at most `budget` logits; the backward
+ * pass recomputes each chunk's logits and forms the gradient `softmax - onehot(target)`
+ * routed to the winning interest, so no `[P, k, N]` tensor is ever kept: tfjs's own
+ * gradients would keep ~8 copies of it, gigabytes for a batch of long histories.
  */
 function maxInterestSoftmaxCrossEntropy(
   queries: tf.Tensor3D, // [P, k, d]
   items: tf.Tensor2D, // [N, d]
   rows: tf.Tensor1D, // [P], rows of items
-  chunk: number,
+  budget: number,
 ): tf.Tensor1D {
   const [positions, k, d] = queries.shape;
   const n = items.shape[0];
-  const itemsT = tf.transpose(items) as tf.Tensor2D; // [d, N], explicit: see matmul()
-  const parts: tf.Tensor1D[] = [];
-  for (let start = 0; start < positions; start += chunk) {
-    const size = Math.min(chunk, positions - start);
-    const q = tf.slice(queries, [start, 0, 0], [size, -1, -1]) as tf.Tensor3D; // [c, k, d]
-    const flat = tf.reshape(q, [size * k, d]) as tf.Tensor2D; // [c*k, d]
-    const logits = tf.max(tf.reshape(matmul(flat, itemsT), [size, k, n]), 1); // [c, N]
-    const lse = tf.logSumExp(logits, 1); // [c]
-    const target = embeddingLookup(items, tf.slice(rows, [start], [size])); // [c, d]
-    parts.push(tf.sub(lse, maxInterestScore(q, target)) as tf.Tensor1D);
-  }
-  return (parts.length === 1 ? parts[0] : tf.concat(parts)) as tf.Tensor1D;
+  const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
+  // Per-interest logits [c, N] of positions start..start+size.
+  const logitsOf = (q: tf.Tensor, itemsT: tf.Tensor2D, start: number, size: number) => {
+    const qc = tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
+    const perInterest: tf.Tensor2D[] = [];
+    for (let j = 0; j < k; j++) {
+      const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as tf.Tensor2D;
+      perInterest.push(matmul(qj, itemsT)); // [c, N]
+    }
+    return perInterest;
+  };
+  const op = withCustomGradient(3, ([q, v, r], save) => {
+    save([q, v, r]);
+    const itemsT = tf.transpose(v) as tf.Tensor2D; // [d, N], explicit: see matmul()
+    const parts: tf.Tensor[] = [];
+    for (let start = 0; start < positions; start += chunk) {
+      const size = Math.min(chunk, positions - start);
+      parts.push(tf.tidy(() => {
+        const s = logitsOf(q, itemsT, start, size);
+        const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
+        // Row offsets 0, N, 2N, ... plus the target column (int32 throughout: tf.mul of an
+        // int32 tensor by a JS number would give float32 indices).
+        const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), tf.slice(r, [start], [size])); // [c]
+        const target = tf.gather(tf.reshape(best, [-1]), flatIndex); // [c]
+        return tf.sub(tf.logSumExp(best, 1), target);
+      }));
+    }
+    const value = parts.length === 1 ? parts[0] : tf.concat(parts);
+    if (parts.length > 1) tf.dispose(parts);
+    return {
+      value,
+      gradFunc: (dy, saved) => {
+        const [qs, vs, rs] = saved;
+        const itemsT = tf.transpose(vs) as tf.Tensor2D;
+        let dItems = tf.zeros([n, d]);
+        const dq: tf.Tensor[] = [];
+        for (let start = 0; start < positions; start += chunk) {
+          const size = Math.min(chunk, positions - start);
+          const next = tf.tidy(() => {
+            const s = logitsOf(qs, itemsT, start, size);
+            const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
+            const onehot = tf.cast(tf.oneHot(tf.slice(rs, [start], [size]), n), "float32");
+            const g = tf.mul(
+              tf.sub(tf.softmax(best), onehot),
+              tf.reshape(tf.slice(dy, [start], [size]), [size, 1]),
+            ); // [c, N]: d loss / d best
+            const qc = tf.slice(qs, [start, 0, 0], [size, -1, -1]);
+            let free = tf.onesLike(best); // ties go to the first winning interest
+            const dqc: tf.Tensor[] = [];
+            let di = dItems;
+            for (let j = 0; j < k; j++) {
+              const wins = k === 1 ? free : tf.mul(tf.cast(tf.equal(s[j], best), "float32"), free);
+              if (k > 1) free = tf.sub(free, wins);
+              const gj = (k === 1 ? g : tf.mul(g, wins)) as tf.Tensor2D; // [c, N]
+              const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as tf.Tensor2D;
+              dqc.push(matmul(gj, vs as tf.Tensor2D)); // [c, d]
+              di = tf.add(di, matmul(tf.transpose(gj), qj)); // [N, d]
+            }
+            return { dq: tf.stack(dqc, 1), dItems: di }; // [c, k, d], [N, d]
+          });
+          dItems.dispose();
+          dItems = next.dItems;
+          dq.push(next.dq);
+        }
+        const dQueries = dq.length === 1 ? dq[0] : tf.concat(dq);
+        if (dq.length > 1) tf.dispose(dq);
+        return [dQueries, dItems, tf.zerosLike(rs)];
+      },
+    };
+  });
+  return op(queries, items, rows) as tf.Tensor1D;
 }

@@ -8,7 +8,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
 import { evalBatches, trainBatches } from "../data/mod.ts";
-import type { EvalExample, LeaveOneOutSplit } from "../data/types.ts";
+import type { EvalExample, LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
 import { evaluate } from "../eval/mod.ts";
 import { type SequentialModel, stepSeeds } from "../models/_model.ts";
 import { type CheckpointMeta, writeCheckpoint } from "./checkpoint.ts";
@@ -31,6 +31,12 @@ export interface TrainOptions {
   evalEvery: number;
   /** Pad each batch to its own longest history after grouping similar lengths. Default true. */
   bucket: boolean;
+  /**
+   * Most target positions one forward/backward pass holds. Larger batches are split into
+   * pieces whose gradients are summed, weighted by their share of positions, before one
+   * Adam step: the same update, with memory bounded. Default 2048.
+   */
+  maxPositions: number;
 }
 
 /** Defaults of {@linkcode TrainOptions}. */
@@ -43,6 +49,7 @@ export const TRAIN_DEFAULTS: TrainOptions = {
   seed: 42,
   evalEvery: 1,
   bucket: true,
+  maxPositions: 2048,
 };
 
 /** One epoch's record in the JSON-lines log. */
@@ -90,6 +97,117 @@ export interface TrainResult {
 /** The metric that selects the best epoch. */
 export const SELECTION_METRIC = "recall@20";
 
+/** Number of positions of `batch` that have a target. */
+function targetCount(batch: TrainBatch, row?: number): number {
+  const { length, targets } = batch;
+  let count = 0;
+  const from = row === undefined ? 0 : row * length;
+  const to = row === undefined ? targets.length : from + length;
+  for (let i = from; i < to; i++) if (targets[i] !== 0) count++;
+  return count;
+}
+
+/**
+ * Splits `batch` into consecutive groups of rows holding at most `maxPositions` target
+ * positions each (a single longer row is a group of its own), each padded only to its own
+ * longest row.
+ */
+export function splitBatch(batch: TrainBatch, maxPositions: number): TrainBatch[] {
+  if (targetCount(batch) <= maxPositions) return [batch];
+  const pieces: TrainBatch[] = [];
+  const { length } = batch;
+  let start = 0;
+  while (start < batch.batch) {
+    let end = start;
+    let positions = 0;
+    let longest = 0;
+    while (end < batch.batch) {
+      const rowPositions = targetCount(batch, end);
+      if (end > start && positions + rowPositions > maxPositions) break;
+      positions += rowPositions;
+      let first = 0; // first non-padding column of the row (left padding)
+      while (first < length && batch.inputs[end * length + first] === 0) first++;
+      longest = Math.max(longest, length - first);
+      end++;
+    }
+    const rows = end - start;
+    const newLength = Math.max(longest, 1);
+    const inputs = new Int32Array(rows * newLength);
+    const targets = new Int32Array(rows * newLength);
+    for (let r = 0; r < rows; r++) {
+      const from = (start + r) * length + (length - newLength);
+      inputs.set(batch.inputs.subarray(from, from + newLength), r * newLength);
+      targets.set(batch.targets.subarray(from, from + newLength), r * newLength);
+    }
+    pieces.push({ batch: rows, length: newLength, inputs, targets });
+    start = end;
+  }
+  return pieces;
+}
+
+/**
+ * One Adam step on `batch`, split by {@linkcode splitBatch} when it holds more than
+ * `maxPositions` targets. Each piece's loss is a mean over its own positions, so weighting
+ * it by its share of the batch's positions makes the summed gradient that of the whole
+ * batch's mean. Returns the loss and its parts, packed in one tensor `[1 + parts]`.
+ */
+function trainStep(
+  model: SequentialModel,
+  batch: TrainBatch,
+  seeds: () => number,
+  optimizer: tf.Optimizer,
+  vars: tf.Variable[],
+  maxPositions: number,
+): { values: tf.Tensor1D; partNames: string[] } {
+  const pieces = splitBatch(batch, maxPositions);
+  let partNames: string[] = [];
+  if (pieces.length === 1) {
+    let packed: tf.Tensor1D | null = null;
+    tf.tidy(() => {
+      optimizer.minimize(
+        () => {
+          const { loss, parts } = model.loss(batch, seeds);
+          partNames = Object.keys(parts);
+          packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])])) as tf.Tensor1D;
+          return loss;
+        },
+        false,
+        vars,
+      );
+    });
+    return { values: packed!, partNames };
+  }
+  const total = targetCount(batch);
+  let summed: Record<string, tf.Tensor> | null = null;
+  let packedSum: tf.Tensor1D | null = null;
+  for (const piece of pieces) {
+    const share = targetCount(piece) / total;
+    const next = tf.tidy(() => {
+      let packed: tf.Tensor | null = null;
+      const { grads } = tf.variableGrads(() => {
+        const { loss, parts } = model.loss(piece, seeds);
+        partNames = Object.keys(parts);
+        packed = tf.keep(tf.mul(tf.stack([loss, ...partNames.map((n) => parts[n])]), share));
+        return tf.mul(loss, share) as tf.Scalar;
+      }, vars);
+      const acc: Record<string, tf.Tensor> = {};
+      for (const name of Object.keys(grads)) {
+        acc[name] = summed ? tf.add(summed[name], grads[name]) : grads[name];
+      }
+      const p = packedSum ? tf.add(packedSum, packed!) : packed!;
+      if (packedSum) packed!.dispose(); // kept by tf.keep: not tidied
+      return { acc, p };
+    });
+    if (summed) tf.dispose(Object.values(summed));
+    if (packedSum) (packedSum as tf.Tensor).dispose();
+    summed = next.acc;
+    packedSum = next.p as tf.Tensor1D;
+  }
+  tf.tidy(() => optimizer.applyGradients(summed!));
+  tf.dispose(Object.values(summed!));
+  return { values: packedSum!, partNames };
+}
+
 /** Evaluates `model` on `examples` with full-catalogue ranking. */
 export async function evaluateModel(
   model: SequentialModel,
@@ -124,7 +242,16 @@ export async function train(
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
   const o = { ...TRAIN_DEFAULTS, ...options };
-  for (const k of ["epochs", "patience", "batchSize", "evalBatchSize", "evalEvery"] as const) {
+  for (
+    const k of [
+      "epochs",
+      "patience",
+      "batchSize",
+      "evalBatchSize",
+      "evalEvery",
+      "maxPositions",
+    ] as const
+  ) {
     if (!Number.isInteger(o[k]) || o[k] < 1) {
       throw new RangeError(`${k} must be a positive integer, got ${o[k]}`);
     }
@@ -163,22 +290,10 @@ export async function train(
       for (let i = 0; i < batches.length; i++) {
         const batch = batches[i];
         const seeds = stepSeeds(o.seed, step++);
-        let partNames: string[] = [];
-        let packed: tf.Tensor | null = null;
-        tf.tidy(() => {
-          optimizer.minimize(
-            () => {
-              const { loss, parts } = model.loss(batch, seeds);
-              partNames = Object.keys(parts);
-              packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])]));
-              return loss;
-            },
-            false,
-            vars,
-          );
-        });
-        const values = await (packed as unknown as tf.Tensor).data();
-        (packed as unknown as tf.Tensor).dispose();
+        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions);
+        const partNames = packed.partNames;
+        const values = await packed.values.data();
+        packed.values.dispose();
         if (!Number.isFinite(values[0])) {
           throw new Error(
             `Training loss became ${values[0]} at epoch ${epoch}, step ${
