@@ -43,7 +43,7 @@ export function itemLoss(
   targets: Int32Array,
   o: ItemLossOptions,
 ): tf.Tensor1D {
-  const [positions, k, d] = queries.shape;
+  const positions = queries.shape[0];
   const numItems = itemTable.shape[0] - 1;
   const q = o.temperature === 1 ? queries : tf.div(queries, o.temperature) as tf.Tensor3D;
   const targetIds = tf.tensor1d(targets, "int32");
