@@ -242,7 +242,13 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   #embed(inputs: Int32Array, batch: number, length: number, seeds: SeedSource) {
     const c = this.config;
     const ids = tf.tensor2d(inputs, [batch, length], "int32");
-    const realMask = tf.expandDims(tf.cast(tf.notEqual(ids, 0), "float32"), 2); // [B, L, 1]
+    // Built on the host: on tfjs-backend-webgpu 4.22 a transpose of cast(notEqual(ids, 0))
+    // came back all zeros.
+    const realMask = tf.tensor3d(
+      inputs.map((id) => id === 0 ? 0 : 1),
+      [batch, length, 1],
+      "float32",
+    ); // [B, L, 1]
     const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
     const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
     const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]

@@ -11,7 +11,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { withCustomGradient } from "./layers.ts";
+import { oneHotFloat, withCustomGradient } from "./layers.ts";
 
 const LOG_2PI = Math.log(2 * Math.PI);
 
@@ -152,8 +152,7 @@ export function reparameterise(mean: tf.Tensor, logVar: tf.Tensor, seed: number)
 export function straightThroughOneHot(soft: tf.Tensor): tf.Tensor {
   const k = soft.shape[soft.shape.length - 1];
   const f = withCustomGradient(1, ([s]) => ({
-    // tf.oneHot's float output is wrong on tfjs-backend-wasm 4.22: cast instead.
-    value: tf.cast(tf.oneHot(tf.argMax(s, -1), k), "float32"),
+    value: oneHotFloat(tf.argMax(s, -1), k),
     gradFunc: (dy) => [dy],
   }));
   return f(soft);

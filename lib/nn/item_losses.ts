@@ -9,7 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
-import { embeddingLookup, matmul, withCustomGradient } from "./layers.ts";
+import { embeddingLookup, matmul, oneHotFloat, withCustomGradient } from "./layers.ts";
 
 /** The loss over items: `softmax` (full catalogue), `bce` (1 negative), `sampled`. */
 export type ItemLossKind = "softmax" | "bce" | "sampled";
@@ -134,7 +134,7 @@ function maxInterestSoftmaxCrossEntropy(
           const next = tf.tidy(() => {
             const s = logitsOf(qs, itemsT, start, size);
             const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
-            const onehot = tf.cast(tf.oneHot(tf.slice(rs, [start], [size]), n), "float32");
+            const onehot = oneHotFloat(tf.slice(rs, [start], [size]), n);
             const g = tf.mul(
               tf.sub(tf.softmax(best), onehot),
               tf.reshape(tf.slice(dy, [start], [size]), [size, 1]),

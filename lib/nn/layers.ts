@@ -269,12 +269,42 @@ export function fullSoftmaxCrossEntropy(
 /**
  * Inclusive cumulative sum along `axis`. Its gradient is the reversed cumulative sum of
  * the incoming gradient, computed directly: tfjs 4.22's own Cumsum gradient returns a
- * wrongly transposed shape for any axis but the last.
+ * wrongly transposed shape for any axis but the last. Every cumsum here runs on a 2-D
+ * tensor along its last axis, because tfjs-backend-webgpu 4.22 sums wrongly along axis 1
+ * of a `[B, L, 1]` tensor (seen: counts off by 5 on a 5 x 6 batch).
  */
 export function cumulativeSum(x: tf.Tensor, axis: number): tf.Tensor {
+  const rank = x.shape.length;
+  const ax = axis < 0 ? axis + rank : axis;
+  // Move `axis` last, flatten the rest: [rows, n].
+  const perm = [...Array(rank).keys()].filter((i) => i !== ax).concat(ax);
+  const inverse = perm.map((_, i) => perm.indexOf(i));
+  const n = x.shape[ax];
+  // When every axis after `axis` has size 1 the memory order is already [rows, n].
+  const trivial = x.shape.slice(ax + 1).every((size) => size === 1);
+  const along = (t: tf.Tensor, reverse: boolean) => {
+    if (trivial) return tf.reshape(tf.cumsum(tf.reshape(t, [-1, n]), 1, false, reverse), t.shape);
+    const moved = tf.transpose(t, perm);
+    const summed = tf.cumsum(tf.reshape(moved, [-1, n]), 1, false, reverse); // [rows, n]
+    return tf.transpose(tf.reshape(summed, moved.shape), inverse);
+  };
   const f = withCustomGradient(1, ([t]) => ({
-    value: tf.cumsum(t, axis),
-    gradFunc: (dy) => [tf.cumsum(dy, axis, false, true)],
+    value: along(t, false),
+    gradFunc: (dy) => [along(dy, true)],
   }));
   return f(x);
+}
+
+/**
+ * One-hot float rows `[..., depth]` of int32 `indices`, built by arithmetic against a
+ * range: `tf.oneHot` followed by a cast returns raw int bit patterns on tfjs-backend-wasm
+ * 4.22, and `tf.oneHot` rejects depth 1.
+ */
+export function oneHotFloat(indices: tf.Tensor, depth: number): tf.Tensor {
+  // 1 - min(|i - j|, 1) is 1 where i = j and 0 elsewhere for integer i, j. Float arithmetic
+  // throughout: the bool result of tf.equal, cast to float inside a custom-gradient op,
+  // came back as garbage on tfjs-backend-webgpu 4.22 once its buffer was reused.
+  const range = tf.range(0, depth, 1, "float32"); // [depth]
+  const distance = tf.abs(tf.sub(tf.expandDims(tf.cast(indices, "float32"), -1), range));
+  return tf.sub(1, tf.minimum(distance, 1));
 }
