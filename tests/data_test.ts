@@ -635,3 +635,27 @@ Deno.test("syntheticDataset() sequences exhibit the planted structure", () => {
   for (const m of next.values()) top += Math.max(...m.values());
   assert(top / pairs > 0.3, `top-successor fraction ${top / pairs}`);
 });
+
+Deno.test("syntheticDataset() with sequential false draws items uniformly within the interest", () => {
+  const ds = syntheticDataset({ seed: 2, noise: 0, sequential: false });
+  const next = new Map<number, Map<number, number>>();
+  let pairs = 0;
+  ds.sequences.forEach((s, u) => {
+    const mine = new Set(ds.interests[u]);
+    for (let t = 0; t < s.length; t++) {
+      // noise 0: every item belongs to one of the user's interests.
+      assert(mine.has(ds.clusters[s[t]]), `user ${u} item ${s[t]}`);
+      if (t === 0) continue;
+      pairs++;
+      const m = next.get(s[t - 1]) ?? new Map<number, number>();
+      m.set(s[t], (m.get(s[t]) ?? 0) + 1);
+      next.set(s[t - 1], m);
+    }
+  });
+  // No ring walk: the most frequent successor carries little more than chance (the
+  // sequential data set's is above 0.3, see the test above).
+  let top = 0;
+  for (const m of next.values()) top += Math.max(...m.values());
+  assert(top / pairs < 0.2, `top-successor fraction ${top / pairs}`);
+  assert(ds.source.includes("sequential=false"), ds.source);
+});

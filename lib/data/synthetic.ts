@@ -32,6 +32,13 @@ export interface SyntheticOptions {
   stickiness?: number;
   /** Probability that an item is drawn uniformly from the whole catalogue. Default 0.05. */
   noise?: number;
+  /**
+   * Whether a walk moves along its cluster's ring (true: the next item depends on the
+   * previous one) or draws every item uniformly from the cluster (false: cluster
+   * membership is the only signal, which makes the planted interests easiest to recover).
+   * Default true.
+   */
+  sequential?: boolean;
 }
 
 /** A synthetic {@linkcode SequenceDataset} with its planted ground truth. */
@@ -82,6 +89,7 @@ export function syntheticDataset(options: SyntheticOptions = {}): SyntheticDatas
     users: options.users ?? 600,
     items: options.items ?? 200,
     clusters: options.clusters ?? 4,
+    sequential: options.sequential ?? true,
     interestsPerUser: options.interestsPerUser ?? 2,
     minLength: options.minLength ?? 5,
     maxLength: options.maxLength ?? 30,
@@ -144,6 +152,10 @@ export function syntheticDataset(options: SyntheticOptions = {}): SyntheticDatas
         continue;
       }
       const ring = rings[mine[current]];
+      if (!o.sequential) {
+        seq[t] = ring[rng.int(ring.length)];
+        continue;
+      }
       const x = rng.next();
       let step = -1;
       for (let s = 0, acc = 0; s < STEP_WEIGHTS.length; s++) {
@@ -165,7 +177,7 @@ export function syntheticDataset(options: SyntheticOptions = {}): SyntheticDatas
   const source = `synthetic(seed=${o.seed}, users=${o.users}, items=${o.items}, ` +
     `clusters=${o.clusters}, interestsPerUser=${o.interestsPerUser}, ` +
     `minLength=${o.minLength}, maxLength=${o.maxLength}, stickiness=${o.stickiness}, ` +
-    `noise=${o.noise})`;
+    `noise=${o.noise}${o.sequential ? "" : ", sequential=false"})`;
   return {
     source,
     vocab: {
