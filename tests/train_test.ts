@@ -1,0 +1,155 @@
+import * as tf from "@tensorflow/tfjs-core";
+import { selectBackend } from "../backends/mod.ts";
+import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
+import type { SequentialModel } from "../lib/models/_model.ts";
+import { readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
+import { evaluateModel, train } from "../lib/train/trainer.ts";
+import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "./_assert.ts";
+
+const data = syntheticDataset({ seed: 5, users: 80, items: 40, maxLength: 12 });
+const { split } = leaveOneOut(data);
+const SMALL: Partial<SasRecConfig> & { numItems: number } = {
+  numItems: data.numItems,
+  hidden: 16,
+  heads: 2,
+  layers: 1,
+  inner: 32,
+  maxLength: 12,
+  seed: 4,
+};
+const FAST = { batchSize: 32, evalBatchSize: 64 };
+
+Deno.test("train() with the same seed gives the same losses and metrics; another seed does not", async () => {
+  await selectBackend("cpu");
+  const run = async (seed: number) => {
+    const model = new SasRec({ ...SMALL, seed });
+    const result = await train(model, split, data.numItems, { ...FAST, epochs: 2, seed });
+    model.params.dispose();
+    return result;
+  };
+  const a = await run(1);
+  const b = await run(1);
+  const c = await run(2);
+  assertEquals(a.history.map((h) => h.loss), b.history.map((h) => h.loss));
+  assertEquals(a.valid, b.valid);
+  assertNotEquals(a.history[0].loss, c.history[0].loss);
+});
+
+Deno.test("train() stops after `patience` epochs without a better validation Recall@20", async () => {
+  await selectBackend("cpu");
+  const model = new SasRec(SMALL);
+  // A learning rate this small cannot change any ranking: epoch 1 stays the best, so with
+  // patience 2 training must stop at epoch 3 of 10.
+  const result = await train(model, split, data.numItems, {
+    ...FAST,
+    epochs: 10,
+    patience: 2,
+    learningRate: 1e-12,
+  });
+  assertEquals(result.stopped, "patience");
+  assertEquals(result.bestEpoch, 1);
+  assertEquals(result.history.length, 3);
+  model.params.dispose();
+});
+
+Deno.test("train() writes a log line per epoch and a checkpoint that reproduces the test metrics", async () => {
+  await selectBackend("cpu");
+  const out = await Deno.makeTempDir();
+  const model = new SasRec(SMALL);
+  const result = await train(model, split, data.numItems, { ...FAST, epochs: 3 }, { out });
+  const lines = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n");
+  assertEquals(lines.length, 3);
+  assertEquals(lines.map((l) => JSON.parse(l).epoch), [1, 2, 3]);
+  const test = await evaluateModel(model, split.test, data.numItems, 64, SMALL.maxLength!);
+  const { meta, values } = await readCheckpoint(`${out}/checkpoint`);
+  assertEquals(meta.epoch, result.bestEpoch);
+  const fresh = new SasRec(meta.config as unknown as SasRecConfig);
+  fresh.params.assign(meta.params, values);
+  const again = await evaluateModel(fresh, split.test, data.numItems, 64, SMALL.maxLength!);
+  assertEquals(again, test);
+  model.params.dispose();
+  fresh.params.dispose();
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("readCheckpoint() rejects truncated or altered weights, naming the file", async () => {
+  const dir = `${await Deno.makeTempDir()}/ckpt`;
+  const meta = {
+    model: "sasrec",
+    config: {},
+    data: {},
+    train: {},
+    itemTokens: ["<pad>"],
+    epoch: 1,
+    valid: {},
+    params: [{ name: "w", shape: [2, 2] }],
+  };
+  await writeCheckpoint(dir, meta, Float32Array.of(1, 2, 3, 4));
+  assertEquals(Array.from((await readCheckpoint(dir)).values), [1, 2, 3, 4]);
+  const bytes = await Deno.readFile(`${dir}/weights.bin`);
+  await Deno.writeFile(`${dir}/weights.bin`, bytes.subarray(0, 8));
+  await assertRejects(() => readCheckpoint(dir), RangeError, "weights.bin");
+  bytes[0] ^= 0xff;
+  await Deno.writeFile(`${dir}/weights.bin`, bytes);
+  await assertRejects(() => readCheckpoint(dir), RangeError, "checksum");
+  await Deno.writeTextFile(`${dir}/model.json`, "{ not json");
+  await assertRejects(() => readCheckpoint(dir), SyntaxError, "model.json");
+  await assertRejects(() => readCheckpoint(`${dir}-missing`), Deno.errors.NotFound, "missing");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("readCheckpoint() falls back to the previous checkpoint when a swap was cut short", async () => {
+  const dir = `${await Deno.makeTempDir()}/ckpt`;
+  const meta = {
+    model: "sasrec",
+    config: {},
+    data: {},
+    train: {},
+    itemTokens: ["<pad>"],
+    epoch: 1,
+    valid: {},
+    params: [{ name: "w", shape: [2] }],
+  };
+  await writeCheckpoint(dir, meta, Float32Array.of(5, 6));
+  // A crash between the two renames leaves only `dir.prev`.
+  await Deno.rename(dir, `${dir}.prev`);
+  const { values, path } = await readCheckpoint(dir);
+  assertEquals(Array.from(values), [5, 6]);
+  assert(path.endsWith(".prev"), path);
+});
+
+Deno.test("ParamStore.assign() rejects weights of another shape, naming the parameter", async () => {
+  await selectBackend("cpu");
+  const small = new SasRec(SMALL);
+  const wide = new SasRec({ ...SMALL, hidden: 32 });
+  const { records, values } = await small.params.toArrays();
+  assertThrows(() => wide.params.assign(records, values, "ckpt/model.json"), RangeError, '"item"');
+  const nan = values.slice();
+  nan[3] = NaN;
+  assertThrows(() => small.params.assign(records, nan, "ckpt"), RangeError, "non-finite");
+  small.params.dispose();
+  wide.params.dispose();
+});
+
+Deno.test("train() stops with an error naming the epoch and step when the loss is NaN", async () => {
+  await selectBackend("cpu");
+  const inner = new SasRec(SMALL);
+  const broken: SequentialModel & { config: { maxLength: number } } = {
+    name: "broken",
+    config: inner.config,
+    params: inner.params,
+    loss: (batch, seeds) => {
+      const { loss } = inner.loss(batch, seeds);
+      const nan = tf.mul(loss, NaN) as tf.Scalar;
+      return { loss: nan, parts: { recon: nan } };
+    },
+    scores: (batch) => inner.scores(batch),
+  };
+  await assertRejects(
+    () => train(broken, split, data.numItems, { ...FAST, epochs: 1 }),
+    Error,
+    "epoch 1, step 1/",
+  );
+  inner.params.dispose();
+});
