@@ -1,0 +1,115 @@
+import { assert, assertEquals } from "./_assert.ts";
+
+const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
+
+/** Runs the CLI in a subprocess; returns its exit code and output. */
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", MAIN, ...args],
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+Deno.test("cli train --help lists the flags of the run and of every model", async () => {
+  const r = await cli("train", "--help");
+  assertEquals(r.code, 0, r.stderr);
+  for (const flag of ["--model", "--data", "--backend", "--patience", "--categories", "--prior"]) {
+    assert(r.stdout.includes(flag), `--help lacks ${flag}`);
+  }
+});
+
+Deno.test("cli rejects bad input with messages that name the flag, file or line", async () => {
+  const dir = await Deno.makeTempDir();
+  const bad = `${dir}/bad.txt`;
+  await Deno.writeTextFile(bad, "u1 1 2 3\nu2 1 2\nu1 4 5 6\n"); // u1 twice
+  const cases: [string[], string][] = [
+    [["train", "--no-such-flag"], "no-such-flag"],
+    [["train", "--backend", "tpu"], "tpu"],
+    [["train", "--data", `${dir}/missing.txt`], "missing.txt"],
+    [["train", "--data", bad], `${bad}:3`],
+    [["train", "--epochs", "three"], "--epochs"],
+    [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
+    [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
+    [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],
+  ];
+  for (const [args, word] of cases) {
+    const r = await cli(...args);
+    assertNotZero(r.code, args);
+    assert(r.stderr.includes(word), `${args.join(" ")}: stderr lacks "${word}":\n${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace instead of a message`);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("cli reports users with empty histories as skipped, with their count", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines = Array.from({ length: 12 }, (_, u) => `u${u} ${u % 5 + 1} ${u % 3 + 6} 9 10`);
+  await Deno.writeTextFile(`${dir}/d.txt`, [...lines, "lonely", "alone"].join("\n") + "\n");
+  const r = await cli(
+    "train",
+    "--model",
+    "sasrec",
+    "--backend",
+    "cpu",
+    "--epochs",
+    "1",
+    "--data",
+    `${dir}/d.txt`,
+    "--out",
+    `${dir}/out`,
+    "--hidden",
+    "8",
+    "--heads",
+    "2",
+    "--inner",
+    "8",
+    "--layers",
+    "1",
+  );
+  assertEquals(r.code, 0, r.stderr);
+  assert(/2 users with an empty history skipped/.test(r.stderr + r.stdout), r.stderr);
+  await Deno.remove(dir, { recursive: true });
+});
+
+function assertNotZero(code: number, args: string[]) {
+  assert(code !== 0, `${args.join(" ")} exited 0`);
+}
+
+Deno.test("cli train writes metrics.json and eval --checkpoint reproduces its test metrics", async () => {
+  const out = await Deno.makeTempDir();
+  const small = ["--hidden", "16", "--heads", "2", "--inner", "32", "--max-length", "20"];
+  const r = await cli(
+    "train",
+    "--model",
+    "sasrec",
+    "--backend",
+    "cpu",
+    "--epochs",
+    "1",
+    "--out",
+    out,
+    ...small,
+    "--layers",
+    "1",
+  );
+  assertEquals(r.code, 0, r.stderr);
+  const metrics = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+  for (const key of ["model", "data", "backend", "seed", "protocol", "best_epoch", "seconds"]) {
+    assert(key in metrics, `metrics.json lacks ${key}`);
+  }
+  for (
+    const key of ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40", "mrr"]
+  ) {
+    assert(typeof metrics.test[key] === "number", `test.${key}`);
+    assert(typeof metrics.valid[key] === "number", `valid.${key}`);
+  }
+  assertEquals(metrics.model, "sasrec");
+  assertEquals(metrics.backend, "cpu");
+  const e = await cli("eval", "--checkpoint", `${out}/checkpoint`, "--backend", "cpu");
+  assertEquals(e.code, 0, e.stderr);
+  const evaluated = JSON.parse(e.stdout.slice(e.stdout.indexOf("{")));
+  assertEquals(evaluated.metrics, metrics.test);
+  await Deno.remove(out, { recursive: true });
+});
