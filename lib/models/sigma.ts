@@ -26,7 +26,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Scalar, Tensor2D } from "../nn/tensor_types.ts";
+import type { Scalar, Tensor, Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch, TrainBatch } from "../data/types.ts";
 import {
   causalPaddingMask,
@@ -437,6 +437,23 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const { mu } = this.#posterior(e.input, e.mask, null);
     const decoded = last(this.#decode(mu, e.mask, null), [d]) as tf.Tensor2D; // [B, d]
     return matmul(decoded, itemsT); // [B, N+1]
+  }
+
+  /**
+   * MIE-VAE's view of left-padded histories at inference (hard interests by argmax):
+   * item-to-category probabilities `[B, L, k]`, intensities `[B, L, k]` (rows sum to 1 at
+   * real positions) and interest means `[B, L, k, d]`. For inspection and tests; the
+   * caller disposes the tensors.
+   */
+  interestsOf(
+    inputs: Int32Array,
+    batch: number,
+    length: number,
+  ): { assignment: Tensor; intensity: Tensor; mean: Tensor } {
+    return tf.tidy(() => {
+      const e = this.#embed(inputs, batch, length, null);
+      return { ...this.#interests(e.items, e.realMask, null) };
+    });
   }
 
   /**
