@@ -151,7 +151,7 @@ export function splitBatch(batch: TrainBatch, maxPositions: number): TrainBatch[
  * it by its share of the batch's positions makes the summed gradient that of the whole
  * batch's mean. Returns the loss and its parts, packed in one tensor `[1 + parts]`.
  */
-function trainStep(
+export function trainStep(
   model: SequentialModel,
   batch: TrainBatch,
   seeds: () => number,
