@@ -18,6 +18,10 @@ import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
+/** Defaults of a run on the embedded synthetic data set, a demonstration. */
+const SYNTHETIC_EPOCHS = 20;
+const SYNTHETIC_PATIENCE = 5;
+
 /** Training flags: name -> [TrainOptions field, help]. */
 const TRAIN_FLAGS: Record<string, [keyof typeof TRAIN_DEFAULTS, string]> = {
   "epochs": ["epochs", "most epochs to run"],
@@ -47,7 +51,8 @@ function usage(): string {
     "",
     "Data:",
     "  --data FILE         sequence lines (.txt), RecBole (.inter) or MovieLens ratings (.dat);",
-    "                      default: the embedded synthetic data set",
+    `                      default: the embedded synthetic data set (then ${SYNTHETIC_EPOCHS} epochs,`,
+    `                      patience ${SYNTHETIC_PATIENCE}, unless --epochs/--patience are given)`,
     "  --format F          lines | recbole | movielens (default: from the extension)",
     "  --categories FILE   item categories (JSON item -> [category] or lines), for diversity",
     "  --k-core K          apply K-core filtering first (default 0: none)",
@@ -174,6 +179,15 @@ async function trainCommand(args: string[]): Promise<void> {
         : undefined,
     }
     : { kind: "synthetic", seed: 42 };
+  if (spec.kind === "synthetic") {
+    // The embedded data set is a demonstration: a short run unless asked otherwise.
+    if (options.epochs === undefined) options.epochs = SYNTHETIC_EPOCHS;
+    if (options.patience === undefined) options.patience = SYNTHETIC_PATIENCE;
+    console.error(
+      `data: the embedded synthetic set; ${options.epochs} epochs, patience ${options.patience} ` +
+        `(set --epochs and --patience to change)`,
+    );
+  }
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
   const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice);
   console.error(`backend: ${backend.name} (${backend.reason})`);
