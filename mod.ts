@@ -1,13 +1,14 @@
 /**
- * Generative sequential recommendation in Deno on tfjs: SASRec today, SIGMA (a VAE with a
- * multi-interest Gaussian-mixture prior) next, with full-catalogue evaluation, a seeded
+ * Generative sequential recommendation in Deno on tfjs: SIGMA (a VAE whose prior is a
+ * Gaussian mixture of the user's own interests) and the SASRec baseline behind one model
+ * interface, with full-catalogue evaluation, a seeded
  * trainer with atomic checkpoints, and a backend chosen at run time (WebGPU, WebAssembly
  * SIMD or the pure-JS cpu kernels).
  *
  * The usual way in is the command line (`deno task train`, `deno task eval`); this module
  * is the same pipeline as a library.
  *
- * @example Train SASRec on the embedded synthetic data and read its test metrics
+ * @example Train a small SASRec on the embedded synthetic data and read its test metrics
  * ```ts
  * import {
  *   leaveOneOut,
@@ -52,11 +53,43 @@ export {
   SASREC_HELP,
   type SasRecConfig,
   type SequentialModel,
+  Sigma,
+  SIGMA_DEFAULTS,
+  SIGMA_HELP,
+  type SigmaConfig,
   stepSeeds,
+  validateSigmaConfig,
 } from "./lib/models/mod.ts";
+export {
+  gaussianKl,
+  gaussianLogDensity,
+  gumbelNoise,
+  gumbelSoftmax,
+  l2Normalise,
+  mixtureLogDensity,
+  type MixtureOptions,
+  mixturePriorKl,
+  orthogonalityLoss,
+  reparameterise,
+  standardNormalKl,
+  straightThroughOneHot,
+} from "./lib/nn/distributions.ts";
+export {
+  ITEM_LOSS_KINDS,
+  itemLoss,
+  type ItemLossKind,
+  type ItemLossOptions,
+} from "./lib/nn/item_losses.ts";
 export { type Init, type ParamRecord, ParamStore } from "./lib/nn/params.ts";
 export type { SeedSource } from "./lib/nn/layers.ts";
-export type { Scalar, Tensor, Tensor2D, Tensor3D, Variable } from "./lib/nn/tensor_types.ts";
+export type {
+  Scalar,
+  Tensor,
+  Tensor1D,
+  Tensor2D,
+  Tensor3D,
+  Variable,
+} from "./lib/nn/tensor_types.ts";
 export {
   type CheckpointMeta,
   fnv1a,

@@ -11,6 +11,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Scalar, Tensor, Tensor2D } from "./tensor_types.ts";
 import { oneHotFloat, withCustomGradient } from "./layers.ts";
 
 const LOG_2PI = Math.log(2 * Math.PI);
@@ -19,7 +20,7 @@ const LOG_2PI = Math.log(2 * Math.PI);
  * `log N(x | mean, diag(exp(logVar)))`, summed over the last axis, with the full
  * normalising constant. Shapes broadcast; the result drops the last axis.
  */
-export function gaussianLogDensity(x: tf.Tensor, mean: tf.Tensor, logVar: tf.Tensor): tf.Tensor {
+export function gaussianLogDensity(x: Tensor, mean: Tensor, logVar: Tensor): Tensor {
   const diff = tf.sub(x, mean);
   const scaled = tf.mul(tf.square(diff), tf.exp(tf.neg(logVar))); // (x - m)^2 / s^2
   const perDim = tf.add(tf.add(scaled, logVar), LOG_2PI); // [..., d]
@@ -30,7 +31,7 @@ export function gaussianLogDensity(x: tf.Tensor, mean: tf.Tensor, logVar: tf.Ten
  * Closed-form `KL(N(mean, diag(exp(logVar))) || N(0, I))` summed over the last axis:
  * `1/2 sum(exp(logVar) + mean^2 - 1 - logVar)` (paper Eq. 7 with its 1/2 factor).
  */
-export function standardNormalKl(mean: tf.Tensor, logVar: tf.Tensor): tf.Tensor {
+export function standardNormalKl(mean: Tensor, logVar: Tensor): Tensor {
   const perDim = tf.sub(tf.sub(tf.add(tf.exp(logVar), tf.square(mean)), 1), logVar);
   return tf.mul(tf.sum(perDim, -1), 0.5);
 }
@@ -41,11 +42,11 @@ export function standardNormalKl(mean: tf.Tensor, logVar: tf.Tensor): tf.Tensor 
  * `1/2 sum(logVarP - logVarQ + (exp(logVarQ) + (meanQ - meanP)^2) / exp(logVarP) - 1)`.
  */
 export function gaussianKl(
-  meanQ: tf.Tensor,
-  logVarQ: tf.Tensor,
-  meanP: tf.Tensor,
-  logVarP: tf.Tensor,
-): tf.Tensor {
+  meanQ: Tensor,
+  logVarQ: Tensor,
+  meanP: Tensor,
+  logVarP: Tensor,
+): Tensor {
   const ratio = tf.mul(
     tf.add(tf.exp(logVarQ), tf.square(tf.sub(meanQ, meanP))),
     tf.exp(tf.neg(logVarP)),
@@ -81,19 +82,19 @@ const MIN_WEIGHT = 1e-30;
  * (when `checkWeights` is on).
  */
 export function mixtureLogDensity(
-  x: tf.Tensor,
-  weights: tf.Tensor,
-  means: tf.Tensor,
-  logVars: tf.Tensor,
+  x: Tensor,
+  weights: Tensor,
+  means: Tensor,
+  logVars: Tensor,
   options: MixtureOptions = {},
-): tf.Tensor {
+): Tensor {
   if (options.checkWeights ?? true) checkMixtureWeights(weights);
   const components = gaussianLogDensity(tf.expandDims(x, -2), means, logVars); // [..., k]
   const logWeights = tf.log(tf.maximum(weights, MIN_WEIGHT)); // [..., k]
   return tf.logSumExp(tf.add(components, logWeights), -1); // [...]
 }
 
-function checkMixtureWeights(weights: tf.Tensor): void {
+function checkMixtureWeights(weights: Tensor): void {
   const k = weights.shape[weights.shape.length - 1];
   const values = weights.dataSync();
   for (let row = 0; row * k < values.length; row++) {
@@ -125,14 +126,14 @@ function checkMixtureWeights(weights: tf.Tensor): void {
  * @returns The estimate `[...]`.
  */
 export function mixturePriorKl(
-  z: tf.Tensor,
-  mean: tf.Tensor,
-  logVar: tf.Tensor,
-  weights: tf.Tensor,
-  means: tf.Tensor,
-  logVars: tf.Tensor,
+  z: Tensor,
+  mean: Tensor,
+  logVar: Tensor,
+  weights: Tensor,
+  means: Tensor,
+  logVars: Tensor,
   options: MixtureOptions = {},
-): tf.Tensor {
+): Tensor {
   return tf.sub(
     gaussianLogDensity(z, mean, logVar),
     mixtureLogDensity(z, weights, means, logVars, options),
@@ -140,7 +141,7 @@ export function mixturePriorKl(
 }
 
 /** `mean + exp(logVar / 2) * eps` with `eps ~ N(0, I)` drawn from `seed`. */
-export function reparameterise(mean: tf.Tensor, logVar: tf.Tensor, seed: number): tf.Tensor {
+export function reparameterise(mean: Tensor, logVar: Tensor, seed: number): Tensor {
   const eps = tf.randomNormal(mean.shape, 0, 1, "float32", seed);
   return tf.add(mean, tf.mul(tf.exp(tf.mul(logVar, 0.5)), eps));
 }
@@ -149,7 +150,7 @@ export function reparameterise(mean: tf.Tensor, logVar: tf.Tensor, seed: number)
  * One-hot of each row's argmax over the last axis, with the straight-through gradient:
  * the gradient passes to `soft` unchanged, as if the op were the identity.
  */
-export function straightThroughOneHot(soft: tf.Tensor): tf.Tensor {
+export function straightThroughOneHot(soft: Tensor): Tensor {
   const k = soft.shape[soft.shape.length - 1];
   const f = withCustomGradient(1, ([s]) => ({
     value: oneHotFloat(tf.argMax(s, -1), k),
@@ -159,7 +160,7 @@ export function straightThroughOneHot(soft: tf.Tensor): tf.Tensor {
 }
 
 /** Standard Gumbel noise `-log(-log U)` with `U` uniform in (0, 1), drawn from `seed`. */
-export function gumbelNoise(shape: number[], seed: number): tf.Tensor {
+export function gumbelNoise(shape: number[], seed: number): Tensor {
   const u = tf.randomUniform(shape, 1e-10, 1 - 1e-7, "float32", seed);
   return tf.neg(tf.log(tf.neg(tf.log(u))));
 }
@@ -172,11 +173,11 @@ export function gumbelNoise(shape: number[], seed: number): tf.Tensor {
  * @throws {RangeError} A temperature that is not positive.
  */
 export function gumbelSoftmax(
-  logits: tf.Tensor,
+  logits: Tensor,
   temperature: number,
   seed: number,
   hard: boolean,
-): tf.Tensor {
+): Tensor {
   if (!(temperature > 0)) {
     throw new RangeError(`Gumbel-softmax temperature must be positive, got ${temperature}`);
   }
@@ -186,7 +187,7 @@ export function gumbelSoftmax(
 }
 
 /** Rows of `x` divided by their L2 norms (norms floored at `eps`). */
-export function l2Normalise(x: tf.Tensor, eps = 1e-12): tf.Tensor {
+export function l2Normalise(x: Tensor, eps = 1e-12): Tensor {
   const norm = tf.sqrt(tf.maximum(tf.sum(tf.square(x), -1, true), eps * eps));
   return tf.div(x, norm);
 }
@@ -196,10 +197,10 @@ export function l2Normalise(x: tf.Tensor, eps = 1e-12): tf.Tensor {
  * authors' code): rows are L2-normalised, then `sum_{i != j} (g_i . g_j)^2`. Zero exactly
  * when the rows are pairwise orthogonal.
  */
-export function orthogonalityLoss(categories: tf.Tensor2D): tf.Scalar {
-  const g = l2Normalise(categories) as tf.Tensor2D; // [k, d]
+export function orthogonalityLoss(categories: Tensor2D): Scalar {
+  const g = l2Normalise(categories) as Tensor2D; // [k, d]
   const k = g.shape[0];
   const gram = tf.matMul(g, g, false, true); // [k, k], tiny: the transposed path is fine
   const offDiagonal = tf.sub(tf.ones([k, k]), tf.eye(k)); // [k, k]
-  return tf.sum(tf.mul(tf.square(gram), offDiagonal)) as tf.Scalar;
+  return tf.sum(tf.mul(tf.square(gram), offDiagonal)) as Scalar;
 }

@@ -8,6 +8,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor, Tensor1D, Tensor2D, Tensor3D } from "./tensor_types.ts";
 import { Rng } from "../data/random.ts";
 import { embeddingLookup, matmul, oneHotFloat, withCustomGradient } from "./layers.ts";
 
@@ -38,17 +39,17 @@ export interface ItemLossOptions {
  * (probability 1/N, the usual convention).
  */
 export function itemLoss(
-  queries: tf.Tensor3D,
-  itemTable: tf.Tensor2D,
+  queries: Tensor3D,
+  itemTable: Tensor2D,
   targets: Int32Array,
   o: ItemLossOptions,
-): tf.Tensor1D {
+): Tensor1D {
   const positions = queries.shape[0];
   const numItems = itemTable.shape[0] - 1;
-  const q = o.temperature === 1 ? queries : tf.div(queries, o.temperature) as tf.Tensor3D;
+  const q = o.temperature === 1 ? queries : tf.div(queries, o.temperature) as Tensor3D;
   const targetIds = tf.tensor1d(targets, "int32");
   if (o.kind === "softmax") {
-    const real = tf.slice(itemTable, [1, 0], [-1, -1]) as tf.Tensor2D; // [N, d]
+    const real = tf.slice(itemTable, [1, 0], [-1, -1]) as Tensor2D; // [N, d]
     const rows = tf.tensor1d(targets.map((t) => t - 1), "int32"); // ids 1..N -> rows 0..N-1
     return maxInterestSoftmaxCrossEntropy(q, real, rows, o.logitBudget ?? 1 << 23);
   }
@@ -65,16 +66,16 @@ export function itemLoss(
   const negScores = tf.max(tf.matMul(negItems, q, false, true), -1); // [P, n]
   if (o.kind === "bce") {
     // -log sigmoid(s+) - log(1 - sigmoid(s-)) = softplus(-s+) + softplus(s-)
-    return tf.add(tf.softplus(tf.neg(positive)), tf.sum(tf.softplus(negScores), -1)) as tf.Tensor1D;
+    return tf.add(tf.softplus(tf.neg(positive)), tf.sum(tf.softplus(negScores), -1)) as Tensor1D;
   }
   const all = tf.concat([tf.expandDims(positive, 1), negScores], 1); // [P, 1 + n]
-  return tf.sub(tf.logSumExp(all, 1), positive) as tf.Tensor1D;
+  return tf.sub(tf.logSumExp(all, 1), positive) as Tensor1D;
 }
 
 /** `max_j queries[p, j] . items[p]`: `[P, k, d]` x `[P, d]` -> `[P]`. */
-function maxInterestScore(queries: tf.Tensor3D, items: tf.Tensor): tf.Tensor1D {
+function maxInterestScore(queries: Tensor3D, items: Tensor): Tensor1D {
   const dots = tf.sum(tf.mul(queries, tf.expandDims(items, 1)), -1); // [P, k]
-  return tf.max(dots, -1) as tf.Tensor1D;
+  return tf.max(dots, -1) as Tensor1D;
 }
 
 /**
@@ -86,28 +87,28 @@ function maxInterestScore(queries: tf.Tensor3D, items: tf.Tensor): tf.Tensor1D {
  * gradients would keep ~8 copies of it, gigabytes for a batch of long histories.
  */
 function maxInterestSoftmaxCrossEntropy(
-  queries: tf.Tensor3D, // [P, k, d]
-  items: tf.Tensor2D, // [N, d]
-  rows: tf.Tensor1D, // [P], rows of items
+  queries: Tensor3D, // [P, k, d]
+  items: Tensor2D, // [N, d]
+  rows: Tensor1D, // [P], rows of items
   budget: number,
-): tf.Tensor1D {
+): Tensor1D {
   const [positions, k, d] = queries.shape;
   const n = items.shape[0];
   const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
   // Per-interest logits [c, N] of positions start..start+size.
-  const logitsOf = (q: tf.Tensor, itemsT: tf.Tensor2D, start: number, size: number) => {
+  const logitsOf = (q: Tensor, itemsT: Tensor2D, start: number, size: number) => {
     const qc = tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
-    const perInterest: tf.Tensor2D[] = [];
+    const perInterest: Tensor2D[] = [];
     for (let j = 0; j < k; j++) {
-      const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as tf.Tensor2D;
+      const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as Tensor2D;
       perInterest.push(matmul(qj, itemsT)); // [c, N]
     }
     return perInterest;
   };
   const op = withCustomGradient(3, ([q, v, r], save) => {
     save([q, v, r]);
-    const itemsT = tf.transpose(v) as tf.Tensor2D; // [d, N], explicit: see matmul()
-    const parts: tf.Tensor[] = [];
+    const itemsT = tf.transpose(v) as Tensor2D; // [d, N], explicit: see matmul()
+    const parts: Tensor[] = [];
     for (let start = 0; start < positions; start += chunk) {
       const size = Math.min(chunk, positions - start);
       parts.push(tf.tidy(() => {
@@ -126,9 +127,9 @@ function maxInterestSoftmaxCrossEntropy(
       value,
       gradFunc: (dy, saved) => {
         const [qs, vs, rs] = saved;
-        const itemsT = tf.transpose(vs) as tf.Tensor2D;
+        const itemsT = tf.transpose(vs) as Tensor2D;
         let dItems = tf.zeros([n, d]);
-        const dq: tf.Tensor[] = [];
+        const dq: Tensor[] = [];
         for (let start = 0; start < positions; start += chunk) {
           const size = Math.min(chunk, positions - start);
           const next = tf.tidy(() => {
@@ -141,14 +142,14 @@ function maxInterestSoftmaxCrossEntropy(
             ); // [c, N]: d loss / d best
             const qc = tf.slice(qs, [start, 0, 0], [size, -1, -1]);
             let free = tf.onesLike(best); // ties go to the first winning interest
-            const dqc: tf.Tensor[] = [];
+            const dqc: Tensor[] = [];
             let di = dItems;
             for (let j = 0; j < k; j++) {
               const wins = k === 1 ? free : tf.mul(tf.cast(tf.equal(s[j], best), "float32"), free);
               if (k > 1) free = tf.sub(free, wins);
-              const gj = (k === 1 ? g : tf.mul(g, wins)) as tf.Tensor2D; // [c, N]
-              const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as tf.Tensor2D;
-              dqc.push(matmul(gj, vs as tf.Tensor2D)); // [c, d]
+              const gj = (k === 1 ? g : tf.mul(g, wins)) as Tensor2D; // [c, N]
+              const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as Tensor2D;
+              dqc.push(matmul(gj, vs as Tensor2D)); // [c, d]
               di = tf.add(di, matmul(tf.transpose(gj), qj)); // [N, d]
             }
             return { dq: tf.stack(dqc, 1), dItems: di }; // [c, k, d], [N, d]
@@ -163,5 +164,5 @@ function maxInterestSoftmaxCrossEntropy(
       },
     };
   });
-  return op(queries, items, rows) as tf.Tensor1D;
+  return op(queries, items, rows) as Tensor1D;
 }

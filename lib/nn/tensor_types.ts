@@ -10,6 +10,8 @@ import type * as tf from "@tensorflow/tfjs-core";
 export type Tensor = tf.Tensor;
 /** A tfjs rank-0 tensor (a loss). */
 export type Scalar = tf.Scalar;
+/** A tfjs rank-1 tensor, e.g. per-position losses `[P]`. */
+export type Tensor1D = tf.Tensor1D;
 /** A tfjs rank-2 tensor, e.g. scores `[B, N + 1]`. */
 export type Tensor2D = tf.Tensor2D;
 /** A tfjs rank-3 tensor, e.g. hidden states `[B, L, d]`. */
