@@ -15,13 +15,13 @@ import {
   createTransformer,
   dropout,
   embeddingLookup,
-  fullSoftmaxCrossEntropy,
   layerNorm,
   matmul,
   type SeedSource,
   transformer,
   type TransformerSettings,
 } from "../nn/layers.ts";
+import { itemLoss } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";
 import type { SequentialModel } from "./_model.ts";
 
@@ -134,9 +134,13 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     const h = this.encode(batch.inputs, batch.batch, batch.length, seeds);
     const flat = tf.reshape(h, [-1, this.config.hidden]) as tf.Tensor2D; // [B*L, d]
     const queries = embeddingLookup(flat, tf.tensor1d(rows, "int32")) as tf.Tensor2D; // [P, d]
-    const loss = tf.mean(
-      softmaxOverItems(queries, this.params.get("item") as tf.Tensor2D, targets),
-    );
+    const perPosition = itemLoss(
+      tf.expandDims(queries, 1) as tf.Tensor3D, // [P, 1, d]: one interest
+      this.params.get("item") as tf.Tensor2D,
+      targets,
+      { kind: "softmax", negatives: 1, temperature: 1, seed: 0 },
+    ); // [P]
+    const loss = tf.mean(perPosition);
     return { loss: loss as tf.Scalar, parts: { recon: loss as tf.Scalar } };
   }
 
@@ -166,18 +170,4 @@ export function targetPositions(batch: TrainBatch): { rows: Int32Array; targets:
   }
   if (count === 0) throw new RangeError("Training batch has no position with a target");
   return { rows, targets };
-}
-
-/**
- * Per-position cross-entropy `[P]` of `queries` against the real items (rows 1..N of the
- * item table: the padding row is never a candidate).
- */
-export function softmaxOverItems(
-  queries: tf.Tensor2D,
-  itemTable: tf.Tensor2D,
-  targets: Int32Array,
-): tf.Tensor1D {
-  const real = tf.slice(itemTable, [1, 0], [-1, -1]) as tf.Tensor2D; // [N, d]
-  const shifted = tf.tensor1d(targets.map((t) => t - 1), "int32"); // ids 1..N -> rows 0..N-1
-  return fullSoftmaxCrossEntropy(queries, real, shifted);
 }

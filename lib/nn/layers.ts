@@ -239,34 +239,6 @@ export function transformer(
 }
 
 /**
- * Softmax cross-entropy of `queries` `[P, d]` against every row of `items` `[N, d]`, with
- * `targets` `[P]` indexing rows of `items`; returns the per-position loss `[P]`.
- * Computed as logsumexp(logits) - logit[target], where the target logit is a row-wise dot
- * product, so no gradient ever flows through a gather on the `[P, N]` logits.
- * `chunk` bounds the size of one logits matmul; during training tfjs's tape still keeps
- * every chunk's logits for the backward pass.
- */
-export function fullSoftmaxCrossEntropy(
-  queries: tf.Tensor2D,
-  items: tf.Tensor2D,
-  targets: tf.Tensor1D,
-  chunk = 4096,
-): tf.Tensor1D {
-  const itemsT = tf.transpose(items) as tf.Tensor2D; // [d, N], explicit: see matmul()
-  const positions = queries.shape[0];
-  const parts: tf.Tensor1D[] = [];
-  for (let start = 0; start < positions; start += chunk) {
-    const size = Math.min(chunk, positions - start);
-    const q = tf.slice(queries, [start, 0], [size, -1]) as tf.Tensor2D; // [c, d]
-    const logits = matmul(q, itemsT); // [c, N]
-    const lse = tf.logSumExp(logits, 1); // [c]
-    const t = embeddingLookup(items, tf.slice(targets, [start], [size])) as tf.Tensor2D; // [c, d]
-    parts.push(tf.sub(lse, tf.sum(tf.mul(q, t), 1)) as tf.Tensor1D);
-  }
-  return (parts.length === 1 ? parts[0] : tf.concat(parts)) as tf.Tensor1D;
-}
-
-/**
  * Inclusive cumulative sum along `axis`. Its gradient is the reversed cumulative sum of
  * the incoming gradient, computed directly: tfjs 4.22's own Cumsum gradient returns a
  * wrongly transposed shape for any axis but the last. Every cumsum here runs on a 2-D
