@@ -304,9 +304,19 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   /** log omega^2 = MLP([g_j || m^j]) (Eq. 6) for interest means `[P, k, d]`. */
   #interestLogVar(mean: tf.Tensor3D): tf.Tensor3D {
     const [positions, k, d] = mean.shape;
-    const g = tf.tile(tf.expandDims(this.#categories(), 0), [positions, 1, 1]); // [P, k, d]
-    const h = gelu(linear(this.params, "omega.l1", tf.concat([g, mean], 2))); // [P, k, d]
-    return tf.reshape(linear(this.params, "omega.l2", h), [positions, k, d]) as tf.Tensor3D;
+    // [g || m] W1 = g W1[:d] + m W1[d:]: the category half is computed once for all
+    // positions and broadcast, instead of tiling G to [P, k, d] and concatenating.
+    const w1 = this.params.get("omega.l1.w") as tf.Tensor2D; // [2d, d]
+    const fromCategory = matmul(this.#categories(), tf.slice(w1, [0, 0], [d, -1]) as tf.Tensor2D); // [k, d]
+    const fromMean = matmul(
+      tf.reshape(mean, [positions * k, d]) as tf.Tensor2D,
+      tf.slice(w1, [d, 0], [d, -1]) as tf.Tensor2D,
+    ); // [P*k, d]
+    const pre = tf.add(
+      tf.add(tf.reshape(fromMean, [positions, k, d]), fromCategory),
+      this.params.get("omega.l1.b"),
+    ); // [P, k, d]
+    return linear(this.params, "omega.l2", gelu(pre)) as tf.Tensor3D; // [P, k, d]
   }
 
   /** u^j = MLP(x^j): interest vectors in item space, `[P, k, d]`. */
