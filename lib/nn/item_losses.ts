@@ -95,15 +95,18 @@ function maxInterestSoftmaxCrossEntropy(
   const [positions, k, d] = queries.shape;
   const n = items.shape[0];
   const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
-  // Per-interest logits [c, N] of positions start..start+size.
+  // Logits of positions start..start+size for every interest with one matmul: queries in
+  // interest-major order [k*c, d], so interest j's logits are the contiguous rows
+  // j*c..(j+1)*c of the [k*c, N] result (one large GEMM runs faster than k small ones).
   const logitsOf = (q: Tensor, itemsT: Tensor2D, start: number, size: number) => {
     const qc = tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
+    const byInterest = tf.reshape(tf.transpose(qc, [1, 0, 2]), [k * size, d]) as Tensor2D; // [k*c, d]
+    const all = matmul(byInterest, itemsT); // [k*c, N]
     const perInterest: Tensor2D[] = [];
     for (let j = 0; j < k; j++) {
-      const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as Tensor2D;
-      perInterest.push(matmul(qj, itemsT)); // [c, N]
+      perInterest.push(tf.slice(all, [j * size, 0], [size, -1]) as Tensor2D); // [c, N]
     }
-    return perInterest;
+    return { byInterest, perInterest };
   };
   const op = withCustomGradient(3, ([q, v, r], save) => {
     save([q, v, r]);
@@ -112,7 +115,7 @@ function maxInterestSoftmaxCrossEntropy(
     for (let start = 0; start < positions; start += chunk) {
       const size = Math.min(chunk, positions - start);
       parts.push(tf.tidy(() => {
-        const s = logitsOf(q, itemsT, start, size);
+        const s = logitsOf(q, itemsT, start, size).perInterest;
         const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
         // Row offsets 0, N, 2N, ... plus the target column (int32 throughout: tf.mul of an
         // int32 tensor by a JS number would give float32 indices).
@@ -133,26 +136,26 @@ function maxInterestSoftmaxCrossEntropy(
         for (let start = 0; start < positions; start += chunk) {
           const size = Math.min(chunk, positions - start);
           const next = tf.tidy(() => {
-            const s = logitsOf(qs, itemsT, start, size);
+            const { byInterest, perInterest: s } = logitsOf(qs, itemsT, start, size);
             const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
             const onehot = oneHotFloat(tf.slice(rs, [start], [size]), n);
             const g = tf.mul(
               tf.sub(tf.softmax(best), onehot),
               tf.reshape(tf.slice(dy, [start], [size]), [size, 1]),
             ); // [c, N]: d loss / d best
-            const qc = tf.slice(qs, [start, 0, 0], [size, -1, -1]);
-            let free = tf.onesLike(best); // ties go to the first winning interest
-            const dqc: Tensor[] = [];
-            let di = dItems;
+            // Route each item's gradient to the interest that won its max (ties: the first).
+            let free = tf.onesLike(best);
+            const routed: Tensor[] = [];
             for (let j = 0; j < k; j++) {
               const wins = k === 1 ? free : tf.mul(tf.cast(tf.equal(s[j], best), "float32"), free);
               if (k > 1) free = tf.sub(free, wins);
-              const gj = (k === 1 ? g : tf.mul(g, wins)) as Tensor2D; // [c, N]
-              const qj = tf.reshape(tf.slice(qc, [0, j, 0], [-1, 1, -1]), [size, d]) as Tensor2D;
-              dqc.push(matmul(gj, vs as Tensor2D)); // [c, d]
-              di = tf.add(di, matmul(tf.transpose(gj), qj)); // [N, d]
+              routed.push(k === 1 ? g : tf.mul(g, wins)); // [c, N]
             }
-            return { dq: tf.stack(dqc, 1), dItems: di }; // [c, k, d], [N, d]
+            const gAll = (k === 1 ? routed[0] : tf.concat(routed)) as Tensor2D; // [k*c, N]
+            const dqByInterest = matmul(gAll, vs as Tensor2D); // [k*c, d]
+            const di = tf.add(dItems, matmul(tf.transpose(gAll), byInterest)); // [N, d]
+            const dqc = tf.transpose(tf.reshape(dqByInterest, [k, size, d]), [1, 0, 2]); // [c, k, d]
+            return { dq: dqc, dItems: di };
           });
           dItems.dispose();
           dItems = next.dItems;
