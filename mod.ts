@@ -73,7 +73,7 @@ export {
   reparameterise,
   standardNormalKl,
   straightThroughOneHot,
-} from "./lib/nn/distributions.ts";
+} from "./lib/prob/distributions.ts";
 export {
   ITEM_LOSS_KINDS,
   itemLoss,

@@ -1,5 +1,5 @@
 /**
- * Property tests of SIGMA's probability maths (lib/nn/distributions.ts), its interest
+ * Property tests of SIGMA's probability maths (lib/prob/distributions.ts), its interest
  * intensities and gated GRU, and a finite-difference check of the whole SIGMA loss.
  * fast-check prints the seed and the shrunk counterexample of any failure.
  */
@@ -16,7 +16,7 @@ import {
   orthogonalityLoss,
   standardNormalKl,
   straightThroughOneHot,
-} from "../lib/nn/distributions.ts";
+} from "../lib/prob/distributions.ts";
 import { createGru, gatedCategoryGru } from "../lib/nn/gru.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { Sigma } from "../lib/models/sigma.ts";

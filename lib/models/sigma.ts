@@ -52,7 +52,7 @@ import {
   reparameterise,
   standardNormalKl,
   straightThroughOneHot,
-} from "../nn/distributions.ts";
+} from "../prob/distributions.ts";
 import { createGru, gatedCategoryGru } from "../nn/gru.ts";
 import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";

@@ -11,8 +11,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Scalar, Tensor, Tensor2D } from "./tensor_types.ts";
-import { oneHotFloat, withCustomGradient } from "./layers.ts";
+import type { Scalar, Tensor, Tensor2D } from "../nn/tensor_types.ts";
+import { oneHotFloat, withCustomGradient } from "../nn/layers.ts";
 
 const LOG_2PI = Math.log(2 * Math.PI);
 
