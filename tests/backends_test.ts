@@ -4,6 +4,7 @@ import { SasRec } from "../lib/models/sasrec.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { assertFlatTensorCount, assertParity, type ModelRun } from "./_model_checks.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 const TINY = { numItems: 30, hidden: 16, heads: 2, layers: 2, inner: 32, maxLength: 8, seed: 3 };
@@ -20,14 +21,8 @@ Deno.test("selectBackend() auto picks a backend and says why", async () => {
   assertEquals(tf.getBackend(), chosen.name);
 });
 
-interface Run {
-  loss: number;
-  grads: Float32Array[];
-  scores: Float32Array;
-}
-
 /** Loss, gradients of every parameter and inference scores of tiny SASRec on `backend`. */
-async function sasrecRun(backend: (typeof BACKENDS)[number]): Promise<Run> {
+async function sasrecRun(backend: (typeof BACKENDS)[number]): Promise<ModelRun> {
   await selectBackend(backend);
   const model = new SasRec(TINY);
   const batch = tinyTrainBatch(5, 6, TINY.numItems);
@@ -43,35 +38,10 @@ async function sasrecRun(backend: (typeof BACKENDS)[number]): Promise<Run> {
   return { loss, grads: out, scores: s };
 }
 
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
-
-function maxAbs(a: Float32Array): number {
-  return a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
-}
-
-// Tolerances: float32 kernels sum in different orders on each backend (XNNPACK blocks,
-// WGSL workgroups), so results agree to ~1e-6 relative per op; across a 2-block Transformer
-// and its backward pass 1e-4 relative is a safe bound that still catches a wrong kernel.
 Deno.test("SASRec loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
   const ref = await sasrecRun("cpu");
   for (const backend of ["wasm", "webgpu"] as const) {
-    const run = await sasrecRun(backend);
-    assert(
-      Math.abs(run.loss - ref.loss) <= 1e-4 * Math.abs(ref.loss),
-      `${backend} loss ${run.loss} vs cpu ${ref.loss}`,
-    );
-    assertEquals(run.grads.length, ref.grads.length);
-    for (let i = 0; i < ref.grads.length; i++) {
-      const scale = Math.max(maxAbs(ref.grads[i]), 1e-3);
-      const diff = maxAbsDiff(run.grads[i], ref.grads[i]);
-      assert(diff <= 1e-3 * scale, `${backend} gradient ${i}: max diff ${diff}, scale ${scale}`);
-    }
-    const diff = maxAbsDiff(run.scores, ref.scores);
-    assert(diff <= 1e-4 * Math.max(maxAbs(ref.scores), 1), `${backend} scores differ by ${diff}`);
+    assertParity(ref, await sasrecRun(backend), backend);
   }
 });
 
@@ -79,26 +49,7 @@ Deno.test("tensor count stays flat over 5 SASRec training steps on every backend
   for (const backend of BACKENDS) {
     await selectBackend(backend);
     const model = new SasRec(TINY);
-    const optimizer = tf.train.adam(1e-3);
-    const batch = tinyTrainBatch(4, 6, TINY.numItems);
-    const counts: number[] = [];
-    for (let step = 0; step < 5; step++) {
-      tf.tidy(() => {
-        optimizer.minimize(
-          () => model.loss(batch, stepSeeds(1, step)).loss,
-          false,
-          model.params.list(),
-        );
-      });
-      counts.push(tf.memory().numTensors);
-    }
-    // Adam creates its moment variables on the first step; after it nothing may grow.
-    assertEquals(
-      counts.slice(1),
-      [counts[1], counts[1], counts[1], counts[1]],
-      `${backend}: ${counts}`,
-    );
-    optimizer.dispose();
+    assertFlatTensorCount(model, TINY.numItems, backend);
     model.params.dispose();
   }
 });

@@ -10,6 +10,13 @@ import { itemLoss } from "../lib/nn/item_losses.ts";
 import { splitBatch } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import {
+  assertFlatTensorCount,
+  assertParity,
+  maxAbs,
+  maxAbsDiff,
+  type ModelRun,
+} from "./_model_checks.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 const TINY: Partial<SigmaConfig> & { numItems: number } = {
@@ -23,18 +30,6 @@ const TINY: Partial<SigmaConfig> & { numItems: number } = {
   gruLayers: 2,
   seed: 3,
 };
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
 
 Deno.test("gatedCategoryGru() equals the taped reference in values and every gradient", async () => {
   await selectBackend("cpu");
@@ -137,11 +132,8 @@ Deno.test("itemLoss() full softmax equals the taped max-over-interests cross-ent
   );
 });
 
-interface Run {
-  loss: number;
+interface Run extends ModelRun {
   parts: Record<string, number>;
-  grads: Float32Array[];
-  scores: Float32Array;
 }
 
 /** Loss, its parts, gradients of every parameter and scores of tiny SIGMA on `backend`. */
@@ -190,14 +182,7 @@ Deno.test("SIGMA loss, its parts, gradients and scores agree on cpu, wasm and we
           `${backend} ${k}: ${run.parts[k]} vs ${v}`,
         );
       }
-      assertEquals(run.grads.length, ref.grads.length);
-      for (let i = 0; i < ref.grads.length; i++) {
-        const scale = Math.max(maxAbs(ref.grads[i]), 1e-3);
-        const diff = maxAbsDiff(run.grads[i], ref.grads[i]);
-        assert(diff <= 1e-3 * scale, `${backend} gradient ${i}: max diff ${diff}, scale ${scale}`);
-      }
-      const diff = maxAbsDiff(run.scores, ref.scores);
-      assert(diff <= 1e-4 * Math.max(maxAbs(ref.scores), 1), `${backend} scores differ by ${diff}`);
+      assertParity(ref, run, backend);
     }
   }
 });
@@ -206,25 +191,10 @@ Deno.test("tensor count stays flat over 5 SIGMA training steps on every backend"
   for (const backend of BACKENDS) {
     await selectBackend(backend);
     const model = new Sigma(TINY);
-    const optimizer = tf.train.adam(1e-3);
-    const batch = tinyTrainBatch(4, 6, TINY.numItems);
-    const counts: number[] = [];
-    for (let step = 0; step < 5; step++) {
-      tf.tidy(() => {
-        optimizer.minimize(
-          () => model.loss(batch, stepSeeds(1, step)).loss,
-          false,
-          model.params.list(),
-        );
-      });
-      counts.push(tf.memory().numTensors);
-    }
-    // Adam creates its moment variables on the first step; after it nothing may grow.
-    assertEquals(counts.slice(1), [counts[1], counts[1], counts[1], counts[1]], `${backend}`);
+    assertFlatTensorCount(model, TINY.numItems, backend);
     const before = tf.memory().numTensors;
     tf.tidy(() => model.scores(tinyEvalBatch(4, 6, TINY.numItems))).dispose();
     assertEquals(tf.memory().numTensors, before, `${backend}: scores() leaked`);
-    optimizer.dispose();
     model.params.dispose();
   }
 });
