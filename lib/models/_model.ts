@@ -41,3 +41,52 @@ export function stepSeeds(runSeed: number, step: number): () => number {
     return (z ^ (z >>> 16)) >>> 0;
   };
 }
+
+/**
+ * The configuration fields every Transformer-based model here shares; each model's config
+ * extends it (and documents its own `layers`, whose default differs between models).
+ */
+export interface SequenceEncoderConfig {
+  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
+  numItems: number;
+  /** Longest history the model reads; older items are dropped. Paper: 100. */
+  maxLength: number;
+  /** Embedding and hidden width d. Paper: 128 (useful range 32-256). */
+  hidden: number;
+  /** Attention heads; divides `hidden`. Paper: 4. */
+  heads: number;
+  /** Feed-forward width of the Transformer blocks. RecBole's SASRec default: 256. */
+  inner: number;
+  /** Dropout on embeddings and block outputs. Paper: 0.3 (range 0-0.5). */
+  dropout: number;
+  /** LayerNorm epsilon. Reference code: 1e-12. */
+  layerNormEps: number;
+  /** Standard deviation of the normal initialisation. Reference code: 0.02. */
+  initStd: number;
+  /** Seed of the initial parameters. */
+  seed: number;
+}
+
+/** Defaults of the shared fields of {@linkcode SequenceEncoderConfig}. */
+export const SEQUENCE_ENCODER_DEFAULTS: Omit<SequenceEncoderConfig, "numItems"> = {
+  maxLength: 100,
+  hidden: 128,
+  heads: 4,
+  inner: 256,
+  dropout: 0.3,
+  layerNormEps: 1e-12,
+  initStd: 0.02,
+  seed: 42,
+};
+
+/** `--help` lines of the shared fields of {@linkcode SequenceEncoderConfig}. */
+export const SEQUENCE_ENCODER_HELP: Record<keyof typeof SEQUENCE_ENCODER_DEFAULTS, string> = {
+  maxLength: "longest history read; older items dropped (paper 100)",
+  hidden: "embedding and hidden width d (paper 128; 32-256)",
+  heads: "attention heads, divides hidden (paper 4)",
+  inner: "feed-forward width (RecBole default 256)",
+  dropout: "dropout rate (paper 0.3; 0-0.5)",
+  layerNormEps: "LayerNorm epsilon (reference code 1e-12)",
+  initStd: "std of the normal initialisation (reference code 0.02)",
+  seed: "seed of the initial parameters (the CLI sets it from --seed)",
+};

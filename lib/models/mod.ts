@@ -8,7 +8,12 @@ import { SasRec, SASREC_DEFAULTS, SASREC_HELP } from "./sasrec.ts";
 import { Sigma, SIGMA_DEFAULTS, SIGMA_HELP } from "./sigma.ts";
 
 export type { SequentialModel } from "./_model.ts";
-export { stepSeeds } from "./_model.ts";
+export {
+  SEQUENCE_ENCODER_DEFAULTS,
+  SEQUENCE_ENCODER_HELP,
+  type SequenceEncoderConfig,
+  stepSeeds,
+} from "./_model.ts";
 export { SasRec, SASREC_DEFAULTS, SASREC_HELP, type SasRecConfig } from "./sasrec.ts";
 export {
   Sigma,

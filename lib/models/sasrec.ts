@@ -23,56 +23,29 @@ import {
 } from "../nn/layers.ts";
 import { itemLoss } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";
-import type { SequentialModel } from "./_model.ts";
+import {
+  SEQUENCE_ENCODER_DEFAULTS,
+  SEQUENCE_ENCODER_HELP,
+  type SequenceEncoderConfig,
+  type SequentialModel,
+} from "./_model.ts";
 
 /** SASRec's configuration. Defaults follow the SIGMA paper's shared settings (§4.1). */
-export interface SasRecConfig {
-  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
-  numItems: number;
-  /** Longest history the model reads; older items are dropped. Paper: 100. */
-  maxLength: number;
-  /** Embedding and hidden width d. Paper: 128 (useful range 32-256). */
-  hidden: number;
-  /** Attention heads; divides `hidden`. Paper: 4. */
-  heads: number;
+export interface SasRecConfig extends SequenceEncoderConfig {
   /** Transformer blocks. RecBole's SASRec default: 2 (range 1-4). */
   layers: number;
-  /** Feed-forward width. RecBole's SASRec default: 256. */
-  inner: number;
-  /** Dropout on embeddings and block outputs. Paper: 0.3 (range 0-0.5). */
-  dropout: number;
-  /** LayerNorm epsilon. Reference code: 1e-12. */
-  layerNormEps: number;
-  /** Standard deviation of the normal initialisation. Reference code: 0.02. */
-  initStd: number;
-  /** Seed of the initial parameters. */
-  seed: number;
 }
 
 /** Defaults for every {@linkcode SasRecConfig} field except `numItems`. */
 export const SASREC_DEFAULTS: Omit<SasRecConfig, "numItems"> = {
-  maxLength: 100,
-  hidden: 128,
-  heads: 4,
+  ...SEQUENCE_ENCODER_DEFAULTS,
   layers: 2,
-  inner: 256,
-  dropout: 0.3,
-  layerNormEps: 1e-12,
-  initStd: 0.02,
-  seed: 42,
 };
 
 /** One line per {@linkcode SasRecConfig} field, for `--help`. */
 export const SASREC_HELP: Record<keyof typeof SASREC_DEFAULTS, string> = {
-  maxLength: "longest history read; older items dropped (paper 100)",
-  hidden: "embedding and hidden width d (paper 128; 32-256)",
-  heads: "attention heads, divides hidden (paper 4)",
+  ...SEQUENCE_ENCODER_HELP,
   layers: "Transformer blocks (RecBole default 2; 1-4)",
-  inner: "feed-forward width (RecBole default 256)",
-  dropout: "dropout rate (paper 0.3; 0-0.5)",
-  layerNormEps: "LayerNorm epsilon (reference code 1e-12)",
-  initStd: "std of the normal initialisation (reference code 0.02)",
-  seed: "seed of the initial parameters (the CLI sets it from --seed)",
 };
 
 /** SASRec behind the {@linkcode SequentialModel} interface. */

@@ -56,31 +56,18 @@ import {
 import { createGru, gatedCategoryGru } from "../nn/gru.ts";
 import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";
-import type { SequentialModel } from "./_model.ts";
+import {
+  SEQUENCE_ENCODER_DEFAULTS,
+  SEQUENCE_ENCODER_HELP,
+  type SequenceEncoderConfig,
+  type SequentialModel,
+} from "./_model.ts";
 import { targetPositions } from "./sasrec.ts";
 
 /** SIGMA's configuration. Defaults are the paper's (§4.1) or SIGMA.md's decisions. */
-export interface SigmaConfig {
-  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
-  numItems: number;
-  /** Longest history the model reads; older items are dropped. Paper: 100. */
-  maxLength: number;
-  /** Embedding and hidden width d. Paper: 128 (useful range 32-256). */
-  hidden: number;
-  /** Attention heads; divides `hidden`. Paper: 4. */
-  heads: number;
+export interface SigmaConfig extends SequenceEncoderConfig {
   /** Blocks in each of Enc_mu, Enc_sigma and the decoder. Reference code: 1 (1-3). */
   layers: number;
-  /** Feed-forward width of the Transformer blocks. Default 256, as SASRec's. */
-  inner: number;
-  /** Dropout on embeddings and block outputs. Paper: 0.3 (0-0.5). */
-  dropout: number;
-  /** LayerNorm epsilon. Reference code: 1e-12. */
-  layerNormEps: number;
-  /** Standard deviation of the normal initialisation. Reference code: 0.02. */
-  initStd: number;
-  /** Seed of the initial parameters. */
-  seed: number;
   /** Number of interest categories k. Paper: 4 (Amazon), 8 (MovieLens); 2-16. */
   categories: number;
   /** Temperature tau of the item-to-category softmax. Authors' code: 0.1 (0.05-1). */
@@ -122,15 +109,8 @@ export interface SigmaConfig {
 
 /** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
 export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
-  maxLength: 100,
-  hidden: 128,
-  heads: 4,
+  ...SEQUENCE_ENCODER_DEFAULTS,
   layers: 1,
-  inner: 256,
-  dropout: 0.3,
-  layerNormEps: 1e-12,
-  initStd: 0.02,
-  seed: 42,
   categories: 4,
   categoryTemperature: 0.1,
   gumbelTemperature: 1,
@@ -150,15 +130,9 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
 
 /** One line per {@linkcode SigmaConfig} field, for `--help`. */
 export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
-  maxLength: "longest history read; older items dropped (paper 100)",
-  hidden: "embedding and hidden width d (paper 128; 32-256)",
-  heads: "attention heads, divides hidden (paper 4)",
+  ...SEQUENCE_ENCODER_HELP,
   layers: "blocks per Transformer: Enc_mu, Enc_sigma, decoder (reference code 1; 1-3)",
   inner: "feed-forward width (as SASRec: 256)",
-  dropout: "dropout rate (paper 0.3; 0-0.5)",
-  layerNormEps: "LayerNorm epsilon (reference code 1e-12)",
-  initStd: "std of the normal initialisation (reference code 0.02)",
-  seed: "seed of the initial parameters (the CLI sets it from --seed)",
   categories: "interest categories k (paper 4 Amazon, 8 MovieLens; 2-16)",
   categoryTemperature: "temperature tau of item-to-category softmax (authors' code 0.1)",
   gumbelTemperature: "Gumbel-softmax temperature of the hard assignment (1)",
