@@ -15,6 +15,7 @@ import "@tensorflow/tfjs-backend-cpu";
 import * as wasm from "@tensorflow/tfjs-backend-wasm";
 import "@tensorflow/tfjs-backend-webgpu";
 import "./_gradients.ts";
+import { installThreadedWasm } from "./_wasm_threads.ts";
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";
@@ -37,6 +38,11 @@ export interface SelectBackendOptions {
    * off so that every kernel really runs on the GPU. Default false.
    */
   webgpuCpuForward?: boolean;
+  /**
+   * Threads for the wasm backend; default: the logical CPUs. Fixed by the first call that
+   * activates wasm (tfjs-backend-wasm starts once per process).
+   */
+  wasmThreads?: number;
 }
 
 interface GpuAdapterLike {
@@ -73,6 +79,12 @@ async function activate(name: ChosenBackend["name"]): Promise<boolean> {
   }
 }
 
+async function wasmDetail(threads: ReturnType<typeof installThreadedWasm>): Promise<string> {
+  const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
+  const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
+  return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why})`;
+}
+
 /**
  * Makes one backend active for all following tfjs work and says which and why.
  *
@@ -90,6 +102,7 @@ export async function selectBackend(
     );
   }
   tf.env().set("WEBGPU_CPU_FORWARD", options.webgpuCpuForward ?? false);
+  const threads = installThreadedWasm(options.wasmThreads);
   if (choice === "webgpu") {
     const gpu = await probeWebGpu();
     if (!gpu) {
@@ -107,7 +120,10 @@ export async function selectBackend(
     if (!(await activate(choice))) {
       throw new Error(`Backend ${choice} was asked for, but it failed to start`);
     }
-    return { name: choice, reason: "asked for" };
+    return {
+      name: choice,
+      reason: choice === "wasm" ? `asked for; ${await wasmDetail(threads)}` : "asked for",
+    };
   }
   const gpu = await probeWebGpu();
   if (gpu && !gpu.fallback && (await activate("webgpu"))) {
@@ -117,11 +133,7 @@ export async function selectBackend(
     ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
     : "no WebGPU adapter";
   if (await activate("wasm")) {
-    const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT") ? "SIMD" : "no SIMD";
-    return {
-      name: "wasm",
-      reason: `auto: ${why}; WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s))`,
-    };
+    return { name: "wasm", reason: `auto: ${why}; ${await wasmDetail(threads)}` };
   }
   if (await activate("cpu")) {
     return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };
