@@ -1,18 +1,33 @@
 /**
- * Training and evaluation throughput per backend, as ratios to the cpu backend measured in
- * the same run.
+ * Training and evaluation throughput per model, data set and backend, and one SASRec step
+ * side by side with PyTorch.
  *
  * ```sh
- * deno task bench                                   # sasrec and sigma on cpu and wasm
- * deno task bench --backends cpu,wasm,webgpu --models sasrec --steps 4
+ * deno task bench                                         # everything below, defaults
+ * deno task bench --backends wasm --models sasrec --data office --steps 4
+ * deno task bench --backends webgpu                       # whatever adapter is present
  * ```
  *
- * Data: `../shared/data/Office_Products.txt` beside the repository when it exists, else
- * the embedded synthetic data set (said so in the output). Training batches are the
- * trainer's own (256 rows, length-bucketed, seeded), so a step's cost is that of a real
- * epoch's mix of lengths, and the training ratio compares target positions per second (cpu
- * times fewer steps). Evaluation ranks the full catalogue for the first users of the
- * validation split.
+ * Each (model, data, backend) runs in a child process of its own, so that its peak RSS
+ * (Linux `VmHWM`) is its own and the backends never share a tfjs engine. A child:
+ * - trains `--steps` timed steps (after one untimed warm-up step) on the trainer's own
+ *   batches (256 rows, length-bucketed, seeded), so a step's cost is that of a real
+ *   epoch's mix of lengths; `positions/s` counts target positions, and `s/epoch` is the
+ *   epoch's target positions divided by that rate (an extrapolation from the sampled
+ *   steps, not a timed epoch);
+ * - counts the GEMM floating-point operations of one step by profiling its kernels' shapes
+ *   (MatMul, BatchMatMul, _FusedMatMul: 2·M·N·K each), so `GFLOP/s` is that count over
+ *   the measured step time: the arithmetic rate the step achieves, not a peak;
+ * - ranks the full catalogue for `--users` validation users (after a warm-up batch);
+ *   `eval all s` extrapolates that rate to every user of the data set.
+ *
+ * Data: `../shared/data/{Office_Products,Beauty}.txt` beside the repository where they
+ * exist, else the embedded synthetic data set (said so in the output).
+ *
+ * The SASRec step comparison times this project's SASRec on a fixed synthetic batch (256
+ * rows, length 50, 12,000 items, a target at every position, full softmax, Adam), and
+ * `bench/torch_reference.py` times the same step in PyTorch on CPU, in the same run; the
+ * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times.
  *
  * @module
  */
@@ -26,6 +41,7 @@ import {
   Rng,
   type SequenceDataset,
   syntheticDataset,
+  type TrainBatch,
   trainBatches,
 } from "../lib/data/mod.ts";
 import { evaluate } from "../lib/eval/mod.ts";
@@ -35,15 +51,19 @@ import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    backends: { type: "string", default: "cpu,wasm" },
+    backends: { type: "string", default: "cpu,wasm,webgpu" },
     models: { type: "string", default: "sasrec,sigma" },
-    steps: { type: "string", default: "3" },
-    "cpu-steps": { type: "string", default: "1" },
-    users: { type: "string", default: "512" },
-    "cpu-users": { type: "string", default: "128" },
+    data: { type: "string", default: "office,beauty" },
+    steps: { type: "string", default: "4" },
+    "slow-steps": { type: "string", default: "1" },
+    users: { type: "string", default: "2048" },
+    "slow-users": { type: "string", default: "128" },
+    torch: { type: "string", default: "true" },
+    child: { type: "string" },
   },
   strict: true,
 });
+
 const positiveInt = (name: string, text: string) => {
   const n = Number(text);
   if (!Number.isInteger(n) || n < 1) {
@@ -51,109 +71,293 @@ const positiveInt = (name: string, text: string) => {
   }
   return n;
 };
-const backends = values.backends.split(",") as BackendChoice[];
-const models = values.models.split(",");
 const steps = positiveInt("steps", values.steps);
-const cpuSteps = positiveInt("cpu-steps", values["cpu-steps"]);
+const slowSteps = positiveInt("slow-steps", values["slow-steps"]);
 const users = positiveInt("users", values.users);
-const cpuUsers = positiveInt("cpu-users", values["cpu-users"]);
+const slowUsers = positiveInt("slow-users", values["slow-users"]);
 
-const officePath = new URL("../../shared/data/Office_Products.txt", import.meta.url).pathname;
-let data: SequenceDataset;
-try {
-  data = await readDataset(officePath);
-  console.log(`data: ${officePath} (${data.sequences.length} users, ${data.numItems} items)`);
-} catch (e) {
-  if (!(e instanceof Deno.errors.NotFound)) throw e;
-  data = syntheticDataset();
-  console.log(`data: ${officePath} not found; using ${data.source}`);
-}
-const { split } = leaveOneOut(data);
-const batches = trainBatches(split.train, {
-  batchSize: TRAIN_DEFAULTS.batchSize,
-  rng: new Rng(1),
-  bucket: true,
-});
+const DATA_FILES: Record<string, string> = {
+  office: "Office_Products.txt",
+  beauty: "Beauty.txt",
+};
 
-interface Row {
+/** What one child process measures. */
+interface Measurement {
   model: string;
+  data: string;
   backend: string;
   label: string;
-  seqPerSec: number;
+  steps: number;
+  secondsPerStep: number;
   positionsPerSec: number;
+  secondsPerEpoch: number;
+  gflopPerStep: number;
+  gflopPerSec: number;
+  evalUsers: number;
   usersPerSec: number;
+  evalAllSeconds: number;
+  peakRssMiB: number;
 }
-const rows: Row[] = [];
-for (const name of models) {
-  for (const choice of backends) {
-    const chosen = await selectBackend(choice);
-    const label = chosen.name === "webgpu" && chosen.reason.includes("fallback")
-      ? "webgpu (software adapter)"
-      : chosen.name;
-    const entry = modelEntry(name);
-    const model = entry.create({ numItems: data.numItems });
-    const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
-    const vars = model.params.list();
-    const n = chosen.name === "cpu" ? cpuSteps : steps;
-    // One untimed warm-up step (kernel compilation, Adam's slots), then n timed ones.
-    let sequences = 0;
-    let positions = 0;
-    let seconds = 0;
-    for (let i = 0; i <= n; i++) {
-      const batch = batches[i % batches.length];
-      const t0 = performance.now();
-      const { values: packed } = trainStep(
-        model,
-        batch,
-        stepSeeds(1, i),
-        optimizer,
-        vars,
-        TRAIN_DEFAULTS.maxPositions,
-      );
-      await packed.data();
-      packed.dispose();
-      if (i === 0) continue;
-      seconds += (performance.now() - t0) / 1000;
-      sequences += batch.batch;
-      for (const t of batch.targets) if (t !== 0) positions++;
+
+/** Peak resident set size of this process in MiB (Linux), else the current RSS. */
+function peakRssMiB(): number {
+  try {
+    const status = Deno.readTextFileSync("/proc/self/status");
+    const match = status.match(/VmHWM:\s+(\d+)\s+kB/);
+    if (match) return Number(match[1]) / 1024;
+  } catch { /* not Linux */ }
+  return Deno.memoryUsage().rss / 2 ** 20;
+}
+
+/** GEMM operations of one profiled call: 2·M·N·K per (batched) matrix product. */
+async function gemmFlops(run: () => void): Promise<number> {
+  const info = await tf.profile(run);
+  let flops = 0;
+  for (const k of info.kernels) {
+    if (!["MatMul", "BatchMatMul", "_FusedMatMul"].includes(k.name)) continue;
+    const a = k.inputShapes[0];
+    const out = k.outputShapes[0];
+    if (!a || !out) continue;
+    const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
+    const n = out[out.length - 1];
+    const inner = (size(a) * n) / size(out); // K, whatever the transposes
+    flops += 2 * size(out) * inner;
+  }
+  return flops;
+}
+
+function backendLabel(chosen: { name: string; reason: string }): string {
+  if (chosen.name === "webgpu" && chosen.reason.includes("software")) {
+    return "webgpu (software adapter)";
+  }
+  const threads = chosen.reason.match(/(\d+) thread\(s\)/);
+  return chosen.name === "wasm" && threads ? `wasm (${threads[1]} threads)` : chosen.name;
+}
+
+async function loadData(name: string): Promise<SequenceDataset> {
+  if (name === "synthetic") return syntheticDataset();
+  const file = DATA_FILES[name];
+  if (!file) {
+    throw new RangeError(
+      `Unknown --data "${name}": expected ${Object.keys(DATA_FILES).join(", ")}`,
+    );
+  }
+  return await readDataset(new URL(`../../shared/data/${file}`, import.meta.url).pathname);
+}
+
+/** Times `count` training steps after one warm-up; returns seconds and positions. */
+async function timeSteps(
+  model: ReturnType<ReturnType<typeof modelEntry>["create"]>,
+  batches: TrainBatch[],
+  count: number,
+): Promise<{ seconds: number; positions: number; gflop: number }> {
+  const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
+  const vars = model.params.list();
+  const step = (i: number) =>
+    trainStep(
+      model,
+      batches[i % batches.length],
+      stepSeeds(1, i),
+      optimizer,
+      vars,
+      TRAIN_DEFAULTS.maxPositions,
+    ).values;
+  let gflop = 0;
+  // Warm-up (kernel compilation, Adam's slots), profiled for its GEMM count. Bucketed
+  // batches differ in length, so the count is scaled by positions below.
+  let warmPositions = 0;
+  gflop = (await gemmFlops(() => {
+    step(0).dispose();
+  })) / 1e9;
+  for (const t of batches[0].targets) if (t !== 0) warmPositions++;
+  let seconds = 0;
+  let positions = 0;
+  for (let i = 1; i <= count; i++) {
+    const t0 = performance.now();
+    const packed = step(i);
+    await packed.data();
+    packed.dispose();
+    seconds += (performance.now() - t0) / 1000;
+    for (const t of batches[i % batches.length].targets) if (t !== 0) positions++;
+  }
+  optimizer.dispose();
+  return { seconds, positions, gflop: (gflop / warmPositions) * (positions / count) };
+}
+
+async function runChild(spec: string): Promise<void> {
+  const [model, dataName, backend] = spec.split(":");
+  const chosen = await selectBackend(backend as BackendChoice);
+  const slow = chosen.name !== "wasm";
+  const label = backendLabel(chosen);
+  const stepsHere = slow ? slowSteps : steps;
+  if (model === "sasrec-step") {
+    // The fixed shape bench/torch_reference.py also times.
+    const numItems = 12000;
+    const length = 50;
+    const rows = 256;
+    const rng = new Rng(7);
+    const inputs = new Int32Array(rows * length).map(() => 1 + rng.int(numItems));
+    const targets = new Int32Array(rows * length).map(() => 1 + rng.int(numItems));
+    const m = modelEntry("sasrec").create({ numItems, maxLength: length });
+    const r = await timeSteps(m, [{ batch: rows, length, inputs, targets }], stepsHere);
+    m.params.dispose();
+    console.log(JSON.stringify({ label, secondsPerStep: r.seconds / stepsHere }));
+    return;
+  }
+  const data = await loadData(dataName);
+  const { split } = leaveOneOut(data);
+  const batches = trainBatches(split.train, {
+    batchSize: TRAIN_DEFAULTS.batchSize,
+    rng: new Rng(1),
+    bucket: true,
+  });
+  let epochPositions = 0;
+  for (const b of batches) for (const t of b.targets) if (t !== 0) epochPositions++;
+  const m = modelEntry(model).create({ numItems: data.numItems });
+  const r = await timeSteps(m, batches, stepsHere);
+  const evalUsers = split.valid.slice(0, (slow ? slowUsers : users) + 256);
+  const [warm, ...rest] = evalBatches(evalUsers, { batchSize: TRAIN_DEFAULTS.evalBatchSize });
+  await evaluate((b) => m.scores(b), [warm], { numItems: data.numItems });
+  const timedUsers = rest.reduce((n, b) => n + b.batch, 0);
+  const e0 = performance.now();
+  await evaluate((b) => m.scores(b), rest, { numItems: data.numItems });
+  const evalSeconds = (performance.now() - e0) / 1000;
+  m.params.dispose();
+  const positionsPerSec = r.positions / r.seconds;
+  const result: Measurement = {
+    model,
+    data: `${dataName} (${data.sequences.length} users, ${data.numItems} items)`,
+    backend: chosen.name,
+    label,
+    steps: stepsHere,
+    secondsPerStep: r.seconds / stepsHere,
+    positionsPerSec,
+    secondsPerEpoch: epochPositions / positionsPerSec,
+    gflopPerStep: r.gflop,
+    gflopPerSec: r.gflop / (r.seconds / stepsHere),
+    evalUsers: timedUsers,
+    usersPerSec: timedUsers / evalSeconds,
+    evalAllSeconds: data.sequences.length / (timedUsers / evalSeconds),
+    peakRssMiB: peakRssMiB(),
+  };
+  console.log(JSON.stringify(result));
+}
+
+/** Runs one measurement in a child process; null (with the reason printed) on failure. */
+async function child<T>(spec: string): Promise<T | null> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-sys",
+      new URL(import.meta.url).pathname,
+      "--child",
+      spec,
+      ...Deno.args.filter((a) => !a.startsWith("--child")),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
+    console.log(`  ${spec}: failed (${err})`);
+    return null;
+  }
+  return JSON.parse(text) as T;
+}
+
+/** Runs bench/torch_reference.py with the first python3 that has torch. */
+async function torchReference(): Promise<{ secondsPerStep: number; blas: string } | string> {
+  const script = new URL("./torch_reference.py", import.meta.url).pathname;
+  let why = "";
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    try {
+      const out = await new Deno.Command(python, {
+        args: [script, "--steps", "3"],
+        env: { OPENBLAS_CORETYPE: "SkylakeX" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      if (out.code === 3) {
+        why = new TextDecoder().decode(out.stderr).trim();
+        continue;
+      }
+      if (!out.success) return `${python} failed: ${new TextDecoder().decode(out.stderr).trim()}`;
+      const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+      return { secondsPerStep: r.seconds_per_step, blas: `${python}, torch ${r.torch}, ${r.blas}` };
+    } catch (e) {
+      why = `${python}: ${(e as Error).message}`;
     }
-    const evalUsers = split.valid.slice(0, chosen.name === "cpu" ? cpuUsers : users);
-    const e0 = performance.now();
-    await evaluate(
-      (b) => model.scores(b),
-      evalBatches(evalUsers, { batchSize: TRAIN_DEFAULTS.evalBatchSize }),
-      { numItems: data.numItems },
-    );
-    const evalSeconds = (performance.now() - e0) / 1000;
-    rows.push({
-      model: name,
-      backend: chosen.name,
-      label,
-      seqPerSec: sequences / seconds,
-      positionsPerSec: positions / seconds,
-      usersPerSec: evalUsers.length / evalSeconds,
-    });
+  }
+  return why || "no python3 found";
+}
+
+async function main(): Promise<void> {
+  const backends = values.backends.split(",");
+  const models = values.models.split(",");
+  const dataNames = values.data.split(",").filter((name) => {
+    if (name === "synthetic") return true;
+    const path = new URL(`../../shared/data/${DATA_FILES[name] ?? name}`, import.meta.url);
+    try {
+      Deno.statSync(path);
+      return true;
+    } catch {
+      console.log(`data: ${path.pathname} not found; skipped`);
+      return false;
+    }
+  });
+  if (dataNames.length === 0) dataNames.push("synthetic");
+  const rows: Measurement[] = [];
+  for (const dataName of dataNames) {
+    for (const model of models) {
+      for (const backend of backends) {
+        const r = await child<Measurement>(`${model}:${dataName}:${backend}`);
+        if (!r) continue;
+        rows.push(r);
+        console.log(
+          `${r.model} on ${r.data}, ${r.label}: ${r.steps} steps, ` +
+            `${r.secondsPerStep.toFixed(2)} s/step; ${r.evalUsers} users ranked`,
+        );
+      }
+    }
+  }
+  console.log("");
+  console.log(
+    "data    model   backend                    positions/s  s/epoch  GFLOP/s  " +
+      "eval users/s  eval all s  peak RSS MiB",
+  );
+  for (const r of rows) {
     console.log(
-      `${name} on ${label}: ${n} steps, ${(seconds / n).toFixed(2)} s/step; ` +
-        `${evalUsers.length} users ranked in ${evalSeconds.toFixed(2)} s`,
+      `${r.data.split(" ")[0].padEnd(8)}${r.model.padEnd(8)}${r.label.padEnd(26)}` +
+        `${r.positionsPerSec.toFixed(0).padStart(12)}${r.secondsPerEpoch.toFixed(0).padStart(9)}` +
+        `${r.gflopPerSec.toFixed(1).padStart(9)}${r.usersPerSec.toFixed(0).padStart(14)}` +
+        `${r.evalAllSeconds.toFixed(1).padStart(12)}${r.peakRssMiB.toFixed(0).padStart(14)}`,
     );
-    optimizer.dispose();
-    model.params.dispose();
+  }
+  if (values.torch !== "true") return;
+  console.log("");
+  const torch = await torchReference();
+  if (typeof torch === "string") {
+    console.log(`sasrec-step vs PyTorch skipped: ${torch}`);
+    return;
+  }
+  console.log(`pytorch sasrec-step: ${torch.secondsPerStep.toFixed(2)} s (${torch.blas})`);
+  for (const backend of backends.filter((b) => b !== "cpu")) {
+    const r = await child<{ label: string; secondsPerStep: number }>(
+      `sasrec-step:none:${backend}`,
+    );
+    if (!r) continue;
+    console.log(`${r.label} sasrec-step: ${r.secondsPerStep.toFixed(2)} s`);
+    console.log(
+      `ratio sasrec-step ${backend}/pytorch: ${
+        (r.secondsPerStep / torch.secondsPerStep).toFixed(2)
+      }`,
+    );
   }
 }
 
-console.log("");
-console.log(
-  "model   backend                     train seq/s  positions/s  eval users/s  train x cpu  eval x cpu",
-);
-for (const r of rows) {
-  const cpu = rows.find((c) => c.model === r.model && c.backend === "cpu");
-  const ratio = (a: number, b?: number) => (b ? (a / b).toFixed(2) : "-");
-  console.log(
-    `${r.model.padEnd(8)}${r.label.padEnd(28)}${r.seqPerSec.toFixed(1).padStart(12)}` +
-      `${r.positionsPerSec.toFixed(0).padStart(13)}${r.usersPerSec.toFixed(1).padStart(14)}` +
-      `${ratio(r.positionsPerSec, cpu?.positionsPerSec).padStart(13)}${
-        ratio(r.usersPerSec, cpu?.usersPerSec).padStart(12)
-      }`,
-  );
-}
+if (values.child) await runChild(values.child);
+else await main();

@@ -1,0 +1,114 @@
+"""PyTorch reference for one SASRec training step, timed on CPU.
+
+The same step bench/throughput.ts times for this project's SASRec: 2 post-LayerNorm
+Transformer blocks (d 128, 4 heads, feed-forward 256, GELU, dropout 0.3), learned
+position embeddings, causal attention, full-softmax cross-entropy over the whole
+catalogue at every position, one Adam step (lr 1e-3). Random item ids, a target at every
+position, so both sides do identical work.
+
+Prints one JSON line: {"seconds_per_step": ..., "blas": ..., "threads": ..., ...}.
+Exit code 3 with a message on stderr when torch is not installed.
+
+Fair-reference notes (measured on this project's machines): Debian's python3-torch
+falls back to a generic reference BLAS unless OpenBLAS is installed
+(`apt-get install python3-torch libopenblas0-pthread`), and OpenBLAS 0.3.21 picks AVX2
+kernels on AVX-512 CPUs unless OPENBLAS_CORETYPE=SkylakeX is set; the bench sets it.
+
+    OPENBLAS_CORETYPE=SkylakeX python3 bench/torch_reference.py --steps 3
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    print("torch is not installed (apt-get install python3-torch libopenblas0-pthread)",
+          file=sys.stderr)
+    sys.exit(3)
+
+
+def loaded_blas():
+    """The BLAS shared objects this process mapped, read from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            names = {line.split()[-1] for line in maps if "blas" in line.lower()}
+    except OSError:
+        return "unknown"
+    return ", ".join(sorted(n for n in names if n.startswith("/"))) or "none mapped"
+
+
+class SasRec(nn.Module):
+    def __init__(self, num_items, length, hidden, heads, inner, layers, dropout):
+        super().__init__()
+        self.items = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.positions = nn.Embedding(length, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(hidden, heads, inner, dropout, activation="gelu",
+                                           batch_first=True, norm_first=False,
+                                           layer_norm_eps=1e-12)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        self.register_buffer("causal", mask)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, ids):  # ids [B, L]
+        pos = torch.arange(ids.shape[1])
+        h = self.drop(self.norm(self.items(ids) + self.positions(pos)))  # [B, L, d]
+        return self.blocks(h, mask=self.causal)  # [B, L, d]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--length", type=int, default=50)
+    parser.add_argument("--items", type=int, default=12000)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--inner", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = SasRec(args.items, args.length, args.hidden, args.heads, args.inner, args.layers,
+                   0.3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ids = torch.randint(1, args.items + 1, (args.batch, args.length))
+    targets = torch.randint(1, args.items + 1, (args.batch * args.length,))
+
+    def step():
+        optimizer.zero_grad()
+        h = model(ids).reshape(-1, args.hidden)  # [B*L, d]
+        logits = h @ model.items.weight[1:].T  # [B*L, N]
+        loss = nn.functional.cross_entropy(logits, targets - 1)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    step()  # warm-up: allocator, Adam's slots
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({
+        "seconds_per_step": statistics.median(times),
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "blas": loaded_blas(),
+        "torch": torch.__version__,
+        "shape": {k: getattr(args, k) for k in
+                  ("batch", "length", "items", "hidden", "heads", "inner", "layers")},
+    }))
+
+
+if __name__ == "__main__":
+    main()
