@@ -80,11 +80,18 @@ function maxInterestScore(queries: Tensor3D, items: Tensor): Tensor1D {
 
 /**
  * Full-softmax cross-entropy `[P]` where an item's logit is the max over the `k` interest
- * vectors of the query (Eq. 9; k = 1 is the plain full softmax), as one fused op. The
- * forward pass goes through positions in chunks of at most `budget` logits; the backward
- * pass recomputes each chunk's logits and forms the gradient `softmax - onehot(target)`
- * routed to the winning interest, so no `[P, k, N]` tensor is ever kept: tfjs's own
- * gradients would keep ~8 copies of it, gigabytes for a batch of long histories.
+ * vectors of the query (Eq. 9; k = 1 is the plain full softmax), as one fused op.
+ *
+ * Forward, in chunks of at most `budget` logits (positions x interests x items): one GEMM
+ * for all interests of a chunk, the max over interests, and the softmax, whose
+ * probabilities `[P, N]` (and, for k > 1, the index of the winning interest of every
+ * logit) are kept for the backward pass. The gradient of the loss by the winning logits
+ * is `softmax - onehot(target)`: the softmax part goes through two GEMMs per chunk, and
+ * the one-hot part never becomes a matrix: it is a gather of the target items' vectors
+ * (for the queries) and a scatter of the queries into the target rows (for the items).
+ * Memory: the transient `[k*c, N]` logits of one chunk, plus `[P, N]` kept floats (twice
+ * that for k > 1); callers bound P (the trainer's `maxPositions`). tfjs's own gradients
+ * would keep ~8 copies of the `[P, k, N]` logits, and recomputing them costs a GEMM.
  */
 function maxInterestSoftmaxCrossEntropy(
   queries: Tensor3D, // [P, k, d]
@@ -95,74 +102,118 @@ function maxInterestSoftmaxCrossEntropy(
   const [positions, k, d] = queries.shape;
   const n = items.shape[0];
   const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
-  // Logits of positions start..start+size for every interest with one matmul: queries in
-  // interest-major order [k*c, d], so interest j's logits are the contiguous rows
-  // j*c..(j+1)*c of the [k*c, N] result (one large GEMM runs faster than k small ones).
-  const logitsOf = (q: Tensor, itemsT: Tensor2D, start: number, size: number) => {
-    const qc = tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
-    const byInterest = tf.reshape(tf.transpose(qc, [1, 0, 2]), [k * size, d]) as Tensor2D; // [k*c, d]
-    const all = matmul(byInterest, itemsT); // [k*c, N]
-    const perInterest: Tensor2D[] = [];
-    for (let j = 0; j < k; j++) {
-      perInterest.push(tf.slice(all, [j * size, 0], [size, -1]) as Tensor2D); // [c, N]
-    }
-    return { byInterest, perInterest };
+  const starts: number[] = [];
+  for (let start = 0; start < positions; start += chunk) starts.push(start);
+  const sizeOf = (start: number) => Math.min(chunk, positions - start);
+  // Queries of positions start..start+size in interest-major order [k*c, d], so that
+  // interest j's logits are the contiguous rows j*c..(j+1)*c of one [k*c, N] GEMM.
+  const byInterestOf = (q: Tensor, start: number, size: number) => {
+    const qc = starts.length === 1 ? q : tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
+    return (k === 1 ? tf.reshape(qc, [size, d]) : tf.reshape(tf.transpose(qc, [1, 0, 2]), [
+      k * size,
+      d,
+    ])) as Tensor2D; // [k*c, d]
   };
   const op = withCustomGradient(3, ([q, v, r], save) => {
-    save([q, v, r]);
     const itemsT = tf.transpose(v) as Tensor2D; // [d, N], explicit: see matmul()
-    const parts: Tensor[] = [];
-    for (let start = 0; start < positions; start += chunk) {
-      const size = Math.min(chunk, positions - start);
-      parts.push(tf.tidy(() => {
-        const s = logitsOf(q, itemsT, start, size).perInterest;
-        const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
+    const losses: Tensor[] = [];
+    const probs: Tensor[] = [];
+    const winners: Tensor[] = [];
+    for (const start of starts) {
+      const size = sizeOf(start);
+      const out = tf.tidy(() => {
+        const all = tf.matMul(byInterestOf(q, start, size), itemsT); // [k*c, N]
+        let best: Tensor = k === 1 ? all : tf.slice(all, [0, 0], [size, -1]); // [c, N]
+        let winner: Tensor | null = null; // index of the first interest reaching the max
+        for (let j = 1; j < k; j++) {
+          const s = tf.slice(all, [j * size, 0], [size, -1]); // [c, N]
+          const better = tf.cast(tf.greater(s, best), "float32");
+          winner = j === 1 ? better : tf.add(winner!, tf.mul(better, tf.sub(j, winner!)));
+          best = tf.maximum(best, s);
+        }
+        // One softmax kernel (threaded on wasm) instead of exp, sum and divide passes. The
+        // log-sum-exp follows exactly from the largest probability, which sits at the
+        // largest logit and is at least 1/N, so its log never underflows:
+        // lse = max - log(p_max).
+        const prob = tf.softmax(best); // [c, N]
+        const lse = tf.sub(tf.max(best, 1), tf.log(tf.max(prob, 1))); // [c]
         // Row offsets 0, N, 2N, ... plus the target column (int32 throughout: tf.mul of an
         // int32 tensor by a JS number would give float32 indices).
         const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), tf.slice(r, [start], [size])); // [c]
         const target = tf.gather(tf.reshape(best, [-1]), flatIndex); // [c]
-        return tf.sub(tf.logSumExp(best, 1), target);
-      }));
+        return { loss: tf.sub(lse, target), prob, winner: winner ?? tf.zeros([0]) };
+      });
+      losses.push(out.loss);
+      probs.push(out.prob);
+      winners.push(out.winner);
     }
-    const value = parts.length === 1 ? parts[0] : tf.concat(parts);
-    if (parts.length > 1) tf.dispose(parts);
+    itemsT.dispose();
+    save([q, v, r, ...probs, ...winners]);
+    const value = losses.length === 1 ? losses[0] : tf.concat(losses);
+    if (losses.length > 1) tf.dispose(losses);
     return {
       value,
       gradFunc: (dy, saved) => {
         const [qs, vs, rs] = saved;
-        const itemsT = tf.transpose(vs) as Tensor2D;
-        let dItems = tf.zeros([n, d]);
+        const savedProbs = saved.slice(3, 3 + starts.length);
+        const savedWinners = saved.slice(3 + starts.length);
+        let dItemsT: Tensor = tf.zeros([d, n]);
         const dq: Tensor[] = [];
-        for (let start = 0; start < positions; start += chunk) {
-          const size = Math.min(chunk, positions - start);
+        const targetRows: Tensor[] = [];
+        const targetGrads: Tensor[] = [];
+        starts.forEach((start, c) => {
+          const size = sizeOf(start);
           const next = tf.tidy(() => {
-            const { byInterest, perInterest: s } = logitsOf(qs, itemsT, start, size);
-            const best = s.reduce((a, b) => tf.maximum(a, b)); // [c, N]
-            const onehot = oneHotFloat(tf.slice(rs, [start], [size]), n);
-            const g = tf.mul(
-              tf.sub(tf.softmax(best), onehot),
-              tf.reshape(tf.slice(dy, [start], [size]), [size, 1]),
-            ); // [c, N]: d loss / d best
-            // Route each item's gradient to the interest that won its max (ties: the first).
-            let free = tf.onesLike(best);
-            const routed: Tensor[] = [];
-            for (let j = 0; j < k; j++) {
-              const wins = k === 1 ? free : tf.mul(tf.cast(tf.equal(s[j], best), "float32"), free);
-              if (k > 1) free = tf.sub(free, wins);
-              routed.push(k === 1 ? g : tf.mul(g, wins)); // [c, N]
+            const dyc = tf.reshape(tf.slice(dy, [start], [size]), [size, 1]); // [c, 1]
+            const g = tf.mul(savedProbs[c], dyc); // [c, N]: softmax part of d loss / d best
+            let gAll: Tensor = g; // [k*c, N]: routed to the interest that won each logit
+            if (k > 1) {
+              const routed: Tensor[] = [];
+              for (let j = 0; j < k; j++) {
+                routed.push(tf.mul(g, tf.cast(tf.equal(savedWinners[c], j), "float32")));
+              }
+              gAll = tf.concat(routed);
             }
-            const gAll = (k === 1 ? routed[0] : tf.concat(routed)) as Tensor2D; // [k*c, N]
-            const dqByInterest = matmul(gAll, vs as Tensor2D); // [k*c, d]
-            const di = tf.add(dItems, matmul(tf.transpose(gAll), byInterest)); // [N, d]
-            const dqc = tf.transpose(tf.reshape(dqByInterest, [k, size, d]), [1, 0, 2]); // [c, k, d]
-            return { dq: dqc, dItems: di };
+            const byInterest = byInterestOf(qs, start, size); // [k*c, d]
+            const dqByInterest = tf.matMul(gAll as Tensor2D, vs as Tensor2D); // [k*c, d]
+            const di = tf.add(dItemsT, tf.matMul(tf.transpose(byInterest), gAll as Tensor2D)); // [d, N]
+            // The one-hot part: -dy times the target item for the query interest that won
+            // the target's logit, and -dy times that query for the target item.
+            const rc = tf.slice(rs, [start], [size]) as Tensor1D; // [c]
+            const vt = tf.gather(vs, rc); // [c, d]
+            const qc = tf.reshape(
+              tf.transpose(tf.reshape(byInterest, [k, size, d]), [1, 0, 2]),
+              [size, k, d],
+            ); // [c, k, d]
+            let won: Tensor = tf.ones([size, 1]); // [c, k]: which interest won the target
+            if (k > 1) {
+              const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), rc);
+              const w = tf.gather(tf.reshape(savedWinners[c], [-1]), flatIndex); // [c]
+              won = oneHotFloat(w, k);
+            }
+            const weight = tf.mul(won, dyc); // [c, k]
+            const dqc = tf.sub(
+              tf.transpose(tf.reshape(dqByInterest, [k, size, d]), [1, 0, 2]),
+              tf.mul(tf.expandDims(weight, 2), tf.expandDims(vt, 1)),
+            ); // [c, k, d]
+            const dTarget = tf.sum(tf.mul(tf.expandDims(weight, 2), qc), 1); // [c, d]
+            return { dq: dqc, dItemsT: di, rows: rc, dTarget };
           });
-          dItems.dispose();
-          dItems = next.dItems;
+          dItemsT.dispose();
+          dItemsT = next.dItemsT;
           dq.push(next.dq);
-        }
+          targetRows.push(next.rows);
+          targetGrads.push(next.dTarget);
+        });
         const dQueries = dq.length === 1 ? dq[0] : tf.concat(dq);
-        if (dq.length > 1) tf.dispose(dq);
+        const allRows = targetRows.length === 1 ? targetRows[0] : tf.concat(targetRows);
+        const allGrads = targetGrads.length === 1 ? targetGrads[0] : tf.concat(targetGrads);
+        const dItems = tf.sub(
+          tf.transpose(dItemsT),
+          tf.scatterND(tf.reshape(allRows, [-1, 1]), allGrads, [n, d]),
+        ); // [N, d]
+        if (dq.length > 1) tf.dispose([...dq, ...targetRows, ...targetGrads]);
+        tf.dispose([dItemsT, allRows, allGrads]);
         return [dQueries, dItems, tf.zerosLike(rs)];
       },
     };
