@@ -16,6 +16,9 @@ import * as wasm from "@tensorflow/tfjs-backend-wasm";
 import "@tensorflow/tfjs-backend-webgpu";
 import "./_gradients.ts";
 import { installThreadedWasm } from "./_wasm_threads.ts";
+import { registerProjectKernels } from "./_kernels.ts";
+
+registerProjectKernels();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";

@@ -10,7 +10,8 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor, Tensor1D, Tensor2D, Tensor3D } from "./tensor_types.ts";
 import { Rng } from "../data/random.ts";
-import { embeddingLookup, matmul, oneHotFloat, withCustomGradient } from "./layers.ts";
+import { embeddingLookup, oneHotFloat, withCustomGradient } from "./layers.ts";
+import { maxOverInterests, routeToInterests } from "./interest_kernels.ts";
 
 /** The loss over items: `softmax` (full catalogue), `bce` (1 negative), `sampled`. */
 export type ItemLossKind = "softmax" | "bce" | "sampled";
@@ -123,13 +124,12 @@ function maxInterestSoftmaxCrossEntropy(
       const size = sizeOf(start);
       const out = tf.tidy(() => {
         const all = tf.matMul(byInterestOf(q, start, size), itemsT); // [k*c, N]
-        let best: Tensor = k === 1 ? all : tf.slice(all, [0, 0], [size, -1]); // [c, N]
-        let winner: Tensor | null = null; // index of the first interest reaching the max
-        for (let j = 1; j < k; j++) {
-          const s = tf.slice(all, [j * size, 0], [size, -1]); // [c, N]
-          const better = tf.cast(tf.greater(s, best), "float32");
-          winner = j === 1 ? better : tf.add(winner!, tf.mul(better, tf.sub(j, winner!)));
-          best = tf.maximum(best, s);
+        let best: Tensor = all; // [c, N]: the max over interests of each logit
+        let winner: Tensor | null = null; // [c*N] int32: the interest reaching it (first on ties)
+        if (k > 1) {
+          const max = maxOverInterests(tf.reshape(all, [k, size * n]));
+          best = tf.reshape(max.best, [size, n]);
+          winner = max.winner;
         }
         // One softmax kernel (threaded on wasm) instead of exp, sum and divide passes. The
         // log-sum-exp follows exactly from the largest probability, which sits at the
@@ -168,11 +168,8 @@ function maxInterestSoftmaxCrossEntropy(
             const g = tf.mul(savedProbs[c], dyc); // [c, N]: softmax part of d loss / d best
             let gAll: Tensor = g; // [k*c, N]: routed to the interest that won each logit
             if (k > 1) {
-              const routed: Tensor[] = [];
-              for (let j = 0; j < k; j++) {
-                routed.push(tf.mul(g, tf.cast(tf.equal(savedWinners[c], j), "float32")));
-              }
-              gAll = tf.concat(routed);
+              const routed = routeToInterests(tf.reshape(g, [-1]), savedWinners[c], k); // [k, c*N]
+              gAll = tf.reshape(routed, [k * size, n]); // [k*c, N]
             }
             const byInterest = byInterestOf(qs, start, size); // [k*c, d]
             const dqByInterest = tf.matMul(gAll as Tensor2D, vs as Tensor2D); // [k*c, d]
@@ -188,7 +185,7 @@ function maxInterestSoftmaxCrossEntropy(
             let won: Tensor = tf.ones([size, 1]); // [c, k]: which interest won the target
             if (k > 1) {
               const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), rc);
-              const w = tf.gather(tf.reshape(savedWinners[c], [-1]), flatIndex); // [c]
+              const w = tf.gather(savedWinners[c], flatIndex); // [c]
               won = oneHotFloat(w, k);
             }
             const weight = tf.mul(won, dyc); // [c, k]
