@@ -2,6 +2,11 @@ import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
+import { Sigma } from "../lib/models/sigma.ts";
+import { stepSeeds } from "../lib/models/_model.ts";
+import type { TrainBatch } from "../lib/data/types.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
 import { readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
 import { evaluateModel, train } from "../lib/train/trainer.ts";
@@ -152,4 +157,57 @@ Deno.test("train() stops with an error naming the epoch and step when the loss i
     "epoch 1, step 1/",
   );
   inner.params.dispose();
+});
+
+/** `batch` with `extra` more padding columns on the left. */
+function padLeft<T extends { batch: number; length: number; inputs: Int32Array }>(
+  batch: T,
+  extra: number,
+): T {
+  const length = batch.length + extra;
+  const widen = (a: Int32Array) => {
+    const out = new Int32Array(batch.batch * length);
+    for (let r = 0; r < batch.batch; r++) {
+      out.set(a.subarray(r * batch.length, (r + 1) * batch.length), r * length + extra);
+    }
+    return out;
+  };
+  const padded = { ...batch, length, inputs: widen(batch.inputs) };
+  if ("targets" in batch && (batch.targets as Int32Array).length === batch.inputs.length) {
+    (padded as unknown as TrainBatch).targets = widen(batch.targets as Int32Array);
+  }
+  return padded;
+}
+
+// Length bucketing pads each batch only to its own longest history. That is only sound if
+// more left padding changes nothing: positions are counted from the right and padding is
+// masked everywhere. SASRec without dropout is deterministic, so its loss and gradients
+// must match; SIGMA draws training noise per padded position, so its scores are compared.
+Deno.test("a batch padded to its own length gives the loss, gradients and scores of full padding", async () => {
+  for (const backend of ["cpu", "wasm"] as const) {
+    await selectBackend(backend);
+    const sasrec = new SasRec({ ...SMALL, numItems: 30, dropout: 0 });
+    const tight = tinyTrainBatch(5, 6, 30);
+    const wide = padLeft(tight, 6);
+    const lossOf = (b: TrainBatch) =>
+      tf.variableGrads(() => sasrec.loss(b, stepSeeds(3, 0)).loss, sasrec.params.list());
+    const a = lossOf(tight);
+    const b = lossOf(wide);
+    assert(Math.abs(a.value.dataSync()[0] - b.value.dataSync()[0]) < 1e-5, `${backend} loss`);
+    for (const name of Object.keys(a.grads)) {
+      const diff = maxAbsDiff(a.grads[name].dataSync(), b.grads[name].dataSync());
+      assert(diff < 1e-5, `${backend} gradient of ${name} differs by ${diff}`);
+    }
+    tf.dispose([a.value, b.value, ...Object.values(a.grads), ...Object.values(b.grads)]);
+    const sigma = new Sigma({ numItems: 30, hidden: 8, heads: 2, inner: 8, maxLength: 12 });
+    for (const model of [sasrec, sigma] as SequentialModel[]) {
+      const evalTight = tinyEvalBatch(5, 6, 30);
+      const s1 = tf.tidy(() => model.scores(evalTight));
+      const s2 = tf.tidy(() => model.scores(padLeft(evalTight, 6)));
+      const diff = maxAbsDiff(await s1.data(), await s2.data());
+      assert(diff < 1e-4, `${backend} ${model.name} scores differ by ${diff}`);
+      tf.dispose([s1, s2]);
+      model.params.dispose();
+    }
+  }
 });
