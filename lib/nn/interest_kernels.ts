@@ -34,9 +34,19 @@ export function maxOverInterests(x: Tensor): { best: Tensor; winner: Tensor } {
     const [best, winner] = tf.engine().runKernel(MAX_OVER_INTERESTS, { x }) as Tensor[];
     return { best, winner };
   }
+  // Element-wise over rows: a reduction over a [M, k] transpose would need a dispatch
+  // of M workgroups on webgpu, beyond its 65,535 limit for M in the millions.
   return tf.tidy(() => {
-    const byColumn = tf.transpose(x); // [M, k]: tfjs reduces a last axis natively
-    return { best: tf.max(byColumn, 1), winner: tf.argMax(byColumn, 1) };
+    const [k, m] = x.shape;
+    let best: Tensor = tf.reshape(tf.slice(x, [0, 0], [1, m]), [m]);
+    let winner: Tensor = tf.zeros([m], "int32");
+    for (let j = 1; j < k; j++) {
+      const row = tf.reshape(tf.slice(x, [j, 0], [1, m]), [m]);
+      const better = tf.greater(row, best); // strict: the first row keeps ties
+      winner = tf.where(better, tf.fill([m], j, "int32"), winner);
+      best = tf.maximum(best, row);
+    }
+    return { best, winner };
   });
 }
 
@@ -53,9 +63,11 @@ export function routeToInterests(g: Tensor, winner: Tensor, k: number): Tensor {
   if (hasKernel(ROUTE_TO_INTERESTS)) {
     return tf.engine().runKernel(ROUTE_TO_INTERESTS, { g, winner }, { k }) as Tensor;
   }
-  if (k === 1) return tf.reshape(g, [1, g.size]); // tf.oneHot needs depth >= 2
   return tf.tidy(() => {
-    const won = tf.cast(tf.oneHot(winner, k), "float32"); // [M, k]
-    return tf.transpose(tf.mul(won, tf.expandDims(g, 1))); // [k, M]
+    const rows: Tensor[] = [];
+    for (let j = 0; j < k; j++) {
+      rows.push(tf.where(tf.equal(winner, j), g, tf.zerosLike(g)));
+    }
+    return tf.stack(rows); // [k, M]
   });
 }

@@ -1,0 +1,105 @@
+// Batched matrix product for tfjs-backend-wasm's heap: C[b] = op(A[b]) @ op(B[b]).
+//
+// Why: tfjs-backend-wasm 4.22 sends every matmul with a batch dimension > 1 (attention's
+// scores and mixes, and their gradients) to a scalar loop at ~3 GFLOP/s; XNNPACK serves
+// only the 2-D case. This kernel keeps a 6x8 block of C in 12 SIMD registers and adds one
+// rank-1 update per step of k with fused multiply-adds (relaxed SIMD), which is what the
+// small matrices of attention (L x L x d/h, e.g. 50 x 50 x 32) need.
+//
+// Build: backends/wasm/build.sh (clang 16). The module imports the heap it works on
+// ("env" "memory") and keeps no state of its own: no stack, no globals, no data.
+#include <stdint.h>
+#include <wasm_simd128.h>
+
+#define EXPORT(name) __attribute__((export_name(name)))
+
+static inline v128_t madd(v128_t a, v128_t b, v128_t c) {
+  // a * b + c, fused where the CPU can (clang 16 has the builtin but not yet the
+  // wasm_simd128.h name wasm_f32x4_relaxed_madd).
+  typedef float f32x4 __attribute__((vector_size(16)));
+  return (v128_t)__builtin_wasm_relaxed_madd_f32x4((f32x4)a, (f32x4)b, (f32x4)c);
+}
+
+// One matrix: c[M, N] = op(a) @ op(b), where op(a)[m, k] = a[m * sam + k * sak] and
+// op(b)[k, n] = b[k * sbk + n], rows of op(b) contiguous (the caller packs b otherwise).
+static void gemm(const float *a, int sam, int sak, const float *b, int sbk, float *c,
+                 int M, int N, int K) {
+  int m = 0;
+  for (; m + 6 <= M; m += 6) {
+    int n = 0;
+    for (; n + 8 <= N; n += 8) {
+      v128_t c00 = wasm_f32x4_splat(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+             c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+      const float *ap = a + m * sam;
+      const float *bp = b + n;
+      for (int k = 0; k < K; k++) {
+        const v128_t b0 = wasm_v128_load(bp), b1 = wasm_v128_load(bp + 4);
+        v128_t x;
+        x = wasm_f32x4_splat(ap[0]);
+        c00 = madd(x, b0, c00), c01 = madd(x, b1, c01);
+        x = wasm_f32x4_splat(ap[sam]);
+        c10 = madd(x, b0, c10), c11 = madd(x, b1, c11);
+        x = wasm_f32x4_splat(ap[2 * sam]);
+        c20 = madd(x, b0, c20), c21 = madd(x, b1, c21);
+        x = wasm_f32x4_splat(ap[3 * sam]);
+        c30 = madd(x, b0, c30), c31 = madd(x, b1, c31);
+        x = wasm_f32x4_splat(ap[4 * sam]);
+        c40 = madd(x, b0, c40), c41 = madd(x, b1, c41);
+        x = wasm_f32x4_splat(ap[5 * sam]);
+        c50 = madd(x, b0, c50), c51 = madd(x, b1, c51);
+        ap += sak;
+        bp += sbk;
+      }
+      float *cp = c + m * N + n;
+      wasm_v128_store(cp, c00), wasm_v128_store(cp + 4, c01), cp += N;
+      wasm_v128_store(cp, c10), wasm_v128_store(cp + 4, c11), cp += N;
+      wasm_v128_store(cp, c20), wasm_v128_store(cp + 4, c21), cp += N;
+      wasm_v128_store(cp, c30), wasm_v128_store(cp + 4, c31), cp += N;
+      wasm_v128_store(cp, c40), wasm_v128_store(cp + 4, c41), cp += N;
+      wasm_v128_store(cp, c50), wasm_v128_store(cp + 4, c51);
+    }
+    for (; n < N; n++) {  // the last N % 8 columns
+      for (int i = 0; i < 6; i++) {
+        float s = 0;
+        for (int k = 0; k < K; k++) s += a[(m + i) * sam + k * sak] * b[k * sbk + n];
+        c[(m + i) * N + n] = s;
+      }
+    }
+  }
+  for (; m < M; m++) {  // the last M % 6 rows, 4 columns at a time
+    int n = 0;
+    for (; n + 4 <= N; n += 4) {
+      v128_t acc = wasm_f32x4_splat(0);
+      for (int k = 0; k < K; k++) {
+        acc = madd(wasm_f32x4_splat(a[m * sam + k * sak]), wasm_v128_load(b + k * sbk + n), acc);
+      }
+      wasm_v128_store(c + m * N + n, acc);
+    }
+    for (; n < N; n++) {
+      float s = 0;
+      for (int k = 0; k < K; k++) s += a[m * sam + k * sak] * b[k * sbk + n];
+      c[m * N + n] = s;
+    }
+  }
+}
+
+// Batches first..last-1 of C[b] = op(A[b % batchA]) @ op(B[b % batchB]) (batch 1
+// broadcasts). A is [batchA, M, K] ([batchA, K, M] if transA), B is [batchB, K, N]
+// ([batchB, N, K] if transB), C is [batch, M, N]. `scratch` holds K * N floats: with
+// transB each B[b] is packed there first so that its rows are contiguous.
+EXPORT("bmm")
+void bmm(const float *A, const float *B, float *C, int batchA, int batchB, int first,
+         int last, int M, int N, int K, int transA, int transB, float *scratch) {
+  const int sam = transA ? 1 : K, sak = transA ? M : 1;
+  for (int b = first; b < last; b++) {
+    const float *a = A + (b % batchA) * M * K;
+    const float *bm = B + (b % batchB) * K * N;
+    if (transB) {  // bm is [N, K]: pack op(b) = bm^T as [K, N]
+      for (int n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++) scratch[k * N + n] = bm[n * K + k];
+      }
+      bm = scratch;
+    }
+    gemm(a, sam, sak, bm, N, C + b * M * N, M, N, K);
+  }
+}
