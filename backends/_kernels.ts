@@ -5,6 +5,9 @@
  *
  * - {@linkcode MAX_OVER_INTERESTS} and {@linkcode ROUTE_TO_INTERESTS}: see
  *   `lib/nn/interest_kernels.ts`; one pass each instead of several tfjs ops.
+ * - {@linkcode RANK_OF_TARGET_KERNEL}: see `lib/eval/rank.ts`; one pass per row of scores
+ *   instead of a broadcasting `GreaterEqual`, which tfjs-backend-wasm runs element by
+ *   element with index arithmetic (~0.3 s for 256 x 12,102 scores).
  * - `BatchMatMul` on wasm, when there is a batch dimension > 1 (attention): tfjs-backend-wasm
  *   4.22 sends those to a scalar loop (~3 GFLOP/s); `wasm/bmm.c`, compiled to WebAssembly
  *   SIMD with fused multiply-adds and working directly on tfjs's (shared) heap, does them
@@ -18,9 +21,10 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kernels.ts";
+import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
 import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
 
-type TypedArray = Float32Array | Int32Array;
+type TypedArray = Float32Array | Int32Array | Uint8Array;
 type Info = tf.TensorInfo;
 
 /** Reads and allocates tensor memory on one backend. */
@@ -92,6 +96,31 @@ function routeToInterests(memory: Memory, g: Info, winner: Info, k: number): Inf
     if (j >= 0 && j < k) os[j * m + i] = gs[i];
   }
   return out;
+}
+
+function rankOfTarget(memory: Memory, scores: Info, allowed: Info, targetIndex: Info): Info[] {
+  const [rows, width] = scores.shape;
+  const ranks = memory.alloc([rows], "int32");
+  const nans = memory.alloc([rows], "int32");
+  const xs = memory.view(scores);
+  const as = memory.view(allowed);
+  const ts = memory.view(targetIndex);
+  const rs = memory.view(ranks);
+  const ns = memory.view(nans);
+  for (let r = 0; r < rows; r++) {
+    const base = r * width;
+    const target = xs[ts[r]];
+    let above = 0;
+    let nan = 0;
+    for (let j = base; j < base + width; j++) {
+      const v = xs[j];
+      if (v !== v) nan++;
+      else if (v >= target && as[j] !== 0) above++;
+    }
+    rs[r] = above - 1; // the target competes with itself
+    ns[r] = nan;
+  }
+  return [ranks, nans];
 }
 
 /** Whole-row gather (axis 0); returns null when the call is not of that kind. */
@@ -223,6 +252,17 @@ export function registerProjectKernels(): void {
       backendName,
       kernelFunc: ({ inputs, backend }) =>
         maxOverInterests(memoryOf(backendName, backend), inputs.x as Info),
+    });
+    tf.registerKernel({
+      kernelName: RANK_OF_TARGET_KERNEL,
+      backendName,
+      kernelFunc: ({ inputs, backend }) =>
+        rankOfTarget(
+          memoryOf(backendName, backend),
+          inputs.scores as Info,
+          inputs.allowed as Info,
+          inputs.targetIndex as Info,
+        ),
     });
     tf.registerKernel({
       kernelName: ROUTE_TO_INTERESTS,

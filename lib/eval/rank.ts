@@ -14,6 +14,8 @@ import type { Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch } from "../data/types.ts";
 import { prepareBatch, rankTensors, readRanks } from "./_device.ts";
 
+export { RANK_OF_TARGET_KERNEL } from "./_device.ts";
+
 /**
  * The 0-based rank of `target` among the items `1..scores.length - 1`: the number of items
  * `j` that are not the target, not padding (0) and not in `exclude`, with
