@@ -157,6 +157,8 @@ interface WasmBackendInternals {
 
 interface Bmm {
   run: (...args: number[]) => void;
+  maxOverRows: (...args: number[]) => void;
+  routeToRows: (...args: number[]) => void;
   scratch: number;
   scratchFloats: number;
 }
@@ -176,7 +178,14 @@ function bmmFor(backend: WasmBackendInternals): Bmm | null {
       Uint8Array.from(atob(BMM_WASM_BASE64), (c) => c.charCodeAt(0)),
     );
     const instance = new WebAssembly.Instance(bmmModule, { env: { memory } });
-    bmm = { run: instance.exports.bmm as Bmm["run"], scratch: 0, scratchFloats: 0 };
+    const e = instance.exports;
+    bmm = {
+      run: e.bmm as Bmm["run"],
+      maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
+      routeToRows: e.route_to_rows as Bmm["routeToRows"],
+      scratch: 0,
+      scratchFloats: 0,
+    };
   }
   bmmInstances.set(backend, bmm);
   return bmm;
@@ -240,6 +249,35 @@ function batchMatMul(
   return out;
 }
 
+const offsetOf = (backend: WasmBackendInternals, t: Info) =>
+  backend.dataIdMap.get(t.dataId).memoryOffset;
+
+/** {@linkcode maxOverInterests} through bmm.wasm's SIMD loop; null without bmm.wasm. */
+function simdMaxOverInterests(backend: WasmBackendInternals, x: Info): Info[] | null {
+  const bmm = bmmFor(backend);
+  if (!bmm || x.dtype !== "float32") return null;
+  const [k, m] = x.shape;
+  const best = backend.makeOutput([m], "float32");
+  const winner = backend.makeOutput([m], "int32");
+  bmm.maxOverRows(offsetOf(backend, x), offsetOf(backend, best), offsetOf(backend, winner), k, m);
+  return [best, winner];
+}
+
+/** {@linkcode routeToInterests} through bmm.wasm's SIMD loop; null without bmm.wasm. */
+function simdRouteToInterests(
+  backend: WasmBackendInternals,
+  g: Info,
+  winner: Info,
+  k: number,
+): Info | null {
+  const bmm = bmmFor(backend);
+  if (!bmm || g.dtype !== "float32" || winner.dtype !== "int32") return null;
+  const m = g.shape[0];
+  const out = backend.makeOutput([k, m], "float32");
+  bmm.routeToRows(offsetOf(backend, g), offsetOf(backend, winner), offsetOf(backend, out), k, m);
+  return out;
+}
+
 let registered = false;
 
 /** Registers the kernels above; idempotent. Called by `backends/mod.ts` on load. */
@@ -251,7 +289,9 @@ export function registerProjectKernels(): void {
       kernelName: MAX_OVER_INTERESTS,
       backendName,
       kernelFunc: ({ inputs, backend }) =>
-        maxOverInterests(memoryOf(backendName, backend), inputs.x as Info),
+        (backendName === "wasm"
+          ? simdMaxOverInterests(backend as WasmBackendInternals, inputs.x as Info)
+          : null) ?? maxOverInterests(memoryOf(backendName, backend), inputs.x as Info),
     });
     tf.registerKernel({
       kernelName: RANK_OF_TARGET_KERNEL,
@@ -268,12 +308,19 @@ export function registerProjectKernels(): void {
       kernelName: ROUTE_TO_INTERESTS,
       backendName,
       kernelFunc: ({ inputs, backend, attrs }) =>
-        routeToInterests(
-          memoryOf(backendName, backend),
-          inputs.g as Info,
-          inputs.winner as Info,
-          (attrs as { k: number }).k,
-        ),
+        (backendName === "wasm"
+          ? simdRouteToInterests(
+            backend as WasmBackendInternals,
+            inputs.g as Info,
+            inputs.winner as Info,
+            (attrs as { k: number }).k,
+          )
+          : null) ?? routeToInterests(
+            memoryOf(backendName, backend),
+            inputs.g as Info,
+            inputs.winner as Info,
+            (attrs as { k: number }).k,
+          ),
     });
   }
   const originalBmm = tf.getKernel("BatchMatMul", "wasm");

@@ -103,3 +103,46 @@ void bmm(const float *A, const float *B, float *C, int batchA, int batchB, int f
     gemm(a, sam, sak, bm, N, C + b * M * N, M, N, K);
   }
 }
+
+// Max over the k rows of x [k, M] and the first row reaching it: best [M], winner [M]
+// (int32). Four columns at a time; a strict greater-than keeps the earliest row on ties.
+EXPORT("max_over_rows")
+void max_over_rows(const float *x, float *best, int32_t *winner, int k, int M) {
+  int i = 0;
+  for (; i + 4 <= M; i += 4) {
+    v128_t b = wasm_v128_load(x + i);
+    v128_t w = wasm_i32x4_splat(0);
+    for (int j = 1; j < k; j++) {
+      const v128_t v = wasm_v128_load(x + j * M + i);
+      const v128_t better = wasm_f32x4_gt(v, b);
+      b = wasm_v128_bitselect(v, b, better);
+      w = wasm_v128_bitselect(wasm_i32x4_splat(j), w, better);
+    }
+    wasm_v128_store(best + i, b);
+    wasm_v128_store(winner + i, w);
+  }
+  for (; i < M; i++) {
+    float b = x[i];
+    int32_t w = 0;
+    for (int j = 1; j < k; j++) {
+      if (x[j * M + i] > b) b = x[j * M + i], w = j;
+    }
+    best[i] = b;
+    winner[i] = w;
+  }
+}
+
+// out [k, M]: g[i] in row winner[i] of column i, zero elsewhere.
+EXPORT("route_to_rows")
+void route_to_rows(const float *g, const int32_t *winner, float *out, int k, int M) {
+  for (int j = 0; j < k; j++) {
+    const v128_t jj = wasm_i32x4_splat(j);
+    float *row = out + j * M;
+    int i = 0;
+    for (; i + 4 <= M; i += 4) {
+      const v128_t mine = wasm_i32x4_eq(wasm_v128_load(winner + i), jj);
+      wasm_v128_store(row + i, wasm_v128_and(wasm_v128_load(g + i), mine));
+    }
+    for (; i < M; i++) row[i] = winner[i] == j ? g[i] : 0.0f;
+  }
+}
