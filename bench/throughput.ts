@@ -11,10 +11,10 @@
  * Each (model, data, backend) runs in a child process of its own, so that its peak RSS
  * (Linux `VmHWM`) is its own and the backends never share a tfjs engine. A child:
  * - trains `--steps` timed steps (after one untimed warm-up step) on the trainer's own
- *   batches (256 rows, length-bucketed, seeded), so a step's cost is that of a real
- *   epoch's mix of lengths; `positions/s` counts target positions, and `s/epoch` is the
- *   epoch's target positions divided by that rate (an extrapolation from the sampled
- *   steps, not a timed epoch);
+ *   batches (256 rows, length-bucketed, seeded), taken at evenly spaced quantiles of
+ *   their lengths so that the sample has an epoch's mix of short and long batches;
+ *   `positions/s` counts target positions, and `s/epoch` is the mean sampled step time
+ *   times the epoch's number of batches (an estimate from the sample, not a timed epoch);
  * - counts the GEMM floating-point operations of one step by profiling its kernels' shapes
  *   (MatMul, BatchMatMul, _FusedMatMul: 2·M·N·K each), so `GFLOP/s` is that count over
  *   the measured step time: the arithmetic rate the step achieves, not a peak;
@@ -54,7 +54,7 @@ const { values } = parseArgs({
     backends: { type: "string", default: "cpu,wasm,webgpu" },
     models: { type: "string", default: "sasrec,sigma" },
     data: { type: "string", default: "office,beauty" },
-    steps: { type: "string", default: "4" },
+    steps: { type: "string", default: "8" },
     "slow-steps": { type: "string", default: "1" },
     users: { type: "string", default: "2048" },
     "slow-users": { type: "string", default: "128" },
@@ -211,10 +211,15 @@ async function runChild(spec: string): Promise<void> {
     rng: new Rng(1),
     bucket: true,
   });
-  let epochPositions = 0;
-  for (const b of batches) for (const t of b.targets) if (t !== 0) epochPositions++;
+  // Timed batches at evenly spaced quantiles of the epoch's batch lengths (bucketing makes
+  // lengths vary from a few items to the maximum), after the warm-up batch.
+  const byLength = [...batches].sort((a, b) => a.length - b.length);
+  const sample = [byLength[byLength.length >> 1]];
+  for (let i = 0; i < stepsHere; i++) {
+    sample.push(byLength[Math.floor(((i + 0.5) / stepsHere) * byLength.length)]);
+  }
   const m = modelEntry(model).create({ numItems: data.numItems });
-  const r = await timeSteps(m, batches, stepsHere);
+  const r = await timeSteps(m, sample, stepsHere);
   const evalUsers = split.valid.slice(0, (slow ? slowUsers : users) + 256);
   const [warm, ...rest] = evalBatches(evalUsers, { batchSize: TRAIN_DEFAULTS.evalBatchSize });
   await evaluate((b) => m.scores(b), [warm], { numItems: data.numItems });
@@ -232,7 +237,7 @@ async function runChild(spec: string): Promise<void> {
     steps: stepsHere,
     secondsPerStep: r.seconds / stepsHere,
     positionsPerSec,
-    secondsPerEpoch: epochPositions / positionsPerSec,
+    secondsPerEpoch: (r.seconds / stepsHere) * batches.length,
     gflopPerStep: r.gflop,
     gflopPerSec: r.gflop / (r.seconds / stepsHere),
     evalUsers: timedUsers,
