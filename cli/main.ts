@@ -61,6 +61,7 @@ function usage(): string {
     `  --model M           ${Object.keys(MODELS).join(" | ")} (default ${Object.keys(MODELS)[0]})`,
     "  --out DIR           write DIR/metrics.json, DIR/log.jsonl, DIR/checkpoint/ (default runs/<model>)",
     "  --backend B         auto | webgpu | wasm | cpu (default auto)",
+    "  --threads N         threads of the wasm backend (default: the logical CPUs)",
     "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
     "Training:",
   ];
@@ -83,6 +84,15 @@ function numberFlag(flag: string, text: string): number {
     throw new RangeError(`--${flag} must be a number, got "${text}"`);
   }
   return value;
+}
+
+function threadsFlag(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = numberFlag("threads", text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`--threads must be a positive integer, got "${text}"`);
+  }
+  return n;
 }
 
 function booleanFlag(flag: string, text: string): boolean {
@@ -124,6 +134,7 @@ async function trainCommand(args: string[]): Promise<void> {
     "min-rating",
     "out",
     "backend",
+    "threads",
     ...Object.keys(TRAIN_FLAGS),
     ...allModelFlags(),
   ];
@@ -189,7 +200,9 @@ async function trainCommand(args: string[]): Promise<void> {
     );
   }
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
-  const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice);
+  const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice, {
+    wasmThreads: threadsFlag(v.threads as string | undefined),
+  });
   console.error(`backend: ${backend.name} (${backend.reason})`);
 
   const dataset = await loadData(spec);
@@ -257,6 +270,7 @@ async function evalCommand(args: string[]): Promise<void> {
       checkpoint: { type: "string" },
       data: { type: "string" },
       backend: { type: "string" },
+      threads: { type: "string" },
       split: { type: "string" },
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -272,7 +286,9 @@ async function evalCommand(args: string[]): Promise<void> {
   if (which !== "test" && which !== "valid") {
     throw new RangeError(`--split must be "test" or "valid", got "${which}"`);
   }
-  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice);
+  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
+    wasmThreads: threadsFlag(values.threads),
+  });
   console.error(`backend: ${backend.name} (${backend.reason})`);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
   let spec = meta.data as DataSpec;

@@ -15,7 +15,8 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
 Deno.test("cli train --help lists the flags of the run and of every model", async () => {
   const r = await cli("train", "--help");
   assertEquals(r.code, 0, r.stderr);
-  for (const flag of ["--model", "--data", "--backend", "--patience", "--categories", "--prior"]) {
+  const flags = ["--model", "--data", "--backend", "--threads", "--patience", "--categories"];
+  for (const flag of [...flags, "--prior"]) {
     assert(r.stdout.includes(flag), `--help lacks ${flag}`);
   }
 });
@@ -30,6 +31,7 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--data", `${dir}/missing.txt`], "missing.txt"],
     [["train", "--data", bad], `${bad}:3`],
     [["train", "--epochs", "three"], "--epochs"],
+    [["train", "--threads", "0"], "--threads"],
     [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
     [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
     [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],

@@ -1,6 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import { bmmActive } from "../backends/_kernels.ts";
+import { BMM_WASM_BASE64 } from "../backends/wasm/_bmm_wasm.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
@@ -172,4 +173,19 @@ Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every tr
       `a [${c.a}] b [${c.b}] ta ${c.ta} tb ${c.tb} seed ${c.seed}: differs by ${diff}`,
     );
   });
+});
+
+Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from bmm.c", async () => {
+  const file = await Deno.readFile(new URL("../backends/wasm/bmm.wasm", import.meta.url));
+  const embedded = Uint8Array.from(atob(BMM_WASM_BASE64), (c) => c.charCodeAt(0));
+  assertEquals(embedded, file);
+  // The module may only import the heap it works on: no memory, stack or data of its own.
+  const module = new WebAssembly.Module(file);
+  assertEquals(WebAssembly.Module.imports(module), [
+    { module: "env", name: "memory", kind: "memory" },
+  ]);
+  assertEquals(
+    WebAssembly.Module.exports(module).map((e) => e.name).sort(),
+    ["bmm", "max_over_rows", "route_to_rows"],
+  );
 });
