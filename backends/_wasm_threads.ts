@@ -115,10 +115,10 @@ async function startThreaded(threads: number): Promise<EmscriptenModule> {
 export function installThreadedWasm(
   threads = navigator.hardwareConcurrency ?? 1,
 ): ThreadedWasmStatus {
-  if (status) return status;
   if (!Number.isInteger(threads) || threads < 1) {
     throw new RangeError(`Invalid wasm thread count ${threads}: expected an integer >= 1`);
   }
+  if (status) return status;
   if (threads === 1) return status = { requested: 1, fallbackReason: "1 thread asked for" };
   if (typeof SharedArrayBuffer === "undefined") {
     return status = { requested: 1, fallbackReason: "no SharedArrayBuffer" };

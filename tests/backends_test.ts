@@ -77,3 +77,31 @@ Deno.test("SASRec training moves the loss down on every backend", async () => {
     model.params.dispose();
   }
 });
+
+/** The `reason` of `selectBackend("wasm", options)` in a new process (wasm starts once). */
+async function wasmReasonInNewProcess(options: string): Promise<string> {
+  const mod = new URL("../backends/mod.ts", import.meta.url).href;
+  const code = `import { selectBackend } from "${mod}";\n` +
+    `console.log((await selectBackend("wasm", ${options})).reason);`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=ts", code],
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder();
+  assert(out.success, text.decode(out.stderr));
+  return text.decode(out.stdout).trim();
+}
+
+Deno.test("selectBackend() starts wasm on every logical CPU, or on the threads asked for", async () => {
+  // tfjs-backend-wasm caps its pool at 8 threads.
+  const all = Math.min(navigator.hardwareConcurrency, 8);
+  const byDefault = await wasmReasonInNewProcess("{}");
+  assert(byDefault.includes(`SIMD, ${all} thread(s)`), byDefault);
+  const one = await wasmReasonInNewProcess("{ wasmThreads: 1 }");
+  assert(one.includes("SIMD, 1 thread(s); 1 thread asked for"), one);
+  await assertRejects(
+    () => selectBackend("wasm", { wasmThreads: 0 }),
+    RangeError,
+    "thread count 0",
+  );
+});
