@@ -259,6 +259,21 @@ Deno.test("SIGMA variants change what they should: the KL and orthogonality term
   assert(Math.abs(noOrth.loss - expected) <= 1e-5 * Math.abs(expected), `${noOrth.loss}`);
 });
 
+Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(logVarInit)", async () => {
+  // At initialisation the interest means are tiny (item embeddings ~ N(0, 0.02)) and the
+  // omega MLP's weights add little, so each of the k x d interest dimensions contributes
+  // 0.5 (e^v - 1 - v): a check that the option reaches the log-variance output.
+  const k = TINY.categories!, d = TINY.hidden!;
+  for (const v of [0, -3, -6]) {
+    const { parts } = await sigmaRun("cpu", { logVarInit: v, dropout: 0 });
+    const expected = k * d * 0.5 * (Math.exp(v) - 1 - v);
+    assert(
+      Math.abs(parts.kl_mie - expected) <= 0.02 * expected + 0.05,
+      `logVarInit ${v}: KL_MIE ${parts.kl_mie}, expected about ${expected}`,
+    );
+  }
+});
+
 Deno.test("Sigma() rejects bad config fields, naming the field and value", () => {
   const bad: [Partial<SigmaConfig>, string][] = [
     [{ categories: 0 }, "categories"],
@@ -270,6 +285,7 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ categoryTemperature: 0 }, "categoryTemperature"],
     [{ dropout: 1 }, "dropout"],
     [{ negatives: 2.5 }, "negatives"],
+    [{ logVarInit: Number.NaN }, "logVarInit"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

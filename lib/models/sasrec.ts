@@ -84,9 +84,16 @@ export class SasRec implements SequentialModel<SasRecConfig> {
   /**
    * Hidden states `[B, L, d]` of left-padded `inputs`. Positions are counted from the
    * right (the newest item always sits at position maxLength-1), so a row's result does
-   * not depend on how far the batch is padded.
+   * not depend on how far the batch is padded. With `lastOnly`, only the newest position
+   * is computed: `[B, 1, d]`.
    */
-  encode(inputs: Int32Array, batch: number, length: number, seeds: SeedSource): Tensor3D {
+  encode(
+    inputs: Int32Array,
+    batch: number,
+    length: number,
+    seeds: SeedSource,
+    lastOnly = false,
+  ): Tensor3D {
     const c = this.config;
     const ids = tf.tensor2d(inputs, [batch, length], "int32");
     const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
@@ -95,7 +102,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     let x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);
     x = dropout(x, c.dropout, seeds ? seeds() : null); // [B, L, d]
     const mask = causalPaddingMask(inputs, batch, length); // [B, 1, L, L]
-    return transformer(this.params, "enc", x as tf.Tensor3D, mask, this.#block, seeds);
+    return transformer(this.params, "enc", x as tf.Tensor3D, mask, this.#block, seeds, lastOnly);
   }
 
   /** Mean full-softmax cross-entropy over every position that has a target. */
@@ -119,11 +126,8 @@ export class SasRec implements SequentialModel<SasRecConfig> {
 
   /** Scores `[B, N + 1]` of every item after each history, from the newest position. */
   scores(batch: EvalBatch): Tensor2D {
-    const h = this.encode(batch.inputs, batch.batch, batch.length, null);
-    const last = tf.reshape(
-      tf.slice(h, [0, batch.length - 1, 0], [-1, 1, -1]),
-      [batch.batch, this.config.hidden],
-    ) as tf.Tensor2D; // [B, d]
+    const h = this.encode(batch.inputs, batch.batch, batch.length, null, true); // [B, 1, d]
+    const last = tf.reshape(h, [batch.batch, this.config.hidden]) as tf.Tensor2D; // [B, d]
     return matmul(last, tf.transpose(this.params.get("item")) as tf.Tensor2D); // [B, N+1]
   }
 }

@@ -105,6 +105,14 @@ export interface SigmaConfig extends SequenceEncoderConfig {
   reconTemperature: number;
   /** Temperature epsilon of MIE-VAE's max-over-interests softmax (Eq. 9). Default 1. */
   interestTemperature: number;
+  /**
+   * Where both log-variances start: the initial bias of Enc_sigma's last LayerNorm
+   * (log sigma^2) and of the omega MLP's last layer (log omega^2). Decision: 0, the
+   * reference code's zero bias, gives sigma and omega near 1 at the start, as large as
+   * the means they perturb; a negative value (e.g. -6) starts both posteriors nearly
+   * deterministic and lets the KL terms widen them. Range -8 to 0.
+   */
+  logVarInit: number;
 }
 
 /** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
@@ -126,6 +134,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   negatives: 100,
   reconTemperature: 1,
   interestTemperature: 1,
+  logVarInit: 0,
 };
 
 /** One line per {@linkcode SigmaConfig} field, for `--help`. */
@@ -148,6 +157,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   negatives: "negatives per position for --loss sampled",
   reconTemperature: "temperature tau of SGM-VAE's softmax (Eq. 13)",
   interestTemperature: "temperature epsilon of MIE-VAE's softmax (Eq. 9)",
+  logVarInit: "initial bias of both log-variance outputs, log sigma^2 and log omega^2 (0; -8-0)",
 };
 
 /** Everything MIE-VAE derives from a history, at every position. */
@@ -196,12 +206,12 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     p.create("category", [c.categories, d]); // G, rows L2-normalised before use
     createGru(p, "gru", d, c.gruLayers);
     createLinear(p, "omega.l1", 2 * d, d); // log omega^2 = MLP([g || m])
-    createLinear(p, "omega.l2", d, d);
+    createLinear(p, "omega.l2", d, d, c.logVarInit);
     createLinear(p, "interest.l1", d, d); // u = MLP(x)
     createLinear(p, "interest.l2", d, d);
     // SGM-VAE
     createTransformer(p, "enc_mu", this.#block);
-    createTransformer(p, "enc_sigma", this.#block);
+    createTransformer(p, "enc_sigma", this.#block, c.logVarInit);
     createTransformer(p, "dec", this.#block);
     this.params = p;
   }
@@ -418,8 +428,11 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       const perInterest = matmul(tf.reshape(u, [b * c.categories, d]) as tf.Tensor2D, itemsT);
       return tf.max(tf.reshape(perInterest, [b, c.categories, -1]), 1) as tf.Tensor2D; // [B, N+1]
     }
-    const { mu } = this.#posterior(e.input, e.mask, null);
-    const decoded = last(this.#decode(mu, e.mask, null), [d]) as tf.Tensor2D; // [B, d]
+    // Inference uses z = mu, so Enc_sigma is not run.
+    const mu = transformer(this.params, "enc_mu", e.input, e.mask, this.#block, null);
+    // Only the newest position is ranked: the decoder's last block computes that one.
+    const newest = transformer(this.params, "dec", mu, e.mask, this.#block, null, true); // [B, 1, d]
+    const decoded = tf.reshape(newest, [b, d]) as tf.Tensor2D; // [B, d]
     return matmul(decoded, itemsT); // [B, N+1]
   }
 
@@ -481,6 +494,9 @@ export function validateSigmaConfig(c: SigmaConfig): void {
   ] as const;
   for (const f of positive) {
     if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
+  }
+  if (!Number.isFinite(c.logVarInit)) {
+    throw new RangeError(`logVarInit must be a finite number, got ${c.logVarInit}`);
   }
   for (const f of ["lambda", "beta1", "beta2", "lambdaUni"] as const) {
     if (!(c[f] >= 0) || !Number.isFinite(c[f])) {

@@ -96,9 +96,15 @@ export function linear(p: ParamStore, name: string, x: tf.Tensor): tf.Tensor {
 }
 
 /** Creates the parameters of {@linkcode linear}. */
-export function createLinear(p: ParamStore, name: string, inDim: number, outDim: number): void {
+export function createLinear(
+  p: ParamStore,
+  name: string,
+  inDim: number,
+  outDim: number,
+  bias = 0, // initial value of every bias entry (reference code: 0)
+): void {
   p.create(`${name}.w`, [inDim, outDim], "normal");
-  p.create(`${name}.b`, [outDim], "zeros");
+  p.create(`${name}.b`, [outDim], bias === 0 ? "zeros" : bias);
 }
 
 /** LayerNorm over the last axis with gain `${name}.g` and bias `${name}.b`. */
@@ -112,9 +118,9 @@ export function layerNorm(p: ParamStore, name: string, x: tf.Tensor, eps = 1e-12
 }
 
 /** Creates the parameters of {@linkcode layerNorm}. */
-export function createLayerNorm(p: ParamStore, name: string, dim: number): void {
+export function createLayerNorm(p: ParamStore, name: string, dim: number, bias = 0): void {
   p.create(`${name}.g`, [dim], "ones");
-  p.create(`${name}.b`, [dim], "zeros");
+  p.create(`${name}.b`, [dim], bias === 0 ? "zeros" : bias);
 }
 
 /** The exact (erf) GELU, as in the reference code. */
@@ -171,8 +177,17 @@ export interface TransformerSettings {
   layerNormEps: number;
 }
 
-/** Creates the parameters of {@linkcode transformer} under `prefix`. */
-export function createTransformer(p: ParamStore, prefix: string, s: TransformerSettings): void {
+/**
+ * Creates the parameters of {@linkcode transformer} under `prefix`. `outputBias` is the
+ * initial bias of the last LayerNorm, i.e. where every output starts on average
+ * (reference code: 0).
+ */
+export function createTransformer(
+  p: ParamStore,
+  prefix: string,
+  s: TransformerSettings,
+  outputBias = 0,
+): void {
   if (s.hidden % s.heads !== 0) {
     throw new RangeError(`hidden size ${s.hidden} is not divisible by heads ${s.heads}`);
   }
@@ -182,7 +197,7 @@ export function createTransformer(p: ParamStore, prefix: string, s: TransformerS
     createLayerNorm(p, `${b}.ln1`, s.hidden);
     createLinear(p, `${b}.ffn.in`, s.hidden, s.inner);
     createLinear(p, `${b}.ffn.out`, s.inner, s.hidden);
-    createLayerNorm(p, `${b}.ln2`, s.hidden);
+    createLayerNorm(p, `${b}.ln2`, s.hidden, l === s.layers - 1 ? outputBias : 0);
   }
 }
 
@@ -197,26 +212,33 @@ function seedOf(seeds: SeedSource): number | null {
 function selfAttention(
   p: ParamStore,
   name: string,
-  x: tf.Tensor3D,
-  mask: tf.Tensor4D,
+  x: tf.Tensor3D, // [B, L, d]
+  mask: tf.Tensor4D, // [B, 1, L, L]
   s: TransformerSettings,
+  lastQueryOnly = false,
 ): tf.Tensor3D {
   const [batch, length, hidden] = x.shape;
   const dh = hidden / s.heads;
-  const split = (t: tf.Tensor) =>
-    tf.transpose(tf.reshape(t, [batch, length, s.heads, dh]), [0, 2, 1, 3]); // [B, h, L, dh]
-  const q = split(linear(p, `${name}.q`, x));
-  const k = split(linear(p, `${name}.k`, x));
-  const v = split(linear(p, `${name}.v`, x));
-  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), mask); // [B, h, L, L]
-  const attn = tf.softmax(logits); // [B, h, L, L]
-  const ctx = tf.transpose(tf.matMul(attn, v), [0, 2, 1, 3]); // [B, L, h, dh]
-  return linear(p, `${name}.o`, tf.reshape(ctx, [batch, length, hidden])) as tf.Tensor3D;
+  const queries = lastQueryOnly ? 1 : length;
+  const split = (t: tf.Tensor, rows: number) =>
+    tf.transpose(tf.reshape(t, [batch, rows, s.heads, dh]), [0, 2, 1, 3]); // [B, h, rows, dh]
+  const xq = lastQueryOnly ? tf.slice(x, [0, length - 1, 0], [-1, 1, -1]) : x; // [B, Lq, d]
+  const m = lastQueryOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) : mask; // [B, 1, Lq, L]
+  const q = split(linear(p, `${name}.q`, xq), queries);
+  const k = split(linear(p, `${name}.k`, x), length);
+  const v = split(linear(p, `${name}.v`, x), length);
+  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), m); // [B, h, Lq, L]
+  const attn = tf.softmax(logits); // [B, h, Lq, L]
+  const ctx = tf.transpose(tf.matMul(attn, v), [0, 2, 1, 3]); // [B, Lq, h, dh]
+  return linear(p, `${name}.o`, tf.reshape(ctx, [batch, queries, hidden])) as tf.Tensor3D;
 }
 
 /**
  * A stack of post-LayerNorm Transformer blocks (as in the reference code):
  * `x = LN(x + Drop(Attn(x)))`, `x = LN(x + Drop(FFN(x)))`, FFN = Linear-GELU-Linear.
+ * With `lastOnly` the last block computes only the newest position (keys and values
+ * still span the history), returning `[B, 1, d]`: what ranking needs, at a fraction of
+ * the last block's work.
  */
 export function transformer(
   p: ParamStore,
@@ -225,17 +247,24 @@ export function transformer(
   mask: tf.Tensor4D, // [B, 1, L, L]
   s: TransformerSettings,
   seeds: SeedSource,
+  lastOnly = false,
 ): tf.Tensor3D {
   let h = x;
   for (let l = 0; l < s.layers; l++) {
     const b = `${prefix}.block${l}`;
-    const attn = dropout(selfAttention(p, `${b}.attn`, h, mask, s), s.dropout, seedOf(seeds));
-    h = layerNorm(p, `${b}.ln1`, tf.add(h, attn), s.layerNormEps) as tf.Tensor3D;
+    const onlyLast = lastOnly && l === s.layers - 1;
+    const attn = dropout(
+      selfAttention(p, `${b}.attn`, h, mask, s, onlyLast),
+      s.dropout,
+      seedOf(seeds),
+    ); // [B, L or 1, d]
+    const residual = onlyLast ? tf.slice(h, [0, h.shape[1] - 1, 0], [-1, 1, -1]) : h; // [B, L or 1, d]
+    h = layerNorm(p, `${b}.ln1`, tf.add(residual, attn), s.layerNormEps) as tf.Tensor3D;
     const inner = gelu(linear(p, `${b}.ffn.in`, h));
     const ffn = dropout(linear(p, `${b}.ffn.out`, inner), s.dropout, seedOf(seeds));
     h = layerNorm(p, `${b}.ln2`, tf.add(h, ffn), s.layerNormEps) as tf.Tensor3D;
   }
-  return h; // [B, L, d]
+  return h; // [B, L, d], or [B, 1, d] with lastOnly
 }
 
 /**

@@ -7,8 +7,11 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Variable } from "./tensor_types.ts";
 
-/** How a parameter starts: the reference code's N(0, 0.02), zeros, or ones. */
-export type Init = "normal" | "zeros" | "ones";
+/**
+ * How a parameter starts: the reference code's N(0, 0.02), zeros, ones, or every entry
+ * equal to a given number.
+ */
+export type Init = "normal" | "zeros" | "ones" | number;
 
 /** Plain-data form of a parameter, as stored in a checkpoint. */
 export interface ParamRecord {
@@ -44,6 +47,7 @@ export class ParamStore {
     const value = tf.tidy(() => {
       if (init === "zeros") return tf.zeros(shape);
       if (init === "ones") return tf.ones(shape);
+      if (typeof init === "number") return tf.fill(shape, init);
       return tf.randomNormal(shape, 0, this.initStd, "float32", this.#seed);
     });
     // No tfjs name: tfjs names are global to the engine, and two models may coexist.
