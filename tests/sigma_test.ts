@@ -247,7 +247,7 @@ Deno.test("every SIGMA variant trains: standard prior, no L_orth, MIE ranking, b
   }
 });
 
-Deno.test("SIGMA variants change what they should: the KL and orthogonality terms", async () => {
+Deno.test("SIGMA variants change what they should: the KL, orthogonality and KL_MIE weight terms", async () => {
   const base = await sigmaRun("cpu");
   const uni = await sigmaRun("cpu", { prior: "standard" });
   const noOrth = await sigmaRun("cpu", { orthogonality: false });
@@ -257,6 +257,14 @@ Deno.test("SIGMA variants change what they should: the KL and orthogonality term
   // Without L_orth the loss drops exactly beta2 * orth.
   const expected = base.loss - 0.01 * base.parts.orth;
   assert(Math.abs(noOrth.loss - expected) <= 1e-5 * Math.abs(expected), `${noOrth.loss}`);
+  // gamma scales KL_MIE alone: the loss drops beta1 (1 - gamma) KL_MIE, the parts stay.
+  const halfKl = await sigmaRun("cpu", { mieKlWeight: 0.25 });
+  const lighter = base.loss - 0.01 * 0.75 * base.parts.kl_mie;
+  assert(
+    Math.abs(halfKl.loss - lighter) <= 1e-5 * Math.abs(lighter),
+    `${halfKl.loss} vs ${lighter}`,
+  );
+  assertEquals(halfKl.parts, base.parts);
 });
 
 Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(logVarInit)", async () => {
@@ -286,6 +294,7 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ dropout: 1 }, "dropout"],
     [{ negatives: 2.5 }, "negatives"],
     [{ logVarInit: Number.NaN }, "logVarInit"],
+    [{ mieKlWeight: -0.5 }, "mieKlWeight"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

@@ -16,7 +16,8 @@
  *   estimated with one sample (Eq. 12).
  *
  * Loss (§3.4), averaged over positions with a target:
- * `-(recon_SGM - lambda KL_SGM) - beta1 (recon_MIE - KL_MIE) + beta2 L_orth`.
+ * `-(recon_SGM - lambda KL_SGM) - beta1 (recon_MIE - gamma KL_MIE) + beta2 L_orth`
+ * (gamma = `mieKlWeight`, 1 in the paper).
  * Inference ranks by the decoder's output at `z = mu` (or, with `ranking: "mie"`, by
  * MIE-VAE's max-over-interests score at the interest means).
  *
@@ -83,6 +84,13 @@ export interface SigmaConfig extends SequenceEncoderConfig {
   /** Weight beta2 of the orthogonality loss. Paper: 0.01 (1e-5-1e-2). */
   beta2: number;
   /**
+   * Weight gamma of KL_MIE inside MIE-VAE's ELBO: `-beta1 (recon_MIE - gamma KL_MIE)`.
+   * Paper: 1. Below 1 is a beta-VAE for the interests (ContrastVAE caps its KL weight at
+   * 0.2), against the posterior collapse where omega = 1 and m = 0 carry no interest.
+   * Range 0-1.
+   */
+  mieKlWeight: number;
+  /**
    * Prior of SGM-VAE: `mixture` (SIGMA) or `standard`, N(0, I) with closed-form KL
    * weighted by `lambdaUni` (the paper's SIGMA_uni, Table 3).
    */
@@ -126,6 +134,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   lambda: 1e-4,
   beta1: 0.01,
   beta2: 0.01,
+  mieKlWeight: 1,
   prior: "mixture",
   lambdaUni: 1,
   orthogonality: true,
@@ -149,6 +158,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   lambda: "weight of the mixture-prior KL (paper 1e-4)",
   beta1: "weight of MIE-VAE's ELBO (paper 0.01)",
   beta2: "weight of the orthogonality loss (paper 0.01)",
+  mieKlWeight: "weight gamma of KL_MIE in MIE-VAE's ELBO (paper 1; 0-1, beta-VAE below 1)",
   prior: "mixture (SIGMA) | standard (SIGMA_uni, KL weight --lambda-uni)",
   lambdaUni: "KL weight with --prior standard (paper Table 3: 1, 1e-4)",
   orthogonality: "true | false: use the orthogonality loss (Table 5 ablation: false)",
@@ -391,7 +401,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const orth = orthogonalityLoss(this.params.get("category") as tf.Tensor2D);
     const perPosition = tf.add(
       tf.add(reconSgm, tf.mul(klSgm, klWeight)),
-      tf.mul(tf.add(reconMie, klMie), c.beta1),
+      tf.mul(tf.add(reconMie, c.mieKlWeight === 1 ? klMie : tf.mul(klMie, c.mieKlWeight)), c.beta1),
     ); // [P]
     let loss = tf.mean(perPosition) as tf.Scalar;
     if (c.orthogonality) loss = tf.add(loss, tf.mul(orth, c.beta2)) as tf.Scalar;
@@ -498,7 +508,7 @@ export function validateSigmaConfig(c: SigmaConfig): void {
   if (!Number.isFinite(c.logVarInit)) {
     throw new RangeError(`logVarInit must be a finite number, got ${c.logVarInit}`);
   }
-  for (const f of ["lambda", "beta1", "beta2", "lambdaUni"] as const) {
+  for (const f of ["lambda", "beta1", "beta2", "lambdaUni", "mieKlWeight"] as const) {
     if (!(c[f] >= 0) || !Number.isFinite(c[f])) {
       throw new RangeError(`${f} must be a finite number >= 0, got ${c[f]}`);
     }
