@@ -59,10 +59,13 @@ function usage(): string {
     "  --min-rating R      MovieLens: keep ratings >= R (default 4)",
     "Run:",
     `  --model M           ${Object.keys(MODELS).join(" | ")} (default ${Object.keys(MODELS)[0]})`,
-    "  --out DIR           write DIR/metrics.json, DIR/log.jsonl, DIR/checkpoint/ (default runs/<model>)",
+    "  --out DIR           write DIR/metrics.json, log.jsonl, checkpoint/, state/ (default runs/<model>)",
     "  --backend B         auto | webgpu | wasm | cpu (default auto)",
     "  --threads N         threads of the wasm backend (default: the logical CPUs)",
     "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
+    "  --resume            continue the run in --out from its last finished epoch (DIR/state/,",
+    "                      written after every epoch); same model, data and settings, except",
+    "                      --epochs, --patience and --eval-batch-size",
     "Training:",
   ];
   for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
@@ -143,6 +146,7 @@ async function trainCommand(args: string[]): Promise<void> {
     options: {
       ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
       "no-bucket": { type: "boolean" },
+      resume: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -224,6 +228,7 @@ async function trainCommand(args: string[]): Promise<void> {
     out,
     checkpointInfo: { data: spec as Record<string, unknown>, itemTokens: dataset.vocab.items },
     progress: progressWriter(),
+    resume: v.resume === true,
   });
   const o = { ...TRAIN_DEFAULTS, ...options };
   console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);

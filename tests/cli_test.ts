@@ -35,6 +35,7 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
     [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
     [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],
+    [["train", "--backend", "cpu", "--resume", "--out", `${dir}/fresh`], `${dir}/fresh/state`],
   ];
   for (const [args, word] of cases) {
     const r = await cli(...args);

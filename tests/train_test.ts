@@ -211,3 +211,85 @@ Deno.test("a batch padded to its own length gives the loss, gradients and scores
     }
   }
 });
+
+Deno.test("train() with resume continues a stopped run as if it had never stopped", async () => {
+  await selectBackend("cpu");
+  const full = await Deno.makeTempDir();
+  const cut = await Deno.makeTempDir();
+  const hooksOf = (out: string, resume = false) => ({
+    out,
+    checkpointInfo: { data: { kind: "synthetic", seed: 5 }, itemTokens: data.vocab.items },
+    resume,
+  });
+  const whole = new SasRec(SMALL);
+  const uninterrupted = await train(
+    whole,
+    split,
+    data.numItems,
+    { ...FAST, epochs: 4 },
+    hooksOf(full),
+  );
+  // The same run stopped after epoch 2 (as a crash would leave it), then resumed by a
+  // fresh model in a new "process".
+  const first = new SasRec(SMALL);
+  await train(first, split, data.numItems, { ...FAST, epochs: 2 }, hooksOf(cut));
+  first.params.dispose();
+  const second = new SasRec({ ...SMALL, seed: 99 }); // its own initial values are overwritten
+  await assertRejects(
+    () => train(second, split, data.numItems, { ...FAST, epochs: 4 }, hooksOf(cut, true)),
+    RangeError,
+    'config field "seed"',
+  );
+  second.params.dispose();
+  const third = new SasRec(SMALL);
+  const resumed = await train(
+    third,
+    split,
+    data.numItems,
+    { ...FAST, epochs: 4 },
+    hooksOf(cut, true),
+  );
+  assertEquals(resumed.history.map((h) => h.epoch), [1, 2, 3, 4]);
+  // Adam's bias corrections restart from beta^(t+1) computed by pow instead of t products,
+  // a last-bit difference: losses and parameters agree to float32 rounding, not bitwise.
+  for (let e = 0; e < 4; e++) {
+    const [a, b] = [uninterrupted.history[e].loss, resumed.history[e].loss];
+    assert(Math.abs(a - b) <= 1e-5 * Math.abs(a), `epoch ${e + 1}: loss ${b} vs ${a}`);
+  }
+  assertEquals(resumed.bestEpoch, uninterrupted.bestEpoch);
+  const [pa, pb] = [await whole.params.toArrays(), await third.params.toArrays()];
+  const diff = maxAbsDiff(pa.values, pb.values);
+  assert(diff <= 1e-4, `parameters differ by ${diff}`);
+  const log = (await Deno.readTextFile(`${cut}/log.jsonl`)).trim().split("\n");
+  assertEquals(log.map((l) => JSON.parse(l).epoch), [1, 2, 3, 4]);
+  // A different training setting is refused, naming it.
+  const fourth = new SasRec(SMALL);
+  await assertRejects(
+    () =>
+      train(
+        fourth,
+        split,
+        data.numItems,
+        { ...FAST, epochs: 6, learningRate: 0.01 },
+        hooksOf(cut, true),
+      ),
+    RangeError,
+    '"learningRate"',
+  );
+  for (const m of [whole, third, fourth]) m.params.dispose();
+  await Deno.remove(full, { recursive: true });
+  await Deno.remove(cut, { recursive: true });
+});
+
+Deno.test("train() with resume and no saved state names the missing folder", async () => {
+  await selectBackend("cpu");
+  const out = await Deno.makeTempDir();
+  const model = new SasRec(SMALL);
+  await assertRejects(
+    () => train(model, split, data.numItems, { ...FAST, epochs: 1 }, { out, resume: true }),
+    Deno.errors.NotFound,
+    `${out}/state`,
+  );
+  model.params.dispose();
+  await Deno.remove(out, { recursive: true });
+});

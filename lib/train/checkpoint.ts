@@ -31,10 +31,30 @@ export interface CheckpointMeta {
   valid: Record<string, number>;
   /** Parameter names and shapes, in the order of `weights.bin`. */
   params: ParamRecord[];
+  /**
+   * Present in a run's `state/` folder only: where training stands after `epoch`, so that
+   * `train` can resume it. `weights.bin` then also holds Adam's first and second moments
+   * after the parameters (records named `adam.m/NAME` and `adam.v/NAME`).
+   */
+  resume?: ResumeState;
   /** Number of float32 values in `weights.bin`. */
   values: number;
   /** FNV-1a hash of `weights.bin`'s bytes, hex. */
   checksum: string;
+}
+
+/** Where an interrupted training run stands at the end of an epoch. */
+export interface ResumeState {
+  /** Adam steps taken so far (also the next step's seed index). */
+  step: number;
+  /** State of the batching generator at the start of the next epoch. */
+  rngState: number;
+  /** Best validation epoch so far (0: none yet), its Recall@20 and metrics. */
+  best: { epoch: number; score: number; valid: Record<string, number> };
+  /** Evaluations since the best one, counted in epochs (early stopping). */
+  sinceBest: number;
+  /** Wall seconds of training so far. */
+  seconds: number;
 }
 
 /** FNV-1a 32-bit hash of a byte array, as 8 hex digits. */

@@ -11,7 +11,12 @@ import { evalBatches, trainBatches } from "../data/mod.ts";
 import type { EvalExample, LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
 import { evaluate } from "../eval/mod.ts";
 import { type SequentialModel, stepSeeds } from "../models/_model.ts";
-import { type CheckpointMeta, writeCheckpoint } from "./checkpoint.ts";
+import {
+  type CheckpointMeta,
+  readCheckpoint,
+  type ResumeState,
+  writeCheckpoint,
+} from "./checkpoint.ts";
 
 /** Training settings. Defaults are the paper's (§4.1) unless said otherwise. */
 export interface TrainOptions {
@@ -78,6 +83,14 @@ export interface TrainHooks {
   checkpointInfo?: Pick<CheckpointMeta, "data" | "itemTokens">;
   /** Receives progress text; `\r`-prefixed text replaces the current line. Default: none. */
   progress?: (text: string) => void;
+  /**
+   * Continue the run saved in `out/state/` (written after every epoch) instead of starting
+   * afresh: parameters, Adam's moments, the batching generator, the step count, the best
+   * epoch and the log resume where that epoch ended. The model config, training settings
+   * (except `epochs`, `patience` and `evalBatchSize`) and data must be the run's; a
+   * difference throws a `RangeError` naming the field. Default false.
+   */
+  resume?: boolean;
 }
 
 /** What {@linkcode train} returns. */
@@ -264,19 +277,45 @@ export async function train(
   const rng = new Rng(o.seed);
   const optimizer = tf.train.adam(o.learningRate, 0.9, 0.999, 1e-8);
   const vars = model.params.list();
-  const history: EpochRecord[] = [];
-  const started = performance.now();
+  let history: EpochRecord[] = [];
+  let started = performance.now();
   let best = { epoch: 0, score: -Infinity, valid: {} as Record<string, number> };
   let bestValues: Float32Array | null = null;
   let sinceBest = 0;
   let stopped: TrainResult["stopped"] = "epochs";
   let step = 0;
+  let firstEpoch = 1;
   const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
+  const stateDir = hooks.out ? `${hooks.out}/state` : null;
   if (hooks.out) await Deno.mkdir(hooks.out, { recursive: true });
-  if (logFile) await Deno.writeTextFile(logFile, "");
+  const checkpointMeta = (epoch: number, valid: Record<string, number>) => ({
+    model: model.name,
+    config: model.config as Record<string, unknown>,
+    data: hooks.checkpointInfo?.data ?? {},
+    itemTokens: hooks.checkpointInfo?.itemTokens ?? [],
+    train: { ...o },
+    epoch,
+    valid,
+  });
+
+  if (hooks.resume) {
+    if (!hooks.out) throw new TypeError("resume needs the run's output folder (hooks.out)");
+    const r = await resumeRun(model, o, hooks, optimizer);
+    ({ step, best, sinceBest, history } = r);
+    rng.state = r.rngState;
+    bestValues = r.bestValues;
+    firstEpoch = r.epoch + 1;
+    started -= r.seconds * 1000;
+    say(
+      `resumed ${hooks.out} after epoch ${r.epoch} (best ${best.score.toFixed(4)}@${best.epoch})\n`,
+    );
+    if (sinceBest >= o.patience) stopped = "patience";
+  } else if (logFile) {
+    await Deno.writeTextFile(logFile, "");
+  }
 
   try {
-    for (let epoch = 1; epoch <= o.epochs; epoch++) {
+    for (let epoch = firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
       const batches = trainBatches(split.train, {
         batchSize: o.batchSize,
         maxLength,
@@ -342,13 +381,7 @@ export async function train(
           bestValues = values;
           if (hooks.out) {
             await writeCheckpoint(`${hooks.out}/checkpoint`, {
-              model: model.name,
-              config: model.config as Record<string, unknown>,
-              data: hooks.checkpointInfo?.data ?? {},
-              itemTokens: hooks.checkpointInfo?.itemTokens ?? [],
-              train: { ...o },
-              epoch,
-              valid: record.valid,
+              ...checkpointMeta(epoch, record.valid),
               params: records,
             }, values);
           }
@@ -359,6 +392,16 @@ export async function train(
       history.push(record);
       if (logFile) {
         await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+      }
+      if (stateDir) {
+        // After the log line, so a state never runs ahead of the log it resumes.
+        await writeState(stateDir, model, optimizer, checkpointMeta(epoch, record.valid ?? {}), {
+          step,
+          rngState: rng.state,
+          best,
+          sinceBest,
+          seconds: (performance.now() - started) / 1000,
+        });
       }
       const total = (performance.now() - started) / 1000;
       const eta = total / epoch * (o.epochs - epoch);
@@ -388,5 +431,204 @@ export async function train(
     history,
     seconds: (performance.now() - started) / 1000,
     stopped,
+  };
+}
+
+/** Adam's first and second moments, in the order of `model.params.list()`. */
+async function adamMoments(optimizer: tf.Optimizer, count: number): Promise<Float32Array[]> {
+  // getWeights(): [iterations, m_0 .. m_{n-1}, v_0 .. v_{n-1}], indexed like the variables
+  // of the gradient map, which the trainer always builds in params.list() order.
+  const weights = await optimizer.getWeights();
+  const moments = weights.slice(1);
+  if (moments.length !== 2 * count) {
+    // Before the first step Adam has no moments yet.
+    if (moments.length === 0) return [];
+    throw new RangeError(`Adam holds ${moments.length} moments, expected ${2 * count}`);
+  }
+  return Promise.all(moments.map(async (w) => await w.tensor.data() as Float32Array));
+}
+
+/**
+ * Writes `dir` (a checkpoint folder, atomically) with the current parameters, Adam's
+ * moments and the resume state.
+ */
+async function writeState(
+  dir: string,
+  model: SequentialModel,
+  optimizer: tf.Optimizer,
+  meta: Omit<CheckpointMeta, "format" | "values" | "checksum" | "params" | "resume">,
+  resume: ResumeState,
+): Promise<void> {
+  const { records, values } = await model.params.toArrays();
+  const moments = await adamMoments(optimizer, records.length);
+  const all = new Float32Array(values.length * (moments.length > 0 ? 3 : 1));
+  all.set(values);
+  let offset = values.length;
+  for (const m of moments) {
+    all.set(m, offset);
+    offset += m.length;
+  }
+  const params = moments.length > 0
+    ? [
+      ...records,
+      ...records.map((r) => ({ name: `adam.m/${r.name}`, shape: r.shape })),
+      ...records.map((r) => ({ name: `adam.v/${r.name}`, shape: r.shape })),
+    ]
+    : records;
+  // -Infinity (no best yet) has no JSON form: store the score as null.
+  const best = { ...resume.best, score: resume.best.epoch === 0 ? null : resume.best.score };
+  await writeCheckpoint(dir, {
+    ...meta,
+    params,
+    resume: { ...resume, best: best as ResumeState["best"] },
+  }, all);
+}
+
+/** First key path where two JSON-like values differ, or null if they are equal. */
+function firstDifference(a: unknown, b: unknown, path = ""): string | null {
+  if (Object.is(a, b)) return null;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) {
+    return path || "(value)";
+  }
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  for (const k of keys) {
+    const d = firstDifference(
+      (a as Record<string, unknown>)[k],
+      (b as Record<string, unknown>)[k],
+      path ? `${path}.${k}` : k,
+    );
+    if (d !== null) return d;
+  }
+  return null;
+}
+
+/** Settings that may change when a run is resumed: they do not alter what was trained. */
+const RESUMABLE_CHANGES = new Set(["epochs", "patience", "evalBatchSize"]);
+
+/** Reads `out/state`, checks it belongs to this run, and loads it into model and Adam. */
+async function resumeRun(
+  model: SequentialModel,
+  o: TrainOptions,
+  hooks: TrainHooks,
+  optimizer: tf.Optimizer,
+): Promise<
+  Omit<ResumeState, "best"> & {
+    epoch: number;
+    best: ResumeState["best"];
+    bestValues: Float32Array | null;
+    history: EpochRecord[];
+  }
+> {
+  const dir = `${hooks.out}/state`;
+  const { meta, values, path } = await readCheckpoint(dir);
+  const where = `${path}/model.json`;
+  if (!meta.resume) throw new RangeError(`${where}: field "resume" is missing`);
+  if (meta.model !== model.name) {
+    throw new RangeError(`${where}: field "model" is "${meta.model}", this run is "${model.name}"`);
+  }
+  const configDiff = firstDifference(meta.config, model.config);
+  if (configDiff !== null) {
+    const saved = (meta.config as Record<string, unknown>)[configDiff.split(".")[0]];
+    const now = (model.config as unknown as Record<string, unknown>)[configDiff.split(".")[0]];
+    throw new RangeError(
+      `${where}: config field "${configDiff}" is ${JSON.stringify(saved)}, this run has ${
+        JSON.stringify(now)
+      }`,
+    );
+  }
+  for (const [k, now] of Object.entries(o)) {
+    if (RESUMABLE_CHANGES.has(k)) continue;
+    const saved = meta.train[k];
+    if (!Object.is(saved, now)) {
+      throw new RangeError(
+        `${where}: training setting "${k}" is ${JSON.stringify(saved)}, this run has ${
+          JSON.stringify(now)
+        }`,
+      );
+    }
+  }
+  const dataDiff = firstDifference(meta.data, hooks.checkpointInfo?.data ?? {});
+  const tokens = hooks.checkpointInfo?.itemTokens ?? [];
+  if (
+    dataDiff !== null || meta.itemTokens.length !== tokens.length ||
+    meta.itemTokens.some((t, i) => t !== tokens[i])
+  ) {
+    throw new RangeError(
+      `${where}: the run's data differs from this one (${
+        dataDiff !== null ? `field "data.${dataDiff}"` : "item vocabulary"
+      })`,
+    );
+  }
+  // weights.bin: parameters, then (after the first step) Adam's m and v of each.
+  const mine = model.params.records();
+  const size = model.params.size();
+  const withMoments = values.length === 3 * size;
+  if (values.length !== size && !withMoments) {
+    throw new RangeError(
+      `${path}/weights.bin: holds ${values.length} values, expected ${size} or ${3 * size}`,
+    );
+  }
+  model.params.assign(meta.params.slice(0, mine.length), values.subarray(0, size), where);
+  if (withMoments) {
+    const named: { name: string; tensor: tf.Tensor }[] = [{
+      name: "iter",
+      tensor: tf.scalar(meta.resume.step),
+    }];
+    let offset = size;
+    for (const part of ["m", "v"]) {
+      for (const r of mine) {
+        const n = r.shape.reduce((a, b) => a * b, 1);
+        named.push({
+          name: `${r.name}/${part}`,
+          tensor: tf.tensor(values.slice(offset, offset + n), r.shape),
+        });
+        offset += n;
+      }
+    }
+    await optimizer.setWeights(named);
+    tf.dispose(named.map((w) => w.tensor));
+  }
+  const best = {
+    ...meta.resume.best,
+    score: meta.resume.best.epoch === 0 ? -Infinity : meta.resume.best.score,
+  };
+  let bestValues: Float32Array | null = null;
+  if (best.epoch > 0) {
+    const saved = await readCheckpoint(`${hooks.out}/checkpoint`);
+    if (saved.meta.epoch !== best.epoch) {
+      throw new RangeError(
+        `${saved.path}/model.json: field "epoch" is ${saved.meta.epoch}, the state's best epoch is ${best.epoch}`,
+      );
+    }
+    bestValues = saved.values;
+  }
+  // The log keeps exactly the epochs the state has seen.
+  const logFile = `${hooks.out}/log.jsonl`;
+  const lines = (await Deno.readTextFile(logFile).catch(() => "")).split("\n").filter((l) => l);
+  const history: EpochRecord[] = [];
+  for (const [i, line] of lines.entries()) {
+    let record: EpochRecord;
+    try {
+      record = JSON.parse(line);
+    } catch (e) {
+      throw new SyntaxError(`${logFile}:${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+    if (record.epoch <= meta.epoch) history.push(record);
+  }
+  if (history.length !== meta.epoch) {
+    throw new RangeError(
+      `${logFile}: holds ${history.length} epochs up to ${meta.epoch}, the state is after epoch ${meta.epoch}`,
+    );
+  }
+  await Deno.writeTextFile(logFile, history.map((r) => JSON.stringify(r) + "\n").join(""));
+  return {
+    epoch: meta.epoch,
+    step: meta.resume.step,
+    rngState: meta.resume.rngState,
+    best,
+    sinceBest: meta.resume.sinceBest,
+    seconds: meta.resume.seconds,
+    bestValues,
+    history,
   };
 }
