@@ -265,7 +265,7 @@ async function trainCommand(args: string[]): Promise<void> {
   await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
   await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
   console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
-  console.error(`wrote ${out}/metrics.json, ${out}/log.jsonl, ${out}/checkpoint/`);
+  console.error(`wrote ${out}/metrics.json, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`);
 }
 
 async function evalCommand(args: string[]): Promise<void> {
