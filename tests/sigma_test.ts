@@ -137,14 +137,18 @@ interface Run extends ModelRun {
 }
 
 /** Loss, its parts, gradients of every parameter and scores of tiny SIGMA on `backend`. */
-async function sigmaRun(backend: (typeof BACKENDS)[number], extra = {}): Promise<Run> {
+async function sigmaRun(
+  backend: (typeof BACKENDS)[number],
+  extra = {},
+  step?: number,
+): Promise<Run> {
   await selectBackend(backend);
   const model = new Sigma({ ...TINY, ...extra });
   const batch = tinyTrainBatch(5, 6, TINY.numItems);
   const vars = model.params.list();
   let partTensors: Record<string, tf.Tensor> = {};
   const { value, grads } = tf.variableGrads(() => {
-    const out = model.loss(batch, stepSeeds(7, 0));
+    const out = model.loss(batch, stepSeeds(7, 0), step);
     partTensors = Object.fromEntries(
       Object.entries(out.parts).map(([k, v]) => [k, tf.keep(v)]),
     );
@@ -265,6 +269,15 @@ Deno.test("SIGMA variants change what they should: the KL, orthogonality and KL_
     `${halfKl.loss} vs ${lighter}`,
   );
   assertEquals(halfKl.parts, base.parts);
+  // Warm-up: gamma rises linearly with the step, from 0 to mieKlWeight.
+  for (const [step, share] of [[0, 0], [25, 0.25], [100, 1], [500, 1]]) {
+    const warm = await sigmaRun("cpu", { mieKlWarmup: 100 }, step);
+    const want = base.loss - 0.01 * (1 - share) * base.parts.kl_mie;
+    assert(
+      Math.abs(warm.loss - want) <= 1e-5 * Math.abs(want),
+      `step ${step}: ${warm.loss} vs ${want}`,
+    );
+  }
 });
 
 Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(logVarInit)", async () => {
@@ -295,6 +308,7 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ negatives: 2.5 }, "negatives"],
     [{ logVarInit: Number.NaN }, "logVarInit"],
     [{ mieKlWeight: -0.5 }, "mieKlWeight"],
+    [{ mieKlWarmup: 2.5 }, "mieKlWarmup"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

@@ -91,6 +91,13 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    */
   mieKlWeight: number;
   /**
+   * Adam steps over which KL_MIE's weight rises linearly from 0 to `mieKlWeight` (KL
+   * warm-up, Bowman et al. 2016). Paper: 0, no warm-up. Why: with the KL on from the
+   * first step, omega grows before the interest decoder has learned to read x, and
+   * MIE-VAE collapses to its prior (measured on Office; README). Range 0-10,000.
+   */
+  mieKlWarmup: number;
+  /**
    * Prior of SGM-VAE: `mixture` (SIGMA) or `standard`, N(0, I) with closed-form KL
    * weighted by `lambdaUni` (the paper's SIGMA_uni, Table 3).
    */
@@ -135,6 +142,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   beta1: 0.01,
   beta2: 0.01,
   mieKlWeight: 1,
+  mieKlWarmup: 0,
   prior: "mixture",
   lambdaUni: 1,
   orthogonality: true,
@@ -159,6 +167,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   beta1: "weight of MIE-VAE's ELBO (paper 0.01)",
   beta2: "weight of the orthogonality loss (paper 0.01)",
   mieKlWeight: "weight gamma of KL_MIE in MIE-VAE's ELBO (paper 1; 0-1, beta-VAE below 1)",
+  mieKlWarmup: "Adam steps over which KL_MIE's weight rises from 0 to gamma (paper 0: none)",
   prior: "mixture (SIGMA) | standard (SIGMA_uni, KL weight --lambda-uni)",
   lambdaUni: "KL weight with --prior standard (paper Table 3: 1, 1e-4)",
   orthogonality: "true | false: use the orthogonality loss (Table 5 ablation: false)",
@@ -341,7 +350,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
    * parts: `recon` (SGM reconstruction), `kl` (SGM KL, mixture or standard prior),
    * `recon_mie`, `kl_mie`, `orth` (each a mean over positions, before weighting).
    */
-  loss(batch: TrainBatch, seeds: () => number): {
+  loss(batch: TrainBatch, seeds: () => number, step = Infinity): {
     loss: Scalar;
     parts: Record<string, Scalar>;
   } {
@@ -398,10 +407,12 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       : standardNormalKl(muP, logVarP); // [P]
     const klWeight = c.prior === "mixture" ? c.lambda : c.lambdaUni;
 
+    // gamma, ramped from 0 over the warm-up steps.
+    const klMieWeight = c.mieKlWeight * Math.min(1, c.mieKlWarmup > 0 ? step / c.mieKlWarmup : 1);
     const orth = orthogonalityLoss(this.params.get("category") as tf.Tensor2D);
     const perPosition = tf.add(
       tf.add(reconSgm, tf.mul(klSgm, klWeight)),
-      tf.mul(tf.add(reconMie, c.mieKlWeight === 1 ? klMie : tf.mul(klMie, c.mieKlWeight)), c.beta1),
+      tf.mul(tf.add(reconMie, klMieWeight === 1 ? klMie : tf.mul(klMie, klMieWeight)), c.beta1),
     ); // [P]
     let loss = tf.mean(perPosition) as tf.Scalar;
     if (c.orthogonality) loss = tf.add(loss, tf.mul(orth, c.beta2)) as tf.Scalar;
@@ -489,6 +500,9 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     "gruLayers",
     "negatives",
   ] as const;
+  if (!Number.isInteger(c.mieKlWarmup) || c.mieKlWarmup < 0) {
+    throw new RangeError(`mieKlWarmup must be an integer >= 0, got ${c.mieKlWarmup}`);
+  }
   for (const f of positiveInts) {
     if (!Number.isInteger(c[f]) || c[f] < 1) {
       throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);

@@ -171,6 +171,7 @@ export function trainStep(
   optimizer: tf.Optimizer,
   vars: tf.Variable[],
   maxPositions: number,
+  step?: number, // 0-based Adam step, for loss schedules; absent: after every schedule
 ): { values: tf.Tensor1D; partNames: string[] } {
   const pieces = splitBatch(batch, maxPositions);
   let partNames: string[] = [];
@@ -179,7 +180,7 @@ export function trainStep(
     tf.tidy(() => {
       optimizer.minimize(
         () => {
-          const { loss, parts } = model.loss(batch, seeds);
+          const { loss, parts } = model.loss(batch, seeds, step);
           partNames = Object.keys(parts);
           packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])])) as tf.Tensor1D;
           return loss;
@@ -198,7 +199,7 @@ export function trainStep(
     const next = tf.tidy(() => {
       let packed: tf.Tensor | null = null;
       const { grads } = tf.variableGrads(() => {
-        const { loss, parts } = model.loss(piece, seeds);
+        const { loss, parts } = model.loss(piece, seeds, step);
         partNames = Object.keys(parts);
         packed = tf.keep(tf.mul(tf.stack([loss, ...partNames.map((n) => parts[n])]), share));
         return tf.mul(loss, share) as tf.Scalar;
@@ -328,8 +329,8 @@ export async function train(
       let sequences = 0;
       for (let i = 0; i < batches.length; i++) {
         const batch = batches[i];
-        const seeds = stepSeeds(o.seed, step++);
-        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions);
+        const seeds = stepSeeds(o.seed, step);
+        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, step++);
         const partNames = packed.partNames;
         const values = await packed.values.data();
         packed.values.dispose();
