@@ -42,6 +42,7 @@ import {
   linear,
   matmul,
   type SeedSource,
+  stopGradient,
   transformer,
   type TransformerSettings,
 } from "../nn/layers.ts";
@@ -98,6 +99,14 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    */
   mieKlWarmup: number;
   /**
+   * Whether SGM-VAE's KL trains the mixture prior's parameters (m, omega, alpha, and
+   * through them MIE-VAE) as well as the posterior of z. Paper: silent; default true (one
+   * joint loss, plain autodiff). False treats the prior as a target for z only, so MIE-VAE
+   * learns from its own ELBO: the KL's gradient into a prior far from z widens omega at
+   * Adam's full rate, which collapsed MIE-VAE on Office (README).
+   */
+  priorGradient: boolean;
+  /**
    * Prior of SGM-VAE: `mixture` (SIGMA) or `standard`, N(0, I) with closed-form KL
    * weighted by `lambdaUni` (the paper's SIGMA_uni, Table 3).
    */
@@ -143,6 +152,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   beta2: 0.01,
   mieKlWeight: 1,
   mieKlWarmup: 0,
+  priorGradient: true,
   prior: "mixture",
   lambdaUni: 1,
   orthogonality: true,
@@ -168,6 +178,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   beta2: "weight of the orthogonality loss (paper 0.01)",
   mieKlWeight: "weight gamma of KL_MIE in MIE-VAE's ELBO (paper 1; 0-1, beta-VAE below 1)",
   mieKlWarmup: "Adam steps over which KL_MIE's weight rises from 0 to gamma (paper 0: none)",
+  priorGradient: "true | false: SGM's KL also trains the mixture prior (m, omega, alpha)",
   prior: "mixture (SIGMA) | standard (SIGMA_uni, KL weight --lambda-uni)",
   lambdaUni: "KL weight with --prior standard (paper Table 3: 1, 1e-4)",
   orthogonality: "true | false: use the orthogonality loss (Table 5 ablation: false)",
@@ -399,9 +410,10 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const zP = atTargets(z, [d]);
     const muP = atTargets(mu, [d]);
     const logVarP = atTargets(logVar, [d]);
+    const prior = c.priorGradient ? (t: tf.Tensor) => t : stopGradient;
     const klSgm = c.prior === "mixture"
       // alpha rows sum to 1 by construction at real positions: no host check needed.
-      ? mixturePriorKl(zP, muP, logVarP, intensity, mean, interestLogVar, {
+      ? mixturePriorKl(zP, muP, logVarP, prior(intensity), prior(mean), prior(interestLogVar), {
         checkWeights: false,
       })
       : standardNormalKl(muP, logVarP); // [P]
@@ -538,6 +550,7 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     ["ranking", ["sgm", "mie"]],
     ["loss", ITEM_LOSS_KINDS],
     ["orthogonality", [true, false]],
+    ["priorGradient", [true, false]],
   ];
   for (const [f, allowed] of choices) {
     if (!allowed.includes(c[f])) {

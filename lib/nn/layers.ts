@@ -39,6 +39,15 @@ export function withCustomGradient(
   };
 }
 
+/** `x` unchanged, with a zero gradient: what flows through it is treated as a constant. */
+export function stopGradient(x: tf.Tensor): tf.Tensor {
+  const f = withCustomGradient(1, ([t]) => ({
+    value: tf.clone(t),
+    gradFunc: (dy) => [tf.zerosLike(dy)],
+  }));
+  return f(x);
+}
+
 /**
  * `a @ b` for 2-D tensors, with a gradient written as untransposed matmuls of explicit
  * transposes. tfjs's own MatMul gradient asks for `transposeA`/`transposeB` products,
