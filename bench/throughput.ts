@@ -300,7 +300,20 @@ async function torchReference(): Promise<{ secondsPerStep: number; blas: string 
   return why || "no python3 found";
 }
 
+/** The CPU's model name and logical CPU count, e.g. "AMD EPYC x 2" (Linux; else "?"). */
+function cpuName(): string {
+  try {
+    const info = Deno.readTextFileSync("/proc/cpuinfo");
+    const model = info.match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "?";
+    return `${model} x ${navigator.hardwareConcurrency}`;
+  } catch {
+    return `? x ${navigator.hardwareConcurrency}`;
+  }
+}
+
 async function main(): Promise<void> {
+  // Sessions here get different hosts (Intel or AMD): results are only comparable on one.
+  console.log(`cpu: ${cpuName()}`);
   const backends = values.backends.split(",");
   const models = values.models.split(",");
   const dataNames = values.data.split(",").filter((name) => {

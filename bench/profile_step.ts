@@ -1,0 +1,95 @@
+/**
+ * Where a training step's time goes: tfjs's kernel profile of one step of a model on one
+ * of the trainer's batches, summed by kernel name (time, calls), plus the step's wall time.
+ *
+ * ```sh
+ * deno run -A bench/profile_step.ts --model sigma --data ../shared/data/Beauty.txt --quantile 0.7
+ * ```
+ *
+ * Flags: `--model` (sigma), `--data FILE` (default: the embedded synthetic set),
+ * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
+ * longest), `--backend` (wasm), `--threads`, `--top` (20 rows). Kernel times of ops that
+ * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
+ * their inner kernels, so the column adds up to more than the wall time.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { parseArgs } from "../cli/_args.ts";
+import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
+import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
+import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string", default: "sigma" },
+    data: { type: "string" },
+    quantile: { type: "string", default: "0.7" },
+    backend: { type: "string", default: "wasm" },
+    threads: { type: "string" },
+    top: { type: "string", default: "20" },
+  },
+  strict: true,
+});
+const quantile = Number(values.quantile);
+if (!(quantile >= 0 && quantile <= 1)) {
+  throw new RangeError(`--quantile must be in [0, 1], got "${values.quantile}"`);
+}
+const top = Number(values.top);
+if (!Number.isInteger(top) || top < 1) {
+  throw new RangeError(`--top must be a positive integer, got "${values.top}"`);
+}
+const threads = values.threads === undefined ? undefined : Number(values.threads);
+if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
+  throw new RangeError(`--threads must be a positive integer, got "${values.threads}"`);
+}
+
+const backend = await selectBackend(values.backend as BackendChoice, { wasmThreads: threads });
+const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
+const { split } = leaveOneOut(data);
+const model = modelEntry(values.model).create({ numItems: data.numItems });
+const batches = trainBatches(split.train, {
+  batchSize: TRAIN_DEFAULTS.batchSize,
+  maxLength: model.config.maxLength,
+  rng: new Rng(TRAIN_DEFAULTS.seed),
+}).sort((a, b) => a.length - b.length);
+const batch = batches[Math.min(batches.length - 1, Math.floor(quantile * batches.length))];
+let positions = 0;
+for (const t of batch.targets) if (t !== 0) positions++;
+const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
+const vars = model.params.list();
+const step = async (i: number) => {
+  const { values: packed } = trainStep(
+    model,
+    batch,
+    stepSeeds(1, i),
+    optimizer,
+    vars,
+    TRAIN_DEFAULTS.maxPositions,
+  );
+  await packed.data();
+  packed.dispose();
+};
+await step(0); // warm-up: kernel compilation, first allocations
+const started = performance.now();
+const info = await tf.profile(() => step(1));
+const wall = performance.now() - started;
+const byName = new Map<string, { ms: number; calls: number }>();
+for (const k of info.kernels) {
+  const e = byName.get(k.name) ?? { ms: 0, calls: 0 };
+  e.ms += Number(k.kernelTimeMs);
+  e.calls++;
+  byName.set(k.name, e);
+}
+console.log(
+  `${model.name} on ${data.source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
+    `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
+    `${info.kernels.length} kernel calls`,
+);
+console.log("kernel                          ms     calls");
+for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {
+  console.log(`${name.padEnd(26)}${e.ms.toFixed(0).padStart(8)}${String(e.calls).padStart(10)}`);
+}
+optimizer.dispose();
