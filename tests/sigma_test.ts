@@ -280,6 +280,36 @@ Deno.test("SIGMA variants change what they should: the KL, orthogonality and KL_
   }
 });
 
+Deno.test("priorGradient false keeps the loss and stops only SGM's KL from training the prior", async () => {
+  const base = await sigmaRun("cpu");
+  const detached = await sigmaRun("cpu", { priorGradient: false });
+  const noKl = await sigmaRun("cpu", { lambda: 0 });
+  assertEquals(detached.loss, base.loss); // the forward pass is unchanged
+  // Parameters only the prior depends on (omega's MLP) now get exactly the gradient of a
+  // loss without SGM's KL; the posterior of z still gets the KL's gradient.
+  const probe = new Sigma(TINY);
+  const names = probe.params.records().map((r) => r.name);
+  probe.params.dispose();
+  let checked = 0;
+  names.forEach((name, i) => {
+    if (name.startsWith("omega.")) {
+      assert(maxAbsDiff(detached.grads[i], noKl.grads[i]) <= 1e-7, `${name}: KL gradient leaked`);
+      assert(
+        maxAbsDiff(base.grads[i], noKl.grads[i]) > 1e-7,
+        `${name}: the KL should reach it by default`,
+      );
+      checked++;
+    }
+    if (name.startsWith("enc_sigma.")) {
+      assert(
+        maxAbsDiff(detached.grads[i], base.grads[i]) <= 1e-6,
+        `${name}: posterior gradient changed`,
+      );
+    }
+  });
+  assertEquals(checked, 4);
+});
+
 Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(logVarInit)", async () => {
   // At initialisation the interest means are tiny (item embeddings ~ N(0, 0.02)) and the
   // omega MLP's weights add little, so each of the k x d interest dimensions contributes
@@ -309,6 +339,7 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ logVarInit: Number.NaN }, "logVarInit"],
     [{ mieKlWeight: -0.5 }, "mieKlWeight"],
     [{ mieKlWarmup: 2.5 }, "mieKlWarmup"],
+    [{ priorGradient: "no" as unknown as boolean }, "priorGradient"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

@@ -87,23 +87,22 @@ export interface SigmaConfig extends SequenceEncoderConfig {
   /**
    * Weight gamma of KL_MIE inside MIE-VAE's ELBO: `-beta1 (recon_MIE - gamma KL_MIE)`.
    * Paper: 1. Below 1 is a beta-VAE for the interests (ContrastVAE caps its KL weight at
-   * 0.2), against the posterior collapse where omega = 1 and m = 0 carry no interest.
-   * Range 0-1.
+   * 0.2), a remedy for the posterior collapse where omega = 1 and m = 0 carry no
+   * interest. Range 0-1.
    */
   mieKlWeight: number;
   /**
    * Adam steps over which KL_MIE's weight rises linearly from 0 to `mieKlWeight` (KL
-   * warm-up, Bowman et al. 2016). Paper: 0, no warm-up. Why: with the KL on from the
-   * first step, omega grows before the interest decoder has learned to read x, and
-   * MIE-VAE collapses to its prior (measured on Office; README). Range 0-10,000.
+   * warm-up, Bowman et al. 2016: the usual remedy for a posterior that collapses to its
+   * prior before the decoder learns to read it). Paper: 0, no warm-up. Range 0-10,000.
    */
   mieKlWarmup: number;
   /**
    * Whether SGM-VAE's KL trains the mixture prior's parameters (m, omega, alpha, and
    * through them MIE-VAE) as well as the posterior of z. Paper: silent; default true (one
-   * joint loss, plain autodiff). False treats the prior as a target for z only, so MIE-VAE
-   * learns from its own ELBO: the KL's gradient into a prior far from z widens omega at
-   * Adam's full rate, which collapsed MIE-VAE on Office (README).
+   * joint loss, plain autodiff). False treats the prior as a fixed target for z, so
+   * MIE-VAE learns from its own ELBO alone (a prior far from z otherwise gets a gradient
+   * that widens omega).
    */
   priorGradient: boolean;
   /**
