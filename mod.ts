@@ -97,6 +97,7 @@ export {
   type CheckpointMeta,
   fnv1a,
   readCheckpoint,
+  type ResumeState,
   writeCheckpoint,
 } from "./lib/train/checkpoint.ts";
 export {
