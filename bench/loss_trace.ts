@@ -20,14 +20,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
-import {
-  leaveOneOut,
-  readDataset,
-  Rng,
-  syntheticDataset,
-  type TrainBatch,
-  trainBatches,
-} from "../lib/data/mod.ts";
+import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 
@@ -81,30 +74,6 @@ console.log(
   `# ${model.name} on ${data.source}, ${backend.name}; config ${JSON.stringify(model.config)}`,
 );
 
-/** One Adam step on a single named part of the loss; returns `[loss, ...parts]` as trainStep. */
-function partStep(batch: TrainBatch, seeds: () => number, objective: string) {
-  let partNames: string[] = [];
-  let packed: tf.Tensor1D | null = null;
-  tf.tidy(() => {
-    optimizer.minimize(
-      () => {
-        const { loss, parts } = model.loss(batch, seeds, step);
-        partNames = Object.keys(parts);
-        if (!(objective in parts)) {
-          throw new RangeError(
-            `--objective ${objective} is not a loss part: ${partNames.join(", ")}`,
-          );
-        }
-        packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])])) as tf.Tensor1D;
-        return parts[objective];
-      },
-      false,
-      vars,
-    );
-  });
-  return { values: packed! as tf.Tensor1D, partNames };
-}
-
 const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate, 0.9, 0.999, 1e-8);
 const vars = model.params.list();
 const rng = new Rng(seed);
@@ -118,9 +87,15 @@ while (step < steps) {
   });
   for (const batch of batches) {
     const seeds = stepSeeds(seed, step);
-    const { values: packed, partNames } = values.objective === undefined
-      ? trainStep(model, batch, seeds, optimizer, vars, TRAIN_DEFAULTS.maxPositions, step)
-      : partStep(batch, seeds, values.objective);
+    const { values: packed, partNames } = trainStep(
+      model,
+      batch,
+      seeds,
+      optimizer,
+      vars,
+      TRAIN_DEFAULTS.maxPositions,
+      { step, objective: values.objective },
+    );
     const v = await packed.data();
     packed.dispose();
     ["loss", ...partNames].forEach((name, i) => sums.set(name, (sums.get(name) ?? 0) + v[i]));

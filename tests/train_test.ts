@@ -9,7 +9,7 @@ import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
 import { readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
-import { evaluateModel, train } from "../lib/train/trainer.ts";
+import { evaluateModel, train, trainStep } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "./_assert.ts";
 
 const data = syntheticDataset({ seed: 5, users: 80, items: 40, maxLength: 12 });
@@ -292,4 +292,37 @@ Deno.test("train() with resume and no saved state names the missing folder", asy
   );
   model.params.dispose();
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("trainStep() with an objective minimises that loss part alone", async () => {
+  await selectBackend("cpu");
+  const model = new Sigma({ ...SMALL, categories: 3 });
+  const vars = model.params.list();
+  const before = await model.params.toArrays();
+  const optimizer = tf.train.adam(1e-2);
+  const batch = tinyTrainBatch(4, 6, data.numItems);
+  // L_orth depends on the category embeddings only: no other parameter may move.
+  const { values } = trainStep(model, batch, stepSeeds(1, 0), optimizer, vars, 2048, {
+    objective: "orth",
+  });
+  values.dispose();
+  const after = await model.params.toArrays();
+  let offset = 0;
+  for (const r of model.params.records()) {
+    const n = r.shape.reduce((a, b) => a * b, 1);
+    const moved = maxAbsDiff(
+      before.values.subarray(offset, offset + n),
+      after.values.subarray(offset, offset + n),
+    );
+    if (r.name === "category") assert(moved > 0, "the category embeddings did not move");
+    else assertEquals(moved, 0, `${r.name} moved by ${moved}`);
+    offset += n;
+  }
+  assertThrows(
+    () => trainStep(model, batch, stepSeeds(1, 1), optimizer, vars, 2048, { objective: "nope" }),
+    RangeError,
+    '"nope"',
+  );
+  optimizer.dispose();
+  model.params.dispose();
 });

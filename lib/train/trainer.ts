@@ -158,6 +158,17 @@ export function splitBatch(batch: TrainBatch, maxPositions: number): TrainBatch[
   return pieces;
 }
 
+/** Options of {@linkcode trainStep} beyond the batch and the optimizer. */
+export interface StepOptions {
+  /** The 0-based Adam step, for loss schedules; absent: after every schedule has ended. */
+  step?: number;
+  /**
+   * Minimise this named part of the loss alone instead of the whole loss (a diagnostic:
+   * `bench/loss_trace.ts --objective`). Every part is still returned.
+   */
+  objective?: string;
+}
+
 /**
  * One Adam step on `batch`, split by {@linkcode splitBatch} when it holds more than
  * `maxPositions` targets. Each piece's loss is a mean over its own positions, so weighting
@@ -171,10 +182,21 @@ export function trainStep(
   optimizer: tf.Optimizer,
   vars: tf.Variable[],
   maxPositions: number,
-  step?: number, // 0-based Adam step, for loss schedules; absent: after every schedule
+  options: StepOptions = {},
 ): { values: tf.Tensor1D; partNames: string[] } {
+  const { step, objective } = options;
   const pieces = splitBatch(batch, maxPositions);
   let partNames: string[] = [];
+  // What the step minimises: the loss, or one part of it.
+  const target = (loss: tf.Scalar, parts: Record<string, tf.Scalar>): tf.Scalar => {
+    if (objective === undefined) return loss;
+    if (!(objective in parts)) {
+      throw new RangeError(
+        `objective "${objective}" is not a part of the loss: ${Object.keys(parts).join(", ")}`,
+      );
+    }
+    return parts[objective];
+  };
   if (pieces.length === 1) {
     let packed: tf.Tensor1D | null = null;
     tf.tidy(() => {
@@ -183,7 +205,7 @@ export function trainStep(
           const { loss, parts } = model.loss(batch, seeds, step);
           partNames = Object.keys(parts);
           packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])])) as tf.Tensor1D;
-          return loss;
+          return target(loss, parts);
         },
         false,
         vars,
@@ -202,7 +224,7 @@ export function trainStep(
         const { loss, parts } = model.loss(piece, seeds, step);
         partNames = Object.keys(parts);
         packed = tf.keep(tf.mul(tf.stack([loss, ...partNames.map((n) => parts[n])]), share));
-        return tf.mul(loss, share) as tf.Scalar;
+        return tf.mul(target(loss, parts), share) as tf.Scalar;
       }, vars);
       const acc: Record<string, tf.Tensor> = {};
       for (const name of Object.keys(grads)) {
@@ -330,7 +352,9 @@ export async function train(
       for (let i = 0; i < batches.length; i++) {
         const batch = batches[i];
         const seeds = stepSeeds(o.seed, step);
-        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, step++);
+        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, {
+          step: step++,
+        });
         const partNames = packed.partNames;
         const values = await packed.values.data();
         packed.values.dispose();
