@@ -1,7 +1,7 @@
 /**
  * The training loop: Adam, explicit seeds, validation Recall@20 for model selection with
- * early stopping, the best checkpoint written atomically, a progress line, and a JSON-lines
- * log of every epoch.
+ * early stopping, the best checkpoint written atomically, a resumable state after every
+ * epoch, a progress line, and a JSON-lines log of every epoch.
  *
  * @module
  */
@@ -267,8 +267,10 @@ function formatSeconds(s: number): string {
 
 /**
  * Trains `model` on `split.train`, selecting the epoch with the best validation
- * Recall@20 and leaving the model's parameters at that epoch. Throws an `Error` naming the
- * epoch and step if the loss becomes NaN or infinite.
+ * Recall@20 and leaving the model's parameters at that epoch. With `hooks.out` it writes
+ * `checkpoint/` (the best epoch), `log.jsonl` and, after every epoch, `state/`, from which
+ * `hooks.resume` continues an interrupted run. Throws an `Error` naming the epoch and step
+ * if the loss becomes NaN or infinite.
  */
 export async function train(
   model: SequentialModel & { config: { maxLength: number } },
