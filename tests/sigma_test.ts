@@ -310,6 +310,33 @@ Deno.test("priorGradient false keeps the loss and stops only SGM's KL from train
   assertEquals(checked, 4);
 });
 
+Deno.test("interestNorm standardises every interest mean over its d entries", async () => {
+  await selectBackend("cpu");
+  const batch = tinyTrainBatch(4, 6, TINY.numItems);
+  // Same seed, same parameters: the plain model gives the raw means of Eq. 5.
+  const means = async (interestNorm: boolean) => {
+    const model = new Sigma({ ...TINY, interestNorm });
+    const { mean, intensity, assignment } = model.interestsOf(batch.inputs, 4, 6);
+    const values = await mean.data() as Float32Array; // [B, L, k, d]
+    tf.dispose([mean, intensity, assignment]);
+    model.params.dispose();
+    return values;
+  };
+  const [raw, normed] = [await means(false), await means(true)];
+  const d = TINY.hidden!;
+  let rows = 0;
+  for (let r = 0; r < raw.length / d; r++) {
+    const v = raw.subarray(r * d, (r + 1) * d);
+    const mu = v.reduce((a, b) => a + b, 0) / d;
+    const variance = v.reduce((a, b) => a + (b - mu) ** 2, 0) / d;
+    const want = Array.from(v, (x) => (x - mu) / Math.sqrt(variance + 1e-6));
+    const diff = maxAbsDiff(normed.subarray(r * d, (r + 1) * d), want);
+    assert(diff <= 1e-4, `row ${r}: standardised mean differs by ${diff}`);
+    rows++;
+  }
+  assert(rows > 0, "no interest mean was checked");
+});
+
 Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(logVarInit)", async () => {
   // At initialisation the interest means are tiny (item embeddings ~ N(0, 0.02)) and the
   // omega MLP's weights add little, so each of the k x d interest dimensions contributes
@@ -340,6 +367,7 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ mieKlWeight: -0.5 }, "mieKlWeight"],
     [{ mieKlWarmup: 2.5 }, "mieKlWarmup"],
     [{ priorGradient: "no" as unknown as boolean }, "priorGradient"],
+    [{ interestNorm: 1 as unknown as boolean }, "interestNorm"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

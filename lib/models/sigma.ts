@@ -106,6 +106,14 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    */
   priorGradient: boolean;
   /**
+   * Standardise each interest mean over its d entries (zero mean, unit variance, no
+   * learned gain: a parameter-free LayerNorm) after Eq. 5. Not in the paper: default
+   * false. Why offered: the raw means are sums of item embeddings initialised at
+   * N(0, 0.02), far smaller than the noise omega and than z (a LayerNorm output), and
+   * MIE-VAE collapses before they grow (README).
+   */
+  interestNorm: boolean;
+  /**
    * Prior of SGM-VAE: `mixture` (SIGMA) or `standard`, N(0, I) with closed-form KL
    * weighted by `lambdaUni` (the paper's SIGMA_uni, Table 3).
    */
@@ -152,6 +160,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   mieKlWeight: 1,
   mieKlWarmup: 0,
   priorGradient: true,
+  interestNorm: false,
   prior: "mixture",
   lambdaUni: 1,
   orthogonality: true,
@@ -178,6 +187,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   mieKlWeight: "weight gamma of KL_MIE in MIE-VAE's ELBO (paper 1; 0-1, beta-VAE below 1)",
   mieKlWarmup: "Adam steps over which KL_MIE's weight rises from 0 to gamma (paper 0: none)",
   priorGradient: "true | false: SGM's KL also trains the mixture prior (m, omega, alpha)",
+  interestNorm: "true | false: standardise each interest mean over d (not in the paper; false)",
   prior: "mixture (SIGMA) | standard (SIGMA_uni, KL weight --lambda-uni)",
   lambdaUni: "KL weight with --prior standard (paper Table 3: 1, 1e-4)",
   orthogonality: "true | false: use the orthogonality loss (Table 5 ablation: false)",
@@ -310,7 +320,8 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       : straightThroughOneHot(logA);
     const gates = tf.mul(hardOneHot, realMask) as tf.Tensor3D; // [B, L, k]
     const hard = gatedCategoryGru(this.params, "gru", items, gates, c.gruLayers); // [B, L, k, d]
-    const mean = tf.div(tf.add(soft, hard), 2) as tf.Tensor4D; // Eq. 5
+    const raw = tf.div(tf.add(soft, hard), 2) as tf.Tensor4D; // Eq. 5, [B, L, k, d]
+    const mean = c.interestNorm ? standardise(raw) as tf.Tensor4D : raw;
     return { assignment, intensity, mean };
   }
 
@@ -498,6 +509,12 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   }
 }
 
+/** `x` standardised over its last axis: zero mean, unit variance (0 stays 0). */
+function standardise(x: tf.Tensor): tf.Tensor {
+  const centred = tf.sub(x, tf.mean(x, -1, true));
+  return tf.mul(centred, tf.rsqrt(tf.add(tf.mean(tf.square(centred), -1, true), 1e-6)));
+}
+
 /** Checks every field of a full SIGMA config, naming the first bad one. */
 export function validateSigmaConfig(c: SigmaConfig): void {
   const positiveInts = [
@@ -550,6 +567,7 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     ["loss", ITEM_LOSS_KINDS],
     ["orthogonality", [true, false]],
     ["priorGradient", [true, false]],
+    ["interestNorm", [true, false]],
   ];
   for (const [f, allowed] of choices) {
     if (!allowed.includes(c[f])) {
