@@ -428,7 +428,7 @@ export async function train(
           best,
           sinceBest,
           seconds: (performance.now() - started) / 1000,
-        });
+        }, record.best ? bestValues ?? undefined : undefined);
       }
       const total = (performance.now() - started) / 1000;
       const eta = total / epoch * (o.epochs - epoch);
@@ -485,8 +485,10 @@ async function writeState(
   optimizer: tf.Optimizer,
   meta: Omit<CheckpointMeta, "format" | "values" | "checksum" | "params" | "resume">,
   resume: ResumeState,
+  current?: Float32Array, // the parameters, when the caller has just read them
 ): Promise<void> {
-  const { records, values } = await model.params.toArrays();
+  const records = model.params.records();
+  const values = current ?? (await model.params.toArrays()).values;
   const moments = await adamMoments(optimizer, records.length);
   const all = new Float32Array(values.length * (moments.length > 0 ? 3 : 1));
   all.set(values);
