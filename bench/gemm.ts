@@ -19,6 +19,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
+import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { selectBackend } from "../backends/mod.ts";
 import { bmmActive } from "../backends/_kernels.ts";
 
@@ -35,20 +36,13 @@ const { values } = parseArgs({
   },
   strict: true,
 });
-function positiveInt(flag: string, text: string | undefined): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--${flag} must be a positive integer, got "${text}"`);
-  }
-  return n;
-}
 const items = positiveInt("items", values.items);
 const positions = positiveInt("positions", values.positions);
 const rows = positiveInt("rows", values.rows);
 const d = positiveInt("hidden", values.hidden);
 const k = positiveInt("interests", values.interests);
 const reps = positiveInt("reps", values.reps);
-const threads = values.threads === undefined ? undefined : positiveInt("threads", values.threads);
+const threads = optionalPositiveInt("threads", values.threads);
 if (rows % 2 !== 0) {
   throw new RangeError(`--rows must be even (split in a batch of 2), got ${rows}`);
 }

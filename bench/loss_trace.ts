@@ -19,6 +19,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
+import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
@@ -40,13 +41,6 @@ const { values } = parseArgs({
   strict: true,
 });
 
-function positiveInt(flag: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--${flag} must be a positive integer, got "${text}"`);
-  }
-  return n;
-}
 const steps = positiveInt("steps", values.steps);
 const every = positiveInt("every", values.every);
 const seed = Number(values.seed);
@@ -64,7 +58,7 @@ if (typeof overrides !== "object" || overrides === null || Array.isArray(overrid
 }
 
 const backend = await selectBackend(values.backend as BackendChoice, {
-  wasmThreads: values.threads === undefined ? undefined : positiveInt("threads", values.threads),
+  wasmThreads: optionalPositiveInt("threads", values.threads),
 });
 const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
 const { split } = leaveOneOut(data);

@@ -16,6 +16,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
+import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
@@ -37,14 +38,8 @@ const quantile = Number(values.quantile);
 if (!(quantile >= 0 && quantile <= 1)) {
   throw new RangeError(`--quantile must be in [0, 1], got "${values.quantile}"`);
 }
-const top = Number(values.top);
-if (!Number.isInteger(top) || top < 1) {
-  throw new RangeError(`--top must be a positive integer, got "${values.top}"`);
-}
-const threads = values.threads === undefined ? undefined : Number(values.threads);
-if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
-  throw new RangeError(`--threads must be a positive integer, got "${values.threads}"`);
-}
+const top = positiveInt("top", values.top);
+const threads = optionalPositiveInt("threads", values.threads);
 
 const backend = await selectBackend(values.backend as BackendChoice, { wasmThreads: threads });
 const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });

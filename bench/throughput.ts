@@ -33,6 +33,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
+import { positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
   evalBatches,
@@ -64,13 +65,6 @@ const { values } = parseArgs({
   strict: true,
 });
 
-const positiveInt = (name: string, text: string) => {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--${name} must be a positive integer, got "${text}"`);
-  }
-  return n;
-};
 const steps = positiveInt("steps", values.steps);
 const slowSteps = positiveInt("slow-steps", values["slow-steps"]);
 const users = positiveInt("users", values.users);
