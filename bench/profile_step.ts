@@ -4,11 +4,15 @@
  *
  * ```sh
  * deno run -A bench/profile_step.ts --model sigma --data ../shared/data/Beauty.txt --quantile 0.7
+ *
+ * deno run -A bench/profile_step.ts --reference-step   # the step torch_reference.py times
  * ```
  *
  * Flags: `--model` (sigma), `--data FILE` (default: the embedded synthetic set),
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
- * longest), `--backend` (wasm), `--threads`, `--top` (20 rows). Kernel times of ops that
+ * longest), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
+ * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
+ * sasrec), `--backend` (wasm), `--threads`, `--top` (20 rows). Kernel times of ops that
  * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
  * their inner kernels, so the column adds up to more than the wall time.
  *
@@ -18,8 +22,16 @@ import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
-import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
-import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
+import {
+  leaveOneOut,
+  readDataset,
+  Rng,
+  syntheticDataset,
+  type TrainBatch,
+  trainBatches,
+} from "../lib/data/mod.ts";
+import { modelEntry, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
+import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 
 const { values } = parseArgs({
@@ -31,6 +43,7 @@ const { values } = parseArgs({
     backend: { type: "string", default: "wasm" },
     threads: { type: "string" },
     top: { type: "string", default: "20" },
+    "reference-step": { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -42,15 +55,34 @@ const top = positiveInt("top", values.top);
 const threads = optionalPositiveInt("threads", values.threads);
 
 const backend = await selectBackend(values.backend as BackendChoice, { wasmThreads: threads });
-const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
-const { split } = leaveOneOut(data);
-const model = modelEntry(values.model).create({ numItems: data.numItems });
-const batches = trainBatches(split.train, {
-  batchSize: TRAIN_DEFAULTS.batchSize,
-  maxLength: model.config.maxLength,
-  rng: new Rng(TRAIN_DEFAULTS.seed),
-}).sort((a, b) => a.length - b.length);
-const batch = batches[Math.min(batches.length - 1, Math.floor(quantile * batches.length))];
+let model: SequentialModel;
+let batch: TrainBatch;
+let source: string;
+if (values["reference-step"]) {
+  if (values.model !== "sasrec") {
+    throw new RangeError(
+      `--reference-step is SASRec's step: use --model sasrec, got "${values.model}"`,
+    );
+  }
+  model = modelEntry("sasrec").create({
+    numItems: SASREC_STEP_ITEMS,
+    maxLength: SASREC_STEP_LENGTH,
+  });
+  batch = sasrecStepBatch();
+  source = "the reference step (bench/torch_reference.py's shape)";
+} else {
+  const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
+  const { split } = leaveOneOut(data);
+  const created = modelEntry(values.model).create({ numItems: data.numItems });
+  model = created;
+  const batches = trainBatches(split.train, {
+    batchSize: TRAIN_DEFAULTS.batchSize,
+    maxLength: created.config.maxLength,
+    rng: new Rng(TRAIN_DEFAULTS.seed),
+  }).sort((a, b) => a.length - b.length);
+  batch = batches[Math.min(batches.length - 1, Math.floor(quantile * batches.length))];
+  source = data.source;
+}
 let positions = 0;
 for (const t of batch.targets) if (t !== 0) positions++;
 const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
@@ -79,7 +111,7 @@ for (const k of info.kernels) {
   byName.set(k.name, e);
 }
 console.log(
-  `${model.name} on ${data.source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
+  `${model.name} on ${source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
     `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
     `${info.kernels.length} kernel calls`,
 );

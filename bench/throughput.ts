@@ -34,6 +34,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
 import { positiveInt } from "./_flags.ts";
+import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
   evalBatches,
@@ -186,14 +187,11 @@ async function runChild(spec: string): Promise<void> {
   const stepsHere = slow ? slowSteps : steps;
   if (model === "sasrec-step") {
     // The fixed shape bench/torch_reference.py also times.
-    const numItems = 12000;
-    const length = 50;
-    const rows = 256;
-    const rng = new Rng(7);
-    const inputs = new Int32Array(rows * length).map(() => 1 + rng.int(numItems));
-    const targets = new Int32Array(rows * length).map(() => 1 + rng.int(numItems));
-    const m = modelEntry("sasrec").create({ numItems, maxLength: length });
-    const r = await timeSteps(m, [{ batch: rows, length, inputs, targets }], stepsHere);
+    const m = modelEntry("sasrec").create({
+      numItems: SASREC_STEP_ITEMS,
+      maxLength: SASREC_STEP_LENGTH,
+    });
+    const r = await timeSteps(m, [sasrecStepBatch()], stepsHere);
     m.params.dispose();
     console.log(JSON.stringify({ label, secondsPerStep: r.seconds / stepsHere }));
     return;
