@@ -116,3 +116,59 @@ Deno.test("cli train writes metrics.json and eval --checkpoint reproduces its te
   assertEquals(evaluated.metrics, metrics.test);
   await Deno.remove(out, { recursive: true });
 });
+
+const REPRODUCE = new URL("../bench/reproduce.ts", import.meta.url).pathname;
+
+/** Runs bench/reproduce.ts in a subprocess; returns its exit code and output. */
+async function reproduce(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-run"]
+      .concat(REPRODUCE, ...args),
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+Deno.test("reproduce trains every seed, keeps finished runs and prints their mean", async () => {
+  const out = await Deno.makeTempDir();
+  const tiny = ["--backend", "cpu", "--epochs", "1", "--hidden", "16", "--heads", "2"]
+    .concat("--inner", "32", "--max-length", "20", "--layers", "1");
+  const args = ["--out", out, "--models", "sasrec", "--seeds", "1,2", "--", ...tiny];
+  const first = await reproduce(...args);
+  assertEquals(first.code, 0, first.stderr);
+  const tests: Record<string, number>[] = [];
+  for (const seed of [1, 2]) {
+    const m = JSON.parse(await Deno.readTextFile(`${out}/sasrec-s${seed}/metrics.json`));
+    assertEquals(m.seed, seed);
+    assert((await Deno.readTextFile(`${out}/sasrec-s${seed}.log`)).includes("epoch 1/1"));
+    tests.push(m.test);
+  }
+  const mean = (key: string) => ((tests[0][key] + tests[1][key]) / 2).toFixed(4);
+  const meanRow = first.stdout.split("\n").find((l) => l.includes("sasrec mean of 2"));
+  assert(meanRow !== undefined, first.stdout);
+  for (const key of ["recall@20", "recall@40", "ndcg@20", "ndcg@40"]) {
+    assert(meanRow.includes(`**${mean(key)}**`), `${key} mean ${mean(key)} not in ${meanRow}`);
+  }
+  // A second call finds both runs finished and trains nothing.
+  const second = await reproduce(...args);
+  assertEquals(second.code, 0, second.stderr);
+  assertEquals(second.stdout.split("finished, kept").length - 1, 2, second.stdout);
+  assert(!second.stdout.includes("starting"), second.stdout);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("reproduce rejects bad flags with a message that names them", async () => {
+  const cases: [string[], string][] = [
+    [["--seeds", "1,x"], "--seeds"],
+    [["--models", "gru4rec"], "gru4rec"],
+    [["--", "--seed", "3"], "--seed"],
+    [["--no-such-flag"], "no-such-flag"],
+  ];
+  for (const [args, word] of cases) {
+    const r = await reproduce("--summary", ...args);
+    assertNotZero(r.code, args);
+    assert(r.stderr.includes(word), `${args.join(" ")}: stderr lacks "${word}":\n${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace instead of a message`);
+  }
+});

@@ -1,0 +1,222 @@
+/**
+ * A reproduction: every model trained with every seed in the same protocol, one run after
+ * the other, then a table of their test metrics and the mean over seeds. It can be
+ * stopped and started again at any time: a finished run is kept, an unfinished one
+ * continues from its last epoch (`train --resume`), a missing one starts.
+ *
+ * ```sh
+ * deno task reproduce --data ../shared/data/Beauty.txt --out runs/beauty -- --backend wasm --patience 20
+ * deno task reproduce --data ../shared/data/Beauty.txt --out runs/beauty --summary   # table only
+ * ```
+ *
+ * Flags: `--data FILE` (default: the embedded synthetic set), `--out DIR` (runs go to
+ * `DIR/<model>-s<seed>/`, their output to `DIR/<model>-s<seed>.log`; default
+ * runs/reproduce), `--models` (sasrec,sigma), `--seeds` (42,2,3), `--summary` (print the
+ * table of the runs that exist and train nothing). Everything after `--` goes to every
+ * `train` command unchanged (backend, epochs, patience, model options).
+ *
+ * A run counts as finished when its `metrics.json` says it stopped by patience, or by the
+ * epoch cap at the `--epochs` asked for now or more; a larger `--epochs` continues it.
+ *
+ * @module
+ */
+import { parseArgs } from "../cli/_args.ts";
+import { MODELS } from "../lib/models/mod.ts";
+import { TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
+
+/** The `--epochs` the train commands get: the value after `--`, or the trainer's default. */
+function requestedEpochs(trainFlags: string[], data: string | undefined): number {
+  for (let i = 0; i < trainFlags.length; i++) {
+    const f = trainFlags[i];
+    if (f.startsWith("--epochs=")) return Number(f.slice("--epochs=".length));
+    if (f === "--epochs") return Number(trainFlags[i + 1]);
+  }
+  // cli/main.ts trains the embedded data set for 20 epochs unless told otherwise.
+  return data ? TRAIN_DEFAULTS.epochs : 20;
+}
+
+/** What `train` wrote to `DIR/metrics.json` that this script reads. */
+interface RunMetrics {
+  best_epoch: number;
+  seconds: number;
+  protocol: { stopped: string };
+  train: { epochs: number };
+  test: Record<string, number>;
+}
+
+async function readMetrics(dir: string): Promise<RunMetrics | null> {
+  const path = `${dir}/metrics.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  try {
+    return JSON.parse(text) as RunMetrics;
+  } catch (e) {
+    throw new SyntaxError(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** Whether a run's metrics say it is done for a request of `epochs` epochs. */
+function finished(m: RunMetrics | null, epochs: number): boolean {
+  if (m === null) return false;
+  return m.protocol.stopped === "patience" || m.train.epochs >= epochs;
+}
+
+/** Wall time as minutes with one decimal. */
+const minutes = (seconds: number) => `${(seconds / 60).toFixed(1)} min`;
+
+/** A markdown table row. */
+const row = (cells: (string | number)[]) => `| ${cells.join(" | ")} |`;
+
+const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
+
+async function main(): Promise<void> {
+  // Everything after "--" belongs to the train commands; parseArgs sees only what is before.
+  const dash = Deno.args.indexOf("--");
+  const trainFlags = dash < 0 ? [] : Deno.args.slice(dash + 1);
+  const { values } = parseArgs({
+    args: dash < 0 ? Deno.args : Deno.args.slice(0, dash),
+    options: {
+      data: { type: "string" },
+      out: { type: "string", default: "runs/reproduce" },
+      models: { type: "string", default: "sasrec,sigma" },
+      seeds: { type: "string", default: "42,2,3" },
+      summary: { type: "boolean", default: false },
+    },
+    strict: true,
+  });
+  const models = values.models.split(",").map((m) => m.trim());
+  for (const m of models) {
+    if (!(m in MODELS)) {
+      throw new RangeError(
+        `--models: unknown model "${m}" (known: ${Object.keys(MODELS).join(", ")})`,
+      );
+    }
+  }
+  const seeds = values.seeds.split(",").map((text) => {
+    const n = Number(text);
+    if (text.trim() === "" || !Number.isInteger(n)) {
+      throw new RangeError(`--seeds must be integers separated by commas, got "${values.seeds}"`);
+    }
+    return n;
+  });
+  for (const flag of ["--model", "--seed", "--out", "--data", "--resume"]) {
+    if (trainFlags.some((f) => f === flag || f.startsWith(`${flag}=`))) {
+      throw new RangeError(`${flag} after "--": this script sets it for every run`);
+    }
+  }
+
+  const epochs = requestedEpochs(trainFlags, values.data);
+  const runDir = (model: string, seed: number) => `${values.out}/${model}-s${seed}`;
+
+  if (!values.summary) {
+    await Deno.mkdir(values.out, { recursive: true });
+    for (const model of models) {
+      for (const seed of seeds) {
+        const dir = runDir(model, seed);
+        if (finished(await readMetrics(dir), epochs)) {
+          console.log(`${dir}: finished, kept`);
+          continue;
+        }
+        const resume = await exists(`${dir}/state`);
+        const args = [
+          "run",
+          "--allow-read",
+          "--allow-write",
+          "--allow-env",
+          "--allow-sys",
+          MAIN,
+          "train",
+          "--model",
+          model,
+          "--seed",
+          String(seed),
+          "--out",
+          dir,
+          ...(values.data ? ["--data", values.data] : []),
+          ...(resume ? ["--resume"] : []),
+          ...trainFlags,
+        ];
+        console.log(`${dir}: ${resume ? "continuing" : "starting"}; output in ${dir}.log`);
+        const log = await Deno.open(`${dir}.log`, { write: true, create: true, append: true });
+        const child = new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
+          .spawn();
+        // The log gets both streams; the terminal gets train's epoch lines (on stderr).
+        const encoder = new TextEncoder();
+        let writes = Promise.resolve();
+        const append = (text: string) => {
+          const bytes = encoder.encode(text);
+          writes = writes.then(async () => {
+            for (let at = 0; at < bytes.length;) at += await log.write(bytes.subarray(at));
+          });
+          return writes;
+        };
+        const copy = async (stream: ReadableStream<Uint8Array>, echo: boolean) => {
+          let pending = "";
+          for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+            await append(chunk);
+            if (!echo) continue;
+            const parts = (pending + chunk).split("\n");
+            pending = parts.pop()!;
+            for (const line of parts) {
+              if (line.startsWith("epoch ")) console.log(`  ${model} s${seed} ${line}`);
+            }
+          }
+        };
+        await Promise.all([copy(child.stdout, false), copy(child.stderr, true)]);
+        const status = await child.status;
+        log.close();
+        if (!status.success) {
+          throw new Error(`${dir}: train exited with code ${status.code}; see ${dir}.log`);
+        }
+      }
+    }
+  }
+
+  // The table: test metrics of each run's best validation epoch, and the mean over seeds.
+  const COLUMNS = ["recall@20", "recall@40", "ndcg@20", "ndcg@40"];
+  console.log("\n" + row(["model", "seed", "best epoch", ...COLUMNS, "wall"]));
+  console.log(row(["---", "---", "---", ...COLUMNS.map(() => "---"), "---"]));
+  for (const model of models) {
+    const done: RunMetrics[] = [];
+    for (const seed of seeds) {
+      const m = await readMetrics(runDir(model, seed));
+      if (m === null) {
+        console.log(row([model, seed, "not run", ...COLUMNS.map(() => ""), ""]));
+        continue;
+      }
+      const state = finished(m, epochs) ? "" : " (unfinished)";
+      const metrics = COLUMNS.map((c) => m.test[c].toFixed(4));
+      console.log(row([model, seed, `${m.best_epoch}${state}`, ...metrics, minutes(m.seconds)]));
+      if (finished(m, epochs)) done.push(m);
+    }
+    if (done.length > 0) {
+      const mean = (c: string) => done.reduce((s, m) => s + m.test[c], 0) / done.length;
+      const wall = done.reduce((s, m) => s + m.seconds, 0);
+      const means = COLUMNS.map((c) => `**${mean(c).toFixed(4)}**`);
+      console.log(row([`**${model} mean of ${done.length}**`, "", "", ...means, minutes(wall)]));
+    }
+  }
+}
+
+// A bad flag or a failed run ends the script with its message, not a stack trace.
+try {
+  await main();
+} catch (e) {
+  console.error(`reproduce: ${(e as Error).message}`);
+  Deno.exit(1);
+}
