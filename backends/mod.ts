@@ -17,8 +17,10 @@ import "@tensorflow/tfjs-backend-webgpu";
 import "./_gradients.ts";
 import { installThreadedWasm } from "./_wasm_threads.ts";
 import { registerProjectKernels } from "./_kernels.ts";
+import { registerLayoutKernels } from "./_layout_kernels.ts";
 
 registerProjectKernels();
+registerLayoutKernels();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";

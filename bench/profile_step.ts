@@ -12,7 +12,8 @@
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
  * longest), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
  * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
- * sasrec), `--backend` (wasm), `--threads`, `--top` (20 rows). Kernel times of ops that
+ * sasrec), `--backend` (wasm), `--threads`, `--top` (20 rows), `--calls A,B` (also list the
+ * 10 slowest calls of kernels A and B with their input and output shapes). Kernel times of ops that
  * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
  * their inner kernels, so the column adds up to more than the wall time.
  *
@@ -43,6 +44,7 @@ const { values } = parseArgs({
     backend: { type: "string", default: "wasm" },
     threads: { type: "string" },
     top: { type: "string", default: "20" },
+    calls: { type: "string" },
     "reference-step": { type: "boolean", default: false },
   },
   strict: true,
@@ -118,5 +120,19 @@ console.log(
 console.log("kernel                          ms     calls");
 for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {
   console.log(`${name.padEnd(26)}${e.ms.toFixed(0).padStart(8)}${String(e.calls).padStart(10)}`);
+}
+for (const name of values.calls?.split(",") ?? []) {
+  const calls = info.kernels.filter((k) => k.name === name);
+  if (calls.length === 0) throw new RangeError(`--calls: no kernel "${name}" ran in the step`);
+  console.log(`\nslowest ${Math.min(10, calls.length)} of ${calls.length} ${name} calls`);
+  calls.sort((a, b) => Number(b.kernelTimeMs) - Number(a.kernelTimeMs));
+  for (const k of calls.slice(0, 10)) {
+    const shapes = (list: number[][]) => list.map((s) => `[${s}]`).join(" ");
+    console.log(
+      `${Number(k.kernelTimeMs).toFixed(1).padStart(8)} ms  ${shapes(k.inputShapes)} -> ${
+        shapes(k.outputShapes)
+      }`,
+    );
+  }
 }
 optimizer.dispose();

@@ -175,6 +175,120 @@ Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every tr
   });
 });
 
+/** One call of a data-movement op on a seeded random input, for the layout-kernel test. */
+interface LayoutCase {
+  op: "slice" | "split" | "transpose" | "sum";
+  shape: number[];
+  dtype: "float32" | "int32";
+  begin: number[];
+  size: number[];
+  axis: number;
+  splits: number[];
+  perm: number[];
+  axes: number[];
+  keepDims: boolean;
+  seed: number;
+}
+
+function runLayoutCase(c: LayoutCase): tf.Tensor[] {
+  return tf.tidy(() => {
+    const normal = tf.randomNormal(c.shape, 0, 3, "float32", c.seed);
+    const x = c.dtype === "int32" ? tf.cast(tf.round(normal), "int32") : normal;
+    if (c.op === "slice") return [tf.slice(x, c.begin, c.size)];
+    if (c.op === "split") return tf.split(x, c.splits, c.axis);
+    if (c.op === "transpose") return [tf.transpose(x, c.perm)];
+    return [tf.sum(normal, c.axes, c.keepDims)];
+  });
+}
+
+// backends/_layout_kernels.ts replaces these four wasm kernels for the cases it takes
+// (all slices and splits, 2-D and last-axis-kept transposes, sums over leading axes) and
+// falls back to tfjs's for the rest; every case here, taken or not, must equal cpu's.
+Deno.test("wasm Slice, SplitV, Transpose and Sum equal the cpu backend on random shapes", async () => {
+  const cases: LayoutCase[] = [];
+  fc.assert(
+    fc.property(
+      fc.constantFrom("slice", "split", "transpose", "sum"),
+      fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 1, maxLength: 4 }),
+      fc.constantFrom("float32", "int32"),
+      // Uniforms in [0, 1) from integers: fast-check's doubles crowd at 0 and 1.
+      fc.array(fc.integer({ min: 0, max: 999 }).map((i) => i / 1000), {
+        minLength: 8,
+        maxLength: 8,
+      }),
+      fc.boolean(),
+      fc.record({ rows: fc.integer({ min: 1, max: 3 }), cols: fc.integer({ min: 2, max: 9 }) }),
+      fc.integer({ min: 1, max: 1 << 30 }), // tfjs treats seed 0 as "no seed"
+      (op, drawnShape, dtype, u, keepDims, wide, seed) => {
+        let shape = drawnShape;
+        const rank = shape.length;
+        const pick = (i: number, n: number) => Math.min(n - 1, Math.floor(u[i % 8] * n));
+        const begin = shape.map((d, i) => pick(i, d));
+        const size = shape.map((d, i) => 1 + pick(i + 4, d - begin[i]));
+        const axis = pick(0, rank);
+        const first = 1 + pick(1, shape[axis]);
+        const splits = first === shape[axis] ? [first] : [first, shape[axis] - first];
+        // A permutation from the uniforms (sort positions by key), and a set of axes that
+        // is often a leading block (the case the wasm Sum kernel takes).
+        let perm = [...Array(rank).keys()].sort((a, b) => u[a] - u[b] || a - b);
+        if (op === "transpose" && u[6] < 0.4) {
+          // The 2-D case the wasm kernel takes: rows a multiple of 64, maybe with a size-1 axis.
+          const m = 64 * wide.rows;
+          const n = wide.cols;
+          const withOne = u[5] < 0.3;
+          shape = withOne ? [1, m, n] : [m, n];
+          perm = withOne ? [2, 0, 1] : [1, 0];
+        }
+        const axes = u[7] < 0.5
+          ? [...Array(1 + pick(2, rank)).keys()]
+          : [...Array(rank).keys()].filter((i) => u[i] < 0.5);
+        // Sums run on float32 only (the wasm kernel's case); the label should say so.
+        const type = op === "sum" ? "float32" : dtype;
+        cases.push({
+          op,
+          shape,
+          dtype: type,
+          begin,
+          size,
+          axis,
+          splits,
+          perm,
+          axes,
+          keepDims,
+          seed,
+        });
+      },
+    ),
+    { numRuns: 400 },
+  );
+  await selectBackend("wasm");
+  const results: { shape: number[]; values: number[] }[][] = [];
+  for (const c of cases) {
+    const outs = runLayoutCase(c);
+    results.push(
+      await Promise.all(
+        outs.map(async (t) => ({ shape: t.shape, values: Array.from(await t.data()) })),
+      ),
+    );
+    tf.dispose(outs);
+  }
+  await selectBackend("cpu");
+  cases.forEach((c, i) => {
+    const outs = runLayoutCase(c);
+    const expected = outs.map((t) => ({ shape: t.shape, values: Array.from(t.dataSync()) }));
+    tf.dispose(outs);
+    const label = `${c.op} ${c.dtype} [${c.shape}] seed ${c.seed}`;
+    assertEquals(results[i].length, expected.length, label);
+    expected.forEach((e, j) => {
+      assertEquals(results[i][j].shape, e.shape, label);
+      // Copies are exact; a sum accumulates in float64 on wasm, in float32 on cpu.
+      const tolerance = c.op === "sum" ? 1e-4 : 0;
+      const diff = maxAbsDiff(results[i][j].values, e.values);
+      assert(diff <= tolerance, `${label}: output ${j} differs by ${diff}`);
+    });
+  });
+});
+
 Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from bmm.c", async () => {
   const file = await Deno.readFile(new URL("../backends/wasm/bmm.wasm", import.meta.url));
   const embedded = Uint8Array.from(atob(BMM_WASM_BASE64), (c) => c.charCodeAt(0));
