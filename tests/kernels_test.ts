@@ -303,3 +303,22 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
     ["bmm", "max_over_rows", "route_to_rows"],
   );
 });
+
+// The wasm Identity shares its input's buffer (backends/_layout_kernels.ts): a clone must
+// keep its values after the original is disposed, and both must free the buffer together.
+Deno.test("a wasm clone outlives its original and frees the shared buffer with the last one", async () => {
+  await selectBackend("wasm");
+  const before = tf.memory().numBytes;
+  const buffers = tf.backend().numDataIds();
+  const x = tf.tensor2d([[1, 2, 3], [4, 5, 6]]);
+  const copy = tf.clone(x);
+  assertEquals(tf.backend().numDataIds(), buffers + 1); // shared, not copied
+  x.dispose();
+  assertEquals(Array.from(await copy.data()), [1, 2, 3, 4, 5, 6]);
+  const doubled = tf.mul(copy, 2); // a kernel still reads the shared buffer
+  assertEquals(Array.from(await doubled.data()), [2, 4, 6, 8, 10, 12]);
+  assertEquals(tf.backend().numDataIds(), buffers + 2); // copy's and doubled's
+  tf.dispose([copy, doubled]);
+  assertEquals(tf.memory().numBytes, before);
+  assertEquals(tf.backend().numDataIds(), buffers);
+});
