@@ -60,6 +60,17 @@ async function readMetrics(dir: string): Promise<RunMetrics | null> {
   }
 }
 
+/** Epochs an unfinished run has logged (`DIR/log.jsonl`, one line per epoch); 0 if none. */
+async function epochsLogged(dir: string): Promise<number> {
+  try {
+    const text = await Deno.readTextFile(`${dir}/log.jsonl`);
+    return text.split("\n").filter((line) => line.trim() !== "").length;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return 0;
+    throw e;
+  }
+}
+
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
@@ -196,7 +207,9 @@ async function main(): Promise<void> {
     for (const seed of seeds) {
       const m = await readMetrics(runDir(model, seed));
       if (m === null) {
-        console.log(row([model, seed, "not run", ...COLUMNS.map(() => ""), ""]));
+        const epochsDone = await epochsLogged(runDir(model, seed));
+        const status = epochsDone === 0 ? "not run" : `running, ${epochsDone} epochs done`;
+        console.log(row([model, seed, status, ...COLUMNS.map(() => ""), ""]));
         continue;
       }
       const state = finished(m, epochs) ? "" : " (unfinished)";
