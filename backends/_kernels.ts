@@ -323,43 +323,40 @@ export function registerProjectKernels(): void {
           ),
     });
   }
-  const originalBmm = tf.getKernel("BatchMatMul", "wasm");
-  if (originalBmm) {
-    tf.unregisterKernel("BatchMatMul", "wasm");
-    tf.registerKernel({
-      ...originalBmm,
-      kernelFunc: (args) => {
-        const { transposeA, transposeB } = args.attrs as {
-          transposeA: boolean;
-          transposeB: boolean;
-        };
-        return batchMatMul(
-          args.backend as WasmBackendInternals,
-          args.inputs.a as Info,
-          args.inputs.b as Info,
-          transposeA,
-          transposeB,
-        ) ?? originalBmm.kernelFunc(args);
-      },
-    });
-  }
-  const original = tf.getKernel("GatherV2", "wasm");
-  if (original) {
-    tf.unregisterKernel("GatherV2", "wasm");
-    tf.registerKernel({
-      ...original,
-      kernelFunc: (args) => {
-        const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
-        const x = args.inputs.x as Info;
-        const normalised = axis < 0 ? axis + x.shape.length : axis;
-        return gatherRows(
-          memoryOf("wasm", args.backend),
-          x,
-          args.inputs.indices as Info,
-          normalised,
-          batchDims ?? 0,
-        ) ?? original.kernelFunc(args);
-      },
-    });
-  }
+  overrideWasmKernel("BatchMatMul", (args) => {
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    return batchMatMul(
+      args.backend as WasmBackendInternals,
+      args.inputs.a as Info,
+      args.inputs.b as Info,
+      transposeA,
+      transposeB,
+    );
+  });
+  overrideWasmKernel("GatherV2", (args) => {
+    const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
+    const x = args.inputs.x as Info;
+    const normalised = axis < 0 ? axis + x.shape.length : axis;
+    return gatherRows(
+      memoryOf("wasm", args.backend),
+      x,
+      args.inputs.indices as Info,
+      normalised,
+      batchDims ?? 0,
+    );
+  });
+}
+
+/**
+ * Replaces tfjs-backend-wasm's kernel `name` by `fast`, which returns null for the calls
+ * it leaves to tfjs's own kernel. Does nothing when wasm has no such kernel.
+ */
+export function overrideWasmKernel(
+  name: string,
+  fast: (args: Parameters<tf.KernelFunc>[0]) => Info | Info[] | null,
+): void {
+  const original = tf.getKernel(name, "wasm");
+  if (!original) return;
+  tf.unregisterKernel(name, "wasm");
+  tf.registerKernel({ ...original, kernelFunc: (args) => fast(args) ?? original.kernelFunc(args) });
 }

@@ -14,6 +14,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { overrideWasmKernel } from "./_kernels.ts";
 
 type Info = tf.TensorInfo;
 type Values = Float32Array | Int32Array;
@@ -40,9 +41,9 @@ function copyRun(src: Values, from: number, dst: Values, to: number, n: number):
 }
 
 /**
- * Copies the box `begin`/`size` of `src` (shape `shape`) into `dst` in row-major order,
- * one `set` per contiguous run: the innermost axes the box spans whole are merged into
- * the run.
+ * Copies the box `begin`/`size` of `src` (shape `shape`, rank >= 1) into `dst` in
+ * row-major order, one {@linkcode copyRun} per contiguous run: the innermost axes the box
+ * spans whole are merged into the run.
  */
 function copyBox(
   src: Values,
@@ -50,7 +51,6 @@ function copyBox(
   begin: number[],
   size: number[],
   dst: Values,
-  dstOffset = 0,
 ): void {
   const rank = shape.length;
   const strides = new Array<number>(rank);
@@ -66,7 +66,7 @@ function copyBox(
   for (let i = 0; i < rank; i++) base += begin[i] * strides[i];
   const index = new Array<number>(outer).fill(0); // position among the outer axes
   const total = sizeOf(size.slice(0, outer));
-  let out = dstOffset;
+  let out = 0;
   for (let n = 0; n < total; n++) {
     let at = base;
     for (let i = 0; i < outer; i++) at += index[i] * strides[i];
@@ -80,7 +80,7 @@ function copyBox(
 }
 
 function slice(heap: WasmHeap, x: Info, begin: number[] | number, size: number[] | number) {
-  if (!movable(x.dtype)) return null;
+  if (!movable(x.dtype) || x.shape.length === 0) return null;
   const [b, s] = tf.slice_util.parseSliceParams(x as tf.TensorInfo as tf.Tensor, begin, size);
   const out = heap.makeOutput(s, x.dtype); // allocate before taking views: the heap may grow
   if (sizeOf(s) > 0) {
@@ -190,44 +190,30 @@ function identity(backend: SharedBuffers, x: Info): Info | null {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
-/** Replaces `name`'s wasm kernel by `fast`, which returns null for the cases it leaves to tfjs. */
-function override(
-  name: string,
-  fast: (heap: WasmHeap, inputs: { x: Info }, attrs: tf.NamedAttrMap) =>
-    | Info
-    | Info[]
-    | null,
-): void {
-  const original = tf.getKernel(name, "wasm");
-  if (!original) return;
-  tf.unregisterKernel(name, "wasm");
-  tf.registerKernel({
-    ...original,
-    kernelFunc: (args) =>
-      fast(args.backend as unknown as WasmHeap, args.inputs as { x: Info }, args.attrs ?? {}) ??
-        original.kernelFunc(args),
-  });
-}
-
 let registered = false;
 
 /** Registers the five kernels on wasm (once tfjs-backend-wasm is loaded); idempotent. */
 export function registerLayoutKernels(): void {
   if (registered) return;
   registered = true;
-  override(
-    "Slice",
-    (heap, { x }, { begin, size }) => slice(heap, x, begin as number[], size as number[]),
-  );
-  override(
-    "SplitV",
-    (heap, { x }, { numOrSizeSplits, axis }) =>
-      splitV(heap, x, numOrSizeSplits as number[], axis as number),
-  );
-  override("Transpose", (heap, { x }, { perm }) => transpose(heap, x, perm as number[]));
-  override("Identity", (heap, { x }) => identity(heap as unknown as SharedBuffers, x));
-  override(
-    "Sum",
-    (heap, { x }, { axis, keepDims }) => sumLeading(heap, x, axis as number[], keepDims as boolean),
-  );
+  const heapOf = (args: Parameters<tf.KernelFunc>[0]) => args.backend as unknown as WasmHeap;
+  const xOf = (args: Parameters<tf.KernelFunc>[0]) => args.inputs.x as Info;
+  overrideWasmKernel("Slice", (args) => {
+    const { begin, size } = args.attrs as { begin: number[]; size: number[] };
+    return slice(heapOf(args), xOf(args), begin, size);
+  });
+  overrideWasmKernel("SplitV", (args) => {
+    const { numOrSizeSplits, axis } = args.attrs as { numOrSizeSplits: number[]; axis: number };
+    return splitV(heapOf(args), xOf(args), numOrSizeSplits, axis);
+  });
+  overrideWasmKernel("Transpose", (args) => {
+    return transpose(heapOf(args), xOf(args), (args.attrs as { perm: number[] }).perm);
+  });
+  overrideWasmKernel("Identity", (args) => {
+    return identity(args.backend as unknown as SharedBuffers, xOf(args));
+  });
+  overrideWasmKernel("Sum", (args) => {
+    const { axis, keepDims } = args.attrs as { axis: number[]; keepDims: boolean };
+    return sumLeading(heapOf(args), xOf(args), axis, keepDims);
+  });
 }
