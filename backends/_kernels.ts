@@ -11,7 +11,8 @@
  * - `BatchMatMul` on wasm, when there is a batch dimension > 1 (attention): tfjs-backend-wasm
  *   4.22 sends those to a scalar loop (~3 GFLOP/s); `wasm/bmm.c`, compiled to WebAssembly
  *   SIMD with fused multiply-adds and working directly on tfjs's (shared) heap, does them
- *   several times faster. 2-D products stay on tfjs's XNNPACK path.
+ *   several times faster. 2-D products stay on tfjs's XNNPACK path. With a native BLAS
+ *   switched on (`_blas.ts`), large products of either kind go to it first.
  * - `GatherV2` on wasm, for whole rows (axis 0, the embedding lookups): tfjs-backend-wasm
  *   4.22 copies element by element, ~9 ms for 2,000 rows of 128; a row copy is ~0.1 ms.
  *   Other gathers go to tfjs's kernel. Indices are checked: out of range is a RangeError
@@ -23,6 +24,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kernels.ts";
 import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
 import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
+import { blasBatchMatMul } from "./_blas.ts";
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
 type Info = tf.TensorInfo;
@@ -325,13 +327,11 @@ export function registerProjectKernels(): void {
   }
   overrideWasmKernel("BatchMatMul", (args) => {
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
-    return batchMatMul(
-      args.backend as WasmBackendInternals,
-      args.inputs.a as Info,
-      args.inputs.b as Info,
-      transposeA,
-      transposeB,
-    );
+    const a = args.inputs.a as Info;
+    const b = args.inputs.b as Info;
+    const backend = args.backend as WasmBackendInternals & Parameters<typeof blasBatchMatMul>[0];
+    return blasBatchMatMul(backend, a, b, transposeA, transposeB) ??
+      batchMatMul(backend, a, b, transposeA, transposeB);
   });
   overrideWasmKernel("GatherV2", (args) => {
     const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };

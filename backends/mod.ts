@@ -18,6 +18,7 @@ import "./_gradients.ts";
 import { installThreadedWasm } from "./_wasm_threads.ts";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
+import { useNativeBlas } from "./_blas.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
@@ -48,6 +49,13 @@ export interface SelectBackendOptions {
    * activates wasm (tfjs-backend-wasm starts once per process).
    */
   wasmThreads?: number;
+  /**
+   * Native BLAS for the wasm backend's large matrix products (`backends/_blas.ts`):
+   * `"off"` (default), `"auto"` (OpenBLAS or Accelerate when one loads and `--allow-ffi`
+   * is granted, else plain wasm) or a library path (which must load). Ignored by the
+   * other backends.
+   */
+  blas?: string;
 }
 
 interface GpuAdapterLike {
@@ -84,10 +92,14 @@ async function activate(name: ChosenBackend["name"]): Promise<boolean> {
   }
 }
 
-async function wasmDetail(threads: ReturnType<typeof installThreadedWasm>): Promise<string> {
+async function wasmDetail(
+  threads: ReturnType<typeof installThreadedWasm>,
+  blas: string,
+): Promise<string> {
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
   const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
-  return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why})`;
+  const native = useNativeBlas(blas, wasm.getThreadsCount());
+  return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why}); ${native.detail}`;
 }
 
 /**
@@ -107,6 +119,8 @@ export async function selectBackend(
     );
   }
   tf.env().set("WEBGPU_CPU_FORWARD", options.webgpuCpuForward ?? false);
+  const blas = options.blas ?? "off";
+  useNativeBlas("off"); // until wasm is active: the choice below may not be wasm
   const threads = installThreadedWasm(options.wasmThreads);
   if (choice === "webgpu") {
     const gpu = await probeWebGpu();
@@ -127,7 +141,7 @@ export async function selectBackend(
     }
     return {
       name: choice,
-      reason: choice === "wasm" ? `asked for; ${await wasmDetail(threads)}` : "asked for",
+      reason: choice === "wasm" ? `asked for; ${await wasmDetail(threads, blas)}` : "asked for",
     };
   }
   const gpu = await probeWebGpu();
@@ -138,7 +152,7 @@ export async function selectBackend(
     ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
     : "no WebGPU adapter";
   if (await activate("wasm")) {
-    return { name: "wasm", reason: `auto: ${why}; ${await wasmDetail(threads)}` };
+    return { name: "wasm", reason: `auto: ${why}; ${await wasmDetail(threads, blas)}` };
   }
   if (await activate("cpu")) {
     return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };

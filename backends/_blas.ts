@@ -1,0 +1,237 @@
+/**
+ * An optional native BLAS for the wasm backend's large matrix products, through Deno's FFI.
+ *
+ * Why: the item GEMMs of a full-softmax step are most of its work, and WebAssembly SIMD
+ * (128-bit vectors) caps them: XNNPACK reaches 40-62 GFLOP/s on this machine's two cores
+ * (`bench/gemm.ts`), which puts one SIGMA Beauty epoch at >= 134 s of GEMM alone. OpenBLAS
+ * on the same cores, with AVX-512, does the same products at ~170 GFLOP/s. tfjs-backend-wasm
+ * keeps every tensor in one linear heap, so `cblas_sgemm` can read and write tfjs's tensors
+ * in place: nothing is copied, and every other kernel stays on wasm.
+ *
+ * It is opt-in (`--blas auto|off|<library path>` in the CLI, {@linkcode
+ * SelectBackendOptions.blas} in the API) because it needs `--allow-ffi` and a shared library
+ * on the host. Without either, the wasm backend runs exactly as before.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+type Info = tf.TensorInfo;
+
+/** Libraries tried by `auto`, in order: Linux's OpenBLAS, then macOS's Accelerate and
+ * Homebrew's OpenBLAS, then Windows. The first that opens and exports `cblas_sgemm` wins. */
+export const BLAS_CANDIDATES: readonly string[] = [
+  "libopenblas.so.0",
+  "libopenblas.so",
+  "/System/Library/Frameworks/Accelerate.framework/Accelerate",
+  "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
+  "/usr/local/opt/openblas/lib/libopenblas.dylib",
+  "libopenblas.dll",
+];
+
+const SYMBOLS = {
+  cblas_sgemm: {
+    // order, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "pointer",
+      "i32",
+      "pointer",
+      "i32",
+      "f32",
+      "pointer",
+      "i32",
+    ],
+    result: "void",
+  },
+  openblas_set_num_threads: { parameters: ["i32"], result: "void", optional: true },
+  openblas_get_corename: { parameters: [], result: "pointer", optional: true },
+  openblas_get_config: { parameters: [], result: "pointer", optional: true },
+} as const;
+
+// CBLAS enum values (cblas.h).
+const ROW_MAJOR = 101;
+const NO_TRANS = 111;
+const TRANS = 112;
+
+/**
+ * Products smaller than this many multiply-adds stay on the wasm kernels: an FFI call and
+ * OpenBLAS's thread wake-up cost a few microseconds, more than a small product takes on
+ * wasm (attention's [L, dh] x [dh, L] blocks are 80k; the item GEMMs are 10^8 and up).
+ */
+export const BLAS_MIN_MULTIPLY_ADDS = 1 << 20;
+
+/** What {@linkcode useNativeBlas} found. */
+export interface BlasStatus {
+  /** Whether large wasm matrix products now run on the native library. */
+  active: boolean;
+  /** For the progress log: the library and its build, or why none is used. */
+  detail: string;
+}
+
+type BlasLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
+
+let active: { library: BlasLibrary; name: string } | null = null;
+let calls = 0;
+
+function cString(pointer: Deno.PointerValue): string | null {
+  return pointer ? new Deno.UnsafePointerView(pointer).getCString() : null;
+}
+
+/**
+ * OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after each call before they sleep,
+ * and on a machine whose cores tfjs-backend-wasm's own threads also use, that spinning
+ * took the cores from every wasm kernel between two GEMMs: a SIGMA Beauty step went from
+ * 1.1 s to 1.5 s, with Multiply and Add three times slower. 2^4 cycles makes them sleep at
+ * once. OpenBLAS reads this when it loads, so it is set before; a user's value is kept.
+ */
+function quietIdleThreads(): void {
+  try {
+    if (Deno.env.get("OPENBLAS_THREAD_TIMEOUT") === undefined) {
+      Deno.env.set("OPENBLAS_THREAD_TIMEOUT", "4");
+    }
+  } catch {
+    // no --allow-env: OpenBLAS keeps its default, slower but correct
+  }
+}
+
+function open(path: string): BlasLibrary | string {
+  try {
+    return Deno.dlopen(path, SYMBOLS);
+  } catch (error) {
+    return error instanceof Error ? error.message.split("\n")[0] : String(error);
+  }
+}
+
+/**
+ * Routes the wasm backend's large `BatchMatMul`s to a native BLAS, or stops doing so.
+ *
+ * `choice` is `"off"`, `"auto"` (the first of {@linkcode BLAS_CANDIDATES} that loads; none
+ * found is not an error) or the path of a library exporting `cblas_sgemm` (which must
+ * load: anything else is an `Error` naming the path). `threads` is passed to OpenBLAS, so
+ * that `--threads 1` means one core for the GEMMs too. Safe to call again: the last call
+ * decides.
+ */
+export function useNativeBlas(choice: string, threads?: number): BlasStatus {
+  if (choice === "off") {
+    active = null;
+    return { active: false, detail: "native BLAS off" };
+  }
+  if (choice === "") throw new RangeError('blas: expected "auto", "off" or a library path');
+  const ffi = Deno.permissions.querySync({ name: "ffi" }).state;
+  if (ffi !== "granted") {
+    if (choice !== "auto") {
+      throw new Error(`blas: loading "${choice}" needs --allow-ffi (permission is ${ffi})`);
+    }
+    active = null;
+    return { active: false, detail: "native BLAS not used: --allow-ffi not granted" };
+  }
+  quietIdleThreads();
+  const tried: string[] = [];
+  for (const path of choice === "auto" ? BLAS_CANDIDATES : [choice]) {
+    const library = open(path);
+    if (typeof library === "string") {
+      tried.push(`${path}: ${library}`);
+      continue;
+    }
+    if (threads !== undefined) library.symbols.openblas_set_num_threads?.(threads);
+    const core = library.symbols.openblas_get_corename
+      ? cString(library.symbols.openblas_get_corename())
+      : null;
+    const config = library.symbols.openblas_get_config
+      ? cString(library.symbols.openblas_get_config())
+      : null;
+    const build = [config?.split(" ").slice(0, 2).join(" "), core && `core ${core}`]
+      .filter(Boolean).join(", ");
+    active = { library, name: path };
+    return {
+      active: true,
+      detail: `large matmuls on native BLAS ${path}${build ? ` (${build})` : ""}`,
+    };
+  }
+  if (choice !== "auto") throw new Error(`blas: cannot load ${tried[0]}`);
+  active = null;
+  return { active: false, detail: "native BLAS not used: no library found" };
+}
+
+/** Whether large wasm matrix products currently run on a native BLAS. */
+export function nativeBlasActive(): boolean {
+  return active !== null;
+}
+
+/** How many `BatchMatMul`s the native BLAS has run in this process (for tests and logs). */
+export function nativeBlasCalls(): number {
+  return calls;
+}
+
+/** What the BLAS path needs of a tfjs-backend-wasm instance. */
+interface WasmHeap {
+  wasm: { HEAPU8: Uint8Array };
+  dataIdMap: { get(id: unknown): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: string): Info;
+}
+
+/**
+ * `BatchMatMul` (rank >= 2, batch dimensions equal or one side 1) through `cblas_sgemm`
+ * on tfjs's heap; null when no library is active or the call is small or unusual.
+ */
+export function blasBatchMatMul(
+  backend: WasmHeap,
+  a: Info,
+  b: Info,
+  transA: boolean,
+  transB: boolean,
+): Info | null {
+  if (!active || a.dtype !== "float32" || b.dtype !== "float32") return null;
+  if (a.shape.length < 2 || a.shape.length !== b.shape.length) return null;
+  const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
+  const leadA = a.shape.slice(0, -2);
+  const leadB = b.shape.slice(0, -2);
+  const batchA = size(leadA);
+  const batchB = size(leadB);
+  const same = leadA.every((x, i) => x === leadB[i]);
+  if (!same && batchA !== 1 && batchB !== 1) return null; // general broadcasting: tfjs's
+  const [ra, ca] = a.shape.slice(-2);
+  const [rb, cb] = b.shape.slice(-2);
+  const m = transA ? ca : ra;
+  const k = transA ? ra : ca;
+  const n = transB ? rb : cb;
+  if ((transB ? cb : rb) !== k) return null; // tfjs's kernel reports the mismatch
+  if (m * n * k < BLAS_MIN_MULTIPLY_ADDS || m * n * k === 0) return null;
+  const batch = Math.max(batchA, batchB);
+  const out = backend.makeOutput([...(batchA >= batchB ? leadA : leadB), m, n], "float32");
+  // The heap's address is taken after the output exists: allocating may grow (move) it.
+  const heap = Deno.UnsafePointer.of(backend.wasm.HEAPU8 as Uint8Array<ArrayBuffer>);
+  const at = (t: Info, index: number, stride: number) =>
+    Deno.UnsafePointer.offset(
+      heap!,
+      backend.dataIdMap.get(t.dataId).memoryOffset + 4 * index * stride,
+    );
+  const sgemm = active.library.symbols.cblas_sgemm;
+  calls++;
+  for (let i = 0; i < batch; i++) {
+    sgemm(
+      ROW_MAJOR,
+      transA ? TRANS : NO_TRANS,
+      transB ? TRANS : NO_TRANS,
+      m,
+      n,
+      k,
+      1,
+      at(a, batchA === 1 ? 0 : i, m * k),
+      ca, // leading dimension: the stored row length
+      at(b, batchB === 1 ? 0 : i, k * n),
+      cb,
+      0,
+      at(out, i, m * n),
+      n,
+    );
+  }
+  return out;
+}
