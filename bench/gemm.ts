@@ -2,9 +2,10 @@
  * The GEMM ceiling of a full-softmax training step: GFLOP/s of the three item GEMMs of the
  * fused cross-entropy (`lib/nn/item_losses.ts`) at the shapes of a Beauty step, on
  * tfjs-backend-wasm's 2-D path (XNNPACK, threaded) and on the project's `bmm.wasm`
- * (relaxed-SIMD FMA, one thread, reached here through a batch of 2), and the floor those
- * rates put under one epoch of SIGMA and of SASRec: the epoch's GEMM work over the rate,
- * with every other kernel taking no time at all.
+ * (relaxed-SIMD FMA, one thread, reached here through a batch of 2) and, where one loads,
+ * on a native BLAS through FFI (`backends/_blas.ts`, what `--blas auto` uses), and the floor
+ * those rates put under one epoch of SIGMA and of SASRec: the epoch's GEMM work over the
+ * rate, with every other kernel taking no time at all.
  *
  * ```sh
  * deno run -A bench/gemm.ts                    # Beauty's shapes: 12,101 items, 131,413 positions
@@ -22,6 +23,7 @@ import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { selectBackend } from "../backends/mod.ts";
 import { bmmActive } from "../backends/_kernels.ts";
+import { useNativeBlas } from "../backends/_blas.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -94,28 +96,40 @@ const shapes: { name: string; xnnpack: () => tf.Tensor; bmm: () => tf.Tensor }[]
   },
 ];
 
-console.log("gemm                                 xnnpack GFLOP/s  bmm.wasm GFLOP/s  bmm/xnnpack");
+const blasThreads = threads ?? navigator.hardwareConcurrency;
+console.log(`BLAS: ${useNativeBlas("auto", blasThreads).detail}`);
+useNativeBlas("off");
+const gflops = (s: number | null) => s === null ? "n/a" : (flops / s / 1e9).toFixed(1);
+console.log(
+  "gemm                                 xnnpack GFLOP/s  bmm.wasm GFLOP/s  BLAS GFLOP/s",
+);
 let xnnpackSeconds = 0;
+let blasSeconds = 0;
 for (const s of shapes) {
   const x = seconds(s.xnnpack);
   // bmm.wasm needs the threaded build's shared heap; with one thread it is not loaded.
   const b = bmmActive() ? seconds(s.bmm) : null;
+  // The same 2-D call as xnnpack's, now routed to the native library (when one loads).
+  const native = useNativeBlas("auto", blasThreads).active ? seconds(s.xnnpack) : null;
+  useNativeBlas("off");
   xnnpackSeconds += x;
-  const bmmRate = b === null ? "n/a" : (flops / b / 1e9).toFixed(1);
-  const ratio = b === null ? "n/a" : (x / b).toFixed(2);
+  blasSeconds += native ?? NaN;
   console.log(
-    `${s.name.padEnd(37)}${(flops / x / 1e9).toFixed(1).padStart(15)}` +
-      `${bmmRate.padStart(18)}${ratio.padStart(13)}`,
+    `${s.name.padEnd(37)}${gflops(x).padStart(15)}${gflops(b).padStart(18)}` +
+      `${gflops(native).padStart(14)}`,
   );
 }
 // One position's item GEMMs: 3 GEMMs of 2·d·N per logit row; SASRec has 1 row, SIGMA
 // 1 + k (SGM-VAE's decoder and MIE-VAE's k interests).
-const rate = (3 * flops) / xnnpackSeconds; // FLOP/s over the three shapes together
-for (const [model, logitRows] of [["sasrec", 1], ["sigma", 1 + k]] as const) {
-  const epochFlops = positions * logitRows * 3 * 2 * d * items;
-  console.log(
-    `${model} epoch item-GEMM work ${(epochFlops / 1e12).toFixed(2)} TFLOP: ` +
-      `>= ${(epochFlops / rate).toFixed(0)} s at xnnpack's ${(rate / 1e9).toFixed(1)} GFLOP/s`,
-  );
+for (const [path, total] of [["xnnpack", xnnpackSeconds], ["BLAS", blasSeconds]] as const) {
+  if (!Number.isFinite(total)) continue;
+  const rate = (3 * flops) / total; // FLOP/s over the three shapes together
+  for (const [model, logitRows] of [["sasrec", 1], ["sigma", 1 + k]] as const) {
+    const epochFlops = positions * logitRows * 3 * 2 * d * items;
+    console.log(
+      `${model} epoch item-GEMM work ${(epochFlops / 1e12).toFixed(2)} TFLOP: ` +
+        `>= ${(epochFlops / rate).toFixed(0)} s at ${path}'s ${(rate / 1e9).toFixed(1)} GFLOP/s`,
+    );
+  }
 }
 tf.dispose([queries, queriesT, itemsT, itemTable, grads, queries2, itemsT2, grads2, itemTable2]);

@@ -12,7 +12,8 @@
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
  * longest), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
  * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
- * sasrec), `--backend` (wasm), `--threads`, `--top` (20 rows), `--calls A,B` (also list the
+ * sasrec), `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native
+ * BLAS, as `deno task train` does), `--top` (20 rows), `--calls A,B` (also list the
  * 10 slowest calls of kernels A and B with their input and output shapes). Kernel times of ops that
  * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
  * their inner kernels, so the column adds up to more than the wall time.
@@ -43,6 +44,7 @@ const { values } = parseArgs({
     quantile: { type: "string", default: "0.7" },
     backend: { type: "string", default: "wasm" },
     threads: { type: "string" },
+    blas: { type: "string", default: "off" },
     top: { type: "string", default: "20" },
     calls: { type: "string" },
     "reference-step": { type: "boolean", default: false },
@@ -56,7 +58,10 @@ if (!(quantile >= 0 && quantile <= 1)) {
 const top = positiveInt("top", values.top);
 const threads = optionalPositiveInt("threads", values.threads);
 
-const backend = await selectBackend(values.backend as BackendChoice, { wasmThreads: threads });
+const backend = await selectBackend(values.backend as BackendChoice, {
+  wasmThreads: threads,
+  blas: values.blas,
+});
 let model: SequentialModel;
 let batch: TrainBatch;
 let source: string;

@@ -150,6 +150,7 @@ async function main(): Promise<void> {
           "--allow-write",
           "--allow-env",
           "--allow-sys",
+          "--allow-ffi",
           MAIN,
           "train",
           "--model",

@@ -53,7 +53,7 @@ import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    backends: { type: "string", default: "cpu,wasm,webgpu" },
+    backends: { type: "string", default: "cpu,wasm,wasm+blas,webgpu" },
     models: { type: "string", default: "sasrec,sigma" },
     data: { type: "string", default: "office,beauty" },
     steps: { type: "string", default: "8" },
@@ -126,7 +126,19 @@ function backendLabel(chosen: { name: string; reason: string }): string {
     return "webgpu (software adapter)";
   }
   const threads = chosen.reason.match(/(\d+) thread\(s\)/);
-  return chosen.name === "wasm" && threads ? `wasm (${threads[1]} threads)` : chosen.name;
+  const blas = chosen.reason.includes("large matmuls on native BLAS") ? " + BLAS" : "";
+  return chosen.name === "wasm" && threads ? `wasm (${threads[1]} threads)${blas}` : chosen.name;
+}
+
+/**
+ * A `--backends` entry: a backend name, or `wasm+blas` (wasm with its large matrix
+ * products on a native BLAS, `backends/_blas.ts`; plain wasm when none loads, as its label
+ * then shows).
+ */
+function backendSpec(entry: string): { backend: BackendChoice; blas: string } {
+  return entry === "wasm+blas"
+    ? { backend: "wasm", blas: "auto" }
+    : { backend: entry as BackendChoice, blas: "off" };
 }
 
 async function loadData(name: string): Promise<SequenceDataset> {
@@ -180,8 +192,9 @@ async function timeSteps(
 }
 
 async function runChild(spec: string): Promise<void> {
-  const [model, dataName, backend] = spec.split(":");
-  const chosen = await selectBackend(backend as BackendChoice);
+  const [model, dataName, entry] = spec.split(":");
+  const { backend, blas } = backendSpec(entry);
+  const chosen = await selectBackend(backend, { blas });
   const slow = chosen.name !== "wasm";
   const label = backendLabel(chosen);
   const stepsHere = slow ? slowSteps : steps;
@@ -249,6 +262,7 @@ async function child<T>(spec: string): Promise<T | null> {
       "--allow-write",
       "--allow-env",
       "--allow-sys",
+      "--allow-ffi",
       new URL(import.meta.url).pathname,
       "--child",
       spec,

@@ -62,6 +62,9 @@ function usage(): string {
     "  --out DIR           write DIR/metrics.json, log.jsonl, checkpoint/, state/ (default runs/<model>)",
     "  --backend B         auto | webgpu | wasm | cpu (default auto)",
     "  --threads N         threads of the wasm backend (default: the logical CPUs)",
+    "  --blas L            wasm backend: auto | off | a library path. auto runs large matrix",
+    "                      products on OpenBLAS/Accelerate when one loads (needs --allow-ffi,",
+    "                      which the deno tasks grant), else on wasm (default auto)",
     "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
     "  --resume            continue the run in --out from its last finished epoch (DIR/state/,",
     "                      written after every epoch); same model, data and settings, except",
@@ -138,6 +141,7 @@ async function trainCommand(args: string[]): Promise<void> {
     "out",
     "backend",
     "threads",
+    "blas",
     ...Object.keys(TRAIN_FLAGS),
     ...allModelFlags(),
   ];
@@ -206,6 +210,7 @@ async function trainCommand(args: string[]): Promise<void> {
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
   const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice, {
     wasmThreads: threadsFlag(v.threads as string | undefined),
+    blas: (v.blas as string | undefined) ?? "auto",
   });
   console.error(`backend: ${backend.name} (${backend.reason})`);
 
@@ -244,6 +249,7 @@ async function trainCommand(args: string[]): Promise<void> {
     model: model.name,
     data: dataset.source,
     backend: backend.name,
+    backend_detail: backend.reason,
     seed: o.seed,
     protocol: {
       split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
@@ -276,6 +282,7 @@ async function evalCommand(args: string[]): Promise<void> {
       data: { type: "string" },
       backend: { type: "string" },
       threads: { type: "string" },
+      blas: { type: "string" },
       split: { type: "string" },
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -293,6 +300,7 @@ async function evalCommand(args: string[]): Promise<void> {
   }
   const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
     wasmThreads: threadsFlag(values.threads),
+    blas: values.blas ?? "auto",
   });
   console.error(`backend: ${backend.name} (${backend.reason})`);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
