@@ -125,25 +125,17 @@ Deno.test("useNativeBlas() names a library that does not load, and rejects an em
   assert(!nativeBlasActive());
 });
 
-Deno.test("without --allow-ffi, auto runs plain wasm and says why; a library path is an error", async () => {
-  const mod = new URL("../backends/mod.ts", import.meta.url).href;
+/** Runs `code` (TypeScript) in a new Deno process with the project's import map and the
+ * given permissions, and returns its standard output's lines. */
+async function runInNewProcess(code: string, permissions: string[]): Promise<string[]> {
   const script = await Deno.makeTempFile({ suffix: ".ts" });
-  await Deno.writeTextFile(
-    script,
-    `import { selectBackend } from "${mod}";\n` +
-      `console.log((await selectBackend("wasm", { blas: "auto" })).reason);\n` +
-      `try { await selectBackend("wasm", { blas: "libopenblas.so.0" }); console.log("loaded"); }\n` +
-      `catch (e) { console.log(e.message); }\n`,
-  );
+  await Deno.writeTextFile(script, code);
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "--config",
       new URL("../deno.json", import.meta.url).pathname, // the script is outside the project
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-sys",
+      ...permissions,
       script,
     ],
     env: { NO_COLOR: "1" },
@@ -152,7 +144,47 @@ Deno.test("without --allow-ffi, auto runs plain wasm and says why; a library pat
   await Deno.remove(script);
   const text = new TextDecoder();
   assert(out.success, text.decode(out.stderr));
-  const [reason, error] = text.decode(out.stdout).trim().split("\n");
+  return text.decode(out.stdout).trim().split("\n");
+}
+
+const BACKENDS_MOD = new URL("../backends/mod.ts", import.meta.url).href;
+
+Deno.test("without --allow-ffi, auto runs plain wasm and says why; a library path is an error", async () => {
+  const [reason, error] = await runInNewProcess(
+    `import { selectBackend } from "${BACKENDS_MOD}";\n` +
+      `console.log((await selectBackend("wasm", { blas: "auto" })).reason);\n` +
+      `try { await selectBackend("wasm", { blas: "libopenblas.so.0" }); console.log("loaded"); }\n` +
+      `catch (e) { console.log(e.message); }\n`,
+    ["--allow-read", "--allow-write", "--allow-env", "--allow-sys"],
+  );
   assert(reason.includes("native BLAS not used: --allow-ffi not granted"), reason);
   assert(error.includes('loading "libopenblas.so.0" needs --allow-ffi'), error);
+});
+
+Deno.test({
+  name: "the native BLAS also works on single-threaded wasm, whose heap is not shared memory",
+  ignore,
+  fn: async () => {
+    const blasModule = new URL("../backends/_blas.ts", import.meta.url).href;
+    const lines = await runInNewProcess(
+      `import * as tf from "@tensorflow/tfjs-core";\n` +
+        `import { selectBackend } from "${BACKENDS_MOD}";\n` +
+        `import { nativeBlasCalls, useNativeBlas } from "${blasModule}";\n` +
+        `console.log((await selectBackend("wasm", { wasmThreads: 1, blas: "auto" })).reason);\n` +
+        `const a = tf.randomNormal([300, 150], 0, 1, "float32", 1);\n` +
+        `const b = tf.randomNormal([150, 250], 0, 1, "float32", 2);\n` +
+        `const native = tf.matMul(a, b).dataSync();\n` +
+        `console.log(nativeBlasCalls());\n` +
+        `useNativeBlas("off");\n` +
+        `const plain = tf.matMul(a, b).dataSync();\n` +
+        `let diff = 0;\n` +
+        `for (let i = 0; i < plain.length; i++) diff = Math.max(diff, Math.abs(native[i] - plain[i]));\n` +
+        `console.log(diff);\n`,
+      ["--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-ffi"],
+    );
+    const [reason, calls, diff] = lines.slice(-3);
+    assert(reason.includes("1 thread(s)") && reason.includes("native BLAS"), reason);
+    assert(Number(calls) === 1, `native calls: ${calls}`);
+    assert(Number(diff) <= 1e-4, `max diff ${diff}`);
+  },
 });
