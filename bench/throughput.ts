@@ -32,6 +32,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import os from "node:os";
 import { parseArgs } from "../cli/_args.ts";
 import { positiveInt } from "./_flags.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
@@ -306,15 +307,10 @@ async function torchReference(): Promise<{ secondsPerStep: number; blas: string 
   return why || "no python3 found";
 }
 
-/** The CPU's model name and logical CPU count, e.g. "AMD EPYC x 2" (Linux; else "?"). */
+/** The CPU's model name and logical CPU count, e.g. "AMD EPYC x 2" ("?" when unknown). */
 function cpuName(): string {
-  try {
-    const info = Deno.readTextFileSync("/proc/cpuinfo");
-    const model = info.match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "?";
-    return `${model} x ${navigator.hardwareConcurrency}`;
-  } catch {
-    return `? x ${navigator.hardwareConcurrency}`;
-  }
+  // node:os, not /proc/cpuinfo: Deno 2 reads /proc files only under --allow-all.
+  return `${os.cpus()[0]?.model ?? "?"} x ${navigator.hardwareConcurrency}`;
 }
 
 async function main(): Promise<void> {
