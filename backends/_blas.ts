@@ -14,7 +14,8 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs-core";
+import type * as tf from "@tensorflow/tfjs-core";
+import { matMulDims } from "./_matmul_dims.ts";
 
 type Info = tf.TensorInfo;
 
@@ -188,24 +189,12 @@ export function blasBatchMatMul(
   transA: boolean,
   transB: boolean,
 ): Info | null {
-  if (!active || a.dtype !== "float32" || b.dtype !== "float32") return null;
-  if (a.shape.length < 2 || a.shape.length !== b.shape.length) return null;
-  const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-  const leadA = a.shape.slice(0, -2);
-  const leadB = b.shape.slice(0, -2);
-  const batchA = size(leadA);
-  const batchB = size(leadB);
-  const same = leadA.every((x, i) => x === leadB[i]);
-  if (!same && batchA !== 1 && batchB !== 1) return null; // general broadcasting: tfjs's
-  const [ra, ca] = a.shape.slice(-2);
-  const [rb, cb] = b.shape.slice(-2);
-  const m = transA ? ca : ra;
-  const k = transA ? ra : ca;
-  const n = transB ? rb : cb;
-  if ((transB ? cb : rb) !== k) return null; // tfjs's kernel reports the mismatch
-  if (m * n * k < BLAS_MIN_MULTIPLY_ADDS || m * n * k === 0) return null;
-  const batch = Math.max(batchA, batchB);
-  const out = backend.makeOutput([...(batchA >= batchB ? leadA : leadB), m, n], "float32");
+  if (!active) return null;
+  const dims = matMulDims(a, b, transA, transB);
+  if (!dims) return null;
+  const { batchA, batchB, batch, m, n, k } = dims;
+  if (m * n * k < BLAS_MIN_MULTIPLY_ADDS) return null;
+  const out = backend.makeOutput(dims.outShape, "float32");
   // The heap's address is taken after the output exists: allocating may grow (move) it.
   const heap = Deno.UnsafePointer.of(backend.wasm.HEAPU8 as Uint8Array<ArrayBuffer>);
   const at = (t: Info, index: number, stride: number) =>
@@ -225,9 +214,9 @@ export function blasBatchMatMul(
       k,
       1,
       at(a, batchA === 1 ? 0 : i, m * k),
-      ca, // leading dimension: the stored row length
+      dims.rowA, // leading dimension: the stored row length
       at(b, batchB === 1 ? 0 : i, k * n),
-      cb,
+      dims.rowB,
       0,
       at(out, i, m * n),
       n,

@@ -25,6 +25,7 @@ import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kerne
 import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
 import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
 import { blasBatchMatMul } from "./_blas.ts";
+import { matMulDims } from "./_matmul_dims.ts";
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
 type Info = tf.TensorInfo;
@@ -207,23 +208,9 @@ function batchMatMul(
   transA: boolean,
   transB: boolean,
 ) {
-  if (a.dtype !== "float32" || b.dtype !== "float32" || a.shape.length < 3) return null;
-  if (a.shape.length !== b.shape.length) return null;
-  const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-  const leadA = a.shape.slice(0, -2);
-  const leadB = b.shape.slice(0, -2);
-  const batchA = size(leadA);
-  const batchB = size(leadB);
-  const same = leadA.every((x, i) => x === leadB[i]);
-  if (!same && batchA !== 1 && batchB !== 1) return null; // general broadcasting: tfjs's
-  const batch = Math.max(batchA, batchB);
-  if (batch < 2) return null;
-  const [r, c] = a.shape.slice(-2);
-  const [rb, cb] = b.shape.slice(-2);
-  const m = transA ? c : r;
-  const k = transA ? r : c;
-  const n = transB ? rb : cb;
-  if ((transB ? cb : rb) !== k) return null; // tfjs's kernel reports the mismatch
+  const dims = matMulDims(a, b, transA, transB);
+  if (!dims || a.shape.length < 3 || dims.batch < 2) return null; // 2-D: XNNPACK's
+  const { batchA, batchB, batch, m, n, k } = dims;
   const bmm = bmmFor(backend);
   if (!bmm) return null;
   if (transB && bmm.scratchFloats < k * n) {
@@ -231,7 +218,7 @@ function batchMatMul(
     bmm.scratchFloats = k * n;
     bmm.scratch = backend.wasm._malloc(4 * k * n);
   }
-  const out = backend.makeOutput([...(batchA >= batchB ? leadA : leadB), m, n], "float32");
+  const out = backend.makeOutput(dims.outShape, "float32");
   const offset = (t: Info) => backend.dataIdMap.get(t.dataId).memoryOffset;
   bmm.run(
     offset(a),

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import * as tf from "@tensorflow/tfjs-core";
 import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
 
 /**
@@ -41,4 +42,43 @@ export function tinyEvalBatch(batch: number, length: number, numItems: number): 
     users: Int32Array.from({ length: batch }, (_, i) => i),
     exclude,
   };
+}
+
+/** One random `tf.matMul` call: input shapes as stored, transposes and the data's seed. */
+export interface MatMulCase {
+  a: number[];
+  b: number[];
+  ta: boolean;
+  tb: boolean;
+  seed: number;
+}
+
+/** The case `[...leadA, m, k] @ [...leadB, k, n]`, each input stored transposed if asked. */
+export function matMulCase(
+  leadA: number[],
+  leadB: number[],
+  [m, n, k]: [number, number, number],
+  ta: boolean,
+  tb: boolean,
+  seed: number,
+): MatMulCase {
+  return {
+    a: [...leadA, ...(ta ? [k, m] : [m, k])],
+    b: [...leadB, ...(tb ? [n, k] : [k, n])],
+    ta,
+    tb,
+    seed,
+  };
+}
+
+/** The product of a case's N(0, 1) inputs on the active backend, read back. */
+export function matMulOf(c: MatMulCase): Float32Array {
+  return tf.tidy(() =>
+    tf.matMul(
+      tf.randomNormal(c.a, 0, 1, "float32", c.seed),
+      tf.randomNormal(c.b, 0, 1, "float32", c.seed + 1),
+      c.ta,
+      c.tb,
+    ).dataSync() as Float32Array
+  );
 }

@@ -10,7 +10,13 @@ import {
 import { Sigma } from "../lib/models/sigma.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertThrows } from "./_assert.ts";
-import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import {
+  type MatMulCase,
+  matMulCase,
+  matMulOf,
+  tinyEvalBatch,
+  tinyTrainBatch,
+} from "./_fixtures.ts";
 import { assertParity, maxAbs, maxAbsDiff, type ModelRun } from "./_model_checks.ts";
 
 // The native path needs a BLAS on the host (Debian: libopenblas0-pthread); where none
@@ -25,7 +31,7 @@ Deno.test({
   ignore,
   fn: async () => {
     await selectBackend("wasm");
-    const cases: { a: number[]; b: number[]; ta: boolean; tb: boolean; seed: number }[] = [];
+    const cases: MatMulCase[] = [];
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 3 }), // batch
@@ -42,36 +48,17 @@ Deno.test({
           const lead = kind === "rank2" ? [] : [batch];
           const leadA = kind === "a1" ? [1] : lead;
           const leadB = kind === "b1" ? [1] : lead;
-          cases.push({
-            a: [...leadA, ...(ta ? [k, m] : [m, k])],
-            b: [...leadB, ...(tb ? [n, k] : [k, n])],
-            ta,
-            tb,
-            seed,
-          });
+          cases.push(matMulCase(leadA, leadB, [m, n, k], ta, tb, seed));
         },
       ),
       { numRuns: 150 },
     );
-    const product = async (c: (typeof cases)[number]) => {
-      const out = tf.tidy(() =>
-        tf.matMul(
-          tf.randomNormal(c.a, 0, 1, "float32", c.seed),
-          tf.randomNormal(c.b, 0, 1, "float32", c.seed + 1),
-          c.ta,
-          c.tb,
-        )
-      );
-      const values = await out.data() as Float32Array;
-      out.dispose();
-      return values;
-    };
     for (const c of cases) {
       useNativeBlas("off");
-      const expected = await product(c);
+      const expected = matMulOf(c);
       useNativeBlas("auto");
       const before = nativeBlasCalls();
-      const actual = await product(c);
+      const actual = matMulOf(c);
       assert(nativeBlasCalls() > before, `native BLAS was not called for ${JSON.stringify(c)}`);
       // Sums of K products of N(0, 1) values, in different orders: ~1e-6 of sqrt(K) each.
       const diff = maxAbsDiff(actual, expected);

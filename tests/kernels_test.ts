@@ -15,7 +15,13 @@ import {
   ROUTE_TO_INTERESTS,
   routeToInterests,
 } from "../lib/nn/interest_kernels.ts";
-import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import {
+  type MatMulCase,
+  matMulCase,
+  matMulOf,
+  tinyEvalBatch,
+  tinyTrainBatch,
+} from "./_fixtures.ts";
 
 /** Names of the kernels one training step (forward, backward, Adam) and scoring dispatch. */
 async function kernelsOf(model: SequentialModel): Promise<Set<string>> {
@@ -116,7 +122,7 @@ Deno.test("the wasm row gather names an out-of-range index instead of reading pa
 Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every transpose and broadcast", async () => {
   await selectBackend("wasm");
   assert(bmmActive(), "bmm.wasm should serve batched matmuls on the threaded wasm backend");
-  const cases: { a: number[]; b: number[]; ta: boolean; tb: boolean; seed: number }[] = [];
+  const cases: MatMulCase[] = [];
   fc.assert(
     fc.property(
       fc.integer({ min: 1, max: 4 }),
@@ -132,40 +138,15 @@ Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every tr
         const lead = [b0 + 1, b1]; // at least 2 batches: bmm.wasm's case
         const leadA = broadcast === "a1" ? [1, 1] : lead;
         const leadB = broadcast === "b1" ? [1, 1] : lead;
-        cases.push({
-          a: [...leadA, ...(ta ? [k, m] : [m, k])],
-          b: [...leadB, ...(tb ? [n, k] : [k, n])],
-          ta,
-          tb,
-          seed,
-        });
+        cases.push(matMulCase(leadA, leadB, [m, n, k], ta, tb, seed));
       },
     ),
     { numRuns: 200 },
   );
-  const results: Float32Array[] = [];
-  for (const c of cases) {
-    const out = tf.tidy(() =>
-      tf.matMul(
-        tf.randomNormal(c.a, 0, 1, "float32", c.seed),
-        tf.randomNormal(c.b, 0, 1, "float32", c.seed + 1),
-        c.ta,
-        c.tb,
-      )
-    );
-    results.push(await out.data() as Float32Array);
-    out.dispose();
-  }
+  const results = cases.map(matMulOf);
   await selectBackend("cpu");
   cases.forEach((c, i) => {
-    const expected = tf.tidy(() =>
-      tf.matMul(
-        tf.randomNormal(c.a, 0, 1, "float32", c.seed),
-        tf.randomNormal(c.b, 0, 1, "float32", c.seed + 1),
-        c.ta,
-        c.tb,
-      ).dataSync()
-    );
+    const expected = matMulOf(c);
     const diff = maxAbsDiff(results[i], expected);
     // Fused multiply-adds round once where tfjs rounds twice: float32 noise, not 0.
     assert(
