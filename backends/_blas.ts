@@ -2,14 +2,15 @@
  * An optional native BLAS for the wasm backend's large matrix products, through Deno's FFI.
  *
  * Why: the item GEMMs of a full-softmax step are most of its work, and WebAssembly SIMD
- * (128-bit vectors) caps them: XNNPACK reaches 40-62 GFLOP/s on this machine's two cores
- * (`bench/gemm.ts`), which puts one SIGMA Beauty epoch at >= 134 s of GEMM alone. OpenBLAS
- * on the same cores, with AVX-512, does the same products at ~170 GFLOP/s. tfjs-backend-wasm
+ * (128-bit vectors) caps them: XNNPACK reaches 39-64 GFLOP/s on this machine's two cores
+ * (`bench/gemm.ts`), which puts one SIGMA Beauty epoch at >= 130 s of GEMM alone, and no
+ * wasm kernel can pass 117 (`bench/simd_peak.ts`). OpenBLAS on the same cores, with
+ * AVX-512, does the same products at 72-181 GFLOP/s. tfjs-backend-wasm
  * keeps every tensor in one linear heap, so `cblas_sgemm` can read and write tfjs's tensors
  * in place: nothing is copied, and every other kernel stays on wasm.
  *
- * It is opt-in (`--blas auto|off|<library path>` in the CLI, {@linkcode
- * SelectBackendOptions.blas} in the API) because it needs `--allow-ffi` and a shared library
+ * It is off unless asked for (`SelectBackendOptions.blas` in `mod.ts`; the CLI's
+ * `--blas` asks for `auto` by default) because it needs `--allow-ffi` and a shared library
  * on the host. Without either, the wasm backend runs exactly as before.
  *
  * @module
@@ -78,8 +79,10 @@ export interface BlasStatus {
 
 type BlasLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
 
-let active: { library: BlasLibrary; name: string } | null = null;
+let active: { library: BlasLibrary } | null = null;
 let calls = 0;
+/** Libraries opened so far, by path: switching the BLAS off and on does not reopen them. */
+const opened = new Map<string, BlasLibrary>();
 
 function cString(pointer: Deno.PointerValue): string | null {
   return pointer ? new Deno.UnsafePointerView(pointer).getCString() : null;
@@ -103,8 +106,12 @@ function quietIdleThreads(): void {
 }
 
 function open(path: string): BlasLibrary | string {
+  const known = opened.get(path);
+  if (known) return known;
   try {
-    return Deno.dlopen(path, SYMBOLS);
+    const library = Deno.dlopen(path, SYMBOLS);
+    opened.set(path, library);
+    return library;
   } catch (error) {
     return error instanceof Error ? error.message.split("\n")[0] : String(error);
   }
@@ -150,7 +157,7 @@ export function useNativeBlas(choice: string, threads?: number): BlasStatus {
       : null;
     const build = [config?.split(" ").slice(0, 2).join(" "), core && `core ${core}`]
       .filter(Boolean).join(", ");
-    active = { library, name: path };
+    active = { library };
     return {
       active: true,
       detail: `large matmuls on native BLAS ${path}${build ? ` (${build})` : ""}`,
