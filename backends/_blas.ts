@@ -2,10 +2,10 @@
  * An optional native BLAS for the wasm backend's large matrix products, through Deno's FFI.
  *
  * Why: the item GEMMs of a full-softmax step are most of its work, and WebAssembly SIMD
- * (128-bit vectors) caps them: XNNPACK reaches 39-64 GFLOP/s on this machine's two cores
- * (`bench/gemm.ts`), which puts one SIGMA Beauty epoch at >= 130 s of GEMM alone, and no
+ * (128-bit vectors) caps them: XNNPACK reaches 32-62 GFLOP/s on this machine's two cores
+ * (`bench/gemm.ts`), which puts one SIGMA Beauty epoch at >= 125 s of GEMM alone, and no
  * wasm kernel can pass 117 (`bench/simd_peak.ts`). OpenBLAS on the same cores, with
- * AVX-512, does the same products at 72-181 GFLOP/s. tfjs-backend-wasm
+ * AVX-512, does the same products at 121-177 GFLOP/s. tfjs-backend-wasm
  * keeps every tensor in one linear heap, so `cblas_sgemm` can read and write tfjs's tensors
  * in place: nothing is copied, and every other kernel stays on wasm.
  *
