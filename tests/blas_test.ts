@@ -17,7 +17,13 @@ import {
   tinyEvalBatch,
   tinyTrainBatch,
 } from "./_fixtures.ts";
-import { assertParity, maxAbs, maxAbsDiff, type ModelRun } from "./_model_checks.ts";
+import {
+  assertFlatTensorCount,
+  assertParity,
+  maxAbs,
+  maxAbsDiff,
+  type ModelRun,
+} from "./_model_checks.ts";
 
 // The native path needs a BLAS on the host (Debian: libopenblas0-pthread); where none
 // loads, the tests that use it are skipped, and the message below says why.
@@ -98,6 +104,21 @@ Deno.test({
     const native = await sigmaRun("auto");
     assert(nativeBlasCalls() > before, "the SIGMA step never reached the native BLAS");
     assertParity(plain, native, "wasm + native BLAS");
+    useNativeBlas("off");
+  },
+});
+
+Deno.test({
+  name: "tensor count stays flat over 5 SIGMA training steps with the native BLAS",
+  ignore,
+  fn: async () => {
+    await selectBackend("wasm", { blas: "auto" });
+    const numItems = 3000;
+    const model = new Sigma({ numItems, hidden: 32, heads: 2, inner: 64, maxLength: 6, seed: 5 });
+    const before = nativeBlasCalls();
+    assertFlatTensorCount(model, numItems, "wasm + native BLAS");
+    assert(nativeBlasCalls() > before, "the training steps never reached the native BLAS");
+    model.params.dispose();
     useNativeBlas("off");
   },
 });
