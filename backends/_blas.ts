@@ -21,7 +21,9 @@ import { matMulDims } from "./_matmul_dims.ts";
 type Info = tf.TensorInfo;
 
 /** Libraries tried by `auto`, in order: Linux's OpenBLAS, then macOS's Accelerate and
- * Homebrew's OpenBLAS, then Windows. The first that opens and exports `cblas_sgemm` wins. */
+ * Homebrew's OpenBLAS, then Windows. The first that opens and exports `cblas_sgemm` wins.
+ * Only the Linux names have been run (Debian's libopenblas0-pthread); the others are the
+ * libraries' documented install paths. */
 export const BLAS_CANDIDATES: readonly string[] = [
   "libopenblas.so.0",
   "libopenblas.so",
