@@ -1,9 +1,20 @@
 /**
  * Flag checks shared by the bench tools: a bad value stops the tool with the flag's name
- * and the text given, before any backend starts.
+ * and the text given, before any backend starts. Also the permission flags of the Deno
+ * processes they start.
  *
  * @module
  */
+
+/** Permissions of the Deno processes the bench tools start: those `deno task train` has
+ * (`--allow-ffi` for the native BLAS, `--allow-sys` for wasm's thread count). */
+export const CHILD_PERMISSIONS: readonly string[] = [
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-sys",
+  "--allow-ffi",
+];
 
 /** `text` as a positive integer, or a RangeError naming `--flag` and the text. */
 export function positiveInt(flag: string, text: string | undefined): number {

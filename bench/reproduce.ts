@@ -21,6 +21,7 @@
  * @module
  */
 import { parseArgs } from "../cli/_args.ts";
+import { CHILD_PERMISSIONS } from "./_flags.ts";
 import { MODELS } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 
@@ -146,11 +147,7 @@ async function main(): Promise<void> {
         const resume = await exists(`${dir}/state`);
         const args = [
           "run",
-          "--allow-read",
-          "--allow-write",
-          "--allow-env",
-          "--allow-sys",
-          "--allow-ffi",
+          ...CHILD_PERMISSIONS,
           MAIN,
           "train",
           "--model",

@@ -34,7 +34,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import os from "node:os";
 import { parseArgs } from "../cli/_args.ts";
-import { positiveInt } from "./_flags.ts";
+import { CHILD_PERMISSIONS, positiveInt } from "./_flags.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
@@ -259,11 +259,7 @@ async function child<T>(spec: string): Promise<T | null> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-sys",
-      "--allow-ffi",
+      ...CHILD_PERMISSIONS,
       new URL(import.meta.url).pathname,
       "--child",
       spec,
