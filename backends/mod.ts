@@ -92,13 +92,14 @@ async function activate(name: ChosenBackend["name"]): Promise<boolean> {
   }
 }
 
-async function wasmDetail(
+/** Switches the native BLAS on or off for the now active wasm backend and describes both. */
+async function startWasmExtras(
   threads: ReturnType<typeof installThreadedWasm>,
   blas: string,
 ): Promise<string> {
+  const native = useNativeBlas(blas, wasm.getThreadsCount());
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
   const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
-  const native = useNativeBlas(blas, wasm.getThreadsCount());
   return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why}); ${native.detail}`;
 }
 
@@ -141,7 +142,9 @@ export async function selectBackend(
     }
     return {
       name: choice,
-      reason: choice === "wasm" ? `asked for; ${await wasmDetail(threads, blas)}` : "asked for",
+      reason: choice === "wasm"
+        ? `asked for; ${await startWasmExtras(threads, blas)}`
+        : "asked for",
     };
   }
   const gpu = await probeWebGpu();
@@ -152,7 +155,7 @@ export async function selectBackend(
     ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
     : "no WebGPU adapter";
   if (await activate("wasm")) {
-    return { name: "wasm", reason: `auto: ${why}; ${await wasmDetail(threads, blas)}` };
+    return { name: "wasm", reason: `auto: ${why}; ${await startWasmExtras(threads, blas)}` };
   }
   if (await activate("cpu")) {
     return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };
