@@ -72,16 +72,21 @@ function usage(): string {
     "Training:",
   ];
   for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
-    lines.push(`  --${flag.padEnd(18)}${help} (default ${TRAIN_DEFAULTS[field]})`);
+    lines.push(`  --${flagColumn(flag)}${help} (default ${TRAIN_DEFAULTS[field]})`);
   }
   for (const [name, entry] of Object.entries(MODELS)) {
     lines.push(`Model ${name}:`);
     for (const [field, help] of Object.entries(entry.help)) {
       if (field === "seed") continue;
-      lines.push(`  --${kebab(field).padEnd(18)}${help} (default ${entry.defaults[field]})`);
+      lines.push(`  --${flagColumn(kebab(field))}${help} (default ${entry.defaults[field]})`);
     }
   }
   return lines.join("\n");
+}
+
+/** A flag name padded to the help column, with at least one space after a long name. */
+function flagColumn(flag: string): string {
+  return flag.length < 18 ? flag.padEnd(18) : `${flag} `;
 }
 
 function numberFlag(flag: string, text: string): number {
