@@ -61,6 +61,7 @@ export {
   SIGMA_HELP,
   type SigmaConfig,
   stepSeeds,
+  validateSasRecConfig,
   validateSigmaConfig,
 } from "./lib/models/mod.ts";
 export {

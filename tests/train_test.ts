@@ -326,3 +326,50 @@ Deno.test("trainStep() with an objective minimises that loss part alone", async 
   optimizer.dispose();
   model.params.dispose();
 });
+
+Deno.test("SasRec() loss option: each kind starts at its uniform-guess value and trains", async () => {
+  await selectBackend("cpu");
+  const batch = tinyTrainBatch(8, 10, data.numItems);
+  // At initialisation every score is near 0 (item embeddings ~N(0, 0.02)), so each loss
+  // sits at the value of a uniform guess: log N for the full softmax, log(n + 1) for n
+  // sampled negatives, 2 log 2 for one negative under binary cross-entropy.
+  const kinds: [Partial<SasRecConfig>, number][] = [
+    [{}, Math.log(data.numItems)],
+    [{ loss: "softmax" }, Math.log(data.numItems)],
+    [{ loss: "sampled", negatives: 7 }, Math.log(8)],
+    [{ loss: "bce" }, 2 * Math.log(2)],
+  ];
+  for (const [config, uniform] of kinds) {
+    const model = new SasRec({ ...SMALL, ...config, dropout: 0 });
+    const vars = model.params.list();
+    const optimizer = tf.train.adam(1e-2);
+    const losses: number[] = [];
+    for (let step = 0; step < 15; step++) {
+      const { values } = trainStep(model, batch, stepSeeds(3, step), optimizer, vars, 2048);
+      losses.push((await values.data())[0]);
+      values.dispose();
+    }
+    const label = JSON.stringify(config);
+    assert(
+      Math.abs(losses[0] - uniform) < 0.05,
+      `${label}: first loss ${losses[0]}, not ${uniform}`,
+    );
+    assert(losses[14] < 0.8 * losses[0], `${label}: loss ${losses[0]} -> ${losses[14]}`);
+    optimizer.dispose();
+    model.params.dispose();
+  }
+});
+
+Deno.test("SasRec() rejects bad config fields, naming the field and value", () => {
+  const bad: [Partial<SasRecConfig>, string][] = [
+    [{ loss: "hinge" as "bce" }, "hinge"],
+    [{ negatives: 0 }, "negatives"],
+    [{ hidden: 10, heads: 4 }, "divisible"],
+    [{ layers: 1.5 }, "layers"],
+    [{ dropout: -0.1 }, "dropout"],
+    [{ numItems: 0 }, "numItems"],
+  ];
+  for (const [config, word] of bad) {
+    assertThrows(() => new SasRec({ ...SMALL, ...config }), RangeError, word);
+  }
+});

@@ -14,7 +14,13 @@ export {
   type SequenceEncoderConfig,
   stepSeeds,
 } from "./_model.ts";
-export { SasRec, SASREC_DEFAULTS, SASREC_HELP, type SasRecConfig } from "./sasrec.ts";
+export {
+  SasRec,
+  SASREC_DEFAULTS,
+  SASREC_HELP,
+  type SasRecConfig,
+  validateSasRecConfig,
+} from "./sasrec.ts";
 export {
   Sigma,
   SIGMA_DEFAULTS,
@@ -43,7 +49,7 @@ export const MODELS: Record<string, ModelEntry> = {
     create: (config) => new Sigma(config),
   },
   sasrec: {
-    defaults: SASREC_DEFAULTS as unknown as Record<string, number>,
+    defaults: SASREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: SASREC_HELP,
     create: (config) => new SasRec(config),
   },

@@ -1,6 +1,8 @@
 /**
- * SASRec: self-attentive sequential recommendation (Kang and McAuley, 2018), trained with
- * full softmax cross-entropy over the catalogue, as in the SIGMA paper's Table 2 baseline.
+ * SASRec: self-attentive sequential recommendation (Kang and McAuley, 2018), trained by
+ * default with full softmax cross-entropy over the catalogue (the loss of the SIGMA paper's
+ * Eq. 13, so both models of its Table 2 learn from the same objective); `loss: "bce"` is
+ * the original SASRec's one sampled negative per position.
  *
  * Reads top to bottom: config with defaults, parameters, encoder, loss, scores.
  *
@@ -21,7 +23,7 @@ import {
   transformer,
   type TransformerSettings,
 } from "../nn/layers.ts";
-import { itemLoss } from "../nn/item_losses.ts";
+import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";
 import {
   SEQUENCE_ENCODER_DEFAULTS,
@@ -34,18 +36,30 @@ import {
 export interface SasRecConfig extends SequenceEncoderConfig {
   /** Transformer blocks. RecBole's SASRec default: 2 (range 1-4). */
   layers: number;
+  /**
+   * Training loss: `softmax` (full catalogue, default), `bce` (one uniform negative per
+   * position, binary cross-entropy: the original SASRec's and the SIGMA authors' code's),
+   * `sampled` (softmax over the target and `negatives` uniform negatives).
+   */
+  loss: ItemLossKind;
+  /** Negatives per position for `loss: "sampled"`. Default 100. */
+  negatives: number;
 }
 
 /** Defaults for every {@linkcode SasRecConfig} field except `numItems`. */
 export const SASREC_DEFAULTS: Omit<SasRecConfig, "numItems"> = {
   ...SEQUENCE_ENCODER_DEFAULTS,
   layers: 2,
+  loss: "softmax",
+  negatives: 100,
 };
 
 /** One line per {@linkcode SasRecConfig} field, for `--help`. */
 export const SASREC_HELP: Record<keyof typeof SASREC_DEFAULTS, string> = {
   ...SEQUENCE_ENCODER_HELP,
   layers: "Transformer blocks (RecBole default 2; 1-4)",
+  loss: "softmax (full, default) | bce (1 negative, original SASRec) | sampled (--negatives n)",
+  negatives: "negatives per position for --loss sampled",
 };
 
 /** SASRec behind the {@linkcode SequentialModel} interface. */
@@ -58,13 +72,15 @@ export class SasRec implements SequentialModel<SasRecConfig> {
   readonly params: ParamStore;
   readonly #block: TransformerSettings;
 
-  /** Creates SASRec with fresh, seeded parameters. */
+  /**
+   * Creates SASRec with fresh, seeded parameters.
+   *
+   * @throws {RangeError} A config field out of its domain (the field is named).
+   */
   constructor(config: Partial<SasRecConfig> & { numItems: number }) {
     this.config = { ...SASREC_DEFAULTS, ...config };
     const c = this.config;
-    if (!Number.isInteger(c.numItems) || c.numItems < 1) {
-      throw new RangeError(`numItems must be a positive integer, got ${c.numItems}`);
-    }
+    validateSasRecConfig(c);
     this.#block = {
       hidden: c.hidden,
       heads: c.heads,
@@ -105,7 +121,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     return transformer(this.params, "enc", x as tf.Tensor3D, mask, this.#block, seeds, lastOnly);
   }
 
-  /** Mean full-softmax cross-entropy over every position that has a target. */
+  /** Mean loss (`config.loss`, full softmax by default) over every position with a target. */
   loss(batch: TrainBatch, seeds: () => number): {
     loss: Scalar;
     parts: Record<string, Scalar>;
@@ -118,7 +134,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
       tf.expandDims(queries, 1) as tf.Tensor3D, // [P, 1, d]: one interest
       this.params.get("item") as tf.Tensor2D,
       targets,
-      { kind: "softmax", negatives: 1, temperature: 1, seed: 0 },
+      { kind: this.config.loss, negatives: this.config.negatives, temperature: 1, seed: seeds() },
     ); // [P]
     const loss = tf.mean(perPosition);
     return { loss: loss as tf.Scalar, parts: { recon: loss as tf.Scalar } };
@@ -147,4 +163,27 @@ export function targetPositions(batch: TrainBatch): { rows: Int32Array; targets:
   }
   if (count === 0) throw new RangeError("Training batch has no position with a target");
   return { rows, targets };
+}
+
+/** Checks every field of a full SASRec config, naming the first bad one. */
+export function validateSasRecConfig(c: SasRecConfig): void {
+  for (
+    const f of ["numItems", "maxLength", "hidden", "heads", "layers", "inner", "negatives"] as const
+  ) {
+    if (!Number.isInteger(c[f]) || c[f] < 1) {
+      throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);
+    }
+  }
+  for (const f of ["layerNormEps", "initStd"] as const) {
+    if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
+  }
+  if (!(c.dropout >= 0 && c.dropout < 1)) {
+    throw new RangeError(`dropout must be in [0, 1), got ${c.dropout}`);
+  }
+  if (c.hidden % c.heads !== 0) {
+    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
+  }
+  if (!ITEM_LOSS_KINDS.includes(c.loss)) {
+    throw new RangeError(`loss must be one of ${ITEM_LOSS_KINDS.join(", ")}, got ${c.loss}`);
+  }
 }
