@@ -34,6 +34,8 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--threads", "0"], "--threads"],
     [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
     [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
+    [["train", "--model", "sasrec", "--prior", "standard"], "--prior"],
+    [["train", "--model", "sasrec", "--loss", "hinge"], "hinge"],
     [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],
     [["train", "--backend", "cpu", "--resume", "--out", `${dir}/fresh`], `${dir}/fresh/state`],
   ];
