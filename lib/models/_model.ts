@@ -93,3 +93,28 @@ export const SEQUENCE_ENCODER_HELP: Record<keyof typeof SEQUENCE_ENCODER_DEFAULT
   initStd: "std of the normal initialisation (reference code 0.02)",
   seed: "seed of the initial parameters (the CLI sets it from --seed)",
 };
+
+/**
+ * Checks the fields every Transformer model here shares, and its `layers`, naming the first
+ * bad one.
+ *
+ * @throws {RangeError} A field out of its domain, with its value.
+ */
+export function validateSequenceEncoderConfig(
+  c: SequenceEncoderConfig & { layers: number },
+): void {
+  for (const f of ["numItems", "maxLength", "hidden", "heads", "layers", "inner"] as const) {
+    if (!Number.isInteger(c[f]) || c[f] < 1) {
+      throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);
+    }
+  }
+  for (const f of ["layerNormEps", "initStd"] as const) {
+    if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
+  }
+  if (!(c.dropout >= 0 && c.dropout < 1)) {
+    throw new RangeError(`dropout must be in [0, 1), got ${c.dropout}`);
+  }
+  if (c.hidden % c.heads !== 0) {
+    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
+  }
+}

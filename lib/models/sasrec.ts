@@ -30,6 +30,7 @@ import {
   SEQUENCE_ENCODER_HELP,
   type SequenceEncoderConfig,
   type SequentialModel,
+  validateSequenceEncoderConfig,
 } from "./_model.ts";
 
 /** SASRec's configuration. Defaults follow the SIGMA paper's shared settings (§4.1). */
@@ -167,21 +168,9 @@ export function targetPositions(batch: TrainBatch): { rows: Int32Array; targets:
 
 /** Checks every field of a full SASRec config, naming the first bad one. */
 export function validateSasRecConfig(c: SasRecConfig): void {
-  for (
-    const f of ["numItems", "maxLength", "hidden", "heads", "layers", "inner", "negatives"] as const
-  ) {
-    if (!Number.isInteger(c[f]) || c[f] < 1) {
-      throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);
-    }
-  }
-  for (const f of ["layerNormEps", "initStd"] as const) {
-    if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
-  }
-  if (!(c.dropout >= 0 && c.dropout < 1)) {
-    throw new RangeError(`dropout must be in [0, 1), got ${c.dropout}`);
-  }
-  if (c.hidden % c.heads !== 0) {
-    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
+  validateSequenceEncoderConfig(c);
+  if (!Number.isInteger(c.negatives) || c.negatives < 1) {
+    throw new RangeError(`negatives must be a positive integer, got ${c.negatives}`);
   }
   if (!ITEM_LOSS_KINDS.includes(c.loss)) {
     throw new RangeError(`loss must be one of ${ITEM_LOSS_KINDS.join(", ")}, got ${c.loss}`);

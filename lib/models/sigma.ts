@@ -63,6 +63,7 @@ import {
   SEQUENCE_ENCODER_HELP,
   type SequenceEncoderConfig,
   type SequentialModel,
+  validateSequenceEncoderConfig,
 } from "./_model.ts";
 import { targetPositions } from "./sasrec.ts";
 
@@ -517,17 +518,8 @@ function standardise(x: tf.Tensor): tf.Tensor {
 
 /** Checks every field of a full SIGMA config, naming the first bad one. */
 export function validateSigmaConfig(c: SigmaConfig): void {
-  const positiveInts = [
-    "numItems",
-    "maxLength",
-    "hidden",
-    "heads",
-    "layers",
-    "inner",
-    "categories",
-    "gruLayers",
-    "negatives",
-  ] as const;
+  validateSequenceEncoderConfig(c);
+  const positiveInts = ["categories", "gruLayers", "negatives"] as const;
   if (!Number.isInteger(c.mieKlWarmup) || c.mieKlWarmup < 0) {
     throw new RangeError(`mieKlWarmup must be an integer >= 0, got ${c.mieKlWarmup}`);
   }
@@ -537,8 +529,6 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     }
   }
   const positive = [
-    "layerNormEps",
-    "initStd",
     "categoryTemperature",
     "gumbelTemperature",
     "reconTemperature",
@@ -554,12 +544,6 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     if (!(c[f] >= 0) || !Number.isFinite(c[f])) {
       throw new RangeError(`${f} must be a finite number >= 0, got ${c[f]}`);
     }
-  }
-  if (!(c.dropout >= 0 && c.dropout < 1)) {
-    throw new RangeError(`dropout must be in [0, 1), got ${c.dropout}`);
-  }
-  if (c.hidden % c.heads !== 0) {
-    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
   }
   const choices: [keyof SigmaConfig, readonly unknown[]][] = [
     ["prior", ["mixture", "standard"]],
