@@ -111,3 +111,22 @@ export {
   type TrainOptions,
   type TrainResult,
 } from "./lib/train/trainer.ts";
+export {
+  decodeModelFile,
+  encodeModelFile,
+  MODEL_FILE_FORMAT,
+  MODEL_FILE_NAME,
+  MODEL_FILE_VERSION,
+  modelFileBytes,
+  type ModelFileContents,
+  ModelFileError,
+  type ModelSource,
+} from "./lib/inference/model_file.ts";
+export {
+  type Recommendation,
+  Recommender,
+  type RecommenderOptions,
+  type RecommendOptions,
+  type RecommendResult,
+  type ServableModel,
+} from "./lib/inference/recommender.ts";

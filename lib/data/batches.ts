@@ -186,6 +186,54 @@ export interface EvalBatchOptions {
  * target is not a positive integer item id.
  */
 export function evalBatches(examples: EvalExample[], options: EvalBatchOptions): EvalBatch[] {
+  examples.forEach((ex, k) => {
+    if (!Number.isInteger(ex.target) || ex.target < 1) {
+      throw new RangeError(`example ${k} (user ${ex.user}) has target ${ex.target}, not an item`);
+    }
+  });
+  return groupedBatches(examples, options).map(({ batch }) => batch);
+}
+
+/** One batch of {@linkcode historyBatches}, with the input positions of its rows. */
+export interface HistoryBatch {
+  /** The padded histories; `targets` are 0 and `users[r]` is the row's input position. */
+  batch: EvalBatch;
+  /** `rows[r]` is the index, in the input, of the batch's row `r`. */
+  rows: number[];
+}
+
+/**
+ * Inference batches of bare histories (no target), padded exactly as
+ * {@linkcode evalBatches} pads them, so a model scores a history here as it scores it in
+ * evaluation. Each batch says which input each of its rows came from.
+ *
+ * @example Usage
+ * ```ts
+ * import { historyBatches } from "./batches.ts";
+ * const out = historyBatches([Int32Array.of(4, 2), new Int32Array(0)], { batchSize: 8 });
+ * // one batch of length 10: out[0].rows = [0, 1]; the empty history is all padding
+ * ```
+ *
+ * @param histories Item ids in time order; an empty history is a row of padding.
+ * @param options See {@linkcode EvalBatchOptions}.
+ * @throws {RangeError} `batchSize`, `maxLength` or `step` is not a positive integer.
+ */
+export function historyBatches(
+  histories: readonly Int32Array[],
+  options: EvalBatchOptions,
+): HistoryBatch[] {
+  const examples = histories.map((history, user) => ({ user, history, target: 0 }));
+  return groupedBatches(examples, options).map(({ batch }) => ({
+    batch,
+    rows: Array.from(batch.users),
+  }));
+}
+
+/** Examples grouped by padded length, ascending, in input order inside a group. */
+function groupedBatches(
+  examples: EvalExample[],
+  options: EvalBatchOptions,
+): { batch: EvalBatch }[] {
   const { batchSize } = options;
   const maxLength = options.maxLength ?? DEFAULT_MAX_LENGTH;
   const step = options.step ?? 10;
@@ -193,20 +241,17 @@ export function evalBatches(examples: EvalExample[], options: EvalBatchOptions):
   checkPositiveInt("maxLength", maxLength);
   checkPositiveInt("step", step);
   const groups = new Map<number, EvalExample[]>();
-  examples.forEach((ex, k) => {
-    if (!Number.isInteger(ex.target) || ex.target < 1) {
-      throw new RangeError(`example ${k} (user ${ex.user}) has target ${ex.target}, not an item`);
-    }
+  for (const ex of examples) {
     const length = evalPaddedLength(ex.history.length, maxLength, step);
     let g = groups.get(length);
     if (g === undefined) groups.set(length, g = []);
     g.push(ex);
-  });
-  const out: EvalBatch[] = [];
+  }
+  const out: { batch: EvalBatch }[] = [];
   for (const length of [...groups.keys()].sort((a, b) => a - b)) {
     const g = groups.get(length)!;
     for (let b = 0; b < g.length; b += batchSize) {
-      out.push(evalBatch(g.slice(b, b + batchSize), length));
+      out.push({ batch: evalBatch(g.slice(b, b + batchSize), length) });
     }
   }
   return out;

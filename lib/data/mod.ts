@@ -22,3 +22,4 @@ export * from "./categories.ts";
 export * from "./split.ts";
 export * from "./batches.ts";
 export * from "./synthetic.ts";
+export * from "./from_sequences.ts";

@@ -145,7 +145,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
   scores(batch: EvalBatch): Tensor2D {
     const h = this.encode(batch.inputs, batch.batch, batch.length, null, true); // [B, 1, d]
     const last = tf.reshape(h, [batch.batch, this.config.hidden]) as tf.Tensor2D; // [B, d]
-    return matmul(last, tf.transpose(this.params.get("item")) as tf.Tensor2D); // [B, N+1]
+    return matmul(last, this.params.transposed("item") as tf.Tensor2D); // [B, N+1]
   }
 }
 

@@ -462,7 +462,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const c = this.config;
     const { batch: b, length, inputs } = batch;
     const d = c.hidden;
-    const itemsT = tf.transpose(this.params.get("item")) as tf.Tensor2D; // [d, N+1]
+    const itemsT = this.params.transposed("item") as tf.Tensor2D; // [d, N+1]
     const e = this.#embed(inputs, b, length, null);
     const last = (t: tf.Tensor, tail: number[]) =>
       tf.reshape(tf.slice(t, [0, length - 1], [-1, 1]), [b, ...tail]);

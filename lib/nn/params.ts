@@ -5,7 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Variable } from "./tensor_types.ts";
+import type { Tensor, Variable } from "./tensor_types.ts";
 
 /**
  * How a parameter starts: the reference code's N(0, 0.02), zeros, ones, or every entry
@@ -28,6 +28,7 @@ export interface ParamRecord {
  */
 export class ParamStore {
   readonly #vars = new Map<string, tf.Variable>();
+  readonly #derived = new Map<string, { source: object; value: tf.Tensor }>();
   #seed: number;
   /** Standard deviation of `"normal"` initialisation (reference code: 0.02). */
   readonly initStd: number;
@@ -128,9 +129,30 @@ export class ParamStore {
     }
   }
 
-  /** Frees every variable. */
+  /**
+   * The transpose of parameter `name`, computed once and kept until the parameter changes
+   * (an Adam step or `assign` gives it new data). For inference: tfjs-backend-wasm's
+   * XNNPACK packs a matrix operand once per tensor, so scoring against a reused transpose of
+   * the item table is ~50x faster than against a fresh one (3.6 ms against 0.06 ms for an
+   * Office-sized table). Not differentiable: never use it inside a loss. Safe inside
+   * `tf.tidy`; freed by {@linkcode ParamStore.dispose}.
+   */
+  transposed(name: string): Tensor {
+    const v = this.get(name);
+    const cached = this.#derived.get(name);
+    // tfjs gives a variable a new dataId object whenever its value is replaced.
+    if (cached && cached.source === v.dataId && !cached.value.isDisposed) return cached.value;
+    cached?.value.dispose();
+    const value = tf.keep(tf.tidy(() => tf.transpose(v)));
+    this.#derived.set(name, { source: v.dataId, value });
+    return value;
+  }
+
+  /** Frees every variable and every cached transpose. */
   dispose(): void {
     for (const v of this.#vars.values()) v.dispose();
     this.#vars.clear();
+    for (const d of this.#derived.values()) d.value.dispose();
+    this.#derived.clear();
   }
 }

@@ -94,14 +94,7 @@ export async function writeCheckpoint(
     values: values.length,
     checksum: fnv1a(bytes),
   };
-  const w = await Deno.open(`${next}/weights.bin`, { write: true, create: true, truncate: true });
-  try {
-    let off = 0;
-    while (off < bytes.length) off += await w.write(bytes.subarray(off));
-    await w.sync();
-  } finally {
-    w.close();
-  }
+  await writeSynced(`${next}/weights.bin`, bytes);
   await Deno.writeTextFile(`${next}/model.json`, JSON.stringify(full, null, 1) + "\n");
   if (await exists(dir)) {
     await Deno.remove(prev, { recursive: true }).catch(() => {});
@@ -109,6 +102,27 @@ export async function writeCheckpoint(
   }
   await Deno.rename(next, dir);
   await Deno.remove(prev, { recursive: true }).catch(() => {});
+}
+
+/**
+ * Writes `bytes` to `path` atomically: into `path.tmp`, synced, then renamed over `path`,
+ * so a crash leaves the old file or the new one, never a part.
+ */
+export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
+  await writeSynced(`${path}.tmp`, bytes);
+  await Deno.rename(`${path}.tmp`, path);
+}
+
+/** Writes `bytes` to `path` and waits until they are on disk. */
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    let off = 0;
+    while (off < bytes.length) off += await f.write(bytes.subarray(off));
+    await f.sync();
+  } finally {
+    f.close();
+  }
 }
 
 /**

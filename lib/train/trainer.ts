@@ -16,7 +16,10 @@ import {
   readCheckpoint,
   type ResumeState,
   writeCheckpoint,
+  writeFileAtomic,
 } from "./checkpoint.ts";
+import { encodeModelFile, MODEL_FILE_NAME } from "../inference/model_file.ts";
+import { PAD_TOKEN } from "../data/_dense.ts";
 
 /** Training settings. Defaults are the paper's (§4.1) unless said otherwise. */
 export interface TrainOptions {
@@ -77,9 +80,17 @@ export interface EpochRecord {
 
 /** Where the trainer reports and what it writes. */
 export interface TrainHooks {
-  /** Output folder: `checkpoint/`, `log.jsonl`. Nothing is written when absent. */
+  /**
+   * Output folder: `checkpoint/`, `model.safetensors` (the best epoch as a portable model
+   * file), `log.jsonl`, `state/`. Nothing is written when absent.
+   */
   out?: string;
-  /** Extra fields stored in the checkpoint so evaluation can rebuild the data. */
+  /**
+   * Stored in the checkpoint and the model file so evaluation can rebuild the data and
+   * recommendations speak the data's tokens: `itemTokens` is the data set's
+   * `vocab.items`. Default: no data description, and items named by their dense ids
+   * ("1".."N"), so the files always carry a vocabulary.
+   */
   checkpointInfo?: Pick<CheckpointMeta, "data" | "itemTokens">;
   /** Receives progress text; `\r`-prefixed text replaces the current line. Default: none. */
   progress?: (text: string) => void;
@@ -313,11 +324,20 @@ export async function train(
   const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
   const stateDir = hooks.out ? `${hooks.out}/state` : null;
   if (hooks.out) await Deno.mkdir(hooks.out, { recursive: true });
+  const itemTokens = hooks.checkpointInfo?.itemTokens ??
+    [PAD_TOKEN, ...Array.from({ length: numItems }, (_, i) => String(i + 1))];
+  if (itemTokens.length !== numItems + 1) {
+    throw new RangeError(
+      `checkpointInfo.itemTokens has ${itemTokens.length} entries, expected numItems + 1 = ${
+        numItems + 1
+      }`,
+    );
+  }
   const checkpointMeta = (epoch: number, valid: Record<string, number>) => ({
     model: model.name,
     config: model.config as Record<string, unknown>,
     data: hooks.checkpointInfo?.data ?? {},
-    itemTokens: hooks.checkpointInfo?.itemTokens ?? [],
+    itemTokens,
     train: { ...o },
     epoch,
     valid,
@@ -325,7 +345,7 @@ export async function train(
 
   if (hooks.resume) {
     if (!hooks.out) throw new TypeError("resume needs the run's output folder (hooks.out)");
-    const r = await resumeRun(model, o, hooks, optimizer);
+    const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
     ({ step, best, sinceBest, history } = r);
     rng.state = r.rngState;
     bestValues = r.bestValues;
@@ -407,10 +427,19 @@ export async function train(
           const { records, values } = await model.params.toArrays();
           bestValues = values;
           if (hooks.out) {
-            await writeCheckpoint(`${hooks.out}/checkpoint`, {
-              ...checkpointMeta(epoch, record.valid),
-              params: records,
-            }, values);
+            const meta = checkpointMeta(epoch, record.valid);
+            await writeCheckpoint(`${hooks.out}/checkpoint`, { ...meta, params: records }, values);
+            await writeFileAtomic(
+              `${hooks.out}/${MODEL_FILE_NAME}`,
+              await encodeModelFile({
+                model: meta.model,
+                config: meta.config,
+                items: itemTokens,
+                params: records,
+                values,
+                info: { epoch, valid: record.valid, data: meta.data },
+              }),
+            );
           }
         } else {
           sinceBest += o.evalEvery;
@@ -540,6 +569,7 @@ async function resumeRun(
   o: TrainOptions,
   hooks: TrainHooks,
   optimizer: tf.Optimizer,
+  itemTokens: string[],
 ): Promise<
   Omit<ResumeState, "best"> & {
     epoch: number;
@@ -577,7 +607,7 @@ async function resumeRun(
     }
   }
   const dataDiff = firstDifference(meta.data, hooks.checkpointInfo?.data ?? {});
-  const tokens = hooks.checkpointInfo?.itemTokens ?? [];
+  const tokens = itemTokens;
   if (
     dataDiff !== null || meta.itemTokens.length !== tokens.length ||
     meta.itemTokens.some((t, i) => t !== tokens[i])

@@ -1,0 +1,443 @@
+/**
+ * The portable model file: one [safetensors](https://huggingface.co/docs/safetensors) file
+ * holding a trained model's weights, its kind, its full config, its item vocabulary and a
+ * checksum over all of them. It loads from bytes, so it needs no filesystem: a path (under
+ * Deno), a URL, a `Response` or an `ArrayBuffer` all work. PyTorch, JAX and the Hugging
+ * Face tools read the weights as they are.
+ *
+ * Layout (the safetensors format):
+ *
+ * - 8 bytes: the header's length N, an unsigned little-endian 64-bit integer;
+ * - N bytes: the header, UTF-8 JSON, padded with spaces so the data starts 8-aligned;
+ * - the data: every tensor's bytes, little-endian float32, in the model's parameter order.
+ *
+ * The header maps each parameter name (as the model's {@linkcode ParamStore} names it, e.g.
+ * `item` `[N + 1, d]` or `enc.block0.attn.q.w` `[d, d]`) to
+ * `{ "dtype": "F32", "shape": [...], "data_offsets": [begin, end] }` (offsets into the data)
+ * and holds `__metadata__`, whose values are strings as safetensors requires:
+ *
+ * | key | value |
+ * | --- | --- |
+ * | `format` | `"sigma-rec"` |
+ * | `format_version` | `"1"` |
+ * | `model` | the model kind, as in `--model`: `"sasrec"` or `"sigma"` |
+ * | `config` | the model's full config, JSON |
+ * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i |
+ * | `info` | JSON, not needed to load: where the model came from (epoch, validation metrics, data) |
+ * | `checksum` | `"sha256:"` + 64 hex digits, see below |
+ *
+ * The checksum is the SHA-256 of, in order: for every metadata key except `checksum`, in
+ * sorted order, the UTF-8 of `key=value\n`; then for every tensor, in sorted name order,
+ * the UTF-8 of `name dtype [d0,d1,...]\n` followed by the tensor's bytes. So a change to the
+ * config, the vocabulary or any weight (everything that changes results) breaks it,
+ * whoever wrote the file, while the JSON's key order and spacing do not matter.
+ *
+ * Loading checks the layout, the format and its version, every tensor's shape against the
+ * model the config describes, and the checksum, before any model is built: a file that
+ * fails is rejected with an error naming what is wrong, and nothing is evaluated on it.
+ *
+ * @module
+ */
+import { PAD_TOKEN } from "../data/_dense.ts";
+import type { ParamRecord } from "../nn/params.ts";
+
+/** The value of `__metadata__.format`. */
+export const MODEL_FILE_FORMAT = "sigma-rec";
+/** The format version this library writes and reads. */
+export const MODEL_FILE_VERSION = 1;
+/** The conventional file name in a run folder. */
+export const MODEL_FILE_NAME = "model.safetensors";
+
+/** The largest header accepted (the vocabulary lives in it): 256 MiB. */
+const MAX_HEADER_BYTES = 256 * 1024 * 1024;
+
+/** Everything a model file holds, decoded. */
+export interface ModelFileContents {
+  /** Model kind, as in `--model`. */
+  model: string;
+  /** The model's full config. */
+  config: Record<string, unknown>;
+  /** Item tokens; `items[0]` is `"<pad>"`, `items[i]` is the item scored in column `i`. */
+  items: string[];
+  /** Parameter names and shapes, in the order of `values`. */
+  params: ParamRecord[];
+  /** Every parameter, concatenated in the order of `params`. */
+  values: Float32Array;
+  /** Where the model came from (epoch, validation metrics, data); not needed to load. */
+  info: Record<string, unknown>;
+}
+
+/** Thrown when bytes are not a valid model file; the message names what is wrong. */
+export class ModelFileError extends Error {
+  /** Creates the error; `source` names the file, URL or "bytes". */
+  constructor(source: string, message: string) {
+    super(`${source}: ${message}`);
+    this.name = "ModelFileError";
+  }
+}
+
+const encoder = new TextEncoder();
+
+async function sha256Hex(parts: Uint8Array[]): Promise<string> {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) {
+    throw new Error(
+      "checking a model file needs crypto.subtle (SHA-256), which this runtime lacks " +
+        "(browsers offer it only on https:// or localhost pages)",
+    );
+  }
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  const all = new Uint8Array(total);
+  let offset = 0;
+  for (const p of parts) {
+    all.set(p, offset);
+    offset += p.length;
+  }
+  const digest = new Uint8Array(await subtle.digest("SHA-256", all));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The checksum of metadata (without `checksum`) and named tensors, as the module doc says. */
+async function checksumOf(
+  metadata: Record<string, string>,
+  tensors: { name: string; shape: number[]; bytes: Uint8Array }[],
+): Promise<string> {
+  const parts: Uint8Array[] = [];
+  for (const key of Object.keys(metadata).sort()) {
+    if (key !== "checksum") parts.push(encoder.encode(`${key}=${metadata[key]}\n`));
+  }
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const t of sorted) {
+    parts.push(encoder.encode(`${t.name} F32 [${t.shape.join(",")}]\n`), t.bytes);
+  }
+  return `sha256:${await sha256Hex(parts)}`;
+}
+
+function checkItems(items: unknown, source: string): string[] {
+  if (!Array.isArray(items) || items.length < 2 || items.some((t) => typeof t !== "string")) {
+    throw new ModelFileError(
+      source,
+      'the item vocabulary must be an array of at least 2 strings ("<pad>" and one item)',
+    );
+  }
+  if (items[0] !== PAD_TOKEN) {
+    throw new ModelFileError(
+      source,
+      `items[0] must be "${PAD_TOKEN}", got ${JSON.stringify(items[0])}`,
+    );
+  }
+  const seen = new Map<string, number>();
+  items.forEach((t, i) => {
+    const first = seen.get(t);
+    if (first !== undefined) {
+      throw new ModelFileError(
+        source,
+        `item ${JSON.stringify(t)} is both items[${first}] and items[${i}]`,
+      );
+    }
+    seen.set(t, i);
+  });
+  return items as string[];
+}
+
+/**
+ * Encodes a model's contents as a model file (see the module doc for the layout).
+ *
+ * @example Usage
+ * ```ts
+ * import { decodeModelFile, encodeModelFile } from "./model_file.ts";
+ * const bytes = await encodeModelFile({
+ *   model: "sasrec",
+ *   config: { numItems: 2 },
+ *   items: ["<pad>", "tea", "mug"],
+ *   params: [{ name: "item", shape: [3, 2] }],
+ *   values: Float32Array.of(0, 0, 1, 2, 3, 4),
+ *   info: {},
+ * });
+ * const back = await decodeModelFile(bytes);
+ * // back.items = ["<pad>", "tea", "mug"], back.values = [0, 0, 1, 2, 3, 4]
+ * ```
+ *
+ * @param contents What to store; `values` holds the parameters in the order of `params`.
+ * @returns The file's bytes.
+ * @throws {RangeError} `values` does not match the shapes, or the vocabulary is not valid.
+ */
+export async function encodeModelFile(
+  contents: ModelFileContents,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const items = checkItems(contents.items, "model file");
+  const sizes = contents.params.map((p) => p.shape.reduce((a, b) => a * b, 1));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  if (total !== contents.values.length) {
+    throw new RangeError(
+      `the parameters' shapes hold ${total} values, but ${contents.values.length} were given`,
+    );
+  }
+  const bytes = new Uint8Array(
+    contents.values.buffer,
+    contents.values.byteOffset,
+    contents.values.byteLength,
+  );
+  const tensors: { name: string; shape: number[]; bytes: Uint8Array }[] = [];
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  contents.params.forEach((p, i) => {
+    const end = offset + sizes[i] * 4;
+    header[p.name] = { dtype: "F32", shape: p.shape, data_offsets: [offset, end] };
+    tensors.push({ name: p.name, shape: p.shape, bytes: bytes.subarray(offset, end) });
+    offset = end;
+  });
+  const metadata: Record<string, string> = {
+    format: MODEL_FILE_FORMAT,
+    format_version: String(MODEL_FILE_VERSION),
+    model: contents.model,
+    config: JSON.stringify(contents.config),
+    items: JSON.stringify(items),
+    info: JSON.stringify(contents.info ?? {}),
+  };
+  metadata.checksum = await checksumOf(metadata, tensors);
+  let json = encoder.encode(JSON.stringify({ __metadata__: metadata, ...header }));
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length) {
+    const spaced = new Uint8Array(padded).fill(0x20);
+    spaced.set(json);
+    json = spaced;
+  }
+  const out = new Uint8Array(8 + json.length + bytes.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+  out.set(json, 8);
+  out.set(bytes, 8 + json.length);
+  return out;
+}
+
+function parseJsonField(metadata: Record<string, string>, key: string, source: string): unknown {
+  try {
+    return JSON.parse(metadata[key]);
+  } catch (e) {
+    throw new ModelFileError(
+      source,
+      `metadata "${key}" is not valid JSON (${(e as Error).message})`,
+    );
+  }
+}
+
+/** Reads and checks the header; returns it with the data's start. */
+function readHeader(
+  bytes: Uint8Array,
+  source: string,
+): { header: Record<string, unknown>; dataStart: number } {
+  if (bytes.length < 8) {
+    throw new ModelFileError(source, `holds ${bytes.length} bytes, too few for a safetensors file`);
+  }
+  const length = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  if (length > BigInt(Math.min(bytes.length - 8, MAX_HEADER_BYTES))) {
+    throw new ModelFileError(
+      source,
+      `header length ${length} does not fit the file's ${bytes.length} bytes: not a safetensors file, or truncated`,
+    );
+  }
+  const dataStart = 8 + Number(length);
+  let header: unknown;
+  try {
+    header = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, dataStart)),
+    );
+  } catch (e) {
+    throw new ModelFileError(source, `the header is not valid JSON (${(e as Error).message})`);
+  }
+  if (header === null || typeof header !== "object" || Array.isArray(header)) {
+    throw new ModelFileError(source, "the header is not a JSON object");
+  }
+  return { header: header as Record<string, unknown>, dataStart };
+}
+
+/** The metadata strings, checked for this library's format and version. */
+function readMetadata(header: Record<string, unknown>, source: string): Record<string, string> {
+  const metadata = header.__metadata__ as Record<string, unknown> | undefined;
+  if (!metadata || typeof metadata !== "object") {
+    throw new ModelFileError(
+      source,
+      'has no "__metadata__": a safetensors file, but not a model file of this library',
+    );
+  }
+  for (const [k, v] of Object.entries(metadata)) {
+    if (typeof v !== "string") throw new ModelFileError(source, `metadata "${k}" is not a string`);
+  }
+  const m = metadata as Record<string, string>;
+  if (m.format !== MODEL_FILE_FORMAT) {
+    throw new ModelFileError(
+      source,
+      `metadata "format" is ${JSON.stringify(m.format)}, expected "${MODEL_FILE_FORMAT}"`,
+    );
+  }
+  if (m.format_version !== String(MODEL_FILE_VERSION)) {
+    throw new ModelFileError(
+      source,
+      `format version ${JSON.stringify(m.format_version)} is not one this library reads ` +
+        `(it reads version ${MODEL_FILE_VERSION}); a newer library may read it`,
+    );
+  }
+  for (const key of ["model", "config", "items", "checksum"]) {
+    if (!(key in m)) throw new ModelFileError(source, `metadata "${key}" is missing`);
+  }
+  return m;
+}
+
+/** Every tensor of the header, checked against the data's bounds, in data order. */
+function readTensors(
+  header: Record<string, unknown>,
+  bytes: Uint8Array,
+  dataStart: number,
+  source: string,
+): { name: string; shape: number[]; bytes: Uint8Array; begin: number }[] {
+  const dataLength = bytes.length - dataStart;
+  const tensors = [];
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (e?.dtype !== "F32") {
+      throw new ModelFileError(
+        source,
+        `tensor "${name}" has dtype ${JSON.stringify(e?.dtype)}; only F32 is read`,
+      );
+    }
+    const shape = e.shape;
+    if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
+      throw new ModelFileError(source, `tensor "${name}" has shape ${JSON.stringify(shape)}`);
+    }
+    const offsets = e.data_offsets;
+    const size = shape.reduce((a: number, b: number) => a * b, 1) * 4;
+    if (
+      !Array.isArray(offsets) || offsets.length !== 2 || !Number.isInteger(offsets[0]) ||
+      !Number.isInteger(offsets[1]) || offsets[0] < 0 || offsets[1] > dataLength ||
+      offsets[1] - offsets[0] !== size
+    ) {
+      throw new ModelFileError(
+        source,
+        `tensor "${name}" [${shape}] has data_offsets ${JSON.stringify(offsets)}, which do not ` +
+          `hold its ${size} bytes inside the ${dataLength} bytes of data (truncated file?)`,
+      );
+    }
+    const begin = dataStart + offsets[0];
+    tensors.push({ name, shape, begin, bytes: bytes.subarray(begin, begin + size) });
+  }
+  tensors.sort((a, b) => a.begin - b.begin);
+  let covered = 0;
+  for (const t of tensors) {
+    if (t.begin - dataStart !== covered) {
+      throw new ModelFileError(
+        source,
+        `tensor "${t.name}" overlaps another or leaves a gap before it`,
+      );
+    }
+    covered += t.bytes.length;
+  }
+  if (covered !== dataLength) {
+    throw new ModelFileError(source, `${dataLength - covered} bytes of data belong to no tensor`);
+  }
+  return tensors;
+}
+
+/**
+ * Decodes and checks a model file (see the module doc): the layout, the format and version,
+ * the vocabulary and the checksum over config, vocabulary and weights.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const contents = await decodeModelFile(await Deno.readFile("runs/sasrec/model.safetensors"));
+ * console.log(contents.model, contents.items.length - 1, "items");
+ * ```
+ *
+ * @param bytes The file's bytes.
+ * @param source A name for errors: the path or URL. Default "model file".
+ * @returns The contents; `values` is a copy, independent of `bytes`.
+ * @throws {ModelFileError} Anything wrong, named: not safetensors, a truncated file, an
+ * unknown format or version, a bad vocabulary, or a checksum that does not match.
+ */
+export async function decodeModelFile(
+  bytes: Uint8Array,
+  source = "model file",
+): Promise<ModelFileContents> {
+  const { header, dataStart } = readHeader(bytes, source);
+  const metadata = readMetadata(header, source);
+  const tensors = readTensors(header, bytes, dataStart, source);
+  const sum = await checksumOf(metadata, tensors);
+  if (sum !== metadata.checksum) {
+    throw new ModelFileError(
+      source,
+      `checksum mismatch: the file says ${metadata.checksum}, its contents hash to ${sum}; ` +
+        "the file was changed or corrupted after it was written",
+    );
+  }
+  const config = parseJsonField(metadata, "config", source);
+  if (config === null || typeof config !== "object" || Array.isArray(config)) {
+    throw new ModelFileError(source, 'metadata "config" is not a JSON object');
+  }
+  const items = checkItems(parseJsonField(metadata, "items", source), source);
+  const info = "info" in metadata ? parseJsonField(metadata, "info", source) : {};
+  const values = new Float32Array(tensors.reduce((n, t) => n + t.bytes.length / 4, 0));
+  let offset = 0;
+  for (const t of tensors) {
+    // A copy through a byte view: the data need not be 4-aligned in `bytes`.
+    new Uint8Array(values.buffer, offset * 4, t.bytes.length).set(t.bytes);
+    offset += t.bytes.length / 4;
+  }
+  return {
+    model: metadata.model,
+    config: config as Record<string, unknown>,
+    items,
+    params: tensors.map(({ name, shape }) => ({ name, shape })),
+    values,
+    info: (info ?? {}) as Record<string, unknown>,
+  };
+}
+
+/** Where a model file can come from. */
+export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
+
+/**
+ * The bytes of a model file from a path (under Deno), a URL (`http:`, `https:`, `file:`,
+ * `data:`, fetched), a `Response`, or bytes; and a name for errors.
+ *
+ * @throws {TypeError} A path where the runtime has no file system (pass a URL or bytes).
+ * @throws {Error} A fetch that fails or answers with an HTTP error (the status is named).
+ */
+export async function modelFileBytes(
+  source: ModelSource,
+): Promise<{ bytes: Uint8Array; name: string }> {
+  if (source instanceof Uint8Array) return { bytes: source, name: "model bytes" };
+  if (source instanceof ArrayBuffer) return { bytes: new Uint8Array(source), name: "model bytes" };
+  if (source instanceof Response) return await responseBytes(source, source.url || "response");
+  const text = String(source);
+  if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text)) {
+    let response: Response;
+    try {
+      response = await fetch(text);
+    } catch (e) {
+      throw new Error(`${text}: could not fetch the model file (${(e as Error).message})`);
+    }
+    return await responseBytes(response, text);
+  }
+  // deno-lint-ignore no-explicit-any
+  const deno = (globalThis as any).Deno;
+  if (!deno?.readFile) {
+    throw new TypeError(
+      `${text}: loading a model from a path needs a file system; pass a URL, a Response or bytes`,
+    );
+  }
+  try {
+    return { bytes: await deno.readFile(text), name: text };
+  } catch (e) {
+    if (e instanceof deno.errors.NotFound) {
+      throw new deno.errors.NotFound(`model file not found: ${text}`);
+    }
+    throw e;
+  }
+}
+
+async function responseBytes(response: Response, name: string) {
+  if (!response.ok) {
+    throw new Error(`${name}: fetching the model file answered HTTP ${response.status}`);
+  }
+  return { bytes: new Uint8Array(await response.arrayBuffer()), name };
+}

@@ -1,0 +1,385 @@
+/**
+ * Recommendations on the caller's own item tokens: a {@linkcode Recommender} wraps a
+ * trained model and its item vocabulary, scores histories exactly as evaluation does, and
+ * returns the top items with their scores, best first.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { historyBatches } from "../data/batches.ts";
+import { type SequentialModel } from "../models/_model.ts";
+import { modelEntry } from "../models/mod.ts";
+import {
+  decodeModelFile,
+  encodeModelFile,
+  modelFileBytes,
+  ModelFileError,
+  type ModelSource,
+} from "./model_file.ts";
+
+/** How a history is turned into recommendations. */
+export interface RecommendOptions {
+  /** How many items to return, a positive integer. Default 10. */
+  k?: number;
+  /** Never return an item of the history. Default true. */
+  excludeSeen?: boolean;
+  /** Item tokens never to return (tokens the model does not know are ignored). Default none. */
+  exclude?: Iterable<string>;
+  /**
+   * Throw a `RangeError` naming the first history item the model does not know, instead of
+   * skipping it and listing it in `unknown`. Default false.
+   */
+  strict?: boolean;
+}
+
+/** One recommended item. */
+export interface Recommendation {
+  /** The item's token, as in the training data. */
+  item: string;
+  /** The model's score: the logit the item's rank comes from (higher is better). */
+  score: number;
+}
+
+/** What {@linkcode Recommender.recommend} returns for one history. */
+export interface RecommendResult {
+  /** Up to `k` items, best first; fewer when fewer items are left to recommend. */
+  items: Recommendation[];
+  /** Items of the history that the model does not know, skipped, in order of appearance. */
+  unknown: string[];
+}
+
+/** Options of a {@linkcode Recommender}. */
+export interface RecommenderOptions {
+  /** Most histories scored in one forward pass of {@linkcode Recommender.recommendBatch}. Default 256. */
+  batchSize?: number;
+}
+
+/** A model a {@linkcode Recommender} can serve: any model whose config has these two fields. */
+export type ServableModel = SequentialModel & {
+  config: { maxLength: number; numItems: number };
+};
+
+/**
+ * Recommends items for histories given as the caller's item tokens.
+ *
+ * A history is scored as evaluation scores it (truncated to the model's newest
+ * `maxLength` items and padded the same way), so the scores equal those that
+ * `evaluateModel` ranks by. Items the model does not know are skipped and reported.
+ * An empty history (or one of unknown items only) is scored as the model scores a history
+ * of padding: the ranking it learned for "no context yet", a popularity-like prior.
+ *
+ * Owns its model: {@linkcode Recommender.dispose} (or `using`) frees the weights.
+ *
+ * @example Train on histories given in code, then recommend
+ * ```ts
+ * import {
+ *   datasetFromSequences,
+ *   leaveOneOut,
+ *   Recommender,
+ *   SasRec,
+ *   selectBackend,
+ *   train,
+ * } from "../../mod.ts";
+ * await selectBackend("auto");
+ * const data = datasetFromSequences({
+ *   alice: ["Blue Mug", "Tea", "Kettle", "Tea"],
+ *   bob: ["Tea", "Blue Mug", "Kettle"],
+ *   carol: ["Kettle", "Tea", "Blue Mug", "Spoon"],
+ * });
+ * const model = new SasRec({ numItems: data.numItems, hidden: 8, heads: 1, layers: 1, inner: 8 });
+ * await train(model, leaveOneOut(data).split, data.numItems, { epochs: 1 });
+ * using recommender = new Recommender(model, data.vocab.items);
+ * const { items, unknown } = await recommender.recommend(["Tea", "Teapot"], { k: 2 });
+ * // items: two of "Blue Mug", "Kettle", "Spoon" with scores; unknown: ["Teapot"]
+ * ```
+ */
+export class Recommender {
+  /** The model, which this recommender owns. */
+  readonly model: ServableModel;
+  /** Item tokens by dense id; `items[0]` is padding. */
+  readonly items: readonly string[];
+  readonly #ids: Map<string, number>;
+  readonly #batchSize: number;
+  #disposed = false;
+
+  /**
+   * Wraps a trained model and the vocabulary it was trained on (e.g.
+   * `dataset.vocab.items`, whose index 0 is padding).
+   *
+   * @throws {RangeError} The vocabulary's size does not match the model's `numItems`, or a
+   * token appears twice, or `batchSize` is not a positive integer.
+   */
+  constructor(model: ServableModel, items: readonly string[], options: RecommenderOptions = {}) {
+    if (items.length !== model.config.numItems + 1) {
+      throw new RangeError(
+        `the vocabulary has ${items.length} entries; the model scores numItems + 1 = ${
+          model.config.numItems + 1
+        } (index 0 is padding)`,
+      );
+    }
+    this.#ids = new Map();
+    for (let i = 1; i < items.length; i++) {
+      if (this.#ids.has(items[i])) {
+        throw new RangeError(`item ${JSON.stringify(items[i])} appears twice in the vocabulary`);
+      }
+      this.#ids.set(items[i], i);
+    }
+    const batchSize = options.batchSize ?? 256;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
+    }
+    this.model = model;
+    this.items = items;
+    this.#batchSize = batchSize;
+  }
+
+  /**
+   * Loads a model file (see `model_file.ts`) and builds its model on the active backend.
+   *
+   * @example Usage
+   * ```ts ignore
+   * using r = await Recommender.load("runs/sasrec/model.safetensors");
+   * using remote = await Recommender.load(new URL("https://example.com/model.safetensors"));
+   * ```
+   *
+   * @param source A path (under Deno), a URL, a `Response` or the file's bytes.
+   * @throws {ModelFileError} The file fails a check (named); no model is built then.
+   */
+  static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
+    const { bytes, name } = await modelFileBytes(source);
+    const file = await decodeModelFile(bytes, name);
+    let model: ServableModel;
+    try {
+      model = modelEntry(file.model).create({
+        ...file.config,
+        numItems: file.items.length - 1,
+      }) as ServableModel;
+    } catch (e) {
+      throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+    }
+    try {
+      assignByName(model, file.params, file.values, name);
+      return new Recommender(model, file.items, options);
+    } catch (e) {
+      model.params.dispose();
+      throw e;
+    }
+  }
+
+  /** Number of real items the model ranks. */
+  get numItems(): number {
+    return this.items.length - 1;
+  }
+
+  /**
+   * The model file of this recommender's model and vocabulary (see `model_file.ts`).
+   *
+   * @param info Where the model came from, stored as the file's `info`.
+   */
+  async toBytes(info: Record<string, unknown> = {}): Promise<Uint8Array<ArrayBuffer>> {
+    this.#check();
+    const { records, values } = await this.model.params.toArrays();
+    return await encodeModelFile({
+      model: this.model.name,
+      config: this.model.config as unknown as Record<string, unknown>,
+      items: [...this.items],
+      params: records,
+      values,
+      info,
+    });
+  }
+
+  /**
+   * The top items after one history, best first.
+   *
+   * @param history Item tokens in time order, oldest first.
+   * @param options See {@linkcode RecommendOptions}.
+   * @throws {RangeError} A bad `k`, or an unknown item with `strict`.
+   */
+  async recommend(
+    history: Iterable<string>,
+    options: RecommendOptions = {},
+  ): Promise<RecommendResult> {
+    return (await this.recommendBatch([history], options))[0];
+  }
+
+  /**
+   * The top items after each of many histories, in the caller's order. Histories are
+   * scored together, `batchSize` at a time, grouped by length as evaluation groups them.
+   *
+   * @param histories Item tokens of each history, oldest first.
+   * @param options One set of options for all, or one per history.
+   * @throws {RangeError} A bad `k`, options of the wrong length, or an unknown item with
+   * `strict` (the history's index is named).
+   */
+  async recommendBatch(
+    histories: readonly Iterable<string>[],
+    options: RecommendOptions | readonly RecommendOptions[] = {},
+  ): Promise<RecommendResult[]> {
+    this.#check();
+    if (Array.isArray(options) && options.length !== histories.length) {
+      throw new RangeError(
+        `${options.length} sets of options for ${histories.length} histories`,
+      );
+    }
+    const rows = histories.map((h, i) =>
+      this.#prepare(h, (Array.isArray(options) ? options[i] : options) as RecommendOptions, i)
+    );
+    const results: RecommendResult[] = new Array(rows.length);
+    const batches = historyBatches(rows.map((r) => r.ids), {
+      batchSize: this.#batchSize,
+      maxLength: this.model.config.maxLength,
+    });
+    for (const { batch, rows: members } of batches) {
+      // Over-fetch so that excluded items can be dropped on the host and k still remain.
+      let fetch = 1;
+      for (const m of members) fetch = Math.max(fetch, rows[m].k + rows[m].excluded.size + 1);
+      fetch = Math.min(fetch, this.numItems + 1);
+      const [values, indices] = tf.tidy(() => {
+        const scores = this.model.scores(batch); // [b, N + 1]
+        const top = tf.topk(scores, fetch, true);
+        return [top.values, top.indices];
+      });
+      let v: Float32Array, ix: Int32Array;
+      try {
+        v = await values.data() as Float32Array;
+        ix = await indices.data() as Int32Array;
+      } finally {
+        tf.dispose([values, indices]);
+      }
+      members.forEach((m, r) => {
+        results[m] = this.#pick(
+          rows[m],
+          v.subarray(r * fetch, (r + 1) * fetch),
+          ix.subarray(r * fetch, (r + 1) * fetch),
+          m,
+        );
+      });
+    }
+    return results;
+  }
+
+  /**
+   * The model's score of every item after one history (index = dense item id; index 0,
+   * padding, is not an item), as evaluation ranks by. For checks and custom ranking.
+   *
+   * @param history Item tokens in time order; unknown ones are skipped.
+   */
+  async scores(history: Iterable<string>): Promise<Float32Array> {
+    this.#check();
+    const { ids } = this.#prepare(history, {}, 0);
+    const [{ batch }] = historyBatches([ids], {
+      batchSize: 1,
+      maxLength: this.model.config.maxLength,
+    });
+    const s = tf.tidy(() => this.model.scores(batch));
+    try {
+      return await s.data() as Float32Array;
+    } finally {
+      s.dispose();
+    }
+  }
+
+  /** Frees the model's weights; later calls throw. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.model.params.dispose();
+  }
+
+  /** The same as {@linkcode Recommender.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  #check(): void {
+    if (this.#disposed) throw new TypeError("this Recommender has been disposed");
+  }
+
+  #prepare(history: Iterable<string>, o: RecommendOptions, index: number) {
+    const k = o.k ?? 10;
+    if (!Number.isInteger(k) || k < 1) {
+      throw new RangeError(`k must be a positive integer, got ${k}`);
+    }
+    if (history === null || typeof history !== "object" || !(Symbol.iterator in history)) {
+      throw new TypeError(`history ${index} is not a list of item tokens`);
+    }
+    const ids: number[] = [];
+    const unknown: string[] = [];
+    for (const token of history) {
+      const id = this.#ids.get(token);
+      if (id !== undefined) {
+        ids.push(id);
+        continue;
+      }
+      if (o.strict) {
+        throw new RangeError(
+          `history ${index}: item ${JSON.stringify(token)} is not in the model's vocabulary`,
+        );
+      }
+      if (!unknown.includes(token)) unknown.push(token);
+    }
+    const excluded = new Set<number>([0]);
+    if (o.excludeSeen ?? true) { for (const id of ids) excluded.add(id); }
+    for (const token of o.exclude ?? []) {
+      const id = this.#ids.get(token);
+      if (id !== undefined) excluded.add(id);
+    }
+    return { ids: Int32Array.from(ids), unknown, excluded, k };
+  }
+
+  #pick(
+    row: { excluded: Set<number>; k: number; unknown: string[] },
+    values: Float32Array,
+    indices: Int32Array,
+    index: number,
+  ): RecommendResult {
+    const items: Recommendation[] = [];
+    for (let j = 0; j < indices.length && items.length < row.k; j++) {
+      if (Number.isNaN(values[j])) throw new RangeError(`history ${index}: the model scored NaN`);
+      if (!row.excluded.has(indices[j])) {
+        items.push({ item: this.items[indices[j]], score: values[j] });
+      }
+    }
+    return { items, unknown: row.unknown };
+  }
+}
+
+/** Assigns a file's tensors to the model's parameters by name, checking every shape. */
+function assignByName(
+  model: SequentialModel,
+  params: { name: string; shape: number[] }[],
+  values: Float32Array,
+  source: string,
+): void {
+  const byName = new Map<string, { shape: number[]; offset: number }>();
+  let offset = 0;
+  for (const p of params) {
+    byName.set(p.name, { shape: p.shape, offset });
+    offset += p.shape.reduce((a, b) => a * b, 1);
+  }
+  const mine = model.params.records();
+  const ordered = new Float32Array(model.params.size());
+  let at = 0;
+  for (const r of mine) {
+    const found = byName.get(r.name);
+    if (!found) throw new ModelFileError(source, `tensor "${r.name}" [${r.shape}] is missing`);
+    if (found.shape.join(",") !== r.shape.join(",")) {
+      throw new ModelFileError(
+        source,
+        `tensor "${r.name}" is [${found.shape}], the model's config gives [${r.shape}]`,
+      );
+    }
+    const n = r.shape.reduce((a, b) => a * b, 1);
+    ordered.set(values.subarray(found.offset, found.offset + n), at);
+    at += n;
+    byName.delete(r.name);
+  }
+  if (byName.size > 0) {
+    throw new ModelFileError(
+      source,
+      `tensor "${[...byName.keys()][0]}" is not a parameter of the model`,
+    );
+  }
+  model.params.assign(mine, ordered, source);
+}
