@@ -1,9 +1,11 @@
 /**
- * The command line: `train` and `eval`.
+ * The command line: `train`, `eval`, `recommend` and `serve`.
  *
  * ```sh
  * deno task train --model sasrec --data ../shared/data/Office_Products.txt --out runs/office
  * deno task eval --checkpoint runs/office/checkpoint
+ * deno task recommend --model runs/office --history "B00004Z5D1 B00006IEI3"
+ * deno task serve --model runs/office
  * ```
  *
  * @module
@@ -15,6 +17,9 @@ import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
+import { booleanFlag, numberFlag, progressWriter, threadsFlag } from "./_flags.ts";
+import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
+import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
@@ -48,6 +53,8 @@ function usage(): string {
     "Usage:",
     "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
     "  deno task eval --checkpoint DIR [--data FILE] [--backend B] [--split test|valid]",
+    ...RECOMMEND_USAGE,
+    ...SERVE_USAGE,
     "",
     "Data:",
     "  --data FILE         sequence lines (.txt), RecBole (.inter) or MovieLens ratings (.dat);",
@@ -74,6 +81,7 @@ function usage(): string {
   for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
     lines.push(`  --${flagColumn(flag)}${help} (default ${TRAIN_DEFAULTS[field]})`);
   }
+  lines.push(...RECOMMEND_OPTIONS, ...SERVE_OPTIONS);
   for (const [name, entry] of Object.entries(MODELS)) {
     lines.push(`Model ${name}:`);
     for (const [field, help] of Object.entries(entry.help)) {
@@ -87,44 +95,6 @@ function usage(): string {
 /** A flag name padded to the help column, with at least one space after a long name. */
 function flagColumn(flag: string): string {
   return flag.length < 18 ? flag.padEnd(18) : `${flag} `;
-}
-
-function numberFlag(flag: string, text: string): number {
-  const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value)) {
-    throw new RangeError(`--${flag} must be a number, got "${text}"`);
-  }
-  return value;
-}
-
-function threadsFlag(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = numberFlag("threads", text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--threads must be a positive integer, got "${text}"`);
-  }
-  return n;
-}
-
-function booleanFlag(flag: string, text: string): boolean {
-  if (text === "true") return true;
-  if (text === "false") return false;
-  throw new RangeError(`--${flag} must be true or false, got "${text}"`);
-}
-
-function progressWriter(): (text: string) => void {
-  const encoder = new TextEncoder();
-  const tty = Deno.stderr.isTerminal();
-  return (text) => {
-    if (tty) {
-      Deno.stderr.writeSync(
-        encoder.encode(text.startsWith("\r") ? `\r\x1b[K${text.slice(1)}` : text),
-      );
-    } else if (text.endsWith("\n")) {
-      // Logs in files get whole lines only: one per epoch.
-      Deno.stderr.writeSync(encoder.encode(text.replace(/^\r/, "")));
-    }
-  };
 }
 
 function allModelFlags(): string[] {
@@ -276,7 +246,9 @@ async function trainCommand(args: string[]): Promise<void> {
   await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
   await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
   console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
-  console.error(`wrote ${out}/metrics.json, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`);
+  console.error(
+    `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
+  );
 }
 
 async function evalCommand(args: string[]): Promise<void> {
@@ -340,6 +312,8 @@ export async function main(args: string[]): Promise<number> {
   try {
     if (command === "train") await trainCommand(rest);
     else if (command === "eval") await evalCommand(rest);
+    else if (command === "recommend") await recommendCommand(rest);
+    else if (command === "serve") await serveCommand(rest);
     else {
       console.error(usage());
       return command === undefined || command === "--help" ? 0 : 2;

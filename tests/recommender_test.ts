@@ -215,3 +215,19 @@ Deno.test("a model trained from histories in code recommends in the caller's tok
     ["Green Tea", "Kettle", "Spoon", "Tea Cosy"],
   );
 });
+
+Deno.test("scores follow the weights after training steps and assign (the cached transpose is renewed)", async () => {
+  await selectBackend("wasm");
+  const model = new SasRec({ ...TINY, seed: 9 });
+  using r = new Recommender(model, data.vocab.items);
+  const history = tokens(split.test[0].history);
+  const before = await r.scores(history);
+  await train(model, split, data.numItems, { epochs: 1, batchSize: 16, learningRate: 1e-2 });
+  const after = await r.scores(history);
+  assert(maxAbsDiff(before, after) > 1e-3, "training did not change the scores");
+  const { records, values } = await model.params.toArrays();
+  using fresh = new Recommender(new SasRec({ ...TINY, seed: 1 }), data.vocab.items);
+  await fresh.scores(history); // caches the transpose of the seed-1 weights
+  fresh.model.params.assign(records, values);
+  assertEquals(await fresh.scores(history), after);
+});

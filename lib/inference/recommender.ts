@@ -150,10 +150,7 @@ export class Recommender {
     const file = await decodeModelFile(bytes, name);
     let model: ServableModel;
     try {
-      model = modelEntry(file.model).create({
-        ...file.config,
-        numItems: file.items.length - 1,
-      }) as ServableModel;
+      model = modelEntry(file.model).create({ ...file.config, numItems: file.items.length - 1 });
     } catch (e) {
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
     }

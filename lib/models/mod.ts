@@ -37,7 +37,7 @@ export interface ModelEntry {
   help: Record<string, string>;
   /** Builds the model from a full or partial config. */
   create(config: Record<string, unknown> & { numItems: number }): SequentialModel & {
-    config: { maxLength: number };
+    config: { maxLength: number; numItems: number };
   };
 }
 

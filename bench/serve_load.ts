@@ -1,0 +1,206 @@
+/**
+ * Recommendation latency and server load, for an Office-sized SASRec and SIGMA.
+ *
+ * ```sh
+ * deno task bench:serve                                   # both models, wasm, 50 clients, 10 s
+ * deno task bench:serve --models sasrec --clients 8 --seconds 5 --waits 0,2
+ * ```
+ *
+ * For each model:
+ * 1. **In process, no HTTP**: `Recommender.recommend(history, { k: 20 })` on one history
+ *    at a time (20 warm-up calls, then `--calls` timed ones): p50/p95/p99 in ms.
+ * 2. **Over HTTP**: `deno task serve` in a child process on an ephemeral loopback port,
+ *    once per micro-batching window in `--waits` (0 = off), and `--clients` concurrent
+ *    clients in this process, each posting `/recommend` (k = 20) in a loop for `--seconds`
+ *    (and at most `--max-requests` requests in all): requests/s, p50/p95/p99 latency,
+ *    errors (any answer but 200, or a failed fetch), and the server's RSS (Linux `VmRSS`)
+ *    after a warm-up and after the load.
+ *
+ * Histories are the data set's own users' sequences (their newest 1-50 items), so
+ * lengths vary as they would in use. The models are freshly initialised with their
+ * default configs: latency does not depend on the weights' values. The clients share the
+ * machine's cores with the server, as a load generator on the same host does.
+ *
+ * Data: `../shared/data/Office_Products.txt` beside the repository where it exists, else a
+ * synthetic data set with Office's item count (said so in the output).
+ *
+ * @module
+ */
+import { parseArgs } from "../cli/_args.ts";
+import { positiveInt } from "./_flags.ts";
+import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import { readDataset, type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
+import { modelEntry } from "../lib/models/mod.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    models: { type: "string", default: "sasrec,sigma" },
+    backend: { type: "string", default: "wasm" },
+    clients: { type: "string", default: "50" },
+    seconds: { type: "string", default: "10" },
+    calls: { type: "string", default: "300" },
+    "max-requests": { type: "string", default: "200000" },
+    waits: { type: "string", default: "0,2" },
+    threads: { type: "string" },
+  },
+  strict: true,
+});
+const clients = positiveInt("clients", values.clients);
+const seconds = positiveInt("seconds", values.seconds);
+const calls = positiveInt("calls", values.calls);
+const maxRequests = positiveInt("max-requests", values["max-requests"]);
+const waits = values.waits.split(",").map((w) => {
+  const n = Number(w);
+  if (w.trim() === "" || !(n >= 0)) {
+    throw new RangeError(`--waits must list numbers >= 0, got "${w}"`);
+  }
+  return n;
+});
+const OFFICE = new URL("../../shared/data/Office_Products.txt", import.meta.url).pathname;
+const OFFICE_ITEMS = 2420;
+const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
+
+async function officeData(): Promise<SequenceDataset> {
+  try {
+    return await readDataset(OFFICE);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    console.log(`data: ${OFFICE} not found; a synthetic set with ${OFFICE_ITEMS} items instead`);
+    return syntheticDataset({ seed: 1, users: 4000, items: OFFICE_ITEMS });
+  }
+}
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function summary(ms: number[]): string {
+  const s = [...ms].sort((a, b) => a - b);
+  return `p50 ${quantile(s, 0.5).toFixed(2)} ms, p95 ${quantile(s, 0.95).toFixed(2)} ms, ` +
+    `p99 ${quantile(s, 0.99).toFixed(2)} ms`;
+}
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(() => "");
+  const kb = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? NaN);
+  return kb / 1024;
+}
+
+async function startServer(model: string, waitMs: number) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-sys",
+      "--allow-ffi",
+      "--allow-net",
+      MAIN,
+      "serve",
+      "--model",
+      model,
+      "--port",
+      "0",
+      "--backend",
+      values.backend,
+      "--batch-wait-ms",
+      String(waitMs),
+      ...(values.threads ? ["--threads", values.threads] : []),
+    ],
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  let base = "";
+  while (!base) {
+    const { done, value } = await reader.read();
+    if (done) throw new Error(`the server exited before listening:\n${log}`);
+    log += value;
+    base = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+\/)/)?.[1] ?? "";
+  }
+  (async () => {
+    for (;;) if ((await reader.read()).done) return;
+  })();
+  return { child, url: new URL("recommend", base), backendLine: log.split("\n")[0] };
+}
+
+/** `clients` loops posting histories until the deadline; latencies in ms and errors. */
+async function load(url: URL, histories: string[][]) {
+  const latencies: number[] = [];
+  let errors = 0;
+  let sent = 0;
+  const deadline = performance.now() + seconds * 1000;
+  const started = performance.now();
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    for (let i = c; performance.now() < deadline && sent < maxRequests; i += clients) {
+      sent++;
+      const body = JSON.stringify({ history: histories[i % histories.length], k: 20 });
+      const t = performance.now();
+      try {
+        const r = await fetch(url, { method: "POST", body });
+        await r.arrayBuffer();
+        if (r.status !== 200) errors++;
+      } catch {
+        errors++;
+      }
+      latencies.push(performance.now() - t);
+    }
+  }));
+  return { latencies, errors, seconds: (performance.now() - started) / 1000 };
+}
+
+const data = await officeData();
+const histories = data.sequences.map((s, u) =>
+  Array.from(s.subarray(Math.max(0, s.length - 1 - (u % 50))), (i) => data.vocab.items[i])
+);
+const chosen = await selectBackend(values.backend as BackendChoice, {
+  wasmThreads: values.threads ? positiveInt("threads", values.threads) : undefined,
+});
+console.log(`data: ${data.source}, ${data.numItems} items, ${histories.length} histories`);
+console.log(`in-process backend: ${chosen.name} (${chosen.reason})`);
+console.log(`load: ${clients} clients, ${seconds} s per run, k = 20\n`);
+const dir = await Deno.makeTempDir();
+try {
+  for (const kind of values.models.split(",")) {
+    const model = modelEntry(kind).create({ numItems: data.numItems });
+    using recommender = new Recommender(model, data.vocab.items);
+    const file = `${dir}/${kind}.safetensors`;
+    await Deno.writeFile(file, await recommender.toBytes({ bench: "untrained" }));
+    for (let i = 0; i < 20; i++) await recommender.recommend(histories[i], { k: 20 });
+    const ms: number[] = [];
+    for (let i = 0; i < calls; i++) {
+      const t = performance.now();
+      await recommender.recommend(histories[(i * 7) % histories.length], { k: 20 });
+      ms.push(performance.now() - t);
+    }
+    console.log(`${kind}: single history, top 20, no HTTP: ${summary(ms)} (${calls} calls)`);
+    for (const waitMs of waits) {
+      const server = await startServer(file, waitMs);
+      if (waitMs === waits[0]) console.log(`  server ${server.backendLine}`);
+      for (let i = 0; i < 20; i++) {
+        await (await fetch(server.url, {
+          method: "POST",
+          body: JSON.stringify({ history: histories[i], k: 20 }),
+        })).arrayBuffer();
+      }
+      const rssBefore = await rssMiB(server.child.pid);
+      const result = await load(server.url, histories);
+      const rssAfter = await rssMiB(server.child.pid);
+      server.child.kill("SIGTERM");
+      await server.child.status;
+      const rate = result.latencies.length / result.seconds;
+      console.log(
+        `${kind}: HTTP, ${clients} clients, batch wait ${waitMs} ms: ${rate.toFixed(0)} req/s, ` +
+          `${summary(result.latencies)}, ${result.errors} errors of ${result.latencies.length}, ` +
+          `server RSS ${rssBefore.toFixed(0)} -> ${rssAfter.toFixed(0)} MiB`,
+      );
+    }
+  }
+} finally {
+  await Deno.remove(dir, { recursive: true });
+}

@@ -1,0 +1,50 @@
+/**
+ * Flag parsing and progress output shared by the subcommands.
+ *
+ * @module
+ */
+
+/** The number a flag holds; a `RangeError` naming the flag otherwise. */
+export function numberFlag(flag: string, text: string): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value)) {
+    throw new RangeError(`--${flag} must be a number, got "${text}"`);
+  }
+  return value;
+}
+
+/** `--threads`: a positive integer, or undefined when not given. */
+export function threadsFlag(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = numberFlag("threads", text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`--threads must be a positive integer, got "${text}"`);
+  }
+  return n;
+}
+
+/** A flag that holds `true` or `false`. */
+export function booleanFlag(flag: string, text: string): boolean {
+  if (text === "true") return true;
+  if (text === "false") return false;
+  throw new RangeError(`--${flag} must be true or false, got "${text}"`);
+}
+
+/**
+ * Progress text to stderr: `\r`-prefixed text replaces the current line on a terminal;
+ * in a log file only whole lines are written.
+ */
+export function progressWriter(): (text: string) => void {
+  const encoder = new TextEncoder();
+  const tty = Deno.stderr.isTerminal();
+  return (text) => {
+    if (tty) {
+      Deno.stderr.writeSync(
+        encoder.encode(text.startsWith("\r") ? `\r\x1b[K${text.slice(1)}` : text),
+      );
+    } else if (text.endsWith("\n")) {
+      // Logs in files get whole lines only: one per epoch.
+      Deno.stderr.writeSync(encoder.encode(text.replace(/^\r/, "")));
+    }
+  };
+}

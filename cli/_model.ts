@@ -1,0 +1,70 @@
+/**
+ * `--model FILE|RUN_DIR|URL` for the commands that recommend: a model file, a URL to one,
+ * or a run folder (its `model.safetensors`, or for runs made before that file existed,
+ * its `checkpoint/`).
+ *
+ * @module
+ */
+import { Recommender, type RecommenderOptions } from "../lib/inference/recommender.ts";
+import { MODEL_FILE_NAME } from "../lib/inference/model_file.ts";
+import { modelEntry } from "../lib/models/mod.ts";
+import { readCheckpoint } from "../lib/train/checkpoint.ts";
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/**
+ * The recommender `--model` names, on the active backend, and a description of where it
+ * came from.
+ *
+ * @throws {Deno.errors.NotFound} Nothing at the path, or a folder with no model in it.
+ * @throws {ModelFileError} The file fails its checks.
+ */
+export async function loadRecommender(
+  source: string,
+  options: RecommenderOptions = {},
+): Promise<{ recommender: Recommender; from: string }> {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source)) {
+    return { recommender: await Recommender.load(source, options), from: source };
+  }
+  const info = await statOrNull(source);
+  if (info === null) throw new Deno.errors.NotFound(`--model: nothing at ${source}`);
+  if (info.isFile) return { recommender: await Recommender.load(source, options), from: source };
+  const dir = source.replace(/\/+$/, "");
+  const file = `${dir}/${MODEL_FILE_NAME}`;
+  if (await statOrNull(file)) {
+    return { recommender: await Recommender.load(file, options), from: file };
+  }
+  for (const checkpoint of [`${dir}/checkpoint`, dir]) {
+    if (!(await statOrNull(`${checkpoint}/model.json`))) continue;
+    const { meta, values, path } = await readCheckpoint(checkpoint);
+    if (meta.itemTokens.length < 2) {
+      throw new RangeError(
+        `${path}/model.json: field "itemTokens" is empty, so recommendations could not name items`,
+      );
+    }
+    const model = modelEntry(meta.model).create({
+      ...meta.config,
+      numItems: meta.itemTokens.length - 1,
+    });
+    try {
+      model.params.assign(meta.params, values, `${path}/model.json`);
+      return {
+        recommender: new Recommender(model, meta.itemTokens, options),
+        from: `${path} (checkpoint)`,
+      };
+    } catch (e) {
+      model.params.dispose();
+      throw e;
+    }
+  }
+  throw new Deno.errors.NotFound(
+    `--model: ${source} is a folder without ${MODEL_FILE_NAME} or a checkpoint/`,
+  );
+}

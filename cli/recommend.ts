@@ -1,0 +1,191 @@
+/**
+ * `deno task recommend`: the top items for one history given on the command line, or for
+ * every user of a sequence-lines file, written as JSON lines.
+ *
+ * @module
+ */
+import { parseArgs } from "./_args.ts";
+import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
+import { numberFlag, progressWriter, threadsFlag } from "./_flags.ts";
+import { loadRecommender } from "./_model.ts";
+
+/** The `recommend` lines of the CLI's usage. */
+export const RECOMMEND_USAGE = [
+  '  deno task recommend --model FILE|RUN_DIR|URL (--history "i1 i2 ..." | --input FILE) [options]',
+];
+
+/** The `recommend` options of the CLI's usage. */
+export const RECOMMEND_OPTIONS = [
+  "Recommend:",
+  "  --model M         a model file (model.safetensors), a run folder, or a URL to a model file",
+  "  --history H       one history, items oldest first, separated by spaces; prints the top k",
+  "  --input FILE      sequence lines (user item item ...): one JSON line per user",
+  "  --output FILE     where --input's JSON lines go (default: stdout)",
+  "  -k, --k N         how many items per history (default 10)",
+  "  --exclude I       items never to recommend, separated by spaces",
+  "  --keep-seen       may recommend items of the history (default: never)",
+  "  --batch-size N    histories scored per forward pass (default 256)",
+];
+
+function positiveInt(flag: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = numberFlag(flag, text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`--${flag} must be a positive integer, got "${text}"`);
+  }
+  return n;
+}
+
+/** Runs `recommend` with its arguments. */
+export async function recommendCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string" },
+      history: { type: "string" },
+      input: { type: "string" },
+      output: { type: "string" },
+      k: { type: "string", short: "k" },
+      exclude: { type: "string" },
+      "keep-seen": { type: "boolean" },
+      "batch-size": { type: "string" },
+      backend: { type: "string" },
+      threads: { type: "string" },
+      blas: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(["Usage:", ...RECOMMEND_USAGE, "", ...RECOMMEND_OPTIONS].join("\n"));
+    return;
+  }
+  if (!values.model) throw new TypeError("recommend needs --model FILE|RUN_DIR|URL");
+  if ((values.history === undefined) === (values.input === undefined)) {
+    throw new TypeError("recommend needs exactly one of --history and --input");
+  }
+  if (values.output !== undefined && values.input === undefined) {
+    throw new TypeError("--output goes with --input");
+  }
+  const options: RecommendOptions = {
+    k: positiveInt("k", values.k, 10),
+    excludeSeen: !values["keep-seen"],
+    exclude: values.exclude?.split(/\s+/).filter((t) => t) ?? [],
+  };
+  const batchSize = positiveInt("batch-size", values["batch-size"], 256);
+  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
+    wasmThreads: threadsFlag(values.threads),
+    blas: values.blas ?? "auto",
+  });
+  console.error(`backend: ${backend.name} (${backend.reason})`);
+  const { recommender, from } = await loadRecommender(values.model, { batchSize });
+  console.error(
+    `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
+  );
+  try {
+    if (values.history !== undefined) {
+      await printOne(recommender, values.history.split(/\s+/).filter((t) => t), options);
+    } else {
+      await recommendFile(recommender, values.input!, values.output, options, batchSize * 4);
+    }
+  } finally {
+    recommender.dispose();
+  }
+}
+
+async function printOne(r: Recommender, history: string[], options: RecommendOptions) {
+  const { items, unknown } = await r.recommend(history, options);
+  if (unknown.length > 0) console.error(`not in the model, skipped: ${unknown.join(" ")}`);
+  if (history.length === unknown.length) {
+    console.error("the history has no known item: these are the model's picks with no context");
+  }
+  const width = Math.max(4, ...items.map((i) => i.item.length));
+  console.log(`rank  ${"item".padEnd(width)}  score`);
+  items.forEach((x, i) => {
+    console.log(`${String(i + 1).padStart(4)}  ${x.item.padEnd(width)}  ${x.score.toFixed(6)}`);
+  });
+}
+
+/** Users and histories of a sequence-lines text, with each line's number for errors. */
+function parseLines(text: string, path: string): { user: string; history: string[] }[] {
+  const rows: { user: string; history: string[] }[] = [];
+  const seen = new Map<string, number>();
+  text.split(/\r?\n/).forEach((raw, n) => {
+    const line = raw.trim();
+    if (line === "") return;
+    const [user, ...history] = line.split(/\s+/);
+    const first = seen.get(user);
+    if (first !== undefined) {
+      throw new SyntaxError(
+        `${path}:${n + 1}: user "${user}" already has a history on line ${first}`,
+      );
+    }
+    seen.set(user, n + 1);
+    rows.push({ user, history });
+  });
+  return rows;
+}
+
+async function recommendFile(
+  r: Recommender,
+  input: string,
+  output: string | undefined,
+  options: RecommendOptions,
+  chunk: number,
+) {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(input);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Deno.errors.NotFound(`--input: file not found: ${input}`);
+    }
+    throw e;
+  }
+  const rows = parseLines(text, input);
+  // Written beside the target and renamed at the end: a failed run leaves no half file.
+  const tmp = output ? `${output}.tmp` : null;
+  const file = tmp ? await Deno.open(tmp, { write: true, create: true, truncate: true }) : null;
+  const sink = file ?? Deno.stdout;
+  const encoder = new TextEncoder();
+  const say = progressWriter();
+  const started = performance.now();
+  let unknownTotal = 0;
+  try {
+    for (let at = 0; at < rows.length; at += chunk) {
+      const part = rows.slice(at, at + chunk);
+      const results = await r.recommendBatch(part.map((p) => p.history), options);
+      const lines = results.map((res, i) => {
+        unknownTotal += res.unknown.length;
+        const line: Record<string, unknown> = { user: part[i].user, items: res.items };
+        if (res.unknown.length > 0) line.unknown = res.unknown;
+        return JSON.stringify(line) + "\n";
+      });
+      const bytes = encoder.encode(lines.join(""));
+      for (let off = 0; off < bytes.length;) off += await sink.write(bytes.subarray(off));
+      const done = at + part.length;
+      const seconds = (performance.now() - started) / 1000;
+      const rate = done / seconds;
+      say(
+        `\rrecommend ${done}/${rows.length} users, ${rate.toFixed(0)} users/s, ETA ${
+          ((rows.length - done) / rate).toFixed(0)
+        }s`,
+      );
+    }
+  } catch (e) {
+    file?.close();
+    if (tmp) await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+  if (file) {
+    file.close();
+    await Deno.rename(tmp!, output!);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  say(
+    `\rrecommended for ${rows.length} users in ${seconds.toFixed(1)}s` +
+      (unknownTotal > 0 ? `; ${unknownTotal} history items not in the model were skipped` : "") +
+      (output ? `; wrote ${output}` : "") + "\n",
+  );
+}

@@ -1,0 +1,103 @@
+/**
+ * `deno task serve`: the recommendation HTTP API (`lib/serve/handler.ts`) on `Deno.serve`.
+ * SIGINT and SIGTERM stop it after the requests in flight are answered.
+ *
+ * @module
+ */
+import { parseArgs } from "./_args.ts";
+import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import { createHandler } from "../lib/serve/handler.ts";
+import { numberFlag, threadsFlag } from "./_flags.ts";
+import { loadRecommender } from "./_model.ts";
+
+/** The `serve` lines of the CLI's usage. */
+export const SERVE_USAGE = [
+  "  deno task serve --model FILE|RUN_DIR|URL [--host H] [--port P] [--backend B]",
+];
+
+/** The `serve` options of the CLI's usage. */
+export const SERVE_OPTIONS = [
+  "Serve:",
+  "  --host H          address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+  "  --port P          port (default 8000; 0 picks a free one)",
+  "  --batch-wait-ms W micro-batching window of POST /recommend (default 2; 0 = off)",
+  "  --max-history N   longest history or exclude list accepted (default 1000)",
+];
+
+function intFlag(flag: string, text: string | undefined, fallback: number, min: number): number {
+  if (text === undefined) return fallback;
+  const n = numberFlag(flag, text);
+  if (!Number.isInteger(n) || n < min) {
+    throw new RangeError(`--${flag} must be an integer >= ${min}, got "${text}"`);
+  }
+  return n;
+}
+
+/** Runs `serve` with its arguments; returns when the server has stopped. */
+export async function serveCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+      "batch-wait-ms": { type: "string" },
+      "max-history": { type: "string" },
+      backend: { type: "string" },
+      threads: { type: "string" },
+      blas: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(["Usage:", ...SERVE_USAGE, "", ...SERVE_OPTIONS].join("\n"));
+    return;
+  }
+  if (!values.model) throw new TypeError("serve needs --model FILE|RUN_DIR|URL");
+  const port = intFlag("port", values.port, 8000, 0);
+  if (port > 65535) throw new RangeError(`--port must be at most 65535, got "${values.port}"`);
+  const waitText = values["batch-wait-ms"];
+  const batchWaitMs = waitText === undefined ? 2 : numberFlag("batch-wait-ms", waitText);
+  if (batchWaitMs < 0) throw new RangeError(`--batch-wait-ms must be >= 0, got "${waitText}"`);
+  const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
+  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
+    wasmThreads: threadsFlag(values.threads),
+    blas: values.blas ?? "auto",
+  });
+  console.error(`backend: ${backend.name} (${backend.reason})`);
+  const { recommender, from } = await loadRecommender(values.model);
+  console.error(
+    `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
+  );
+  const handler = createHandler(recommender, {
+    batchWaitMs,
+    maxHistory,
+    onError: (e, request) => {
+      console.error(
+        `error: ${request.method} ${new URL(request.url).pathname}: ${(e as Error)?.stack ?? e}`,
+      );
+    },
+  });
+  const server = Deno.serve({
+    hostname: values.host ?? "127.0.0.1",
+    port,
+    onListen: ({ hostname, port }) => {
+      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+      console.error(`listening on http://${host}:${port}/ (Ctrl-C stops)`);
+    },
+  }, handler);
+  const stop = () => {
+    console.error("stopping: answering the requests in flight first");
+    server.shutdown();
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, stop);
+  try {
+    await server.finished;
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, stop);
+    recommender.dispose();
+  }
+  console.error("stopped");
+}

@@ -1,0 +1,308 @@
+/**
+ * The recommendation HTTP API as one plain fetch handler (`Request -> Response`), so the
+ * same code runs under `Deno.serve`, `deno serve`, an edge runtime or a service worker.
+ *
+ * | route | body in | body out |
+ * | --- | --- | --- |
+ * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
+ * | `POST /recommend/batch` | `{ "requests": [<a /recommend body>, ...] }` | `{ "results": [<a /recommend answer>, ...] }` |
+ * | `GET /health` | | `{ "status": "ok", "model", "items", "backend", "formatVersion", "limits" }` |
+ * | `GET /` | | a page where a person types a history and sees the recommendations |
+ *
+ * A bad request gets a 4xx answer `{ "error": "...", "field"?: "..." }` naming what is
+ * wrong, and the handler keeps serving: malformed JSON or a wrong type (400), an unknown
+ * route (404), a wrong method (405, with `Allow`), a body over the size cap (413), and an
+ * unknown item under `"strict": true` (422).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Recommender, RecommendOptions } from "../inference/recommender.ts";
+import { MODEL_FILE_VERSION } from "../inference/model_file.ts";
+import { MicroBatcher } from "./batcher.ts";
+import { PAGE_HTML } from "./_page.ts";
+
+/** Limits and behaviour of {@linkcode createHandler}. */
+export interface HandlerOptions {
+  /** Largest request body, in bytes. Default 1 MiB. */
+  maxBodyBytes?: number;
+  /** Most items in one history or one `exclude` list. Default 1000. */
+  maxHistory?: number;
+  /** Largest `k`. Default 1000. */
+  maxK?: number;
+  /** Most requests in one `/recommend/batch` body. Default 256. */
+  maxBatch?: number;
+  /**
+   * Micro-batching window of `/recommend`, in milliseconds: requests arriving within it are
+   * scored in one forward pass. 0 scores each request on its own. Default 2.
+   */
+  batchWaitMs?: number;
+  /** Called with every error that is not the client's fault (a 500). Default: none. */
+  onError?: (error: unknown, request: Request) => void;
+}
+
+/** The limits in force, as `/health` reports them. */
+export interface HandlerLimits {
+  /** Largest request body, in bytes. */
+  maxBodyBytes: number;
+  /** Most items in one history or `exclude` list. */
+  maxHistory: number;
+  /** Largest `k`. */
+  maxK: number;
+  /** Most requests in one batch body. */
+  maxBatch: number;
+}
+
+/** An error answered to the client with `status`, naming the offending `field`. */
+class HttpError extends Error {
+  constructor(readonly status: number, message: string, readonly field?: string) {
+    super(message);
+  }
+}
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+}
+
+/** The body as text, refused with a 413 once it passes `max` bytes. */
+async function readBody(request: Request, max: number): Promise<string> {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > max) {
+    throw new HttpError(413, `the body is ${declared} bytes; at most ${max} are accepted`);
+  }
+  if (!request.body) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw new HttpError(400, `the body could not be read (${(e as Error).message})`);
+    }
+    const { done, value } = chunk;
+    if (done) break;
+    total += value.length;
+    if (total > max) {
+      await reader.cancel().catch(() => {});
+      throw new HttpError(413, `the body is over ${max} bytes, the most accepted`);
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(total);
+  let offset = 0;
+  for (const c of chunks) {
+    all.set(c, offset);
+    offset += c.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
+async function readJson(request: Request, max: number): Promise<unknown> {
+  const text = await readBody(request, max);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `the body is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+const ONE_FIELDS = new Set(["history", "k", "exclude", "excludeSeen", "strict"]);
+
+function stringList(value: unknown, field: string, max: number): string[] {
+  if (!Array.isArray(value)) {
+    throw new HttpError(400, `${field} must be an array of item strings`, field);
+  }
+  if (value.length > max) {
+    throw new HttpError(
+      400,
+      `${field} has ${value.length} items; at most ${max} are accepted`,
+      field,
+    );
+  }
+  value.forEach((v, i) => {
+    if (typeof v !== "string") {
+      throw new HttpError(
+        400,
+        `${field}[${i}] must be a string, got ${JSON.stringify(v)}`,
+        `${field}[${i}]`,
+      );
+    }
+  });
+  return value as string[];
+}
+
+/** Checks one `/recommend` body; `at` prefixes field names inside a batch. */
+function parseOne(
+  body: unknown,
+  limits: HandlerLimits,
+  at = "",
+): { history: string[]; options: RecommendOptions & { strict: boolean } } {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new HttpError(400, `${at || "the body"} must be a JSON object`, at || undefined);
+  }
+  const b = body as Record<string, unknown>;
+  for (const key of Object.keys(b)) {
+    if (!ONE_FIELDS.has(key)) {
+      throw new HttpError(
+        400,
+        `unknown field "${key}"; expected ${[...ONE_FIELDS].join(", ")}`,
+        `${at}${key}`,
+      );
+    }
+  }
+  if (!("history" in b)) throw new HttpError(400, `${at}history is missing`, `${at}history`);
+  const history = stringList(b.history, `${at}history`, limits.maxHistory);
+  const k = b.k ?? 10;
+  if (typeof k !== "number" || !Number.isInteger(k) || k < 1 || k > limits.maxK) {
+    throw new HttpError(
+      400,
+      `${at}k must be an integer from 1 to ${limits.maxK}, got ${JSON.stringify(b.k)}`,
+      `${at}k`,
+    );
+  }
+  const exclude = b.exclude === undefined
+    ? []
+    : stringList(b.exclude, `${at}exclude`, limits.maxHistory);
+  for (const flag of ["excludeSeen", "strict"] as const) {
+    if (b[flag] !== undefined && typeof b[flag] !== "boolean") {
+      throw new HttpError(400, `${at}${flag} must be true or false`, `${at}${flag}`);
+    }
+  }
+  return {
+    history,
+    options: {
+      k,
+      exclude,
+      excludeSeen: (b.excludeSeen as boolean | undefined) ?? true,
+      strict: (b.strict as boolean | undefined) ?? false,
+    },
+  };
+}
+
+/** A 422 when `strict` was asked for and the history holds unknown items. */
+function checkStrict(strict: boolean, unknown: string[], at = ""): void {
+  if (strict && unknown.length > 0) {
+    throw new HttpError(
+      422,
+      `${at}history holds items the model does not know: ${
+        unknown.map((u) => JSON.stringify(u)).join(", ")
+      }`,
+      `${at}history`,
+    );
+  }
+}
+
+type Route = (request: Request) => Promise<Response> | Response;
+
+/**
+ * The API's fetch handler for `recommender` (see the module doc for the routes).
+ *
+ * @example Serve it with Deno, or export it for `deno serve` or an edge runtime
+ * ```ts ignore
+ * const recommender = await Recommender.load("runs/sasrec/model.safetensors");
+ * Deno.serve({ port: 8000 }, createHandler(recommender));
+ * // or: export default { fetch: createHandler(recommender) };
+ * ```
+ *
+ * @param recommender The model that answers.
+ * @param options See {@linkcode HandlerOptions}.
+ * @returns A function from `Request` to `Response` that never throws.
+ */
+export function createHandler(
+  recommender: Recommender,
+  options: HandlerOptions = {},
+): (request: Request) => Promise<Response> {
+  const limits: HandlerLimits = {
+    maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024,
+    maxHistory: options.maxHistory ?? 1000,
+    maxK: options.maxK ?? 1000,
+    maxBatch: options.maxBatch ?? 256,
+  };
+  const batcher = new MicroBatcher(recommender, { waitMs: options.batchWaitMs ?? 2 });
+
+  const recommendOne: Route = async (request) => {
+    const { history, options: o } = parseOne(await readJson(request, limits.maxBodyBytes), limits);
+    const { items, unknown } = await batcher.recommend(history, { ...o, strict: false });
+    checkStrict(o.strict, unknown);
+    return json(200, { items, unknown });
+  };
+
+  const recommendMany: Route = async (request) => {
+    const body = await readJson(request, limits.maxBodyBytes) as Record<string, unknown>;
+    if (body === null || typeof body !== "object" || Array.isArray(body)) {
+      throw new HttpError(400, 'the body must be a JSON object { "requests": [...] }');
+    }
+    for (const key of Object.keys(body)) {
+      if (key !== "requests") {
+        throw new HttpError(400, `unknown field "${key}"; expected requests`, key);
+      }
+    }
+    const list = body.requests;
+    if (!Array.isArray(list)) throw new HttpError(400, "requests must be an array", "requests");
+    if (list.length > limits.maxBatch) {
+      throw new HttpError(
+        400,
+        `requests has ${list.length} entries; at most ${limits.maxBatch} are accepted`,
+        "requests",
+      );
+    }
+    const parsed = list.map((r, i) => parseOne(r, limits, `requests[${i}].`));
+    const results = await recommender.recommendBatch(
+      parsed.map((p) => p.history),
+      parsed.map((p) => ({ ...p.options, strict: false })),
+    );
+    results.forEach((r, i) => checkStrict(parsed[i].options.strict, r.unknown, `requests[${i}].`));
+    return json(200, { results });
+  };
+
+  const health: Route = () =>
+    json(200, {
+      status: "ok",
+      model: recommender.model.name,
+      items: recommender.numItems,
+      maxLength: recommender.model.config.maxLength,
+      backend: tf.getBackend(),
+      formatVersion: MODEL_FILE_VERSION,
+      limits,
+    });
+
+  const page: Route = () =>
+    new Response(PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
+
+  const routes: Record<string, Record<string, Route>> = {
+    "/": { GET: page },
+    "/health": { GET: health },
+    "/recommend": { POST: recommendOne },
+    "/recommend/batch": { POST: recommendMany },
+  };
+
+  return async (request) => {
+    const path = new URL(request.url).pathname;
+    const route = routes[path];
+    if (!route) return json(404, { error: `no route ${path}; see GET / and GET /health` });
+    const handle = route[request.method];
+    if (!handle) {
+      const allow = Object.keys(route).join(", ");
+      return json(405, { error: `${request.method} ${path} is not allowed; use ${allow}` }, {
+        allow,
+      });
+    }
+    try {
+      return await handle(request);
+    } catch (e) {
+      if (e instanceof HttpError) {
+        return json(
+          e.status,
+          e.field === undefined ? { error: e.message } : { error: e.message, field: e.field },
+        );
+      }
+      options.onError?.(e, request);
+      return json(500, { error: `internal error: ${(e as Error)?.message ?? String(e)}` });
+    }
+  };
+}

@@ -1,0 +1,184 @@
+import { selectBackend } from "../backends/mod.ts";
+import { syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
+const DENO_SERVE = new URL("../cli/deno_serve.ts", import.meta.url).pathname;
+const data = syntheticDataset({ seed: 19, users: 40, items: 25, maxLength: 10 });
+const TINY = { numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 16, maxLength: 10 };
+const PERMISSIONS = ["--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-net"];
+
+async function run(args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    env: { NO_COLOR: "1", ...env },
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+const cli = (...args: string[]) => run(["run", ...PERMISSIONS, MAIN, ...args]);
+
+/** A temp folder holding a model file of a tiny SASRec, and the recommender it came from. */
+async function fixture() {
+  await selectBackend("cpu");
+  const r = new Recommender(new SasRec({ ...TINY, seed: 6 }), data.vocab.items);
+  const dir = await Deno.makeTempDir();
+  await Deno.writeFile(`${dir}/model.safetensors`, await r.toBytes());
+  return {
+    r,
+    dir,
+    [Symbol.asyncDispose]: async () => {
+      r.dispose();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("cli recommend --history prints the API's top k with scores; the run folder works too", async () => {
+  await using f = await fixture();
+  const history = data.vocab.items.slice(1, 4);
+  const expected = await f.r.recommend([...history, "zz"], { k: 4 });
+  for (const model of [`${f.dir}/model.safetensors`, f.dir]) {
+    const out = await cli(
+      "recommend",
+      "--model",
+      model,
+      "--history",
+      `${history.join(" ")} zz`,
+      "-k",
+      "4",
+      "--backend",
+      "cpu",
+    );
+    assertEquals(out.code, 0, out.stderr);
+    const rows = out.stdout.trim().split("\n").slice(1).map((l) => l.trim().split(/\s+/));
+    assertEquals(rows.map((r) => r[1]), expected.items.map((x) => x.item));
+    rows.forEach((r, i) => assert(Math.abs(Number(r[2]) - expected.items[i].score) < 1e-6));
+    assert(out.stderr.includes("skipped: zz"), out.stderr);
+  }
+});
+
+Deno.test("cli recommend --input writes one JSON line per user, as recommendBatch answers", async () => {
+  await using f = await fixture();
+  const users = data.sequences.slice(0, 30).map((
+    s,
+    u,
+  ) => [`user${u}`, ...Array.from(s, (i) => data.vocab.items[i])]);
+  await Deno.writeTextFile(
+    `${f.dir}/in.txt`,
+    users.map((u) => u.join(" ")).join("\n") + "\nnewcomer\n",
+  );
+  const out = await cli(
+    "recommend",
+    "--model",
+    f.dir,
+    "--input",
+    `${f.dir}/in.txt`,
+    "--output",
+    `${f.dir}/out.jsonl`,
+    "-k",
+    "3",
+    "--backend",
+    "cpu",
+    "--batch-size",
+    "7",
+  );
+  assertEquals(out.code, 0, out.stderr);
+  const lines = (await Deno.readTextFile(`${f.dir}/out.jsonl`)).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+  assertEquals(lines.map((l) => l.user), [...users.map((u) => u[0]), "newcomer"]);
+  const expected = await f.r.recommendBatch([...users.map((u) => u.slice(1)), []], { k: 3 });
+  lines.forEach((l, i) =>
+    assertEquals(l.items.map((x: { item: string }) => x.item), expected[i].items.map((x) => x.item))
+  );
+  assert(out.stderr.includes("recommended for 31 users"), out.stderr);
+  // To stdout when no --output is given.
+  const toStdout = await cli(
+    "recommend",
+    "--model",
+    f.dir,
+    "--input",
+    `${f.dir}/in.txt`,
+    "--backend",
+    "cpu",
+  );
+  assertEquals(toStdout.stdout.trim().split("\n").length, 31);
+});
+
+Deno.test("cli recommend rejects bad input with messages naming the flag, file or line", async () => {
+  await using f = await fixture();
+  await Deno.writeTextFile(`${f.dir}/dup.txt`, "a i1 i2\nb i3\na i4\n");
+  await Deno.writeFile(
+    `${f.dir}/broken.safetensors`,
+    (await Deno.readFile(`${f.dir}/model.safetensors`)).slice(0, 500),
+  );
+  const cases: [string[], string][] = [
+    [["recommend", "--history", "i1"], "--model"],
+    [["recommend", "--model", f.dir], "--history"],
+    [["recommend", "--model", f.dir, "--history", "i1", "-k", "0"], "--k"],
+    [["recommend", "--model", `${f.dir}/none`, "--history", "i1"], `${f.dir}/none`],
+    [
+      ["recommend", "--model", `${f.dir}/broken.safetensors`, "--history", "i1"],
+      "broken.safetensors",
+    ],
+    [["recommend", "--model", f.dir, "--input", `${f.dir}/dup.txt`], `${f.dir}/dup.txt:3`],
+    [["recommend", "--model", f.dir, "--input", `${f.dir}/no.txt`], `${f.dir}/no.txt`],
+    [["serve", "--model", f.dir, "--port", "70000"], "--port"],
+    [["serve"], "--model"],
+  ];
+  for (const [args, word] of cases) {
+    const r = await cli(...args, "--backend", "cpu");
+    assert(r.code !== 0, `${args.join(" ")} succeeded`);
+    assert(r.stderr.includes(word), `${args.join(" ")}: stderr lacks "${word}":\n${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace`);
+  }
+  assertEquals(
+    (await Array.fromAsync(Deno.readDir(f.dir))).some((e) => e.name.endsWith(".tmp")),
+    false,
+  );
+});
+
+Deno.test("the deno serve module answers with the same handler", async () => {
+  await using f = await fixture();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["serve", "--host", "127.0.0.1", "--port", "0", ...PERMISSIONS, DENO_SERVE],
+    env: { NO_COLOR: "1", SIGMA_MODEL: `${f.dir}/model.safetensors`, SIGMA_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const streams = [child.stdout, child.stderr].map((s) =>
+      s.pipeThrough(new TextDecoderStream()).getReader()
+    );
+    let log = "";
+    let base = "";
+    // deno serve says where it listens on stdout or stderr depending on the version.
+    const reads = streams.map((r) => r.read());
+    while (!base) {
+      const i = await Promise.race(reads.map((p, i) => p.then(() => i)));
+      const { done, value } = await reads[i];
+      if (done) throw new Error(`deno serve exited:\n${log}`);
+      log += value;
+      reads[i] = streams[i].read();
+      base = log.match(/(http:\/\/127\.0\.0\.1:\d+)/)?.[1] ?? "";
+    }
+    const health = await (await fetch(`${base}/health`)).json();
+    assertEquals([health.model, health.items, health.backend], ["sasrec", data.numItems, "cpu"]);
+    const got = await (await fetch(`${base}/recommend`, {
+      method: "POST",
+      body: JSON.stringify({ history: ["i1"], k: 3 }),
+    })).json();
+    assertEquals(
+      got.items.map((x: { item: string }) => x.item),
+      (await f.r.recommend(["i1"], { k: 3 })).items.map((x) => x.item),
+    );
+    streams.forEach((s) => s.cancel());
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+  }
+});

@@ -1,0 +1,236 @@
+import { selectBackend } from "../backends/mod.ts";
+import { syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
+import { createHandler } from "../lib/serve/handler.ts";
+import { MicroBatcher } from "../lib/serve/batcher.ts";
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+
+const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
+const data = syntheticDataset({ seed: 17, users: 40, items: 25, maxLength: 10 });
+const TINY = { numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 16, maxLength: 10 };
+
+/** A model file of a fresh tiny SASRec over the synthetic vocabulary, in a temp folder. */
+async function modelFile(): Promise<{ dir: string; path: string }> {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/model.safetensors`;
+  await Deno.writeFile(path, await r.toBytes());
+  return { dir, path };
+}
+
+/** Starts `serve` on an ephemeral loopback port; resolves once it listens. */
+async function startServer(model: string, ...extra: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-sys",
+      "--allow-net",
+      MAIN,
+      "serve",
+      "--model",
+      model,
+      "--port",
+      "0",
+      "--backend",
+      "cpu",
+      ...extra,
+    ],
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let log = "";
+  let base = "";
+  while (!base) {
+    const { done, value } = await lines.read();
+    if (done) throw new Error(`the server exited before listening:\n${log}`);
+    log += value;
+    base = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+\/)/)?.[1] ?? "";
+  }
+  // Keep reading stderr so the child never blocks on a full pipe; collect it for checks.
+  const rest = (async () => {
+    for (;;) {
+      const { done, value } = await lines.read();
+      if (done) return log;
+      log += value;
+    }
+  })();
+  return { child, base, log: () => rest };
+}
+
+async function post(base: string, path: string, body: string | Uint8Array<ArrayBuffer>) {
+  const response = await fetch(new URL(path, base), { method: "POST", body });
+  return { status: response.status, json: await response.json() };
+}
+
+Deno.test("serve answers every route and every bad request, and keeps serving", async () => {
+  const { dir, path } = await modelFile();
+  const server = await startServer(path);
+  const { base } = server;
+  try {
+    const health = await (await fetch(new URL("health", base))).json();
+    assertEquals([health.status, health.model, health.items, health.backend], [
+      "ok",
+      "sasrec",
+      data.numItems,
+      "cpu",
+    ]);
+    assertEquals(health.formatVersion, 1);
+    const page = await fetch(base);
+    assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
+    assert((await page.text()).includes("<form"));
+
+    const history = data.vocab.items.slice(1, 4);
+    const one = await post(
+      base,
+      "recommend",
+      JSON.stringify({ history: [...history, "zz"], k: 5 }),
+    );
+    assertEquals(one.status, 200);
+    assertEquals(one.json.items.length, 5);
+    assertEquals(one.json.unknown, ["zz"]);
+    assert(one.json.items.every((x: { item: string }) => !history.includes(x.item)));
+    const excluded = await post(
+      base,
+      "recommend",
+      JSON.stringify({ history, k: 5, exclude: [one.json.items[0].item] }),
+    );
+    assertEquals(excluded.json.items[0], one.json.items[1]);
+
+    const batch = await post(
+      base,
+      "recommend/batch",
+      JSON.stringify({ requests: [{ history, k: 5 }, { history: [], k: 2 }] }),
+    );
+    assertEquals(batch.status, 200);
+    assertEquals(batch.json.results[0], { items: one.json.items, unknown: [] });
+    assertEquals(batch.json.results[1].items.length, 2);
+
+    const bad: [string, string | Uint8Array<ArrayBuffer>, number, string | undefined][] = [
+      ["recommend", "{not json", 400, undefined],
+      ["recommend", "[1, 2]", 400, undefined],
+      ["recommend", JSON.stringify({ k: 3 }), 400, "history"],
+      ["recommend", JSON.stringify({ history: "i1" }), 400, "history"],
+      ["recommend", JSON.stringify({ history: ["i1", 7] }), 400, "history[1]"],
+      ["recommend", JSON.stringify({ history: ["i1"], k: 0 }), 400, "k"],
+      ["recommend", JSON.stringify({ history: ["i1"], k: 1001 }), 400, "k"],
+      ["recommend", JSON.stringify({ history: ["i1"], k: "5" }), 400, "k"],
+      ["recommend", JSON.stringify({ history: ["i1"], exclude: "i2" }), 400, "exclude"],
+      ["recommend", JSON.stringify({ history: ["i1"], excludeSeen: 1 }), 400, "excludeSeen"],
+      ["recommend", JSON.stringify({ history: ["i1"], hisotry: [] }), 400, "hisotry"],
+      ["recommend", JSON.stringify({ history: Array(1001).fill("i1") }), 400, "history"],
+      ["recommend", JSON.stringify({ history: ["i1", "zz"], strict: true }), 422, "history"],
+      ["recommend", new Uint8Array(1024 * 1024 + 1).fill(32), 413, undefined],
+      ["recommend/batch", JSON.stringify({ requests: {} }), 400, "requests"],
+      [
+        "recommend/batch",
+        JSON.stringify({ requests: [{ history: ["i1"], k: -1 }] }),
+        400,
+        "requests[0].k",
+      ],
+      [
+        "recommend/batch",
+        JSON.stringify({ requests: Array(257).fill({ history: [] }) }),
+        400,
+        "requests",
+      ],
+    ];
+    for (const [route, body, status, field] of bad) {
+      const r = await post(base, route, body);
+      const what = `${route} ${
+        typeof body === "string" ? body.slice(0, 60) : `${body.length} bytes`
+      }`;
+      assertEquals(r.status, status, `${what}: ${JSON.stringify(r.json)}`);
+      assertEquals(typeof r.json.error, "string", what);
+      assertEquals(r.json.field, field, what);
+    }
+    const missing = await fetch(new URL("nowhere", base));
+    assertEquals(missing.status, 404);
+    await missing.body?.cancel();
+    const wrong = await fetch(new URL("recommend", base));
+    assertEquals([wrong.status, wrong.headers.get("allow")], [405, "POST"]);
+    await wrong.body?.cancel();
+    const wrongToo = await fetch(new URL("health", base), { method: "DELETE" });
+    assertEquals(wrongToo.status, 405);
+    await wrongToo.body?.cancel();
+    // Still serving after all of that.
+    assertEquals((await post(base, "recommend", JSON.stringify({ history }))).status, 200);
+  } finally {
+    server.child.kill("SIGTERM");
+    await server.child.status;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops", async () => {
+  const { dir, path } = await modelFile();
+  // A long micro-batching window keeps the requests in flight while the signal arrives.
+  const server = await startServer(path, "--batch-wait-ms", "800");
+  try {
+    const pending = [1, 2, 3].map((k) =>
+      fetch(new URL("recommend", server.base), {
+        method: "POST",
+        body: JSON.stringify({ history: ["i1", "i2"], k }),
+      })
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    server.child.kill("SIGTERM");
+    for (const [i, p] of pending.entries()) {
+      const response = await p;
+      assertEquals(response.status, 200);
+      assertEquals((await response.json()).items.length, i + 1);
+    }
+    const status = await server.child.status;
+    assertEquals(status.code, 0);
+    const log = await server.log();
+    assert(log.includes("stopping") && log.includes("stopped"), log);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("concurrent /recommend requests are micro-batched and each gets its own answer", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 4 }), data.vocab.items);
+  let batches = 0;
+  const calls = r.recommendBatch.bind(r);
+  r.recommendBatch = (...args) => {
+    batches++;
+    return calls(...args);
+  };
+  const handler = createHandler(r, { batchWaitMs: 20 });
+  const histories = data.sequences.slice(0, 12).map((s) =>
+    Array.from(s, (i) => data.vocab.items[i])
+  );
+  const answers = await Promise.all(histories.map((history, i) =>
+    handler(
+      new Request("http://x/recommend", {
+        method: "POST",
+        body: JSON.stringify({ history, k: 1 + (i % 4) }),
+      }),
+    ).then((res) => res.json())
+  ));
+  assert(batches <= 2, `${batches} forward passes for 12 requests`);
+  for (let i = 0; i < histories.length; i++) {
+    const alone = await r.recommend(histories[i], { k: 1 + (i % 4) });
+    assertEquals(
+      answers[i].items.map((x: { item: string }) => x.item),
+      alone.items.map((x) => x.item),
+    );
+  }
+});
+
+Deno.test("a failing request in a micro-batch fails alone", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 4 }), data.vocab.items);
+  const batcher = new MicroBatcher(r, { waitMs: 10 });
+  const good = batcher.recommend(["i1"], { k: 2 });
+  const bad = batcher.recommend(["i1"], { k: -3 });
+  assertEquals((await good).items.length, 2);
+  await assertRejects(() => bad, RangeError, "-3");
+});
