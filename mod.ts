@@ -5,8 +5,11 @@
  * trainer with atomic checkpoints, and a backend chosen at run time (WebGPU, WebAssembly
  * SIMD or the pure-JS cpu kernels).
  *
- * The usual way in is the command line (`deno task train`, `deno task eval`); this module
- * is the same pipeline as a library.
+ * The usual way in is the command line (`deno task train`, `eval`, `recommend`, `serve`);
+ * this module is the same pipeline as a library, up to recommendations: a
+ * {@linkcode Recommender} on the caller's own item names, a portable model file
+ * (safetensors; {@linkcode encodeModelFile}) that loads from a path, a URL or bytes, and the
+ * HTTP API as a plain fetch handler ({@linkcode createHandler}).
  *
  * @example Train a small SASRec on the embedded synthetic data and read its test metrics
  * ```ts
@@ -130,3 +133,5 @@ export {
   type RecommendResult,
   type ServableModel,
 } from "./lib/inference/recommender.ts";
+export { createHandler, type HandlerLimits, type HandlerOptions } from "./lib/serve/handler.ts";
+export { MicroBatcher, type MicroBatcherOptions } from "./lib/serve/batcher.ts";

@@ -11,15 +11,19 @@
  *    at a time (20 warm-up calls, then `--calls` timed ones): p50/p95/p99 in ms.
  * 2. **Over HTTP**: `deno task serve` in a child process on an ephemeral loopback port,
  *    once per micro-batching window in `--waits` (0 = off), and `--clients` concurrent
- *    clients in this process, each posting `/recommend` (k = 20) in a loop for `--seconds`
- *    (and at most `--max-requests` requests in all): requests/s, p50/p95/p99 latency,
- *    errors (any answer but 200, or a failed fetch), and the server's RSS (Linux `VmRSS`)
- *    after a warm-up and after the load.
+ *    clients in this process, each posting `/recommend` (k = 20) in a loop for `--rounds`
+ *    rounds of `--seconds` (each at most `--max-requests` requests): requests/s, p50/p95/p99 latency,
+ *    errors (any answer but 200, or a failed fetch), and the server's RSS (`ps -o rss`) and
+ *    live tensors (`/health`) before the load and after each round, after a warm-up of
+ *    up to 3 s under the same load (heaps grow to their working size first).
  *
  * Histories are the data set's own users' sequences (their newest 1-50 items), so
  * lengths vary as they would in use. The models are freshly initialised with their
  * default configs: latency does not depend on the weights' values. The clients share the
  * machine's cores with the server, as a load generator on the same host does.
+ *
+ * `--threads` (default 1, as `deno task serve`) sets the wasm threads of both the server
+ * and the in-process measurement.
  *
  * Data: `../shared/data/Office_Products.txt` beside the repository where it exists, else a
  * synthetic data set with Office's item count (said so in the output).
@@ -40,15 +44,18 @@ const { values } = parseArgs({
     backend: { type: "string", default: "wasm" },
     clients: { type: "string", default: "50" },
     seconds: { type: "string", default: "10" },
+    rounds: { type: "string", default: "2" },
     calls: { type: "string", default: "300" },
     "max-requests": { type: "string", default: "200000" },
     waits: { type: "string", default: "0,2" },
-    threads: { type: "string" },
+    threads: { type: "string", default: "1" },
   },
   strict: true,
 });
 const clients = positiveInt("clients", values.clients);
 const seconds = positiveInt("seconds", values.seconds);
+const rounds = positiveInt("rounds", values.rounds);
+const warmupSeconds = Math.min(3, seconds);
 const calls = positiveInt("calls", values.calls);
 const maxRequests = positiveInt("max-requests", values["max-requests"]);
 const waits = values.waits.split(",").map((w) => {
@@ -82,10 +89,16 @@ function summary(ms: number[]): string {
     `p99 ${quantile(s, 0.99).toFixed(2)} ms`;
 }
 
+/** The server's live tfjs tensors, as `/health` reports them. */
+async function tensorCount(recommend: URL): Promise<number> {
+  return (await (await fetch(new URL("health", recommend))).json()).tensors;
+}
+
+/** Resident memory of a process, from `ps` (Deno reads `/proc` only under --allow-all). */
 async function rssMiB(pid: number): Promise<number> {
-  const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(() => "");
-  const kb = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? NaN);
-  return kb / 1024;
+  const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output()
+    .catch(() => null);
+  return out?.success ? Number(new TextDecoder().decode(out.stdout).trim()) / 1024 : NaN;
 }
 
 async function startServer(model: string, waitMs: number) {
@@ -108,7 +121,8 @@ async function startServer(model: string, waitMs: number) {
       values.backend,
       "--batch-wait-ms",
       String(waitMs),
-      ...(values.threads ? ["--threads", values.threads] : []),
+      "--threads",
+      values.threads,
     ],
     stdout: "null",
     stderr: "piped",
@@ -130,7 +144,7 @@ async function startServer(model: string, waitMs: number) {
 }
 
 /** `clients` loops posting histories until the deadline; latencies in ms and errors. */
-async function load(url: URL, histories: string[][]) {
+async function load(url: URL, histories: string[][], seconds: number) {
   const latencies: number[] = [];
   let errors = 0;
   let sent = 0;
@@ -159,11 +173,11 @@ const histories = data.sequences.map((s, u) =>
   Array.from(s.subarray(Math.max(0, s.length - 1 - (u % 50))), (i) => data.vocab.items[i])
 );
 const chosen = await selectBackend(values.backend as BackendChoice, {
-  wasmThreads: values.threads ? positiveInt("threads", values.threads) : undefined,
+  wasmThreads: positiveInt("threads", values.threads),
 });
 console.log(`data: ${data.source}, ${data.numItems} items, ${histories.length} histories`);
 console.log(`in-process backend: ${chosen.name} (${chosen.reason})`);
-console.log(`load: ${clients} clients, ${seconds} s per run, k = 20\n`);
+console.log(`load: ${clients} clients, ${rounds} rounds of ${seconds} s per run, k = 20\n`);
 const dir = await Deno.makeTempDir();
 try {
   for (const kind of values.models.split(",")) {
@@ -182,22 +196,27 @@ try {
     for (const waitMs of waits) {
       const server = await startServer(file, waitMs);
       if (waitMs === waits[0]) console.log(`  server ${server.backendLine}`);
-      for (let i = 0; i < 20; i++) {
-        await (await fetch(server.url, {
-          method: "POST",
-          body: JSON.stringify({ history: histories[i], k: 20 }),
-        })).arrayBuffer();
+      // Warm-up under the same load, so that heaps reach their working size first.
+      await load(server.url, histories, warmupSeconds);
+      const rss = [await rssMiB(server.child.pid)];
+      const tensors = [await tensorCount(server.url)];
+      const result = { latencies: [] as number[], errors: 0, seconds: 0 };
+      for (let round = 0; round < rounds; round++) {
+        const r = await load(server.url, histories, seconds);
+        result.latencies.push(...r.latencies);
+        result.errors += r.errors;
+        result.seconds += r.seconds;
+        rss.push(await rssMiB(server.child.pid));
+        tensors.push(await tensorCount(server.url));
       }
-      const rssBefore = await rssMiB(server.child.pid);
-      const result = await load(server.url, histories);
-      const rssAfter = await rssMiB(server.child.pid);
       server.child.kill("SIGTERM");
       await server.child.status;
       const rate = result.latencies.length / result.seconds;
       console.log(
         `${kind}: HTTP, ${clients} clients, batch wait ${waitMs} ms: ${rate.toFixed(0)} req/s, ` +
           `${summary(result.latencies)}, ${result.errors} errors of ${result.latencies.length}, ` +
-          `server RSS ${rssBefore.toFixed(0)} -> ${rssAfter.toFixed(0)} MiB`,
+          `server RSS ${rss.map((m) => m.toFixed(0)).join(" -> ")} MiB, ` +
+          `tensors ${tensors.join(" -> ")}`,
       );
     }
   }

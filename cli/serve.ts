@@ -22,6 +22,7 @@ export const SERVE_OPTIONS = [
   "  --port P          port (default 8000; 0 picks a free one)",
   "  --batch-wait-ms W micro-batching window of POST /recommend (default 2; 0 = off)",
   "  --max-history N   longest history or exclude list accepted (default 1000)",
+  "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write)",
 ];
 
 function intFlag(flag: string, text: string | undefined, fallback: number, min: number): number {
@@ -62,7 +63,9 @@ export async function serveCommand(args: string[]): Promise<void> {
   if (batchWaitMs < 0) throw new RangeError(`--batch-wait-ms must be >= 0, got "${waitText}"`);
   const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
   const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
-    wasmThreads: threadsFlag(values.threads),
+    // One thread by default: a single history is too small a product to share, and on 2
+    // cores a second wasm thread raised p99 latency from 3.6 ms to 21 ms (bench/serve_load.ts).
+    wasmThreads: threadsFlag(values.threads) ?? 1,
     blas: values.blas ?? "auto",
   });
   console.error(`backend: ${backend.name} (${backend.reason})`);

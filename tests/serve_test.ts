@@ -81,6 +81,7 @@ Deno.test("serve answers every route and every bad request, and keeps serving", 
       "cpu",
     ]);
     assertEquals(health.formatVersion, 1);
+    assertEquals(typeof health.tensors, "number");
     const page = await fetch(base);
     assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
     assert((await page.text()).includes("<form"));

@@ -6,7 +6,7 @@
  * | --- | --- | --- |
  * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
  * | `POST /recommend/batch` | `{ "requests": [<a /recommend body>, ...] }` | `{ "results": [<a /recommend answer>, ...] }` |
- * | `GET /health` | | `{ "status": "ok", "model", "items", "backend", "formatVersion", "limits" }` |
+ * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "limits" }` |
  * | `GET /` | | a page where a person types a history and sees the recommendations |
  *
  * A bad request gets a 4xx answer `{ "error": "...", "field"?: "..." }` naming what is
@@ -268,6 +268,7 @@ export function createHandler(
       maxLength: recommender.model.config.maxLength,
       backend: tf.getBackend(),
       formatVersion: MODEL_FILE_VERSION,
+      tensors: tf.memory().numTensors,
       limits,
     });
 
