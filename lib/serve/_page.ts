@@ -1,6 +1,6 @@
 /**
  * The page `GET /` serves: a person types a history, one item per line, and sees the
- * recommendations with their scores. Self-contained (no external scripts or styles), and
+ * recommendations with their scores. A link can carry the history: `/?item=a&item=b&k=5`. Self-contained (no external scripts or styles), and
  * it talks to the same server's `/health` and `/recommend`.
  *
  * @module
@@ -51,6 +51,13 @@ const base = new URL(".", location.href);
 fetch(new URL("health", base)).then((r) => r.json()).then((h) => {
   $("model").textContent = h.model + " over " + h.items + " items, on the " + h.backend + " backend";
 }).catch((e) => { $("model").textContent = "health check failed: " + e; });
+// A link can carry a history: ?item=a&item=b&k=5 fills the form and asks at once.
+const query = new URLSearchParams(location.search);
+if (query.getAll("item").length) {
+  $("history").value = query.getAll("item").join("\\n");
+  if (query.get("k")) $("k").value = query.get("k");
+  queueMicrotask(() => $("form").requestSubmit());
+}
 $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("error").textContent = "";
