@@ -1,37 +1,30 @@
 /**
- * Generative sequential recommendation in Deno on tfjs: SIGMA (a VAE whose prior is a
- * Gaussian mixture of the user's own interests) and the SASRec baseline behind one model
- * interface, with full-catalogue evaluation, a seeded
- * trainer with atomic checkpoints, and a backend chosen at run time (WebGPU, WebAssembly
- * SIMD or the pure-JS cpu kernels).
+ * Generative sequential recommendation on tfjs: SIGMA (a VAE whose prior is a Gaussian
+ * mixture of the user's own interests) and the SASRec baseline behind one model
+ * interface, full-catalogue evaluation, and everything that serves a trained model:
+ * a {@linkcode Recommender} on the caller's own item names, the portable model file
+ * (safetensors; {@linkcode decodeModelFile}) read from bytes, a URL or a `Response`, the
+ * HTTP API as a plain fetch handler ({@linkcode createHandler}), and a backend chosen at
+ * run time (WebGPU, WebAssembly SIMD or pure-JS cpu kernels).
  *
- * The usual way in is the command line (`deno task train`, `eval`, `recommend`, `serve`);
- * this module is the same pipeline as a library, up to recommendations: a
- * {@linkcode Recommender} on the caller's own item names, a portable model file
- * (safetensors; {@linkcode encodeModelFile}) that loads from a path, a URL or bytes, and the
- * HTTP API as a plain fetch handler ({@linkcode createHandler}).
+ * This entry runs wherever JavaScript runs: browsers, edge isolates, Deno with no
+ * permissions. Its import graph uses no `Deno.*`, no FFI and no `node:` module (a test
+ * walks it). Training, file readers, run folders and the native BLAS are Deno-only and
+ * live behind `./train`; the command line behind `./cli`.
  *
- * @example Train a small SASRec on the embedded synthetic data and read its test metrics
+ * @example Load a model file and recommend
  * ```ts
- * import {
- *   leaveOneOut,
- *   SasRec,
- *   selectBackend,
- *   syntheticDataset,
- *   train,
- *   evaluateModel,
- * } from "./mod.ts";
+ * import { datasetFromSequences, Recommender, SasRec, selectBackend } from "./mod.ts";
  *
- * const chosen = await selectBackend("auto");
- * console.log(`backend ${chosen.name}: ${chosen.reason}`);
- * const data = syntheticDataset({ seed: 7 });
- * const { split } = leaveOneOut(data);
- * const numItems = data.numItems;
- * const model = new SasRec({ numItems, hidden: 32, heads: 2, layers: 1, inner: 64 });
- * await train(model, split, numItems, { epochs: 2, batchSize: 128 });
- * const test = await evaluateModel(model, split.test, numItems, 256, model.config.maxLength);
- * console.log(test["recall@20"], test["ndcg@20"]);
- * model.params.dispose();
+ * await selectBackend("auto");
+ * // A model file from a URL, a path, a Response or bytes: here, one made on the spot.
+ * const data = datasetFromSequences({ ann: ["tea", "mug", "kettle"], bob: ["mug", "spoon"] });
+ * using fresh = new Recommender(new SasRec({ numItems: data.numItems }), data.vocab.items);
+ * const bytes = await fresh.toBytes();
+ *
+ * using recommender = await Recommender.load(bytes);
+ * const { items, unknown } = await recommender.recommend(["tea", "teapot"], { k: 2 });
+ * console.log(items, unknown); // two of mug, kettle, spoon with scores; ["teapot"]
  * ```
  *
  * @module
@@ -43,8 +36,8 @@ export {
   type ChosenBackend,
   probeWebGpu,
   selectBackend,
-  type SelectBackendOptions,
-} from "./backends/mod.ts";
+  type WebBackendOptions,
+} from "./backends/web.ts";
 export * from "./lib/data/mod.ts";
 export * from "./lib/eval/mod.ts";
 export {
@@ -97,23 +90,6 @@ export type {
   Tensor3D,
   Variable,
 } from "./lib/nn/tensor_types.ts";
-export {
-  type CheckpointMeta,
-  fnv1a,
-  readCheckpoint,
-  type ResumeState,
-  writeCheckpoint,
-} from "./lib/train/checkpoint.ts";
-export {
-  type EpochRecord,
-  evaluateModel,
-  SELECTION_METRIC,
-  train,
-  TRAIN_DEFAULTS,
-  type TrainHooks,
-  type TrainOptions,
-  type TrainResult,
-} from "./lib/train/trainer.ts";
 export {
   decodeModelFile,
   encodeModelFile,

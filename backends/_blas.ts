@@ -17,6 +17,7 @@
  */
 import type * as tf from "@tensorflow/tfjs-core";
 import { matMulDims } from "./_matmul_dims.ts";
+import { setMatMulAccelerator } from "./_kernels.ts";
 
 type Info = tf.TensorInfo;
 
@@ -233,3 +234,8 @@ export function blasBatchMatMul(
   }
   return out;
 }
+
+// The wasm kernels try this first; it declines (null) while no library is active.
+setMatMulAccelerator((backend, a, b, transposeA, transposeB) =>
+  blasBatchMatMul(backend as WasmHeap, a, b, transposeA, transposeB)
+);

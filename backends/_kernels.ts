@@ -24,7 +24,6 @@ import * as tf from "@tensorflow/tfjs-core";
 import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kernels.ts";
 import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
 import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
-import { blasBatchMatMul } from "./_blas.ts";
 import { matMulDims } from "./_matmul_dims.ts";
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
@@ -316,8 +315,8 @@ export function registerProjectKernels(): void {
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
     const a = args.inputs.a as Info;
     const b = args.inputs.b as Info;
-    const backend = args.backend as WasmBackendInternals & Parameters<typeof blasBatchMatMul>[0];
-    return blasBatchMatMul(backend, a, b, transposeA, transposeB) ??
+    const backend = args.backend as WasmBackendInternals;
+    return matMulAccelerator?.(backend, a, b, transposeA, transposeB) ??
       batchMatMul(backend, a, b, transposeA, transposeB);
   });
   overrideWasmKernel("GatherV2", (args) => {
@@ -332,6 +331,26 @@ export function registerProjectKernels(): void {
       batchDims ?? 0,
     );
   });
+}
+
+/**
+ * A faster matrix product for the wasm backend's `BatchMatMul` (rank >= 2), tried before
+ * this file's own kernel: it returns null for the products it leaves alone. The native
+ * BLAS (`_blas.ts`, Deno only) installs one; nothing here depends on it.
+ */
+export type MatMulAccelerator = (
+  backend: unknown,
+  a: Info,
+  b: Info,
+  transposeA: boolean,
+  transposeB: boolean,
+) => Info | null;
+
+let matMulAccelerator: MatMulAccelerator | null = null;
+
+/** Installs (or, with null, removes) the wasm backend's {@linkcode MatMulAccelerator}. */
+export function setMatMulAccelerator(accelerator: MatMulAccelerator | null): void {
+  matMulAccelerator = accelerator;
 }
 
 /**

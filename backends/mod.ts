@@ -1,5 +1,7 @@
 /**
- * Run-time backend choice: WebGPU, WebAssembly (SIMD) or the pure-JS CPU reference.
+ * Run-time backend choice under Deno: WebGPU, WebAssembly (SIMD, threaded, optionally with
+ * a native BLAS for the large matrix products) or the pure-JS CPU reference, with the
+ * gradients training needs registered. Where only web APIs exist, use `web.ts` instead.
  *
  * ```ts
  * import { selectBackend } from "./mod.ts";
@@ -9,33 +11,14 @@
  *
  * @module
  */
-import "./_quiet.ts";
 import * as tf from "@tensorflow/tfjs-core";
-import "@tensorflow/tfjs-backend-cpu";
 import * as wasm from "@tensorflow/tfjs-backend-wasm";
-import "@tensorflow/tfjs-backend-webgpu";
+import { type BackendChoice, chooseBackend, type ChosenBackend } from "./_select.ts";
 import "./_gradients.ts";
-import { installThreadedWasm } from "./_wasm_threads.ts";
-import { registerProjectKernels } from "./_kernels.ts";
-import { registerLayoutKernels } from "./_layout_kernels.ts";
+import { installThreadedWasm, type ThreadedWasmStatus } from "./_wasm_threads.ts";
 import { useNativeBlas } from "./_blas.ts";
 
-registerProjectKernels();
-registerLayoutKernels();
-
-/** A backend the user may ask for; `auto` picks the fastest one available. */
-export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";
-
-/** The backend names accepted by {@linkcode selectBackend}. */
-export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "webgpu", "wasm", "cpu"];
-
-/** The outcome of {@linkcode selectBackend}. */
-export interface ChosenBackend {
-  /** The tfjs backend now active. */
-  name: "webgpu" | "wasm" | "cpu";
-  /** Why it was chosen, in words, for the progress log. */
-  reason: string;
-}
+export { BACKEND_CHOICES, type BackendChoice, type ChosenBackend, probeWebGpu } from "./_select.ts";
 
 /** Options for {@linkcode selectBackend}. */
 export interface SelectBackendOptions {
@@ -58,45 +41,8 @@ export interface SelectBackendOptions {
   blas?: string;
 }
 
-interface GpuAdapterLike {
-  isFallbackAdapter?: boolean;
-  info?: { description?: string; vendor?: string; device?: string; isFallbackAdapter?: boolean };
-}
-
-/** Describes the WebGPU adapter present, or null when there is none. */
-export async function probeWebGpu(): Promise<{ fallback: boolean; description: string } | null> {
-  // deno-lint-ignore no-explicit-any
-  const gpu = (globalThis.navigator as any)?.gpu;
-  if (!gpu) return null;
-  let adapter: GpuAdapterLike | null = null;
-  try {
-    adapter = await gpu.requestAdapter();
-  } catch {
-    return null;
-  }
-  if (!adapter) return null;
-  const fallback = Boolean(adapter.isFallbackAdapter ?? adapter.info?.isFallbackAdapter);
-  const info = adapter.info ?? {};
-  const description = info.description || [info.vendor, info.device].filter(Boolean).join(" ") ||
-    "unnamed adapter";
-  return { fallback, description };
-}
-
-async function activate(name: ChosenBackend["name"]): Promise<boolean> {
-  try {
-    const ok = await tf.setBackend(name);
-    await tf.ready();
-    return ok && tf.getBackend() === name;
-  } catch {
-    return false;
-  }
-}
-
 /** Switches the native BLAS on or off for the now active wasm backend and describes both. */
-async function startWasmExtras(
-  threads: ReturnType<typeof installThreadedWasm>,
-  blas: string,
-): Promise<string> {
+async function startWasmExtras(threads: ThreadedWasmStatus, blas: string): Promise<string> {
   const native = useNativeBlas(blas, wasm.getThreadsCount());
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
   const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
@@ -109,56 +55,24 @@ async function startWasmExtras(
  * `auto` takes WebGPU when an adapter exists that is not a fallback (software) adapter,
  * else WebAssembly, else the CPU reference. An explicit choice that cannot start throws a
  * `RangeError` (unknown name) or an `Error` naming what is missing.
+ *
+ * @example Usage
+ * ```ts
+ * import { selectBackend } from "./mod.ts";
+ * const { name } = await selectBackend("wasm", { wasmThreads: 1 }); // "wasm"
+ * ```
  */
 export async function selectBackend(
   choice: BackendChoice,
   options: SelectBackendOptions = {},
 ): Promise<ChosenBackend> {
-  if (!BACKEND_CHOICES.includes(choice)) {
-    throw new RangeError(
-      `Unknown backend "${choice}": expected one of ${BACKEND_CHOICES.join(", ")}`,
-    );
-  }
-  tf.env().set("WEBGPU_CPU_FORWARD", options.webgpuCpuForward ?? false);
   const blas = options.blas ?? "off";
-  useNativeBlas("off"); // until wasm is active: the choice below may not be wasm
-  const threads = installThreadedWasm(options.wasmThreads);
-  if (choice === "webgpu") {
-    const gpu = await probeWebGpu();
-    if (!gpu) {
-      throw new Error(
-        "Backend webgpu was asked for, but navigator.gpu has no adapter on this machine",
-      );
-    }
-    if (!(await activate("webgpu"))) {
-      throw new Error(`Backend webgpu failed to start on adapter "${gpu.description}"`);
-    }
-    const kind = gpu.fallback ? "software fallback adapter" : "hardware adapter";
-    return { name: "webgpu", reason: `asked for; ${kind} "${gpu.description}"` };
-  }
-  if (choice === "wasm" || choice === "cpu") {
-    if (!(await activate(choice))) {
-      throw new Error(`Backend ${choice} was asked for, but it failed to start`);
-    }
-    return {
-      name: choice,
-      reason: choice === "wasm"
-        ? `asked for; ${await startWasmExtras(threads, blas)}`
-        : "asked for",
-    };
-  }
-  const gpu = await probeWebGpu();
-  if (gpu && !gpu.fallback && (await activate("webgpu"))) {
-    return { name: "webgpu", reason: `auto: hardware WebGPU adapter "${gpu.description}"` };
-  }
-  const why = gpu
-    ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
-    : "no WebGPU adapter";
-  if (await activate("wasm")) {
-    return { name: "wasm", reason: `auto: ${why}; ${await startWasmExtras(threads, blas)}` };
-  }
-  if (await activate("cpu")) {
-    return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };
-  }
-  throw new Error("No tfjs backend could start (tried webgpu, wasm, cpu)");
+  let threads: ThreadedWasmStatus | undefined;
+  return await chooseBackend(choice, options.webgpuCpuForward ?? false, {
+    prepare: () => {
+      useNativeBlas("off"); // until wasm is active: the choice may not be wasm
+      threads = installThreadedWasm(options.wasmThreads);
+    },
+    describe: () => startWasmExtras(threads!, blas),
+  });
 }

@@ -21,7 +21,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
-import { leaveOneOut, readDataset, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
+import { leaveOneOut, Rng, syntheticDataset, trainBatches } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 

@@ -26,12 +26,12 @@ import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
   leaveOneOut,
-  readDataset,
   Rng,
   syntheticDataset,
   type TrainBatch,
   trainBatches,
 } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import { modelEntry, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";

@@ -33,7 +33,8 @@
 import { parseArgs } from "../cli/_args.ts";
 import { positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
-import { readDataset, type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
+import { type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import { modelEntry } from "../lib/models/mod.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 

@@ -40,13 +40,13 @@ import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
   evalBatches,
   leaveOneOut,
-  readDataset,
   Rng,
   type SequenceDataset,
   syntheticDataset,
   type TrainBatch,
   trainBatches,
 } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import { evaluate } from "../lib/eval/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";

@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { readDataset, syntheticDataset } from "../lib/data/mod.ts";
+import { syntheticDataset } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import type { SequenceDataset } from "../lib/data/types.ts";
 
 /** How a data set was obtained; stored in checkpoints so `eval` can rebuild it. */

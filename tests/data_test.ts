@@ -18,8 +18,6 @@ import {
   paddedTrainBatch,
   parseCategories,
   plantedClusters,
-  readCategories,
-  readDataset,
   readMovieLensRatings,
   readRecBoleInter,
   readSequenceLines,
@@ -29,6 +27,7 @@ import {
   type TrainBatch,
   trainBatches,
 } from "../lib/data/mod.ts";
+import { readCategories, readDataset } from "../lib/data/files.ts";
 
 const arr = (a: ArrayLike<number>): number[] => Array.from(a);
 const tokens = (ds: SequenceDataset, u: number): string[] =>

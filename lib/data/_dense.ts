@@ -67,18 +67,3 @@ export function checkNonNegativeInt(name: string, value: number): void {
 export function plural(n: number, word: string, many = `${word}s`): string {
   return `${n} ${n === 1 ? word : many}`;
 }
-
-/**
- * Reads a text file, re-throwing a missing file as `Deno.errors.NotFound` that names the
- * path and what it was meant to be.
- */
-export async function readText(path: string, what: string): Promise<string> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Deno.errors.NotFound(`${what} file not found: ${path}`, { cause: e });
-    }
-    throw e;
-  }
-}

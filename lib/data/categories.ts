@@ -4,7 +4,7 @@
  * @module
  */
 import type { SequenceDataset, Vocabulary } from "./types.ts";
-import { plural, quote, readText, splitLines, TokenIndex } from "./_dense.ts";
+import { plural, quote, splitLines, TokenIndex } from "./_dense.ts";
 
 /** Item categories over a dataset's dense item ids, ready to attach to it. */
 export interface ItemCategories {
@@ -117,29 +117,11 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
 }
 
 /**
- * Reads an item-categories file (JSON or text lines, see {@linkcode parseCategories}).
- *
- * @example Usage
- * ```ts ignore
- * import { readCategories } from "./categories.ts";
- * const cats = await readCategories("data/Beauty_item2attributes.json", dataset.vocab);
- * ```
- *
- * @param path The file to read.
- * @param vocab The dataset's vocabulary.
- * @throws {Deno.errors.NotFound} The file does not exist.
- * @throws {SyntaxError} As {@linkcode parseCategories}.
- */
-export async function readCategories(path: string, vocab: Vocabulary): Promise<ItemCategories> {
-  return parseCategories(await readText(path, "categories"), vocab, path);
-}
-
-/**
  * Returns a copy of `dataset` with `categories` attached and their notes appended to the
  * report.
  *
  * @param dataset The dataset the categories were parsed against.
- * @param categories The result of {@linkcode parseCategories} or {@linkcode readCategories}.
+ * @param categories The result of {@linkcode parseCategories} (or `readCategories`).
  * @throws {RangeError} The categories cover a different number of items.
  */
 export function attachCategories(

@@ -1,7 +1,8 @@
 /**
  * Readers for the three interaction formats of SIGMA.md ("Data and protocol"). Each parser
  * takes the file's text and a `source` name used in error messages, so it can be tested on
- * inline strings; {@linkcode readDataset} reads a file and picks the parser.
+ * inline strings; {@linkcode parseDataset} picks the parser by format, and `readDataset`
+ * (in the Deno-only `files.ts`) reads a file first.
  *
  * Ids in the files are tokens (strings). They are remapped to dense ids: users 0..U-1 and
  * items 1..N, both in order of first appearance, with 0 reserved for padding. An item whose
@@ -10,11 +11,10 @@
  * @module
  */
 import type { DataReport, SequenceDataset } from "./types.ts";
-import { PAD_TOKEN, plural, quote, readText, splitLines, TokenIndex } from "./_dense.ts";
+import { PAD_TOKEN, plural, quote, splitLines, TokenIndex } from "./_dense.ts";
 import { fiveCore } from "./filter.ts";
-import { attachCategories, readCategories } from "./categories.ts";
 
-/** The interaction file formats {@linkcode readDataset} understands. */
+/** The interaction file formats {@linkcode parseDataset} understands. */
 export type DatasetFormat = "lines" | "recbole" | "movielens";
 
 /** Options of {@linkcode readMovieLensRatings}. */
@@ -23,7 +23,7 @@ export interface MovieLensOptions {
   minRating?: number;
 }
 
-/** Options of {@linkcode readDataset}. */
+/** Options of `readDataset` (in `files.ts`). */
 export interface ReadDatasetOptions extends MovieLensOptions {
   /**
    * The file format; by default taken from the extension: `.txt` sequence lines,
@@ -222,52 +222,53 @@ export function readMovieLensRatings(
   return fromRows(source, rows, true, { interactions: read, notes }, allUsers.size);
 }
 
+/** Options of {@linkcode parseDataset}: those of {@linkcode ReadDatasetOptions} but the file. */
+export type ParseDatasetOptions = Omit<ReadDatasetOptions, "categories">;
+
 /**
- * Reads an interaction file and parses it with the reader its format calls for, then
- * optionally applies k-core filtering and attaches item categories.
+ * Parses an interaction file's text with the reader its format calls for, then optionally
+ * applies k-core filtering. The part of `readDataset` (in `files.ts`) that needs no file
+ * system, for data fetched or uploaded in a browser.
  *
  * @example Usage
- * ```ts ignore
- * import { readDataset } from "./readers.ts";
- * const ds = await readDataset("data/Beauty.txt", {
- *   categories: "data/Beauty_item2attributes.json",
- * });
+ * ```ts
+ * import { parseDataset } from "./readers.ts";
+ * const ds = parseDataset("u1 a b c\nu2 b c\n", "inline.txt");
+ * // ds.numItems = 3
  * ```
  *
- * @param path The file to read.
- * @param options See {@linkcode ReadDatasetOptions}.
- * @throws {Deno.errors.NotFound} The file (or the categories file) does not exist.
+ * @param text The file's content.
+ * @param source Its name: the format comes from its extension unless `options.format` says.
+ * @param options See {@linkcode ParseDatasetOptions}.
  * @throws {TypeError} No `format` given and the extension is not `.txt`, `.inter` or `.dat`.
+ * @throws {SyntaxError} As the format's reader.
  */
-export async function readDataset(
-  path: string,
-  options: ReadDatasetOptions = {},
-): Promise<SequenceDataset> {
-  const format = options.format ?? formatFromPath(path);
-  const text = await readText(path, "dataset");
+export function parseDataset(
+  text: string,
+  source: string,
+  options: ParseDatasetOptions = {},
+): SequenceDataset {
+  const format = options.format ?? formatFromPath(source);
   let dataset: SequenceDataset;
   switch (format) {
     case "lines":
-      dataset = readSequenceLines(text, path);
+      dataset = readSequenceLines(text, source);
       break;
     case "recbole":
-      dataset = readRecBoleInter(text, path);
+      dataset = readRecBoleInter(text, source);
       break;
     case "movielens":
-      dataset = readMovieLensRatings(text, path, options);
+      dataset = readMovieLensRatings(text, source, options);
       break;
     default:
-      throw new TypeError(`unknown dataset format ${quote(String(format))} for ${path}`);
+      throw new TypeError(`unknown dataset format ${quote(String(format))} for ${source}`);
   }
   if (options.kCore !== undefined && options.kCore > 0) dataset = fiveCore(dataset, options.kCore);
-  if (options.categories !== undefined) {
-    dataset = attachCategories(dataset, await readCategories(options.categories, dataset.vocab));
-  }
   return dataset;
 }
 
 /**
- * The format {@linkcode readDataset} uses for `path` when none is given.
+ * The format {@linkcode parseDataset} uses for `path` when none is given.
  *
  * @param path A file path.
  * @throws {TypeError} The extension is not `.txt`, `.inter` or `.dat`.

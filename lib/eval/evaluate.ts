@@ -9,6 +9,9 @@ import type { Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch } from "../data/types.ts";
 import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "./_device.ts";
 import { DEFAULT_KS, MetricAccumulator, type Metrics } from "./metrics.ts";
+import { evalBatches } from "../data/batches.ts";
+import type { EvalExample } from "../data/types.ts";
+import type { SequentialModel } from "../models/_model.ts";
 
 /** Options of {@linkcode evaluate}. */
 export interface EvaluateOptions {
@@ -108,4 +111,35 @@ export async function evaluate(
     options.onProgress?.(done, total);
   }
   return { metrics: acc.result(), count: acc.count };
+}
+
+/**
+ * Evaluates `model` on `examples` with full-catalogue ranking (see {@linkcode evaluate}):
+ * histories batched by `evalBatches`, truncated to `maxLength`, scored by `model.scores`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const test = await evaluateModel(model, split.test, data.numItems, 256, 100);
+ * console.log(test["recall@20"], test["ndcg@20"]);
+ * ```
+ *
+ * @param model The model to score with.
+ * @param examples Validation or test examples, e.g. `leaveOneOut(dataset).split.test`.
+ * @param numItems Number of real items N.
+ * @param batchSize Histories per batch; results do not depend on it.
+ * @param maxLength Longest history kept, the model's `maxLength`.
+ * @param categories Item categories, for Diversity@K and coverage@K.
+ * @returns Metric values by key.
+ */
+export async function evaluateModel(
+  model: SequentialModel,
+  examples: EvalExample[],
+  numItems: number,
+  batchSize: number,
+  maxLength: number,
+  categories?: Int32Array[],
+): Promise<Record<string, number>> {
+  const batches = evalBatches(examples, { batchSize, maxLength });
+  const result = await evaluate((b) => model.scores(b), batches, { numItems, categories });
+  return result.metrics;
 }

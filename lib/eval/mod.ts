@@ -23,4 +23,4 @@ export {
   metricsFromRanks,
 } from "./metrics.ts";
 export { rankBatch, rankOfTarget, topKBatch } from "./rank.ts";
-export { type EvalResult, evaluate, type EvaluateOptions } from "./evaluate.ts";
+export { type EvalResult, evaluate, evaluateModel, type EvaluateOptions } from "./evaluate.ts";

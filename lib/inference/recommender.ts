@@ -79,7 +79,7 @@ export type ServableModel = SequentialModel & {
  *   SasRec,
  *   selectBackend,
  *   train,
- * } from "../../mod.ts";
+ * } from "../../train.ts";
  * await selectBackend("auto");
  * const data = datasetFromSequences({
  *   alice: ["Blue Mug", "Tea", "Kettle", "Tea"],

@@ -7,9 +7,11 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
-import { evalBatches, trainBatches } from "../data/mod.ts";
-import type { EvalExample, LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
-import { evaluate } from "../eval/mod.ts";
+import { trainBatches } from "../data/mod.ts";
+import type { LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
+import { evaluateModel } from "../eval/evaluate.ts";
+
+export { evaluateModel };
 import { type SequentialModel, stepSeeds } from "../models/_model.ts";
 import {
   type CheckpointMeta,
@@ -253,20 +255,6 @@ export function trainStep(
   tf.tidy(() => optimizer.applyGradients(summed!));
   tf.dispose(Object.values(summed!));
   return { values: packedSum!, partNames };
-}
-
-/** Evaluates `model` on `examples` with full-catalogue ranking. */
-export async function evaluateModel(
-  model: SequentialModel,
-  examples: EvalExample[],
-  numItems: number,
-  batchSize: number,
-  maxLength: number,
-  categories?: Int32Array[],
-): Promise<Record<string, number>> {
-  const batches = evalBatches(examples, { batchSize, maxLength });
-  const result = await evaluate((b) => model.scores(b), batches, { numItems, categories });
-  return result.metrics;
 }
 
 function formatSeconds(s: number): string {

@@ -1,0 +1,131 @@
+/**
+ * The backend choice both entries share: `web.ts` (anywhere) and `mod.ts` (Deno, which adds
+ * wasm threads and the native BLAS through the `WasmStart` hooks).
+ *
+ * @module
+ */
+import "./_quiet.ts";
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-cpu";
+import "@tensorflow/tfjs-backend-wasm";
+import "@tensorflow/tfjs-backend-webgpu";
+import { registerProjectKernels } from "./_kernels.ts";
+import { registerLayoutKernels } from "./_layout_kernels.ts";
+
+registerProjectKernels();
+registerLayoutKernels();
+
+/** A backend the user may ask for; `auto` picks the fastest one available. */
+export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";
+
+/** The backend names accepted by `selectBackend`. */
+export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "webgpu", "wasm", "cpu"];
+
+/** The outcome of `selectBackend`. */
+export interface ChosenBackend {
+  /** The tfjs backend now active. */
+  name: "webgpu" | "wasm" | "cpu";
+  /** Why it was chosen, in words, for the progress log. */
+  reason: string;
+}
+
+/** How the wasm backend is prepared before it starts and described once it runs. */
+export interface WasmStart {
+  /** Runs before any backend is activated (e.g. installs the threaded build). */
+  prepare(): void;
+  /** Describes the now active wasm backend (SIMD, threads, BLAS) for the log. */
+  describe(): Promise<string>;
+}
+
+interface GpuAdapterLike {
+  isFallbackAdapter?: boolean;
+  info?: { description?: string; vendor?: string; device?: string; isFallbackAdapter?: boolean };
+}
+
+/**
+ * Describes the WebGPU adapter present, or null when there is none.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const gpu = await probeWebGpu(); // { fallback: false, description: "NVIDIA H200" } or null
+ * ```
+ */
+export async function probeWebGpu(): Promise<{ fallback: boolean; description: string } | null> {
+  // deno-lint-ignore no-explicit-any
+  const gpu = (globalThis.navigator as any)?.gpu;
+  if (!gpu) return null;
+  let adapter: GpuAdapterLike | null = null;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch {
+    return null;
+  }
+  if (!adapter) return null;
+  const fallback = Boolean(adapter.isFallbackAdapter ?? adapter.info?.isFallbackAdapter);
+  const info = adapter.info ?? {};
+  const description = info.description || [info.vendor, info.device].filter(Boolean).join(" ") ||
+    "unnamed adapter";
+  return { fallback, description };
+}
+
+async function activate(name: ChosenBackend["name"]): Promise<boolean> {
+  try {
+    const ok = await tf.setBackend(name);
+    await tf.ready();
+    return ok && tf.getBackend() === name;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Makes one backend active and says which and why (see `selectBackend` in `web.ts`); `wasm`
+ * prepares and describes the wasm backend.
+ */
+export async function chooseBackend(
+  choice: BackendChoice,
+  webgpuCpuForward: boolean,
+  wasm: WasmStart,
+): Promise<ChosenBackend> {
+  if (!BACKEND_CHOICES.includes(choice)) {
+    throw new RangeError(
+      `Unknown backend "${choice}": expected one of ${BACKEND_CHOICES.join(", ")}`,
+    );
+  }
+  tf.env().set("WEBGPU_CPU_FORWARD", webgpuCpuForward);
+  wasm.prepare();
+  if (choice === "webgpu") {
+    const gpu = await probeWebGpu();
+    if (!gpu) {
+      throw new Error("Backend webgpu was asked for, but navigator.gpu has no adapter here");
+    }
+    if (!(await activate("webgpu"))) {
+      throw new Error(`Backend webgpu failed to start on adapter "${gpu.description}"`);
+    }
+    const kind = gpu.fallback ? "software fallback adapter" : "hardware adapter";
+    return { name: "webgpu", reason: `asked for; ${kind} "${gpu.description}"` };
+  }
+  if (choice === "wasm" || choice === "cpu") {
+    if (!(await activate(choice))) {
+      throw new Error(`Backend ${choice} was asked for, but it failed to start`);
+    }
+    return {
+      name: choice,
+      reason: choice === "wasm" ? `asked for; ${await wasm.describe()}` : "asked for",
+    };
+  }
+  const gpu = await probeWebGpu();
+  if (gpu && !gpu.fallback && (await activate("webgpu"))) {
+    return { name: "webgpu", reason: `auto: hardware WebGPU adapter "${gpu.description}"` };
+  }
+  const why = gpu
+    ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
+    : "no WebGPU adapter";
+  if (await activate("wasm")) {
+    return { name: "wasm", reason: `auto: ${why}; ${await wasm.describe()}` };
+  }
+  if (await activate("cpu")) {
+    return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };
+  }
+  throw new Error("No tfjs backend could start (tried webgpu, wasm, cpu)");
+}
