@@ -1,0 +1,212 @@
+import { selectBackend } from "../backends/mod.ts";
+import { syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+const BUILD = new URL("../web/build.ts", import.meta.url).pathname;
+const CHROMIUM = Deno.env.get("CHROMIUM") ?? "chromium";
+const probe = await new Deno.Command(CHROMIUM, {
+  args: ["--version"],
+  stdout: "null",
+  stderr: "null",
+})
+  .output().catch(() => null);
+if (!probe?.success) {
+  console.warn(
+    `web_test: skipped: no ${CHROMIUM} to run the page in (Debian: apt-get install chromium)`,
+  );
+}
+
+/** A minimal Chrome DevTools Protocol client over the page target's WebSocket. */
+class DevTools {
+  #socket: WebSocket;
+  #next = 1;
+  #pending = new Map<number, (message: { result?: unknown; error?: unknown }) => void>();
+
+  private constructor(socket: WebSocket) {
+    this.#socket = socket;
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      this.#pending.get(message.id)?.(message);
+      this.#pending.delete(message.id);
+    };
+  }
+
+  static async connect(url: string): Promise<DevTools> {
+    const socket = new WebSocket(url);
+    await new Promise((resolve, reject) => {
+      socket.onopen = resolve;
+      socket.onerror = reject;
+    });
+    return new DevTools(socket);
+  }
+
+  send(method: string, params: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+    const id = this.#next++;
+    this.#socket.send(JSON.stringify({ id, method, params }));
+    return new Promise((resolve, reject) => {
+      this.#pending.set(
+        id,
+        (m) =>
+          m.error
+            ? reject(new Error(JSON.stringify(m.error)))
+            : resolve(m.result as Record<string, unknown>),
+      );
+    });
+  }
+
+  async evaluate(expression: string): Promise<unknown> {
+    const r = await this.send("Runtime.evaluate", { expression, returnByValue: true });
+    return (r.result as { value?: unknown }).value;
+  }
+
+  close(): void {
+    this.#socket.close();
+  }
+}
+
+/** Serves `dir` on an ephemeral loopback port. */
+function serveFolder(dir: string) {
+  const types: Record<string, string> = {
+    html: "text/html; charset=utf-8",
+    js: "text/javascript",
+    wasm: "application/wasm",
+  };
+  return Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (request) => {
+    const name = new URL(request.url).pathname.slice(1) || "index.html";
+    if (name.includes("..") || name.includes("/")) return new Response("no", { status: 404 });
+    try {
+      const body = await Deno.readFile(`${dir}/${name}`);
+      return new Response(body, {
+        headers: { "content-type": types[name.split(".").pop()!] ?? "application/octet-stream" },
+      });
+    } catch {
+      return new Response("not found", { status: 404 });
+    }
+  });
+}
+
+Deno.test({
+  name: "the browser page, in headless Chromium, recommends the same top-10 as the Deno API",
+  ignore: !probe?.success,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const site = `${dir}/site`;
+    const built = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-write",
+        "--allow-run",
+        "--allow-env",
+        BUILD,
+        "--out",
+        site,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+
+    // A model file, and what the Deno API recommends from it.
+    await selectBackend("wasm");
+    const data = syntheticDataset({ seed: 23, users: 40, items: 60, maxLength: 10 });
+    const model = new SasRec({
+      numItems: data.numItems,
+      hidden: 16,
+      heads: 2,
+      layers: 1,
+      inner: 16,
+      seed: 5,
+    });
+    using made = new Recommender(model, data.vocab.items);
+    const bytes = await made.toBytes();
+    await Deno.writeFile(`${site}/model.safetensors`, bytes);
+    using loaded = await Recommender.load(bytes);
+    const history = ["i3", "i9", "not-an-item", "i27"];
+    const expected = await loaded.recommend(history, { k: 10 });
+
+    const server = serveFolder(site);
+    const query = history.map((h) => `item=${encodeURIComponent(h)}`).join("&");
+    const page = `http://127.0.0.1:${server.addr.port}/?${query}&k=10`;
+    const chromium = new Deno.Command(CHROMIUM, {
+      args: [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--remote-debugging-port=0",
+        `--user-data-dir=${dir}/profile`,
+        "--window-size=900,800",
+        page,
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let devtools: DevTools | undefined;
+    try {
+      const reader = chromium.stderr.pipeThrough(new TextDecoderStream()).getReader();
+      let log = "";
+      let port = "";
+      while (!port) {
+        const { done, value } = await reader.read();
+        if (done) throw new Error(`chromium exited:\n${log}`);
+        log += value;
+        port = log.match(/DevTools listening on ws:\/\/127\.0\.0\.1:(\d+)\//)?.[1] ?? "";
+      }
+      (async () => {
+        for (;;) if ((await reader.read()).done) return;
+      })();
+      const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
+      const target = targets.find((t: { type: string; url: string }) =>
+        t.type === "page" && t.url.startsWith(page.split("?")[0])
+      );
+      assert(target, JSON.stringify(targets));
+      devtools = await DevTools.connect(target.webSocketDebuggerUrl);
+      let state = "";
+      for (let i = 0; i < 600 && state !== "done" && state !== "error"; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        state = String(await devtools.evaluate("document.body.dataset.state"));
+      }
+      const error = await devtools.evaluate("document.getElementById('error').textContent");
+      assertEquals(state, "done", `page state ${state}: ${error}`);
+      const rows = await devtools.evaluate(
+        "JSON.stringify([...document.querySelectorAll('#results tbody tr')].map((tr) => [tr.dataset.item, Number(tr.dataset.score)]))",
+      ) as string;
+      const shown = JSON.parse(rows) as [string, number][];
+      assertEquals(shown.map(([item]) => item), expected.items.map((x) => x.item));
+      shown.forEach(([, score], i) => {
+        const want = expected.items[i].score;
+        assert(
+          Math.abs(score - want) <= 1e-4 * Math.max(Math.abs(want), 1),
+          `row ${i}: ${score} vs ${want}`,
+        );
+      });
+      const backend = await devtools.evaluate(
+        "document.getElementById('backend').textContent",
+      ) as string;
+      assert(/^backend: (webgpu|wasm|cpu) \(/.test(backend), backend);
+      assertEquals(
+        await devtools.evaluate("document.getElementById('unknown').textContent"),
+        "Not in the model, skipped: not-an-item",
+      );
+      // The list is on screen: visible, and in the screenshot's pixels.
+      assertEquals(await devtools.evaluate("document.getElementById('results').hidden"), false);
+      const shot = await devtools.send("Page.captureScreenshot", { format: "png" });
+      const png = Uint8Array.from(atob(shot.data as string), (c) => c.charCodeAt(0));
+      assertEquals([...png.subarray(1, 4)].map((c) => String.fromCharCode(c)).join(""), "PNG");
+      // Kept (outside the folder removed below) for a person to look at.
+      const shotPath = `${await Deno.makeTempDir({ prefix: "web_test_" })}/page.png`;
+      await Deno.writeFile(shotPath, png);
+      console.log(`screenshot: ${shotPath} (${png.length} bytes), ${backend}`);
+      assert(png.length > 10_000, `a ${png.length}-byte screenshot is too small to show the list`);
+    } finally {
+      devtools?.close();
+      chromium.kill("SIGTERM");
+      await chromium.status;
+      await server.shutdown();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
