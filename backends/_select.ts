@@ -68,6 +68,31 @@ export async function probeWebGpu(): Promise<{ fallback: boolean; description: s
   return { fallback, description };
 }
 
+/** Deno's permission API where it exists (feature-detected: this file runs anywhere). */
+interface PermissionsLike {
+  querySync?(descriptor: { name: string; kind?: string }): { state: string };
+}
+
+/**
+ * The state of a Deno permission (`"granted"`, `"prompt"`, `"denied"`), or `"granted"`
+ * where there is no Deno: browsers and edge isolates grant what their platform offers.
+ */
+export function permissionState(name: string, kind?: string): string {
+  const deno = (globalThis as { Deno?: { permissions?: PermissionsLike } }).Deno;
+  return deno?.permissions?.querySync?.({ name, ...(kind ? { kind } : {}) }).state ?? "granted";
+}
+
+/**
+ * Why the wasm backend cannot start here, or null. Under Deno tfjs reads its `.wasm` file
+ * from disk (node_modules or Deno's npm cache), so without read access its start-up
+ * aborts with emscripten's noise; this says which flag is missing instead.
+ */
+export function wasmUnavailable(): string | null {
+  return permissionState("read") === "granted"
+    ? null
+    : "WebAssembly needs --allow-read here (tfjs reads its .wasm file from disk under Deno)";
+}
+
 async function activate(name: ChosenBackend["name"]): Promise<boolean> {
   try {
     const ok = await tf.setBackend(name);
@@ -105,6 +130,9 @@ export async function chooseBackend(
     const kind = gpu.fallback ? "software fallback adapter" : "hardware adapter";
     return { name: "webgpu", reason: `asked for; ${kind} "${gpu.description}"` };
   }
+  if (choice === "wasm" && wasmUnavailable()) {
+    throw new Error(`Backend wasm was asked for, but ${wasmUnavailable()}`);
+  }
   if (choice === "wasm" || choice === "cpu") {
     if (!(await activate(choice))) {
       throw new Error(`Backend ${choice} was asked for, but it failed to start`);
@@ -121,11 +149,13 @@ export async function chooseBackend(
   const why = gpu
     ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
     : "no WebGPU adapter";
-  if (await activate("wasm")) {
+  const noWasm = wasmUnavailable();
+  if (!noWasm && (await activate("wasm"))) {
     return { name: "wasm", reason: `auto: ${why}; ${await wasm.describe()}` };
   }
   if (await activate("cpu")) {
-    return { name: "cpu", reason: `auto: ${why} and WebAssembly failed to start` };
+    const wasmWhy = noWasm ?? "WebAssembly failed to start";
+    return { name: "cpu", reason: `auto: ${why}; ${wasmWhy}` };
   }
   throw new Error("No tfjs backend could start (tried webgpu, wasm, cpu)");
 }

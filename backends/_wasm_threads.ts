@@ -120,6 +120,19 @@ export function installThreadedWasm(
   }
   if (status) return status;
   if (threads === 1) return status = { requested: 1, fallbackReason: "1 thread asked for" };
+  // The start-up writes a temporary worker script and reads the CPU count.
+  const missing = [
+    Deno.permissions.querySync({ name: "write" }).state === "granted" ? "" : "--allow-write",
+    Deno.permissions.querySync({ name: "sys", kind: "cpus" }).state === "granted"
+      ? ""
+      : "--allow-sys",
+  ].filter((f) => f);
+  if (missing.length > 0) {
+    return status = {
+      requested: 1,
+      fallbackReason: `one thread: wasm threads need ${missing.join(" and ")}`,
+    };
+  }
   if (typeof SharedArrayBuffer === "undefined") {
     return status = { requested: 1, fallbackReason: "no SharedArrayBuffer" };
   }

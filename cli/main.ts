@@ -322,7 +322,8 @@ export async function main(args: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error;
     console.error(`error: ${err.message}`);
-    if (Deno.env.get("SIGMA_DEBUG")) console.error(err.stack);
+    const env = Deno.permissions.querySync({ name: "env", variable: "SIGMA_DEBUG" }).state;
+    if (env === "granted" && Deno.env.get("SIGMA_DEBUG")) console.error(err.stack);
     return 1;
   }
 }
