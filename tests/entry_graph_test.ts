@@ -61,6 +61,11 @@ Deno.test("the graph check sees Deno-only code where it is: train.ts reaches the
   for (const api of ["Deno.readTextFile", "Deno.dlopen", '"node:os"']) {
     assert(found.has(api), `${api} not found in train.ts's graph: ${[...found].join(", ")}`);
   }
+  // Training registers its own gradients (backends/_gradients.ts), not the umbrella's.
+  const umbrella = info.modules.flatMap((m) => m.dependencies ?? [])
+    .map((d) => d.code?.specifier ?? d.specifier)
+    .filter((s) => s.startsWith("npm:@tensorflow/tfjs@") || s.startsWith("npm:/@tensorflow/tfjs@"));
+  assertEquals(umbrella, []);
 });
 
 Deno.test("the browser type-check config pins the same packages as deno.json", async () => {

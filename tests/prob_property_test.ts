@@ -343,7 +343,8 @@ Deno.test("gumbelSoftmax() argmax frequencies match softmax probabilities", () =
       const k = logits.length;
       const draws = 6000;
       const hard = tf.tidy(() =>
-        gumbelSoftmax(tf.tile(tf.tensor2d([logits]), [draws, 1]), 1, seed, true).sum(0).dataSync()
+        tf.sum(gumbelSoftmax(tf.tile(tf.tensor2d([logits]), [draws, 1]), 1, seed, true), 0)
+          .dataSync()
       );
       const m = Math.max(...logits);
       const e = logits.map((x) => Math.exp(x - m));

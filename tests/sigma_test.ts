@@ -49,7 +49,7 @@ Deno.test("gatedCategoryGru() equals the taped reference in values and every gra
         const items = tf.variable(tf.randomNormal([batch, length, d], 0, 1, "float32", seed));
         const gates = tf.variable(tf.tidy(() => {
           const choice = tf.randomUniform([batch, length], 0, k + 1, "int32", seed + 1);
-          return tf.cast(tf.oneHot(choice, k + 1), "float32").slice([0, 0, 0], [-1, -1, k]);
+          return tf.slice(tf.cast(tf.oneHot(choice, k + 1), "float32"), [0, 0, 0], [-1, -1, k]);
         })); // some rows all zero: items of no category, like padding
         const weights = tf.randomNormal([batch, length, k, d], 0, 1, "float32", seed + 2);
         const vars = [...p.list(), items, gates];
