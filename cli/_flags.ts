@@ -1,8 +1,9 @@
 /**
- * Flag parsing and progress output shared by the subcommands.
+ * Flag parsing, backend start-up and progress output shared by the subcommands.
  *
  * @module
  */
+import { type BackendChoice, type ChosenBackend, selectBackend } from "../backends/mod.ts";
 
 /** The number a flag holds; a `RangeError` naming the flag otherwise. */
 export function numberFlag(flag: string, text: string): number {
@@ -47,4 +48,38 @@ export function progressWriter(): (text: string) => void {
       Deno.stderr.writeSync(encoder.encode(text.replace(/^\r/, "")));
     }
   };
+}
+
+/** An integer flag of at least `min`, or `fallback` when not given. */
+export function intFlag(flag: string, text: string | undefined, fallback: number, min = 1): number {
+  if (text === undefined) return fallback;
+  const n = numberFlag(flag, text);
+  if (!Number.isInteger(n) || n < min) {
+    throw new RangeError(`--${flag} must be an integer >= ${min}, got "${text}"`);
+  }
+  return n;
+}
+
+/** The `parseArgs` options of the flags that choose the backend. */
+export const BACKEND_OPTIONS = {
+  backend: { type: "string" },
+  threads: { type: "string" },
+  blas: { type: "string" },
+} as const;
+
+/**
+ * Starts the backend that `--backend`, `--threads` and `--blas` ask for and logs the choice
+ * to stderr. `threads` is the wasm thread count when `--threads` is not given (default:
+ * every logical CPU).
+ */
+export async function startBackend(
+  values: { backend?: string; threads?: string; blas?: string },
+  threads?: number,
+): Promise<ChosenBackend> {
+  const chosen = await selectBackend((values.backend ?? "auto") as BackendChoice, {
+    wasmThreads: threadsFlag(values.threads) ?? threads,
+    blas: values.blas ?? "auto",
+  });
+  console.error(`backend: ${chosen.name} (${chosen.reason})`);
+  return chosen;
 }

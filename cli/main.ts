@@ -11,13 +11,12 @@
  * @module
  */
 import { parseArgs } from "./_args.ts";
-import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
-import { booleanFlag, numberFlag, progressWriter, threadsFlag } from "./_flags.ts";
+import { booleanFlag, numberFlag, progressWriter, startBackend } from "./_flags.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
 
@@ -183,11 +182,7 @@ async function trainCommand(args: string[]): Promise<void> {
     );
   }
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
-  const backend = await selectBackend(((v.backend as string) ?? "auto") as BackendChoice, {
-    wasmThreads: threadsFlag(v.threads as string | undefined),
-    blas: (v.blas as string | undefined) ?? "auto",
-  });
-  console.error(`backend: ${backend.name} (${backend.reason})`);
+  const backend = await startBackend(v as Record<string, string | undefined>);
 
   const dataset = await loadData(spec);
   const { split, skipped } = leaveOneOut(dataset);
@@ -275,11 +270,7 @@ async function evalCommand(args: string[]): Promise<void> {
   if (which !== "test" && which !== "valid") {
     throw new RangeError(`--split must be "test" or "valid", got "${which}"`);
   }
-  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
-    wasmThreads: threadsFlag(values.threads),
-    blas: values.blas ?? "auto",
-  });
-  console.error(`backend: ${backend.name} (${backend.reason})`);
+  await startBackend(values);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
   let spec = meta.data as DataSpec;
   if (values.data) spec = { kind: "file", path: values.data };

@@ -5,9 +5,8 @@
  * @module
  */
 import { parseArgs } from "./_args.ts";
-import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
-import { numberFlag, progressWriter, threadsFlag } from "./_flags.ts";
+import { BACKEND_OPTIONS, intFlag, progressWriter, startBackend } from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
 
 /** The `recommend` lines of the CLI's usage. */
@@ -28,15 +27,6 @@ export const RECOMMEND_OPTIONS = [
   "  --batch-size N    histories scored per forward pass (default 256)",
 ];
 
-function positiveInt(flag: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const n = numberFlag(flag, text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--${flag} must be a positive integer, got "${text}"`);
-  }
-  return n;
-}
-
 /** Runs `recommend` with its arguments. */
 export async function recommendCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -50,9 +40,7 @@ export async function recommendCommand(args: string[]): Promise<void> {
       exclude: { type: "string" },
       "keep-seen": { type: "boolean" },
       "batch-size": { type: "string" },
-      backend: { type: "string" },
-      threads: { type: "string" },
-      blas: { type: "string" },
+      ...BACKEND_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -69,16 +57,12 @@ export async function recommendCommand(args: string[]): Promise<void> {
     throw new TypeError("--output goes with --input");
   }
   const options: RecommendOptions = {
-    k: positiveInt("k", values.k, 10),
+    k: intFlag("k", values.k, 10),
     excludeSeen: !values["keep-seen"],
     exclude: values.exclude?.split(/\s+/).filter((t) => t) ?? [],
   };
-  const batchSize = positiveInt("batch-size", values["batch-size"], 256);
-  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
-    wasmThreads: threadsFlag(values.threads),
-    blas: values.blas ?? "auto",
-  });
-  console.error(`backend: ${backend.name} (${backend.reason})`);
+  const batchSize = intFlag("batch-size", values["batch-size"], 256);
+  await startBackend(values);
   const { recommender, from } = await loadRecommender(values.model, { batchSize });
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,

@@ -5,9 +5,8 @@
  * @module
  */
 import { parseArgs } from "./_args.ts";
-import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { createHandler } from "../lib/serve/handler.ts";
-import { numberFlag, threadsFlag } from "./_flags.ts";
+import { BACKEND_OPTIONS, intFlag, numberFlag, startBackend } from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
 
 /** The `serve` lines of the CLI's usage. */
@@ -25,15 +24,6 @@ export const SERVE_OPTIONS = [
   "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write)",
 ];
 
-function intFlag(flag: string, text: string | undefined, fallback: number, min: number): number {
-  if (text === undefined) return fallback;
-  const n = numberFlag(flag, text);
-  if (!Number.isInteger(n) || n < min) {
-    throw new RangeError(`--${flag} must be an integer >= ${min}, got "${text}"`);
-  }
-  return n;
-}
-
 /** Runs `serve` with its arguments; returns when the server has stopped. */
 export async function serveCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -44,9 +34,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       port: { type: "string" },
       "batch-wait-ms": { type: "string" },
       "max-history": { type: "string" },
-      backend: { type: "string" },
-      threads: { type: "string" },
-      blas: { type: "string" },
+      ...BACKEND_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -62,13 +50,9 @@ export async function serveCommand(args: string[]): Promise<void> {
   const batchWaitMs = waitText === undefined ? 2 : numberFlag("batch-wait-ms", waitText);
   if (batchWaitMs < 0) throw new RangeError(`--batch-wait-ms must be >= 0, got "${waitText}"`);
   const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
-  const backend = await selectBackend((values.backend ?? "auto") as BackendChoice, {
-    // One thread by default: a single history is too small a product to share, and on 2
-    // cores a second wasm thread raised p99 latency from 3.6 ms to 21 ms (bench/serve_load.ts).
-    wasmThreads: threadsFlag(values.threads) ?? 1,
-    blas: values.blas ?? "auto",
-  });
-  console.error(`backend: ${backend.name} (${backend.reason})`);
+  // One wasm thread by default: a single history is too small a product to share, and on 2
+  // cores a second thread raised p99 latency from 5 ms to 18-28 ms (docs/performance.md).
+  await startBackend(values, 1);
   const { recommender, from } = await loadRecommender(values.model);
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
