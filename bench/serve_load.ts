@@ -31,7 +31,8 @@
  * @module
  */
 import { parseArgs } from "../cli/_args.ts";
-import { positiveInt } from "./_flags.ts";
+import { CHILD_PERMISSIONS, positiveInt } from "./_flags.ts";
+import { startServeChild } from "../cli/_serve_child.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
@@ -68,7 +69,6 @@ const waits = values.waits.split(",").map((w) => {
 });
 const OFFICE = new URL("../../shared/data/Office_Products.txt", import.meta.url).pathname;
 const OFFICE_ITEMS = 2420;
-const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
 
 async function officeData(): Promise<SequenceDataset> {
   try {
@@ -103,45 +103,17 @@ async function rssMiB(pid: number): Promise<number> {
 }
 
 async function startServer(model: string, waitMs: number) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-sys",
-      "--allow-ffi",
-      "--allow-net",
-      MAIN,
-      "serve",
-      "--model",
-      model,
-      "--port",
-      "0",
-      "--backend",
-      values.backend,
-      "--batch-wait-ms",
-      String(waitMs),
-      "--threads",
-      values.threads,
-    ],
-    stdout: "null",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let log = "";
-  let base = "";
-  while (!base) {
-    const { done, value } = await reader.read();
-    if (done) throw new Error(`the server exited before listening:\n${log}`);
-    log += value;
-    base = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+\/)/)?.[1] ?? "";
-  }
-  (async () => {
-    for (;;) if ((await reader.read()).done) return;
-  })();
-  return { child, url: new URL("recommend", base), backendLine: log.split("\n")[0] };
+  const server = await startServeChild([
+    "--model",
+    model,
+    "--backend",
+    values.backend,
+    "--batch-wait-ms",
+    String(waitMs),
+    "--threads",
+    values.threads,
+  ], [...CHILD_PERMISSIONS, "--allow-net"]);
+  return { ...server, url: new URL("recommend", server.base) };
 }
 
 /** `clients` loops posting histories until the deadline; latencies in ms and errors. */

@@ -4,9 +4,9 @@ import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { createHandler } from "../lib/serve/handler.ts";
 import { MicroBatcher } from "../lib/serve/batcher.ts";
+import { startServeChild } from "../cli/_serve_child.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 
-const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
 const data = syntheticDataset({ seed: 17, users: 40, items: 25, maxLength: 10 });
 const TINY = { numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 16, maxLength: 10 };
 
@@ -20,47 +20,9 @@ async function modelFile(): Promise<{ dir: string; path: string }> {
   return { dir, path };
 }
 
-/** Starts `serve` on an ephemeral loopback port; resolves once it listens. */
-async function startServer(model: string, ...extra: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-sys",
-      "--allow-net",
-      MAIN,
-      "serve",
-      "--model",
-      model,
-      "--port",
-      "0",
-      "--backend",
-      "cpu",
-      ...extra,
-    ],
-    stdout: "null",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let log = "";
-  let base = "";
-  while (!base) {
-    const { done, value } = await lines.read();
-    if (done) throw new Error(`the server exited before listening:\n${log}`);
-    log += value;
-    base = log.match(/listening on (http:\/\/127\.0\.0\.1:\d+\/)/)?.[1] ?? "";
-  }
-  // Keep reading stderr so the child never blocks on a full pipe; collect it for checks.
-  const rest = (async () => {
-    for (;;) {
-      const { done, value } = await lines.read();
-      if (done) return log;
-      log += value;
-    }
-  })();
-  return { child, base, log: () => rest };
+/** Starts `serve` on an ephemeral loopback port on cpu; resolves once it listens. */
+function startServer(model: string, ...extra: string[]) {
+  return startServeChild(["--model", model, "--backend", "cpu", ...extra]);
 }
 
 async function post(base: string, path: string, body: string | Uint8Array<ArrayBuffer>) {
