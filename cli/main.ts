@@ -14,7 +14,7 @@ import { parseArgs } from "./_args.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
-import { evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
+import { checkSeed, evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import { booleanFlag, numberFlag, progressWriter, startBackend } from "./_flags.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
@@ -141,6 +141,7 @@ async function trainCommand(args: string[]): Promise<void> {
     if (typeof v[flag] === "string") options[field] = numberFlag(flag, v[flag] as string);
   }
   if (v["no-bucket"]) options.bucket = false;
+  if (options.seed !== undefined) checkSeed("--seed", options.seed as number);
   const config: Record<string, unknown> = { seed: options.seed ?? TRAIN_DEFAULTS.seed };
   for (const field of Object.keys(entry.defaults)) {
     const flag = kebab(field);

@@ -373,3 +373,32 @@ Deno.test("SasRec() rejects bad config fields, naming the field and value", () =
     assertThrows(() => new SasRec({ ...SMALL, ...config }), RangeError, word);
   }
 });
+
+Deno.test("train() and the models take only integer seeds from 0 to 2^32 - 1, naming the field", async () => {
+  await selectBackend("cpu");
+  for (const seed of [1.5, -1, 2 ** 32, NaN]) {
+    const model = new SasRec(SMALL);
+    await assertRejects(
+      () => train(model, split, data.numItems, { seed, epochs: 1 }),
+      RangeError,
+      "seed",
+    );
+    model.params.dispose();
+    assertThrows(() => new SasRec({ ...SMALL, seed }), RangeError, `seed must be an integer`);
+  }
+});
+
+Deno.test("train() with no training position stops before writing anything, saying why", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  const model = new SasRec(SMALL);
+  const short = { ...split, train: split.train.map((s) => s.subarray(0, 1)) };
+  await assertRejects(
+    () => train(model, short, data.numItems, { epochs: 1 }, { out: `${dir}/run` }),
+    RangeError,
+    "no training positions",
+  );
+  assertEquals([...Deno.readDirSync(dir)], []);
+  model.params.dispose();
+  await Deno.remove(dir, { recursive: true });
+});

@@ -117,4 +117,7 @@ export function validateSequenceEncoderConfig(
   if (c.hidden % c.heads !== 0) {
     throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
   }
+  if (!Number.isInteger(c.seed) || c.seed < 0 || c.seed > 0xffffffff) {
+    throw new RangeError(`seed must be an integer from 0 to 4294967295, got ${c.seed}`);
+  }
 }

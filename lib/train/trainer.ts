@@ -120,6 +120,18 @@ export interface TrainResult {
   stopped: "epochs" | "patience";
 }
 
+/**
+ * Checks a seed: an integer from 0 to 2^32 - 1, the range the generators use (a fraction
+ * or a larger number would be silently truncated or wrapped, and recorded as given).
+ *
+ * @throws {RangeError} Naming `field` and the value.
+ */
+export function checkSeed(field: string, seed: number): void {
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+    throw new RangeError(`${field} must be an integer from 0 to 4294967295, got ${seed}`);
+  }
+}
+
 /** The metric that selects the best epoch. */
 export const SELECTION_METRIC = "recall@20";
 
@@ -295,6 +307,14 @@ export async function train(
   }
   if (!(o.learningRate > 0)) {
     throw new RangeError(`learningRate must be positive, got ${o.learningRate}`);
+  }
+  checkSeed("seed", o.seed);
+  if (!split.train.some((s) => s.length >= 2)) {
+    // Nothing to learn from: the loss would be NaN and the "trained" model untrained.
+    throw new RangeError(
+      `no training positions: every training sequence has fewer than 2 items ` +
+        `(a user needs at least 4 interactions: 2 to train on, then one each to validate and test)`,
+    );
   }
   const say = hooks.progress ?? (() => {});
   const maxLength = model.config.maxLength;
