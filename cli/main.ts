@@ -14,6 +14,7 @@ import { parseArgs } from "./_args.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
+import { openRunFolder } from "../lib/train/run_folder.ts";
 import { checkSeed, evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import { booleanFlag, numberFlag, progressWriter, startBackend } from "./_flags.ts";
@@ -75,6 +76,8 @@ function usage(): string {
     "  --resume            continue the run in --out from its last finished epoch (DIR/state/,",
     "                      written after every epoch); same model, data and settings, except",
     "                      --epochs, --patience and --eval-batch-size",
+    "  --overwrite         replace the run --out holds (without it, or --resume, a folder that",
+    "                      holds a run is refused; one run at a time may write to a folder)",
     "Training:",
   ];
   for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
@@ -125,6 +128,7 @@ async function trainCommand(args: string[]): Promise<void> {
       ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
       "no-bucket": { type: "boolean" },
       resume: { type: "boolean" },
+      overwrite: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -183,68 +187,81 @@ async function trainCommand(args: string[]): Promise<void> {
     );
   }
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
-  const backend = await startBackend(v as Record<string, string | undefined>);
-
-  const dataset = await loadData(spec);
-  const { split, skipped } = leaveOneOut(dataset);
-  const positions = split.train.reduce((n, s) => n + Math.max(0, s.length - 1), 0);
-  console.error(
-    `data: ${dataset.source}: ${dataset.sequences.length} users, ${dataset.numItems} items; ` +
-      `${split.test.length} evaluated, ${skipped} skipped (fewer than 3 items), ` +
-      `${positions} training positions`,
-  );
-  for (const note of dataset.report.notes) console.error(`data: ${note}`);
-  const model = entry.create({ ...config, numItems: dataset.numItems });
-  console.error(
-    `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${
-      JSON.stringify(model.config)
-    }`,
-  );
-  const result = await train(model, split, dataset.numItems, options, {
-    out,
-    checkpointInfo: { data: spec as Record<string, unknown>, itemTokens: dataset.vocab.items },
-    progress: progressWriter(),
+  // Locked and checked before anything slow: a second run into the same folder, or one that
+  // would replace a run without --overwrite, stops here, and nothing of the old run is
+  // touched until the new one has passed every check.
+  const lock = await openRunFolder(out, {
     resume: v.resume === true,
+    overwrite: v.overwrite === true,
   });
-  const o = { ...TRAIN_DEFAULTS, ...options };
-  console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);
-  const test = await evaluateModel(
-    model,
-    split.test,
-    dataset.numItems,
-    o.evalBatchSize,
-    model.config.maxLength,
-    dataset.categories,
-  );
-  const metrics = {
-    model: model.name,
-    data: dataset.source,
-    backend: backend.name,
-    backend_detail: backend.reason,
-    seed: o.seed,
-    protocol: {
-      split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
-      ranking: "full catalogue; history and padding excluded; ties pessimistic",
-      maxLength: model.config.maxLength,
-      users: split.test.length,
-      items: dataset.numItems,
-      selection: "best valid recall@20",
-      patience: o.patience,
-      stopped: result.stopped,
-    },
-    config: model.config,
-    train: o,
-    best_epoch: result.bestEpoch,
-    seconds: Math.round(result.seconds * 10) / 10,
-    valid: result.valid,
-    test,
-  };
-  await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
-  await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
-  console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
-  console.error(
-    `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
-  );
+  try {
+    const backend = await startBackend(v as Record<string, string | undefined>);
+
+    const dataset = await loadData(spec);
+    const { split, skipped } = leaveOneOut(dataset);
+    const positions = split.train.reduce((n, s) => n + Math.max(0, s.length - 1), 0);
+    console.error(
+      `data: ${dataset.source}: ${dataset.sequences.length} users, ${dataset.numItems} items; ` +
+        `${split.test.length} evaluated, ${skipped} skipped (fewer than 3 items), ` +
+        `${positions} training positions`,
+    );
+    for (const note of dataset.report.notes) console.error(`data: ${note}`);
+    const model = entry.create({ ...config, numItems: dataset.numItems });
+    console.error(
+      `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${
+        JSON.stringify(model.config)
+      }`,
+    );
+    const result = await train(model, split, dataset.numItems, options, {
+      out,
+      checkpointInfo: { data: spec as Record<string, unknown>, itemTokens: dataset.vocab.items },
+      progress: progressWriter(),
+      resume: v.resume === true,
+      overwrite: v.overwrite === true,
+      lock,
+    });
+    const o = { ...TRAIN_DEFAULTS, ...options };
+    console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);
+    const test = await evaluateModel(
+      model,
+      split.test,
+      dataset.numItems,
+      o.evalBatchSize,
+      model.config.maxLength,
+      dataset.categories,
+    );
+    const metrics = {
+      model: model.name,
+      data: dataset.source,
+      backend: backend.name,
+      backend_detail: backend.reason,
+      seed: o.seed,
+      protocol: {
+        split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
+        ranking: "full catalogue; history and padding excluded; ties pessimistic",
+        maxLength: model.config.maxLength,
+        users: split.test.length,
+        items: dataset.numItems,
+        selection: "best valid recall@20",
+        patience: o.patience,
+        stopped: result.stopped,
+      },
+      config: model.config,
+      train: o,
+      best_epoch: result.bestEpoch,
+      seconds: Math.round(result.seconds * 10) / 10,
+      valid: result.valid,
+      test,
+    };
+    await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
+    await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
+    console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
+    console.error(
+      `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
+    );
+  } finally {
+    lock.release();
+  }
 }
 
 async function evalCommand(args: string[]): Promise<void> {

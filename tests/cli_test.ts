@@ -27,6 +27,9 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
   await Deno.writeTextFile(bad, "u1 1 2 3\nu2 1 2\nu1 4 5 6\n"); // u1 twice
   // Every user has 3 items: one each to train on, validate and test, so no training position.
   await Deno.writeTextFile(`${dir}/three.txt`, "a 1 2 3\nb 2 3 4\nc 3 4 5\n");
+  // A folder holding a run: refused without --resume or --overwrite.
+  await Deno.mkdir(`${dir}/held`);
+  await Deno.writeTextFile(`${dir}/held/log.jsonl`, "");
   const cases: [string[], string][] = [
     [["train", "--no-such-flag"], "no-such-flag"],
     [["train", "--backend", "tpu"], "tpu"],
@@ -39,6 +42,7 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--model", "sasrec", "--prior", "standard"], "--prior"],
     [["train", "--model", "sasrec", "--loss", "hinge"], "hinge"],
     [["train", "--seed", "1.5"], "--seed"],
+    [["train", "--backend", "cpu", "--out", `${dir}/held`], "--overwrite"],
     [["train", "--seed", "4294967296"], "--seed"],
     [
       ["train", "--backend", "cpu", "--data", `${dir}/three.txt`, "--out", `${dir}/three`],

@@ -21,6 +21,7 @@ import {
   writeFileAtomic,
 } from "./checkpoint.ts";
 import { encodeModelFile, MODEL_FILE_NAME } from "../inference/model_file.ts";
+import { clearRun, openRunFolder, type RunLock } from "./run_folder.ts";
 import { PAD_TOKEN } from "../data/_dense.ts";
 
 /** Training settings. Defaults are the paper's (§4.1) unless said otherwise. */
@@ -104,6 +105,17 @@ export interface TrainHooks {
    * difference throws a `RangeError` naming the field. Default false.
    */
   resume?: boolean;
+  /**
+   * Replace the run that `out` holds, if any; without it (or `resume`) a folder holding a
+   * run is refused. The old files are removed only once every check has passed. Default
+   * false.
+   */
+  overwrite?: boolean;
+  /**
+   * The lock on `out`, when the caller already holds it (`openRunFolder`); otherwise
+   * `train` locks `out` itself for the length of the run.
+   */
+  lock?: RunLock;
 }
 
 /** What {@linkcode train} returns. */
@@ -290,6 +302,26 @@ export async function train(
   options: Partial<TrainOptions> = {},
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
+  const { o, itemTokens } = checkedRun(split, numItems, options, hooks);
+  if (!hooks.out) return await trainLoop(model, split, numItems, o, itemTokens, hooks);
+  const { out, resume, overwrite } = hooks;
+  const lock = hooks.lock ?? await openRunFolder(out, { resume, overwrite });
+  try {
+    // Only now, with every check passed and the folder locked, is an old run replaced.
+    if (overwrite && !resume) await clearRun(out);
+    return await trainLoop(model, split, numItems, o, itemTokens, hooks);
+  } finally {
+    if (!hooks.lock) lock.release();
+  }
+}
+
+/** Checks the options, the data and the vocabulary of a run before anything is written. */
+function checkedRun(
+  split: LeaveOneOutSplit,
+  numItems: number,
+  options: Partial<TrainOptions>,
+  hooks: TrainHooks,
+): { o: TrainOptions; itemTokens: string[] } {
   const o = { ...TRAIN_DEFAULTS, ...options };
   for (
     const k of [
@@ -316,6 +348,30 @@ export async function train(
         `(a user needs at least 4 interactions: 2 to train on, then one each to validate and test)`,
     );
   }
+  const itemTokens = hooks.checkpointInfo?.itemTokens ??
+    [PAD_TOKEN, ...Array.from({ length: numItems }, (_, i) => String(i + 1))];
+  if (itemTokens.length !== numItems + 1) {
+    throw new RangeError(
+      `checkpointInfo.itemTokens has ${itemTokens.length} entries, expected numItems + 1 = ${
+        numItems + 1
+      }`,
+    );
+  }
+  if (hooks.resume && !hooks.out) {
+    throw new TypeError("resume needs the run's output folder (hooks.out)");
+  }
+  return { o, itemTokens };
+}
+
+/** The epochs of a checked run (see {@linkcode train}). */
+async function trainLoop(
+  model: SequentialModel & { config: { maxLength: number } },
+  split: LeaveOneOutSplit,
+  numItems: number,
+  o: TrainOptions,
+  itemTokens: string[],
+  hooks: TrainHooks,
+): Promise<TrainResult> {
   const say = hooks.progress ?? (() => {});
   const maxLength = model.config.maxLength;
   const rng = new Rng(o.seed);
@@ -331,16 +387,6 @@ export async function train(
   let firstEpoch = 1;
   const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
   const stateDir = hooks.out ? `${hooks.out}/state` : null;
-  if (hooks.out) await Deno.mkdir(hooks.out, { recursive: true });
-  const itemTokens = hooks.checkpointInfo?.itemTokens ??
-    [PAD_TOKEN, ...Array.from({ length: numItems }, (_, i) => String(i + 1))];
-  if (itemTokens.length !== numItems + 1) {
-    throw new RangeError(
-      `checkpointInfo.itemTokens has ${itemTokens.length} entries, expected numItems + 1 = ${
-        numItems + 1
-      }`,
-    );
-  }
   const checkpointMeta = (epoch: number, valid: Record<string, number>) => ({
     model: model.name,
     config: model.config as Record<string, unknown>,
@@ -352,7 +398,6 @@ export async function train(
   });
 
   if (hooks.resume) {
-    if (!hooks.out) throw new TypeError("resume needs the run's output folder (hooks.out)");
     const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
     ({ step, best, sinceBest, history } = r);
     rng.state = r.rngState;
