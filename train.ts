@@ -42,6 +42,14 @@ export {
   writeFileAtomic,
 } from "./lib/train/checkpoint.ts";
 export {
+  clearRun,
+  openRunFolder,
+  RUN_FILES,
+  runFilesIn,
+  type RunLock,
+} from "./lib/train/run_folder.ts";
+export {
+  checkSeed,
   type EpochRecord,
   SELECTION_METRIC,
   train,
