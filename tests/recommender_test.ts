@@ -203,7 +203,7 @@ Deno.test("a model trained from histories in code recommends in the caller's tok
   const shop = datasetFromSequences(
     Array.from({ length: 30 }, (_, u) => [
       `user ${u}`,
-      ["Blue Mug", "Green Tea", "Kettle", "Tea Cosy", "Spoon"].slice(u % 3, u % 3 + 3),
+      ["Blue Mug", "Green Tea", "Kettle", "Tea Cosy", "Spoon"].slice(u % 2, u % 2 + 4),
     ]),
   );
   const model = new SasRec({ numItems: shop.numItems, hidden: 8, heads: 1, layers: 1, inner: 8 });
