@@ -8,6 +8,7 @@ import type { TrainBatch } from "../lib/data/types.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
+import { ParamStore } from "../lib/nn/params.ts";
 import { readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
 import { evaluateModel, train, trainStep } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "./_assert.ts";
@@ -401,4 +402,58 @@ Deno.test("train() with no training position stops before writing anything, sayi
   assertEquals([...Deno.readDirSync(dir)], []);
   model.params.dispose();
   await Deno.remove(dir, { recursive: true });
+});
+
+/** A model of three parameters whose middle one only the even steps' loss uses. */
+class SometimesUnused implements SequentialModel {
+  readonly name = "sometimes-unused";
+  readonly config = {};
+  readonly params = new ParamStore(5);
+  readonly first = this.params.create("first", [3], "normal");
+  readonly middle = this.params.create("middle", [4, 4], "normal");
+  readonly last = this.params.create("last", [2], "normal");
+  loss(_batch: TrainBatch, _seeds: () => number, step?: number) {
+    let loss = tf.add(tf.sum(tf.square(this.first)), tf.sum(tf.square(this.last)));
+    if ((step ?? 0) % 2 === 0) loss = tf.add(loss, tf.sum(tf.square(this.middle)));
+    return { loss: loss as tf.Scalar, parts: {} };
+  }
+  scores(): tf.Tensor2D {
+    throw new Error("not used");
+  }
+}
+
+Deno.test("Adam's moments stay with their variables when a parameter has no gradient in some steps", async () => {
+  await selectBackend("cpu");
+  for (const maxPositions of [4096, 12]) { // one pass per step, and steps split into pieces
+    const model = new SometimesUnused();
+    const vars = model.params.list();
+    const optimizer = tf.train.adam(1e-2);
+    const batch = tinyTrainBatch(6, 8, data.numItems);
+    for (let step = 0; step < 6; step++) {
+      const { values } = trainStep(
+        model,
+        batch,
+        stepSeeds(3, step),
+        optimizer,
+        vars,
+        maxPositions,
+        {
+          step,
+        },
+      );
+      values.dispose();
+    }
+    // getWeights(): [iterations, m of each variable, v of each variable], in variable order.
+    const moments = (await optimizer.getWeights()).slice(1);
+    assertEquals(moments.length, 2 * vars.length, `maxPositions ${maxPositions}`);
+    moments.forEach((w, i) => {
+      assertEquals(
+        w.tensor.shape,
+        vars[i % vars.length].shape,
+        `moment ${i} (maxPositions ${maxPositions})`,
+      );
+    });
+    optimizer.dispose();
+    model.params.dispose();
+  }
 });

@@ -234,38 +234,27 @@ export function trainStep(
     }
     return parts[objective];
   };
-  if (pieces.length === 1) {
-    let packed: tf.Tensor1D | null = null;
-    tf.tidy(() => {
-      optimizer.minimize(
-        () => {
-          const { loss, parts } = model.loss(batch, seeds, step);
-          partNames = Object.keys(parts);
-          packed = tf.keep(tf.stack([loss, ...partNames.map((n) => parts[n])])) as tf.Tensor1D;
-          return target(loss, parts);
-        },
-        false,
-        vars,
-      );
-    });
-    return { values: packed!, partNames };
-  }
   const total = targetCount(batch);
   let summed: Record<string, tf.Tensor> | null = null;
   let packedSum: tf.Tensor1D | null = null;
   for (const piece of pieces) {
-    const share = targetCount(piece) / total;
+    const share = pieces.length === 1 ? 1 : targetCount(piece) / total;
+    const scaled = <T extends tf.Tensor>(t: T): T => (share === 1 ? t : tf.mul(t, share) as T);
     const next = tf.tidy(() => {
       let packed: tf.Tensor | null = null;
       const { grads } = tf.variableGrads(() => {
         const { loss, parts } = model.loss(piece, seeds, step);
         partNames = Object.keys(parts);
-        packed = tf.keep(tf.mul(tf.stack([loss, ...partNames.map((n) => parts[n])]), share));
-        return tf.mul(target(loss, parts), share) as tf.Scalar;
+        packed = tf.keep(scaled(tf.stack([loss, ...partNames.map((n) => parts[n])])));
+        return scaled(target(loss, parts));
       }, vars);
+      // Every variable gets a gradient, zeros where the loss did not reach it: tfjs's Adam
+      // keeps its moments by position in this map, so a variable missing from one step
+      // would hand its moments to the next one (a shape error, or silently wrong updates).
       const acc: Record<string, tf.Tensor> = {};
-      for (const name of Object.keys(grads)) {
-        acc[name] = summed ? tf.add(summed[name], grads[name]) : grads[name];
+      for (const v of vars) {
+        const g = grads[v.name] ?? tf.zerosLike(v);
+        acc[v.name] = summed ? tf.add(summed[v.name], g) : g;
       }
       const p = packedSum ? tf.add(packedSum, packed!) : packed!;
       if (packedSum) packed!.dispose(); // kept by tf.keep: not tidied
