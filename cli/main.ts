@@ -17,7 +17,13 @@ import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
 import { checkSeed, evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
-import { booleanFlag, numberFlag, progressWriter, startBackend } from "./_flags.ts";
+import {
+  BACKEND_OPTIONS,
+  booleanFlag,
+  numberFlag,
+  progressWriter,
+  startBackend,
+} from "./_flags.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
 
@@ -52,7 +58,8 @@ function usage(): string {
   const lines = [
     "Usage:",
     "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
-    "  deno task eval --checkpoint DIR [--data FILE] [--backend B] [--split test|valid]",
+    "  deno task eval --checkpoint DIR [--data FILE [--format F] [--k-core K] [--min-rating R]]",
+    "                 [--backend B] [--split test|valid]   (--data is read as training read its data)",
     ...RECOMMEND_USAGE,
     ...SERVE_USAGE,
     "",
@@ -264,15 +271,49 @@ async function trainCommand(args: string[]): Promise<void> {
   }
 }
 
+/**
+ * The data `eval` reads: the run's own (as training read it), or `--data` read with the
+ * run's read options (format, k-core, minimum rating, categories) unless the flags given
+ * override them. Says which on stderr.
+ */
+function evalDataSpec(
+  trained: DataSpec,
+  flags: { data?: string; format?: string; "k-core"?: string; "min-rating"?: string },
+): DataSpec {
+  const overrides = {
+    ...(flags.format !== undefined ? { format: flags.format as "lines" } : {}),
+    ...(flags["k-core"] !== undefined ? { kCore: numberFlag("k-core", flags["k-core"]) } : {}),
+    ...(flags["min-rating"] !== undefined
+      ? { minRating: numberFlag("min-rating", flags["min-rating"]) }
+      : {}),
+  };
+  if (flags.data === undefined) {
+    if (Object.keys(overrides).length > 0) {
+      throw new TypeError("--format, --k-core and --min-rating go with --data");
+    }
+    return trained;
+  }
+  const { kind: _kind, path: _path, ...options } = trained.kind === "file"
+    ? trained
+    : { kind: "file", path: "" };
+  const spec: DataSpec = { kind: "file", path: flags.data, ...options, ...overrides };
+  const { kind: _k, path: _p, ...shown } = spec;
+  console.error(
+    `data: ${flags.data}, read as the run read its data, with ${JSON.stringify(shown)}`,
+  );
+  return spec;
+}
+
 async function evalCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
       checkpoint: { type: "string" },
       data: { type: "string" },
-      backend: { type: "string" },
-      threads: { type: "string" },
-      blas: { type: "string" },
+      format: { type: "string" },
+      "k-core": { type: "string" },
+      "min-rating": { type: "string" },
+      ...BACKEND_OPTIONS,
       split: { type: "string" },
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -290,8 +331,7 @@ async function evalCommand(args: string[]): Promise<void> {
   }
   await startBackend(values);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
-  let spec = meta.data as DataSpec;
-  if (values.data) spec = { kind: "file", path: values.data };
+  const spec = evalDataSpec(meta.data as DataSpec, values);
   const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, JSON.stringify(spec));
   const model = modelEntry(meta.model).create({
     ...meta.config,

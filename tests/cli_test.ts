@@ -186,3 +186,63 @@ Deno.test("reproduce rejects bad flags with a message that names them", async ()
     assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace instead of a message`);
   }
 });
+
+Deno.test("cli eval --data reads the file as training read its data (k-core kept), unless told otherwise", async () => {
+  const dir = await Deno.makeTempDir();
+  // 30 users over items 1..8, and one rare item per user that 3-core filtering removes.
+  const lines = Array.from(
+    { length: 30 },
+    (_, u) => `u${u} ${[0, 1, 2, 3, 4].map((j) => 1 + (u + j * 3) % 8).join(" ")} rare${u}`,
+  );
+  await Deno.writeTextFile(`${dir}/d.txt`, lines.join("\n") + "\n");
+  const trained = await cli(
+    "train",
+    "--model",
+    "sasrec",
+    "--backend",
+    "cpu",
+    "--data",
+    `${dir}/d.txt`,
+    "--k-core",
+    "3",
+    "--epochs",
+    "1",
+    "--hidden",
+    "8",
+    "--heads",
+    "1",
+    "--inner",
+    "8",
+    "--out",
+    `${dir}/run`,
+  );
+  assertEquals(trained.code, 0, trained.stderr);
+  const own = await cli("eval", "--backend", "cpu", "--checkpoint", `${dir}/run/checkpoint`);
+  const again = await cli(
+    "eval",
+    "--backend",
+    "cpu",
+    "--checkpoint",
+    `${dir}/run/checkpoint`,
+    "--data",
+    `${dir}/d.txt`,
+  );
+  assertEquals(again.code, 0, again.stderr);
+  assert(again.stderr.includes('"kCore":3'), again.stderr);
+  assertEquals(JSON.parse(again.stdout).metrics, JSON.parse(own.stdout).metrics);
+  // Without the k-core the rare items are not in the model: an error that names one.
+  const unfiltered = await cli(
+    "eval",
+    "--backend",
+    "cpu",
+    "--checkpoint",
+    `${dir}/run/checkpoint`,
+    "--data",
+    `${dir}/d.txt`,
+    "--k-core",
+    "0",
+  );
+  assertNotZero(unfiltered.code, ["eval --k-core 0"]);
+  assert(unfiltered.stderr.includes("rare"), unfiltered.stderr);
+  await Deno.remove(dir, { recursive: true });
+});
