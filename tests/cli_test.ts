@@ -246,3 +246,63 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
   assert(unfiltered.stderr.includes("rare"), unfiltered.stderr);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item categories, for both models", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines = Array.from(
+    { length: 24 },
+    (_, u) => `u${u} ${[0, 1, 2, 3, 4].map((j) => 1 + (u + j * 3) % 8).join(" ")}`,
+  );
+  await Deno.writeTextFile(`${dir}/d.txt`, lines.join("\n") + "\n");
+  const cats = Object.fromEntries(
+    Array.from({ length: 8 }, (_, i) => [String(i + 1), [`c${i % 3}`]]),
+  );
+  await Deno.writeTextFile(`${dir}/cats.json`, JSON.stringify(cats));
+  const tiny = [
+    "--epochs",
+    "1",
+    "--hidden",
+    "8",
+    "--heads",
+    "1",
+    "--inner",
+    "8",
+    "--backend",
+    "cpu",
+  ];
+  for (const model of ["sigma", "sasrec"]) {
+    const extra = model === "sigma" ? ["--interests", "3"] : [];
+    const out = `${dir}/${model}`;
+    const r = await cli(
+      "train",
+      "--model",
+      model,
+      "--data",
+      `${dir}/d.txt`,
+      "--categories",
+      `${dir}/cats.json`,
+      "--out",
+      out,
+      ...tiny,
+      ...extra,
+    );
+    assertEquals(r.code, 0, r.stderr);
+    const metrics = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+    assert(metrics.test["diversity@20"] >= 0, JSON.stringify(metrics.test));
+    assert(metrics.test["coverage@20"] > 0, JSON.stringify(metrics.test));
+    if (model === "sigma") assertEquals(metrics.config.interests, 3);
+  }
+  const bad = await cli(
+    "train",
+    "--model",
+    "sasrec",
+    "--interests",
+    "3",
+    ...tiny,
+    "--out",
+    `${dir}/x`,
+  );
+  assertNotZero(bad.code, ["sasrec --interests"]);
+  assert(bad.stderr.includes("--interests is not an option of model sasrec"), bad.stderr);
+  await Deno.remove(dir, { recursive: true });
+});

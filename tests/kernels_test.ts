@@ -46,7 +46,7 @@ Deno.test("every kernel a SASRec or SIGMA training step dispatches exists on was
   await selectBackend("cpu");
   const models: SequentialModel[] = [
     new SasRec({ numItems: 30, hidden: 8, heads: 2, layers: 1, inner: 8, maxLength: 8 }),
-    new Sigma({ numItems: 30, hidden: 8, heads: 2, inner: 8, maxLength: 8, categories: 3 }),
+    new Sigma({ numItems: 30, hidden: 8, heads: 2, inner: 8, maxLength: 8, interests: 3 }),
   ];
   for (const model of models) {
     const names = await kernelsOf(model);

@@ -23,7 +23,7 @@ const HISTORIES = split.test.slice(0, 6).map((ex) =>
 function tinyModel(kind: "sasrec" | "sigma") {
   return kind === "sasrec"
     ? new SasRec({ ...TINY, seed: 8 })
-    : new Sigma({ ...TINY, seed: 8, categories: 3 });
+    : new Sigma({ ...TINY, seed: 8, interests: 3 });
 }
 
 /** The file's bytes, with `edit` applied to a copy of its header JSON and re-framed. */

@@ -447,7 +447,7 @@ Deno.test("SIGMA intensities are non-negative and sum to 1 at every real positio
     heads: 2,
     inner: 16,
     maxLength: 12,
-    categories: 3,
+    interests: 3,
     gruLayers: 1,
   });
   fc.assert(
@@ -552,7 +552,7 @@ Deno.test("SIGMA's loss gradient matches central finite differences on a tiny co
     heads: 2,
     inner: 8,
     maxLength: 6,
-    categories: 2,
+    interests: 2,
     gruLayers: 1,
     dropout: 0,
     seed: 9,

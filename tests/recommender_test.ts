@@ -22,7 +22,7 @@ const TINY = { numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 
 function tinyRecommender(kind: "sasrec" | "sigma" = "sasrec", seed = 3): Recommender {
   const model = kind === "sasrec"
     ? new SasRec({ ...TINY, seed })
-    : new Sigma({ ...TINY, seed, categories: 3 });
+    : new Sigma({ ...TINY, seed, interests: 3 });
   return new Recommender(model, data.vocab.items);
 }
 

@@ -52,7 +52,7 @@ Deno.test("SIGMA's learned item categories recover the planted interest clusters
     heads: 2,
     inner: 32,
     maxLength: 20,
-    categories: 4,
+    interests: 4,
     seed: 1,
   });
   const assignment = () =>

@@ -26,7 +26,7 @@ const TINY: Partial<SigmaConfig> & { numItems: number } = {
   layers: 1,
   inner: 32,
   maxLength: 8,
-  categories: 3,
+  interests: 3,
   gruLayers: 2,
   seed: 3,
 };
@@ -39,7 +39,7 @@ Deno.test("gatedCategoryGru() equals the taped reference in values and every gra
     fc.property(
       fc.integer({ min: 1, max: 3 }), // batch
       fc.integer({ min: 1, max: 6 }), // length
-      fc.integer({ min: 1, max: 4 }), // categories
+      fc.integer({ min: 1, max: 4 }), // interests
       fc.integer({ min: 1, max: 3 }), // layers
       fc.integer({ min: 0, max: 1 << 30 }), // seed
       (batch, length, k, layers, seed) => {
@@ -244,8 +244,8 @@ Deno.test("every SIGMA variant trains: standard prior, no L_orth, MIE ranking, b
     { prior: "standard", lambdaUni: 1e-4 },
     { orthogonality: false },
     { ranking: "mie" },
-    { categories: 1 },
-    { categories: 8 },
+    { interests: 1 },
+    { interests: 8 },
     { loss: "bce" },
     { loss: "sampled", negatives: 5 },
   ];
@@ -346,7 +346,7 @@ Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(lo
   // At initialisation the interest means are tiny (item embeddings ~ N(0, 0.02)) and the
   // omega MLP's weights add little, so each of the k x d interest dimensions contributes
   // 0.5 (e^v - 1 - v): a check that the option reaches the log-variance output.
-  const k = TINY.categories!, d = TINY.hidden!;
+  const k = TINY.interests!, d = TINY.hidden!;
   for (const v of [0, -3, -6]) {
     const { parts } = await sigmaRun("cpu", { logVarInit: v, dropout: 0 });
     const expected = k * d * 0.5 * (Math.exp(v) - 1 - v);
@@ -359,7 +359,7 @@ Deno.test("logVarInit starts MIE-VAE's KL at the closed form of omega^2 = exp(lo
 
 Deno.test("Sigma() rejects bad config fields, naming the field and value", () => {
   const bad: [Partial<SigmaConfig>, string][] = [
-    [{ categories: 0 }, "categories"],
+    [{ interests: 0 }, "interests"],
     [{ hidden: 10, heads: 4 }, "divisible"],
     [{ prior: "gaussian" as "mixture" }, "prior"],
     [{ loss: "hinge" as "bce" }, "loss"],
@@ -428,5 +428,15 @@ Deno.test("splitBatch() pieces respect the position budget and give the whole ba
     tf.dispose(summed);
   }
   tf.dispose([whole.value, ...Object.values(whole.grads)]);
+  model.params.dispose();
+});
+
+Deno.test("a SIGMA config saved with the former name categories for k still builds the same model", async () => {
+  await selectBackend("cpu");
+  const { interests: _, ...rest } = TINY;
+  const old = { ...rest, categories: 2 } as unknown as SigmaConfig;
+  const model = new Sigma(old);
+  assertEquals(model.config.interests, 2);
+  assertEquals("categories" in model.config, false);
   model.params.dispose();
 });

@@ -297,7 +297,7 @@ Deno.test("train() with resume and no saved state names the missing folder", asy
 
 Deno.test("trainStep() with an objective minimises that loss part alone", async () => {
   await selectBackend("cpu");
-  const model = new Sigma({ ...SMALL, categories: 3 });
+  const model = new Sigma({ ...SMALL, interests: 3 });
   const vars = model.params.list();
   const before = await model.params.toArrays();
   const optimizer = tf.train.adam(1e-2);

@@ -71,8 +71,13 @@ import { targetPositions } from "./sasrec.ts";
 export interface SigmaConfig extends SequenceEncoderConfig {
   /** Blocks in each of Enc_mu, Enc_sigma and the decoder. Reference code: 1 (1-3). */
   layers: number;
-  /** Number of interest categories k. Paper: 4 (Amazon), 8 (MovieLens); 2-16. */
-  categories: number;
+  /**
+   * Number of interests k (the paper's interest categories). Paper: 4 (Amazon), 8
+   * (MovieLens); 2-16. Named `interests` so that the CLI's `--categories FILE` (item
+   * categories of the data, for diversity) stays the data's; configs saved as `categories`
+   * still load.
+   */
+  interests: number;
   /** Temperature tau of the item-to-category softmax. Authors' code: 0.1 (0.05-1). */
   categoryTemperature: number;
   /** Temperature of the Gumbel-softmax that assigns hard categories. SIGMA.md: 1. */
@@ -151,7 +156,7 @@ export interface SigmaConfig extends SequenceEncoderConfig {
 export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   ...SEQUENCE_ENCODER_DEFAULTS,
   layers: 1,
-  categories: 4,
+  interests: 4,
   categoryTemperature: 0.1,
   gumbelTemperature: 1,
   gruLayers: 2,
@@ -178,7 +183,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   ...SEQUENCE_ENCODER_HELP,
   layers: "blocks per Transformer: Enc_mu, Enc_sigma, decoder (reference code 1; 1-3)",
   inner: "feed-forward width (as SASRec: 256)",
-  categories: "interest categories k (paper 4 Amazon, 8 MovieLens; 2-16)",
+  interests: "number of interests k (paper 4 Amazon, 8 MovieLens; 2-16)",
   categoryTemperature: "temperature tau of item-to-category softmax (authors' code 0.1)",
   gumbelTemperature: "Gumbel-softmax temperature of the hard assignment (1)",
   gruLayers: "GRU layers of the hard interests (authors' code 2)",
@@ -226,7 +231,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
    * @throws {RangeError} A config field out of its domain (the field is named).
    */
   constructor(config: Partial<SigmaConfig> & { numItems: number }) {
-    this.config = { ...SIGMA_DEFAULTS, ...config };
+    this.config = { ...SIGMA_DEFAULTS, ...upgradeSigmaConfig(config) };
     const c = this.config;
     validateSigmaConfig(c);
     this.#block = {
@@ -243,7 +248,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     p.create("position", [c.maxLength, d]);
     createLayerNorm(p, "embed.ln", d);
     // MIE-VAE
-    p.create("category", [c.categories, d]); // G, rows L2-normalised before use
+    p.create("category", [c.interests, d]); // G, rows L2-normalised before use
     createGru(p, "gru", d, c.gruLayers);
     createLinear(p, "omega.l1", 2 * d, d); // log omega^2 = MLP([g || m])
     createLinear(p, "omega.l2", d, d, c.logVarInit);
@@ -300,7 +305,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   #interests(items: tf.Tensor3D, realMask: tf.Tensor3D, seeds: SeedSource): Interests {
     const c = this.config;
     const [batch, length, d] = items.shape;
-    const k = c.categories;
+    const k = c.interests;
     const flat = tf.reshape(l2Normalise(items), [batch * length, d]) as tf.Tensor2D; // [B*L, d]
     const gT = tf.transpose(this.#categories()) as tf.Tensor2D; // [d, k]
     const logits = tf.reshape(
@@ -379,7 +384,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const c = this.config;
     const { batch: b, length, inputs } = batch;
     const d = c.hidden;
-    const k = c.categories;
+    const k = c.interests;
     const { rows, targets } = targetPositions(batch);
     const positions = rows.length;
     const rowIds = tf.tensor1d(rows, "int32");
@@ -468,9 +473,9 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       tf.reshape(tf.slice(t, [0, length - 1], [-1, 1]), [b, ...tail]);
     if (c.ranking === "mie") {
       const interests = this.#interests(e.items, e.realMask, null);
-      const u = this.#interestDecoder(last(interests.mean, [c.categories, d]) as tf.Tensor3D);
-      const perInterest = matmul(tf.reshape(u, [b * c.categories, d]) as tf.Tensor2D, itemsT);
-      return tf.max(tf.reshape(perInterest, [b, c.categories, -1]), 1) as tf.Tensor2D; // [B, N+1]
+      const u = this.#interestDecoder(last(interests.mean, [c.interests, d]) as tf.Tensor3D);
+      const perInterest = matmul(tf.reshape(u, [b * c.interests, d]) as tf.Tensor2D, itemsT);
+      return tf.max(tf.reshape(perInterest, [b, c.interests, -1]), 1) as tf.Tensor2D; // [B, N+1]
     }
     // Inference uses z = mu, so Enc_sigma is not run.
     const mu = transformer(this.params, "enc_mu", e.input, e.mask, this.#block, null);
@@ -516,10 +521,20 @@ function standardise(x: tf.Tensor): tf.Tensor {
   return tf.mul(centred, tf.rsqrt(tf.add(tf.mean(tf.square(centred), -1, true), 1e-6)));
 }
 
+/**
+ * A SIGMA config with fields of earlier versions renamed: `categories` (the number of
+ * interests, before it was named `interests`). Other fields pass through unchanged.
+ */
+export function upgradeSigmaConfig<T extends Record<string, unknown>>(config: T): T {
+  if (config.categories === undefined || config.interests !== undefined) return config;
+  const { categories, ...rest } = config;
+  return { ...rest, interests: categories } as unknown as T;
+}
+
 /** Checks every field of a full SIGMA config, naming the first bad one. */
 export function validateSigmaConfig(c: SigmaConfig): void {
   validateSequenceEncoderConfig(c);
-  const positiveInts = ["categories", "gruLayers", "negatives"] as const;
+  const positiveInts = ["interests", "gruLayers", "negatives"] as const;
   if (!Number.isInteger(c.mieKlWarmup) || c.mieKlWarmup < 0) {
     throw new RangeError(`mieKlWarmup must be an integer >= 0, got ${c.mieKlWarmup}`);
   }

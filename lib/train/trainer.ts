@@ -13,6 +13,7 @@ import { evaluateModel } from "../eval/evaluate.ts";
 
 export { evaluateModel };
 import { type SequentialModel, stepSeeds } from "../models/_model.ts";
+import { upgradeSigmaConfig } from "../models/sigma.ts";
 import {
   type CheckpointMeta,
   readCheckpoint,
@@ -627,12 +628,14 @@ async function resumeRun(
   if (meta.model !== model.name) {
     throw new RangeError(`${where}: field "model" is "${meta.model}", this run is "${model.name}"`);
   }
-  const configDiff = firstDifference(meta.config, model.config);
+  // Configs saved by earlier versions may name a field differently.
+  const saved = meta.model === "sigma" ? upgradeSigmaConfig(meta.config) : meta.config;
+  const configDiff = firstDifference(saved, model.config);
   if (configDiff !== null) {
-    const saved = (meta.config as Record<string, unknown>)[configDiff.split(".")[0]];
+    const was = (saved as Record<string, unknown>)[configDiff.split(".")[0]];
     const now = (model.config as unknown as Record<string, unknown>)[configDiff.split(".")[0]];
     throw new RangeError(
-      `${where}: config field "${configDiff}" is ${JSON.stringify(saved)}, this run has ${
+      `${where}: config field "${configDiff}" is ${JSON.stringify(was)}, this run has ${
         JSON.stringify(now)
       }`,
     );
