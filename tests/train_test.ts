@@ -457,3 +457,68 @@ Deno.test("Adam's moments stay with their variables when a parameter has no grad
     model.params.dispose();
   }
 });
+
+const TRAIN_URL = new URL("../train.ts", import.meta.url).href;
+const CONFIG = new URL("../deno.json", import.meta.url).pathname;
+
+/**
+ * Trains SMALL for 4 epochs, validating every second one (so a best epoch follows epochs that
+ * are not), into `out` in a subprocess that exits when `stop` is written.
+ */
+async function trainUntil(out: string, stop: { what: string; epoch: number } | null) {
+  const script = `
+    import { leaveOneOut, SasRec, selectBackend, syntheticDataset, train } from "${TRAIN_URL}";
+    await selectBackend("cpu");
+    const data = syntheticDataset({ seed: 5, users: 80, items: 40, maxLength: 12 });
+    const model = new SasRec(${JSON.stringify(SMALL)});
+    const stop = ${JSON.stringify(stop)};
+    await train(model, leaveOneOut(data).split, data.numItems,
+      { batchSize: 32, evalBatchSize: 64, epochs: 4, evalEvery: 2, learningRate: 1e-3 },
+      { out: ${JSON.stringify(out)}, onWrite: (what, epoch) => {
+        if (stop && what === stop.what && epoch === stop.epoch) Deno.exit(77);
+      } });
+  `;
+  const result = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", CONFIG, script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: result.code, stderr: new TextDecoder().decode(result.stderr) };
+}
+
+Deno.test("a run killed between any two of an epoch's writes resumes to the uninterrupted result", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  const whole = await trainUntil(`${dir}/whole`, null);
+  assertEquals(whole.code, 0, whole.stderr);
+  const wholeLog = (await Deno.readTextFile(`${dir}/whole/log.jsonl`)).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+  assert(wholeLog[3].best, "epoch 4 must be a best epoch after the unvalidated epoch 3");
+  const wholeModel = await Deno.readFile(`${dir}/whole/model.safetensors`);
+  // Every write of every epoch: the log line, the state, and the best files where written.
+  const stops = wholeLog.flatMap((h, i) =>
+    ["log", "state", ...(h.best ? ["best"] : [])].map((what) => ({ what, epoch: i + 1 }))
+  );
+  for (const stop of stops) {
+    const what = `${stop.what}@${stop.epoch}`;
+    const out = `${dir}/${what}`;
+    const killed = await trainUntil(out, stop);
+    assertEquals(killed.code, 77, `not stopped after ${what}: ${killed.stderr}`);
+    const model = new SasRec(SMALL);
+    const resumed = await train(model, split, data.numItems, {
+      batchSize: 32,
+      evalBatchSize: 64,
+      epochs: 4,
+      evalEvery: 2,
+      learningRate: 1e-3,
+    }, { out, resume: true });
+    model.params.dispose();
+    assertEquals(resumed.history.map((h) => h.loss), wholeLog.map((h) => h.loss), what);
+    assertEquals(resumed.bestEpoch, wholeLog.findLastIndex((h) => h.best) + 1, what);
+    const { meta } = await readCheckpoint(`${out}/checkpoint`);
+    assertEquals(meta.epoch, resumed.bestEpoch, what);
+    assertEquals(await Deno.readFile(`${out}/model.safetensors`), wholeModel, what);
+  }
+  await Deno.remove(dir, { recursive: true });
+});

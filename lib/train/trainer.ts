@@ -21,8 +21,8 @@ import {
   writeCheckpoint,
   writeFileAtomic,
 } from "./checkpoint.ts";
-import { encodeModelFile, MODEL_FILE_NAME } from "../inference/model_file.ts";
-import { clearRun, openRunFolder, type RunLock } from "./run_folder.ts";
+import { decodeModelFile, encodeModelFile, MODEL_FILE_NAME } from "../inference/model_file.ts";
+import { clearRun, openRunFolder, runFilesIn, type RunLock } from "./run_folder.ts";
 import { PAD_TOKEN } from "../data/_dense.ts";
 
 /** Training settings. Defaults are the paper's (§4.1) unless said otherwise. */
@@ -117,6 +117,11 @@ export interface TrainHooks {
    * `train` locks `out` itself for the length of the run.
    */
   lock?: RunLock;
+  /**
+   * Called after each of an epoch's writes: the `"log"` line, the `"state"`, and the
+   * `"best"` checkpoint and model file. For tests that stop a run at each boundary.
+   */
+  onWrite?: (what: "log" | "state" | "best", epoch: number) => void;
 }
 
 /** What {@linkcode train} returns. */
@@ -387,7 +392,15 @@ async function trainLoop(
     valid,
   });
 
-  if (hooks.resume) {
+  // A run stopped during its first epoch has a log line at most and no state: nothing was
+  // finished, so resuming it starts it again.
+  const unstarted = hooks.resume &&
+    !(await runFilesIn(hooks.out!)).some((f) => f.startsWith("state"));
+  const log = unstarted ? await Deno.readTextFile(logFile!).catch(() => null) : null;
+  if (unstarted && log !== null && log.split("\n").filter((l) => l).length <= 1) {
+    say(`${hooks.out} has no finished epoch to resume: starting it again\n`);
+    await Deno.writeTextFile(logFile!, "");
+  } else if (hooks.resume) {
     const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
     ({ step, best, sinceBest, history } = r);
     rng.state = r.rngState;
@@ -467,33 +480,21 @@ async function trainLoop(
           best = { epoch, score, valid: record.valid };
           record.best = true;
           sinceBest = 0;
-          const { records, values } = await model.params.toArrays();
-          bestValues = values;
-          if (hooks.out) {
-            const meta = checkpointMeta(epoch, record.valid);
-            await writeCheckpoint(`${hooks.out}/checkpoint`, { ...meta, params: records }, values);
-            await writeFileAtomic(
-              `${hooks.out}/${MODEL_FILE_NAME}`,
-              await encodeModelFile({
-                model: meta.model,
-                config: meta.config,
-                items: itemTokens,
-                params: records,
-                values,
-                info: { epoch, valid: record.valid, data: meta.data },
-              }),
-            );
-          }
+          bestValues = (await model.params.toArrays()).values;
         } else {
           sinceBest += o.evalEvery;
         }
       }
       history.push(record);
+      // The epoch's files, in an order that a kill between any two leaves resumable: the log
+      // line, then the state (which holds the best weights when this epoch is the best),
+      // then the best checkpoint and model file, which resume rebuilds from the state if
+      // the kill came before them.
       if (logFile) {
         await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+        hooks.onWrite?.("log", epoch);
       }
       if (stateDir) {
-        // After the log line, so a state never runs ahead of the log it resumes.
         await writeState(stateDir, model, optimizer, checkpointMeta(epoch, record.valid ?? {}), {
           step,
           rngState: rng.state,
@@ -501,6 +502,11 @@ async function trainLoop(
           sinceBest,
           seconds: (performance.now() - started) / 1000,
         }, record.best ? bestValues ?? undefined : undefined);
+        hooks.onWrite?.("state", epoch);
+      }
+      if (hooks.out && record.best) {
+        await writeBest(hooks.out, checkpointMeta(epoch, record.valid!), model, bestValues!);
+        hooks.onWrite?.("best", epoch);
       }
       const total = (performance.now() - started) / 1000;
       const eta = total / epoch * (o.epochs - epoch);
@@ -531,6 +537,39 @@ async function trainLoop(
     seconds: (performance.now() - started) / 1000,
     stopped,
   };
+}
+
+/** Whether `out` holds the checkpoint and model file of `epoch`, both complete. */
+async function bestFilesAt(out: string, epoch: number): Promise<boolean> {
+  try {
+    const { meta } = await readCheckpoint(`${out}/checkpoint`);
+    const file = await decodeModelFile(await Deno.readFile(`${out}/${MODEL_FILE_NAME}`));
+    return meta.epoch === epoch && file.info.epoch === epoch;
+  } catch {
+    return false;
+  }
+}
+
+/** Writes the best epoch's `checkpoint/` and model file (each atomically, in that order). */
+async function writeBest(
+  out: string,
+  meta: Omit<CheckpointMeta, "format" | "values" | "checksum" | "params" | "resume">,
+  model: SequentialModel,
+  values: Float32Array,
+): Promise<void> {
+  const params = model.params.records();
+  await writeCheckpoint(`${out}/checkpoint`, { ...meta, params }, values);
+  await writeFileAtomic(
+    `${out}/${MODEL_FILE_NAME}`,
+    await encodeModelFile({
+      model: meta.model,
+      config: meta.config,
+      items: meta.itemTokens,
+      params,
+      values,
+      info: { epoch: meta.epoch, valid: meta.valid, data: meta.data },
+    }),
+  );
 }
 
 /** Adam's first and second moments, in the order of `model.params.list()`. */
@@ -697,7 +736,15 @@ async function resumeRun(
     score: meta.resume.best.epoch === 0 ? -Infinity : meta.resume.best.score,
   };
   let bestValues: Float32Array | null = null;
-  if (best.epoch > 0) {
+  if (best.epoch > 0 && best.epoch === meta.epoch) {
+    // The state was written at its best epoch, so its weights are the best ones. A kill
+    // after the state and before (or during) the best files left those behind: rebuild them.
+    bestValues = values.slice(0, size);
+    if (!(await bestFilesAt(hooks.out!, best.epoch))) {
+      const { resume: _, params: __, values: ___, checksum: ____, format: _____, ...rest } = meta;
+      await writeBest(hooks.out!, rest, model, bestValues);
+    }
+  } else if (best.epoch > 0) {
     const saved = await readCheckpoint(`${hooks.out}/checkpoint`);
     if (saved.meta.epoch !== best.epoch) {
       throw new RangeError(
