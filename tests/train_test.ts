@@ -9,7 +9,7 @@ import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
 import { ParamStore } from "../lib/nn/params.ts";
-import { readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
+import { fnv1a, readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
 import { evaluateModel, train, trainStep } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "./_assert.ts";
 
@@ -99,6 +99,23 @@ Deno.test("readCheckpoint() rejects truncated or altered weights, naming the fil
   bytes[0] ^= 0xff;
   await Deno.writeFile(`${dir}/weights.bin`, bytes);
   await assertRejects(() => readCheckpoint(dir), RangeError, "checksum");
+  bytes[0] ^= 0xff;
+  await Deno.writeFile(`${dir}/weights.bin`, bytes);
+  // The checksum covers model.json too: a changed config or vocabulary, or a field added.
+  const json = JSON.parse(await Deno.readTextFile(`${dir}/model.json`));
+  for (const edit of [{ config: { ranking: "mie" } }, { itemTokens: ["<pad>", "x"] }]) {
+    await Deno.writeTextFile(`${dir}/model.json`, JSON.stringify({ ...json, ...edit }));
+    await assertRejects(() => readCheckpoint(dir), RangeError, "checksum");
+  }
+  await Deno.writeTextFile(`${dir}/model.json`, JSON.stringify({ ...json, extra: 1 }));
+  await assertRejects(() => readCheckpoint(dir), SyntaxError, 'unknown field "extra"');
+  // A format-1 checkpoint of an earlier version (weights-only FNV-1a) still loads.
+  const { checksum: _, ...rest } = json;
+  await Deno.writeTextFile(
+    `${dir}/model.json`,
+    JSON.stringify({ ...rest, format: 1, checksum: fnv1a(bytes) }),
+  );
+  assertEquals(Array.from((await readCheckpoint(dir)).values), [1, 2, 3, 4]);
   await Deno.writeTextFile(`${dir}/model.json`, "{ not json");
   await assertRejects(() => readCheckpoint(dir), SyntaxError, "model.json");
   await assertRejects(() => readCheckpoint(`${dir}-missing`), Deno.errors.NotFound, "missing");

@@ -1,7 +1,7 @@
 /**
  * Checkpoints: a folder holding `model.json` (model name, full config, training settings,
- * data vocabulary, parameter names and shapes, a checksum) and `weights.bin` (every
- * parameter as little-endian float32, in creation order).
+ * data vocabulary, parameter names and shapes, a checksum over all of it and the weights)
+ * and `weights.bin` (every parameter as little-endian float32, in creation order).
  *
  * Writing is atomic: the new checkpoint is written complete into a sibling folder and
  * swapped in with renames, so a crash at any moment leaves either the previous checkpoint
@@ -13,8 +13,12 @@ import type { ParamRecord } from "../nn/params.ts";
 
 /** The `model.json` of a checkpoint. */
 export interface CheckpointMeta {
-  /** Format version of this file; bumped on incompatible change. */
-  format: 1;
+  /**
+   * Format version of this file. 2: the checksum covers all of `model.json` (config,
+   * vocabulary, data, settings) and `weights.bin`. 1 (read only, from earlier runs): it
+   * covers `weights.bin` alone.
+   */
+  format: 1 | 2;
   /** Model name, as in `--model`. */
   model: string;
   /** The model's full configuration. */
@@ -39,8 +43,53 @@ export interface CheckpointMeta {
   resume?: ResumeState;
   /** Number of float32 values in `weights.bin`. */
   values: number;
-  /** FNV-1a hash of `weights.bin`'s bytes, hex. */
+  /**
+   * Format 2: `"sha256:"` and the SHA-256 of `model.json`'s other fields (as canonical JSON:
+   * keys sorted, no spaces), a newline, and `weights.bin`'s bytes. Format 1: FNV-1a of
+   * `weights.bin` alone, hex.
+   */
   checksum: string;
+}
+
+/** Every field `model.json` may hold; any other is rejected. */
+const META_FIELDS = new Set([
+  "format",
+  "model",
+  "config",
+  "data",
+  "train",
+  "itemTokens",
+  "epoch",
+  "valid",
+  "params",
+  "resume",
+  "values",
+  "checksum",
+]);
+
+/** JSON with object keys sorted at every level: the same value always gives the same text. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+/** The format-2 checksum of a checkpoint (see {@linkcode CheckpointMeta.checksum}). */
+async function checkpointChecksum(
+  meta: Omit<CheckpointMeta, "checksum">,
+  weights: Uint8Array,
+): Promise<string> {
+  const head = new TextEncoder().encode(canonicalJson(meta) + "\n");
+  const all = new Uint8Array(head.length + weights.length);
+  all.set(head);
+  all.set(weights, head.length);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return `sha256:${Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 /** Where an interrupted training run stands at the end of an epoch. */
@@ -88,12 +137,10 @@ export async function writeCheckpoint(
   await Deno.remove(next, { recursive: true }).catch(() => {});
   await Deno.mkdir(next, { recursive: true });
   const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const full: CheckpointMeta = {
-    format: 1,
-    ...meta,
-    values: values.length,
-    checksum: fnv1a(bytes),
-  };
+  const unsummed: Omit<CheckpointMeta, "checksum"> = { format: 2, ...meta, values: values.length };
+  // Through JSON first, so the checksum is of what model.json will hold (-0 becomes 0, ...).
+  const stored = JSON.parse(JSON.stringify(unsummed));
+  const full: CheckpointMeta = { ...unsummed, checksum: await checkpointChecksum(stored, bytes) };
   await writeSynced(`${next}/weights.bin`, bytes);
   await Deno.writeTextFile(`${next}/model.json`, JSON.stringify(full, null, 1) + "\n");
   if (await exists(dir)) {
@@ -152,11 +199,19 @@ export async function readCheckpoint(
   } catch (e) {
     throw new SyntaxError(`${metaPath}: not valid JSON (${(e as Error).message})`);
   }
-  if (meta.format !== 1) {
-    throw new RangeError(`${metaPath}: field "format" is ${meta.format}, expected 1`);
+  if (meta === null || typeof meta !== "object" || Array.isArray(meta)) {
+    throw new SyntaxError(`${metaPath}: not a JSON object`);
+  }
+  if (meta.format !== 1 && meta.format !== 2) {
+    throw new RangeError(`${metaPath}: field "format" is ${meta.format}, expected 1 or 2`);
   }
   for (const field of ["model", "config", "data", "itemTokens", "params", "values", "checksum"]) {
     if (!(field in meta)) throw new SyntaxError(`${metaPath}: field "${field}" is missing`);
+  }
+  for (const field of Object.keys(meta)) {
+    if (!META_FIELDS.has(field)) {
+      throw new SyntaxError(`${metaPath}: unknown field "${field}" (a changed or foreign file?)`);
+    }
   }
   const bytes = await Deno.readFile(`${path}/weights.bin`);
   if (bytes.length !== meta.values * 4) {
@@ -166,10 +221,13 @@ export async function readCheckpoint(
       } bytes)`,
     );
   }
-  const sum = fnv1a(bytes);
+  const { checksum: _, ...unsummed } = meta;
+  const sum = meta.format === 2 ? await checkpointChecksum(unsummed, bytes) : fnv1a(bytes);
   if (sum !== meta.checksum) {
+    const what = meta.format === 2 ? `${metaPath} and weights.bin` : `${path}/weights.bin`;
     throw new RangeError(
-      `${path}/weights.bin: checksum ${sum} does not match model.json field "checksum" ${meta.checksum}`,
+      `${what}: checksum ${sum} does not match model.json field "checksum" ${meta.checksum}; ` +
+        "the checkpoint was changed or corrupted after it was written",
     );
   }
   const values = new Float32Array(bytes.buffer, bytes.byteOffset, meta.values);
