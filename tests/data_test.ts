@@ -658,3 +658,41 @@ Deno.test("syntheticDataset() with sequential false draws items uniformly within
   assert(top / pairs < 0.2, `top-successor fraction ${top / pairs}`);
   assert(ds.source.includes("sequential=false"), ds.source);
 });
+
+Deno.test("leaveOneOut() holds out the last two items of every history and leaks neither (property)", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { maxLength: 12 }), {
+        minLength: 1,
+        maxLength: 20,
+      }),
+      (histories) => {
+        const sequences = histories.map((h) => Int32Array.from(h));
+        const dataset: SequenceDataset = {
+          source: "property",
+          vocab: { users: histories.map((_, u) => `u${u}`), items: [] },
+          numItems: 30,
+          sequences,
+          report: { interactions: 0, skippedUsers: 0, notes: [] },
+        };
+        const { split, skipped } = leaveOneOut(dataset);
+        const kept = sequences.filter((s) => s.length >= 3);
+        assertEquals(skipped, sequences.length - kept.length);
+        assertEquals(split.valid.length, kept.length);
+        assertEquals(split.test.length, kept.length);
+        let t = 0;
+        kept.forEach((s, i) => {
+          const n = s.length;
+          const valid = split.valid[i], test = split.test[i];
+          assertEquals(sequences[valid.user], s);
+          assertEquals([...valid.history, valid.target], [...s.subarray(0, n - 1)]);
+          assertEquals([...test.history, test.target], [...s]);
+          // The training prefix ends before the validation target: neither held-out item.
+          if (n - 2 >= 2) assertEquals([...split.train[t++]], [...s.subarray(0, n - 2)]);
+        });
+        assertEquals(t, split.train.length);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});

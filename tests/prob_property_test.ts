@@ -10,6 +10,7 @@ import { Rng } from "../lib/data/mod.ts";
 import {
   gaussianKl,
   gaussianLogDensity,
+  gumbelNoise,
   gumbelSoftmax,
   mixtureLogDensity,
   mixturePriorKl,
@@ -604,4 +605,26 @@ Deno.test("SIGMA's loss gradient matches central finite differences on a tiny co
   assertEquals(checked, families.length * 2);
   tf.dispose(Object.values(grads));
   model.params.dispose();
+});
+
+Deno.test("gumbelSoftmax() is softmax((logits + its Gumbel noise) / tau), for tau from 0.01 to 10", async () => {
+  await selectBackend("cpu");
+  fc.assert(
+    fc.property(
+      fc.array(fc.float({ min: -5, max: 5, noNaN: true }), { minLength: 2, maxLength: 8 }),
+      fc.double({ min: Math.log(0.01), max: Math.log(10), noNaN: true }).map(Math.exp),
+      fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+      (logits, tau, seed) => {
+        tf.tidy(() => {
+          const x = tf.tensor2d([logits]);
+          const got = gumbelSoftmax(x, tau, seed, false).dataSync();
+          const want = tf.softmax(tf.div(tf.add(x, gumbelNoise(x.shape, seed)), tau)).dataSync();
+          for (let i = 0; i < got.length; i++) {
+            assert(Math.abs(got[i] - want[i]) <= 1e-6, `tau ${tau}: ${got[i]} vs ${want[i]}`);
+          }
+        });
+      },
+    ),
+    { numRuns: 300 },
+  );
 });

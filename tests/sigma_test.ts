@@ -440,3 +440,37 @@ Deno.test("a SIGMA config saved with the former name categories for k still buil
   assertEquals("categories" in model.config, false);
   model.params.dispose();
 });
+
+Deno.test("SIGMA's loss is its parts with their weights: recon + lambda KL + beta1 (recon_MIE + gamma KL_MIE) + beta2 L_orth", async () => {
+  await selectBackend("cpu");
+  // Weights and an initialisation that make every term large: a wrong sign or a dropped
+  // term moves the total far beyond float error.
+  const weights = { lambda: 1, lambdaUni: 0.7, beta1: 0.5, mieKlWeight: 0.5, beta2: 5 };
+  for (const prior of ["mixture", "standard"] as const) {
+    const model = new Sigma({ ...TINY, ...weights, prior, logVarInit: -3, dropout: 0 });
+    const batch = tinyTrainBatch(4, 6, TINY.numItems);
+    const [total, parts] = tf.tidy(() => {
+      const { loss, parts } = model.loss(batch, stepSeeds(9, 0));
+      return [
+        loss.dataSync()[0],
+        Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, v.dataSync()[0]])),
+      ] as const;
+    });
+    const klWeight = prior === "mixture" ? weights.lambda : weights.lambdaUni;
+    const terms = [
+      parts.recon,
+      klWeight * parts.kl,
+      weights.beta1 * parts.recon_mie,
+      weights.beta1 * weights.mieKlWeight * parts.kl_mie,
+      weights.beta2 * parts.orth,
+    ];
+    const expected = terms.reduce((a, b) => a + b, 0);
+    const tolerance = 1e-5 * Math.abs(expected);
+    assert(Math.abs(total - expected) <= tolerance, `${prior}: ${total} vs parts ${expected}`);
+    // Each term is far above the tolerance, so removing or flipping any one is caught.
+    for (const [i, t] of terms.entries()) {
+      assert(Math.abs(t) > 100 * tolerance, `${prior}: term ${i} (${t}) too small to test`);
+    }
+    model.params.dispose();
+  }
+});
