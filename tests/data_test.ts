@@ -696,3 +696,33 @@ Deno.test("leaveOneOut() holds out the last two items of every history and leaks
     { numRuns: 300 },
   );
 });
+
+Deno.test("readers refuse binary, corrupted, endless and non-file input, naming the file and line", async () => {
+  assertThrows(
+    () => readSequenceLines("u1 a b\nu2 \u0001\u0002 c\n", "x.txt"),
+    SyntaxError,
+    "x.txt:2",
+  );
+  assertThrows(
+    () => readRecBoleInter("user_id:token\titem_id:token\na\tx\nb\t\u0000\n", "y.inter"),
+    SyntaxError,
+    "y.inter:3",
+  );
+  assertThrows(() => readSequenceLines("u1 caf\uFFFD\n", "z.txt"), SyntaxError, "U+FFFD");
+  const dir = await Deno.makeTempDir();
+  // 20 kB of random bytes: not UTF-8, or control characters, but never "71 users".
+  const random = new Uint8Array(20_000);
+  for (let i = 0; i < random.length; i++) random[i] = (i * 2654435761 >>> 13) & 0xff;
+  await Deno.writeFile(`${dir}/random.txt`, random);
+  await assertRejects(() => readDataset(`${dir}/random.txt`), SyntaxError, `${dir}/random.txt`);
+  await assertRejects(
+    () => readDataset("/dev/zero", { format: "lines" }),
+    TypeError,
+    "not a regular file",
+  );
+  await assertRejects(() => readDataset(dir, { format: "lines" }), TypeError, "not a regular file");
+  // A byte-order mark is not part of the first user's name.
+  await Deno.writeTextFile(`${dir}/bom.txt`, "\uFEFFu1 a b c\n");
+  assertEquals((await readDataset(`${dir}/bom.txt`)).vocab.users, ["u1"]);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -44,8 +44,28 @@ export function quote(text: string, max = 80): string {
   return JSON.stringify(t);
 }
 
-/** Splits text into lines, accepting both LF and CRLF files. */
-export function splitLines(text: string): string[] {
+/**
+ * Control characters (other than tab, LF and CR) and U+FFFD, the mark of bytes that were not
+ * UTF-8: a text data file has none, so one means binary or corrupted input.
+ */
+// deno-lint-ignore no-control-regex
+const NOT_TEXT = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/;
+
+/**
+ * Splits text into lines, accepting both LF and CRLF files.
+ *
+ * @throws {SyntaxError} The text holds a control character or undecodable bytes: binary or
+ * corrupted input is refused, naming `source` and the line, rather than read as tokens.
+ */
+export function splitLines(text: string, source: string): string[] {
+  const bad = NOT_TEXT.exec(text);
+  if (bad) {
+    const line = text.slice(0, bad.index).split("\n").length;
+    const code = bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+    throw new SyntaxError(
+      `${source}:${line}: character U+${code} is not text: is this a binary or corrupted file?`,
+    );
+  }
   return text.split(/\r?\n/);
 }
 

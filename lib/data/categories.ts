@@ -83,7 +83,7 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
       assign(item, value.map(String));
     }
   } else {
-    const lines = splitLines(text);
+    const lines = splitLines(text, source);
     const firstLine = new Map<string, number>();
     for (let n = 0; n < lines.length; n++) {
       const line = lines[n].trim();

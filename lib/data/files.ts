@@ -8,19 +8,41 @@ import type { SequenceDataset, Vocabulary } from "./types.ts";
 import { formatFromPath, parseDataset, type ReadDatasetOptions } from "./readers.ts";
 import { attachCategories, type ItemCategories, parseCategories } from "./categories.ts";
 
+/** The largest data file read: JavaScript strings stop at about 512 MiB. */
+export const MAX_DATA_FILE_BYTES = 512 * 1024 * 1024;
+
 /**
- * Reads a text file, re-throwing a missing file as `Deno.errors.NotFound` that names the
- * path and what it was meant to be.
+ * Reads a UTF-8 text file: a missing file is `Deno.errors.NotFound` naming the path and
+ * what it was meant to be; a device, a folder, a file over {@linkcode MAX_DATA_FILE_BYTES}
+ * or one that is not UTF-8 is refused before (or instead of) being read whole. A leading
+ * byte-order mark is dropped.
  */
 async function readText(path: string, what: string): Promise<string> {
+  let info: Deno.FileInfo;
   try {
-    return await Deno.readTextFile(path);
+    info = await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
       throw new Deno.errors.NotFound(`${what} file not found: ${path}`, { cause: e });
     }
     throw e;
   }
+  if (!info.isFile) {
+    throw new TypeError(`${what} file ${path} is not a regular file (a folder or a device?)`);
+  }
+  if (info.size > MAX_DATA_FILE_BYTES) {
+    throw new RangeError(
+      `${what} file ${path} holds ${info.size} bytes; at most ${MAX_DATA_FILE_BYTES} are read`,
+    );
+  }
+  const bytes = await Deno.readFile(path);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new SyntaxError(`${what} file ${path} is not UTF-8 text (a binary file?)`);
+  }
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
 
 /**

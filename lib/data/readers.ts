@@ -63,7 +63,7 @@ export function readSequenceLines(text: string, source: string): SequenceDataset
   const sequences: Int32Array[] = [];
   let interactions = 0;
   let empty = 0;
-  const lines = splitLines(text);
+  const lines = splitLines(text, source);
   for (let n = 0; n < lines.length; n++) {
     const line = lines[n].trim();
     if (line === "") continue;
@@ -123,7 +123,7 @@ interface Row {
  * timestamp that is not a number; the message names `source:line` and the text.
  */
 export function readRecBoleInter(text: string, source: string): SequenceDataset {
-  const lines = splitLines(text);
+  const lines = splitLines(text, source);
   let h = 0;
   while (h < lines.length && lines[h].trim() === "") h++;
   if (h === lines.length) throw new SyntaxError(`${source}: no header line (the file is empty)`);
@@ -192,7 +192,7 @@ export function readMovieLensRatings(
   if (!Number.isFinite(minRating)) {
     throw new RangeError(`minRating must be a finite number, got ${minRating}`);
   }
-  const lines = splitLines(text);
+  const lines = splitLines(text, source);
   const rows: Row[] = [];
   const allUsers = new Set<string>();
   let read = 0;
