@@ -82,3 +82,15 @@ export function matMulOf(c: MatMulCase): Float32Array {
     ).dataSync() as Float32Array
   );
 }
+
+/** CLI flags of the smallest training run the CLI tests need: one epoch of a width-8 model. */
+export const TINY_TRAIN_FLAGS: readonly string[] = [
+  "--epochs",
+  "1",
+  "--hidden",
+  "8",
+  "--heads",
+  "1",
+  "--inner",
+  "8",
+];

@@ -1,3 +1,4 @@
+import { TINY_TRAIN_FLAGS } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
@@ -205,14 +206,7 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
     `${dir}/d.txt`,
     "--k-core",
     "3",
-    "--epochs",
-    "1",
-    "--hidden",
-    "8",
-    "--heads",
-    "1",
-    "--inner",
-    "8",
+    ...TINY_TRAIN_FLAGS,
     "--out",
     `${dir}/run`,
   );
@@ -259,14 +253,7 @@ Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item
   );
   await Deno.writeTextFile(`${dir}/cats.json`, JSON.stringify(cats));
   const tiny = [
-    "--epochs",
-    "1",
-    "--hidden",
-    "8",
-    "--heads",
-    "1",
-    "--inner",
-    "8",
+    ...TINY_TRAIN_FLAGS,
     "--backend",
     "cpu",
   ];

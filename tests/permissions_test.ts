@@ -2,6 +2,7 @@ import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import { TINY_TRAIN_FLAGS } from "./_fixtures.ts";
 import { assert } from "./_assert.ts";
 
 const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
@@ -106,14 +107,7 @@ console.log(JSON.stringify({ backend: chosen.name, items: items.map((x) => x.ite
           "train",
           "--model",
           "sasrec",
-          "--epochs",
-          "1",
-          "--hidden",
-          "8",
-          "--heads",
-          "1",
-          "--inner",
-          "8",
+          ...TINY_TRAIN_FLAGS,
           "--max-length",
           "8",
           "--out",
