@@ -16,12 +16,7 @@ export function numberFlag(flag: string, text: string): number {
 
 /** `--threads`: a positive integer, or undefined when not given. */
 export function threadsFlag(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = numberFlag("threads", text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RangeError(`--threads must be a positive integer, got "${text}"`);
-  }
-  return n;
+  return text === undefined ? undefined : intFlag("threads", text, 1);
 }
 
 /** A flag that holds `true` or `false`. */

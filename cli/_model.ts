@@ -5,10 +5,14 @@
  *
  * @module
  */
-import { Recommender, type RecommenderOptions } from "../lib/inference/recommender.ts";
+import {
+  Recommender,
+  type RecommenderOptions,
+  type ServableModel,
+} from "../lib/inference/recommender.ts";
 import { MODEL_FILE_NAME } from "../lib/inference/model_file.ts";
 import { modelEntry } from "../lib/models/mod.ts";
-import { readCheckpoint } from "../lib/train/checkpoint.ts";
+import { type CheckpointMeta, readCheckpoint } from "../lib/train/checkpoint.ts";
 
 async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   try {
@@ -49,12 +53,8 @@ export async function loadRecommender(
         `${path}/model.json: field "itemTokens" is empty, so recommendations could not name items`,
       );
     }
-    const model = modelEntry(meta.model).create({
-      ...meta.config,
-      numItems: meta.itemTokens.length - 1,
-    });
+    const model = modelFromCheckpoint(meta, values, path);
     try {
-      model.params.assign(meta.params, values, `${path}/model.json`);
       return {
         recommender: new Recommender(model, meta.itemTokens, options),
         from: `${path} (checkpoint)`,
@@ -67,4 +67,23 @@ export async function loadRecommender(
   throw new Deno.errors.NotFound(
     `--model: ${source} is a folder without ${MODEL_FILE_NAME} or a checkpoint/`,
   );
+}
+
+/** The model a checkpoint holds, built and loaded (disposed again if its weights do not fit). */
+export function modelFromCheckpoint(
+  meta: CheckpointMeta,
+  values: Float32Array,
+  path: string,
+): ServableModel {
+  const model = modelEntry(meta.model).create({
+    ...meta.config,
+    numItems: meta.itemTokens.length - 1,
+  });
+  try {
+    model.params.assign(meta.params, values, `${path}/model.json`);
+  } catch (e) {
+    model.params.dispose();
+    throw e;
+  }
+  return model;
 }

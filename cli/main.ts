@@ -24,6 +24,7 @@ import {
   progressWriter,
   startBackend,
 } from "./_flags.ts";
+import { modelFromCheckpoint } from "./_model.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
 
@@ -333,11 +334,7 @@ async function evalCommand(args: string[]): Promise<void> {
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
   const spec = evalDataSpec(meta.data as DataSpec, values);
   const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, JSON.stringify(spec));
-  const model = modelEntry(meta.model).create({
-    ...meta.config,
-    numItems: meta.itemTokens.length - 1,
-  });
-  model.params.assign(meta.params, weights, `${path}/model.json`);
+  const model = modelFromCheckpoint(meta, weights, path);
   const { split } = leaveOneOut(dataset);
   const batchSize = values["eval-batch-size"]
     ? numberFlag("eval-batch-size", values["eval-batch-size"])

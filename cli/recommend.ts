@@ -8,6 +8,8 @@ import { parseArgs } from "./_args.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
 import { BACKEND_OPTIONS, intFlag, progressWriter, startBackend } from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
+import { readText } from "../lib/data/files.ts";
+import { splitLines } from "../lib/data/_dense.ts";
 
 /** The `recommend` lines of the CLI's usage. */
 export const RECOMMEND_USAGE = [
@@ -95,7 +97,7 @@ async function printOne(r: Recommender, history: string[], options: RecommendOpt
 function parseLines(text: string, path: string): { user: string; history: string[] }[] {
   const rows: { user: string; history: string[] }[] = [];
   const seen = new Map<string, number>();
-  text.split(/\r?\n/).forEach((raw, n) => {
+  splitLines(text, path).forEach((raw, n) => {
     const line = raw.trim();
     if (line === "") return;
     const [user, ...history] = line.split(/\s+/);
@@ -118,15 +120,8 @@ async function recommendFile(
   options: RecommendOptions,
   chunk: number,
 ) {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(input);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Deno.errors.NotFound(`--input: file not found: ${input}`);
-    }
-    throw e;
-  }
+  // The data readers' checks: a regular UTF-8 text file of bounded size.
+  const text = await readText(input, "--input");
   const rows = parseLines(text, input);
   // Written beside the target and renamed at the end: a failed run leaves no half file.
   const tmp = output ? `${output}.tmp` : null;

@@ -17,7 +17,7 @@ export const MAX_DATA_FILE_BYTES = 512 * 1024 * 1024;
  * or one that is not UTF-8 is refused before (or instead of) being read whole. A leading
  * byte-order mark is dropped.
  */
-async function readText(path: string, what: string): Promise<string> {
+export async function readText(path: string, what: string): Promise<string> {
   let info: Deno.FileInfo;
   try {
     info = await Deno.stat(path);

@@ -78,11 +78,17 @@ export class ModelFileError extends Error {
 
 const encoder = new TextEncoder();
 
-async function sha256Hex(parts: Uint8Array[]): Promise<string> {
+/**
+ * The SHA-256 of `parts` read one after the other, as 64 hex digits. Shared by the model
+ * file and the training checkpoints.
+ *
+ * @throws {Error} The runtime has no `crypto.subtle`.
+ */
+export async function sha256Hex(parts: Uint8Array[]): Promise<string> {
   const subtle = globalThis.crypto?.subtle;
   if (!subtle) {
     throw new Error(
-      "checking a model file needs crypto.subtle (SHA-256), which this runtime lacks " +
+      "checksums need crypto.subtle (SHA-256), which this runtime lacks " +
         "(browsers offer it only on https:// or localhost pages)",
     );
   }

@@ -302,7 +302,7 @@ export class Recommender {
       throw new TypeError(`history ${index} is not a list of item tokens`);
     }
     const ids: number[] = [];
-    const unknown: string[] = [];
+    const unknown = new Set<string>(); // in order of first appearance
     for (const token of history) {
       const id = this.#ids.get(token);
       if (id !== undefined) {
@@ -314,7 +314,7 @@ export class Recommender {
           `history ${index}: item ${JSON.stringify(token)} is not in the model's vocabulary`,
         );
       }
-      if (!unknown.includes(token)) unknown.push(token);
+      unknown.add(token);
     }
     const excluded = new Set<number>([0]);
     if (o.excludeSeen ?? true) { for (const id of ids) excluded.add(id); }
@@ -322,7 +322,7 @@ export class Recommender {
       const id = this.#ids.get(token);
       if (id !== undefined) excluded.add(id);
     }
-    return { ids: Int32Array.from(ids), unknown, excluded, k };
+    return { ids: Int32Array.from(ids), unknown: [...unknown], excluded, k };
   }
 
   #pick(

@@ -10,6 +10,7 @@
  * @module
  */
 import type { ParamRecord } from "../nn/params.ts";
+import { sha256Hex } from "../inference/model_file.ts";
 
 /** The `model.json` of a checkpoint. */
 export interface CheckpointMeta {
@@ -85,11 +86,7 @@ async function checkpointChecksum(
   weights: Uint8Array,
 ): Promise<string> {
   const head = new TextEncoder().encode(canonicalJson(meta) + "\n");
-  const all = new Uint8Array(head.length + weights.length);
-  all.set(head);
-  all.set(weights, head.length);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
-  return `sha256:${Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  return `sha256:${await sha256Hex([head, weights])}`;
 }
 
 /** Where an interrupted training run stands at the end of an epoch. */
