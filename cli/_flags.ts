@@ -14,6 +14,28 @@ export function numberFlag(flag: string, text: string): number {
   return value;
 }
 
+/**
+ * Runs `check`; when it throws, the error names command-line flags instead of the fields
+ * the library checked ("batchSize must be ..." becomes "--batch-size must be ...").
+ *
+ * @param check A check of library options or a model config.
+ * @param flags Field name -> flag name (without dashes).
+ */
+export function withFlagNames<T>(check: () => T, flags: Record<string, string>): T {
+  try {
+    return check();
+  } catch (e) {
+    if (!(e instanceof RangeError || e instanceof TypeError)) throw e;
+    let message = e.message;
+    for (const [field, flag] of Object.entries(flags)) {
+      message = message.replace(new RegExp(`\\b${field}\\b(?= must| \\()`, "g"), `--${flag}`);
+    }
+    throw message === e.message
+      ? e
+      : new (e.constructor as ErrorConstructor)(message, { cause: e });
+  }
+}
+
 /** `--threads`: a positive integer, or undefined when not given. */
 export function threadsFlag(text: string | undefined): number | undefined {
   return text === undefined ? undefined : intFlag("threads", text, 1);

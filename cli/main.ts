@@ -13,16 +13,24 @@
 import { parseArgs } from "./_args.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
-import { readCheckpoint } from "../lib/train/checkpoint.ts";
+import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
-import { checkSeed, evaluateModel, train, TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
+import {
+  checkSeed,
+  checkTrainOptions,
+  evaluateModel,
+  train,
+  TRAIN_DEFAULTS,
+} from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import {
   BACKEND_OPTIONS,
   booleanFlag,
+  intFlag,
   numberFlag,
   progressWriter,
   startBackend,
+  withFlagNames,
 } from "./_flags.ts";
 import { modelFromCheckpoint } from "./_model.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
@@ -154,6 +162,10 @@ async function trainCommand(args: string[]): Promise<void> {
   }
   if (v["no-bucket"]) options.bucket = false;
   if (options.seed !== undefined) checkSeed("--seed", options.seed as number);
+  withFlagNames(
+    () => checkTrainOptions(options),
+    Object.fromEntries(Object.entries(TRAIN_FLAGS).map(([flag, [field]]) => [field, flag])),
+  );
   const config: Record<string, unknown> = { seed: options.seed ?? TRAIN_DEFAULTS.seed };
   for (const field of Object.keys(entry.defaults)) {
     const flag = kebab(field);
@@ -173,12 +185,23 @@ async function trainCommand(args: string[]): Promise<void> {
       throw new RangeError(`--${flag} is not an option of model ${modelName}`);
     }
   }
+  withFlagNames(
+    () => entry.validate({ ...config, numItems: 1 }),
+    Object.fromEntries(Object.keys(entry.defaults).map((field) => [field, kebab(field)])),
+  );
+  const readFlags = ["format", "categories", "k-core", "min-rating"].filter((f) =>
+    v[f] !== undefined
+  );
+  if (typeof v.data !== "string" && readFlags.length > 0) {
+    // Ignoring them would train on the embedded data set as if they had been applied.
+    throw new TypeError(`--${readFlags[0]} goes with --data FILE (the embedded data set is fixed)`);
+  }
   const spec: DataSpec = typeof v.data === "string"
     ? {
       kind: "file",
       path: v.data,
       format: v.format as "lines" | "recbole" | "movielens" | undefined,
-      kCore: typeof v["k-core"] === "string" ? numberFlag("k-core", v["k-core"]) : undefined,
+      kCore: typeof v["k-core"] === "string" ? intFlag("k-core", v["k-core"], 0, 0) : undefined,
       categories: v.categories as string | undefined,
       minRating: typeof v["min-rating"] === "string"
         ? numberFlag("min-rating", v["min-rating"])
@@ -261,8 +284,10 @@ async function trainCommand(args: string[]): Promise<void> {
       valid: result.valid,
       test,
     };
-    await Deno.writeTextFile(`${out}/metrics.json.tmp`, JSON.stringify(metrics, null, 2) + "\n");
-    await Deno.rename(`${out}/metrics.json.tmp`, `${out}/metrics.json`);
+    await writeFileAtomic(
+      `${out}/metrics.json`,
+      new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
+    );
     console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
     console.error(
       `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
@@ -283,7 +308,7 @@ function evalDataSpec(
 ): DataSpec {
   const overrides = {
     ...(flags.format !== undefined ? { format: flags.format as "lines" } : {}),
-    ...(flags["k-core"] !== undefined ? { kCore: numberFlag("k-core", flags["k-core"]) } : {}),
+    ...(flags["k-core"] !== undefined ? { kCore: intFlag("k-core", flags["k-core"], 0, 0) } : {}),
     ...(flags["min-rating"] !== undefined
       ? { minRating: numberFlag("min-rating", flags["min-rating"]) }
       : {}),
@@ -298,9 +323,12 @@ function evalDataSpec(
     ? trained
     : { kind: "file", path: "" };
   const spec: DataSpec = { kind: "file", path: flags.data, ...options, ...overrides };
-  const { kind: _k, path: _p, ...shown } = spec;
+  const { kind: _k, path: _p, ...read } = spec;
+  const shown = Object.entries(read).filter(([, value]) => value !== undefined)
+    .map(([field, value]) => `--${kebab(field)} ${value}`);
   console.error(
-    `data: ${flags.data}, read as the run read its data, with ${JSON.stringify(shown)}`,
+    `data: ${flags.data}, read as the run read its data` +
+      (shown.length > 0 ? ` (${shown.join(" ")})` : ""),
   );
   return spec;
 }
@@ -333,12 +361,17 @@ async function evalCommand(args: string[]): Promise<void> {
   await startBackend(values);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
   const spec = evalDataSpec(meta.data as DataSpec, values);
-  const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, JSON.stringify(spec));
+  const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
+  const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, source);
   const model = modelFromCheckpoint(meta, weights, path);
   const { split } = leaveOneOut(dataset);
-  const batchSize = values["eval-batch-size"]
-    ? numberFlag("eval-batch-size", values["eval-batch-size"])
-    : 256;
+  if (split.test.length === 0) {
+    throw new RangeError(
+      `${source}: no user has the 3 items leave-one-out needs (history, validation item, ` +
+        `test item), so there is nothing to evaluate`,
+    );
+  }
+  const batchSize = intFlag("eval-batch-size", values["eval-batch-size"], 256);
   const metrics = await evaluateModel(
     model,
     which === "test" ? split.test : split.valid,

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { writing } from "../lib/_io.ts";
 import { parseArgs } from "./_args.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
 import { BACKEND_OPTIONS, intFlag, progressWriter, startBackend } from "./_flags.ts";
@@ -125,7 +126,9 @@ async function recommendFile(
   const rows = parseLines(text, input);
   // Written beside the target and renamed at the end: a failed run leaves no half file.
   const tmp = output ? `${output}.tmp` : null;
-  const file = tmp ? await Deno.open(tmp, { write: true, create: true, truncate: true }) : null;
+  const file = tmp
+    ? await writing(tmp, () => Deno.open(tmp, { write: true, create: true, truncate: true }))
+    : null;
   const sink = file ?? Deno.stdout;
   const encoder = new TextEncoder();
   const say = progressWriter();
@@ -142,7 +145,10 @@ async function recommendFile(
         return JSON.stringify(line) + "\n";
       });
       const bytes = encoder.encode(lines.join(""));
-      for (let off = 0; off < bytes.length;) off += await sink.write(bytes.subarray(off));
+      const put = async () => {
+        for (let off = 0; off < bytes.length;) off += await sink.write(bytes.subarray(off));
+      };
+      await (tmp ? writing(tmp, put) : put());
       const done = at + part.length;
       const seconds = (performance.now() - started) / 1000;
       const rate = done / seconds;

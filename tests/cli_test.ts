@@ -4,10 +4,19 @@ import { assert, assertEquals } from "./_assert.ts";
 const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
 
 /** Runs the CLI in a subprocess; returns its exit code and output. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return cliIn(undefined, ...args);
+}
+
+/** {@linkcode cli} in the working folder `cwd` (where a default `runs/` would go). */
+async function cliIn(
+  cwd: string | undefined,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", MAIN, ...args],
     env: { NO_COLOR: "1" },
+    cwd,
   }).output();
   const text = new TextDecoder();
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
@@ -31,10 +40,33 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
   // A folder holding a run: refused without --resume or --overwrite.
   await Deno.mkdir(`${dir}/held`);
   await Deno.writeTextFile(`${dir}/held/log.jsonl`, "");
+  await Deno.writeTextFile(`${dir}/empty.txt`, "");
+  await Deno.writeTextFile(`${dir}/d.csv`, "a 1 2 3 4\n");
+  await Deno.writeTextFile(`${dir}/four.txt`, "a 1 2 3 4\nb 2 3 4 5\nc 3 4 5 6\n");
+  await Deno.writeTextFile(`${dir}/other.json`, '{"x": ["c1"], "y": ["c2"]}');
+  const four = ["--backend", "cpu", "--data", `${dir}/four.txt`, "--out", `${dir}/four`];
+  const relative = `missing-${crypto.randomUUID()}.txt`;
+  const at = (name: string) => ["--backend", "cpu", "--out", `${dir}/${name}`];
   const cases: [string[], string][] = [
     [["train", "--no-such-flag"], "no-such-flag"],
+    // Item 11 of the hardening issue: messages a user can act on.
+    [["train", ...at("empty"), "--data", `${dir}/empty.txt`], "no interactions left"],
+    [["train", ...four, "--k-core", "9"], "no interactions left to train or evaluate on: 9-core"],
+    [["train", ...four, "--k-core", "1.5"], "--k-core must be an integer >= 0"],
+    [["train", ...at("no-data"), "--k-core", "5"], "--k-core goes with --data FILE"],
+    [["train", "--batch-size", "0"], "--batch-size must be a positive integer"],
+    [["train", "--lr", "0"], "--lr must be a positive finite number"],
+    [["train", "--eval-every", "1.5"], "--eval-every must be a positive integer"],
+    [["train", "--hidden", "0"], "--hidden must be a positive integer"],
+    [["train", "--max-length", "0"], "--max-length must be"],
+    [["train", "--heads", "3"], "--hidden (128) must be divisible by --heads (3)"],
+    [["train", "--model", "sigma", "--category-temperature", "0"], "--category-temperature"],
+    [["train", "--backend", "cpu", "--out", "/proc/sigma-run"], "a kernel file system"],
+    [["train", ...at("csv"), "--data", `${dir}/d.csv`], "--format on the command line"],
+    [["train", ...at("relative"), "--data", relative], `${dir}/${relative}`],
+    [["train", ...four, "--categories", `${dir}/other.json`], "no item of the data set has"],
     [["train", "--backend", "tpu"], "tpu"],
-    [["train", "--data", `${dir}/missing.txt`], "missing.txt"],
+    [["train", ...at("missing"), "--data", `${dir}/missing.txt`], "missing.txt"],
     [["train", "--data", bad], `${bad}:3`],
     [["train", "--epochs", "three"], "--epochs"],
     [["train", "--threads", "0"], "--threads"],
@@ -53,10 +85,14 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--backend", "cpu", "--resume", "--out", `${dir}/fresh`], `${dir}/fresh/state`],
   ];
   for (const [args, word] of cases) {
-    const r = await cli(...args);
+    const r = await cliIn(dir, ...args);
     assertNotZero(r.code, args);
     assert(r.stderr.includes(word), `${args.join(" ")}: stderr lacks "${word}":\n${r.stderr}`);
     assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace instead of a message`);
+    const error = r.stderr.slice(r.stderr.lastIndexOf("error:"));
+    for (const internal of ["learningRate", "batchSize", "--allow-all", "numItems", "k must"]) {
+      assert(!error.includes(internal), `${args.join(" ")}: says "${internal}":\n${error}`);
+    }
   }
   await Deno.remove(dir, { recursive: true });
 });
@@ -185,6 +221,10 @@ Deno.test("reproduce rejects bad flags with a message that names them", async ()
     assertNotZero(r.code, args);
     assert(r.stderr.includes(word), `${args.join(" ")}: stderr lacks "${word}":\n${r.stderr}`);
     assert(!r.stderr.includes("    at "), `${args.join(" ")}: a stack trace instead of a message`);
+    const error = r.stderr.slice(r.stderr.lastIndexOf("error:"));
+    for (const internal of ["learningRate", "batchSize", "--allow-all", "numItems", "k must"]) {
+      assert(!error.includes(internal), `${args.join(" ")}: says "${internal}":\n${error}`);
+    }
   }
 });
 
@@ -222,7 +262,7 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
     `${dir}/d.txt`,
   );
   assertEquals(again.code, 0, again.stderr);
-  assert(again.stderr.includes('"kCore":3'), again.stderr);
+  assert(again.stderr.includes("read as the run read its data (--k-core 3)"), again.stderr);
   assertEquals(JSON.parse(again.stdout).metrics, JSON.parse(own.stdout).metrics);
   // Without the k-core the rare items are not in the model: an error that names one.
   const unfiltered = await cli(
@@ -238,6 +278,21 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
   );
   assertNotZero(unfiltered.code, ["eval --k-core 0"]);
   assert(unfiltered.stderr.includes("rare"), unfiltered.stderr);
+  // Known items, but no user long enough to hold out a validation and a test item.
+  await Deno.writeTextFile(`${dir}/short.txt`, "a 1 2\nb 3\n");
+  const short = await cli(
+    "eval",
+    "--backend",
+    "cpu",
+    "--checkpoint",
+    `${dir}/run/checkpoint`,
+    "--data",
+    `${dir}/short.txt`,
+    "--k-core",
+    "0",
+  );
+  assertNotZero(short.code, ["eval --data short.txt"]);
+  assert(short.stderr.includes(`${dir}/short.txt: no user has the 3 items`), short.stderr);
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -43,6 +43,7 @@ export interface ItemCategories {
  * @param source A name for the text, used in error messages.
  * @throws {SyntaxError} Invalid JSON, a JSON value that is not a list of strings or
  * numbers, or an item listed twice in the text layout (both line numbers named).
+ * @throws {RangeError} No item of `vocab` has a category.
  */
 export function parseCategories(text: string, vocab: Vocabulary, source: string): ItemCategories {
   const itemId = new Map<string, number>();
@@ -106,6 +107,15 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
     if (i > 0 && (l === undefined || l.length === 0)) missing++;
     return i === 0 || l === undefined ? empty : l;
   });
+  const items = vocab.items.length - 1;
+  if (items > 0 && missing === items) {
+    // Diversity and coverage would be 0 for every model: found out before training.
+    throw new RangeError(
+      `${source}: no item of the data set has a category (${
+        plural(unknown, "item")
+      } of the file are not in the data set: are they keyed by other item ids?)`,
+    );
+  }
   const notes: string[] = [];
   if (unknown > 0) {
     notes.push(`${source}: ${plural(unknown, "item")} not in the vocabulary ignored`);

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { shownPath } from "../_io.ts";
 import type { SequenceDataset, Vocabulary } from "./types.ts";
 import { formatFromPath, parseDataset, type ReadDatasetOptions } from "./readers.ts";
 import { attachCategories, type ItemCategories, parseCategories } from "./categories.ts";
@@ -23,7 +24,7 @@ export async function readText(path: string, what: string): Promise<string> {
     info = await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
-      throw new Deno.errors.NotFound(`${what} file not found: ${path}`, { cause: e });
+      throw new Deno.errors.NotFound(`${what} file not found: ${shownPath(path)}`, { cause: e });
     }
     throw e;
   }

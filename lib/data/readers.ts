@@ -242,6 +242,7 @@ export type ParseDatasetOptions = Omit<ReadDatasetOptions, "categories">;
  * @param options See {@linkcode ParseDatasetOptions}.
  * @throws {TypeError} No `format` given and the extension is not `.txt`, `.inter` or `.dat`.
  * @throws {SyntaxError} As the format's reader.
+ * @throws {RangeError} No interaction is left (an empty file, or every one filtered out).
  */
 export function parseDataset(
   text: string,
@@ -264,6 +265,15 @@ export function parseDataset(
       throw new TypeError(`unknown dataset format ${quote(String(format))} for ${source}`);
   }
   if (options.kCore !== undefined && options.kCore > 0) dataset = fiveCore(dataset, options.kCore);
+  if (dataset.numItems === 0) {
+    // Left to the model, this surfaced as "numItems must be a positive integer, got 0".
+    const why = dataset.report.notes.length > 0
+      ? `: ${dataset.report.notes.join("; ")}`
+      : dataset.report.interactions === 0
+      ? " (the file holds no interactions)"
+      : "";
+    throw new RangeError(`${source}: no interactions left to train or evaluate on${why}`);
+  }
   return dataset;
 }
 
@@ -280,7 +290,8 @@ export function formatFromPath(path: string): DatasetFormat {
   if (lower.endsWith(".dat")) return "movielens";
   throw new TypeError(
     `cannot tell the format of ${path} from its extension (expected .txt, .inter or .dat); ` +
-      `pass options.format ("lines", "recbole" or "movielens")`,
+      `give its format: --format on the command line, options.format in code ` +
+      `("lines", "recbole" or "movielens")`,
   );
 }
 

@@ -4,8 +4,21 @@
  * @module
  */
 import type { SequentialModel } from "./_model.ts";
-import { SasRec, SASREC_DEFAULTS, SASREC_HELP } from "./sasrec.ts";
-import { Sigma, SIGMA_DEFAULTS, SIGMA_HELP } from "./sigma.ts";
+import {
+  SasRec,
+  SASREC_DEFAULTS,
+  SASREC_HELP,
+  type SasRecConfig,
+  validateSasRecConfig,
+} from "./sasrec.ts";
+import {
+  Sigma,
+  SIGMA_DEFAULTS,
+  SIGMA_HELP,
+  type SigmaConfig,
+  upgradeSigmaConfig,
+  validateSigmaConfig,
+} from "./sigma.ts";
 
 export type { SequentialModel } from "./_model.ts";
 export {
@@ -35,6 +48,12 @@ export interface ModelEntry {
   defaults: Record<string, number | string | boolean>;
   /** One line of help per config field. */
   help: Record<string, string>;
+  /**
+   * Checks a full or partial config (defaults fill the rest) without building the model.
+   *
+   * @throws {RangeError} A field out of its domain, naming the field and the value.
+   */
+  validate(config: Record<string, unknown> & { numItems: number }): void;
   /** Builds the model from a full or partial config. */
   create(config: Record<string, unknown> & { numItems: number }): SequentialModel & {
     config: { maxLength: number; numItems: number };
@@ -46,11 +65,14 @@ export const MODELS: Record<string, ModelEntry> = {
   sigma: {
     defaults: SIGMA_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: SIGMA_HELP,
+    validate: (config) =>
+      validateSigmaConfig({ ...SIGMA_DEFAULTS, ...upgradeSigmaConfig(config) } as SigmaConfig),
     create: (config) => new Sigma(config),
   },
   sasrec: {
     defaults: SASREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: SASREC_HELP,
+    validate: (config) => validateSasRecConfig({ ...SASREC_DEFAULTS, ...config } as SasRecConfig),
     create: (config) => new SasRec(config),
   },
 };

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { writing } from "../_io.ts";
 import type { ParamRecord } from "../nn/params.ts";
 import { sha256Hex } from "../inference/model_file.ts";
 
@@ -129,6 +130,14 @@ export async function writeCheckpoint(
   meta: Omit<CheckpointMeta, "format" | "values" | "checksum">,
   values: Float32Array,
 ): Promise<void> {
+  await writing(dir, () => writeCheckpointFolder(dir, meta, values));
+}
+
+async function writeCheckpointFolder(
+  dir: string,
+  meta: Omit<CheckpointMeta, "format" | "values" | "checksum">,
+  values: Float32Array,
+): Promise<void> {
   const next = `${dir}.next`;
   const prev = `${dir}.prev`;
   await Deno.remove(next, { recursive: true }).catch(() => {});
@@ -153,8 +162,10 @@ export async function writeCheckpoint(
  * so a crash leaves the old file or the new one, never a part.
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  await writeSynced(`${path}.tmp`, bytes);
-  await Deno.rename(`${path}.tmp`, path);
+  await writing(path, async () => {
+    await writeSynced(`${path}.tmp`, bytes);
+    await Deno.rename(`${path}.tmp`, path);
+  });
 }
 
 /** Writes `bytes` to `path` and waits until they are on disk. */

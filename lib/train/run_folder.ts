@@ -12,6 +12,8 @@
  * @module
  */
 
+import { checkWritableFolder, shownPath, writing } from "../_io.ts";
+
 /** The files and folders that make up a run (besides the lock). */
 export const RUN_FILES: readonly string[] = [
   "log.jsonl",
@@ -63,6 +65,7 @@ export async function runFilesIn(dir: string): Promise<string[]> {
  * }
  * ```
  *
+ * @throws {RangeError} The folder is under `/proc`, `/sys` or `/dev`.
  * @throws {Error} Another process holds the folder (its process id and start are named), or
  * the folder holds a run and neither option was given (the files found are named).
  */
@@ -70,7 +73,8 @@ export async function openRunFolder(
   dir: string,
   options: { resume?: boolean; overwrite?: boolean } = {},
 ): Promise<RunLock> {
-  await Deno.mkdir(dir, { recursive: true });
+  checkWritableFolder(dir, "run folder");
+  await writing(dir, () => Deno.mkdir(dir, { recursive: true }));
   const path = `${dir}/.lock`;
   const file = await Deno.open(path, { read: true, write: true, create: true });
   let locked = false;
@@ -84,7 +88,9 @@ export async function openRunFolder(
     file.close();
     const holder = (await Deno.readTextFile(path).catch(() => "")).trim() || "another process";
     throw new Error(
-      `${dir} is in use by another run (${holder}); wait for it to end, or choose another --out`,
+      `${
+        shownPath(dir)
+      } is in use by another run (${holder}); wait for it to end, or choose another --out`,
     );
   }
   const lock: RunLock = {
@@ -109,7 +115,8 @@ export async function openRunFolder(
       const found = await runFilesIn(dir);
       if (found.length > 0) {
         throw new Error(
-          `${dir} already holds a run (${found.join(", ")}); pass --resume to continue it, ` +
+          `${shownPath(dir)} already holds a run (${found.join(", ")}); ` +
+            `pass --resume to continue it, ` +
             `--overwrite to replace it, or choose another --out`,
         );
       }

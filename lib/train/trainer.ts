@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { writing } from "../_io.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
 import { trainBatches } from "../data/mod.ts";
@@ -310,13 +311,14 @@ export async function train(
   }
 }
 
-/** Checks the options, the data and the vocabulary of a run before anything is written. */
-function checkedRun(
-  split: LeaveOneOutSplit,
-  numItems: number,
-  options: Partial<TrainOptions>,
-  hooks: TrainHooks,
-): { o: TrainOptions; itemTokens: string[] } {
+/**
+ * The options of a run with defaults filled in, checked before anything is read or written.
+ *
+ * @param options Options to check; missing ones take {@linkcode TRAIN_DEFAULTS}.
+ * @returns The full options.
+ * @throws {RangeError} A field out of its domain, naming the field and the value.
+ */
+export function checkTrainOptions(options: Partial<TrainOptions>): TrainOptions {
   const o = { ...TRAIN_DEFAULTS, ...options };
   for (
     const k of [
@@ -332,10 +334,21 @@ function checkedRun(
       throw new RangeError(`${k} must be a positive integer, got ${o[k]}`);
     }
   }
-  if (!(o.learningRate > 0)) {
-    throw new RangeError(`learningRate must be positive, got ${o.learningRate}`);
+  if (!(o.learningRate > 0 && Number.isFinite(o.learningRate))) {
+    throw new RangeError(`learningRate must be a positive finite number, got ${o.learningRate}`);
   }
   checkSeed("seed", o.seed);
+  return o;
+}
+
+/** Checks the options, the data and the vocabulary of a run before anything is written. */
+function checkedRun(
+  split: LeaveOneOutSplit,
+  numItems: number,
+  options: Partial<TrainOptions>,
+  hooks: TrainHooks,
+): { o: TrainOptions; itemTokens: string[] } {
+  const o = checkTrainOptions(options);
   if (!split.train.some((s) => s.length >= 2)) {
     // Nothing to learn from: the loss would be NaN and the "trained" model untrained.
     throw new RangeError(
@@ -399,7 +412,7 @@ async function trainLoop(
   const log = unstarted ? await Deno.readTextFile(logFile!).catch(() => null) : null;
   if (unstarted && log !== null && log.split("\n").filter((l) => l).length <= 1) {
     say(`${hooks.out} has no finished epoch to resume: starting it again\n`);
-    await Deno.writeTextFile(logFile!, "");
+    await writing(logFile!, () => Deno.writeTextFile(logFile!, ""));
   } else if (hooks.resume) {
     const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
     ({ step, best, sinceBest, history } = r);
@@ -412,7 +425,7 @@ async function trainLoop(
     );
     if (sinceBest >= o.patience) stopped = "patience";
   } else if (logFile) {
-    await Deno.writeTextFile(logFile, "");
+    await writing(logFile, () => Deno.writeTextFile(logFile, ""));
   }
 
   try {
@@ -491,7 +504,8 @@ async function trainLoop(
       // then the best checkpoint and model file, which resume rebuilds from the state if
       // the kill came before them.
       if (logFile) {
-        await Deno.writeTextFile(logFile, JSON.stringify(record) + "\n", { append: true });
+        const line = JSON.stringify(record) + "\n";
+        await writing(logFile, () => Deno.writeTextFile(logFile, line, { append: true }));
         hooks.onWrite?.("log", epoch);
       }
       if (stateDir) {
@@ -771,7 +785,8 @@ async function resumeRun(
       `${logFile}: holds ${history.length} epochs up to ${meta.epoch}, the state is after epoch ${meta.epoch}`,
     );
   }
-  await Deno.writeTextFile(logFile, history.map((r) => JSON.stringify(r) + "\n").join(""));
+  const text = history.map((r) => JSON.stringify(r) + "\n").join("");
+  await writing(logFile, () => Deno.writeTextFile(logFile, text));
   return {
     epoch: meta.epoch,
     step: meta.resume.step,
