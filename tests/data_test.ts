@@ -256,7 +256,7 @@ Deno.test("fiveCore() reaches the fixed point: every user and item keeps >= k", 
         return true;
       },
     ),
-    { numRuns: 250, seed: 7 },
+    { numRuns: 250 },
   );
 });
 
@@ -437,7 +437,7 @@ Deno.test("trainBatches() uses every training target exactly once per epoch", ()
         assertEquals(got.sort(), expected.sort());
       },
     ),
-    { numRuns: 200, seed: 11 },
+    { numRuns: 200 },
   );
 });
 
@@ -537,7 +537,7 @@ Deno.test("evalBatches() pads a row by its own history, whatever the batch size"
         }
       },
     ),
-    { numRuns: 200, seed: 3 },
+    { numRuns: 200 },
   );
 });
 
