@@ -4,7 +4,8 @@ import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
-import type { TrainBatch } from "../lib/data/types.ts";
+import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
+import { decodeModelFile } from "../lib/inference/model_file.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
@@ -438,6 +439,91 @@ class SometimesUnused implements SequentialModel {
     throw new Error("not used");
   }
 }
+
+/**
+ * SASRec plus one parameter, `flip`, whose loss term is `-c(step) * flip`: Adam raises it by
+ * a known amount each step. While `flip < 0` the scores are SASRec's; once it is above 0
+ * every score is 0, so every ranking ties and (ties pessimistic) validation recall is 0.
+ */
+class FlipsAfterEpochOne implements SequentialModel {
+  readonly name = "flips-after-epoch-one";
+  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
+  readonly config = this.inner.config;
+  readonly params = this.inner.params;
+  readonly flip: tf.Variable;
+  constructor(init: number) {
+    this.flip = this.params.create("flip", [1], init);
+  }
+  loss(batch: TrainBatch, seeds: () => number, step = 0) {
+    const { loss, parts } = this.inner.loss(batch, seeds);
+    const pull = tf.mul(tf.sum(this.flip), -FLIP_GRADIENTS[step % FLIP_GRADIENTS.length]);
+    return { loss: tf.add(loss, pull) as tf.Scalar, parts };
+  }
+  scores(batch: EvalBatch): tf.Tensor2D {
+    const keep = tf.relu(tf.sign(tf.neg(this.flip))); // 1 while flip < 0, then 0
+    return tf.mul(this.inner.scores(batch), keep) as tf.Tensor2D;
+  }
+}
+
+/** The size of flip's gradient at each step: varied, so betas and bias correction matter. */
+const FLIP_GRADIENTS = [1, 4, 0.25, 2];
+
+/** flip after each of `steps` Adam steps from 0 with FLIP_GRADIENTS, in float64. */
+function adamReference(steps: number, lr: number): number[] {
+  const [beta1, beta2, eps] = [0.9, 0.999, 1e-8];
+  let [m, v, x] = [0, 0, 0];
+  const out: number[] = [];
+  for (let t = 1; t <= steps; t++) {
+    const g = -FLIP_GRADIENTS[(t - 1) % FLIP_GRADIENTS.length];
+    m = beta1 * m + (1 - beta1) * g;
+    v = beta2 * v + (1 - beta2) * g * g;
+    x -= lr * (m / (1 - beta1 ** t)) / (Math.sqrt(v / (1 - beta2 ** t)) + eps);
+    out.push(x);
+  }
+  return out;
+}
+
+Deno.test("train() keeps the best epoch, not the last, and steps with bias-corrected Adam", async () => {
+  await selectBackend("cpu");
+  const lr = 1e-3;
+  const path = adamReference(6, lr);
+  // Start so that flip is below 0 after epoch 1 and above 0 from epoch 2 (one step each).
+  const init = -(path[0] + path[1]) / 2;
+  const model = new FlipsAfterEpochOne(Math.fround(init));
+  const out = await Deno.makeTempDir();
+  const seen: number[] = [];
+  const oneStep = { batchSize: 128, evalBatchSize: 64, learningRate: lr }; // 80 users: 1 batch
+  const result = await train(model, split, data.numItems, { ...oneStep, epochs: 8, patience: 2 }, {
+    out,
+    checkpointInfo: { data: { kind: "synthetic", seed: 5 }, itemTokens: data.vocab.items },
+    onWrite: (what) => {
+      if (what === "log") seen.push(model.flip.dataSync()[0]);
+    },
+  });
+  // Adam: each epoch's flip is the float64 reference's, to float32 rounding of 1 - 0.999^t
+  // (3e-5 of a step of lr = 1e-3). No bias correction would make the first step 3.16 lr;
+  // beta2 0.99 instead of 0.999 moves the second by 2e-6.
+  assertEquals(seen.length, 3);
+  seen.forEach((f, e) => {
+    const want = init + path[e];
+    assert(Math.abs(f - want) <= 2e-7, `epoch ${e + 1}: flip ${f}, Adam gives ${want}`);
+  });
+  // Selection: epoch 1 ranks, epochs 2 and 3 tie everything; patience 2 stops after 3.
+  const recalls = result.history.map((h) => h.valid!["recall@20"]);
+  assert(recalls[0] > 0, `epoch 1 recall ${recalls[0]}`);
+  assertEquals(recalls.slice(1), [0, 0]);
+  assertEquals([result.bestEpoch, result.stopped], [1, "patience"]);
+  // The model, the checkpoint and the model file hold epoch 1's weights, not epoch 3's.
+  assertEquals(model.flip.dataSync()[0], seen[0]);
+  const again = await evaluateModel(model, split.valid, data.numItems, 64, SMALL.maxLength!);
+  assertEquals(again, result.valid);
+  const { meta, values } = await readCheckpoint(`${out}/checkpoint`);
+  assertEquals([meta.epoch, values[values.length - 1]], [1, seen[0]]);
+  const file = await decodeModelFile(await Deno.readFile(`${out}/model.safetensors`));
+  assertEquals([file.info.epoch, file.values[file.values.length - 1]], [1, seen[0]]);
+  model.params.dispose();
+  await Deno.remove(out, { recursive: true });
+});
 
 Deno.test("Adam's moments stay with their variables when a parameter has no gradient in some steps", async () => {
   await selectBackend("cpu");
