@@ -237,6 +237,12 @@ async function trainCommand(args: string[]): Promise<void> {
         `${positions} training positions`,
     );
     for (const note of dataset.report.notes) console.error(`data: ${note}`);
+    if (positions === 0) {
+      throw new RangeError(
+        `${dataset.source}: no training positions: no user has the 4 interactions training ` +
+          `needs (2 to train on, then one each to validate and test)`,
+      );
+    }
     const model = entry.create({ ...config, numItems: dataset.numItems });
     console.error(
       `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${

@@ -79,7 +79,7 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--seed", "4294967296"], "--seed"],
     [
       ["train", "--backend", "cpu", "--data", `${dir}/three.txt`, "--out", `${dir}/three`],
-      "no training positions",
+      `${dir}/three.txt: no training positions`,
     ],
     [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],
     [["train", "--backend", "cpu", "--resume", "--out", `${dir}/fresh`], `${dir}/fresh/state`],

@@ -27,7 +27,7 @@ import {
   type TrainBatch,
   trainBatches,
 } from "../lib/data/mod.ts";
-import { readCategories, readDataset } from "../lib/data/files.ts";
+import { MAX_DATA_FILE_BYTES, readCategories, readDataset } from "../lib/data/files.ts";
 
 const arr = (a: ArrayLike<number>): number[] => Array.from(a);
 const tokens = (ds: SequenceDataset, u: number): string[] =>
@@ -721,8 +721,29 @@ Deno.test("readers refuse binary, corrupted, endless and non-file input, naming 
     "not a regular file",
   );
   await assertRejects(() => readDataset(dir, { format: "lines" }), TypeError, "not a regular file");
-  // A byte-order mark is not part of the first user's name.
+  // A byte-order mark is not part of the first user's name, nor of a JSON error.
   await Deno.writeTextFile(`${dir}/bom.txt`, "\uFEFFu1 a b c\n");
   assertEquals((await readDataset(`${dir}/bom.txt`)).vocab.users, ["u1"]);
+  await Deno.writeTextFile(`${dir}/bom.json`, '\uFEFF{"a": [1,}');
+  const bom = await assertRejects(
+    () => readDataset(`${dir}/bom.txt`, { categories: `${dir}/bom.json` }),
+    SyntaxError,
+    `${dir}/bom.json: invalid JSON`,
+  );
+  assert(!bom.message.includes("\uFEFF"), "an invisible byte-order mark in the message");
+  assertThrows(
+    () => parseCategories("a x\nb y\na z\n", readSequenceLines("u a b\n", "d.txt").vocab, "c.txt"),
+    SyntaxError,
+    'c.txt:3: item "a" already has categories on line 1',
+  );
+  // Over the size limit (a sparse file: no disk used): refused before it is read.
+  const big = await Deno.open(`${dir}/big.txt`, { write: true, create: true });
+  await big.truncate(MAX_DATA_FILE_BYTES + 1);
+  big.close();
+  await assertRejects(
+    () => readDataset(`${dir}/big.txt`),
+    RangeError,
+    `at most ${MAX_DATA_FILE_BYTES}`,
+  );
   await Deno.remove(dir, { recursive: true });
 });

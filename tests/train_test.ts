@@ -104,7 +104,9 @@ Deno.test("readCheckpoint() rejects truncated or altered weights, naming the fil
   await Deno.writeFile(`${dir}/weights.bin`, bytes);
   // The checksum covers model.json too: a changed config or vocabulary, or a field added.
   const json = JSON.parse(await Deno.readTextFile(`${dir}/model.json`));
-  for (const edit of [{ config: { ranking: "mie" } }, { itemTokens: ["<pad>", "x"] }]) {
+  // A data path pointed elsewhere is caught before that file is read, let alone printed.
+  const elsewhere = { data: { kind: "file", path: "/etc/passwd" } };
+  for (const edit of [{ config: { ranking: "mie" } }, { itemTokens: ["<pad>", "x"] }, elsewhere]) {
     await Deno.writeTextFile(`${dir}/model.json`, JSON.stringify({ ...json, ...edit }));
     await assertRejects(() => readCheckpoint(dir), RangeError, "checksum");
   }

@@ -111,9 +111,9 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   if (items > 0 && missing === items) {
     // Diversity and coverage would be 0 for every model: found out before training.
     throw new RangeError(
-      `${source}: no item of the data set has a category (${
+      `${source}: no item of the data set has a category: the file names ${
         plural(unknown, "item")
-      } of the file are not in the data set: are they keyed by other item ids?)`,
+      }, none of them in the data set (keyed by other item ids?)`,
     );
   }
   const notes: string[] = [];
