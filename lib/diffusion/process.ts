@@ -1,0 +1,182 @@
+/**
+ * The diffusion processes on tensors: the forward marginal `q(x_t | x_0)`, the DDPM
+ * posterior and reverse step, the whole reverse chain, the sinusoidal step embedding, the
+ * uncertainty weights Λ and DiffuRecSys's training noise (spec `DIFFUREC.md` §2.4-§2.8,
+ * §3.2). Coefficients come from a {@linkcode DiffusionSchedule} (float64 on the host);
+ * random draws are seeded, so every backend draws the same numbers.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor, Tensor2D } from "@tensorflow/tfjs-core";
+import type { DiffusionSchedule } from "./schedule.ts";
+
+/** Per-example coefficients `[B, 1]` of the steps `t` (one per row). */
+function perRow(values: Float64Array, t: ArrayLike<number>): Tensor2D {
+  return tf.tensor2d(Float32Array.from(t, (step) => values[step]), [t.length, 1]);
+}
+
+/**
+ * A sample of `q(x_t | x_0) = N(sqrt(alphaBar_t) x_0, (1 - alphaBar_t) I)`:
+ * `sqrt(alphaBar_t) x0 + sqrt(1 - alphaBar_t) noise`, one step per row.
+ *
+ * @param x0 Clean vectors `[B, d]`.
+ * @param t Steps `[B]`, each in `0..T-1`.
+ * @param noise Standard normal noise `[B, d]` (or DiffuRecSys's, see {@linkcode trainingNoise}).
+ * @param schedule The schedule.
+ * @returns `x_t` `[B, d]`.
+ */
+export function forwardSample(
+  x0: Tensor2D,
+  t: ArrayLike<number>,
+  noise: Tensor2D,
+  schedule: DiffusionSchedule,
+): Tensor2D {
+  return tf.tidy(() => {
+    const keep = perRow(schedule.alphaBars.map(Math.sqrt), t);
+    const mix = perRow(schedule.alphaBars.map((a) => Math.sqrt(1 - a)), t);
+    return tf.add(tf.mul(x0, keep), tf.mul(noise, mix)) as Tensor2D;
+  });
+}
+
+/**
+ * The DDPM posterior mean of `x_{t-1}` given `x_t` and a prediction of `x_0`, for all
+ * rows at one step `t`: `c1_t x0 + c2_t x_t`.
+ */
+export function posteriorMean(
+  x0: Tensor2D,
+  xt: Tensor2D,
+  t: number,
+  schedule: DiffusionSchedule,
+): Tensor2D {
+  return tf.tidy(() =>
+    tf.add(tf.mul(x0, schedule.posteriorX0[t]), tf.mul(xt, schedule.posteriorXt[t])) as Tensor2D
+  );
+}
+
+/**
+ * One reverse step: the posterior mean plus, for `t > 0`, `sigma_t noise` with the "fixed
+ * large" variance. At `t = 0` it returns the prediction `x0` itself (c1 = 1, c2 = 0).
+ */
+export function reverseStep(
+  x0: Tensor2D,
+  xt: Tensor2D,
+  t: number,
+  noise: Tensor2D,
+  schedule: DiffusionSchedule,
+): Tensor2D {
+  if (t === 0) return tf.clone(x0);
+  return tf.tidy(() => {
+    const mean = posteriorMean(x0, xt, t, schedule);
+    const sigma = Math.exp(0.5 * schedule.reverseLogVariance[t]);
+    return tf.add(mean, tf.mul(noise, sigma)) as Tensor2D;
+  });
+}
+
+/**
+ * The reverse chain from `xT`: for t = T-1 down to 0, `x0 = predict(x, t)` then one
+ * {@linkcode reverseStep}. `predict` gets the chain's step `t` (use
+ * `schedule.timesteps[t]` for the original step). Intermediate tensors are freed.
+ *
+ * @param predict The model's `x_0` prediction from `x_t` at step `t` (`[B, d]`).
+ * @param xT The start `[B, d]`, usually standard normal.
+ * @param schedule The schedule (respaced for a shorter chain).
+ * @param noiseSeed Seed of the per-step noise; step `t` draws with `noiseSeed + t`.
+ * @returns The final vector `[B, d]`: the `x_0` predicted at the last step.
+ */
+export function reverseChain(
+  predict: (x: Tensor2D, t: number) => Tensor2D,
+  xT: Tensor2D,
+  schedule: DiffusionSchedule,
+  noiseSeed: number,
+): Tensor2D {
+  let x = tf.clone(xT);
+  for (let t = schedule.steps - 1; t >= 0; t--) {
+    const next = tf.tidy(() => {
+      const x0 = predict(x, t);
+      const noise = t > 0
+        ? tf.randomNormal(x.shape, 0, 1, "float32", (noiseSeed + t) >>> 0) as Tensor2D
+        : x0;
+      return reverseStep(x0, x, t, noise, schedule);
+    });
+    x.dispose();
+    x = next;
+  }
+  return x;
+}
+
+/**
+ * The sinusoidal step embedding: for `d/2` frequencies `w_k = exp(-ln(10000) k / (d/2))`,
+ * `[cos(s w_0), .., cos(s w_{d/2-1}), sin(s w_0), .., sin(s w_{d/2-1})]` (all cosines
+ * first), with a zero appended when `d` is odd. `s` is the step as the network sees it:
+ * `t * 1000 / T` when rescaled, as the authors' code does.
+ *
+ * @param steps The steps as the network sees them `[B]`.
+ * @param d Width.
+ * @returns `[B, d]`.
+ */
+export function stepEmbedding(steps: ArrayLike<number>, d: number): Tensor2D {
+  const half = Math.floor(d / 2);
+  const out = new Float32Array(steps.length * d);
+  for (let b = 0; b < steps.length; b++) {
+    for (let k = 0; k < half; k++) {
+      const angle = steps[b] * Math.exp(-Math.log(10000) * k / half);
+      out[b * d + k] = Math.cos(angle);
+      out[b * d + half + k] = Math.sin(angle);
+    }
+  }
+  return tf.tensor2d(out, [steps.length, d]);
+}
+
+/** The steps of `t` as the network sees them: `t * 1000 / T` when `rescale`, else `t`. */
+export function networkSteps(
+  t: ArrayLike<number>,
+  schedule: DiffusionSchedule,
+  rescale: boolean,
+): Float64Array {
+  const scale = rescale ? 1000 / schedule.originalSteps : 1;
+  return Float64Array.from(t, (step) => schedule.timesteps[step] * scale);
+}
+
+/** How the uncertainty weights Λ are drawn. */
+export type LambdaMode = "sampled" | "fixed";
+
+/**
+ * The uncertainty weights Λ: every element drawn from `N(lambda, lambda²)` (`sampled`,
+ * the authors' code), or every element `lambda` (`fixed`).
+ */
+export function uncertaintyWeights(
+  shape: number[],
+  lambda: number,
+  mode: LambdaMode,
+  seed: number,
+): Tensor {
+  if (mode === "fixed" || lambda === 0) return tf.fill(shape, lambda);
+  return tf.randomNormal(shape, lambda, Math.abs(lambda), "float32", seed);
+}
+
+/** DiffuRecSys's training noise modes (spec §3.2). */
+export type OffsetNoise = "none" | "compat" | "shared";
+
+/**
+ * The noise of the training forward process `[B, d]`: standard normal (`none`), plus
+ * `scale` times a second independent normal per element (`compat`, what DiffuRecSys's
+ * code did when it was on: isotropic, variance `1 + scale²`), or plus `scale` times one
+ * normal per row shared by its d elements (`shared`, offset noise proper: covariance
+ * `scale²` between dimensions).
+ */
+export function trainingNoise(
+  shape: [number, number],
+  mode: OffsetNoise,
+  scale: number,
+  seed: number,
+): Tensor2D {
+  return tf.tidy(() => {
+    const noise = tf.randomNormal(shape, 0, 1, "float32", seed) as Tensor2D;
+    if (mode === "none") return noise;
+    const extra = mode === "compat"
+      ? tf.randomNormal(shape, 0, scale, "float32", (seed ^ 0x5bd1e995) >>> 0)
+      : tf.randomNormal([shape[0], 1], 0, scale, "float32", (seed ^ 0x5bd1e995) >>> 0);
+    return tf.add(noise, extra) as Tensor2D;
+  });
+}
