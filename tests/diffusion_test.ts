@@ -10,7 +10,6 @@ import {
   diffusionSchedule,
   forwardSample,
   networkSteps,
-  posteriorMean,
   respacedSchedule,
   reverseChain,
   reverseStep,
@@ -158,29 +157,46 @@ Deno.test("a reverse step at t = 0 returns the prediction exactly, whatever the 
   );
 });
 
-Deno.test("with an oracle x0 the chain ends at x0, and each step's mean is the posterior mean", () => {
+/** Standard normal noise of `shape` for step t, from `seed + t`. */
+const seededNoise = (shape: [number, number], seed: number) => (t: number) =>
+  tf.randomNormal(shape, 0, 1, "float32", seed + t) as tf.Tensor2D;
+
+Deno.test("with an oracle x0 the chain ends at x0, each step at the posterior mean plus its noise", () => {
   for (const steps of [32, 8, 1]) {
     const s = respacedSchedule(diffusionSchedule(betaSchedule("trunc_lin", 32)), steps);
     const target = tf.tensor2d([[0.3, -1.2, 2.0], [1, 1, 1]]);
+    const x0 = target.dataSync();
     const seen: number[] = [];
+    let previous: { x: Float32Array; z: Float32Array; t: number } | null = null;
+    const noises = new Map<number, Float32Array>();
     const final = reverseChain(
       (x, t) => {
         seen.push(t);
-        // The pre-noise mean of this step is c1 x0 + c2 x_t by construction.
-        const mean = posteriorMean(target, x, t, s).dataSync();
-        const want = Array.from(
-          target.dataSync(),
-          (v, i) => s.posteriorX0[t] * v + s.posteriorXt[t] * x.dataSync()[i],
-        );
-        mean.forEach((m, i) => assert(Math.abs(m - want[i]) <= 1e-5, `t=${t}`));
+        const now = x.dataSync() as Float32Array;
+        if (previous) {
+          // x_t = c1 x0 + c2 x_{t+1} + sigma_{t+1} z_{t+1}, where the chain came from.
+          const u = previous.t;
+          const sigma = Math.exp(0.5 * s.reverseLogVariance[u]);
+          now.forEach((v, i) => {
+            const mean = s.posteriorX0[u] * x0[i] + s.posteriorXt[u] * previous!.x[i];
+            assert(Math.abs(v - (mean + sigma * previous!.z[i])) <= 1e-5, `step ${u}`);
+          });
+        }
+        previous = { x: now.slice(), z: new Float32Array(0), t };
         return target.clone();
       },
       tf.randomNormal([2, 3], 0, 1, "float32", 7) as tf.Tensor2D,
       s,
-      11,
+      (t) => {
+        const z = tf.randomNormal([2, 3], 0, 1, "float32", 11 + t) as tf.Tensor2D;
+        noises.set(t, z.dataSync() as Float32Array);
+        previous!.z = noises.get(t)!;
+        return z;
+      },
     );
     assertEquals(final.dataSync(), target.dataSync());
     assertEquals(seen, Array.from({ length: steps }, (_, i) => steps - 1 - i));
+    assertEquals([...noises.keys()], seen.filter((t) => t > 0)); // no noise drawn at t = 0
     tf.dispose([target, final]);
   }
 });
@@ -191,10 +207,10 @@ Deno.test("the chain is deterministic given x_T and the noise seed, and frees it
   const predict = (x: tf.Tensor2D) => tf.tanh(tf.matMul(x, w)) as tf.Tensor2D;
   const xT = tf.randomNormal([4, 2], 0, 1, "float32", 3) as tf.Tensor2D;
   const before = tf.memory().numTensors;
-  const a = reverseChain(predict, xT, s, 5);
+  const a = reverseChain(predict, xT, s, seededNoise([4, 2], 5));
   assertEquals(tf.memory().numTensors, before + 1); // the result only
-  const b = reverseChain(predict, xT, s, 5);
-  const c = reverseChain(predict, xT, s, 6);
+  const b = reverseChain(predict, xT, s, seededNoise([4, 2], 5));
+  const c = reverseChain(predict, xT, s, seededNoise([4, 2], 6));
   assertEquals(a.dataSync(), b.dataSync());
   assert(a.dataSync().some((v, i) => v !== c.dataSync()[i]), "another noise seed, same chain");
   tf.dispose([w, xT, a, b, c]);

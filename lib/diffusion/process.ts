@@ -10,6 +10,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor, Tensor2D } from "@tensorflow/tfjs-core";
 import type { DiffusionSchedule } from "./schedule.ts";
+import { Rng } from "../data/random.ts";
 
 /** Per-example coefficients `[B, 1]` of the steps `t` (one per row). */
 function perRow(values: Float64Array, t: ArrayLike<number>): Tensor2D {
@@ -75,29 +76,27 @@ export function reverseStep(
 
 /**
  * The reverse chain from `xT`: for t = T-1 down to 0, `x0 = predict(x, t)` then one
- * {@linkcode reverseStep}. `predict` gets the chain's step `t` (use
- * `schedule.timesteps[t]` for the original step). Intermediate tensors are freed.
+ * {@linkcode reverseStep} with `noise(t)` (not called at t = 0). `predict` gets the
+ * chain's step `t` (`schedule.timesteps[t]` is the original step). Intermediate tensors are
+ * freed.
  *
  * @param predict The model's `x_0` prediction from `x_t` at step `t` (`[B, d]`).
  * @param xT The start `[B, d]`, usually standard normal.
  * @param schedule The schedule (respaced for a shorter chain).
- * @param noiseSeed Seed of the per-step noise; step `t` draws with `noiseSeed + t`.
+ * @param noise Standard normal noise `[B, d]` for step `t > 0`.
  * @returns The final vector `[B, d]`: the `x_0` predicted at the last step.
  */
 export function reverseChain(
   predict: (x: Tensor2D, t: number) => Tensor2D,
   xT: Tensor2D,
   schedule: DiffusionSchedule,
-  noiseSeed: number,
+  noise: (t: number) => Tensor2D,
 ): Tensor2D {
   let x = tf.clone(xT);
   for (let t = schedule.steps - 1; t >= 0; t--) {
     const next = tf.tidy(() => {
       const x0 = predict(x, t);
-      const noise = t > 0
-        ? tf.randomNormal(x.shape, 0, 1, "float32", (noiseSeed + t) >>> 0) as Tensor2D
-        : x0;
-      return reverseStep(x0, x, t, noise, schedule);
+      return t === 0 ? x0 : reverseStep(x0, x, t, noise(t), schedule);
     });
     x.dispose();
     x = next;
@@ -179,4 +178,38 @@ export function trainingNoise(
       : tf.randomNormal([shape[0], 1], 0, scale, "float32", (seed ^ 0x5bd1e995) >>> 0);
     return tf.add(noise, extra) as Tensor2D;
   });
+}
+
+/**
+ * Normal draws on the host, `perRow` per row, each row from its own seed: a row's numbers
+ * do not depend on the other rows of its batch (so a history gets the same recommendations
+ * alone or batched), and every backend sees the same numbers.
+ *
+ * @param rowSeeds One seed per row.
+ * @param perRow Draws per row.
+ * @param mean Mean of every draw.
+ * @param std Standard deviation of every draw.
+ * @returns `Float32Array` of `rowSeeds.length * perRow` draws, row-major.
+ */
+export function rowNormals(
+  rowSeeds: ArrayLike<number>,
+  perRow: number,
+  mean = 0,
+  std = 1,
+): Float32Array {
+  const out = new Float32Array(rowSeeds.length * perRow);
+  for (let r = 0; r < rowSeeds.length; r++) {
+    const rng = new Rng(rowSeeds[r]);
+    const base = r * perRow;
+    for (let i = 0; i < perRow; i++) out[base + i] = mean + std * rng.normal();
+  }
+  return out;
+}
+
+/** A 32-bit seed mixed from `seed` and `salt` (splitmix-style), for separate streams. */
+export function mixSeed(seed: number, salt: number): number {
+  let z = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul((salt + 1) >>> 0, 0x85ebca77)) >>> 0;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
 }

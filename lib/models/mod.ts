@@ -5,6 +5,13 @@
  */
 import type { SequentialModel } from "./_model.ts";
 import {
+  DiffuRec,
+  DIFFUREC_DEFAULTS,
+  DIFFUREC_HELP,
+  type DiffuRecConfig,
+  validateDiffuRecConfig,
+} from "./diffurec.ts";
+import {
   SasRec,
   SASREC_DEFAULTS,
   SASREC_HELP,
@@ -27,6 +34,13 @@ export {
   type SequenceEncoderConfig,
   stepSeeds,
 } from "./_model.ts";
+export {
+  DiffuRec,
+  DIFFUREC_DEFAULTS,
+  DIFFUREC_HELP,
+  type DiffuRecConfig,
+  validateDiffuRecConfig,
+} from "./diffurec.ts";
 export {
   SasRec,
   SASREC_DEFAULTS,
@@ -68,6 +82,13 @@ export const MODELS: Record<string, ModelEntry> = {
     validate: (config) =>
       validateSigmaConfig({ ...SIGMA_DEFAULTS, ...upgradeSigmaConfig(config) } as SigmaConfig),
     create: (config) => new Sigma(config),
+  },
+  diffurec: {
+    defaults: DIFFUREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
+    help: DIFFUREC_HELP,
+    validate: (config) =>
+      validateDiffuRecConfig({ ...DIFFUREC_DEFAULTS, ...config } as DiffuRecConfig),
+    create: (config) => new DiffuRec(config),
   },
   sasrec: {
     defaults: SASREC_DEFAULTS as unknown as Record<string, number | string | boolean>,

@@ -80,6 +80,31 @@ function maxInterestScore(queries: Tensor3D, items: Tensor): Tensor1D {
 }
 
 /**
+ * Full-softmax cross-entropy `[P]` of one query per position against every row of
+ * `table` (`[M, d]`; pass the whole item table to keep the padding row in the softmax, as
+ * DiffuRec's code does), with the target given as a row index. Chunked like
+ * {@linkcode itemLoss}'s softmax, with the same memory-saving gradient.
+ *
+ * @param queries `[P, d]`.
+ * @param table `[M, d]`.
+ * @param rows Target row of each position `[P]`, each in `0..M-1`.
+ * @param budget Most logits held at once. Default 2^23.
+ */
+export function softmaxCrossEntropy(
+  queries: Tensor2D,
+  table: Tensor2D,
+  rows: Int32Array,
+  budget = 1 << 23,
+): Tensor1D {
+  return maxInterestSoftmaxCrossEntropy(
+    tf.expandDims(queries, 1) as Tensor3D,
+    table,
+    tf.tensor1d(rows, "int32"),
+    budget,
+  );
+}
+
+/**
  * Full-softmax cross-entropy `[P]` where an item's logit is the max over the `k` interest
  * vectors of the query (Eq. 9; k = 1 is the plain full softmax), as one fused op.
  *

@@ -8,10 +8,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor, Variable } from "./tensor_types.ts";
 
 /**
- * How a parameter starts: the reference code's N(0, 0.02), zeros, ones, or every entry
- * equal to a given number.
+ * How a parameter starts: the reference code's N(0, initStd) (`"normal"`), zeros, ones,
+ * every entry equal to a given number, N(0, std²) for a given std (`{ normal: std }`), or
+ * uniform on (-bound, bound) (`{ uniform: bound }`, PyTorch's `Linear` default with
+ * bound 1/sqrt(fan_in)).
  */
-export type Init = "normal" | "zeros" | "ones" | number;
+export type Init = "normal" | "zeros" | "ones" | number | { normal: number } | { uniform: number };
 
 /** Plain-data form of a parameter, as stored in a checkpoint. */
 export interface ParamRecord {
@@ -49,7 +51,11 @@ export class ParamStore {
       if (init === "zeros") return tf.zeros(shape);
       if (init === "ones") return tf.ones(shape);
       if (typeof init === "number") return tf.fill(shape, init);
-      return tf.randomNormal(shape, 0, this.initStd, "float32", this.#seed);
+      if (typeof init === "object" && "uniform" in init) {
+        return tf.randomUniform(shape, -init.uniform, init.uniform, "float32", this.#seed);
+      }
+      const std = typeof init === "object" ? init.normal : this.initStd;
+      return tf.randomNormal(shape, 0, std, "float32", this.#seed);
     });
     // No tfjs name: tfjs names are global to the engine, and two models may coexist.
     const v = tf.variable(value, true);

@@ -18,3 +18,5 @@ export type Tensor2D = tf.Tensor2D;
 export type Tensor3D = tf.Tensor3D;
 /** A trainable tfjs variable. */
 export type Variable = tf.Variable;
+/** A tfjs rank-4 tensor, e.g. attention masks `[B, 1, L, L]`. */
+export type Tensor4D = tf.Tensor4D;

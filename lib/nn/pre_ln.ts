@@ -1,0 +1,153 @@
+/**
+ * The pre-LayerNorm Transformer block of the diffusion recommenders (DiffuRec's
+ * Approximator, spec `DIFFUREC.md` §2.6): `h += Drop(MHA(LN1(h)))`, `h += Drop(FFN(LN2(h)))`,
+ * `h = Drop(h)`, with dropout on the attention probabilities, a tanh-approximated GELU and
+ * PyTorch's initialisation (uniform ±1/sqrt(fan_in) for the attention projections and every
+ * bias, Xavier normal for the attention output and both feed-forward weights).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor3D, Tensor4D } from "./tensor_types.ts";
+import { createLayerNorm, dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
+import type { ParamStore } from "./params.ts";
+
+/** The settings of a stack of {@linkcode preLnBlock}s. */
+export interface PreLnSettings {
+  /** Width d. */
+  hidden: number;
+  /** Attention heads; divide `hidden`. */
+  heads: number;
+  /** Feed-forward width (the authors' code: 4d). */
+  inner: number;
+  /** Dropout on attention probabilities, sublayer outputs, the FFN's inner layer and the block output. */
+  dropout: number;
+  /** LayerNorm epsilon (the authors' code: 1e-12). */
+  layerNormEps: number;
+}
+
+/** How padding is masked in attention (spec §2.6). */
+export type AttentionMask = "keys" | "compat";
+
+/** PyTorch `Linear`'s default bound, 1/sqrt(fan_in). */
+const torchBound = (fanIn: number) => 1 / Math.sqrt(fanIn);
+
+/** A linear map with PyTorch's default init, or a Xavier-normal weight (`xavier`). */
+export function createTorchLinear(
+  p: ParamStore,
+  name: string,
+  inDim: number,
+  outDim: number,
+  xavier = false,
+): void {
+  p.create(
+    `${name}.w`,
+    [inDim, outDim],
+    xavier ? { normal: Math.sqrt(2 / (inDim + outDim)) } : { uniform: torchBound(inDim) },
+  );
+  p.create(`${name}.b`, [outDim], { uniform: torchBound(inDim) });
+}
+
+/** Creates the parameters of one {@linkcode preLnBlock} under `name`. */
+export function createPreLnBlock(p: ParamStore, name: string, s: PreLnSettings): void {
+  if (s.hidden % s.heads !== 0) {
+    throw new RangeError(`hidden (${s.hidden}) must be divisible by heads (${s.heads})`);
+  }
+  for (const m of ["q", "k", "v"]) createTorchLinear(p, `${name}.attn.${m}`, s.hidden, s.hidden);
+  createTorchLinear(p, `${name}.attn.o`, s.hidden, s.hidden, true);
+  createLayerNorm(p, `${name}.ln1`, s.hidden);
+  createTorchLinear(p, `${name}.ffn.in`, s.hidden, s.inner, true);
+  createTorchLinear(p, `${name}.ffn.out`, s.inner, s.hidden, true);
+  createLayerNorm(p, `${name}.ln2`, s.hidden);
+}
+
+/** GELU, tanh approximation (the authors' code). */
+export function geluTanh(x: tf.Tensor): tf.Tensor {
+  const cube = tf.mul(tf.mul(tf.mul(x, x), x), 0.044715);
+  const inner = tf.mul(tf.add(x, cube), Math.sqrt(2 / Math.PI));
+  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
+}
+
+/**
+ * The additive attention mask `[B, 1, L, L]` of left-padded `inputs`, without a causal part
+ * (the Approximator reads the whole history):
+ * - `keys`: -1e9 at every padded key, so padding never reaches a real position;
+ * - `compat` (the authors' code): -1e9 over the whole row of a padded query, keys unmasked,
+ *   so real positions attend to padding too.
+ */
+export function paddingMask(
+  inputs: Int32Array,
+  batch: number,
+  length: number,
+  mode: AttentionMask,
+): Tensor4D {
+  const mask = new Float32Array(batch * length * length);
+  for (let b = 0; b < batch; b++) {
+    for (let q = 0; q < length; q++) {
+      const row = (b * length + q) * length;
+      const paddedQuery = inputs[b * length + q] === 0;
+      for (let k = 0; k < length; k++) {
+        const masked = mode === "keys" ? inputs[b * length + k] === 0 : paddedQuery;
+        if (masked) mask[row + k] = -1e9;
+      }
+    }
+  }
+  return tf.tensor4d(mask, [batch, 1, length, length]);
+}
+
+function seedOf(seeds: SeedSource): number | null {
+  return seeds ? seeds() : null;
+}
+
+/** Multi-head attention of queries `xq` `[B, Lq, d]` over `x` `[B, L, d]`. */
+function attention(
+  p: ParamStore,
+  name: string,
+  xq: Tensor3D,
+  x: Tensor3D,
+  mask: Tensor4D, // [B, 1, Lq, L]
+  s: PreLnSettings,
+  seeds: SeedSource,
+): Tensor3D {
+  const [batch, length, hidden] = x.shape;
+  const queries = xq.shape[1];
+  const dh = hidden / s.heads;
+  const split = (t: tf.Tensor, rows: number) =>
+    tf.transpose(tf.reshape(t, [batch, rows, s.heads, dh]), [0, 2, 1, 3]); // [B, h, rows, dh]
+  const q = split(linear(p, `${name}.q`, xq), queries);
+  const k = split(linear(p, `${name}.k`, x), length);
+  const v = split(linear(p, `${name}.v`, x), length);
+  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), mask); // [B, h, Lq, L]
+  const probs = dropout(tf.softmax(logits), s.dropout, seedOf(seeds));
+  const context = tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]); // [B, Lq, h, dh]
+  return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden])) as Tensor3D;
+}
+
+/**
+ * One pre-LN block. With `lastOnly` only the newest position is computed (keys and values
+ * still span the history): `[B, 1, d]`, all a read-out from the last position needs.
+ */
+export function preLnBlock(
+  p: ParamStore,
+  name: string,
+  h: Tensor3D, // [B, L, d]
+  mask: Tensor4D, // [B, 1, L, L]
+  s: PreLnSettings,
+  seeds: SeedSource,
+  lastOnly = false,
+): Tensor3D {
+  const length = h.shape[1];
+  const normed = layerNorm(p, `${name}.ln1`, h, s.layerNormEps) as Tensor3D; // [B, L, d]
+  const last = (t: tf.Tensor) => tf.slice(t, [0, length - 1, 0], [-1, 1, -1]) as Tensor3D;
+  const queries = lastOnly ? last(normed) : normed;
+  const rows = lastOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) as Tensor4D : mask;
+  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds);
+  let x = tf.add(lastOnly ? last(h) : h, dropout(attended, s.dropout, seedOf(seeds))) as Tensor3D;
+  const inner = dropout(
+    geluTanh(linear(p, `${name}.ffn.in`, layerNorm(p, `${name}.ln2`, x, s.layerNormEps))),
+    s.dropout,
+    seedOf(seeds),
+  );
+  x = tf.add(x, dropout(linear(p, `${name}.ffn.out`, inner), s.dropout, seedOf(seeds))) as Tensor3D;
+  return dropout(x, s.dropout, seedOf(seeds)) as Tensor3D; // [B, L or 1, d]
+}

@@ -1,0 +1,249 @@
+/** DiffuRec: the spec's tests of the Approximator and the model (`DIFFUREC.md` §7, 10-12, 18-19). */
+import * as tf from "@tensorflow/tfjs-core";
+import fc from "fast-check";
+import { selectBackend } from "../backends/mod.ts";
+import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
+import { DiffuRec, type DiffuRecConfig, prefixExamples } from "../lib/models/diffurec.ts";
+import { stepSeeds } from "../lib/models/_model.ts";
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { assertFlatTensorCount, assertParity, maxAbsDiff, type ModelRun } from "./_model_checks.ts";
+
+const TINY: Partial<DiffuRecConfig> & { numItems: number } = {
+  numItems: 30,
+  hidden: 16,
+  heads: 2,
+  layers: 2,
+  inner: 32,
+  maxLength: 8,
+  steps: 8,
+  seed: 3,
+  evalSeed: 5,
+};
+
+/** One history per row, left-padded to `length`. */
+function evalBatch(histories: number[][], length: number): EvalBatch {
+  const inputs = new Int32Array(histories.length * length);
+  histories.forEach((h, b) => inputs.set(h, b * length + length - h.length));
+  return {
+    batch: histories.length,
+    length,
+    inputs,
+    targets: new Int32Array(histories.length).fill(1),
+    users: Int32Array.from(histories.keys()),
+    exclude: histories.map((h) => Int32Array.from(h)),
+  };
+}
+
+/** Scores of real items (columns 1..N) of every row, as nested arrays. */
+function itemScores(model: DiffuRec, batch: EvalBatch): number[][] {
+  return tf.tidy(() => {
+    const s = model.scores(batch);
+    return (s.arraySync() as number[][]).map((row) => row.slice(1));
+  });
+}
+
+const near = (a: number[][], b: number[][], tol: number) =>
+  maxAbsDiff(a.flat(), b.flat()) <= tol * Math.max(1, ...a.flat().map(Math.abs));
+
+await selectBackend("cpu");
+
+Deno.test("DiffuRec has the authors' parameter count for Beauty, Toys and ML-1M (used parameters)", () => {
+  for (const [numItems, count] of [[12101, 2_474_368], [11924, 2_451_712], [3706, 1_399_808]]) {
+    const model = new DiffuRec({ numItems });
+    assertEquals(model.params.size(), count, `N = ${numItems}`);
+    model.params.dispose();
+  }
+});
+
+Deno.test("prefixExamples: one example per target, its prefix right-aligned (300 cases)", () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 6 }).chain((length) =>
+        fc.array(fc.integer({ min: 0, max: length - 1 }), { minLength: 1, maxLength: 5 }).chain(
+          (pads) =>
+            fc.tuple(
+              fc.constant(length),
+              fc.constant(pads),
+              fc.array(fc.integer({ min: 1, max: 20 }), {
+                minLength: pads.length * (length + 1),
+                maxLength: pads.length * (length + 1),
+              }),
+            ),
+        )
+      ),
+      ([length, pads, ids]) => {
+        // Row b holds a sequence of length - pads[b] + 1 items: inputs s[:-1], targets s[1:].
+        const batch: TrainBatch = {
+          batch: pads.length,
+          length,
+          inputs: new Int32Array(pads.length * length),
+          targets: new Int32Array(pads.length * length),
+        };
+        const sequences = pads.map((pad, b) =>
+          ids.slice(b * (length + 1), b * (length + 1) + length - pad + 1)
+        );
+        sequences.forEach((s, b) => {
+          batch.inputs.set(s.slice(0, -1), b * length + pads[b]);
+          batch.targets.set(s.slice(1), b * length + pads[b]);
+        });
+        const ex = prefixExamples(batch);
+        const expected = sequences.flatMap((s) =>
+          s.slice(1).map((y, j) => ({ prefix: s.slice(0, j + 1), y }))
+        );
+        assertEquals(ex.targets.length, expected.length);
+        expected.forEach(({ prefix, y }, e) => {
+          assertEquals(ex.targets[e], y);
+          const row = Array.from(ex.inputs.subarray(e * length, (e + 1) * length));
+          assertEquals(row, [...new Array(length - prefix.length).fill(0), ...prefix]);
+        });
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("attention masks: keys ignores padding, compat (the authors' code) does not; both ignore item order", () => {
+  // lambda 0 and one call: the Approximator's read-out of the history alone, deterministic.
+  const base = { ...TINY, lambda: 0, sampling: "one" as const, dropout: 0, embeddingDropout: 0 };
+  for (const attentionMask of ["keys", "compat"] as const) {
+    const model = new DiffuRec({ ...base, attentionMask });
+    const history = [4, 9, 2, 7];
+    const before = itemScores(model, evalBatch([history], 8));
+    // The padding row of the item table changes.
+    const records = model.params.records();
+    const values = tf.tidy(() => model.params.list().map((v) => v.dataSync().slice()));
+    const item = records.findIndex((r) => r.name === "item");
+    values[item].fill(3, 0, TINY.hidden!);
+    model.params.assign(records, Float32Array.from(values.flatMap((v) => Array.from(v))));
+    const after = itemScores(model, evalBatch([history], 8));
+    if (attentionMask === "keys") {
+      assert(near(after, before, 1e-5), "keys: padding changed the output");
+    } else assert(!near(after, before, 1e-3), "compat: padding did not change the output");
+    // Order of the non-last items does not matter (no positions, no causal mask); the last does.
+    const swapped = itemScores(model, evalBatch([[2, 9, 4, 7]], 8));
+    assert(near(swapped, after, 1e-5), `${attentionMask}: order of earlier items mattered`);
+    const lastChanged = itemScores(model, evalBatch([[4, 9, 7, 2]], 8));
+    assert(!near(lastChanged, after, 1e-3), `${attentionMask}: the last item did not matter`);
+    // keys: the batch's padding length does not change a row's scores.
+    if (attentionMask === "keys") {
+      assert(
+        near(itemScores(model, evalBatch([history], 5)), after, 1e-5),
+        "padding length mattered",
+      );
+    }
+    model.params.dispose();
+  }
+});
+
+Deno.test("lambda = 0: the reverse chain ends where one call does (x_t and t never reach the output)", () => {
+  const model = new DiffuRec({ ...TINY, lambda: 0 });
+  const one = new DiffuRec({ ...TINY, lambda: 0, sampling: "one" });
+  const batch = tinyEvalBatch(4, 6, TINY.numItems);
+  assert(near(itemScores(model, batch), itemScores(one, batch), 1e-5));
+  // With lambda > 0 the chain's draws do reach it.
+  const noisy = new DiffuRec({ ...TINY, lambda: 0.5 });
+  assert(!near(itemScores(noisy, batch), itemScores(one, batch), 1e-3));
+  for (const m of [model, one, noisy]) m.params.dispose();
+});
+
+Deno.test("a history's scores are the same alone, batched and repeated, and follow evalSeed", () => {
+  const model = new DiffuRec({ ...TINY, lambda: 0.5 }); // a large lambda: the draws matter
+  const histories = [[3, 5, 8], [1, 2], [7, 7, 9, 4, 6]];
+  const batched = itemScores(model, evalBatch(histories, 6));
+  histories.forEach((h, b) => {
+    assert(near(itemScores(model, evalBatch([h], h.length)), [batched[b]], 1e-5), `row ${b}`);
+  });
+  assert(near(itemScores(model, evalBatch(histories, 6)), batched, 0));
+  const other = new DiffuRec({ ...TINY, lambda: 0.5, evalSeed: 6 });
+  assert(!near(itemScores(other, evalBatch(histories, 6)), batched, 1e-3), "evalSeed ignored");
+  other.params.dispose();
+  model.params.dispose();
+});
+
+/** Loss, gradients and scores of tiny DiffuRec on `backend`. */
+async function diffurecRun(backend: "cpu" | "wasm" | "webgpu", config = {}): Promise<ModelRun> {
+  await selectBackend(backend);
+  const model = new DiffuRec({ ...TINY, ...config });
+  const batch = tinyTrainBatch(4, 6, TINY.numItems);
+  const vars = model.params.list();
+  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
+  const loss = (await value.data())[0];
+  const out: Float32Array[] = [];
+  for (const v of vars) out.push(await grads[v.name].data() as Float32Array);
+  const scores = tf.tidy(() => model.scores(tinyEvalBatch(4, 6, TINY.numItems)));
+  const s = await scores.data() as Float32Array;
+  tf.dispose([value, scores, ...Object.values(grads)]);
+  model.params.dispose();
+  return { loss, grads: out, scores: s };
+}
+
+Deno.test("DiffuRec loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
+  for (const config of [{}, { attentionMask: "compat", positions: "learned" }]) {
+    const ref = await diffurecRun("cpu", config);
+    for (const backend of ["wasm", "webgpu"] as const) {
+      assertParity(ref, await diffurecRun(backend, config), `${backend} ${JSON.stringify(config)}`);
+    }
+  }
+  await selectBackend("cpu");
+});
+
+Deno.test("DiffuRec: tensor count stays flat over training steps and repeated scoring", () => {
+  const model = new DiffuRec(TINY);
+  assertFlatTensorCount(model, TINY.numItems, "cpu");
+  const batch = tinyEvalBatch(3, 6, TINY.numItems);
+  const score = () =>
+    tf.tidy(() => {
+      model.scores(batch);
+    });
+  score(); // caches the item table's transpose
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 3; i++) score();
+  assertEquals(tf.memory().numTensors, before);
+  model.params.dispose();
+});
+
+Deno.test("DiffuRec's loss is the cross-entropy of x0-hat against every row, padding row included by default", () => {
+  // Every example's gradient reaches its target's embedding through the logits and, with
+  // lambda > 0, through x_t: the target rows' gradient changes with lambda.
+  const batch = tinyTrainBatch(3, 5, TINY.numItems);
+  const grads = (lambda: number, padLogit: boolean) =>
+    tf.tidy(() => {
+      const model = new DiffuRec({ ...TINY, lambda, padLogit, dropout: 0, embeddingDropout: 0 });
+      const item = model.params.get("item");
+      const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(2, 0)).loss, [
+        item,
+      ]);
+      const out = { loss: value.dataSync()[0], item: grads[item.name].arraySync() as number[][] };
+      model.params.dispose();
+      return out;
+    });
+  const plain = grads(0, true);
+  const withXt = grads(0.5, true);
+  const targets = new Set(prefixExamples(batch).targets);
+  for (const y of targets) {
+    assert(maxAbsDiff(plain.item[y], withXt.item[y]) > 1e-6, `row ${y}: no gradient through x_t`);
+  }
+  // The padding row is in the softmax by default (it gets gradient), not with padLogit false.
+  assert(plain.item[0].some((g) => g !== 0), "padding row without gradient");
+  assert(grads(0, false).item[0].every((g) => g === 0), "padding row in the softmax");
+  // Loss at initialisation: E ~ N(0, 1) makes logits of size ~sqrt(d): above log(N + 1).
+  assert(plain.loss > Math.log(TINY.numItems + 1), `loss ${plain.loss}`);
+});
+
+Deno.test("DiffuRec rejects bad config fields, naming the field and value", () => {
+  const cases: [Partial<DiffuRecConfig>, string][] = [
+    [{ steps: 0 }, "steps"],
+    [{ reverseSteps: 40 }, "reverseSteps (40) must be at most steps (8)"],
+    [{ reverseSteps: -1 }, "reverseSteps must be an integer >= 0"],
+    [{ schedule: "quadratic" as "linear" }, "schedule must be one of"],
+    [{ lambda: -1 }, "lambda"],
+    [{ attentionMask: "rows" as "keys" }, "attentionMask"],
+    [{ heads: 3 }, "divisible"],
+    [{ embeddingDropout: 1 }, "embeddingDropout"],
+    [{ evalSeed: 1.5 }, "evalSeed"],
+  ];
+  for (const [patch, word] of cases) {
+    assertThrows(() => new DiffuRec({ ...TINY, ...patch }), RangeError, word);
+  }
+});
