@@ -9,403 +9,35 @@
  * Training examples: every target position of a training batch becomes one example, its
  * history the prefix before it (DiffuRec's one target per prefix: the Approximator reads
  * the whole history without a causal mask and adds one noised target to all of it, so the
- * positions of a row cannot share one pass as in SASRec).
- *
- * Reads top to bottom: config with defaults, parameters, history embedding, Approximator,
- * loss, scores (the reverse chain).
+ * positions of a row cannot share one pass as in SASRec). The shared machinery (history
+ * embedding, step MLP, Λ, loss, reverse chain) is in `_diffusion.ts`; this file is the
+ * Approximator.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Scalar, Tensor2D, Tensor3D, Tensor4D } from "../nn/tensor_types.ts";
-import type { EvalBatch, TrainBatch } from "../data/types.ts";
+import type { Tensor3D } from "../nn/tensor_types.ts";
+import { createPreLnBlock, preLnBlock, type PreLnSettings } from "../nn/pre_ln.ts";
+import type { ParamStore } from "../nn/params.ts";
 import {
-  createLayerNorm,
-  dropout,
-  embeddingLookup,
-  layerNorm,
-  linear,
-  matmul,
-  type SeedSource,
-} from "../nn/layers.ts";
-import {
-  type AttentionMask,
-  createPreLnBlock,
-  createTorchLinear,
-  paddingMask,
-  preLnBlock,
-  type PreLnSettings,
-} from "../nn/pre_ln.ts";
-import { softmaxCrossEntropy } from "../nn/item_losses.ts";
-import { ParamStore } from "../nn/params.ts";
-import { Rng } from "../data/random.ts";
-import {
-  betaSchedule,
-  type DiffusionSchedule,
-  diffusionSchedule,
-  forwardSample,
-  type LambdaMode,
-  mixSeed,
-  networkSteps,
-  respacedSchedule,
-  reverseChain,
-  rowNormals,
-  SCHEDULE_NAMES,
-  type ScheduleName,
-  stepEmbedding,
-} from "../diffusion/mod.ts";
-import type { SequentialModel } from "./_model.ts";
+  type ApproximatorInput,
+  DIFFUSION_DEFAULTS,
+  DIFFUSION_HELP,
+  type DiffusionModelConfig,
+  DiffusionRecommender,
+  validateDiffusionConfig,
+} from "./_diffusion.ts";
 
-/** DiffuRec's configuration; defaults are the authors' code's (spec §4). */
-export interface DiffuRecConfig {
-  /** Number of real items N; ids 1..N, 0 = padding. Set from the data. */
-  numItems: number;
-  /** Longest history read (code: 50). */
-  maxLength: number;
-  /** Width d (code: 128). */
-  hidden: number;
-  /** Attention heads (code: 4). */
-  heads: number;
-  /** Approximator blocks (code: 4). */
-  layers: number;
-  /** Feed-forward width (code: 4d = 512). */
-  inner: number;
-  /** Dropout in the Approximator (code: 0.1). */
-  dropout: number;
-  /** Dropout on the history's item embeddings, before their LayerNorm (code: 0.3). */
-  embeddingDropout: number;
-  /** LayerNorm epsilon (code: 1e-12). */
-  layerNormEps: number;
-  /** Diffusion steps T (code: 32). */
-  steps: number;
-  /** Noise schedule (code: trunc_lin). */
-  schedule: ScheduleName;
-  /** The network sees step t as t * 1000 / T (code: true). */
-  rescaleSteps: boolean;
-  /** Mean and standard deviation of the uncertainty weights Λ (code: 0.001; 0 = no diffusion input). */
-  lambda: number;
-  /** Λ drawn per element from N(lambda, lambda²) (`sampled`, code) or equal to lambda (`fixed`). */
-  lambdaMode: LambdaMode;
-  /**
-   * Recommendation: `chain` runs the reverse chain of `reverseSteps` steps from noise;
-   * `one` is one Approximator call at t = 0 from x = 0 (an ablation).
-   */
-  sampling: "chain" | "one";
-  /** Steps of the reverse chain: 0 = all T (code), or fewer, taken evenly (faster). */
-  reverseSteps: number;
-  /** Padding in attention: `keys` masked (default) or `compat`, padded query rows (code). */
-  attentionMask: AttentionMask;
-  /** Position embeddings: `none` (code: the model sees a bag of items) or `learned`. */
-  positions: "none" | "learned";
-  /** Keep the padding row in the training softmax (code: true). */
-  padLogit: boolean;
-  /** Seed of the parameters and of training draws. */
-  seed: number;
-  /** Seed of recommendation's draws (x_T, Λ, per-step noise); a model's scores are fixed by it. */
-  evalSeed: number;
-}
+export { prefixExamples } from "./_diffusion.ts";
 
-/** Defaults of every {@linkcode DiffuRecConfig} field except `numItems`. */
-export const DIFFUREC_DEFAULTS: Omit<DiffuRecConfig, "numItems"> = {
-  maxLength: 50,
-  hidden: 128,
-  heads: 4,
-  layers: 4,
-  inner: 512,
-  dropout: 0.1,
-  embeddingDropout: 0.3,
-  layerNormEps: 1e-12,
-  steps: 32,
-  schedule: "trunc_lin",
-  rescaleSteps: true,
-  lambda: 0.001,
-  lambdaMode: "sampled",
-  sampling: "chain",
-  reverseSteps: 0,
-  attentionMask: "keys",
-  positions: "none",
-  padLogit: true,
-  seed: 1997,
-  evalSeed: 1997,
-};
+/** DiffuRec's configuration: the diffusion recommenders' fields (see `_diffusion.ts`). */
+export type DiffuRecConfig = DiffusionModelConfig;
+
+/** Defaults of every {@linkcode DiffuRecConfig} field except `numItems`: the authors' code's. */
+export const DIFFUREC_DEFAULTS: Omit<DiffuRecConfig, "numItems"> = DIFFUSION_DEFAULTS;
 
 /** One line per {@linkcode DiffuRecConfig} field, for `--help`. */
-export const DIFFUREC_HELP: Record<keyof typeof DIFFUREC_DEFAULTS, string> = {
-  maxLength: "longest history read (code 50)",
-  hidden: "width d (code 128)",
-  heads: "attention heads (code 4)",
-  layers: "Approximator blocks (code 4)",
-  inner: "feed-forward width (code 4d = 512)",
-  dropout: "Approximator dropout (code 0.1)",
-  embeddingDropout: "dropout on history embeddings (code 0.3)",
-  layerNormEps: "LayerNorm epsilon (code 1e-12)",
-  steps: "diffusion steps T (code 32)",
-  schedule: `noise schedule: ${SCHEDULE_NAMES.join(" | ")} (code trunc_lin)`,
-  rescaleSteps: "network sees t * 1000 / T (code true)",
-  lambda: "uncertainty weight mean and sd (code 0.001; 0 = no diffusion input)",
-  lambdaMode: "sampled (N(lambda, lambda^2) per element, code) | fixed",
-  sampling: "chain (reverse chain from noise) | one (one call at t = 0 from x = 0, ablation)",
-  reverseSteps: "reverse chain steps: 0 = all --steps (code), fewer = faster",
-  attentionMask: "keys (padded keys masked) | compat (padded query rows, code)",
-  positions: "none (code) | learned",
-  padLogit: "keep the padding row in the training softmax (code true)",
-  seed: "seed of parameters and training draws (the CLI sets it from --seed)",
-  evalSeed: "seed of recommendation's draws (x_T, Lambda, noise)",
-};
-
-/** DiffuRec behind the {@linkcode SequentialModel} interface. */
-export class DiffuRec implements SequentialModel<DiffuRecConfig> {
-  /** Always `"diffurec"`. */
-  readonly name = "diffurec";
-  /** The full configuration. */
-  readonly config: DiffuRecConfig;
-  /** Trainable parameters. */
-  readonly params: ParamStore;
-  /** The noise schedule of training (T steps). */
-  readonly schedule: DiffusionSchedule;
-  /** The reverse chain's schedule (`reverseSteps` of the T steps). */
-  readonly reverseSchedule: DiffusionSchedule;
-  readonly #block: PreLnSettings;
-
-  /**
-   * Creates DiffuRec with fresh, seeded parameters.
-   *
-   * @throws {RangeError} A config field out of its domain (the field is named).
-   */
-  constructor(config: Partial<DiffuRecConfig> & { numItems: number }) {
-    this.config = { ...DIFFUREC_DEFAULTS, ...config };
-    const c = this.config;
-    validateDiffuRecConfig(c);
-    this.schedule = diffusionSchedule(betaSchedule(c.schedule, c.steps));
-    this.reverseSchedule = respacedSchedule(this.schedule, c.reverseSteps || c.steps);
-    this.#block = {
-      hidden: c.hidden,
-      heads: c.heads,
-      inner: c.inner,
-      dropout: c.dropout,
-      layerNormEps: c.layerNormEps,
-    };
-    const p = new ParamStore(c.seed);
-    p.create("item", [c.numItems + 1, c.hidden], { normal: 1 }); // row 0 = padding, trained
-    if (c.positions === "learned") p.create("position", [c.maxLength, c.hidden], { normal: 1 });
-    createLayerNorm(p, "embed.ln", c.hidden);
-    createTorchLinear(p, "time.l1", c.hidden, 4 * c.hidden);
-    createTorchLinear(p, "time.l2", 4 * c.hidden, c.hidden);
-    for (let l = 0; l < c.layers; l++) createPreLnBlock(p, `block${l}`, this.#block);
-    createLayerNorm(p, "out.ln", c.hidden);
-    this.params = p;
-  }
-
-  // ------------------------------------------------------------------ history
-
-  /**
-   * H0 = LN(Drop(E[s] (+ positions))) `[B, L, d]` and the attention mask of left-padded
-   * `inputs`; `compat` masking pads to `maxLength` first (its result depends on the pads).
-   */
-  #history(
-    inputs: Int32Array,
-    batch: number,
-    length: number,
-    seeds: SeedSource,
-  ): { h0: Tensor3D; mask: Tensor4D; length: number } {
-    const c = this.config;
-    if (c.attentionMask === "compat" && length < c.maxLength) {
-      inputs = leftPad(inputs, batch, length, c.maxLength);
-      length = c.maxLength;
-    }
-    const ids = tf.tensor2d(inputs, [batch, length], "int32");
-    let x = embeddingLookup(this.params.get("item") as Tensor2D, ids); // [B, L, d]
-    if (c.positions === "learned") {
-      const at = tf.range(c.maxLength - length, c.maxLength, 1, "int32");
-      x = tf.add(x, embeddingLookup(this.params.get("position") as Tensor2D, at)); // [B, L, d]
-    }
-    x = dropout(x, c.embeddingDropout, seeds ? seeds() : null);
-    const h0 = layerNorm(this.params, "embed.ln", x, c.layerNormEps) as Tensor3D;
-    return { h0, mask: paddingMask(inputs, batch, length, c.attentionMask), length };
-  }
-
-  // -------------------------------------------------------------- Approximator
-
-  /**
-   * x̂0 `[B, d]` from the history, the noised target `xt` `[B, d]` at network steps
-   * `steps` and uncertainty weights `lambda` `[B, L, d]`:
-   * Z = H0 + Λ ⊙ (x_t + MLP(φ(step))), then the blocks, then LN of the last position.
-   */
-  #approximate(
-    h0: Tensor3D,
-    mask: Tensor4D,
-    xt: Tensor2D,
-    steps: Float64Array,
-    lambda: tf.Tensor,
-    seeds: SeedSource,
-  ): Tensor2D {
-    const c = this.config;
-    const [batch] = h0.shape;
-    const phi = stepEmbedding(steps, c.hidden); // [B, d]
-    const hiddenT = linear(this.params, "time.l1", phi); // [B, 4d]
-    const temb = linear(this.params, "time.l2", tf.mul(hiddenT, tf.sigmoid(hiddenT))); // SiLU, [B, d]
-    const target = tf.expandDims(tf.add(xt, temb), 1); // [B, 1, d]
-    let h = tf.add(h0, tf.mul(lambda, target)) as Tensor3D; // [B, L, d]
-    for (let l = 0; l < c.layers; l++) {
-      h = preLnBlock(this.params, `block${l}`, h, mask, this.#block, seeds, l === c.layers - 1);
-    } // [B, 1, d]
-    const out = layerNorm(
-      this.params,
-      "out.ln",
-      dropout(h, c.dropout, seeds ? seeds() : null),
-      c.layerNormEps,
-    );
-    return tf.reshape(out, [batch, c.hidden]) as Tensor2D;
-  }
-
-  /**
-   * Λ `[B, L, d]`: per-row seeded draws of N(lambda, lambda²), or lambda everywhere. A
-   * row's stream fills its positions from the newest back, so its real positions get the
-   * same draws however far the batch is padded.
-   */
-  #lambda(rowSeeds: ArrayLike<number>, length: number): tf.Tensor {
-    const c = this.config;
-    const d = c.hidden;
-    const shape: [number, number, number] = [rowSeeds.length, length, d];
-    if (c.lambdaMode === "fixed" || c.lambda === 0) return tf.fill(shape, c.lambda);
-    const draws = rowNormals(rowSeeds, length * d, c.lambda, c.lambda);
-    const out = new Float32Array(draws.length);
-    for (let r = 0; r < rowSeeds.length; r++) {
-      for (let p = 0; p < length; p++) {
-        const from = (r * length + (length - 1 - p)) * d;
-        out.set(draws.subarray(from, from + d), (r * length + p) * d);
-      }
-    }
-    return tf.tensor3d(out, shape);
-  }
-
-  // --------------------------------------------------------------------- loss
-
-  /**
-   * Mean cross-entropy of x̂0 · Eᵀ against the target, one example per target position,
-   * with t uniform on 0..T-1 and x_t = sqrt(alphaBar_t) E[y] + sqrt(1 - alphaBar_t) noise.
-   */
-  loss(batch: TrainBatch, seeds: () => number): { loss: Scalar; parts: Record<string, Scalar> } {
-    const c = this.config;
-    const ex = prefixExamples(batch); // P examples of length L
-    const p = ex.targets.length;
-    const { h0, mask, length } = this.#history(ex.inputs, p, batch.length, seeds);
-    const rng = new Rng(seeds());
-    const t = Int32Array.from({ length: p }, () => rng.int(c.steps));
-    const noiseSeed = seeds();
-    const noise = tf.tensor2d(rowNormals(rowSeedsOf(noiseSeed, p), c.hidden), [p, c.hidden]);
-    const table = this.params.get("item") as Tensor2D; // [N+1, d]
-    const x0 = embeddingLookup(table, tf.tensor1d(ex.targets, "int32")) as Tensor2D; // [P, d]
-    const xt = forwardSample(x0, t, noise, this.schedule); // [P, d]
-    const lambda = this.#lambda(rowSeedsOf(seeds(), p), length);
-    const steps = networkSteps(t, this.schedule, c.rescaleSteps);
-    const predicted = this.#approximate(h0, mask, xt, steps, lambda, seeds); // [P, d]
-    const perExample = c.padLogit
-      ? softmaxCrossEntropy(predicted, table, ex.targets)
-      : softmaxCrossEntropy(
-        predicted,
-        tf.slice(table, [1, 0], [-1, -1]) as Tensor2D,
-        ex.targets.map((y) => y - 1),
-      );
-    const loss = tf.mean(perExample) as Scalar;
-    return { loss, parts: { recon: loss } };
-  }
-
-  // ------------------------------------------------------------------- scores
-
-  /**
-   * Scores `[B, N + 1]`: x · Eᵀ for x the end of the reverse chain (or the one-call
-   * ablation). Each row's draws come from `evalSeed` and its own history, so a history gets
-   * the same scores alone or in any batch, on any backend.
-   */
-  scores(batch: EvalBatch): Tensor2D {
-    const c = this.config;
-    const { h0, mask, length } = this.#history(batch.inputs, batch.batch, batch.length, null);
-    const rows = historySeeds(batch, c.evalSeed);
-    const stream = (salt: number) => Array.from(rows, (s) => mixSeed(s, salt));
-    const predict = (x: Tensor2D, t: number) => {
-      const steps = networkSteps(
-        new Int32Array(batch.batch).fill(t),
-        this.reverseSchedule,
-        c.rescaleSteps,
-      );
-      return this.#approximate(h0, mask, x, steps, this.#lambda(stream(1000 + t), length), null);
-    };
-    let x: Tensor2D;
-    if (c.sampling === "one") {
-      // One call at the first step of the full schedule, from x = 0.
-      const steps = networkSteps(new Int32Array(batch.batch), this.schedule, c.rescaleSteps);
-      x = this.#approximate(
-        h0,
-        mask,
-        tf.zeros([batch.batch, c.hidden]),
-        steps,
-        this.#lambda(stream(999), length),
-        null,
-      );
-    } else {
-      const normal = (salt: number) =>
-        tf.tensor2d(rowNormals(stream(salt), c.hidden), [batch.batch, c.hidden]);
-      x = reverseChain(predict, normal(0), this.reverseSchedule, (t) => normal(2000 + t));
-    }
-    return matmul(x, this.params.transposed("item") as Tensor2D); // [B, N+1]
-  }
-}
-
-/**
- * One example per target position of a training batch: the row's inputs up to and
- * including that position, right-aligned (left-padded) to the batch length, and the target.
- */
-export function prefixExamples(batch: TrainBatch): { inputs: Int32Array; targets: Int32Array } {
-  const { length } = batch;
-  let count = 0;
-  for (const y of batch.targets) if (y !== 0) count++;
-  if (count === 0) throw new RangeError("Training batch has no position with a target");
-  const inputs = new Int32Array(count * length);
-  const targets = new Int32Array(count);
-  let e = 0;
-  for (let b = 0; b < batch.batch; b++) {
-    for (let j = 0; j < length; j++) {
-      const y = batch.targets[b * length + j];
-      if (y === 0) continue;
-      // inputs[b, 0..j] shifted right by length-1-j.
-      inputs.set(
-        batch.inputs.subarray(b * length, b * length + j + 1),
-        e * length + length - 1 - j,
-      );
-      targets[e++] = y;
-    }
-  }
-  return { inputs, targets };
-}
-
-/** `inputs` `[B, L]` left-padded to `[B, to]`. */
-function leftPad(inputs: Int32Array, batch: number, length: number, to: number): Int32Array {
-  const out = new Int32Array(batch * to);
-  for (let b = 0; b < batch; b++) {
-    out.set(inputs.subarray(b * length, (b + 1) * length), b * to + to - length);
-  }
-  return out;
-}
-
-/** `count` seeds of one stream. */
-function rowSeedsOf(seed: number, count: number): Uint32Array {
-  return Uint32Array.from({ length: count }, (_, r) => mixSeed(seed, r));
-}
-
-/** A seed per row from `seed` and the row's history items (not its padding). */
-function historySeeds(batch: EvalBatch, seed: number): Uint32Array {
-  const out = new Uint32Array(batch.batch);
-  for (let b = 0; b < batch.batch; b++) {
-    let h = mixSeed(seed, 0x7f4a7c15);
-    for (let j = 0; j < batch.length; j++) {
-      const id = batch.inputs[b * batch.length + j];
-      if (id !== 0) h = mixSeed(h, id);
-    }
-    out[b] = h;
-  }
-  return out;
-}
+export const DIFFUREC_HELP: Record<keyof typeof DIFFUREC_DEFAULTS, string> = DIFFUSION_HELP;
 
 /**
  * Checks every field of a full DiffuRec config, naming the first bad one.
@@ -413,56 +45,60 @@ function historySeeds(batch: EvalBatch, seed: number): Uint32Array {
  * @throws {RangeError} A field out of its domain, with its value.
  */
 export function validateDiffuRecConfig(c: DiffuRecConfig): void {
-  for (
-    const f of [
-      "numItems",
-      "maxLength",
-      "hidden",
-      "heads",
-      "layers",
-      "inner",
-      "steps",
-    ] as const
-  ) {
-    if (!Number.isInteger(c[f]) || c[f] < 1) {
-      throw new RangeError(`${f} must be a positive integer, got ${c[f]}`);
+  validateDiffusionConfig(c);
+}
+
+/** The pre-LN block settings of a config. */
+export function blockSettings(c: DiffusionModelConfig): PreLnSettings {
+  return {
+    hidden: c.hidden,
+    heads: c.heads,
+    inner: c.inner,
+    dropout: c.dropout,
+    layerNormEps: c.layerNormEps,
+  };
+}
+
+/** DiffuRec behind the `SequentialModel` interface. */
+export class DiffuRec extends DiffusionRecommender<DiffuRecConfig> {
+  /** Always `"diffurec"`. */
+  readonly name = "diffurec";
+
+  /**
+   * Creates DiffuRec with fresh, seeded parameters.
+   *
+   * @throws {RangeError} A config field out of its domain (the field is named).
+   */
+  constructor(config: Partial<DiffuRecConfig> & { numItems: number }) {
+    super({ ...DIFFUREC_DEFAULTS, ...config }, validateDiffuRecConfig);
+  }
+
+  /** `layers` pre-LN blocks, `block0..`. */
+  protected createApproximator(p: ParamStore, c: DiffuRecConfig): void {
+    for (let l = 0; l < c.layers; l++) createPreLnBlock(p, `block${l}`, blockSettings(c));
+  }
+
+  /**
+   * Z = H0 + Λ ⊙ (x_t + temb), Λ `[B, L, d]` drawn per element, added to every position
+   * (padding included, as in the code), then the blocks; the last computes only the newest
+   * position.
+   */
+  protected approximator(input: ApproximatorInput): Tensor3D {
+    const c = this.config;
+    const { h0, mask, target, lambdaSeeds, seeds } = input;
+    const lambda = this.lambda(lambdaSeeds, h0.shape[1]); // [B, L, d]
+    let h = tf.add(h0, tf.mul(lambda, tf.expandDims(target, 1))) as Tensor3D; // [B, L, d]
+    for (let l = 0; l < c.layers; l++) {
+      h = preLnBlock(
+        this.params,
+        `block${l}`,
+        h,
+        mask,
+        blockSettings(c),
+        seeds,
+        l === c.layers - 1,
+      );
     }
-  }
-  for (const f of ["dropout", "embeddingDropout"] as const) {
-    if (!(c[f] >= 0 && c[f] < 1)) throw new RangeError(`${f} must be in [0, 1), got ${c[f]}`);
-  }
-  if (!(c.layerNormEps > 0)) {
-    throw new RangeError(`layerNormEps must be positive, got ${c.layerNormEps}`);
-  }
-  if (c.hidden % c.heads !== 0) {
-    throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
-  }
-  if (!Number.isInteger(c.reverseSteps) || c.reverseSteps < 0) {
-    throw new RangeError(`reverseSteps must be an integer >= 0, got ${c.reverseSteps}`);
-  }
-  if (c.reverseSteps > c.steps) {
-    throw new RangeError(`reverseSteps (${c.reverseSteps}) must be at most steps (${c.steps})`);
-  }
-  if (!(Number.isFinite(c.lambda) && c.lambda >= 0)) {
-    throw new RangeError(`lambda must be a finite number >= 0, got ${c.lambda}`);
-  }
-  const choices: [keyof DiffuRecConfig, readonly unknown[]][] = [
-    ["schedule", SCHEDULE_NAMES],
-    ["lambdaMode", ["sampled", "fixed"]],
-    ["sampling", ["chain", "one"]],
-    ["attentionMask", ["keys", "compat"]],
-    ["positions", ["none", "learned"]],
-    ["rescaleSteps", [true, false]],
-    ["padLogit", [true, false]],
-  ];
-  for (const [f, allowed] of choices) {
-    if (!allowed.includes(c[f])) {
-      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
-    }
-  }
-  for (const f of ["seed", "evalSeed"] as const) {
-    if (!Number.isInteger(c[f]) || c[f] < 0 || c[f] > 0xffffffff) {
-      throw new RangeError(`${f} must be an integer from 0 to 4294967295, got ${c[f]}`);
-    }
+    return h; // [B, 1, d]
   }
 }
