@@ -158,26 +158,30 @@ export function uncertaintyWeights(
 export type OffsetNoise = "none" | "compat" | "shared";
 
 /**
- * The noise of the training forward process `[B, d]`: standard normal (`none`), plus
- * `scale` times a second independent normal per element (`compat`, what DiffuRecSys's
- * code did when it was on: isotropic, variance `1 + scale²`), or plus `scale` times one
- * normal per row shared by its d elements (`shared`, offset noise proper: covariance
- * `scale²` between dimensions).
+ * The noise of the training forward process `[B, d]`, one seeded stream per row (see
+ * {@linkcode rowNormals}): standard normal (`none`), plus `scale` times a second
+ * independent normal per element (`compat`, what DiffuRecSys's code did when it was on:
+ * isotropic, variance `1 + scale²`), or plus `scale` times one normal per row shared by its
+ * d elements (`shared`, offset noise proper: covariance `scale²` between dimensions).
  */
 export function trainingNoise(
-  shape: [number, number],
+  rowSeeds: ArrayLike<number>,
+  d: number,
   mode: OffsetNoise,
   scale: number,
-  seed: number,
 ): Tensor2D {
-  return tf.tidy(() => {
-    const noise = tf.randomNormal(shape, 0, 1, "float32", seed) as Tensor2D;
-    if (mode === "none") return noise;
-    const extra = mode === "compat"
-      ? tf.randomNormal(shape, 0, scale, "float32", (seed ^ 0x5bd1e995) >>> 0)
-      : tf.randomNormal([shape[0], 1], 0, scale, "float32", (seed ^ 0x5bd1e995) >>> 0);
-    return tf.add(noise, extra) as Tensor2D;
-  });
+  const rows = rowSeeds.length;
+  const noise = rowNormals(rowSeeds, d);
+  if (mode !== "none") {
+    const extraSeeds = Array.from(rowSeeds, (s) => mixSeed(s, 0x5bd1e995));
+    const extra = rowNormals(extraSeeds, mode === "compat" ? d : 1, 0, scale);
+    for (let r = 0; r < rows; r++) {
+      for (let i = 0; i < d; i++) {
+        noise[r * d + i] += mode === "compat" ? extra[r * d + i] : extra[r];
+      }
+    }
+  }
+  return tf.tensor2d(noise, [rows, d]);
 }
 
 /**

@@ -139,12 +139,18 @@ export const DIFFUSION_HELP: Record<keyof typeof DIFFUSION_DEFAULTS, string> = {
   evalSeed: "seed of recommendation's draws (x_T, Lambda, noise)",
 };
 
-/** A prediction of x0: the Approximator of a diffusion recommender. */
-export interface ApproximatorInput {
-  /** The history embedding H0 `[B, L, d]`. */
+/** A batch of histories as the Approximator reads them. */
+export interface History {
+  /** The history embedding H0 = LN(Drop(E[s])) `[B, L, d]`. */
   h0: Tensor3D;
-  /** Its attention mask `[B, 1, L, L]`. */
+  /** Its attention mask `[B, 1, L, L]` (`attentionMask`). */
   mask: Tensor4D;
+  /** 1 at real positions, 0 at padding `[B, L, 1]`. */
+  real: Tensor3D;
+}
+
+/** What an Approximator gets: the history, the noised target and the seeds of its draws. */
+export interface ApproximatorInput extends History {
   /** x_t + the step embedding `[B, d]`: what Λ scales. */
   target: Tensor2D;
   /** The noised target x_t alone `[B, d]`. */
@@ -211,7 +217,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     batch: number,
     length: number,
     seeds: SeedSource,
-  ): { h0: Tensor3D; mask: Tensor4D; length: number } {
+  ): History {
     const c = this.config;
     if (c.attentionMask === "compat" && length < c.maxLength) {
       inputs = leftPad(inputs, batch, length, c.maxLength);
@@ -225,7 +231,12 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     }
     x = dropout(x, c.embeddingDropout, seeds ? seeds() : null);
     const h0 = layerNorm(this.params, "embed.ln", x, c.layerNormEps) as Tensor3D;
-    return { h0, mask: paddingMask(inputs, batch, length, c.attentionMask), length };
+    const real = tf.tensor3d(Float32Array.from(inputs, (id) => id === 0 ? 0 : 1), [
+      batch,
+      length,
+      1,
+    ]);
+    return { h0, mask: paddingMask(inputs, batch, length, c.attentionMask), real };
   }
 
   // -------------------------------------------------------------- Approximator
@@ -235,20 +246,19 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
    * the Approximator, then LN(Drop(·)) of the newest position.
    */
   #predict(
-    h0: Tensor3D,
-    mask: Tensor4D,
+    history: History,
     xt: Tensor2D,
     steps: Float64Array,
     lambdaSeeds: ArrayLike<number>,
     seeds: SeedSource,
   ): Tensor2D {
     const c = this.config;
-    const [batch] = h0.shape;
+    const [batch] = history.h0.shape;
     const phi = stepEmbedding(steps, c.hidden); // [B, d]
     const hiddenT = linear(this.params, "time.l1", phi); // [B, 4d]
     const temb = linear(this.params, "time.l2", tf.mul(hiddenT, tf.sigmoid(hiddenT))) as Tensor2D; // SiLU, [B, d]
     const target = tf.add(xt, temb) as Tensor2D; // [B, d]
-    const h = this.approximator({ h0, mask, target, xt, lambdaSeeds, seeds }); // [B, 1, d]
+    const h = this.approximator({ ...history, target, xt, lambdaSeeds, seeds }); // [B, 1, d]
     const out = layerNorm(
       this.params,
       "out.ln",
@@ -298,7 +308,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     const c = this.config;
     const ex = prefixExamples(batch); // P examples of length L
     const p = ex.targets.length;
-    const { h0, mask } = this.history(ex.inputs, p, batch.length, seeds);
+    const history = this.history(ex.inputs, p, batch.length, seeds);
     const rng = new Rng(seeds());
     const t = Int32Array.from({ length: p }, () => rng.int(c.steps));
     const noise = this.forwardNoise(rowSeedsOf(seeds(), p)); // [P, d]
@@ -307,7 +317,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     const xt = forwardSample(x0, t, noise, this.schedule); // [P, d]
     const lambdaSeeds = rowSeedsOf(seeds(), p);
     const steps = networkSteps(t, this.schedule, c.rescaleSteps);
-    const predicted = this.#predict(h0, mask, xt, steps, lambdaSeeds, seeds); // [P, d]
+    const predicted = this.#predict(history, xt, steps, lambdaSeeds, seeds); // [P, d]
     const perExample = c.padLogit
       ? softmaxCrossEntropy(predicted, table, ex.targets)
       : softmaxCrossEntropy(
@@ -328,7 +338,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
    */
   scores(batch: EvalBatch): Tensor2D {
     const c = this.config;
-    const { h0, mask } = this.history(batch.inputs, batch.batch, batch.length, null);
+    const history = this.history(batch.inputs, batch.batch, batch.length, null);
     const rows = historySeeds(batch, c.evalSeed);
     const stream = (salt: number) => Array.from(rows, (s) => mixSeed(s, salt));
     const predict = (x: Tensor2D, t: number) => {
@@ -337,13 +347,13 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
         this.reverseSchedule,
         c.rescaleSteps,
       );
-      return this.#predict(h0, mask, x, steps, stream(1000 + t), null);
+      return this.#predict(history, x, steps, stream(1000 + t), null);
     };
     let x: Tensor2D;
     if (c.sampling === "one") {
       // One call at the first step of the full schedule, from x = 0.
       const steps = networkSteps(new Int32Array(batch.batch), this.schedule, c.rescaleSteps);
-      x = this.#predict(h0, mask, tf.zeros([batch.batch, c.hidden]), steps, stream(999), null);
+      x = this.#predict(history, tf.zeros([batch.batch, c.hidden]), steps, stream(999), null);
     } else {
       const normal = (salt: number) =>
         tf.tensor2d(rowNormals(stream(salt), c.hidden), [batch.batch, c.hidden]);

@@ -5,6 +5,13 @@
  */
 import type { SequentialModel } from "./_model.ts";
 import {
+  DiffuRecSys,
+  DIFFURECSYS_DEFAULTS,
+  DIFFURECSYS_HELP,
+  type DiffuRecSysConfig,
+  validateDiffuRecSysConfig,
+} from "./diffurecsys.ts";
+import {
   DiffuRec,
   DIFFUREC_DEFAULTS,
   DIFFUREC_HELP,
@@ -34,6 +41,13 @@ export {
   type SequenceEncoderConfig,
   stepSeeds,
 } from "./_model.ts";
+export {
+  DiffuRecSys,
+  DIFFURECSYS_DEFAULTS,
+  DIFFURECSYS_HELP,
+  type DiffuRecSysConfig,
+  validateDiffuRecSysConfig,
+} from "./diffurecsys.ts";
 export {
   DiffuRec,
   DIFFUREC_DEFAULTS,
@@ -89,6 +103,13 @@ export const MODELS: Record<string, ModelEntry> = {
     validate: (config) =>
       validateDiffuRecConfig({ ...DIFFUREC_DEFAULTS, ...config } as DiffuRecConfig),
     create: (config) => new DiffuRec(config),
+  },
+  diffurecsys: {
+    defaults: DIFFURECSYS_DEFAULTS as unknown as Record<string, number | string | boolean>,
+    help: DIFFURECSYS_HELP,
+    validate: (config) =>
+      validateDiffuRecSysConfig({ ...DIFFURECSYS_DEFAULTS, ...config } as DiffuRecSysConfig),
+    create: (config) => new DiffuRecSys(config),
   },
   sasrec: {
     defaults: SASREC_DEFAULTS as unknown as Record<string, number | string | boolean>,

@@ -124,8 +124,49 @@ function attention(
 }
 
 /**
- * One pre-LN block. With `lastOnly` only the newest position is computed (keys and values
- * still span the history): `[B, 1, d]`, all a read-out from the last position needs.
+ * The self-attention sublayer `h + Drop(MHA(LN(h)))` with the LayerNorm `ln` (default the
+ * block's `ln1`). With `lastOnly` only the newest position is computed (keys and values
+ * still span the history): `[B, 1, d]`.
+ */
+export function selfAttentionSublayer(
+  p: ParamStore,
+  name: string,
+  h: Tensor3D, // [B, L, d]
+  mask: Tensor4D, // [B, 1, L, L]
+  s: PreLnSettings,
+  seeds: SeedSource,
+  lastOnly = false,
+  ln = `${name}.ln1`,
+): Tensor3D {
+  const length = h.shape[1];
+  const normed = layerNorm(p, ln, h, s.layerNormEps) as Tensor3D; // [B, L, d]
+  const last = (t: tf.Tensor) => tf.slice(t, [0, length - 1, 0], [-1, 1, -1]) as Tensor3D;
+  const queries = lastOnly ? last(normed) : normed;
+  const rows = lastOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) as Tensor4D : mask;
+  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds);
+  return tf.add(lastOnly ? last(h) : h, dropout(attended, s.dropout, seedOf(seeds))) as Tensor3D;
+}
+
+/** The feed-forward sublayer `x + Drop(W2 Drop(GELU(W1 LN2(x))))`. */
+export function feedForwardSublayer(
+  p: ParamStore,
+  name: string,
+  x: Tensor3D,
+  s: PreLnSettings,
+  seeds: SeedSource,
+): Tensor3D {
+  const normed = layerNorm(p, `${name}.ln2`, x, s.layerNormEps);
+  const inner = dropout(geluTanh(linear(p, `${name}.ffn.in`, normed)), s.dropout, seedOf(seeds));
+  return tf.add(
+    x,
+    dropout(linear(p, `${name}.ffn.out`, inner), s.dropout, seedOf(seeds)),
+  ) as Tensor3D;
+}
+
+/**
+ * One pre-LN block of DiffuRec: self-attention and feed-forward sublayers, then dropout on
+ * the block's output. With `lastOnly` only the newest position is computed: `[B, 1, d]`,
+ * all a read-out from the last position needs.
  */
 export function preLnBlock(
   p: ParamStore,
@@ -136,18 +177,6 @@ export function preLnBlock(
   seeds: SeedSource,
   lastOnly = false,
 ): Tensor3D {
-  const length = h.shape[1];
-  const normed = layerNorm(p, `${name}.ln1`, h, s.layerNormEps) as Tensor3D; // [B, L, d]
-  const last = (t: tf.Tensor) => tf.slice(t, [0, length - 1, 0], [-1, 1, -1]) as Tensor3D;
-  const queries = lastOnly ? last(normed) : normed;
-  const rows = lastOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) as Tensor4D : mask;
-  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds);
-  let x = tf.add(lastOnly ? last(h) : h, dropout(attended, s.dropout, seedOf(seeds))) as Tensor3D;
-  const inner = dropout(
-    geluTanh(linear(p, `${name}.ffn.in`, layerNorm(p, `${name}.ln2`, x, s.layerNormEps))),
-    s.dropout,
-    seedOf(seeds),
-  );
-  x = tf.add(x, dropout(linear(p, `${name}.ffn.out`, inner), s.dropout, seedOf(seeds))) as Tensor3D;
-  return dropout(x, s.dropout, seedOf(seeds)) as Tensor3D; // [B, L or 1, d]
+  const x = selfAttentionSublayer(p, name, h, mask, s, seeds, lastOnly);
+  return dropout(feedForwardSublayer(p, name, x, s, seeds), s.dropout, seedOf(seeds)) as Tensor3D;
 }
