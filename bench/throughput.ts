@@ -212,8 +212,11 @@ async function runChild(spec: string): Promise<void> {
   }
   const data = await loadData(dataName);
   const { split } = leaveOneOut(data);
+  const m = modelEntry(model).create({ numItems: data.numItems });
+  const maxLength = (m.config as { maxLength: number }).maxLength; // as the trainer truncates
   const batches = trainBatches(split.train, {
     batchSize: TRAIN_DEFAULTS.batchSize,
+    maxLength,
     rng: new Rng(1),
     bucket: true,
   });
@@ -224,10 +227,12 @@ async function runChild(spec: string): Promise<void> {
   for (let i = 0; i < stepsHere; i++) {
     sample.push(byLength[Math.floor(((i + 0.5) / stepsHere) * byLength.length)]);
   }
-  const m = modelEntry(model).create({ numItems: data.numItems });
   const r = await timeSteps(m, sample, stepsHere);
   const evalUsers = split.valid.slice(0, (slow ? slowUsers : users) + 256);
-  const [warm, ...rest] = evalBatches(evalUsers, { batchSize: TRAIN_DEFAULTS.evalBatchSize });
+  const [warm, ...rest] = evalBatches(evalUsers, {
+    batchSize: TRAIN_DEFAULTS.evalBatchSize,
+    maxLength,
+  });
   await evaluate((b) => m.scores(b), [warm], { numItems: data.numItems });
   const timedUsers = rest.reduce((n, b) => n + b.batch, 0);
   const e0 = performance.now();

@@ -15,6 +15,7 @@ import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
+import { EVAL_PROTOCOLS, type EvalProtocol } from "../lib/eval/evaluate.ts";
 import {
   checkSeed,
   checkTrainOptions,
@@ -68,7 +69,9 @@ function usage(): string {
     "Usage:",
     "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
     "  deno task eval --checkpoint DIR [--data FILE [--format F] [--k-core K] [--min-rating R]]",
-    "                 [--backend B] [--split test|valid]   (--data is read as training read its data)",
+    "                 [--backend B] [--split test|valid] [--protocol library|diffurec]",
+    "                 (--data is read as training read its data; --protocol diffurec: history",
+    "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks)",
     ...RECOMMEND_USAGE,
     ...SERVE_USAGE,
     "",
@@ -350,6 +353,7 @@ async function evalCommand(args: string[]): Promise<void> {
       "min-rating": { type: "string" },
       ...BACKEND_OPTIONS,
       split: { type: "string" },
+      protocol: { type: "string" },
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -360,6 +364,12 @@ async function evalCommand(args: string[]): Promise<void> {
     return;
   }
   if (!values.checkpoint) throw new TypeError("eval needs --checkpoint DIR");
+  const protocol = (values.protocol ?? "library") as EvalProtocol;
+  if (!EVAL_PROTOCOLS.includes(protocol)) {
+    throw new RangeError(
+      `--protocol must be one of ${EVAL_PROTOCOLS.join(", ")}, got "${values.protocol}"`,
+    );
+  }
   const which = values.split ?? "test";
   if (which !== "test" && which !== "valid") {
     throw new RangeError(`--split must be "test" or "valid", got "${which}"`);
@@ -385,9 +395,14 @@ async function evalCommand(args: string[]): Promise<void> {
     batchSize,
     model.config.maxLength,
     dataset.categories,
+    protocol,
   );
   console.log(
-    JSON.stringify({ checkpoint: path, epoch: meta.epoch, split: which, metrics }, null, 1),
+    JSON.stringify(
+      { checkpoint: path, epoch: meta.epoch, split: which, protocol, metrics },
+      null,
+      1,
+    ),
   );
 }
 

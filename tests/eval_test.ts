@@ -1,8 +1,11 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
+import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
 import {
   evaluate,
+  evaluateModel,
   listDiversity,
   METRIC_KEYS,
   MetricAccumulator,
@@ -397,4 +400,38 @@ Deno.test("rankBatch() and topKBatch() on wasm and webgpu equal the cpu results"
       await selectBackend("cpu");
     }
   }
+});
+
+Deno.test("evaluateModel() protocol diffurec: K = 5, 10, 20 and the history kept, which only adds competitors", async () => {
+  const data = syntheticDataset({ seed: 4, users: 120, items: 40, maxLength: 12 });
+  const { split } = leaveOneOut(data);
+  const model = new SasRec({
+    numItems: data.numItems,
+    hidden: 16,
+    heads: 2,
+    inner: 16,
+    maxLength: 12,
+  });
+  const library = await evaluateModel(model, split.test, data.numItems, 64, 12);
+  const diffurec = await evaluateModel(
+    model,
+    split.test,
+    data.numItems,
+    64,
+    12,
+    undefined,
+    "diffurec",
+  );
+  assertEquals(Object.keys(diffurec).filter((k) => k.startsWith("recall@")), [
+    "recall@5",
+    "recall@10",
+    "recall@20",
+  ]);
+  // Excluding the history removes competitors of the target: its rank can only improve.
+  for (const k of [10, 20]) {
+    assert(library[`recall@${k}`] >= diffurec[`recall@${k}`], `recall@${k}`);
+    assert(library[`ndcg@${k}`] >= diffurec[`ndcg@${k}`], `ndcg@${k}`);
+  }
+  assert(library.mrr > diffurec.mrr, "keeping the history changed no rank");
+  model.params.dispose();
 });

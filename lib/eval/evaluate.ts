@@ -114,6 +114,19 @@ export async function evaluate(
 }
 
 /**
+ * How ranking is scored:
+ * - `library` (default): the history is excluded from each ranking, K = 10, 20, 40;
+ * - `diffurec`: DiffuRec's code's protocol: the history is not excluded (only padding is),
+ *   K = 5, 10, 20; its HR@K is `recall@K` here (one target per user). Metrics are averaged
+ *   over users and ties are pessimistic, as in the library protocol (the code averages
+ *   per batch and breaks ties as `topk` does; see `DIFFUREC.md` §1.4).
+ */
+export type EvalProtocol = "library" | "diffurec";
+
+/** The protocols {@linkcode evaluateModel} knows. */
+export const EVAL_PROTOCOLS: readonly EvalProtocol[] = ["library", "diffurec"];
+
+/**
  * Evaluates `model` on `examples` with full-catalogue ranking (see {@linkcode evaluate}):
  * histories batched by `evalBatches`, truncated to `maxLength`, scored by `model.scores`.
  *
@@ -129,6 +142,7 @@ export async function evaluate(
  * @param batchSize Histories per batch; results do not depend on it.
  * @param maxLength Longest history kept, the model's `maxLength`.
  * @param categories Item categories, for Diversity@K and coverage@K.
+ * @param protocol See {@linkcode EvalProtocol}. Default `library`.
  * @returns Metric values by key.
  */
 export async function evaluateModel(
@@ -138,8 +152,13 @@ export async function evaluateModel(
   batchSize: number,
   maxLength: number,
   categories?: Int32Array[],
+  protocol: EvalProtocol = "library",
 ): Promise<Record<string, number>> {
-  const batches = evalBatches(examples, { batchSize, maxLength });
-  const result = await evaluate((b) => model.scores(b), batches, { numItems, categories });
+  let batches = evalBatches(examples, { batchSize, maxLength });
+  if (protocol === "diffurec") {
+    batches = batches.map((b) => ({ ...b, exclude: b.exclude.map(() => new Int32Array(0)) }));
+  }
+  const ks = protocol === "diffurec" ? [5, 10, 20] : undefined;
+  const result = await evaluate((b) => model.scores(b), batches, { numItems, categories, ks });
   return result.metrics;
 }

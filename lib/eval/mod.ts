@@ -23,4 +23,11 @@ export {
   metricsFromRanks,
 } from "./metrics.ts";
 export { rankBatch, rankOfTarget, topKBatch } from "./rank.ts";
-export { type EvalResult, evaluate, evaluateModel, type EvaluateOptions } from "./evaluate.ts";
+export {
+  EVAL_PROTOCOLS,
+  type EvalProtocol,
+  type EvalResult,
+  evaluate,
+  evaluateModel,
+  type EvaluateOptions,
+} from "./evaluate.ts";
