@@ -6,9 +6,10 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { SequentialModel } from "../lib/models/_model.ts";
+import { selectBackend } from "../backends/mod.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals } from "./_assert.ts";
-import { tinyTrainBatch } from "./_fixtures.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 
 /** Largest absolute value. */
 export function maxAbs(a: ArrayLike<number>): number {
@@ -76,4 +77,30 @@ export function assertFlatTensorCount(model: SequentialModel, numItems: number, 
     `${label}: ${counts}`,
   );
   optimizer.dispose();
+}
+
+/**
+ * A fresh model's loss, gradients (zeros for parameters the loss does not reach) and
+ * scores on `backend`, on tiny batches of 4 rows of length 6; the model is disposed.
+ */
+export async function modelRun(
+  backend: "cpu" | "wasm" | "webgpu",
+  create: () => SequentialModel,
+  numItems: number,
+): Promise<ModelRun> {
+  await selectBackend(backend);
+  const model = create();
+  const batch = tinyTrainBatch(4, 6, numItems);
+  const vars = model.params.list();
+  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
+  const loss = (await value.data())[0];
+  const out: Float32Array[] = [];
+  for (const v of vars) {
+    out.push(grads[v.name] ? await grads[v.name].data() as Float32Array : new Float32Array(v.size));
+  }
+  const scores = tf.tidy(() => model.scores(tinyEvalBatch(4, 6, numItems)));
+  const s = await scores.data() as Float32Array;
+  tf.dispose([value, scores, ...Object.values(grads)]);
+  model.params.dispose();
+  return { loss, grads: out, scores: s };
 }

@@ -3,8 +3,8 @@ import { selectBackend } from "../backends/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
-import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
-import { assertFlatTensorCount, assertParity, type ModelRun } from "./_model_checks.ts";
+import { tinyTrainBatch } from "./_fixtures.ts";
+import { assertFlatTensorCount, assertParity, modelRun } from "./_model_checks.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 const TINY = { numItems: 30, hidden: 16, heads: 2, layers: 2, inner: 32, maxLength: 8, seed: 3 };
@@ -21,27 +21,10 @@ Deno.test("selectBackend() auto picks a backend and says why", async () => {
   assertEquals(tf.getBackend(), chosen.name);
 });
 
-/** Loss, gradients of every parameter and inference scores of tiny SASRec on `backend`. */
-async function sasrecRun(backend: (typeof BACKENDS)[number]): Promise<ModelRun> {
-  await selectBackend(backend);
-  const model = new SasRec(TINY);
-  const batch = tinyTrainBatch(5, 6, TINY.numItems);
-  const vars = model.params.list();
-  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
-  const loss = (await value.data())[0];
-  const out: Float32Array[] = [];
-  for (const v of vars) out.push(await grads[v.name].data() as Float32Array);
-  const scores = tf.tidy(() => model.scores(tinyEvalBatch(5, 6, TINY.numItems)));
-  const s = await scores.data() as Float32Array;
-  tf.dispose([value, scores, ...Object.values(grads)]);
-  model.params.dispose();
-  return { loss, grads: out, scores: s };
-}
-
 Deno.test("SASRec loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
-  const ref = await sasrecRun("cpu");
+  const ref = await modelRun("cpu", () => new SasRec(TINY), TINY.numItems);
   for (const backend of ["wasm", "webgpu"] as const) {
-    assertParity(ref, await sasrecRun(backend), backend);
+    assertParity(ref, await modelRun(backend, () => new SasRec(TINY), TINY.numItems), backend);
   }
 });
 

@@ -7,7 +7,7 @@ import { DiffuRec, type DiffuRecConfig, prefixExamples } from "../lib/models/dif
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
-import { assertFlatTensorCount, assertParity, maxAbsDiff, type ModelRun } from "./_model_checks.ts";
+import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
 
 const TINY: Partial<DiffuRecConfig> & { numItems: number } = {
   numItems: 30,
@@ -161,28 +161,19 @@ Deno.test("a history's scores are the same alone, batched and repeated, and foll
   model.params.dispose();
 });
 
-/** Loss, gradients and scores of tiny DiffuRec on `backend`. */
-async function diffurecRun(backend: "cpu" | "wasm" | "webgpu", config = {}): Promise<ModelRun> {
-  await selectBackend(backend);
-  const model = new DiffuRec({ ...TINY, ...config });
-  const batch = tinyTrainBatch(4, 6, TINY.numItems);
-  const vars = model.params.list();
-  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
-  const loss = (await value.data())[0];
-  const out: Float32Array[] = [];
-  for (const v of vars) out.push(await grads[v.name].data() as Float32Array);
-  const scores = tf.tidy(() => model.scores(tinyEvalBatch(4, 6, TINY.numItems)));
-  const s = await scores.data() as Float32Array;
-  tf.dispose([value, scores, ...Object.values(grads)]);
-  model.params.dispose();
-  return { loss, grads: out, scores: s };
-}
-
 Deno.test("DiffuRec loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
-  for (const config of [{}, { attentionMask: "compat", positions: "learned" }]) {
-    const ref = await diffurecRun("cpu", config);
+  const settings: Partial<DiffuRecConfig>[] = [{}, {
+    attentionMask: "compat",
+    positions: "learned",
+  }];
+  for (const config of settings) {
+    const ref = await modelRun("cpu", () => new DiffuRec({ ...TINY, ...config }), TINY.numItems);
     for (const backend of ["wasm", "webgpu"] as const) {
-      assertParity(ref, await diffurecRun(backend, config), `${backend} ${JSON.stringify(config)}`);
+      assertParity(
+        ref,
+        await modelRun(backend, () => new DiffuRec({ ...TINY, ...config }), TINY.numItems),
+        `${backend} ${JSON.stringify(config)}`,
+      );
     }
   }
   await selectBackend("cpu");

@@ -14,7 +14,7 @@ import {
   assertParity,
   maxAbs,
   maxAbsDiff,
-  type ModelRun,
+  modelRun,
 } from "./_model_checks.ts";
 
 const TINY: Partial<DiffuRecSysConfig> & { numItems: number } = {
@@ -142,32 +142,20 @@ Deno.test("offset noise changes training only: scores are the same in every mode
   assert(results[1].loss !== results[0].loss && results[2].loss !== results[0].loss);
 });
 
-async function sysRun(backend: "cpu" | "wasm" | "webgpu", config = {}): Promise<ModelRun> {
-  await selectBackend(backend);
-  const model = new DiffuRecSys({ ...TINY, ...config });
-  const batch = tinyTrainBatch(4, 6, TINY.numItems);
-  const vars = model.params.list();
-  const { value, grads } = tf.variableGrads(() => model.loss(batch, stepSeeds(7, 0)).loss, vars);
-  const loss = (await value.data())[0];
-  // Parameters the loss does not reach (compat's blocks 0..n-2) have no gradient: zeros.
-  const out: Float32Array[] = [];
-  for (const v of vars) {
-    out.push(grads[v.name] ? await grads[v.name].data() as Float32Array : new Float32Array(v.size));
-  }
-  const scores = tf.tidy(() => model.scores(tinyEvalBatch(4, 6, TINY.numItems)));
-  const s = await scores.data() as Float32Array;
-  tf.dispose([value, scores, ...Object.values(grads)]);
-  model.params.dispose();
-  return { loss, grads: out, scores: s };
-}
-
 Deno.test("DiffuRecSys loss, gradients and scores agree on cpu, wasm and webgpu", async () => {
-  for (
-    const config of [{}, { ca: "compat", attentionMask: "compat" }, { caAttention: "softmax" }]
-  ) {
-    const ref = await sysRun("cpu", config);
+  const settings: Partial<DiffuRecSysConfig>[] = [
+    {},
+    { ca: "compat", attentionMask: "compat" },
+    { caAttention: "softmax" },
+  ];
+  for (const config of settings) {
+    const ref = await modelRun("cpu", () => new DiffuRecSys({ ...TINY, ...config }), TINY.numItems);
     for (const backend of ["wasm", "webgpu"] as const) {
-      assertParity(ref, await sysRun(backend, config), `${backend} ${JSON.stringify(config)}`);
+      assertParity(
+        ref,
+        await modelRun(backend, () => new DiffuRecSys({ ...TINY, ...config }), TINY.numItems),
+        `${backend} ${JSON.stringify(config)}`,
+      );
     }
   }
   await selectBackend("cpu");
