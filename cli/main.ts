@@ -62,6 +62,12 @@ const TRAIN_FLAGS: Record<string, [keyof typeof TRAIN_DEFAULTS, string]> = {
     "maxPositions",
     "most target positions per forward/backward pass; larger batches are split (memory)",
   ],
+  "weight-decay": ["weightDecay", "L2 penalty added to gradients before Adam (DiffuRecSys 1e-4)"],
+  "lr-decay-every": [
+    "lrDecayEvery",
+    "multiply --lr by --lr-decay every this many epochs; 0 = never (DiffuRec 100)",
+  ],
+  "lr-decay": ["lrDecay", "factor of --lr-decay-every (StepLR gamma)"],
 };
 
 function usage(): string {

@@ -11,7 +11,13 @@ import { maxAbsDiff } from "./_model_checks.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { fnv1a, readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
-import { evaluateModel, train, trainStep } from "../lib/train/trainer.ts";
+import {
+  evaluateModel,
+  learningRateAt,
+  train,
+  TRAIN_DEFAULTS,
+  trainStep,
+} from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "./_assert.ts";
 
 const data = syntheticDataset({ seed: 5, users: 80, items: 40, maxLength: 12 });
@@ -525,6 +531,102 @@ Deno.test("train() keeps the best epoch, not the last, and steps with bias-corre
   assertEquals([file.info.epoch, file.values[file.values.length - 1]], [1, seen[0]]);
   model.params.dispose();
   await Deno.remove(out, { recursive: true });
+});
+
+/** SASRec plus `drift`, whose loss term `-drift` has gradient -1 at every step. */
+class Drifts implements SequentialModel {
+  readonly name = "drifts";
+  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
+  readonly config = this.inner.config;
+  readonly params = this.inner.params;
+  readonly drift = this.params.create("drift", [1], "zeros");
+  loss(batch: TrainBatch, seeds: () => number) {
+    const { loss, parts } = this.inner.loss(batch, seeds);
+    return { loss: tf.sub(loss, tf.sum(this.drift)) as tf.Scalar, parts };
+  }
+  scores(batch: EvalBatch): tf.Tensor2D {
+    return this.inner.scores(batch);
+  }
+}
+
+Deno.test("StepLR: the learning rate of epoch e is lr * lrDecay^floor((e - 1) / lrDecayEvery)", async () => {
+  await selectBackend("cpu");
+  const o = { ...TRAIN_DEFAULTS, learningRate: 0.1, lrDecayEvery: 3, lrDecay: 0.5 };
+  assertEquals([1, 3, 4, 6, 7, 10].map((e) => learningRateAt(o, e)), [
+    0.1,
+    0.1,
+    0.05,
+    0.05,
+    0.025,
+    0.0125,
+  ]);
+  assertEquals(learningRateAt({ ...o, lrDecayEvery: 0 }, 500), 0.1);
+  // Through train(): with a constant gradient every Adam step moves by the learning rate,
+  // so one step per epoch moves `drift` by exactly that epoch's rate.
+  const model = new Drifts();
+  const out = await Deno.makeTempDir();
+  const seen: number[] = [];
+  await train(model, split, data.numItems, {
+    batchSize: 128, // 80 users: one step per epoch
+    evalBatchSize: 64,
+    epochs: 4,
+    learningRate: 1e-3,
+    lrDecayEvery: 1,
+    lrDecay: 0.5,
+  }, {
+    out,
+    checkpointInfo: { data: { kind: "synthetic", seed: 5 }, itemTokens: data.vocab.items },
+    onWrite: (what) => {
+      if (what === "log") seen.push(model.drift.dataSync()[0]);
+    },
+  });
+  const steps = seen.map((v, i) => v - (i === 0 ? 0 : seen[i - 1]));
+  [1e-3, 5e-4, 2.5e-4, 1.25e-4].forEach((rate, i) => {
+    assert(
+      Math.abs(steps[i] - rate) <= 1e-4 * rate + 1e-9,
+      `epoch ${i + 1}: moved ${steps[i]}, rate ${rate}`,
+    );
+  });
+  model.params.dispose();
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("weightDecay adds decay * parameter to every gradient before Adam", async () => {
+  await selectBackend("cpu");
+  for (const weightDecay of [0, 0.1]) {
+    const model = new SometimesUnused();
+    const vars = model.params.list();
+    const before = vars.map((v) => v.dataSync().slice());
+    const optimizer = tf.train.adam(1e-2);
+    // Step 1 is odd: "middle" has no gradient from the loss, only from the decay.
+    const { values } = trainStep(
+      model,
+      tinyTrainBatch(2, 3, data.numItems),
+      stepSeeds(1, 1),
+      optimizer,
+      vars,
+      4096,
+      {
+        step: 1,
+        weightDecay,
+      },
+    );
+    values.dispose();
+    const middle = vars.findIndex((v) => v === model.middle);
+    const moved = Array.from(model.middle.dataSync(), (x, i) => x - before[middle][i]);
+    if (weightDecay === 0) assert(moved.every((m) => m === 0), "moved without a gradient");
+    else {
+      // Adam's first step is -lr g / (|g| + eps) with g = decay * parameter (tfjs's
+      // default eps 1e-7): toward 0, by lr unless the parameter is tiny.
+      moved.forEach((m, i) => {
+        const g = weightDecay * before[middle][i];
+        const want = -1e-2 * g / (Math.abs(g) + 1e-7);
+        assert(Math.abs(m - want) <= 1e-6, `entry ${i}: moved ${m}, Adam ${want}`);
+      });
+    }
+    optimizer.dispose();
+    model.params.dispose();
+  }
 });
 
 Deno.test("Adam's moments stay with their variables when a parameter has no gradient in some steps", async () => {

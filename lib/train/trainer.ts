@@ -50,6 +50,18 @@ export interface TrainOptions {
    * Adam step: the same update, with memory bounded. Default 2048.
    */
   maxPositions: number;
+  /**
+   * L2 penalty added to every gradient before the Adam step (PyTorch Adam's
+   * `weight_decay`, not AdamW). Default 0; DiffuRecSys's code: 1e-4.
+   */
+  weightDecay: number;
+  /**
+   * Multiply the learning rate by `lrDecay` every this many epochs (PyTorch's StepLR);
+   * 0 = never. Default 0; DiffuRec's code: 100, DiffuRecSys's: 30.
+   */
+  lrDecayEvery: number;
+  /** The factor of `lrDecayEvery`. Default 0.1. */
+  lrDecay: number;
 }
 
 /** Defaults of {@linkcode TrainOptions}. */
@@ -63,6 +75,9 @@ export const TRAIN_DEFAULTS: TrainOptions = {
   evalEvery: 1,
   bucket: true,
   maxPositions: 2048,
+  weightDecay: 0,
+  lrDecayEvery: 0,
+  lrDecay: 0.1,
 };
 
 /** One epoch's record in the JSON-lines log. */
@@ -211,6 +226,8 @@ export interface StepOptions {
    * `bench/loss_trace.ts --objective`). Every part is still returned.
    */
   objective?: string;
+  /** L2 penalty added to every gradient before the step (see `TrainOptions.weightDecay`). */
+  weightDecay?: number;
 }
 
 /**
@@ -272,9 +289,27 @@ export function trainStep(
     summed = next.acc;
     packedSum = next.p as tf.Tensor1D;
   }
-  tf.tidy(() => optimizer.applyGradients(summed!));
+  const decay = options.weightDecay ?? 0;
+  tf.tidy(() =>
+    optimizer.applyGradients(
+      decay === 0 ? summed! : Object.fromEntries(
+        vars.map((v) => [v.name, tf.add(summed![v.name], tf.mul(v, decay))]),
+      ),
+    )
+  );
   tf.dispose(Object.values(summed!));
   return { values: packedSum!, partNames };
+}
+
+/** The learning rate of `epoch` (1-based) under `lrDecayEvery` and `lrDecay` (StepLR). */
+export function learningRateAt(o: TrainOptions, epoch: number): number {
+  if (o.lrDecayEvery === 0) return o.learningRate;
+  return o.learningRate * o.lrDecay ** Math.floor((epoch - 1) / o.lrDecayEvery);
+}
+
+/** Sets Adam's learning rate: tfjs reads the field at every step and has no setter. */
+function setLearningRate(optimizer: tf.Optimizer, rate: number): void {
+  (optimizer as unknown as { learningRate: number }).learningRate = rate;
 }
 
 function formatSeconds(s: number): string {
@@ -336,6 +371,15 @@ export function checkTrainOptions(options: Partial<TrainOptions>): TrainOptions 
   }
   if (!(o.learningRate > 0 && Number.isFinite(o.learningRate))) {
     throw new RangeError(`learningRate must be a positive finite number, got ${o.learningRate}`);
+  }
+  if (!(o.weightDecay >= 0 && Number.isFinite(o.weightDecay))) {
+    throw new RangeError(`weightDecay must be a finite number >= 0, got ${o.weightDecay}`);
+  }
+  if (!Number.isInteger(o.lrDecayEvery) || o.lrDecayEvery < 0) {
+    throw new RangeError(`lrDecayEvery must be an integer >= 0, got ${o.lrDecayEvery}`);
+  }
+  if (!(o.lrDecay > 0 && o.lrDecay <= 1)) {
+    throw new RangeError(`lrDecay must be in (0, 1], got ${o.lrDecay}`);
   }
   checkSeed("seed", o.seed);
   return o;
@@ -430,6 +474,7 @@ async function trainLoop(
 
   try {
     for (let epoch = firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
+      setLearningRate(optimizer, learningRateAt(o, epoch));
       const batches = trainBatches(split.train, {
         batchSize: o.batchSize,
         maxLength,
@@ -445,6 +490,7 @@ async function trainLoop(
         const seeds = stepSeeds(o.seed, step);
         const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, {
           step: step++,
+          weightDecay: o.weightDecay,
         });
         const partNames = packed.partNames;
         const values = await packed.values.data();
@@ -695,7 +741,8 @@ async function resumeRun(
   }
   for (const [k, now] of Object.entries(o)) {
     if (RESUMABLE_CHANGES.has(k)) continue;
-    const saved = meta.train[k];
+    // A setting an earlier version did not have ran as its default there.
+    const saved = k in meta.train ? meta.train[k] : TRAIN_DEFAULTS[k as keyof TrainOptions];
     if (!Object.is(saved, now)) {
       throw new RangeError(
         `${where}: training setting "${k}" is ${JSON.stringify(saved)}, this run has ${
