@@ -246,6 +246,13 @@ async function trainCommand(args: string[]): Promise<void> {
         `${positions} training positions`,
     );
     for (const note of dataset.report.notes) console.error(`data: ${note}`);
+    if (dataset.categories && spec.kind === "file") {
+      const covered = dataset.categories.filter((c) => c.length > 0).length;
+      console.error(
+        `data: ${spec.categories}: ${dataset.numCategories} categories; ` +
+          `${covered} of ${dataset.numItems} items have one`,
+      );
+    }
     if (positions === 0) {
       throw new RangeError(
         `${dataset.source}: no training positions: no user has the 4 interactions training ` +
