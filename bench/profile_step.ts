@@ -13,7 +13,8 @@
  * longest), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
  * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
  * sasrec), `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native
- * BLAS, as `deno task train` does), `--top` (20 rows), `--calls A,B` (also list the
+ * BLAS, as `deno task train` does), `--batch-size` and `--max-positions` (the trainer's
+ * defaults), `--top` (20 rows), `--calls A,B` (also list the
  * 10 slowest calls of kernels A and B with their input and output shapes). Kernel times of ops that
  * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
  * their inner kernels, so the column adds up to more than the wall time.
@@ -48,6 +49,8 @@ const { values } = parseArgs({
     top: { type: "string", default: "20" },
     calls: { type: "string" },
     "reference-step": { type: "boolean", default: false },
+    "batch-size": { type: "string" },
+    "max-positions": { type: "string" },
   },
   strict: true,
 });
@@ -83,7 +86,7 @@ if (values["reference-step"]) {
   const created = modelEntry(values.model).create({ numItems: data.numItems });
   model = created;
   const batches = trainBatches(split.train, {
-    batchSize: TRAIN_DEFAULTS.batchSize,
+    batchSize: optionalPositiveInt("batch-size", values["batch-size"]) ?? TRAIN_DEFAULTS.batchSize,
     maxLength: created.config.maxLength,
     rng: new Rng(TRAIN_DEFAULTS.seed),
   }).sort((a, b) => a.length - b.length);
@@ -101,7 +104,7 @@ const step = async (i: number) => {
     stepSeeds(1, i),
     optimizer,
     vars,
-    TRAIN_DEFAULTS.maxPositions,
+    optionalPositiveInt("max-positions", values["max-positions"]) ?? TRAIN_DEFAULTS.maxPositions,
   );
   await packed.data();
   packed.dispose();

@@ -5,6 +5,7 @@ import { selectBackend } from "../backends/mod.ts";
 import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
 import { DiffuRec, type DiffuRecConfig, prefixExamples } from "../lib/models/diffurec.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
+import { splitBatch } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
@@ -237,4 +238,18 @@ Deno.test("DiffuRec rejects bad config fields, naming the field and value", () =
   for (const [patch, word] of cases) {
     assertThrows(() => new DiffuRec({ ...TINY, ...patch }), RangeError, word);
   }
+});
+
+Deno.test("the trainer splits DiffuRec's batches by history tokens, not by targets alone", () => {
+  const model = new DiffuRec(TINY);
+  const batch = tinyTrainBatch(6, 8, TINY.numItems); // rows with up to 7 targets, length 8
+  const cost = model.trainingCost(batch.length);
+  assertEquals(cost, 4); // half the length: one example re-reads its prefix
+  for (const budget of [8, 16, 40]) {
+    for (const piece of splitBatch(batch, budget, cost)) {
+      const targets = piece.targets.filter((t) => t !== 0).length;
+      assert(targets * cost <= budget || piece.batch === 1, `${targets} targets over ${budget}`);
+    }
+  }
+  model.params.dispose();
 });

@@ -200,6 +200,15 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     this.params = p;
   }
 
+  /**
+   * One target position is one example that re-reads its whole prefix: its memory grows
+   * with the batch length. Half the length keeps a pass of the trainer's default 2048 within
+   * 4096 history tokens, which the wasm heap holds (8192 did, 15,000 did not, at d = 128).
+   */
+  trainingCost(length: number): number {
+    return Math.max(1, length / 2);
+  }
+
   /** Creates the Approximator's parameters (called by the constructor). */
   protected abstract createApproximator(p: ParamStore, c: C): void;
 

@@ -30,6 +30,13 @@ export interface SequentialModel<C = unknown> {
   ): { loss: Scalar; parts: Record<string, Scalar> };
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
   scores(batch: EvalBatch): Tensor2D;
+  /**
+   * Memory of one target position of a training batch padded to `length`, relative to one
+   * SASRec position (default 1). The trainer splits batches so that positions times this
+   * stays within its `maxPositions`: a model that re-reads a history per target (the
+   * diffusion models) costs about `length` times more.
+   */
+  trainingCost?(length: number): number;
 }
 
 /** A 32-bit seed stream for one training step, derived from a run seed and a step number. */

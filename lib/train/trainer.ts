@@ -180,11 +180,13 @@ function targetCount(batch: TrainBatch, row?: number): number {
 }
 
 /**
- * Splits `batch` into consecutive groups of rows holding at most `maxPositions` target
- * positions each (a single longer row is a group of its own), each padded only to its own
- * longest row.
+ * Splits `batch` into consecutive groups of rows holding at most `maxPositions / cost`
+ * target positions each (a single longer row is a group of its own), each padded only to
+ * its own longest row. `cost` is the model's memory per position (see
+ * `SequentialModel.trainingCost`).
  */
-export function splitBatch(batch: TrainBatch, maxPositions: number): TrainBatch[] {
+export function splitBatch(batch: TrainBatch, maxPositions: number, cost = 1): TrainBatch[] {
+  maxPositions = Math.max(1, Math.floor(maxPositions / cost));
   if (targetCount(batch) <= maxPositions) return [batch];
   const pieces: TrainBatch[] = [];
   const { length } = batch;
@@ -246,7 +248,7 @@ export function trainStep(
   options: StepOptions = {},
 ): { values: tf.Tensor1D; partNames: string[] } {
   const { step, objective } = options;
-  const pieces = splitBatch(batch, maxPositions);
+  const pieces = splitBatch(batch, maxPositions, model.trainingCost?.(batch.length) ?? 1);
   let partNames: string[] = [];
   // What the step minimises: the loss, or one part of it.
   const target = (loss: tf.Scalar, parts: Record<string, tf.Scalar>): tf.Scalar => {
