@@ -251,46 +251,20 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
     `${dir}/run`,
   );
   assertEquals(trained.code, 0, trained.stderr);
-  const own = await cli("eval", "--backend", "cpu", "--checkpoint", `${dir}/run/checkpoint`);
-  const again = await cli(
-    "eval",
-    "--backend",
-    "cpu",
-    "--checkpoint",
-    `${dir}/run/checkpoint`,
-    "--data",
-    `${dir}/d.txt`,
-  );
+  const evalRun = (...flags: string[]) =>
+    cli("eval", "--backend", "cpu", "--checkpoint", `${dir}/run/checkpoint`, ...flags);
+  const own = await evalRun();
+  const again = await evalRun("--data", `${dir}/d.txt`);
   assertEquals(again.code, 0, again.stderr);
   assert(again.stderr.includes("read as the run read its data (--k-core 3)"), again.stderr);
   assertEquals(JSON.parse(again.stdout).metrics, JSON.parse(own.stdout).metrics);
   // Without the k-core the rare items are not in the model: an error that names one.
-  const unfiltered = await cli(
-    "eval",
-    "--backend",
-    "cpu",
-    "--checkpoint",
-    `${dir}/run/checkpoint`,
-    "--data",
-    `${dir}/d.txt`,
-    "--k-core",
-    "0",
-  );
+  const unfiltered = await evalRun("--data", `${dir}/d.txt`, "--k-core", "0");
   assertNotZero(unfiltered.code, ["eval --k-core 0"]);
   assert(unfiltered.stderr.includes("rare"), unfiltered.stderr);
   // Known items, but no user long enough to hold out a validation and a test item.
   await Deno.writeTextFile(`${dir}/short.txt`, "a 1 2\nb 3\n");
-  const short = await cli(
-    "eval",
-    "--backend",
-    "cpu",
-    "--checkpoint",
-    `${dir}/run/checkpoint`,
-    "--data",
-    `${dir}/short.txt`,
-    "--k-core",
-    "0",
-  );
+  const short = await evalRun("--data", `${dir}/short.txt`, "--k-core", "0");
   assertNotZero(short.code, ["eval --data short.txt"]);
   assert(short.stderr.includes(`${dir}/short.txt: no user has the 3 items`), short.stderr);
   await Deno.remove(dir, { recursive: true });
