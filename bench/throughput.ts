@@ -11,7 +11,9 @@
  * Each (model, data, backend) runs in a child process of its own, so that its peak RSS
  * (Linux `VmHWM`) is its own and the backends never share a tfjs engine. A child:
  * - trains `--steps` timed steps (after one untimed warm-up step) on the trainer's own
- *   batches (256 rows, length-bucketed, seeded), taken at evenly spaced quantiles of
+ *   batches (`--batch-size` rows, default 256, length-bucketed, seeded; a diffusion model
+ *   makes one example of every target position: `--batch-size 87` gives DiffuRec's 512
+ *   examples per step on Beauty), taken at evenly spaced quantiles of
  *   their lengths so that the sample has an epoch's mix of short and long batches;
  *   `positions/s` counts target positions, and `s/epoch` is the mean sampled step time
  *   times the epoch's number of batches (an estimate from the sample, not a timed epoch);
@@ -61,6 +63,7 @@ const { values } = parseArgs({
     "slow-steps": { type: "string", default: "1" },
     users: { type: "string", default: "2048" },
     "slow-users": { type: "string", default: "128" },
+    "batch-size": { type: "string" },
     torch: { type: "string", default: "true" },
     child: { type: "string" },
   },
@@ -71,6 +74,9 @@ const steps = positiveInt("steps", values.steps);
 const slowSteps = positiveInt("slow-steps", values["slow-steps"]);
 const users = positiveInt("users", values.users);
 const slowUsers = positiveInt("slow-users", values["slow-users"]);
+const batchSize = values["batch-size"] === undefined
+  ? TRAIN_DEFAULTS.batchSize
+  : positiveInt("batch-size", values["batch-size"]);
 
 const DATA_FILES: Record<string, string> = {
   office: "Office_Products.txt",
@@ -215,7 +221,7 @@ async function runChild(spec: string): Promise<void> {
   const m = modelEntry(model).create({ numItems: data.numItems });
   const maxLength = (m.config as { maxLength: number }).maxLength; // as the trainer truncates
   const batches = trainBatches(split.train, {
-    batchSize: TRAIN_DEFAULTS.batchSize,
+    batchSize,
     maxLength,
     rng: new Rng(1),
     bucket: true,
