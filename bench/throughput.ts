@@ -356,12 +356,12 @@ async function main(): Promise<void> {
   }
   console.log("");
   console.log(
-    "data      model   backend                    positions/s  s/epoch  GFLOP/s  " +
+    "data      model        backend                    positions/s  s/epoch  GFLOP/s  " +
       "eval users/s  eval all s  peak RSS MiB",
   );
   for (const r of rows) {
     console.log(
-      `${r.data.split(" ")[0].padEnd(10)}${r.model.padEnd(8)}${r.label.padEnd(26)}` +
+      `${r.data.split(" ")[0].padEnd(10)}${r.model.padEnd(13)}${r.label.padEnd(26)}` +
         `${r.positionsPerSec.toFixed(0).padStart(12)}${r.secondsPerEpoch.toFixed(0).padStart(9)}` +
         `${r.gflopPerSec.toFixed(1).padStart(9)}${r.usersPerSec.toFixed(0).padStart(14)}` +
         `${r.evalAllSeconds.toFixed(1).padStart(12)}${r.peakRssMiB.toFixed(0).padStart(14)}`,
