@@ -69,14 +69,20 @@ export async function loadRecommender(
   );
 }
 
-/** The model a checkpoint holds, built and loaded (disposed again if its weights do not fit). */
+/**
+ * The model a checkpoint holds, built and loaded (disposed again if its weights do not fit).
+ * `overrides` replace config fields that change how it ranks, not its parameters (an
+ * evaluation ablation such as a shorter reverse chain).
+ */
 export function modelFromCheckpoint(
   meta: CheckpointMeta,
   values: Float32Array,
   path: string,
+  overrides: Record<string, unknown> = {},
 ): ServableModel {
   const model = modelEntry(meta.model).create({
     ...meta.config,
+    ...overrides,
     numItems: meta.itemTokens.length - 1,
   });
   try {

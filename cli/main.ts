@@ -76,8 +76,10 @@ function usage(): string {
     "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
     "  deno task eval --checkpoint DIR [--data FILE [--format F] [--k-core K] [--min-rating R]]",
     "                 [--backend B] [--split test|valid] [--protocol library|diffurec]",
+    "                 [--reverse-steps N] [--sampling chain|one] [--eval-seed N] [--lambda X]",
     "                 (--data is read as training read its data; --protocol diffurec: history",
-    "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks)",
+    "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks; the last four:",
+    "                 ablations of a diffurec/diffurecsys model's ranking)",
     ...RECOMMEND_USAGE,
     ...SERVE_USAGE,
     "",
@@ -367,6 +369,10 @@ async function evalCommand(args: string[]): Promise<void> {
       ...BACKEND_OPTIONS,
       split: { type: "string" },
       protocol: { type: "string" },
+      "reverse-steps": { type: "string" },
+      sampling: { type: "string" },
+      "eval-seed": { type: "string" },
+      lambda: { type: "string" },
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -392,7 +398,8 @@ async function evalCommand(args: string[]): Promise<void> {
   const spec = evalDataSpec(meta.data as DataSpec, values);
   const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
   const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, source);
-  const model = modelFromCheckpoint(meta, weights, path);
+  const overrides = inferenceOverrides(meta.model, meta.config, values);
+  const model = modelFromCheckpoint(meta, weights, path, overrides);
   const { split } = leaveOneOut(dataset);
   if (split.test.length === 0) {
     throw new RangeError(
@@ -412,11 +419,50 @@ async function evalCommand(args: string[]): Promise<void> {
   );
   console.log(
     JSON.stringify(
-      { checkpoint: path, epoch: meta.epoch, split: which, protocol, metrics },
+      { checkpoint: path, epoch: meta.epoch, split: which, protocol, overrides, metrics },
       null,
       1,
     ),
   );
+}
+
+/**
+ * `eval`'s ablations of a diffusion model's ranking, as config overrides: `--reverse-steps`,
+ * `--sampling`, `--eval-seed`, `--lambda`. They change no parameter, so one trained model
+ * answers each; other models refuse them.
+ */
+function inferenceOverrides(
+  model: string,
+  config: Record<string, unknown>,
+  flags: Record<string, string | boolean | undefined>,
+): Record<string, unknown> {
+  const given = ["reverse-steps", "sampling", "eval-seed", "lambda"].filter((f) =>
+    flags[f] !== undefined
+  );
+  if (given.length === 0) return {};
+  if (model !== "diffurec" && model !== "diffurecsys") {
+    throw new RangeError(`--${given[0]} applies to diffurec and diffurecsys, not ${model}`);
+  }
+  const overrides: Record<string, unknown> = {};
+  if (flags["reverse-steps"] !== undefined) {
+    overrides.reverseSteps = intFlag("reverse-steps", flags["reverse-steps"] as string, 0, 0);
+  }
+  if (flags.sampling !== undefined) overrides.sampling = flags.sampling;
+  if (flags["eval-seed"] !== undefined) {
+    overrides.evalSeed = intFlag("eval-seed", flags["eval-seed"] as string, 0, 0);
+  }
+  if (flags.lambda !== undefined) overrides.lambda = numberFlag("lambda", flags.lambda as string);
+  const entry = modelEntry(model);
+  withFlagNames(
+    () => entry.validate({ ...config, ...overrides, numItems: 1 }),
+    {
+      reverseSteps: "reverse-steps",
+      sampling: "sampling",
+      evalSeed: "eval-seed",
+      lambda: "lambda",
+    },
+  );
+  return overrides;
 }
 
 /** Runs the CLI with `args`; returns the process exit code. */

@@ -322,3 +322,43 @@ Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item
   assert(bad.stderr.includes("--interests is not an option of model sasrec"), bad.stderr);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("cli: DiffuRec trains from the command line, and eval ablates its ranking without retraining", async () => {
+  const dir = await Deno.makeTempDir();
+  const small = ["--layers", "1", "--steps", "4", "--max-length", "10"];
+  const trained = await cliIn(
+    dir,
+    "train",
+    "--model",
+    "diffurec",
+    "--backend",
+    "cpu",
+    ...TINY_TRAIN_FLAGS,
+    ...small,
+    "--out",
+    "run",
+  );
+  assertEquals(trained.code, 0, trained.stderr);
+  const evalRun = (...flags: string[]) =>
+    cliIn(dir, "eval", "--backend", "cpu", "--checkpoint", "run/checkpoint", ...flags);
+  const plain = await evalRun();
+  assertEquals(plain.code, 0, plain.stderr);
+  const metrics = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`)).test;
+  assertEquals(JSON.parse(plain.stdout).metrics, metrics); // the saved model ranks the same again
+  const ablated = await evalRun(
+    "--reverse-steps",
+    "2",
+    "--sampling",
+    "one",
+    "--protocol",
+    "diffurec",
+  );
+  assertEquals(ablated.code, 0, ablated.stderr);
+  const out = JSON.parse(ablated.stdout);
+  assertEquals(out.overrides, { reverseSteps: 2, sampling: "one" });
+  assert("recall@5" in out.metrics, "diffurec protocol keys");
+  const bad = await evalRun("--reverse-steps", "9");
+  assertNotZero(bad.code, ["eval --reverse-steps 9"]);
+  assert(bad.stderr.includes("--reverse-steps (9) must be at most steps (4)"), bad.stderr);
+  await Deno.remove(dir, { recursive: true });
+});
