@@ -255,19 +255,25 @@ Deno.test("step embedding: cosines then sines of t * 1000 / T", () => {
   assertEquals(networkSteps([3], s, false)[0], 3);
 });
 
-Deno.test("uncertainty weights: mean and sd lambda over 1e6 draws, fresh per seed; fixed is lambda", () => {
+Deno.test("uncertainty weights: mean and sd lambda over 1e6 draws, fresh per seed, padding-independent; fixed is lambda", () => {
+  const seeds = (base: number) => Array.from({ length: 1000 }, (_, r) => mixSeed(base, r));
   for (const lambda of [0.001, 0.5]) {
-    const a = uncertaintyWeights([1000, 1000], lambda, "sampled", 1);
+    const a = uncertaintyWeights(seeds(1), 10, 100, lambda, "sampled");
     const { mean, variance } = tf.moments(a);
     close(mean.dataSync()[0], lambda, 0.01, "mean");
     close(Math.sqrt(variance.dataSync()[0]), lambda, 0.01, "sd");
-    const b = uncertaintyWeights([1000, 1000], lambda, "sampled", 2);
+    const b = uncertaintyWeights(seeds(2), 10, 100, lambda, "sampled");
     assert(a.dataSync()[0] !== b.dataSync()[0], "the same draws for another seed");
-    tf.dispose([a, b, mean, variance]);
+    // More padding on the left leaves a row's newest positions' draws as they were.
+    const padded = uncertaintyWeights(seeds(1), 13, 100, lambda, "sampled");
+    const tail = tf.slice(padded, [0, 3, 0], [-1, -1, -1]);
+    assertEquals(tail.dataSync(), a.dataSync());
+    tf.dispose([a, b, mean, variance, padded, tail]);
   }
-  const fixed = uncertaintyWeights([2, 3], 0.25, "fixed", 1);
+  const fixed = uncertaintyWeights([1, 2], 3, 4, 0.25, "fixed");
+  assertEquals(fixed.shape, [2, 3, 4]);
   assert(fixed.dataSync().every((v) => v === 0.25));
-  assert(uncertaintyWeights([4], 0, "sampled", 1).dataSync().every((v) => v === 0));
+  assert(uncertaintyWeights([1], 2, 2, 0, "sampled").dataSync().every((v) => v === 0));
   fixed.dispose();
 });
 

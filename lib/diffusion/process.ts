@@ -141,17 +141,29 @@ export function networkSteps(
 export type LambdaMode = "sampled" | "fixed";
 
 /**
- * The uncertainty weights Λ: every element drawn from `N(lambda, lambda²)` (`sampled`,
- * the authors' code), or every element `lambda` (`fixed`).
+ * The uncertainty weights Λ `[B, length, d]`: every element drawn from `N(lambda, lambda²)`
+ * (`sampled`, the authors' code), or every element `lambda` (`fixed`). Row r draws from
+ * its own seed (see {@linkcode rowNormals}) and fills its positions from the newest back,
+ * so a row's real (rightmost) positions get the same draws however far its batch is padded.
  */
 export function uncertaintyWeights(
-  shape: number[],
+  rowSeeds: ArrayLike<number>,
+  length: number,
+  d: number,
   lambda: number,
   mode: LambdaMode,
-  seed: number,
 ): Tensor {
+  const shape: [number, number, number] = [rowSeeds.length, length, d];
   if (mode === "fixed" || lambda === 0) return tf.fill(shape, lambda);
-  return tf.randomNormal(shape, lambda, Math.abs(lambda), "float32", seed);
+  const draws = rowNormals(rowSeeds, length * d, lambda, Math.abs(lambda));
+  const out = new Float32Array(draws.length);
+  for (let r = 0; r < rowSeeds.length; r++) {
+    for (let p = 0; p < length; p++) {
+      const from = (r * length + (length - 1 - p)) * d;
+      out.set(draws.subarray(from, from + d), (r * length + p) * d);
+    }
+  }
+  return tf.tensor3d(out, shape);
 }
 
 /** DiffuRecSys's training noise modes (spec §3.2). */

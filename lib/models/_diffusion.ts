@@ -39,6 +39,8 @@ import {
   SCHEDULE_NAMES,
   type ScheduleName,
   stepEmbedding,
+  trainingNoise,
+  uncertaintyWeights,
 } from "../diffusion/mod.ts";
 import type { SequentialModel } from "./_model.ts";
 
@@ -282,29 +284,13 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
    * standard normal (DiffuRecSys adds its offset modes).
    */
   protected forwardNoise(rowSeeds: ArrayLike<number>): Tensor2D {
-    const d = this.config.hidden;
-    return tf.tensor2d(rowNormals(rowSeeds, d), [rowSeeds.length, d]);
+    return trainingNoise(rowSeeds, this.config.hidden, "none", 0);
   }
 
-  /**
-   * Λ `[B, L, d]`: per-row seeded draws of N(lambda, lambda²), or lambda everywhere. A
-   * row's stream fills its positions from the newest back, so its real positions get the
-   * same draws however far the batch is padded.
-   */
+  /** Λ `[B, length, d]` of this config (see `uncertaintyWeights`). */
   protected lambda(rowSeeds: ArrayLike<number>, length: number): tf.Tensor {
     const c = this.config;
-    const d = c.hidden;
-    const shape: [number, number, number] = [rowSeeds.length, length, d];
-    if (c.lambdaMode === "fixed" || c.lambda === 0) return tf.fill(shape, c.lambda);
-    const draws = rowNormals(rowSeeds, length * d, c.lambda, c.lambda);
-    const out = new Float32Array(draws.length);
-    for (let r = 0; r < rowSeeds.length; r++) {
-      for (let p = 0; p < length; p++) {
-        const from = (r * length + (length - 1 - p)) * d;
-        out.set(draws.subarray(from, from + d), (r * length + p) * d);
-      }
-    }
-    return tf.tensor3d(out, shape);
+    return uncertaintyWeights(rowSeeds, length, c.hidden, c.lambda, c.lambdaMode);
   }
 
   // --------------------------------------------------------------------- loss

@@ -144,11 +144,12 @@ export class DiffuRecSys extends DiffusionRecommender<DiffuRecSysConfig> {
       const x = selfAttentionSublayer(this.params, b, a, mask, s, seeds, true);
       return feedForwardSublayer(this.params, b, x, s, seeds); // [B, 1, d]
     }
+    // One Λ per example, drawn once per call: every block's query is the same x̃.
+    const lambda = this.lambda(lambdaSeeds, 1); // [B, 1, d]
+    const query = tf.mul(lambda, tf.expandDims(target, 1)) as Tensor3D; // [B, 1, d]
     let h = h0;
     for (let l = 0; l < c.layers; l++) {
       const b = `block${l}`;
-      const lambda = this.lambda(lambdaSeeds, 1); // [B, 1, d]: one draw per example
-      const query = tf.mul(lambda, tf.expandDims(target, 1)) as Tensor3D; // [B, 1, d]
       const context = crossAttention(this.params, b, h, query, real, s, c.caAttention); // [B, 1, d]
       h = tf.add(h, dropout(tf.mul(real, context), s.dropout, seedOf(seeds))) as Tensor3D;
       const last = l === c.layers - 1;
