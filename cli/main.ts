@@ -426,41 +426,39 @@ async function evalCommand(args: string[]): Promise<void> {
   );
 }
 
+/** `eval`'s flags that override a model's inference fields (`ModelEntry.inferenceFields`). */
+const INFERENCE_FLAGS = ["reverse-steps", "sampling", "eval-seed", "lambda"];
+
 /**
- * `eval`'s ablations of a diffusion model's ranking, as config overrides: `--reverse-steps`,
- * `--sampling`, `--eval-seed`, `--lambda`. They change no parameter, so one trained model
- * answers each; other models refuse them.
+ * `eval`'s ablations of a model's ranking, as config overrides of the fields its model
+ * declares as inference fields (the diffusion models' `--reverse-steps`, `--sampling`,
+ * `--eval-seed`, `--lambda`): they change no parameter, so one trained model answers each.
+ * A flag the model does not declare is refused.
  */
 function inferenceOverrides(
   model: string,
   config: Record<string, unknown>,
   flags: Record<string, string | boolean | undefined>,
 ): Record<string, unknown> {
-  const given = ["reverse-steps", "sampling", "eval-seed", "lambda"].filter((f) =>
-    flags[f] !== undefined
-  );
-  if (given.length === 0) return {};
-  if (model !== "diffurec" && model !== "diffurecsys") {
-    throw new RangeError(`--${given[0]} applies to diffurec and diffurecsys, not ${model}`);
-  }
-  const overrides: Record<string, unknown> = {};
-  if (flags["reverse-steps"] !== undefined) {
-    overrides.reverseSteps = intFlag("reverse-steps", flags["reverse-steps"] as string, 0, 0);
-  }
-  if (flags.sampling !== undefined) overrides.sampling = flags.sampling;
-  if (flags["eval-seed"] !== undefined) {
-    overrides.evalSeed = intFlag("eval-seed", flags["eval-seed"] as string, 0, 0);
-  }
-  if (flags.lambda !== undefined) overrides.lambda = numberFlag("lambda", flags.lambda as string);
   const entry = modelEntry(model);
+  const overrides: Record<string, unknown> = {};
+  for (const flag of INFERENCE_FLAGS.filter((f) => flags[f] !== undefined)) {
+    const field = flag.replace(/-([a-z])/g, (_, ch) => ch.toUpperCase());
+    if (!entry.inferenceFields?.includes(field)) {
+      throw new RangeError(`--${flag} is not an evaluation option of model ${model}`);
+    }
+    const text = flags[flag] as string;
+    const def = entry.defaults[field];
+    overrides[field] = typeof def !== "number"
+      ? text
+      : Number.isInteger(def)
+      ? intFlag(flag, text, 0, 0)
+      : numberFlag(flag, text);
+  }
+  if (Object.keys(overrides).length === 0) return {};
   withFlagNames(
     () => entry.validate({ ...config, ...overrides, numItems: 1 }),
-    {
-      reverseSteps: "reverse-steps",
-      sampling: "sampling",
-      evalSeed: "eval-seed",
-      lambda: "lambda",
-    },
+    Object.fromEntries(Object.keys(overrides).map((field) => [field, kebab(field)])),
   );
   return overrides;
 }

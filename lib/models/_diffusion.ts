@@ -42,7 +42,7 @@ import {
   trainingNoise,
   uncertaintyWeights,
 } from "../diffusion/mod.ts";
-import type { SequentialModel } from "./_model.ts";
+import { checkChoices, type SequentialModel } from "./_model.ts";
 
 /** The fields both diffusion recommenders have; defaults are DiffuRec's code's (spec §4). */
 export interface DiffusionModelConfig {
@@ -205,7 +205,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
   /**
    * One target position is one example that re-reads its whole prefix: its memory grows
    * with the batch length. Half the length keeps a pass of the trainer's default 2048 within
-   * 4096 history tokens, which the wasm heap holds (8192 did, 15,000 did not, at d = 128).
+   * 4096 history tokens, which the wasm heap holds (7,500 did, 15,000 did not, at d = 128).
    */
   trainingCost(length: number): number {
     return Math.max(1, length / 2);
@@ -452,7 +452,7 @@ export function validateDiffusionConfig(c: DiffusionModelConfig): void {
   if (!(Number.isFinite(c.lambda) && c.lambda >= 0)) {
     throw new RangeError(`lambda must be a finite number >= 0, got ${c.lambda}`);
   }
-  const choices: [keyof DiffusionModelConfig, readonly unknown[]][] = [
+  const choices: [keyof DiffusionModelConfig & string, readonly unknown[]][] = [
     ["schedule", SCHEDULE_NAMES],
     ["lambdaMode", ["sampled", "fixed"]],
     ["sampling", ["chain", "one"]],
@@ -461,11 +461,7 @@ export function validateDiffusionConfig(c: DiffusionModelConfig): void {
     ["rescaleSteps", [true, false]],
     ["padLogit", [true, false]],
   ];
-  for (const [f, allowed] of choices) {
-    if (!allowed.includes(c[f])) {
-      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
-    }
-  }
+  checkChoices(c, choices);
   for (const f of ["seed", "evalSeed"] as const) {
     if (!Number.isInteger(c[f]) || c[f] < 0 || c[f] > 0xffffffff) {
       throw new RangeError(`${f} must be an integer from 0 to 4294967295, got ${c[f]}`);

@@ -128,3 +128,16 @@ export function validateSequenceEncoderConfig(
     throw new RangeError(`seed must be an integer from 0 to 4294967295, got ${c.seed}`);
   }
 }
+
+/**
+ * Checks that each named config field holds one of its allowed values.
+ *
+ * @throws {RangeError} The first field that does not, naming it, the choices and the value.
+ */
+export function checkChoices<C>(c: C, choices: [keyof C & string, readonly unknown[]][]): void {
+  for (const [f, allowed] of choices) {
+    if (!allowed.includes(c[f])) {
+      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
+    }
+  }
+}

@@ -37,6 +37,7 @@ import {
   validateDiffusionConfig,
 } from "./_diffusion.ts";
 import { blockSettings } from "./diffurec.ts";
+import { checkChoices } from "./_model.ts";
 
 /** DiffuRecSys's configuration: DiffuRec's fields and four of its own. */
 export interface DiffuRecSysConfig extends DiffusionModelConfig {
@@ -83,16 +84,12 @@ export const DIFFURECSYS_HELP: Record<keyof typeof DIFFURECSYS_DEFAULTS, string>
  */
 export function validateDiffuRecSysConfig(c: DiffuRecSysConfig): void {
   validateDiffusionConfig(c);
-  const choices: [keyof DiffuRecSysConfig, readonly unknown[]][] = [
+  const choices: [keyof DiffuRecSysConfig & string, readonly unknown[]][] = [
     ["ca", ["fixed", "compat"]],
     ["caAttention", ["efficient", "softmax"]],
     ["offsetNoise", ["none", "compat", "shared"]],
   ];
-  for (const [f, allowed] of choices) {
-    if (!allowed.includes(c[f])) {
-      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
-    }
-  }
+  checkChoices(c, choices);
   if (!(Number.isFinite(c.offsetScale) && c.offsetScale >= 0)) {
     throw new RangeError(`offsetScale must be a finite number >= 0, got ${c.offsetScale}`);
   }

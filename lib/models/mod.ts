@@ -74,6 +74,11 @@ export {
 export interface ModelEntry {
   /** Defaults of every config field except `numItems`. */
   defaults: Record<string, number | string | boolean>;
+  /**
+   * Config fields that change how a trained model ranks but none of its parameters, so
+   * evaluation may override them (ablations without retraining). Default: none.
+   */
+  inferenceFields?: readonly string[];
   /** One line of help per config field. */
   help: Record<string, string>;
   /**
@@ -88,6 +93,9 @@ export interface ModelEntry {
   };
 }
 
+/** What a diffusion model's evaluation may change: its reverse chain and draws. */
+const DIFFUSION_INFERENCE_FIELDS = ["reverseSteps", "sampling", "evalSeed", "lambda"] as const;
+
 /** Every model the CLI and checkpoints know, by `--model` name; the first is the default. */
 export const MODELS: Record<string, ModelEntry> = {
   sigma: {
@@ -100,6 +108,7 @@ export const MODELS: Record<string, ModelEntry> = {
   diffurec: {
     defaults: DIFFUREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFUREC_HELP,
+    inferenceFields: DIFFUSION_INFERENCE_FIELDS,
     validate: (config) =>
       validateDiffuRecConfig({ ...DIFFUREC_DEFAULTS, ...config } as DiffuRecConfig),
     create: (config) => new DiffuRec(config),
@@ -107,6 +116,7 @@ export const MODELS: Record<string, ModelEntry> = {
   diffurecsys: {
     defaults: DIFFURECSYS_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFURECSYS_HELP,
+    inferenceFields: DIFFUSION_INFERENCE_FIELDS,
     validate: (config) =>
       validateDiffuRecSysConfig({ ...DIFFURECSYS_DEFAULTS, ...config } as DiffuRecSysConfig),
     create: (config) => new DiffuRecSys(config),

@@ -59,6 +59,7 @@ import { createGru, gatedCategoryGru } from "../nn/gru.ts";
 import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
 import { ParamStore } from "../nn/params.ts";
 import {
+  checkChoices,
   SEQUENCE_ENCODER_DEFAULTS,
   SEQUENCE_ENCODER_HELP,
   type SequenceEncoderConfig,
@@ -560,7 +561,7 @@ export function validateSigmaConfig(c: SigmaConfig): void {
       throw new RangeError(`${f} must be a finite number >= 0, got ${c[f]}`);
     }
   }
-  const choices: [keyof SigmaConfig, readonly unknown[]][] = [
+  const choices: [keyof SigmaConfig & string, readonly unknown[]][] = [
     ["prior", ["mixture", "standard"]],
     ["ranking", ["sgm", "mie"]],
     ["loss", ITEM_LOSS_KINDS],
@@ -568,9 +569,5 @@ export function validateSigmaConfig(c: SigmaConfig): void {
     ["priorGradient", [true, false]],
     ["interestNorm", [true, false]],
   ];
-  for (const [f, allowed] of choices) {
-    if (!allowed.includes(c[f])) {
-      throw new RangeError(`${f} must be one of ${allowed.join(", ")}, got ${c[f]}`);
-    }
-  }
+  checkChoices(c, choices);
 }
