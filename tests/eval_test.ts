@@ -15,6 +15,8 @@ import {
   rankOfTarget,
   topKBatch,
 } from "../lib/eval/mod.ts";
+import { allowedTensor, prepareBatch } from "../lib/eval/_device.ts";
+import fc from "fast-check";
 import {
   assert,
   assertAlmostEquals,
@@ -434,4 +436,40 @@ Deno.test("evaluateModel() protocol diffurec: K = 5, 10, 20 and the history kept
   }
   assert(library.mrr > diffurec.mrr, "keeping the history changed no rank");
   model.params.dispose();
+});
+
+Deno.test("the device-built mask equals the uploaded one, duplicates and target in the history included (300 cases)", async () => {
+  for (const name of ["cpu", "wasm"] as const) {
+    await selectBackend(name);
+    try {
+      const before = tf.memory().numTensors;
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 2, max: 40 }).chain((width) =>
+            fc.array(
+              fc.record({
+                target: fc.integer({ min: 1, max: width - 1 }),
+                exclude: fc.array(fc.integer({ min: 0, max: width - 1 }), { maxLength: 12 }),
+              }),
+              { minLength: 1, maxLength: 6 },
+            ).map((rows) => ({ width, rows }))
+          ),
+          ({ width, rows }) => {
+            const batch = makeBatch(rows);
+            const prep = prepareBatch(batch, [rows.length, width]);
+            const dense = allowedTensor(prep, false);
+            const sparse = allowedTensor(prep, true);
+            const equal = tf.tidy(() => tf.all(tf.equal(dense, sparse)).dataSync()[0]);
+            assertEquals(Array.from(sparse.dataSync()), Array.from(prep.allowed), name);
+            tf.dispose([dense, sparse]);
+            return equal === 1;
+          },
+        ),
+        { numRuns: 150 },
+      );
+      assertEquals(tf.memory().numTensors, before);
+    } finally {
+      await selectBackend("cpu");
+    }
+  }
 });

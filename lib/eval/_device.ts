@@ -22,6 +22,12 @@ export interface PreparedBatch {
   allowedCount: Int32Array;
   /** Flat indices `row * width + target` of each row's target score. */
   targetIndex: Int32Array;
+  /**
+   * Flat indices `row * width + item` of the entries that `allowed` has 0 for (each once):
+   * the same mask, sparse, for backends where uploading the dense one costs more than
+   * building it on the device (see {@linkcode allowedTensor}).
+   */
+  blocked: Int32Array;
 }
 
 /**
@@ -47,6 +53,7 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
   const allowed = new Uint8Array(rows * width).fill(1);
   const allowedCount = new Int32Array(rows);
   const targetIndex = new Int32Array(rows);
+  const blocked: number[] = [];
   for (let r = 0; r < rows; r++) {
     const target = batch.targets[r];
     const user = batch.users[r];
@@ -57,6 +64,7 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
     }
     const base = r * width;
     allowed[base] = 0;
+    blocked.push(base);
     let count = width - 1;
     for (const e of batch.exclude[r]) {
       if (!Number.isInteger(e) || e < 0 || e >= width) {
@@ -67,13 +75,14 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
       // The target is never masked: see rankOfTarget() for why.
       if (e !== 0 && e !== target && allowed[base + e] === 1) {
         allowed[base + e] = 0;
+        blocked.push(base + e);
         count--;
       }
     }
     allowedCount[r] = count;
     targetIndex[r] = base + target;
   }
-  return { rows, width, allowed, allowedCount, targetIndex };
+  return { rows, width, allowed, allowedCount, targetIndex, blocked: Int32Array.from(blocked) };
 }
 
 /**
@@ -100,7 +109,7 @@ export type RankTensors = {
 export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): RankTensors {
   const { rows, width } = prep;
   const x = scores.dtype === "float32" ? scores : tf.cast(scores, "float32");
-  const allowed = tf.tensor2d(prep.allowed, [rows, width], "bool");
+  const allowed = allowedTensor(prep, SPARSE_MASK_BACKENDS.has(tf.getBackend()));
   const targetIndex = tf.tensor1d(prep.targetIndex, "int32");
   let ranks: tf.Tensor1D;
   let nans: tf.Tensor1D;
@@ -124,6 +133,34 @@ export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): Ra
   allowed.dispose();
   targetIndex.dispose();
   return { ranks, nans, top };
+}
+
+/**
+ * Backends that get the mask as {@linkcode PreparedBatch.blocked} and scatter it on the
+ * device. Measured on an NVIDIA H200 through Deno's WebGPU (`docs/performance.md`):
+ * uploading Beauty's dense `[256, 12,102]` mask took ~0.4-0.5 s, about 10 times the batch's
+ * scoring, while scattering its ~1,500 blocked entries took 14 ms. On wasm and cpu the
+ * dense upload is a host copy (2 ms), cheaper than the scatter.
+ */
+const SPARSE_MASK_BACKENDS = new Set(["webgpu", "webgl"]);
+
+/**
+ * `[rows, width]` bool, true where an item competes: {@linkcode PreparedBatch.allowed}
+ * uploaded as it is (`sparse` false), or built on the device from the blocked entries
+ * (`sparse` true). The two are equal; which is faster depends on the backend.
+ */
+export function allowedTensor(prep: PreparedBatch, sparse: boolean): tf.Tensor2D {
+  const { rows, width, blocked } = prep;
+  if (!sparse) return tf.tensor2d(prep.allowed, [rows, width], "bool");
+  return tf.tidy(() => {
+    const n = blocked.length; // >= rows: column 0 of every row is blocked
+    const hits = tf.scatterND(
+      tf.tensor2d(blocked, [n, 1], "int32"),
+      tf.ones([n], "int32"),
+      [rows * width],
+    ); // [rows * width], 1 where blocked (each entry is listed once)
+    return tf.reshape(tf.equal(hits, 0), [rows, width]) as tf.Tensor2D;
+  });
 }
 
 /**
