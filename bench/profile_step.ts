@@ -6,11 +6,13 @@
  * deno run -A bench/profile_step.ts --model sigma --data ../shared/data/Beauty.txt --quantile 0.7
  *
  * deno run -A bench/profile_step.ts --reference-step   # the step torch_reference.py times
+ * deno run -A bench/profile_step.ts --model sasrec --data ../shared/data/Beauty.txt --eval
  * ```
  *
  * Flags: `--model` (sigma), `--data FILE` (default: the embedded synthetic set),
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
- * longest), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
+ * longest), `--eval` (instead of a training step: one evaluation batch of the trainer's
+ * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
  * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
  * sasrec), `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native
  * BLAS, as `deno task train` does), `--batch-size` and `--max-positions` (the trainer's
@@ -25,7 +27,10 @@ import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import type { EvalBatch } from "../lib/data/types.ts";
+import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "../lib/eval/_device.ts";
 import {
+  evalBatches,
   leaveOneOut,
   Rng,
   syntheticDataset,
@@ -49,6 +54,7 @@ const { values } = parseArgs({
     top: { type: "string", default: "20" },
     calls: { type: "string" },
     "reference-step": { type: "boolean", default: false },
+    eval: { type: "boolean", default: false },
     "batch-size": { type: "string" },
     "max-positions": { type: "string" },
   },
@@ -67,6 +73,7 @@ const backend = await selectBackend(values.backend as BackendChoice, {
 });
 let model: SequentialModel;
 let batch: TrainBatch;
+let evalBatch: EvalBatch | undefined;
 let source: string;
 if (values["reference-step"]) {
   if (values.model !== "sasrec") {
@@ -92,6 +99,15 @@ if (values["reference-step"]) {
   }).sort((a, b) => a.length - b.length);
   batch = batches[Math.min(batches.length - 1, Math.floor(quantile * batches.length))];
   source = data.source;
+  if (values.eval) {
+    evalBatch = evalBatches(split.valid, {
+      batchSize: TRAIN_DEFAULTS.evalBatchSize,
+      maxLength: created.config.maxLength,
+    })[0];
+  }
+}
+if (values.eval && !evalBatch) {
+  throw new RangeError("--eval needs a data set, not --reference-step");
 }
 let positions = 0;
 for (const t of batch.targets) if (t !== 0) positions++;
@@ -109,9 +125,21 @@ const step = async (i: number) => {
   await packed.data();
   packed.dispose();
 };
-await step(0); // warm-up: kernel compilation, first allocations
+// One evaluation batch as `evaluate` runs it: scores, the target's rank, read back.
+const evalStep = async () => {
+  const b = evalBatch!;
+  let prep: PreparedBatch | undefined;
+  const tensors = tf.tidy(() => {
+    const scores = model.scores(b);
+    prep = prepareBatch(b, scores.shape);
+    return rankTensors(scores, prep);
+  });
+  await readRanks(tensors, prep!, b);
+};
+const run = values.eval ? evalStep : step;
+await run(0); // warm-up: kernel compilation, first allocations
 const started = performance.now();
-const info = await tf.profile(() => step(1));
+const info = await tf.profile(() => run(1));
 const wall = performance.now() - started;
 const byName = new Map<string, { ms: number; calls: number }>();
 for (const k of info.kernels) {
@@ -121,9 +149,13 @@ for (const k of info.kernels) {
   byName.set(k.name, e);
 }
 console.log(
-  `${model.name} on ${source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
-    `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
-    `${info.kernels.length} kernel calls`,
+  values.eval
+    ? `${model.name} on ${source}, ${backend.name} (${backend.reason}): one evaluation batch ` +
+      `of ${evalBatch!.batch} users x ${evalBatch!.length}; ${wall.toFixed(0)} ms wall ` +
+      `(profiled), ${info.kernels.length} kernel calls`
+    : `${model.name} on ${source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
+      `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
+      `${info.kernels.length} kernel calls`,
 );
 console.log("kernel                          ms     calls");
 for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {

@@ -29,7 +29,8 @@
  * The SASRec step comparison times this project's SASRec on a fixed synthetic batch (256
  * rows, length 50, 12,000 items, a target at every position, full softmax, Adam), and
  * `bench/torch_reference.py` times the same step in PyTorch on CPU, in the same run; the
- * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times.
+ * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times. `--torch-device cuda`
+ * times PyTorch on the GPU instead (the anchor for the WebGPU rows on a machine with one).
  *
  * @module
  */
@@ -65,6 +66,7 @@ const { values } = parseArgs({
     "slow-users": { type: "string", default: "128" },
     "batch-size": { type: "string" },
     torch: { type: "string", default: "true" },
+    "torch-device": { type: "string", default: "cpu" },
     child: { type: "string" },
   },
   strict: true,
@@ -296,7 +298,7 @@ async function torchReference(): Promise<{ secondsPerStep: number; blas: string 
     try {
       const out = await new Deno.Command(python, {
         // The script picks OpenBLAS's kernels itself: SkylakeX only on a CPU with AVX-512.
-        args: [script, "--steps", "3"],
+        args: [script, "--steps", "3", "--device", values["torch-device"]],
         stdout: "piped",
         stderr: "piped",
       }).output();
@@ -308,7 +310,9 @@ async function torchReference(): Promise<{ secondsPerStep: number; blas: string 
       const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
       return {
         secondsPerStep: r.seconds_per_step,
-        blas: `${python}, torch ${r.torch}, ${r.blas}, ${r.threads} threads, kernels ${r.coretype}`,
+        blas: r.device === "cpu"
+          ? `${python}, torch ${r.torch}, ${r.blas}, ${r.threads} threads, kernels ${r.coretype}`
+          : `${python}, torch ${r.torch} on ${r.device}`,
       };
     } catch (e) {
       why = `${python}: ${(e as Error).message}`;

@@ -1,4 +1,4 @@
-"""PyTorch reference for one SASRec training step, timed on CPU.
+"""PyTorch reference for one SASRec training step, timed on CPU (or a CUDA GPU).
 
 The same step bench/throughput.ts times for this project's SASRec: 2 post-LayerNorm
 Transformer blocks (d 128, 4 heads, feed-forward 256, GELU, dropout 0.3), learned
@@ -18,6 +18,7 @@ already set: forcing SkylakeX kernels on a CPU without AVX-512 dies with an ille
 instruction. ATen uses every logical CPU, as the project's wasm backend does.
 
     python3 bench/torch_reference.py --steps 3
+    python3 bench/torch_reference.py --steps 20 --device cuda   # the anchor on a GPU
 """
 
 import argparse
@@ -78,7 +79,7 @@ class SasRec(nn.Module):
                 nn.init.normal_(p, std=0.02)
 
     def forward(self, ids):  # ids [B, L]
-        pos = torch.arange(ids.shape[1])
+        pos = torch.arange(ids.shape[1], device=ids.device)
         h = self.drop(self.norm(self.items(ids) + self.positions(pos)))  # [B, L, d]
         return self.blocks(h, mask=self.causal)  # [B, L, d]
 
@@ -94,14 +95,16 @@ def main():
     parser.add_argument("--inner", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    device = torch.device(args.device)
     model = SasRec(args.items, args.length, args.hidden, args.heads, args.inner, args.layers,
-                   0.3)
+                   0.3).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ids = torch.randint(1, args.items + 1, (args.batch, args.length))
-    targets = torch.randint(1, args.items + 1, (args.batch * args.length,))
+    ids = torch.randint(1, args.items + 1, (args.batch, args.length), device=device)
+    targets = torch.randint(1, args.items + 1, (args.batch * args.length,), device=device)
 
     def step():
         optimizer.zero_grad()
@@ -110,7 +113,7 @@ def main():
         loss = nn.functional.cross_entropy(logits, targets - 1)
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return loss.item()  # .item() waits for the GPU, so a step's time is its whole work
 
     step()  # warm-up: allocator, Adam's slots
     times = []
@@ -125,6 +128,7 @@ def main():
         "coretype": os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice"),
         "blas": loaded_blas(),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "shape": {k: getattr(args, k) for k in
                   ("batch", "length", "items", "hidden", "heads", "inner", "layers")},
     }))
