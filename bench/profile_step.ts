@@ -12,14 +12,15 @@
  * Flags: `--model` (sigma), `--data FILE` (default: the embedded synthetic set),
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
  * longest), `--eval` (instead of a training step: one evaluation batch of the trainer's
- * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256,
- * length 50, 12,000 items that `bench/torch_reference.py` also times; `--model` must be
- * sasrec), `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native
- * BLAS, as `deno task train` does), `--batch-size` and `--max-positions` (the trainer's
- * defaults), `--top` (20 rows), `--calls A,B` (also list the
- * 10 slowest calls of kernels A and B with their input and output shapes). Kernel times of ops that
- * contain other ops (custom gradients appear as `forward` and `unnamed scope`) include
- * their inner kernels, so the column adds up to more than the wall time.
+ * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it),
+ * `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
+ * 12,000 items that `bench/torch_reference.py` also times; `--model` must be sasrec),
+ * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as
+ * `deno task train` does), `--batch-size` (the model's training default) and
+ * `--max-positions` (the trainer's), `--top` (20 rows), `--calls A,B` (also list the 10
+ * slowest calls of kernels A and B with their input and output shapes). Kernel times of
+ * ops that contain other ops (custom gradients appear as `forward` and `unnamed scope`)
+ * include their inner kernels, so the column adds up to more than the wall time.
  *
  * @module
  */
@@ -90,10 +91,13 @@ if (values["reference-step"]) {
 } else {
   const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
   const { split } = leaveOneOut(data);
-  const created = modelEntry(values.model).create({ numItems: data.numItems });
+  const entry = modelEntry(values.model);
+  const created = entry.create({ numItems: data.numItems });
   model = created;
   const batches = trainBatches(split.train, {
-    batchSize: optionalPositiveInt("batch-size", values["batch-size"]) ?? TRAIN_DEFAULTS.batchSize,
+    batchSize: optionalPositiveInt("batch-size", values["batch-size"]) ??
+      entry.trainDefaults?.batchSize ?? TRAIN_DEFAULTS.batchSize,
+    examples: entry.trainDefaults?.examples,
     maxLength: created.config.maxLength,
     rng: new Rng(TRAIN_DEFAULTS.seed),
   }).sort((a, b) => a.length - b.length);

@@ -11,9 +11,9 @@
  * Each (model, data, backend) runs in a child process of its own, so that its peak RSS
  * (Linux `VmHWM`) is its own and the backends never share a tfjs engine. A child:
  * - trains `--steps` timed steps (after one untimed warm-up step) on the trainer's own
- *   batches (`--batch-size` rows, default 256, length-bucketed, seeded; a diffusion model
- *   makes one example of every target position: `--batch-size 87` gives DiffuRec's 512
- *   examples per step on Beauty), taken at evenly spaced quantiles of
+ *   batches (`--batch-size` rows, default the model's training default: 256 sequences, or
+ *   DiffuRec's 512 one-target examples for the diffusion models; length-bucketed, seeded),
+ *   taken at evenly spaced quantiles of
  *   their lengths so that the sample has an epoch's mix of short and long batches;
  *   `positions/s` counts target positions, and `s/epoch` is the mean sampled step time
  *   times the epoch's number of batches (an estimate from the sample, not a timed epoch);
@@ -76,8 +76,9 @@ const steps = positiveInt("steps", values.steps);
 const slowSteps = positiveInt("slow-steps", values["slow-steps"]);
 const users = positiveInt("users", values.users);
 const slowUsers = positiveInt("slow-users", values["slow-users"]);
-const batchSize = values["batch-size"] === undefined
-  ? TRAIN_DEFAULTS.batchSize
+/** `--batch-size`, or undefined for each model's own training default. */
+const batchSizeFlag = values["batch-size"] === undefined
+  ? undefined
   : positiveInt("batch-size", values["batch-size"]);
 
 const DATA_FILES: Record<string, string> = {
@@ -220,10 +221,14 @@ async function runChild(spec: string): Promise<void> {
   }
   const data = await loadData(dataName);
   const { split } = leaveOneOut(data);
-  const m = modelEntry(model).create({ numItems: data.numItems });
+  const modelDefaults = modelEntry(model);
+  const m = modelDefaults.create({ numItems: data.numItems });
   const maxLength = (m.config as { maxLength: number }).maxLength; // as the trainer truncates
+  // The model's training rows and batch size, as `deno task train` makes them.
   const batches = trainBatches(split.train, {
-    batchSize,
+    batchSize: batchSizeFlag ?? modelDefaults.trainDefaults?.batchSize ??
+      TRAIN_DEFAULTS.batchSize,
+    examples: modelDefaults.trainDefaults?.examples,
     maxLength,
     rng: new Rng(1),
     bucket: true,

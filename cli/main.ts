@@ -110,9 +110,17 @@ function usage(): string {
   for (const [flag, [field, help]] of Object.entries(TRAIN_FLAGS)) {
     lines.push(`  --${flagColumn(flag)}${help} (default ${TRAIN_DEFAULTS[field]})`);
   }
+  lines.push(
+    `  --${flagColumn("examples")}sequences | prefixes: a row per user sequence, or per target ` +
+      `position (default ${TRAIN_DEFAULTS.examples})`,
+  );
   lines.push(...RECOMMEND_OPTIONS, ...SERVE_OPTIONS);
   for (const [name, entry] of Object.entries(MODELS)) {
     lines.push(`Model ${name}:`);
+    if (entry.trainDefaults) {
+      const own = Object.entries(entry.trainDefaults).map(([f, x]) => `--${kebab(f)} ${x}`);
+      lines.push(`  (training defaults of its code: ${own.join(", ")})`);
+    }
     for (const [field, help] of Object.entries(entry.help)) {
       if (field === "seed") continue;
       lines.push(`  --${flagColumn(kebab(field))}${help} (default ${entry.defaults[field]})`);
@@ -154,6 +162,7 @@ async function trainCommand(args: string[]): Promise<void> {
     options: {
       ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
       "no-bucket": { type: "boolean" },
+      examples: { type: "string" },
       resume: { type: "boolean" },
       overwrite: { type: "boolean" },
       help: { type: "boolean", short: "h" },
@@ -167,15 +176,20 @@ async function trainCommand(args: string[]): Promise<void> {
   }
   const modelName = (v.model as string | undefined) ?? Object.keys(MODELS)[0];
   const entry = modelEntry(modelName);
-  const options: Record<string, number | boolean> = {};
+  // The model's own training defaults, then the flags.
+  const options: Record<string, number | boolean | string> = { ...entry.trainDefaults };
   for (const [flag, [field]] of Object.entries(TRAIN_FLAGS)) {
     if (typeof v[flag] === "string") options[field] = numberFlag(flag, v[flag] as string);
   }
   if (v["no-bucket"]) options.bucket = false;
+  if (typeof v.examples === "string") options.examples = v.examples;
   if (options.seed !== undefined) checkSeed("--seed", options.seed as number);
   withFlagNames(
     () => checkTrainOptions(options),
-    Object.fromEntries(Object.entries(TRAIN_FLAGS).map(([flag, [field]]) => [field, flag])),
+    Object.fromEntries([
+      ...Object.entries(TRAIN_FLAGS).map(([flag, [field]]) => [field, flag]),
+      ["examples", "examples"],
+    ]),
   );
   const config: Record<string, unknown> = { seed: options.seed ?? TRAIN_DEFAULTS.seed };
   for (const field of Object.keys(entry.defaults)) {

@@ -55,6 +55,10 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", ...four, "--k-core", "1.5"], "--k-core must be an integer >= 0"],
     [["train", ...at("no-data"), "--k-core", "5"], "--k-core goes with --data FILE"],
     [["train", "--batch-size", "0"], "--batch-size must be a positive integer"],
+    [
+      ["train", "--examples", "windows"],
+      '--examples must be one of sequences, prefixes, got "windows"',
+    ],
     [["train", "--lr", "0"], "--lr must be a positive finite number"],
     [["train", "--eval-every", "1.5"], "--eval-every must be a positive integer"],
     [["train", "--hidden", "0"], "--hidden must be a positive integer"],
@@ -339,6 +343,13 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
     "run",
   );
   assertEquals(trained.code, 0, trained.stderr);
+  // The model's own training defaults apply (DiffuRec's examples, batch and StepLR), under
+  // whatever flags say (TINY_TRAIN_FLAGS sets no batch size).
+  const settings = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`)).train;
+  assertEquals(
+    [settings.examples, settings.batchSize, settings.lrDecayEvery],
+    ["prefixes", 512, 100],
+  );
   const evalRun = (...flags: string[]) =>
     cliIn(dir, "eval", "--backend", "cpu", "--checkpoint", "run/checkpoint", ...flags);
   const plain = await evalRun();

@@ -441,6 +441,98 @@ Deno.test("trainBatches() uses every training target exactly once per epoch", ()
   );
 });
 
+Deno.test("trainBatches() prefixes: every target of every sequence is one row, its L items before it as input", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { maxLength: 15 }), { maxLength: 60 }),
+      fc.integer({ min: 1, max: 8 }),
+      fc.integer({ min: 1, max: 12 }),
+      fc.boolean(),
+      fc.integer(),
+      (seqs, batchSize, maxLength, bucket, seed) => {
+        const train = seqs.map((s) => Int32Array.from(s));
+        const batches = trainBatches(train, {
+          batchSize,
+          maxLength,
+          bucket,
+          rng: new Rng(seed),
+          examples: "prefixes",
+        });
+        const got: string[] = [];
+        let partial = 0;
+        for (const b of batches) {
+          assert(b.length <= maxLength && b.length >= 1);
+          assert(b.batch >= 1 && b.batch <= batchSize);
+          if (b.batch < batchSize) partial++;
+          for (let r = 0; r < b.batch; r++) {
+            const row = b.inputs.subarray(r * b.length, (r + 1) * b.length);
+            const targets = b.targets.subarray(r * b.length, (r + 1) * b.length);
+            // One target, in the last column; the input is left padded, never gapped.
+            assert(targets.slice(0, -1).every((t) => t === 0) && targets[b.length - 1] > 0);
+            const first = row.findIndex((x) => x !== 0);
+            assert(first >= 0 && row.slice(first).every((x) => x !== 0));
+            got.push([...row.slice(first), targets[b.length - 1]].join(","));
+          }
+        }
+        assert(partial <= 1, "only the last rows may form a short batch");
+        const expected = seqs.flatMap((s) =>
+          s.slice(1).map((_, j) => s.slice(Math.max(0, j + 1 - maxLength), j + 2).join(","))
+        );
+        assertEquals(got.sort(), expected.sort());
+      },
+    ),
+    { numRuns: 200 },
+  );
+  assertThrows(
+    () =>
+      trainBatches([Int32Array.of(1, 2)], {
+        batchSize: 1,
+        rng: new Rng(1),
+        examples: "windows" as "prefixes",
+      }),
+    RangeError,
+    'examples must be one of sequences, prefixes, got "windows"',
+  );
+});
+
+const BEAUTY = new URL("../../shared/data/Beauty.txt", import.meta.url);
+const haveBeauty = (() => {
+  try {
+    return Deno.statSync(BEAUTY).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "Beauty gives DIFFUREC.md's counts: 22,363 users, 12,101 items, 198,502 interactions, " +
+    "131,413 training examples (needs ../shared/data)",
+  ignore: !haveBeauty,
+  async fn() {
+    const data = await readDataset(BEAUTY.pathname);
+    const { split } = leaveOneOut(data);
+    assertEquals([data.sequences.length, data.numItems], [22_363, 12_101]);
+    assertEquals(data.sequences.reduce((n, s) => n + s.length, 0), 198_502);
+    const batches = trainBatches(split.train, {
+      batchSize: 512,
+      maxLength: 50,
+      rng: new Rng(1),
+      examples: "prefixes",
+    });
+    assertEquals(batches.reduce((n, b) => n + b.batch, 0), 131_413);
+    // Sequences of SASRec's kind keep the most recent 50 positions: 2.6% fewer targets.
+    const sequences = trainBatches(split.train, { batchSize: 256, maxLength: 50, rng: new Rng(1) });
+    assertEquals(sequences.reduce((n, b) => n + b.targets.filter((t) => t > 0).length, 0), 128_031);
+    // The test input is the training sequence and the validation item.
+    for (const u of [0, 1, 22_362]) {
+      assertEquals(
+        Array.from(split.test[u].history),
+        [...split.train[u], split.valid[u].target],
+      );
+    }
+  },
+});
+
 Deno.test("trainBatches() is reproducible from the seed and reshuffles each epoch", () => {
   const { split } = leaveOneOut(syntheticDataset({ users: 300 }));
   const opts = { batchSize: 16, maxLength: 20 };

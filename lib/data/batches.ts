@@ -24,7 +24,22 @@ export interface TrainBatchOptions {
    * shuffle the batch order. False: plain shuffled batches.
    */
   bucket?: boolean;
+  /**
+   * What a row is. `"sequences"` (default): a user's training sequence, with a target at
+   * each of its most recent `maxLength` positions (SASRec's and SIGMA's batches).
+   * `"prefixes"`: one target position, with the `maxLength` items before it as its input
+   * and its target in the last column only; every target of every sequence is a row, and
+   * rows of all users are shuffled together (DiffuRec's training examples, DIFFUREC.md
+   * §1.2: 131,413 on Beauty). `batchSize` counts rows either way.
+   */
+  examples?: TrainExamples;
 }
+
+/** What a training row is: see {@linkcode TrainBatchOptions.examples}. */
+export type TrainExamples = "sequences" | "prefixes";
+
+/** Every {@linkcode TrainExamples} value. */
+export const TRAIN_EXAMPLES: readonly TrainExamples[] = ["sequences", "prefixes"];
 
 /** How many rows of `batchSize` a bucketing chunk holds. */
 const BUCKET_BATCHES = 32;
@@ -33,7 +48,10 @@ const BUCKET_BATCHES = 32;
  * One epoch of next-item training batches. Each training sequence `s` of length >= 2 gives
  * inputs `s[:-1]` and targets `s[1:]`, truncated to the most recent `maxLength` positions
  * and left padded with 0 to the longest row of its batch. Shorter sequences have no target
- * and are skipped. Every target position of every sequence appears in exactly one batch.
+ * and are skipped. Every kept target position appears in exactly one batch. With
+ * `examples: "prefixes"`, each target position `k` of each sequence is a row of its own
+ * instead (inputs: the up to `maxLength` items before it; target: `s[k]`, last column), so
+ * no position is dropped.
  *
  * @example Usage
  * ```ts
@@ -53,7 +71,15 @@ export function trainBatches(train: Int32Array[], options: TrainBatchOptions): T
   const maxLength = options.maxLength ?? DEFAULT_MAX_LENGTH;
   checkPositiveInt("batchSize", batchSize);
   checkPositiveInt("maxLength", maxLength);
-  const rows = rng.shuffle(train.filter((s) => s.length >= 2));
+  const examples = options.examples ?? "sequences";
+  if (!TRAIN_EXAMPLES.includes(examples)) {
+    throw new RangeError(`examples must be one of ${TRAIN_EXAMPLES.join(", ")}, got "${examples}"`);
+  }
+  const prefixes = examples === "prefixes";
+  // A prefix row is the target with the items before it: s[max(0, k - maxLength) .. k].
+  const rows = rng.shuffle(
+    prefixes ? prefixRows(train, maxLength) : train.filter((s) => s.length >= 2),
+  );
   const groups: Int32Array[][] = [];
   if (options.bucket ?? true) {
     const chunk = BUCKET_BATCHES * batchSize;
@@ -69,7 +95,29 @@ export function trainBatches(train: Int32Array[], options: TrainBatchOptions): T
   } else {
     for (let b = 0; b < rows.length; b += batchSize) groups.push(rows.slice(b, b + batchSize));
   }
-  return groups.map((g) => paddedTrainBatch(g, maxLength));
+  return groups.map((g) => prefixes ? lastTargetBatch(g) : paddedTrainBatch(g, maxLength));
+}
+
+/** Every target of every sequence with the up to `maxLength` items before it, as views. */
+function prefixRows(train: Int32Array[], maxLength: number): Int32Array[] {
+  const rows: Int32Array[] = [];
+  for (const s of train) {
+    for (let k = 1; k < s.length; k++) rows.push(s.subarray(Math.max(0, k - maxLength), k + 1));
+  }
+  return rows;
+}
+
+/** Rows `[...inputs, target]` left padded to the longest, with the target in the last column. */
+function lastTargetBatch(rows: Int32Array[]): TrainBatch {
+  const length = Math.max(...rows.map((r) => r.length - 1));
+  const batch = rows.length;
+  const inputs = new Int32Array(batch * length);
+  const targets = new Int32Array(batch * length);
+  rows.forEach((r, b) => {
+    inputs.set(r.subarray(0, r.length - 1), (b + 1) * length - (r.length - 1));
+    targets[(b + 1) * length - 1] = r[r.length - 1];
+  });
+  return { batch, length, inputs, targets };
 }
 
 /**

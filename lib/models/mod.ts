@@ -4,6 +4,7 @@
  * @module
  */
 import type { SequentialModel } from "./_model.ts";
+import type { TrainExamples } from "../data/batches.ts";
 import {
   DiffuRecSys,
   DIFFURECSYS_DEFAULTS,
@@ -82,6 +83,11 @@ export interface ModelEntry {
   /** One line of help per config field. */
   help: Record<string, string>;
   /**
+   * Training settings of the model's own code that differ from the trainer's defaults;
+   * `deno task train` applies them, and its flags override them. Default: none.
+   */
+  trainDefaults?: ModelTrainDefaults;
+  /**
    * Checks a full or partial config (defaults fill the rest) without building the model.
    *
    * @throws {RangeError} A field out of its domain, naming the field and the value.
@@ -91,6 +97,18 @@ export interface ModelEntry {
   create(config: Record<string, unknown> & { numItems: number }): SequentialModel & {
     config: { maxLength: number; numItems: number };
   };
+}
+
+/** The training settings a model may set for itself (fields of the trainer's options). */
+export interface ModelTrainDefaults {
+  /** What a training row is: `"prefixes"` for one row per target position. */
+  examples?: TrainExamples;
+  /** Rows per training batch. */
+  batchSize?: number;
+  /** StepLR: multiply the learning rate by 0.1 every this many epochs. */
+  lrDecayEvery?: number;
+  /** L2 penalty added to the gradients before Adam. */
+  weightDecay?: number;
 }
 
 /** What a diffusion model's evaluation may change: its reverse chain and draws. */
@@ -109,6 +127,8 @@ export const MODELS: Record<string, ModelEntry> = {
     defaults: DIFFUREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFUREC_HELP,
     inferenceFields: DIFFUSION_INFERENCE_FIELDS,
+    // DIFFUREC.md §1.2 and §4: 512 one-target examples a batch, StepLR x0.1 every 100 epochs.
+    trainDefaults: { examples: "prefixes", batchSize: 512, lrDecayEvery: 100 },
     validate: (config) =>
       validateDiffuRecConfig({ ...DIFFUREC_DEFAULTS, ...config } as DiffuRecConfig),
     create: (config) => new DiffuRec(config),
@@ -117,6 +137,8 @@ export const MODELS: Record<string, ModelEntry> = {
     defaults: DIFFURECSYS_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFURECSYS_HELP,
     inferenceFields: DIFFUSION_INFERENCE_FIELDS,
+    // DIFFUREC.md §4: as DiffuRec, with StepLR every 30 epochs and weight decay 1e-4.
+    trainDefaults: { examples: "prefixes", batchSize: 512, lrDecayEvery: 30, weightDecay: 1e-4 },
     validate: (config) =>
       validateDiffuRecSysConfig({ ...DIFFURECSYS_DEFAULTS, ...config } as DiffuRecSysConfig),
     create: (config) => new DiffuRecSys(config),

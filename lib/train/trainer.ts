@@ -8,7 +8,7 @@
 import { writing } from "../_io.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../data/random.ts";
-import { trainBatches } from "../data/mod.ts";
+import { TRAIN_EXAMPLES, trainBatches, type TrainExamples } from "../data/mod.ts";
 import type { LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
 import { evaluateModel } from "../eval/evaluate.ts";
 
@@ -32,7 +32,7 @@ export interface TrainOptions {
   epochs: number;
   /** Stop after this many evaluations without a better validation Recall@20. Paper: 100. */
   patience: number;
-  /** Sequences per training batch. Paper: 256. */
+  /** Rows per training batch (sequences, or examples with `"prefixes"`). Paper: 256. */
   batchSize: number;
   /** Histories per evaluation batch; results do not depend on it. Default 256. */
   evalBatchSize: number;
@@ -62,6 +62,12 @@ export interface TrainOptions {
   lrDecayEvery: number;
   /** The factor of `lrDecayEvery`. Default 0.1. */
   lrDecay: number;
+  /**
+   * What a training row is (`TrainBatchOptions.examples`): `"sequences"` (default; SASRec,
+   * SIGMA) or `"prefixes"`, one row per target position, shuffled across users
+   * (DiffuRec's examples; its code: batches of 512).
+   */
+  examples: TrainExamples;
 }
 
 /** Defaults of {@linkcode TrainOptions}. */
@@ -78,6 +84,7 @@ export const TRAIN_DEFAULTS: TrainOptions = {
   weightDecay: 0,
   lrDecayEvery: 0,
   lrDecay: 0.1,
+  examples: "sequences",
 };
 
 /** One epoch's record in the JSON-lines log. */
@@ -383,6 +390,11 @@ export function checkTrainOptions(options: Partial<TrainOptions>): TrainOptions 
   if (!(o.lrDecay > 0 && o.lrDecay <= 1)) {
     throw new RangeError(`lrDecay must be in (0, 1], got ${o.lrDecay}`);
   }
+  if (!TRAIN_EXAMPLES.includes(o.examples)) {
+    throw new RangeError(
+      `examples must be one of ${TRAIN_EXAMPLES.join(", ")}, got "${o.examples}"`,
+    );
+  }
   checkSeed("seed", o.seed);
   return o;
 }
@@ -482,6 +494,7 @@ async function trainLoop(
         maxLength,
         rng,
         bucket: o.bucket,
+        examples: o.examples,
       });
       const t0 = performance.now();
       let lossSum = 0;
