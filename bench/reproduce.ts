@@ -15,6 +15,9 @@
  * table of the runs that exist and train nothing). Everything after `--` goes to every
  * `train` command unchanged (backend, epochs, patience, model options).
  *
+ * The table: each run's test Recall and NDCG at 10, 20 and 40 at its best validation epoch,
+ * each model's mean over its finished seeds, and the range over seeds (lowest-highest).
+ *
  * A run counts as finished when its `metrics.json` says it stopped by patience, or by the
  * epoch cap at the `--epochs` asked for now or more; a larger `--epochs` continues it.
  *
@@ -197,7 +200,7 @@ async function main(): Promise<void> {
   }
 
   // The table: test metrics of each run's best validation epoch, and the mean over seeds.
-  const COLUMNS = ["recall@20", "recall@40", "ndcg@20", "ndcg@40"];
+  const COLUMNS = ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40"];
   console.log("\n" + row(["model", "seed", "best epoch", ...COLUMNS, "wall"]));
   console.log(row(["---", "---", "---", ...COLUMNS.map(() => "---"), "---"]));
   for (const model of models) {
@@ -220,6 +223,14 @@ async function main(): Promise<void> {
       const wall = done.reduce((s, m) => s + m.seconds, 0);
       const means = COLUMNS.map((c) => `**${mean(c).toFixed(4)}**`);
       console.log(row([`**${model} mean of ${done.length}**`, "", "", ...means, minutes(wall)]));
+      if (done.length > 1) {
+        // The spread between seeds: what a difference between two means has to beat.
+        const spread = (c: string) => {
+          const values = done.map((m) => m.test[c]);
+          return `${Math.min(...values).toFixed(4)}-${Math.max(...values).toFixed(4)}`;
+        };
+        console.log(row([`${model} range over seeds`, "", "", ...COLUMNS.map(spread), ""]));
+      }
     }
   }
 }

@@ -202,8 +202,13 @@ Deno.test("reproduce trains every seed, keeps finished runs and prints their mea
   const mean = (key: string) => ((tests[0][key] + tests[1][key]) / 2).toFixed(4);
   const meanRow = first.stdout.split("\n").find((l) => l.includes("sasrec mean of 2"));
   assert(meanRow !== undefined, first.stdout);
-  for (const key of ["recall@20", "recall@40", "ndcg@20", "ndcg@40"]) {
+  const rangeRow = first.stdout.split("\n").find((l) => l.includes("sasrec range over seeds"));
+  assert(rangeRow !== undefined, first.stdout);
+  for (const key of ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40"]) {
     assert(meanRow.includes(`**${mean(key)}**`), `${key} mean ${mean(key)} not in ${meanRow}`);
+    const [low, high] = [tests[0][key], tests[1][key]].sort((a, b) => a - b);
+    const range = `${low.toFixed(4)}-${high.toFixed(4)}`;
+    assert(rangeRow.includes(range), `${key} range ${range} not in ${rangeRow}`);
   }
   // A second call finds both runs finished and trains nothing.
   const second = await reproduce(...args);
