@@ -87,3 +87,33 @@ Deno.test("geluTanh() is the tanh-approximated GELU of the authors' code, value 
   }
   await selectBackend("cpu");
 });
+
+Deno.test("transformer() attention dropout: off draws no seed and leaves training as it was; on, it changes training passes only", async () => {
+  await selectBackend("cpu");
+  const base = { hidden: 8, heads: 2, inner: 16, dropout: 0, layers: 2, layerNormEps: 1e-12 };
+  const p = new ParamStore(7, 0.3);
+  createTransformer(p, "t", base);
+  const [batch, length] = [3, 5];
+  const inputs = Int32Array.from({ length: batch * length }, (_, i) => 1 + (i % 4));
+  const run = (attentionDropout: number | undefined, training: boolean) => {
+    let drawn = 0;
+    const seeds = training ? () => 1000 + drawn++ : null;
+    const out = tf.tidy(() => {
+      const x = tf.randomNormal([batch, length, 8], 0, 1, "float32", 3) as tf.Tensor3D;
+      const mask = causalPaddingMask(inputs, batch, length);
+      return transformer(p, "t", x, mask, { ...base, attentionDropout }, seeds).dataSync();
+    });
+    return { out, drawn };
+  };
+  const without = run(undefined, true);
+  // Off (absent or 0): the two dropouts of each block draw their seeds, nothing more, so
+  // a run that does not ask for it draws the same stream as before the option existed.
+  assertEquals(without.drawn, 2 * base.layers);
+  assertEquals(run(0, true), without);
+  const on = run(0.5, true);
+  assertEquals(on.drawn, 3 * base.layers);
+  assert(maxAbsDiff(on.out, without.out) > 1e-3, "attention dropout changed nothing in training");
+  // Inference applies no dropout at all.
+  assertEquals(run(0.5, false).out, run(undefined, false).out);
+  p.dispose();
+});

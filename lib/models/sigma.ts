@@ -151,6 +151,11 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    * deterministic and lets the KL terms widen them. Range -8 to 0.
    */
   logVarInit: number;
+  /**
+   * Dropout on the attention probabilities of the three Transformers. Paper: silent;
+   * default 0. The authors' run scripts: 0.3.
+   */
+  attentionDropout: number;
 }
 
 /** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
@@ -177,6 +182,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   reconTemperature: 1,
   interestTemperature: 1,
   logVarInit: 0,
+  attentionDropout: 0,
 };
 
 /** One line per {@linkcode SigmaConfig} field, for `--help`. */
@@ -204,6 +210,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   reconTemperature: "temperature tau of SGM-VAE's softmax (Eq. 13)",
   interestTemperature: "temperature epsilon of MIE-VAE's softmax (Eq. 9)",
   logVarInit: "initial bias of both log-variance outputs, log sigma^2 and log omega^2 (0; -8-0)",
+  attentionDropout: "dropout on attention probabilities (0; authors' run scripts 0.3)",
 };
 
 /** Everything MIE-VAE derives from a history, at every position. */
@@ -242,6 +249,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       dropout: c.dropout,
       layers: c.layers,
       layerNormEps: c.layerNormEps,
+      attentionDropout: c.attentionDropout,
     };
     const d = c.hidden;
     const p = new ParamStore(c.seed, c.initStd);
@@ -552,6 +560,9 @@ export function validateSigmaConfig(c: SigmaConfig): void {
   ] as const;
   for (const f of positive) {
     if (!(c[f] > 0)) throw new RangeError(`${f} must be positive, got ${c[f]}`);
+  }
+  if (!(c.attentionDropout >= 0 && c.attentionDropout < 1)) {
+    throw new RangeError(`attentionDropout must be in [0, 1), got ${c.attentionDropout}`);
   }
   if (!Number.isFinite(c.logVarInit)) {
     throw new RangeError(`logVarInit must be a finite number, got ${c.logVarInit}`);

@@ -184,6 +184,11 @@ export interface TransformerSettings {
   layers: number;
   /** LayerNorm epsilon (reference code: 1e-12). */
   layerNormEps: number;
+  /**
+   * Dropout on the attention probabilities (BERT's `attention_probs_dropout_prob`).
+   * Default 0: none, and no seed is drawn for it, so runs without it draw as before.
+   */
+  attentionDropout?: number;
 }
 
 /**
@@ -225,6 +230,7 @@ function selfAttention(
   mask: tf.Tensor4D, // [B, 1, L, L]
   s: TransformerSettings,
   lastQueryOnly = false,
+  attentionSeed: number | null = null,
 ): tf.Tensor3D {
   const [batch, length, hidden] = x.shape;
   const dh = hidden / s.heads;
@@ -237,7 +243,8 @@ function selfAttention(
   const k = split(linear(p, `${name}.k`, x), length);
   const v = split(linear(p, `${name}.v`, x), length);
   const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), m); // [B, h, Lq, L]
-  const attn = tf.softmax(logits); // [B, h, Lq, L]
+  const probs = tf.softmax(logits); // [B, h, Lq, L]
+  const attn = attentionSeed === null ? probs : dropout(probs, s.attentionDropout!, attentionSeed);
   const ctx = tf.transpose(tf.matMul(attn, v), [0, 2, 1, 3]); // [B, Lq, h, dh]
   return linear(p, `${name}.o`, tf.reshape(ctx, [batch, queries, hidden])) as tf.Tensor3D;
 }
@@ -262,8 +269,9 @@ export function transformer(
   for (let l = 0; l < s.layers; l++) {
     const b = `${prefix}.block${l}`;
     const onlyLast = lastOnly && l === s.layers - 1;
+    const attentionSeed = (s.attentionDropout ?? 0) > 0 ? seedOf(seeds) : null;
     const attn = dropout(
-      selfAttention(p, `${b}.attn`, h, mask, s, onlyLast),
+      selfAttention(p, `${b}.attn`, h, mask, s, onlyLast, attentionSeed),
       s.dropout,
       seedOf(seeds),
     ); // [B, L or 1, d]
