@@ -308,6 +308,34 @@ Deno.test("train() with resume continues a stopped run as if it had never stoppe
   await Deno.remove(cut, { recursive: true });
 });
 
+Deno.test("train() resumes a run saved before a config field existed, as that field's default", async () => {
+  await selectBackend("cpu");
+  const out = await Deno.makeTempDir();
+  const small = { ...SMALL, interests: 2 };
+  const first = new Sigma(small);
+  await train(first, split, data.numItems, { ...FAST, epochs: 1 }, { out, overwrite: true });
+  // The state as an earlier version wrote it: no attentionDropout in the config.
+  const { meta, values } = await readCheckpoint(`${out}/state`);
+  const { attentionDropout: _, ...older } = meta.config as Record<string, unknown>;
+  const { format: _f, values: _v, checksum: _c, ...rest } = meta;
+  await writeCheckpoint(`${out}/state`, { ...rest, config: older }, values);
+  const resumed = new Sigma(small);
+  const r = await train(resumed, split, data.numItems, { ...FAST, epochs: 2 }, {
+    out,
+    resume: true,
+  });
+  assertEquals(r.history.map((h) => h.epoch), [1, 2]);
+  // A value other than the default is a different run, and refused by name.
+  const other = new Sigma({ ...small, attentionDropout: 0.3 });
+  await assertRejects(
+    () => train(other, split, data.numItems, { ...FAST, epochs: 3 }, { out, resume: true }),
+    RangeError,
+    'config field "attentionDropout" is 0, this run has 0.3',
+  );
+  for (const m of [first, resumed, other]) m.params.dispose();
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("train() with resume and no saved state names the missing folder", async () => {
   await selectBackend("cpu");
   const out = await Deno.makeTempDir();

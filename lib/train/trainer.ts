@@ -15,6 +15,7 @@ import { evaluateModel } from "../eval/evaluate.ts";
 export { evaluateModel };
 import { type SequentialModel, stepSeeds } from "../models/_model.ts";
 import { upgradeSigmaConfig } from "../models/sigma.ts";
+import { modelEntry } from "../models/mod.ts";
 import {
   type CheckpointMeta,
   readCheckpoint,
@@ -742,8 +743,12 @@ async function resumeRun(
   if (meta.model !== model.name) {
     throw new RangeError(`${where}: field "model" is "${meta.model}", this run is "${model.name}"`);
   }
-  // Configs saved by earlier versions may name a field differently.
-  const saved = meta.model === "sigma" ? upgradeSigmaConfig(meta.config) : meta.config;
+  // Configs saved by earlier versions may name a field differently, or lack a field added
+  // since: that run ran with the field's default.
+  const saved = {
+    ...modelEntry(meta.model).defaults,
+    ...(meta.model === "sigma" ? upgradeSigmaConfig(meta.config) : meta.config),
+  };
   const configDiff = firstDifference(saved, model.config);
   if (configDiff !== null) {
     const was = (saved as Record<string, unknown>)[configDiff.split(".")[0]];
