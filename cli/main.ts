@@ -100,6 +100,8 @@ function usage(): string {
     "                      products on OpenBLAS/Accelerate when one loads (needs --allow-ffi,",
     "                      which the deno tasks grant), else on wasm (default auto)",
     "  --no-bucket         pad every batch to its longest row without grouping similar lengths",
+    "  --preset NAME       a model's named bundle of config values (listed under the model);",
+    "                      flags given beside it win",
     "  --resume            continue the run in --out from its last finished epoch (DIR/state/,",
     "                      written after every epoch); same model, data and settings, except",
     "                      --epochs, --patience and --eval-batch-size",
@@ -117,6 +119,18 @@ function usage(): string {
   lines.push(...RECOMMEND_OPTIONS, ...SERVE_OPTIONS);
   for (const [name, entry] of Object.entries(MODELS)) {
     lines.push(`Model ${name}:`);
+    for (const [preset, values] of Object.entries(entry.presets ?? {})) {
+      const fields = Object.entries(values).map(([f, x]) => `--${kebab(f)} ${x}`);
+      let line = `  --preset ${preset}:`;
+      for (const field of fields) {
+        if (line.length + field.length > 96) {
+          lines.push(line + ",");
+          line = "     ";
+        } else if (!line.endsWith(":")) line += ",";
+        line += ` ${field}`;
+      }
+      lines.push(line);
+    }
     if (entry.trainDefaults) {
       const own = Object.entries(entry.trainDefaults).map(([f, x]) => `--${kebab(f)} ${x}`);
       lines.push(`  (training defaults of its code: ${own.join(", ")})`);
@@ -127,6 +141,20 @@ function usage(): string {
     }
   }
   return lines.join("\n");
+}
+
+/** The config values of `--preset NAME` for `model` (none without the flag). */
+function presetOf(model: string, name: string | undefined): Record<string, unknown> {
+  if (name === undefined) return {};
+  const presets = modelEntry(model).presets ?? {};
+  if (!(name in presets)) {
+    const known = Object.keys(presets);
+    throw new RangeError(
+      `--preset ${name} is not a preset of model ${model}` +
+        (known.length > 0 ? ` (known: ${known.join(", ")})` : " (it has none)"),
+    );
+  }
+  return presets[name];
 }
 
 /** A flag name padded to the help column, with at least one space after a long name. */
@@ -163,6 +191,7 @@ async function trainCommand(args: string[]): Promise<void> {
       ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
       "no-bucket": { type: "boolean" },
       examples: { type: "string" },
+      preset: { type: "string" },
       resume: { type: "boolean" },
       overwrite: { type: "boolean" },
       help: { type: "boolean", short: "h" },
@@ -191,7 +220,10 @@ async function trainCommand(args: string[]): Promise<void> {
       ["examples", "examples"],
     ]),
   );
-  const config: Record<string, unknown> = { seed: options.seed ?? TRAIN_DEFAULTS.seed };
+  const config: Record<string, unknown> = {
+    ...presetOf(modelName, v.preset as string | undefined),
+    seed: options.seed ?? TRAIN_DEFAULTS.seed,
+  };
   for (const field of Object.keys(entry.defaults)) {
     const flag = kebab(field);
     if (field === "seed" || typeof v[flag] !== "string") continue;

@@ -56,6 +56,14 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", ...at("no-data"), "--k-core", "5"], "--k-core goes with --data FILE"],
     [["train", "--batch-size", "0"], "--batch-size must be a positive integer"],
     [
+      ["train", "--preset", "nope"],
+      "--preset nope is not a preset of model sigma (known: authors)",
+    ],
+    [
+      ["train", "--model", "sasrec", "--preset", "authors"],
+      "--preset authors is not a preset of model sasrec (it has none)",
+    ],
+    [
       ["train", "--examples", "windows"],
       '--examples must be one of sequences, prefixes, got "windows"',
     ],
@@ -329,6 +337,33 @@ Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item
   );
   assertNotZero(bad.code, ["sasrec --interests"]);
   assert(bad.stderr.includes("--interests is not an option of model sasrec"), bad.stderr);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("cli: --preset authors sets SIGMA's authors'-code fields, and a flag beside it wins", async () => {
+  const dir = await Deno.makeTempDir();
+  const r = await cliIn(
+    dir,
+    "train",
+    "--model",
+    "sigma",
+    "--backend",
+    "cpu",
+    ...TINY_TRAIN_FLAGS,
+    "--preset",
+    "authors",
+    "--mie-recon",
+    "sample",
+    "--out",
+    "run",
+  );
+  assertEquals(r.code, 0, r.stderr);
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`)).config;
+  assertEquals(
+    [config.mieInput, config.interestLayerNorm, config.mieBoostEpochs, config.scoreAt],
+    ["normed", true, 200, "mu+sigma"],
+  );
+  assertEquals(config.mieRecon, "sample");
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -19,14 +19,16 @@ export interface SequentialModel<C = unknown> {
   /**
    * The scalar training loss of a batch, averaged over positions with a target.
    * `seeds` draws the seeds of every random choice of this step (dropout, sampling).
-   * `step` is the 0-based Adam step this loss is for, for models whose loss follows a
-   * schedule (SIGMA's KL warm-up); absent means after every schedule has ended.
+   * `step` is the 0-based Adam step and `epoch` the 1-based epoch this loss is for, for
+   * models whose loss follows a schedule (SIGMA's KL warm-up, its authors'-code MIE
+   * weight); absent means after every schedule has ended.
    * Also returns named parts of the loss for logging, as scalars.
    */
   loss(
     batch: TrainBatch,
     seeds: () => number,
     step?: number,
+    epoch?: number,
   ): { loss: Scalar; parts: Record<string, Scalar> };
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
   scores(batch: EvalBatch): Tensor2D;

@@ -30,6 +30,7 @@ import {
   Sigma,
   SIGMA_DEFAULTS,
   SIGMA_HELP,
+  SIGMA_PRESETS,
   type SigmaConfig,
   upgradeSigmaConfig,
   validateSigmaConfig,
@@ -67,6 +68,7 @@ export {
   Sigma,
   SIGMA_DEFAULTS,
   SIGMA_HELP,
+  SIGMA_PRESETS,
   type SigmaConfig,
   validateSigmaConfig,
 } from "./sigma.ts";
@@ -82,6 +84,11 @@ export interface ModelEntry {
   inferenceFields?: readonly string[];
   /** One line of help per config field. */
   help: Record<string, string>;
+  /**
+   * Named bundles of config values (`--preset NAME`), e.g. SIGMA's `authors`: the values
+   * of the authors' released code. Default: none.
+   */
+  presets?: Record<string, Record<string, number | string | boolean>>;
   /**
    * Training settings of the model's own code that differ from the trainer's defaults;
    * `deno task train` applies them, and its flags override them. Default: none.
@@ -119,6 +126,7 @@ export const MODELS: Record<string, ModelEntry> = {
   sigma: {
     defaults: SIGMA_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: SIGMA_HELP,
+    presets: SIGMA_PRESETS as Record<string, Record<string, number | string | boolean>>,
     validate: (config) =>
       validateSigmaConfig({ ...SIGMA_DEFAULTS, ...upgradeSigmaConfig(config) } as SigmaConfig),
     create: (config) => new Sigma(config),

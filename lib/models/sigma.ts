@@ -156,7 +156,78 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    * default 0. The authors' run scripts: 0.3.
    */
   attentionDropout: number;
+  // ---- The authors' code's MIE-VAE (`SIGMA_PRESETS.authors`; docs/sigma-notes.md).
+  /**
+   * What MIE-VAE reads as item vectors v_i: `raw` item embeddings (paper) or `normed`,
+   * `dropout(LayerNorm(item))` with the Transformer input's LayerNorm and no position (the
+   * authors' code). Raw embeddings start at norm ~0.2, far below the interest noise (norm
+   * ~11 at omega = 1), so the interest decoder first sees noise; normed ones have norm ~11.
+   */
+  mieInput: "raw" | "normed";
+  /**
+   * Pass each interest mean through a LayerNorm of its own and dropout, after its
+   * log-variance is computed from the mean before it (the authors' code's order).
+   * Paper: false.
+   */
+  interestLayerNorm: boolean;
+  /**
+   * What MIE-VAE reconstructs the next item from: `sample`, the interest decoder applied
+   * to a sampled interest (paper, Eq. 9), or `mean`, the interest mean itself (the
+   * authors' code, where the decoder's output is never used).
+   */
+  mieRecon: "sample" | "mean";
+  /** KL_MIE over the k interests: `sum` (paper, Eq. 7) or `mean` (the authors' code). */
+  mieKlReduce: "sum" | "mean";
+  /**
+   * Multiply MIE-VAE's ELBO and the orthogonality loss by `max(1, E0 - (epoch - 1))`, E0
+   * this value: x E0 at epoch 1, falling to x1 from epoch E0 on (the authors' trainer:
+   * E0 = 200 with beta1 = 0.001). 0: off (paper).
+   */
+  mieBoostEpochs: number;
+  /**
+   * First epoch (1-based) whose interest means include the hard (GRU) interests; before
+   * it they are the soft interests alone. The authors' code: 32 (its 0-based `epoch >
+   * 30`). 0: from the start (paper). Ranking and `interestsOf` always use both.
+   */
+  hardInterestsFrom: number;
+  /**
+   * The latent that SGM-VAE ranks at: `mu` (paper) or `mu+sigma` (the authors'
+   * ContrastVAE base, whose evaluation-time "sample" is mu + std).
+   */
+  scoreAt: "mu" | "mu+sigma";
 }
+
+/**
+ * Named bundles of config values (`deno task train --model sigma --preset NAME`; flags
+ * given beside it win). `authors`: MIE-VAE as the authors' released code trains it (read
+ * at libeibei95/SIGMA 6396a9c; `docs/sigma-notes.md` lists each difference and what the
+ * code leaves out), with its Office run script's values:
+ * - MIE reads `dropout(LayerNorm(item))`, and each interest mean gets a LayerNorm and
+ *   dropout; the next item is scored from the mean, at temperature 0.1;
+ * - KL_MIE is averaged over the interests, weighted `0.01 * min(0.2, step / 20000)`:
+ *   gamma 0.002 reached after 4,000 steps;
+ * - MIE's loss and L_orth are weighted `max(1, 200 - epoch) * 0.001` (beta1 0.001; the
+ *   code's 0.01 on L_orth inside the same factor gives beta2 1e-5);
+ * - the GRU (hard) interests join from epoch 32; attention dropout 0.3;
+ * - ranking at mu + sigma.
+ */
+export const SIGMA_PRESETS: Record<string, Partial<Omit<SigmaConfig, "numItems">>> = {
+  authors: {
+    mieInput: "normed",
+    interestLayerNorm: true,
+    mieRecon: "mean",
+    interestTemperature: 0.1,
+    mieKlReduce: "mean",
+    mieKlWeight: 0.002,
+    mieKlWarmup: 4000,
+    beta1: 0.001,
+    beta2: 1e-5,
+    mieBoostEpochs: 200,
+    hardInterestsFrom: 32,
+    attentionDropout: 0.3,
+    scoreAt: "mu+sigma",
+  },
+};
 
 /** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
 export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
@@ -183,6 +254,13 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   interestTemperature: 1,
   logVarInit: 0,
   attentionDropout: 0,
+  mieInput: "raw",
+  interestLayerNorm: false,
+  mieRecon: "sample",
+  mieKlReduce: "sum",
+  mieBoostEpochs: 0,
+  hardInterestsFrom: 0,
+  scoreAt: "mu",
 };
 
 /** One line per {@linkcode SigmaConfig} field, for `--help`. */
@@ -211,6 +289,13 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   interestTemperature: "temperature epsilon of MIE-VAE's softmax (Eq. 9)",
   logVarInit: "initial bias of both log-variance outputs, log sigma^2 and log omega^2 (0; -8-0)",
   attentionDropout: "dropout on attention probabilities (0; authors' run scripts 0.3)",
+  mieInput: "raw (paper) | normed: MIE reads dropout(LayerNorm(item)) (authors' code)",
+  interestLayerNorm: "true | false: LayerNorm + dropout on each interest mean (authors' code)",
+  mieRecon: "sample (paper) | mean: MIE reconstructs from the interest mean (authors' code)",
+  mieKlReduce: "sum (paper) | mean: KL_MIE over the k interests (authors' code: mean)",
+  mieBoostEpochs: "E0: MIE and L_orth weights x max(1, E0 - epoch + 1); 0 = off (authors' 200)",
+  hardInterestsFrom: "first epoch with the GRU (hard) interests; 0 = always (authors' 32)",
+  scoreAt: "mu (paper) | mu+sigma: the latent ranked at (authors' ContrastVAE base)",
 };
 
 /** Everything MIE-VAE derives from a history, at every position. */
@@ -267,6 +352,8 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     createTransformer(p, "enc_mu", this.#block);
     createTransformer(p, "enc_sigma", this.#block, c.logVarInit);
     createTransformer(p, "dec", this.#block);
+    // Created last, so that every other parameter draws the same initial values either way.
+    if (c.interestLayerNorm) createLayerNorm(p, "interest.ln", d);
     this.params = p;
   }
 
@@ -291,10 +378,18 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
     const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
     const x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);
+    const input = dropout(x, c.dropout, seeds ? seeds() : null) as tf.Tensor3D; // [B, L, d]
+    // MIE-VAE's v_i: the raw embeddings, or (authors' code) the same LayerNorm without
+    // positions, and dropout. Padding stays 0 either way.
+    const mieItems = c.mieInput === "raw" ? items : dropout(
+      layerNorm(this.params, "embed.ln", items, c.layerNormEps),
+      c.dropout,
+      seeds ? seeds() : null,
+    );
     return {
       realMask: realMask as tf.Tensor3D,
-      items: tf.mul(items, realMask) as tf.Tensor3D, // [B, L, d]
-      input: dropout(x, c.dropout, seeds ? seeds() : null) as tf.Tensor3D, // [B, L, d]
+      items: tf.mul(mieItems, realMask) as tf.Tensor3D, // [B, L, d]
+      input,
       mask: causalPaddingMask(inputs, batch, length), // [B, 1, L, L]
     };
   }
@@ -309,9 +404,15 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   /**
    * Soft and hard interests, their means and intensities at every position. When
    * training (`seeds` given) each item's hard category is a straight-through
-   * Gumbel-softmax sample over `log a`; at inference it is the argmax of `a`.
+   * Gumbel-softmax sample over `log a`; at inference it is the argmax of `a`. Without
+   * `withHard` the means are the soft interests alone (`hardInterestsFrom`).
    */
-  #interests(items: tf.Tensor3D, realMask: tf.Tensor3D, seeds: SeedSource): Interests {
+  #interests(
+    items: tf.Tensor3D,
+    realMask: tf.Tensor3D,
+    seeds: SeedSource,
+    withHard = true,
+  ): Interests {
     const c = this.config;
     const [batch, length, d] = items.shape;
     const k = c.interests;
@@ -328,16 +429,28 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     // Intensities alpha_t^j = mean_{i<=t} a_i^j (0 before the first real item).
     const seen = tf.maximum(cumulativeSum(realMask, 1), 1); // [B, L, 1]
     const intensity = tf.div(cumulativeSum(assignment, 1), seen) as tf.Tensor3D; // [B, L, k]
-    // Hard interests: one category per item, then a gated GRU per category.
+    // Eq. 5: m = (soft + hard) / 2; the soft interests alone before `hardInterestsFrom`.
+    const raw = withHard
+      ? tf.div(tf.add(soft, this.#hardInterests(logits as tf.Tensor3D, items, realMask, seeds)), 2)
+      : soft; // [B, L, k, d]
+    const mean = (c.interestNorm ? standardise(raw) : raw) as tf.Tensor4D;
+    return { assignment, intensity, mean };
+  }
+
+  /** Hard interests `[B, L, k, d]`: one category per item, then a gated GRU per category. */
+  #hardInterests(
+    logits: tf.Tensor3D,
+    items: tf.Tensor3D,
+    realMask: tf.Tensor3D,
+    seeds: SeedSource,
+  ): tf.Tensor4D {
+    const c = this.config;
     const logA = tf.logSoftmax(logits); // log a, stable
     const hardOneHot = seeds
       ? gumbelSoftmax(logA, c.gumbelTemperature, seeds(), true)
       : straightThroughOneHot(logA);
     const gates = tf.mul(hardOneHot, realMask) as tf.Tensor3D; // [B, L, k]
-    const hard = gatedCategoryGru(this.params, "gru", items, gates, c.gruLayers); // [B, L, k, d]
-    const raw = tf.div(tf.add(soft, hard), 2) as tf.Tensor4D; // Eq. 5, [B, L, k, d]
-    const mean = c.interestNorm ? standardise(raw) as tf.Tensor4D : raw;
-    return { assignment, intensity, mean };
+    return gatedCategoryGru(this.params, "gru", items, gates, c.gruLayers) as tf.Tensor4D;
   }
 
   /** log omega^2 = MLP([g_j || m^j]) (Eq. 6) for interest means `[P, k, d]`. */
@@ -356,6 +469,16 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       this.params.get("omega.l1.b"),
     ); // [P, k, d]
     return linear(this.params, "omega.l2", gelu(pre)) as tf.Tensor3D; // [P, k, d]
+  }
+
+  /** Interest means as MIE-VAE uses them at inference: after its LayerNorm, if any. */
+  #shownMean<T extends tf.Tensor>(mean: T): T {
+    return (this.config.interestLayerNorm ? this.#interestLayerNorm(mean) : mean) as T;
+  }
+
+  /** The authors' LayerNorm of interest means `[..., d]` (`interestLayerNorm`). */
+  #interestLayerNorm(mean: tf.Tensor): tf.Tensor {
+    return layerNorm(this.params, "interest.ln", mean, this.config.layerNormEps);
   }
 
   /** u^j = MLP(x^j): interest vectors in item space, `[P, k, d]`. */
@@ -386,7 +509,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
    * parts: `recon` (SGM reconstruction), `kl` (SGM KL, mixture or standard prior),
    * `recon_mie`, `kl_mie`, `orth` (each a mean over positions, before weighting).
    */
-  loss(batch: TrainBatch, seeds: () => number, step = Infinity): {
+  loss(batch: TrainBatch, seeds: () => number, step = Infinity, epoch = Infinity): {
     loss: Scalar;
     parts: Record<string, Scalar>;
   } {
@@ -418,18 +541,25 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     }); // [P]
 
     // MIE-VAE: interests at the P positions, sampled, decoded with max over interests.
-    const interests = this.#interests(e.items, e.realMask, seeds);
-    const mean = atTargets(interests.mean, [k, d]) as tf.Tensor3D; // [P, k, d]
+    const withHard = epoch >= c.hardInterestsFrom;
+    const interests = this.#interests(e.items, e.realMask, seeds, withHard);
+    const rawMean = atTargets(interests.mean, [k, d]) as tf.Tensor3D; // [P, k, d]
     const intensity = atTargets(interests.intensity, [k]) as tf.Tensor2D; // [P, k]
-    const interestLogVar = this.#interestLogVar(mean); // [P, k, d]
-    const x = reparameterise(mean, interestLogVar, seeds()) as tf.Tensor3D; // [P, k, d]
-    const reconMie = itemLoss(this.#interestDecoder(x), itemTable, targets, {
+    const interestLogVar = this.#interestLogVar(rawMean); // [P, k, d]
+    const mean = c.interestLayerNorm
+      ? dropout(this.#interestLayerNorm(rawMean), c.dropout, seeds()) as tf.Tensor3D
+      : rawMean; // [P, k, d]
+    const reconFrom = c.mieRecon === "mean"
+      ? mean // the authors' code: the mean itself, no decoder
+      : this.#interestDecoder(reparameterise(mean, interestLogVar, seeds()) as tf.Tensor3D);
+    const reconMie = itemLoss(reconFrom, itemTable, targets, {
       kind: c.loss,
       negatives: c.negatives,
       temperature: c.interestTemperature,
       seed: seeds(),
     }); // [P]
-    const klMie = tf.sum(standardNormalKl(mean, interestLogVar), 1); // [P], Eq. 7 over k
+    const klPerInterest = standardNormalKl(mean, interestLogVar); // [P, k]
+    const klMie = c.mieKlReduce === "sum" ? tf.sum(klPerInterest, 1) : tf.mean(klPerInterest, 1); // [P], Eq. 7
 
     // KL of SGM-VAE at the same positions.
     const zP = atTargets(z, [d]);
@@ -446,13 +576,18 @@ export class Sigma implements SequentialModel<SigmaConfig> {
 
     // gamma, ramped from 0 over the warm-up steps.
     const klMieWeight = c.mieKlWeight * Math.min(1, c.mieKlWarmup > 0 ? step / c.mieKlWarmup : 1);
+    // The authors' boost of everything MIE: x max(1, E0 - epoch + 1), 1 once it has ended.
+    const boost = c.mieBoostEpochs > 0 ? Math.max(1, c.mieBoostEpochs - (epoch - 1)) : 1;
     const orth = orthogonalityLoss(this.params.get("category") as tf.Tensor2D);
     const perPosition = tf.add(
       tf.add(reconSgm, tf.mul(klSgm, klWeight)),
-      tf.mul(tf.add(reconMie, klMieWeight === 1 ? klMie : tf.mul(klMie, klMieWeight)), c.beta1),
+      tf.mul(
+        tf.add(reconMie, klMieWeight === 1 ? klMie : tf.mul(klMie, klMieWeight)),
+        c.beta1 * boost,
+      ),
     ); // [P]
     let loss = tf.mean(perPosition) as tf.Scalar;
-    if (c.orthogonality) loss = tf.add(loss, tf.mul(orth, c.beta2)) as tf.Scalar;
+    if (c.orthogonality) loss = tf.add(loss, tf.mul(orth, c.beta2 * boost)) as tf.Scalar;
     return {
       loss,
       parts: {
@@ -482,14 +617,19 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       tf.reshape(tf.slice(t, [0, length - 1], [-1, 1]), [b, ...tail]);
     if (c.ranking === "mie") {
       const interests = this.#interests(e.items, e.realMask, null);
-      const u = this.#interestDecoder(last(interests.mean, [c.interests, d]) as tf.Tensor3D);
+      const mean = this.#shownMean(last(interests.mean, [c.interests, d]) as tf.Tensor3D);
+      const u = c.mieRecon === "mean" ? mean : this.#interestDecoder(mean); // [B, k, d]
       const perInterest = matmul(tf.reshape(u, [b * c.interests, d]) as tf.Tensor2D, itemsT);
       return tf.max(tf.reshape(perInterest, [b, c.interests, -1]), 1) as tf.Tensor2D; // [B, N+1]
     }
-    // Inference uses z = mu, so Enc_sigma is not run.
-    const mu = transformer(this.params, "enc_mu", e.input, e.mask, this.#block, null);
+    // Inference uses z = mu (Enc_sigma is not run), or mu + sigma as the authors' code.
+    let z = transformer(this.params, "enc_mu", e.input, e.mask, this.#block, null); // [B, L, d]
+    if (c.scoreAt === "mu+sigma") {
+      const logVar = transformer(this.params, "enc_sigma", e.input, e.mask, this.#block, null);
+      z = tf.add(z, tf.exp(tf.mul(logVar, 0.5))) as tf.Tensor3D;
+    }
     // Only the newest position is ranked: the decoder's last block computes that one.
-    const newest = transformer(this.params, "dec", mu, e.mask, this.#block, null, true); // [B, 1, d]
+    const newest = transformer(this.params, "dec", z, e.mask, this.#block, null, true); // [B, 1, d]
     const decoded = tf.reshape(newest, [b, d]) as tf.Tensor2D; // [B, d]
     return matmul(decoded, itemsT); // [B, N+1]
   }
@@ -507,7 +647,8 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   ): { assignment: Tensor; intensity: Tensor; mean: Tensor } {
     return tf.tidy(() => {
       const e = this.#embed(inputs, batch, length, null);
-      return { ...this.#interests(e.items, e.realMask, null) };
+      const interests = this.#interests(e.items, e.realMask, null);
+      return { ...interests, mean: this.#shownMean(interests.mean) };
     });
   }
 
@@ -572,7 +713,17 @@ export function validateSigmaConfig(c: SigmaConfig): void {
       throw new RangeError(`${f} must be a finite number >= 0, got ${c[f]}`);
     }
   }
+  for (const f of ["mieBoostEpochs", "hardInterestsFrom"] as const) {
+    if (!Number.isInteger(c[f]) || c[f] < 0) {
+      throw new RangeError(`${f} must be an integer >= 0, got ${c[f]}`);
+    }
+  }
   const choices: [keyof SigmaConfig & string, readonly unknown[]][] = [
+    ["mieInput", ["raw", "normed"]],
+    ["interestLayerNorm", [true, false]],
+    ["mieRecon", ["sample", "mean"]],
+    ["mieKlReduce", ["sum", "mean"]],
+    ["scoreAt", ["mu", "mu+sigma"]],
     ["prior", ["mixture", "standard"]],
     ["ranking", ["sgm", "mie"]],
     ["loss", ITEM_LOSS_KINDS],

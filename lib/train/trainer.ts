@@ -231,6 +231,8 @@ export function splitBatch(batch: TrainBatch, maxPositions: number, cost = 1): T
 export interface StepOptions {
   /** The 0-based Adam step, for loss schedules; absent: after every schedule has ended. */
   step?: number;
+  /** The 1-based epoch, for loss schedules by epoch; absent: after every one has ended. */
+  epoch?: number;
   /**
    * Minimise this named part of the loss alone instead of the whole loss (a diagnostic:
    * `bench/loss_trace.ts --objective`). Every part is still returned.
@@ -255,7 +257,7 @@ export function trainStep(
   maxPositions: number,
   options: StepOptions = {},
 ): { values: tf.Tensor1D; partNames: string[] } {
-  const { step, objective } = options;
+  const { step, epoch, objective } = options;
   const pieces = splitBatch(batch, maxPositions, model.trainingCost?.(batch.length) ?? 1);
   let partNames: string[] = [];
   // What the step minimises: the loss, or one part of it.
@@ -277,7 +279,7 @@ export function trainStep(
     const next = tf.tidy(() => {
       let packed: tf.Tensor | null = null;
       const { grads } = tf.variableGrads(() => {
-        const { loss, parts } = model.loss(piece, seeds, step);
+        const { loss, parts } = model.loss(piece, seeds, step, epoch);
         partNames = Object.keys(parts);
         packed = tf.keep(scaled(tf.stack([loss, ...partNames.map((n) => parts[n])])));
         return scaled(target(loss, parts));
@@ -506,6 +508,7 @@ async function trainLoop(
         const seeds = stepSeeds(o.seed, step);
         const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, {
           step: step++,
+          epoch,
           weightDecay: o.weightDecay,
         });
         const partNames = packed.partNames;

@@ -1,0 +1,197 @@
+// SIGMA's authors'-code options (`SIGMA_PRESETS.authors`): each changes what it says and
+// nothing else, and the paper's mode (every option at its default) is what it was before
+// they existed.
+import * as tf from "@tensorflow/tfjs-core";
+import { selectBackend } from "../backends/mod.ts";
+import { Sigma, SIGMA_PRESETS, type SigmaConfig } from "../lib/models/sigma.ts";
+import { stepSeeds } from "../lib/models/_model.ts";
+import { trainStep } from "../lib/train/trainer.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { maxAbsDiff } from "./_model_checks.ts";
+import { assert, assertAlmostEquals, assertEquals } from "./_assert.ts";
+
+await selectBackend("cpu");
+
+const TINY = {
+  numItems: 30,
+  hidden: 16,
+  heads: 2,
+  inner: 32,
+  maxLength: 8,
+  interests: 3,
+  seed: 11,
+};
+const BATCH = tinyTrainBatch(4, 6, 30);
+const EVAL = tinyEvalBatch(3, 5, 30);
+
+type Options = Partial<SigmaConfig>;
+
+/** Loss and parts of one forward pass as numbers; `run` picks the seed stream. */
+function lossOf(options: Options, epoch?: number, run = 5, step = 7) {
+  const model = new Sigma({ ...TINY, ...options });
+  const out = tf.tidy(() => {
+    const { loss, parts } = model.loss(BATCH, stepSeeds(run, 3), step, epoch);
+    const values: Record<string, number> = { loss: loss.dataSync()[0] };
+    for (const [k, v] of Object.entries(parts)) values[k] = v.dataSync()[0];
+    return values;
+  });
+  model.params.dispose();
+  return out;
+}
+
+/**
+ * Whether the training loss at `epoch` depends on the parameters whose names start with
+ * `prefix`: the loss before and after moving each of them by 0.5.
+ */
+function dependsOn(options: Options, epoch: number, prefix: string): boolean {
+  const model = new Sigma({ ...TINY, ...options });
+  const loss = () => tf.tidy(() => model.loss(BATCH, stepSeeds(5, 3), 7, epoch).loss.dataSync()[0]);
+  const before = loss();
+  const records = model.params.records();
+  const moved = records.filter((r) => r.name.startsWith(prefix));
+  assert(moved.length > 0, `no parameter starts with ${prefix}`);
+  for (const r of moved) {
+    const v = model.params.get(r.name);
+    v.assign(tf.tidy(() => tf.add(v, 0.5)));
+  }
+  const after = loss();
+  model.params.dispose();
+  return Math.abs(after - before) > 1e-6;
+}
+
+function scoresOf(options: Options): Float32Array {
+  const model = new Sigma({ ...TINY, ...options });
+  const s = tf.tidy(() => model.scores(EVAL).dataSync() as Float32Array);
+  model.params.dispose();
+  return s;
+}
+
+Deno.test("SIGMA's paper mode is untouched by the authors'-code options: the loss, parts and scores of commit c2351b6", () => {
+  // Printed by this file's TINY model, BATCH, seeds (5, 3), step 7 at c2351b6, the commit
+  // before any of the options (and before attention dropout) existed.
+  const before = {
+    loss: 3.458185911178589,
+    recon: 3.414987564086914,
+    kl: 14.041232109069824,
+    recon_mie: 3.4011213779449463,
+    kl_mie: 0.0009907688945531845,
+    orth: 0.7773264050483704,
+  };
+  const now = lossOf({});
+  for (const [k, v] of Object.entries(before)) assertAlmostEquals(now[k], v, 1e-6 * v, k);
+  assertEquals(lossOf({}, 1), now, "the paper's loss has no schedule by epoch");
+  const scores = Array.from(scoresOf({}).slice(0, 6));
+  const scoresBefore = [
+    -0.014495654962956905,
+    0.06665793061256409,
+    -0.012991472147405148,
+    -0.028808966279029846,
+    0.1662536859512329,
+    0.0355975404381752,
+  ];
+  assert(maxAbsDiff(Float32Array.from(scores), Float32Array.from(scoresBefore)) < 1e-7);
+  // No parameter is added either.
+  const model = new Sigma(TINY);
+  assert(!model.params.records().some((r) => r.name.startsWith("interest.ln")));
+  model.params.dispose();
+});
+
+Deno.test("mieInput normed: MIE reads LayerNorm-scaled items, so interest means start ~50x larger", () => {
+  const size = (options: Options) => {
+    const model = new Sigma({ ...TINY, ...options });
+    const n = tf.tidy(() => {
+      const { mean } = model.interestsOf(EVAL.inputs, EVAL.batch, EVAL.length);
+      return tf.max(tf.norm(mean, "euclidean", -1)).dataSync()[0];
+    });
+    model.params.dispose();
+    return n;
+  };
+  const raw = size({});
+  const normed = size({ mieInput: "normed" });
+  // d = 16: an item's LayerNorm output has norm 4, a raw N(0, 0.02) embedding ~0.08.
+  assert(raw < 0.1 && normed > 20 * raw, `largest interest mean: raw ${raw}, normed ${normed}`);
+  assert(lossOf({ mieInput: "normed" }).recon_mie !== lossOf({}).recon_mie);
+});
+
+Deno.test("interestLayerNorm: each interest mean is standardised over d at initialisation, with a LayerNorm of its own", () => {
+  const model = new Sigma({ ...TINY, interestLayerNorm: true });
+  assert(model.params.records().some((r) => r.name.startsWith("interest.ln")));
+  const [means, variances] = tf.tidy(() => {
+    const { mean } = model.interestsOf(EVAL.inputs, EVAL.batch, EVAL.length);
+    const newest = tf.slice(mean, [0, EVAL.length - 1], [-1, 1]); // a real position
+    const m = tf.mean(newest, -1);
+    return [m.dataSync(), tf.mean(tf.square(tf.sub(newest, tf.expandDims(m, -1))), -1).dataSync()];
+  });
+  model.params.dispose();
+  for (const m of means) assertAlmostEquals(m, 0, 1e-5);
+  for (const v of variances) assertAlmostEquals(v, 1, 1e-3);
+});
+
+Deno.test("mieRecon mean: MIE's reconstruction uses the interest mean, no sample and no decoder", () => {
+  // Soft interests only (hardInterestsFrom beyond the epoch) and no dropout: nothing
+  // random is left in recon_mie but the sample.
+  const quiet: Options = { dropout: 0, hardInterestsFrom: 5 };
+  const [a, b] = [1, 2].map((run) => lossOf({ ...quiet, mieRecon: "mean" }, 1, run).recon_mie);
+  assertEquals(a, b);
+  const [c, d] = [1, 2].map((run) => lossOf({ ...quiet }, 1, run).recon_mie);
+  assert(c !== d, "the paper's sampled reconstruction depends on the draw");
+  assert(!dependsOn({ mieRecon: "mean" }, 1, "interest.l"), "the interest decoder is used");
+  assert(dependsOn({}, 1, "interest.l"), "the paper's interest decoder is not used");
+});
+
+Deno.test("mieKlReduce mean: KL_MIE is the sum over the k interests divided by k", () => {
+  const sum = lossOf({});
+  const mean = lossOf({ mieKlReduce: "mean" });
+  assertAlmostEquals(mean.kl_mie * TINY.interests, sum.kl_mie, 1e-6 * sum.kl_mie);
+  assertEquals(mean.recon_mie, sum.recon_mie);
+});
+
+Deno.test("mieBoostEpochs: MIE's ELBO and L_orth weigh max(1, E0 - epoch + 1) times more", () => {
+  const options: Options = { mieBoostEpochs: 20, mieKlWeight: 0.5, beta1: 0.01, beta2: 0.02 };
+  for (const epoch of [1, 7, 19]) {
+    const boosted = lossOf(options, epoch);
+    const plain = lossOf(options, 25);
+    const mie = 0.01 * (boosted.recon_mie + 0.5 * boosted.kl_mie) + 0.02 * boosted.orth;
+    const factor = Math.max(1, 20 - epoch + 1);
+    assertAlmostEquals(boosted.loss - plain.loss, (factor - 1) * mie, 1e-4, `epoch ${epoch}`);
+  }
+  assertEquals(lossOf(options, 20).loss, lossOf(options, 25).loss); // x1 from epoch E0 on
+  assertEquals(lossOf(options).loss, lossOf(options, 25).loss); // no epoch: after it
+});
+
+Deno.test("hardInterestsFrom: the GRU is left out before that epoch, and used from it on", () => {
+  const options: Options = { hardInterestsFrom: 4 };
+  assert(!dependsOn(options, 3, "gru."), "epoch 3 used the GRU");
+  assert(dependsOn(options, 4, "gru."), "epoch 4 did not use the GRU");
+  assert(dependsOn({}, 1, "gru."), "the paper's GRU is used from the start");
+});
+
+Deno.test("scoreAt mu+sigma: ranks at mu + sigma, which is mu when sigma vanishes", () => {
+  assert(maxAbsDiff(scoresOf({ scoreAt: "mu+sigma" }), scoresOf({})) > 1e-3);
+  // logVarInit -40 starts sigma at e^-20: mu + sigma is mu to float precision.
+  const tiny = { logVarInit: -40 };
+  assert(maxAbsDiff(scoresOf({ ...tiny, scoreAt: "mu+sigma" }), scoresOf(tiny)) < 1e-6);
+});
+
+Deno.test("the authors preset trains: finite loss, every part of MIE reached, flat tensor count, early and late epochs", () => {
+  const model = new Sigma({ ...TINY, ...SIGMA_PRESETS.authors });
+  const optimizer = tf.train.adam(1e-3);
+  const vars = model.params.list();
+  const counts: number[] = [];
+  for (const [i, epoch] of [1, 2, 40, 41].entries()) {
+    const { values } = trainStep(model, BATCH, stepSeeds(3, i), optimizer, vars, 2048, {
+      step: i,
+      epoch,
+    });
+    const v = values.dataSync();
+    values.dispose();
+    assert(Array.from(v).every(Number.isFinite), `epoch ${epoch}: ${v}`);
+    counts.push(tf.memory().numTensors);
+  }
+  assertEquals(new Set(counts.slice(1)).size, 1, `tensor counts ${counts}`);
+  for (const family of ["gru.", "category", "omega.", "interest.ln", "enc_sigma."]) {
+    assert(dependsOn(SIGMA_PRESETS.authors, 40, family), `${family} is not used at epoch 40`);
+  }
+  optimizer.dispose();
+  model.params.dispose();
+});
