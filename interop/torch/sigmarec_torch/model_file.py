@@ -1,0 +1,130 @@
+"""The library's portable model file, read and written from Python.
+
+The format is documented once, in `lib/inference/model_file.ts`: a safetensors file (8-byte
+little-endian header length, a JSON header padded with spaces to 8 bytes, then raw
+little-endian float32 tensors) whose `__metadata__` holds `format` ("sigma-rec"),
+`format_version` ("1"), `model`, `config` (JSON), `items` (JSON, `"<pad>"` first), `info`
+(JSON) and `checksum`: the SHA-256 of `key=value\\n` for every other metadata key in sorted
+order, then for every tensor in sorted name order `name F32 [d0,d1,...]\\n` and its bytes.
+
+This module needs neither the `safetensors` package nor numpy: the layout is simple enough
+to write directly, and the checksum must be computed over the exact bytes anyway. Files it
+writes are ordinary safetensors files (`safetensors.torch.load_file` reads their weights).
+"""
+
+import hashlib
+import json
+import struct
+
+FORMAT = "sigma-rec"
+VERSION = "1"
+PAD_TOKEN = "<pad>"
+
+
+class ModelFileError(ValueError):
+    """Bytes that are not a valid model file; the message names the source and the fault."""
+
+
+def _checksum(metadata, tensors):
+    """`tensors`: list of (name, shape, bytes). Returns "sha256:<hex>"."""
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "checksum":
+            h.update(f"{key}={metadata[key]}\n".encode("utf-8"))
+    for name, shape, data in sorted(tensors, key=lambda t: t[0]):
+        h.update(f"{name} F32 [{','.join(str(d) for d in shape)}]\n".encode("utf-8"))
+        h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def encode(model, config, items, params, info=None):
+    """The bytes of a model file.
+
+    `params` is an ordered list of (name, torch.Tensor), in the model's parameter order.
+    """
+    if not items or items[0] != PAD_TOKEN:
+        raise ValueError(f'items[0] must be "{PAD_TOKEN}"')
+    tensors = []
+    header = {}
+    offset = 0
+    for name, value in params:
+        data, shape = _f32_bytes(value)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        tensors.append((name, shape, data))
+        offset += len(data)
+    metadata = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "model": model,
+        "config": json.dumps(config, separators=(",", ":")),
+        "items": json.dumps(items, separators=(",", ":"), ensure_ascii=False),
+        "info": json.dumps(info or {}, separators=(",", ":")),
+    }
+    metadata["checksum"] = _checksum(metadata, tensors)
+    text = json.dumps({"__metadata__": metadata, **header}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t[2] for t in tensors)
+
+
+def decode(data, source="model file"):
+    """Decodes and checks a model file's bytes.
+
+    Returns a dict: model, config, items, info, and params, an ordered list of
+    (name, shape, float32 bytes) in data order.
+    """
+    if len(data) < 8:
+        raise ModelFileError(f"{source}: holds {len(data)} bytes, too few for a safetensors file")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ModelFileError(f"{source}: header length {length} runs past the end (truncated?)")
+    try:
+        header = json.loads(data[8:8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{source}: the header is not JSON ({e})") from None
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ModelFileError(f'{source}: not a model file of this library (format "{FORMAT}")')
+    if metadata.get("format_version") != VERSION:
+        raise ModelFileError(
+            f"{source}: format version {metadata.get('format_version')!r} is not {VERSION!r}")
+    start = 8 + length
+    params = []
+    for name, entry in header.items():
+        if entry.get("dtype") != "F32":
+            raise ModelFileError(f'{source}: tensor "{name}" is not F32')
+        begin, end = entry["data_offsets"]
+        shape = entry["shape"]
+        size = 4
+        for d in shape:
+            size *= d
+        if end - begin != size or start + end > len(data):
+            raise ModelFileError(f'{source}: tensor "{name}" {shape} does not fit its offsets')
+        params.append((begin, name, shape, data[start + begin:start + end]))
+    params.sort()
+    tensors = [(name, shape, raw) for _, name, shape, raw in params]
+    if _checksum(metadata, tensors) != metadata.get("checksum"):
+        raise ModelFileError(f"{source}: the checksum does not match (edited or corrupted)")
+    return {
+        "model": metadata["model"],
+        "config": json.loads(metadata["config"]),
+        "items": json.loads(metadata["items"]),
+        "info": json.loads(metadata.get("info", "{}")),
+        "params": tensors,
+    }
+
+
+def _f32_bytes(value):
+    """float32 little-endian bytes and the shape of a torch tensor (a fresh copy, so its
+    storage holds exactly its own elements). Assumes a little-endian host (x86, Arm)."""
+    import torch  # noqa: PLC0415 - the package needs torch only where tensors are involved
+
+    t = value.detach().to("cpu", torch.float32).contiguous().clone()
+    return bytes(t.untyped_storage()), list(t.shape)
+
+
+def tensor(raw, shape):
+    """A float32 torch tensor of `shape` from little-endian bytes (a copy)."""
+    import torch  # noqa: PLC0415
+
+    return torch.frombuffer(bytearray(raw), dtype=torch.float32).reshape(shape).clone()

@@ -1,0 +1,194 @@
+// The PyTorch twin (interop/torch) against this library: the same model file both ways, the
+// same scores and loss, and data-parallel training under torchrun. Skipped, with the
+// reason printed, where no python3 with torch is installed (.ci/run installs it as root).
+import * as tf from "@tensorflow/tfjs-core";
+import { selectBackend } from "../backends/mod.ts";
+import { syntheticDataset } from "../lib/data/mod.ts";
+import { encodeModelFile } from "../lib/inference/model_file.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
+import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
+import { stepSeeds } from "../lib/models/_model.ts";
+import { trainStep } from "../lib/train/trainer.ts";
+import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+const TWIN = new URL("../interop/torch/", import.meta.url).pathname;
+
+/** The first python3 that imports torch (pip's, else Debian's), or why there is none. */
+async function findTorchPython(): Promise<{ python: string; missing: string }> {
+  let why = "";
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    try {
+      const out = await new Deno.Command(python, {
+        args: ["-c", "import torch"],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      if (out.success) return { python, missing: "" };
+      why = `${python}: ${new TextDecoder().decode(out.stderr).trim().split("\n").pop()}`;
+    } catch (e) {
+      why = `${python}: ${(e as Error).message}`;
+    }
+  }
+  return { python: "", missing: why };
+}
+
+const { python: PYTHON, missing } = await findTorchPython();
+if (missing) console.log(`torch_twin_test: skipped, no python3 imports torch (${missing})`);
+
+/** Runs `python3 args` in interop/torch with `input` as JSON on stdin; returns stdout. */
+async function python(args: string[], input?: unknown): Promise<string> {
+  const child = new Deno.Command(PYTHON, {
+    args,
+    cwd: TWIN,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { PYTHONUNBUFFERED: "1", OMP_NUM_THREADS: "1" },
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(input === undefined ? "" : JSON.stringify(input)));
+  await writer.close();
+  const out = await child.output();
+  const text = new TextDecoder();
+  if (!out.success) {
+    throw new Error(`${PYTHON} ${args.join(" ")} failed:\n${text.decode(out.stderr)}`);
+  }
+  return text.decode(out.stdout);
+}
+
+const parity = async (command: string, file: string, input: unknown) =>
+  JSON.parse((await python(["-m", "sigmarec_torch.parity", command, file], input)).trim());
+
+const TINY: Partial<SasRecConfig> & { numItems: number } = {
+  numItems: 30,
+  hidden: 16,
+  heads: 2,
+  inner: 32,
+  maxLength: 8,
+  layers: 2,
+  dropout: 0,
+  seed: 4,
+  // Weights far from 0, so that every layer shapes the scores: the tests then tell apart
+  // near-misses such as GELU's tanh approximation (checked: it fails them).
+  initStd: 0.5,
+};
+const EVAL = tinyEvalBatch(3, 5, 30);
+
+/** Rows `[B][L]` of a flat left-padded id array. */
+function rows(flat: Int32Array, batch: number, length: number): number[][] {
+  return Array.from({ length: batch }, (_, b) => [...flat.subarray(b * length, (b + 1) * length)]);
+}
+
+/** Largest |a - b| over nested score rows, relative to the largest |score|. */
+function relativeGap(a: number[][], b: number[][]): number {
+  let gap = 0;
+  let scale = 1e-6;
+  a.forEach((row, r) =>
+    row.forEach((x, i) => {
+      gap = Math.max(gap, Math.abs(x - b[r][i]));
+      scale = Math.max(scale, Math.abs(x));
+    })
+  );
+  return gap / scale;
+}
+
+const topK = (row: number[], k: number) =>
+  row.map((s, i) => [s, i]).slice(1).sort((x, y) => y[0] - x[0]).slice(0, k).map((p) => p[1]);
+
+Deno.test({
+  name: "torch twin: a SASRec trained here loads in PyTorch with the same scores and loss",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const model = new SasRec(TINY);
+    const optimizer = tf.train.adam(1e-2);
+    const batch = tinyTrainBatch(4, 6, 30);
+    for (let step = 0; step < 3; step++) {
+      trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048).values
+        .dispose();
+    }
+    const { records, values } = await model.params.toArrays();
+    const file = await Deno.makeTempFile({ suffix: ".safetensors" });
+    await Deno.writeFile(
+      file,
+      await encodeModelFile({
+        model: "sasrec",
+        config: model.config as unknown as Record<string, unknown>,
+        items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
+        params: records,
+        values,
+        info: {},
+      }),
+    );
+    const ours = tf.tidy(() => model.scores(EVAL).arraySync() as number[][]);
+    const theirs = await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) });
+    const gap = relativeGap(ours, theirs.scores);
+    assert(gap < 1e-5, `scores differ by ${gap} of the largest`);
+    const ourLoss = tf.tidy(() => model.loss(batch, stepSeeds(9, 0)).loss.dataSync()[0]);
+    const theirLoss = (await parity("loss", file, {
+      inputs: rows(batch.inputs, 4, 6),
+      targets: rows(batch.targets, 4, 6),
+    })).loss;
+    assert(Math.abs(ourLoss - theirLoss) < 1e-5 * ourLoss, `loss ${ourLoss} here, ${theirLoss}`);
+    optimizer.dispose();
+    model.params.dispose();
+    await Deno.remove(file);
+  },
+});
+
+Deno.test({
+  name: "torch twin: a SASRec trained in PyTorch loads here with the same scores and top-10",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const file = await Deno.makeTempFile({ suffix: ".safetensors" });
+    await parity("train", file, { config: { ...TINY, dropout: 0.1 }, steps: 5, seed: 3 });
+    const theirs = (await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) }))
+      .scores as number[][];
+    const rec = await Recommender.load(await Deno.readFile(file));
+    const ours = tf.tidy(() => rec.model.scores(EVAL).arraySync() as number[][]);
+    const gap = relativeGap(ours, theirs);
+    assert(gap < 1e-5, `scores differ by ${gap} of the largest`);
+    for (let r = 0; r < 3; r++) assertEquals(topK(ours[r], 10), topK(theirs[r], 10), `row ${r}`);
+    await Deno.remove(file);
+  },
+});
+
+Deno.test({
+  name: "torch twin: torchrun trains on 2 processes with identical replicas after every step, " +
+    "and its model file serves here",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const dir = await Deno.makeTempDir();
+    const data = syntheticDataset({ users: 200, items: 60 });
+    const lines = data.sequences.map((s, u) =>
+      [data.vocab.users[u], ...Array.from(s, (i) => data.vocab.items[i])].join(" ")
+    );
+    await Deno.writeTextFile(`${dir}/data.txt`, lines.join("\n") + "\n");
+    const log = await python([
+      "-m",
+      "torch.distributed.run",
+      "--nproc_per_node",
+      "2",
+      "--master_port",
+      String(29500 + Math.floor(Math.random() * 1000)),
+      "-m",
+      "sigmarec_torch.train",
+      ...["--data", `${dir}/data.txt`, "--out", `${dir}/run`, "--epochs", "2"],
+      ...["--max-steps", "4", "--batch-size", "32", "--check-replicas"],
+      ...["--hidden", "16", "--heads", "2", "--inner", "32", "--layers", "1", "--max-length", "20"],
+    ]);
+    for (let step = 1; step <= 4; step++) {
+      assert(log.includes(`step ${step}: replicas identical`), log);
+    }
+    assert(!log.includes("DIFFER"), log);
+    assert(log.includes("2 process(es)"), log);
+    const rec = await Recommender.load(await Deno.readFile(`${dir}/run/model.safetensors`));
+    const history = lines[0].split(" ").slice(1, 4);
+    const top = await rec.recommend(history, { k: 5 });
+    assertEquals(top.items.length, 5);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
