@@ -7,6 +7,8 @@ import { syntheticDataset } from "../lib/data/mod.ts";
 import { encodeModelFile } from "../lib/inference/model_file.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
+import { Sigma, type SigmaConfig } from "../lib/models/sigma.ts";
+import { gumbelNoise } from "../lib/prob/distributions.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { trainStep } from "../lib/train/trainer.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
@@ -188,6 +190,144 @@ Deno.test({
     const rec = await Recommender.load(await Deno.readFile(`${dir}/run/model.safetensors`));
     const history = lines[0].split(" ").slice(1, 4);
     const top = await rec.recommend(history, { k: 5 });
+    assertEquals(top.items.length, 5);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+const SIGMA_TINY: Partial<SigmaConfig> & { numItems: number } = {
+  numItems: 30,
+  hidden: 16,
+  heads: 2,
+  inner: 32,
+  maxLength: 8,
+  interests: 3,
+  dropout: 0,
+  seed: 5,
+  initStd: 0.3,
+};
+
+/** A model file of `model`'s current weights under `config` (another ranking, say). */
+async function sigmaFile(model: Sigma, config: SigmaConfig): Promise<string> {
+  const { records, values } = await model.params.toArrays();
+  const file = await Deno.makeTempFile({ suffix: ".safetensors" });
+  await Deno.writeFile(
+    file,
+    await encodeModelFile({
+      model: "sigma",
+      config: config as unknown as Record<string, unknown>,
+      items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
+      params: records,
+      values,
+      info: {},
+    }),
+  );
+  return file;
+}
+
+Deno.test({
+  name: "torch twin: SIGMA trained here scores the same in PyTorch, by SGM-VAE and by MIE-VAE",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const model = new Sigma(SIGMA_TINY);
+    const optimizer = tf.train.adam(1e-2);
+    const batch = tinyTrainBatch(4, 6, 30);
+    for (let step = 0; step < 3; step++) {
+      trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048, {
+        step,
+        epoch: 1,
+      }).values.dispose();
+    }
+    for (const ranking of ["sgm", "mie"] as const) {
+      const config = { ...model.config, ranking };
+      const file = await sigmaFile(model, config);
+      const twin = new Sigma(config);
+      const { records, values } = await model.params.toArrays();
+      twin.params.assign(records, values);
+      const ours = tf.tidy(() => twin.scores(EVAL).arraySync() as number[][]);
+      const theirs = await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) });
+      const gap = relativeGap(ours, theirs.scores);
+      assert(gap < 1e-5, `${ranking}: scores differ by ${gap} of the largest`);
+      twin.params.dispose();
+      await Deno.remove(file);
+    }
+    optimizer.dispose();
+    model.params.dispose();
+  },
+});
+
+Deno.test({
+  name:
+    "torch twin: SIGMA's training loss and its parts agree, with this library's draws passed in",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const model = new Sigma({ ...SIGMA_TINY, mieKlWarmup: 10, mieBoostEpochs: 4 });
+    const file = await sigmaFile(model, model.config);
+    const batch = tinyTrainBatch(4, 6, 30);
+    const [step, epoch] = [5, 2];
+    const { loss, parts } = tf.tidy(() => {
+      const r = model.loss(batch, stepSeeds(9, 0), step, epoch);
+      const out: Record<string, number> = {};
+      for (const [k, v] of Object.entries(r.parts)) out[k] = v.dataSync()[0];
+      return { loss: r.loss.dataSync()[0], parts: out };
+    });
+    // The loss's seed stream, drawn in its order (1 block per Transformer, no attention
+    // dropout): embedding dropout, Enc_mu's 2, Enc_sigma's 2, z's epsilon, the decoder's 2,
+    // the SGM loss's negatives, the Gumbel noise, the interests' epsilon.
+    const seeds = stepSeeds(9, 0);
+    const skip = (n: number) => Array.from({ length: n }, () => seeds());
+    skip(5);
+    const zSeed = seeds();
+    skip(3);
+    const [gumbelSeed, xSeed] = [seeds(), seeds()];
+    const positions = batch.targets.filter((t) => t !== 0).length;
+    const noise = tf.tidy(() => ({
+      z: tf.randomNormal([4, 6, 16], 0, 1, "float32", zSeed).arraySync(),
+      gumbel: gumbelNoise([4, 6, 3], gumbelSeed).arraySync(),
+      x: tf.randomNormal([positions, 3, 16], 0, 1, "float32", xSeed).arraySync(),
+    }));
+    const theirs = await parity("loss", file, {
+      inputs: rows(batch.inputs, 4, 6),
+      targets: rows(batch.targets, 4, 6),
+      noise,
+      step,
+      epoch,
+    });
+    const close = (a: number, b: number) => Math.abs(a - b) <= 1e-4 * Math.max(1, Math.abs(a));
+    assert(close(loss, theirs.loss), `loss ${loss} here, ${theirs.loss} in PyTorch`);
+    for (const [k, v] of Object.entries(parts)) {
+      assert(close(v, theirs.parts[k]), `${k}: ${v} here, ${theirs.parts[k]} in PyTorch`);
+    }
+    model.params.dispose();
+    await Deno.remove(file);
+  },
+});
+
+Deno.test({
+  name: "torch twin: SIGMA trains in PyTorch (the trainer, one process) and its file serves here",
+  ignore: missing !== "",
+  async fn() {
+    await selectBackend("cpu");
+    const dir = await Deno.makeTempDir();
+    const data = syntheticDataset({ users: 120, items: 40 });
+    const lines = data.sequences.map((s, u) =>
+      [data.vocab.users[u], ...Array.from(s, (i) => data.vocab.items[i])].join(" ")
+    );
+    await Deno.writeTextFile(`${dir}/data.txt`, lines.join("\n") + "\n");
+    const log = await python([
+      "-m",
+      "sigmarec_torch.train",
+      ...["--model", "sigma", "--data", `${dir}/data.txt`, "--out", `${dir}/run`],
+      ...["--epochs", "1", "--max-steps", "2", "--batch-size", "32", "--interests", "2"],
+      ...["--hidden", "16", "--heads", "2", "--inner", "32", "--max-length", "20"],
+      ...["--interest-layer-norm", "true"],
+    ]);
+    assert(log.includes("wrote"), log);
+    const rec = await Recommender.load(await Deno.readFile(`${dir}/run/model.safetensors`));
+    assertEquals(rec.model.name, "sigma");
+    const top = await rec.recommend(lines[0].split(" ").slice(1, 4), { k: 5 });
     assertEquals(top.items.length, 5);
     await Deno.remove(dir, { recursive: true });
   },

@@ -4,8 +4,12 @@ with the library, or the other way round. See interop/torch/README.md."""
 
 from .model_file import ModelFileError, decode, encode
 from .sasrec import SasRec
+from .sigma import Sigma
 
-__all__ = ["ModelFileError", "SasRec", "decode", "encode", "load"]
+__all__ = ["MODELS", "ModelFileError", "SasRec", "Sigma", "decode", "encode", "load"]
+
+#: The twins by the library's `--model` name.
+MODELS = {"sasrec": SasRec, "sigma": Sigma}
 
 
 def load(path):
@@ -14,9 +18,10 @@ def load(path):
 
     with open(path, "rb") as f:
         contents = decode(f.read(), path)
-    if contents["model"] != "sasrec":
-        raise ValueError(f"{path}: model {contents['model']!r} has no PyTorch twin yet (sasrec)")
-    model = SasRec(contents["config"])
+    if contents["model"] not in MODELS:
+        raise ValueError(
+            f"{path}: model {contents['model']!r} has no PyTorch twin yet ({', '.join(MODELS)})")
+    model = MODELS[contents["model"]](contents["config"])
     state = {name: tensor(raw, shape) for name, shape, raw in contents["params"]}
     missing = set(model.state_dict()) ^ set(state)
     if missing:

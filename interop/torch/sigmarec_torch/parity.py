@@ -3,21 +3,22 @@ on stdin and JSON out on stdout:
 
     python -m sigmarec_torch.parity scores FILE   # {"inputs": [[ids]]} -> {"scores": [[...]]}
     python -m sigmarec_torch.parity loss FILE     # {"inputs", "targets"} -> {"loss": x}
-    python -m sigmarec_torch.parity train FILE    # {"config", "steps", "seed"}: trains the
-                                                  # twin on random sequences, writes FILE
+    python -m sigmarec_torch.parity train FILE    # {"model", "config", "steps", "seed"}:
+                                                  # trains a twin on random sequences
 
 Inputs are left-padded item ids (0 = padding), targets 0 where a position has none. The
-loss is computed with dropout off (the model in eval mode).
+loss is SASRec's with dropout off (eval mode), or SIGMA's training loss with the draws given
+in `noise` ({"z", "gumbel", "x"}, as nested lists) and `step`/`epoch`, then also `parts`.
 """
 
 import json
+import math
 import sys
 
 import torch
 
-from . import load
+from . import MODELS, load
 from .model_file import encode
-from .sasrec import SasRec
 
 
 def scores(path, request):
@@ -29,15 +30,25 @@ def scores(path, request):
 
 def loss(path, request):
     model, _, _ = load(path)
+    ids = torch.tensor(request["inputs"], dtype=torch.long)
+    targets = torch.tensor(request["targets"], dtype=torch.long)
     with torch.no_grad():
-        value = model.loss(torch.tensor(request["inputs"], dtype=torch.long),
-                           torch.tensor(request["targets"], dtype=torch.long))
-    return {"loss": value.item()}
+        if model.name == "sasrec":
+            return {"loss": model.loss(ids, targets).item()}
+        if model.config["dropout"] != 0 or model.config["attentionDropout"] != 0:
+            raise SystemExit("SIGMA's loss parity needs dropout 0: its masks cannot be passed in")
+        model.train()  # the training loss, with the draws passed in
+        noise = {k: torch.tensor(v, dtype=torch.float32) for k, v in request["noise"].items()}
+        parts = {}
+        value = model.loss(ids, targets, step=request.get("step", math.inf),
+                           epoch=request.get("epoch", math.inf), parts=parts, noise=noise)
+    return {"loss": value.item(), "parts": {k: v.item() for k, v in parts.items()}}
 
 
 def train(path, request):
     config = request["config"]
-    model = SasRec(config)
+    kind = request.get("model", "sasrec")
+    model = MODELS[kind](config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(request.get("seed", 1))
     n, length = config["numItems"], config.get("maxLength", 100)
@@ -52,7 +63,7 @@ def train(path, request):
         optimizer.step()
     items = ["<pad>", *[f"item{i}" for i in range(1, n + 1)]]
     with open(path, "wb") as f:
-        f.write(encode("sasrec", model.config, items, model.named_tensors(),
+        f.write(encode(kind, model.config, items, model.named_tensors(),
                        {"trainer": "sigmarec_torch.parity"}))
     return {"wrote": path}
 

@@ -12,11 +12,11 @@ from the right), then per block `h = LN1(h + Drop(Attn(h)))`, `h = LN2(h + Drop(
 with FFN = Linear-GELU(erf)-Linear and an additive mask of -1e9 on future and padded keys.
 """
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .layers import LayerNorm, causal_padding_mask, run_blocks, transformer_blocks
 
 DEFAULTS = {
     "maxLength": 100,  # longest history read; older items dropped
@@ -52,72 +52,11 @@ def full_config(config):
     return c
 
 
-class Linear(nn.Module):
-    """`x @ w + b`, w `[in, out]` (the library's layout)."""
-
-    def __init__(self, d_in, d_out, std):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(d_in, d_out) * std)
-        self.b = nn.Parameter(torch.zeros(d_out))
-
-    def forward(self, x):
-        return x @ self.w + self.b
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with gain `g` and bias `b` (biased variance)."""
-
-    def __init__(self, d, eps):
-        super().__init__()
-        self.g = nn.Parameter(torch.ones(d))
-        self.b = nn.Parameter(torch.zeros(d))
-        self.eps = eps
-
-    def forward(self, x):
-        return F.layer_norm(x, x.shape[-1:], self.g, self.b, self.eps)
-
-
-class Block(nn.Module):
-    """One post-LayerNorm Transformer block; parameters named as the library names them."""
-
-    def __init__(self, c):
-        super().__init__()
-        d, std = c["hidden"], c["initStd"]
-        self.heads = c["heads"]
-        self.drop = c["dropout"]
-        self.attn = nn.ModuleDict({m: Linear(d, d, std) for m in ("q", "k", "v", "o")})
-        self.ln1 = LayerNorm(d, c["layerNormEps"])
-        self.ffn = nn.ModuleDict({"in": Linear(d, c["inner"], std), "out": Linear(c["inner"], d, std)})
-        self.ln2 = LayerNorm(d, c["layerNormEps"])
-
-    def forward(self, h, mask):  # h [B, L, d], mask [B, 1, L, L] additive
-        b, length, d = h.shape
-        dh = d // self.heads
-
-        def split(t):  # [B, L, d] -> [B, heads, L, dh]
-            return t.reshape(b, length, self.heads, dh).transpose(1, 2)
-
-        q, k, v = (split(self.attn[m](h)) for m in ("q", "k", "v"))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(dh) + mask  # [B, heads, L, L]
-        ctx = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, length, d)
-        a = F.dropout(self.attn["o"](ctx), self.drop, self.training)
-        h = self.ln1(h + a)
-        f = self.ffn["out"](F.gelu(self.ffn["in"](h)))  # exact (erf) GELU
-        return self.ln2(h + F.dropout(f, self.drop, self.training))
-
-
-def causal_padding_mask(ids):
-    """Additive mask `[B, 1, L, L]`: -1e9 on future keys and on padded keys (id 0)."""
-    b, length = ids.shape
-    future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), 1)
-    blocked = future.unsqueeze(0) | (ids == 0).unsqueeze(1)  # [B, L, L]
-    return torch.where(blocked, -1e9, 0.0).to(torch.float32).unsqueeze(1)
-
-
 class SasRec(nn.Module):
     """SASRec with the library's parameter names; `config` as the library's SasRecConfig."""
 
     name = "sasrec"
+    DEFAULTS = DEFAULTS
 
     def __init__(self, config):
         super().__init__()
@@ -129,7 +68,7 @@ class SasRec(nn.Module):
         self.item = nn.Parameter(torch.randn(c["numItems"] + 1, d) * std)  # row 0 = padding
         self.position = nn.Parameter(torch.randn(c["maxLength"], d) * std)
         self.embed = nn.ModuleDict({"ln": LayerNorm(d, c["layerNormEps"])})
-        self.enc = nn.ModuleDict({f"block{i}": Block(c) for i in range(c["layers"])})
+        self.enc = transformer_blocks(c)
 
     def encode(self, ids):
         """Hidden states `[B, L, d]` of left-padded item ids `[B, L]` (int64)."""
@@ -138,10 +77,7 @@ class SasRec(nn.Module):
         pos = self.position[c["maxLength"] - length:]  # [L, d], counted from the right
         x = self.embed["ln"](self.item[ids] + pos)
         h = F.dropout(x, c["dropout"], self.training)
-        mask = causal_padding_mask(ids)
-        for block in self.enc.values():
-            h = block(h, mask)
-        return h
+        return run_blocks(self.enc, h, causal_padding_mask(ids))
 
     def scores(self, ids):
         """Scores `[B, N + 1]` of every item after each history (column 0 = padding)."""
@@ -167,8 +103,8 @@ class SasRec(nn.Module):
         logits = torch.cat([pos.unsqueeze(1), neg], 1)
         return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=y.device))
 
-    def forward(self, ids, targets, generator=None):
-        """The training loss (what DistributedDataParallel wraps)."""
+    def forward(self, ids, targets, generator=None, step=None, epoch=None):
+        """The training loss (what DistributedDataParallel wraps); SASRec has no schedule."""
         return self.loss(ids, targets, generator)
 
     def named_tensors(self):

@@ -23,13 +23,27 @@ import time
 import torch
 import torch.distributed as dist
 
+from . import MODELS
 from . import data as D
 from .model_file import encode
-from .sasrec import DEFAULTS, SasRec
+
+
+def _flag(key):
+    return "--" + "".join("-" + ch.lower() if ch.isupper() else ch for ch in key)
+
+
+def _bool(text):
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
 
 
 def parse_args(argv):
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--model", choices=sorted(MODELS), default="sasrec")
+    model = first.parse_known_args(argv)[0].model
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="sasrec", help="which twin")
     p.add_argument("--data", required=True, help="sequence lines: user item item ...")
     p.add_argument("--out", required=True, help="folder for model.safetensors and metrics.json")
     p.add_argument("--epochs", type=int, default=200)
@@ -40,10 +54,11 @@ def parse_args(argv):
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (tests)")
     p.add_argument("--check-replicas", action="store_true",
                    help="after each step, check that every rank holds the same weights")
-    for key, value in DEFAULTS.items():
+    # The model's config fields, as the library's CLI names them (--max-length, --interests).
+    for key, value in MODELS[model].DEFAULTS.items():
         if key != "seed":
-            flag = "--" + "".join("-" + ch.lower() if ch.isupper() else ch for ch in key)
-            p.add_argument(flag, dest=key, type=type(value), default=value)
+            kind = _bool if isinstance(value, bool) else type(value)
+            p.add_argument(_flag(key), dest=key, type=kind, default=value)
     return p.parse_args(argv)
 
 
@@ -68,9 +83,10 @@ def main(argv=None):
 
     items, sequences = D.read_lines(args.data)
     train, valid, test = D.leave_one_out(sequences)
-    config = {k: getattr(args, k) for k in DEFAULTS if k != "seed"}
+    twin = MODELS[args.model]
+    config = {k: getattr(args, k) for k in twin.DEFAULTS if k != "seed"}
     config.update(seed=args.seed, numItems=len(items) - 1)
-    model = SasRec(config).to(device)  # the same seed on every rank: the same start
+    model = twin(config).to(device)  # the same seed on every rank: the same start
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     say(f"data: {args.data}: {len(sequences)} users, {len(items) - 1} items; "
@@ -88,7 +104,7 @@ def main(argv=None):
         for inputs, targets in batches:
             optimizer.zero_grad()
             # Through the wrapper: DDP's gradient averaging hooks on its forward call.
-            loss = net(inputs.to(device), targets.to(device), generator)
+            loss = net(inputs.to(device), targets.to(device), generator, step, epoch)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
@@ -130,9 +146,9 @@ def main(argv=None):
         info = {"epoch": best["epoch"], "valid": best["valid"], "trainer": "sigmarec_torch",
                 "processes": world}
         with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
-            f.write(encode("sasrec", model.config, items, model.named_tensors(), info))
+            f.write(encode(args.model, model.config, items, model.named_tensors(), info))
         with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"model": "sasrec", "data": args.data, "best_epoch": best["epoch"],
+            json.dump({"model": args.model, "data": args.data, "best_epoch": best["epoch"],
                        "processes": world, "valid": best["valid"], "test": test_metrics}, f,
                       indent=1)
         say(f"test {json.dumps(test_metrics)}")
