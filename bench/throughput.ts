@@ -29,7 +29,9 @@
  * The SASRec step comparison times this project's SASRec on a fixed synthetic batch (256
  * rows, length 50, 12,000 items, a target at every position, full softmax, Adam), and
  * `bench/torch_reference.py` times the same step in PyTorch on CPU, in the same run; the
- * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times. `--torch-device cuda`
+ * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times; with `sigma` among
+ * `--models`, SIGMA's step on the same batch likewise (`ratio sigma-step`), PyTorch's by
+ * the twin in interop/torch. `--torch-device cuda`
  * times PyTorch on the GPU instead (the anchor for the WebGPU rows on a machine with one).
  *
  * @module
@@ -208,9 +210,9 @@ async function runChild(spec: string): Promise<void> {
   const slow = chosen.name !== "wasm";
   const label = backendLabel(chosen);
   const stepsHere = slow ? slowSteps : steps;
-  if (model === "sasrec-step") {
-    // The fixed shape bench/torch_reference.py also times.
-    const m = modelEntry("sasrec").create({
+  if (model === "sasrec-step" || model === "sigma-step") {
+    // The fixed shape bench/torch_reference.py also times (SIGMA's by its PyTorch twin).
+    const m = modelEntry(model.replace("-step", "")).create({
       numItems: SASREC_STEP_ITEMS,
       maxLength: SASREC_STEP_LENGTH,
     });
@@ -295,15 +297,17 @@ async function child<T>(spec: string): Promise<T | null> {
   return JSON.parse(text) as T;
 }
 
-/** Runs bench/torch_reference.py with the first python3 that has torch. */
-async function torchReference(): Promise<{ secondsPerStep: number; blas: string } | string> {
+/** Runs bench/torch_reference.py for `model`'s step with the first python3 that has torch. */
+async function torchReference(
+  model: "sasrec" | "sigma",
+): Promise<{ secondsPerStep: number; blas: string } | string> {
   const script = new URL("./torch_reference.py", import.meta.url).pathname;
   let why = "";
   for (const python of ["python3", "/usr/bin/python3"]) {
     try {
       const out = await new Deno.Command(python, {
         // The script picks OpenBLAS's kernels itself: SkylakeX only on a CPU with AVX-512.
-        args: [script, "--steps", "3", "--device", values["torch-device"]],
+        args: [script, "--steps", "3", "--device", values["torch-device"], "--model", model],
         stdout: "piped",
         stderr: "piped",
       }).output();
@@ -377,24 +381,27 @@ async function main(): Promise<void> {
     );
   }
   if (values.torch !== "true") return;
-  console.log("");
-  const torch = await torchReference();
-  if (typeof torch === "string") {
-    console.log(`sasrec-step vs PyTorch skipped: ${torch}`);
-    return;
-  }
-  console.log(`pytorch sasrec-step: ${torch.secondsPerStep.toFixed(2)} s (${torch.blas})`);
-  for (const backend of backends.filter((b) => b !== "cpu")) {
-    const r = await child<{ label: string; secondsPerStep: number }>(
-      `sasrec-step:none:${backend}`,
-    );
-    if (!r) continue;
-    console.log(`${r.label} sasrec-step: ${r.secondsPerStep.toFixed(2)} s`);
-    console.log(
-      `ratio sasrec-step ${backend}/pytorch: ${
-        (r.secondsPerStep / torch.secondsPerStep).toFixed(2)
-      }`,
-    );
+  for (const step of ["sasrec", "sigma"] as const) {
+    if (step === "sigma" && !models.includes("sigma")) continue;
+    console.log("");
+    const torch = await torchReference(step);
+    if (typeof torch === "string") {
+      console.log(`${step}-step vs PyTorch skipped: ${torch}`);
+      continue;
+    }
+    console.log(`pytorch ${step}-step: ${torch.secondsPerStep.toFixed(2)} s (${torch.blas})`);
+    for (const backend of backends.filter((b) => b !== "cpu")) {
+      const r = await child<{ label: string; secondsPerStep: number }>(
+        `${step}-step:none:${backend}`,
+      );
+      if (!r) continue;
+      console.log(`${r.label} ${step}-step: ${r.secondsPerStep.toFixed(2)} s`);
+      console.log(
+        `ratio ${step}-step ${backend}/pytorch: ${
+          (r.secondsPerStep / torch.secondsPerStep).toFixed(2)
+        }`,
+      );
+    }
   }
 }
 

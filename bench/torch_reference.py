@@ -1,4 +1,4 @@
-"""PyTorch reference for one SASRec training step, timed on CPU (or a CUDA GPU).
+"""PyTorch reference for one SASRec or SIGMA training step, timed on CPU (or a CUDA GPU).
 
 The same step bench/throughput.ts times for this project's SASRec: 2 post-LayerNorm
 Transformer blocks (d 128, 4 heads, feed-forward 256, GELU, dropout 0.3), learned
@@ -19,6 +19,11 @@ instruction. ATen uses every logical CPU, as the project's wasm backend does.
 
     python3 bench/torch_reference.py --steps 3
     python3 bench/torch_reference.py --steps 20 --device cuda   # the anchor on a GPU
+    python3 bench/torch_reference.py --model sigma              # SIGMA's step, by its twin
+
+SIGMA's step is the PyTorch twin's (interop/torch: the library's SIGMA, paper defaults, 1
+block per Transformer, k = 4, a 2-layer gated GRU) on the same batch shape, a target at
+every position, full softmax, Adam.
 """
 
 import argparse
@@ -84,22 +89,8 @@ class SasRec(nn.Module):
         return self.blocks(h, mask=self.causal)  # [B, L, d]
 
 
-def main():
-    torch.set_num_threads(os.cpu_count() or 1)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--length", type=int, default=50)
-    parser.add_argument("--items", type=int, default=12000)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--inner", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
-    args = parser.parse_args()
-
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+def sasrec_step(args, device):
+    """One SASRec training step on the reference shape, as a function."""
     model = SasRec(args.items, args.length, args.hidden, args.heads, args.inner, args.layers,
                    0.3).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -115,6 +106,50 @@ def main():
         optimizer.step()
         return loss.item()  # .item() waits for the GPU, so a step's time is its whole work
 
+    return step
+
+
+def sigma_step(args, device):
+    """One SIGMA training step on the reference shape, by the PyTorch twin."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "interop", "torch"))
+    from sigmarec_torch.sigma import Sigma  # noqa: PLC0415 - only for --model sigma
+
+    model = Sigma({"numItems": args.items, "maxLength": args.length, "hidden": args.hidden,
+                   "heads": args.heads, "inner": args.inner}).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ids = torch.randint(1, args.items + 1, (args.batch, args.length), device=device)
+    targets = torch.randint(1, args.items + 1, (args.batch, args.length), device=device)
+
+    def step():
+        optimizer.zero_grad()
+        loss = model.loss(ids, targets)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def main():
+    torch.set_num_threads(os.cpu_count() or 1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--length", type=int, default=50)
+    parser.add_argument("--items", type=int, default=12000)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--inner", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    parser.add_argument("--model", choices=("sasrec", "sigma"), default="sasrec")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    step = sigma_step(args, device) if args.model == "sigma" else sasrec_step(args, device)
+
     step()  # warm-up: allocator, Adam's slots
     times = []
     for _ in range(args.steps):
@@ -127,6 +162,7 @@ def main():
         "threads": torch.get_num_threads(),
         "coretype": os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice"),
         "blas": loaded_blas(),
+        "model": args.model,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "shape": {k: getattr(args, k) for k in

@@ -224,8 +224,10 @@ class Sigma(nn.Module):
         """Per-position loss `[P]` of queries `[P, k, d]` (max over k) for targets 1..N."""
         c = self.config
         q = queries / temperature
+        p, k, d = q.shape
         if c["loss"] == "softmax":
-            logits = torch.einsum("pkd,nd->pkn", q, self.item[1:]).amax(1)  # [P, N]
+            # max over interests by .max (its gradient is a gather), not .amax (a mask)
+            logits = (q.reshape(p * k, d) @ self.item[1:].T).reshape(p, k, -1).max(1).values
             return F.cross_entropy(logits, targets - 1, reduction="none")
         n = 1 if c["loss"] == "bce" else c["negatives"]
         neg_ids = torch.randint(1, c["numItems"] + 1, (len(targets), n),
@@ -316,7 +318,8 @@ class Sigma(nn.Module):
             _, _, raw = self._interests(items, real)
             mean = self._shown_mean(raw[:, -1])  # [B, k, d]
             u = mean if c["mieRecon"] == "mean" else self._interest_decoder(mean)
-            return torch.einsum("bkd,nd->bkn", u, self.item).amax(1)
+            b, k, d = u.shape
+            return (u.reshape(b * k, d) @ self.item.T).reshape(b, k, -1).max(1).values
         z = run_blocks(self.enc_mu, inputs, mask)
         if c["scoreAt"] == "mu+sigma":
             z = z + torch.exp(0.5 * run_blocks(self.enc_sigma, inputs, mask))
