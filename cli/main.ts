@@ -15,6 +15,7 @@ import { leaveOneOut } from "../lib/data/mod.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
+import { shownPath } from "../lib/_io.ts";
 import { EVAL_PROTOCOLS, type EvalProtocol } from "../lib/eval/evaluate.ts";
 import {
   checkSeed,
@@ -80,6 +81,9 @@ function usage(): string {
     "                 (--data is read as training read its data; --protocol diffurec: history",
     "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks; the last four:",
     "                 ablations of a diffurec/diffurecsys model's ranking)",
+    "  deno task export --data FILE [--format F] [--k-core K] [--min-rating R] --out FILE",
+    "                 (the data as training reads it, as sequence lines: what the PyTorch",
+    "                 twins in interop/torch read)",
     ...RECOMMEND_USAGE,
     ...SERVE_USAGE,
     "",
@@ -254,16 +258,7 @@ async function trainCommand(args: string[]): Promise<void> {
     throw new TypeError(`--${readFlags[0]} goes with --data FILE (the embedded data set is fixed)`);
   }
   const spec: DataSpec = typeof v.data === "string"
-    ? {
-      kind: "file",
-      path: v.data,
-      format: v.format as "lines" | "recbole" | "movielens" | undefined,
-      kCore: typeof v["k-core"] === "string" ? intFlag("k-core", v["k-core"], 0, 0) : undefined,
-      categories: v.categories as string | undefined,
-      minRating: typeof v["min-rating"] === "string"
-        ? numberFlag("min-rating", v["min-rating"])
-        : undefined,
-    }
+    ? fileDataSpec(v.data, v)
     : { kind: "synthetic", seed: 42 };
   if (spec.kind === "synthetic") {
     // The embedded data set is a demonstration: a short run unless asked otherwise.
@@ -472,6 +467,60 @@ async function evalCommand(args: string[]): Promise<void> {
   );
 }
 
+/** The data `--data FILE` and its read flags describe (`--format`, `--k-core`, ...). */
+function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
+  return {
+    kind: "file",
+    path,
+    format: v.format as "lines" | "recbole" | "movielens" | undefined,
+    kCore: typeof v["k-core"] === "string" ? intFlag("k-core", v["k-core"], 0, 0) : undefined,
+    categories: v.categories as string | undefined,
+    minRating: typeof v["min-rating"] === "string"
+      ? numberFlag("min-rating", v["min-rating"] as string)
+      : undefined,
+  };
+}
+
+/**
+ * `export`: the data as training reads it (any format, k-core and rating filters applied),
+ * written as sequence lines, `user item item ...` in time order with the original tokens:
+ * what the PyTorch twins (interop/torch) read, numbered the same way. Refuses to replace
+ * an existing file.
+ */
+async function exportCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      data: { type: "string" },
+      format: { type: "string" },
+      "k-core": { type: "string" },
+      "min-rating": { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(usage());
+    return;
+  }
+  if (!values.data) throw new TypeError("export needs --data FILE");
+  if (!values.out) throw new TypeError("export needs --out FILE (sequence lines)");
+  const out = values.out;
+  const exists = await Deno.stat(out).then(() => true, () => false);
+  if (exists) throw new Deno.errors.AlreadyExists(`--out ${shownPath(out)} exists; not replaced`);
+  const dataset = await loadData(fileDataSpec(values.data, values));
+  const { users, items } = dataset.vocab;
+  const lines = dataset.sequences.map((s, u) =>
+    [users[u], ...Array.from(s, (i) => items[i])].join(" ")
+  );
+  await writeFileAtomic(out, new TextEncoder().encode(lines.join("\n") + "\n"));
+  console.error(
+    `wrote ${shownPath(out)}: ${dataset.sequences.length} users, ${dataset.numItems} items, ` +
+      `${dataset.sequences.reduce((n, s) => n + s.length, 0)} interactions`,
+  );
+}
+
 /** `eval`'s flags that override a model's inference fields (`ModelEntry.inferenceFields`). */
 const INFERENCE_FLAGS = ["reverse-steps", "sampling", "eval-seed", "lambda"];
 
@@ -517,6 +566,7 @@ export async function main(args: string[]): Promise<number> {
     else if (command === "eval") await evalCommand(rest);
     else if (command === "recommend") await recommendCommand(rest);
     else if (command === "serve") await serveCommand(rest);
+    else if (command === "export") await exportCommand(rest);
     else {
       console.error(usage());
       return command === undefined || command === "--help" ? 0 : 2;

@@ -413,3 +413,26 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
   assert(bad.stderr.includes("--reverse-steps (9) must be at most steps (4)"), bad.stderr);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("cli export writes the data as training reads it, as sequence lines that read back the same, and never replaces a file", async () => {
+  const dir = await Deno.makeTempDir();
+  const inter = [
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+    "u1\ti9\t5\t300",
+    "u2\ti0\t3\t100",
+    "u1\ti8\t4\t100",
+    "u1\ti7\t4\t200",
+    "u2\ti9\t1\t50",
+    "",
+  ].join("\n");
+  await Deno.writeTextFile(`${dir}/d.inter`, inter);
+  const r = await cli("export", "--data", `${dir}/d.inter`, "--out", `${dir}/d.txt`);
+  assertEquals(r.code, 0, r.stderr);
+  // Time order within a user; item tokens kept as they are.
+  assertEquals(await Deno.readTextFile(`${dir}/d.txt`), "u1 i8 i7 i9\nu2 i9 i0\n");
+  const again = await cli("export", "--data", `${dir}/d.inter`, "--out", `${dir}/d.txt`);
+  assert(again.code !== 0 && again.stderr.includes("exists; not replaced"), again.stderr);
+  const bare = await cli("export", "--data", `${dir}/d.inter`);
+  assert(bare.code !== 0 && bare.stderr.includes("export needs --out FILE"), bare.stderr);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -87,7 +87,10 @@ def main(argv=None):
     config = {k: getattr(args, k) for k in twin.DEFAULTS if k != "seed"}
     config.update(seed=args.seed, numItems=len(items) - 1)
     model = twin(config).to(device)  # the same seed on every rank: the same start
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # SIGMA leaves parameters out of some steps (the GRU before --hard-interests-from, the
+    # interest decoder with --mie-recon mean): DDP must then look for unused ones.
+    net = torch.nn.parallel.DistributedDataParallel(
+        model, find_unused_parameters=args.model == "sigma") if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     say(f"data: {args.data}: {len(sequences)} users, {len(items) - 1} items; "
         f"{world} process(es), {device}")
