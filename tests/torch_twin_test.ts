@@ -139,23 +139,32 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "torch twin: a SASRec trained in PyTorch loads here with the same scores and top-10",
-  ignore: missing !== "",
-  async fn() {
-    await selectBackend("cpu");
-    const file = await Deno.makeTempFile({ suffix: ".safetensors" });
-    await parity("train", file, { config: { ...TINY, dropout: 0.1 }, steps: 5, seed: 3 });
-    const theirs = (await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) }))
-      .scores as number[][];
-    const rec = await Recommender.load(await Deno.readFile(file));
-    const ours = tf.tidy(() => rec.model.scores(EVAL).arraySync() as number[][]);
-    const gap = relativeGap(ours, theirs);
-    assert(gap < 1e-5, `scores differ by ${gap} of the largest`);
-    for (let r = 0; r < 3; r++) assertEquals(topK(ours[r], 10), topK(theirs[r], 10), `row ${r}`);
-    await Deno.remove(file);
-  },
-});
+for (const [kind, config] of [["sasrec", TINY], ["sigma", { ...TINY, layers: 1, interests: 3 }]]) {
+  Deno.test({
+    name:
+      `torch twin: a ${kind} model trained in PyTorch loads here with the same scores and top-10`,
+    ignore: missing !== "",
+    async fn() {
+      await selectBackend("cpu");
+      const file = await Deno.makeTempFile({ suffix: ".safetensors" });
+      await parity("train", file, {
+        model: kind,
+        config: { ...(config as object), dropout: 0.1 },
+        steps: 5,
+        seed: 3,
+      });
+      const theirs = (await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) }))
+        .scores as number[][];
+      const rec = await Recommender.load(await Deno.readFile(file));
+      assertEquals(rec.model.name, kind);
+      const ours = tf.tidy(() => rec.model.scores(EVAL).arraySync() as number[][]);
+      const gap = relativeGap(ours, theirs);
+      assert(gap < 1e-5, `scores differ by ${gap} of the largest`);
+      for (let r = 0; r < 3; r++) assertEquals(topK(ours[r], 10), topK(theirs[r], 10), `row ${r}`);
+      await Deno.remove(file);
+    },
+  });
+}
 
 Deno.test({
   name: "torch twin: torchrun trains on 2 processes with identical replicas after every step, " +
