@@ -407,14 +407,19 @@ function decodeRows(b: TrainBatch): string[] {
   return out;
 }
 
+/** Sequences, batch size, max length, bucketing and seed for trainBatches() properties. */
+const TRAIN_BATCH_CASES = [
+  fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { maxLength: 15 }), { maxLength: 60 }),
+  fc.integer({ min: 1, max: 8 }),
+  fc.integer({ min: 1, max: 12 }),
+  fc.boolean(),
+  fc.integer(),
+] as const;
+
 Deno.test("trainBatches() uses every training target exactly once per epoch", () => {
   fc.assert(
     fc.property(
-      fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { maxLength: 15 }), { maxLength: 60 }),
-      fc.integer({ min: 1, max: 8 }),
-      fc.integer({ min: 1, max: 12 }),
-      fc.boolean(),
-      fc.integer(),
+      ...TRAIN_BATCH_CASES,
       (seqs, batchSize, maxLength, bucket, seed) => {
         const train = seqs.map((s) => Int32Array.from(s));
         const batches = trainBatches(train, { batchSize, maxLength, bucket, rng: new Rng(seed) });
@@ -444,11 +449,7 @@ Deno.test("trainBatches() uses every training target exactly once per epoch", ()
 Deno.test("trainBatches() prefixes: every target of every sequence is one row, its L items before it as input", () => {
   fc.assert(
     fc.property(
-      fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { maxLength: 15 }), { maxLength: 60 }),
-      fc.integer({ min: 1, max: 8 }),
-      fc.integer({ min: 1, max: 12 }),
-      fc.boolean(),
-      fc.integer(),
+      ...TRAIN_BATCH_CASES,
       (seqs, batchSize, maxLength, bucket, seed) => {
         const train = seqs.map((s) => Int32Array.from(s));
         const batches = trainBatches(train, {

@@ -95,6 +95,16 @@ function relativeGap(a: number[][], b: number[][]): number {
   return gap / scale;
 }
 
+/** The embedded synthetic data set written to `path` as sequence lines; returns the lines. */
+async function syntheticLines(path: string, users: number, items: number): Promise<string[]> {
+  const data = syntheticDataset({ users, items });
+  const lines = data.sequences.map((s, u) =>
+    [data.vocab.users[u], ...Array.from(s, (i) => data.vocab.items[i])].join(" ")
+  );
+  await Deno.writeTextFile(path, lines.join("\n") + "\n");
+  return lines;
+}
+
 const topK = (row: number[], k: number) =>
   row.map((s, i) => [s, i]).slice(1).sort((x, y) => y[0] - x[0]).slice(0, k).map((p) => p[1]);
 
@@ -173,11 +183,7 @@ Deno.test({
   async fn() {
     await selectBackend("cpu");
     const dir = await Deno.makeTempDir();
-    const data = syntheticDataset({ users: 200, items: 60 });
-    const lines = data.sequences.map((s, u) =>
-      [data.vocab.users[u], ...Array.from(s, (i) => data.vocab.items[i])].join(" ")
-    );
-    await Deno.writeTextFile(`${dir}/data.txt`, lines.join("\n") + "\n");
+    const lines = await syntheticLines(`${dir}/data.txt`, 200, 60);
     const log = await python([
       "-m",
       "torch.distributed.run",
@@ -320,11 +326,7 @@ Deno.test({
   async fn() {
     await selectBackend("cpu");
     const dir = await Deno.makeTempDir();
-    const data = syntheticDataset({ users: 120, items: 40 });
-    const lines = data.sequences.map((s, u) =>
-      [data.vocab.users[u], ...Array.from(s, (i) => data.vocab.items[i])].join(" ")
-    );
-    await Deno.writeTextFile(`${dir}/data.txt`, lines.join("\n") + "\n");
+    const lines = await syntheticLines(`${dir}/data.txt`, 120, 40);
     const log = await python([
       "-m",
       "sigmarec_torch.train",
