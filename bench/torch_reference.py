@@ -166,7 +166,8 @@ def main():
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "shape": {k: getattr(args, k) for k in
-                  ("batch", "length", "items", "hidden", "heads", "inner", "layers")},
+                  ("batch", "length", "items", "hidden", "heads", "inner")
+                  + (("layers",) if args.model == "sasrec" else ())},
     }))
 
 

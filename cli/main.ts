@@ -484,8 +484,10 @@ function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
 /**
  * `export`: the data as training reads it (any format, k-core and rating filters applied),
  * written as sequence lines, `user item item ...` in time order with the original tokens:
- * what the PyTorch twins (interop/torch) read, numbered the same way. Refuses to replace
- * an existing file.
+ * what the PyTorch twins (interop/torch) read. The same users, items and sequences; item
+ * ids may be numbered differently (a reader numbers items by first appearance in its own
+ * file), which model files make harmless: they name every item by its token. Refuses to
+ * replace an existing file, and tokens that hold whitespace.
  */
 async function exportCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -511,6 +513,16 @@ async function exportCommand(args: string[]): Promise<void> {
   if (exists) throw new Deno.errors.AlreadyExists(`--out ${shownPath(out)} exists; not replaced`);
   const dataset = await loadData(fileDataSpec(values.data, values));
   const { users, items } = dataset.vocab;
+  // Sequence lines split on whitespace: a token holding any would come back as others.
+  for (const [kind, tokens] of [["user", users], ["item", items.slice(1)]] as const) {
+    const bad = tokens.find((t) => /\s/.test(t));
+    if (bad !== undefined) {
+      throw new RangeError(
+        `${values.data}: ${kind} ${JSON.stringify(bad)} holds whitespace, which sequence lines ` +
+          `cannot hold`,
+      );
+    }
+  }
   const lines = dataset.sequences.map((s, u) =>
     [users[u], ...Array.from(s, (i) => items[i])].join(" ")
   );

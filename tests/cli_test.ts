@@ -434,5 +434,12 @@ Deno.test("cli export writes the data as training reads it, as sequence lines th
   assert(again.code !== 0 && again.stderr.includes("exists; not replaced"), again.stderr);
   const bare = await cli("export", "--data", `${dir}/d.inter`);
   assert(bare.code !== 0 && bare.stderr.includes("export needs --out FILE"), bare.stderr);
+  // A token with a space survives RecBole's tab-separated fields, not sequence lines.
+  await Deno.writeTextFile(`${dir}/s.inter`, "user_id:token\titem_id:token\nuser 1\ti1\n");
+  const spaced = await cli("export", "--data", `${dir}/s.inter`, "--out", `${dir}/s.txt`);
+  assert(
+    spaced.code !== 0 && spaced.stderr.includes('user "user 1" holds whitespace'),
+    spaced.stderr,
+  );
   await Deno.remove(dir, { recursive: true });
 });

@@ -140,9 +140,10 @@ export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): Ra
  * device. Measured on an NVIDIA H200 through Deno's WebGPU (`docs/performance.md`):
  * uploading Beauty's dense `[256, 12,102]` mask took ~0.4-0.5 s, about 10 times the batch's
  * scoring, while scattering its ~1,500 blocked entries took 14 ms. On wasm and cpu the
- * dense upload is a host copy (2 ms), cheaper than the scatter.
+ * dense upload is a host copy (2 ms), cheaper than the scatter. Not webgl: its scatter loops
+ * over every update for each output element and holds indices as floats.
  */
-const SPARSE_MASK_BACKENDS = new Set(["webgpu", "webgl"]);
+const SPARSE_MASK_BACKENDS = new Set(["webgpu"]);
 
 /**
  * `[rows, width]` bool, true where an item competes: {@linkcode PreparedBatch.allowed}

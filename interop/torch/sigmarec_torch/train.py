@@ -8,12 +8,14 @@ one the library trained.
 The protocol is the library's: leave-one-out, Adam (lr 1e-3), every epoch validated by
 full-catalogue Recall@20 with the history excluded, early stopping after `--patience`
 epochs without a better one, the best epoch's weights kept, then tested. Under torchrun each
-process takes every WORLD_SIZE-th batch of one shared shuffle and DistributedDataParallel
-averages the gradients (gloo on CPU, NCCL on GPUs), so an epoch is the same set of batches
-as on one process; rank 0 validates, decides when to stop and writes the file.
+process takes every WORLD_SIZE-th batch of one shared shuffle (the last steps repeat a few
+first batches when the count does not divide) and DistributedDataParallel averages the
+gradients (gloo on CPU, NCCL on GPUs), so an epoch covers the same batches as on one
+process; rank 0 validates, decides when to stop and writes the file.
 """
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -75,7 +77,8 @@ def main(argv=None):
     device = torch.device("cpu")
     if world > 1:
         cuda = torch.cuda.is_available()
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # Rank 0 validates alone while the others wait in a broadcast: allow it hours.
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=6))
         if cuda:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
@@ -87,6 +90,9 @@ def main(argv=None):
     config = {k: getattr(args, k) for k in twin.DEFAULTS if k != "seed"}
     config.update(seed=args.seed, numItems=len(items) - 1)
     model = twin(config).to(device)  # the same seed on every rank: the same start
+    # Then a stream of its own per rank, so that dropout and sampled noise differ between
+    # ranks as they would between the batches of one process.
+    torch.manual_seed(args.seed * 1000 + rank)
     # SIGMA leaves parameters out of some steps (the GRU before --hard-interests-from, the
     # interest decoder with --mie-recon mean): DDP must then look for unused ones.
     net = torch.nn.parallel.DistributedDataParallel(
@@ -102,7 +108,10 @@ def main(argv=None):
     for epoch in range(1, args.epochs + 1):
         model.train()
         batches = D.train_batches(train, args.batch_size, config["maxLength"], rng)
-        batches = batches[: len(batches) // world * world][rank::world]  # equal counts
+        # Every rank needs as many steps: the last ones repeat the epoch's first batches
+        # (as torch's DistributedSampler pads), so no batch is dropped.
+        padded = -(-len(batches) // world) * world
+        batches = (batches * world)[:padded][rank::world]
         losses = []
         for inputs, targets in batches:
             optimizer.zero_grad()
