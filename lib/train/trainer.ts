@@ -432,6 +432,24 @@ function checkedRun(
   return { o, itemTokens };
 }
 
+/** Where a run stands between epochs: what resume restores and every epoch moves on. */
+interface RunState {
+  /** Adam steps taken (also the next step's seed index). */
+  step: number;
+  /** The best validated epoch so far (0: none) and its metrics. */
+  best: { epoch: number; score: number; valid: Record<string, number> };
+  /** The best epoch's parameters, kept on the host. */
+  bestValues: Float32Array | null;
+  /** Epochs since the best one. */
+  sinceBest: number;
+  /** Every finished epoch's record. */
+  history: EpochRecord[];
+  /** `performance.now()` at the run's start, moved back by a resumed run's seconds. */
+  started: number;
+  /** The first epoch this call runs. */
+  firstEpoch: number;
+}
+
 /** The epochs of a checked run (see {@linkcode train}). */
 async function trainLoop(
   model: SequentialModel & { config: { maxLength: number } },
@@ -442,32 +460,74 @@ async function trainLoop(
   hooks: TrainHooks,
 ): Promise<TrainResult> {
   const say = hooks.progress ?? (() => {});
-  const maxLength = model.config.maxLength;
   const rng = new Rng(o.seed);
   const optimizer = tf.train.adam(o.learningRate, 0.9, 0.999, 1e-8);
-  const vars = model.params.list();
-  let history: EpochRecord[] = [];
-  let started = performance.now();
-  let best = { epoch: 0, score: -Infinity, valid: {} as Record<string, number> };
-  let bestValues: Float32Array | null = null;
-  let sinceBest = 0;
   let stopped: TrainResult["stopped"] = "epochs";
-  let step = 0;
-  let firstEpoch = 1;
-  const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
-  const stateDir = hooks.out ? `${hooks.out}/state` : null;
-  const checkpointMeta = (epoch: number, valid: Record<string, number>) => ({
-    model: model.name,
-    config: model.config as Record<string, unknown>,
-    data: hooks.checkpointInfo?.data ?? {},
-    itemTokens,
-    train: { ...o },
-    epoch,
-    valid,
-  });
+  let state: RunState;
+  try {
+    state = await startRun(model, o, hooks, optimizer, itemTokens, rng, say);
+    if (state.sinceBest >= o.patience) stopped = "patience";
+    for (let epoch = state.firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
+      setLearningRate(optimizer, learningRateAt(o, epoch));
+      const batches = trainBatches(split.train, {
+        batchSize: o.batchSize,
+        maxLength: model.config.maxLength,
+        rng,
+        bucket: o.bucket,
+        examples: o.examples,
+      });
+      const record = await trainEpoch(model, batches, o, optimizer, state, epoch, say);
+      if (epoch % o.evalEvery === 0 || epoch === o.epochs) {
+        say(`\repoch ${epoch}/${o.epochs} validating ${split.valid.length} users...`);
+        await validateEpoch(model, split, numItems, o, record, state);
+      }
+      state.history.push(record);
+      await saveEpoch(model, optimizer, o, itemTokens, hooks, record, state, rng);
+      say(epochLine(record, o, state));
+      if (state.sinceBest >= o.patience) {
+        stopped = "patience";
+        break;
+      }
+    }
+  } finally {
+    optimizer.dispose();
+  }
+  if (state.bestValues) {
+    model.params.assign(model.params.records(), state.bestValues, "best epoch");
+  }
+  return {
+    bestEpoch: state.best.epoch,
+    valid: state.best.valid,
+    history: state.history,
+    seconds: (performance.now() - state.started) / 1000,
+    stopped,
+  };
+}
 
-  // A run stopped during its first epoch has a log line at most and no state: nothing was
-  // finished, so resuming it starts it again.
+/**
+ * The run's state before its first epoch: fresh (an empty log), or resumed from
+ * `out/state/`. A run stopped during its first epoch has a log line at most and no state:
+ * nothing was finished, so resuming it starts it again.
+ */
+async function startRun(
+  model: SequentialModel,
+  o: TrainOptions,
+  hooks: TrainHooks,
+  optimizer: tf.AdamOptimizer,
+  itemTokens: string[],
+  rng: Rng,
+  say: (text: string) => void,
+): Promise<RunState> {
+  const state: RunState = {
+    step: 0,
+    best: { epoch: 0, score: -Infinity, valid: {} },
+    bestValues: null,
+    sinceBest: 0,
+    history: [],
+    started: performance.now(),
+    firstEpoch: 1,
+  };
+  const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
   const unstarted = hooks.resume &&
     !(await runFilesIn(hooks.out!)).some((f) => f.startsWith("state"));
   const log = unstarted ? await Deno.readTextFile(logFile!).catch(() => null) : null;
@@ -476,146 +536,163 @@ async function trainLoop(
     await writing(logFile!, () => Deno.writeTextFile(logFile!, ""));
   } else if (hooks.resume) {
     const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
-    ({ step, best, sinceBest, history } = r);
+    Object.assign(state, {
+      step: r.step,
+      best: r.best,
+      sinceBest: r.sinceBest,
+      history: r.history,
+      bestValues: r.bestValues,
+      firstEpoch: r.epoch + 1,
+      started: state.started - r.seconds * 1000,
+    });
     rng.state = r.rngState;
-    bestValues = r.bestValues;
-    firstEpoch = r.epoch + 1;
-    started -= r.seconds * 1000;
     say(
-      `resumed ${hooks.out} after epoch ${r.epoch} (best ${best.score.toFixed(4)}@${best.epoch})\n`,
+      `resumed ${hooks.out} after epoch ${r.epoch} (best ${
+        r.best.score.toFixed(4)
+      }@${r.best.epoch})\n`,
     );
-    if (sinceBest >= o.patience) stopped = "patience";
   } else if (logFile) {
     await writing(logFile, () => Deno.writeTextFile(logFile, ""));
   }
+  return state;
+}
 
-  try {
-    for (let epoch = firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
-      setLearningRate(optimizer, learningRateAt(o, epoch));
-      const batches = trainBatches(split.train, {
-        batchSize: o.batchSize,
-        maxLength,
-        rng,
-        bucket: o.bucket,
-        examples: o.examples,
-      });
-      const t0 = performance.now();
-      let lossSum = 0;
-      const partSums: Record<string, number> = {};
-      let sequences = 0;
-      for (let i = 0; i < batches.length; i++) {
-        const batch = batches[i];
-        const seeds = stepSeeds(o.seed, step);
-        const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, {
-          step: step++,
-          epoch,
-          weightDecay: o.weightDecay,
-        });
-        const partNames = packed.partNames;
-        const values = await packed.values.data();
-        packed.values.dispose();
-        if (!Number.isFinite(values[0])) {
-          throw new Error(
-            `Training loss became ${values[0]} at epoch ${epoch}, step ${
-              i + 1
-            }/${batches.length}; ` +
-              `try a lower --lr (now ${o.learningRate})`,
-          );
-        }
-        lossSum += values[0];
-        partNames.forEach((n, j) => partSums[n] = (partSums[n] ?? 0) + values[j + 1]);
-        sequences += batch.batch;
-        const elapsed = (performance.now() - t0) / 1000;
-        const rate = sequences / elapsed;
-        const epochEta = (batches.length - i - 1) * elapsed / (i + 1);
-        say(
-          `\repoch ${epoch}/${o.epochs} step ${i + 1}/${batches.length} loss ${
-            (lossSum / (i + 1)).toFixed(4)
-          } ${rate.toFixed(0)} seq/s epoch ETA ${formatSeconds(epochEta)}`,
-        );
-      }
-      const trainSeconds = (performance.now() - t0) / 1000;
-      const record: EpochRecord = {
-        epoch,
-        loss: lossSum / batches.length,
-        parts: Object.fromEntries(
-          Object.entries(partSums).map(([k, v]) => [k, v / batches.length]),
-        ),
-        trainSeconds,
-        sequencesPerSecond: sequences / trainSeconds,
-      };
-      if (epoch % o.evalEvery === 0 || epoch === o.epochs) {
-        say(`\repoch ${epoch}/${o.epochs} validating ${split.valid.length} users...`);
-        record.valid = await evaluateModel(
-          model,
-          split.valid,
-          numItems,
-          o.evalBatchSize,
-          maxLength,
-        );
-        const score = record.valid[SELECTION_METRIC];
-        if (score > best.score) {
-          best = { epoch, score, valid: record.valid };
-          record.best = true;
-          sinceBest = 0;
-          bestValues = (await model.params.toArrays()).values;
-        } else {
-          sinceBest += o.evalEvery;
-        }
-      }
-      history.push(record);
-      // The epoch's files, in an order that a kill between any two leaves resumable: the log
-      // line, then the state (which holds the best weights when this epoch is the best),
-      // then the best checkpoint and model file, which resume rebuilds from the state if
-      // the kill came before them.
-      if (logFile) {
-        const line = JSON.stringify(record) + "\n";
-        await writing(logFile, () => Deno.writeTextFile(logFile, line, { append: true }));
-        hooks.onWrite?.("log", epoch);
-      }
-      if (stateDir) {
-        await writeState(stateDir, model, optimizer, checkpointMeta(epoch, record.valid ?? {}), {
-          step,
-          rngState: rng.state,
-          best,
-          sinceBest,
-          seconds: (performance.now() - started) / 1000,
-        }, record.best ? bestValues ?? undefined : undefined);
-        hooks.onWrite?.("state", epoch);
-      }
-      if (hooks.out && record.best) {
-        await writeBest(hooks.out, checkpointMeta(epoch, record.valid!), model, bestValues!);
-        hooks.onWrite?.("best", epoch);
-      }
-      const total = (performance.now() - started) / 1000;
-      const eta = total / epoch * (o.epochs - epoch);
-      say(
-        `\repoch ${epoch}/${o.epochs} loss ${record.loss.toFixed(4)} ${
-          record.sequencesPerSecond.toFixed(0)
-        } seq/s${
-          record.valid
-            ? ` valid ${SELECTION_METRIC} ${record.valid[SELECTION_METRIC].toFixed(4)}`
-            : ""
-        } best ${best.score.toFixed(4)}@${best.epoch} elapsed ${formatSeconds(total)} ETA<=${
-          formatSeconds(eta)
-        }\n`,
+/** One epoch of Adam steps over `batches`, with a progress line; its record, not validated. */
+async function trainEpoch(
+  model: SequentialModel,
+  batches: TrainBatch[],
+  o: TrainOptions,
+  optimizer: tf.Optimizer,
+  state: RunState,
+  epoch: number,
+  say: (text: string) => void,
+): Promise<EpochRecord> {
+  const vars = model.params.list();
+  const t0 = performance.now();
+  let lossSum = 0;
+  const partSums: Record<string, number> = {};
+  let sequences = 0;
+  for (let i = 0; i < batches.length; i++) {
+    const batch = batches[i];
+    const seeds = stepSeeds(o.seed, state.step);
+    const packed = trainStep(model, batch, seeds, optimizer, vars, o.maxPositions, {
+      step: state.step++,
+      epoch,
+      weightDecay: o.weightDecay,
+    });
+    const values = await packed.values.data();
+    packed.values.dispose();
+    if (!Number.isFinite(values[0])) {
+      throw new Error(
+        `Training loss became ${values[0]} at epoch ${epoch}, step ${i + 1}/${batches.length}; ` +
+          `try a lower --lr (now ${o.learningRate})`,
       );
-      if (sinceBest >= o.patience) {
-        stopped = "patience";
-        break;
-      }
     }
-  } finally {
-    optimizer.dispose();
+    lossSum += values[0];
+    packed.partNames.forEach((n, j) => partSums[n] = (partSums[n] ?? 0) + values[j + 1]);
+    sequences += batch.batch;
+    const elapsed = (performance.now() - t0) / 1000;
+    const epochEta = (batches.length - i - 1) * elapsed / (i + 1);
+    say(
+      `\repoch ${epoch}/${o.epochs} step ${i + 1}/${batches.length} loss ${
+        (lossSum / (i + 1)).toFixed(4)
+      } ${(sequences / elapsed).toFixed(0)} seq/s epoch ETA ${formatSeconds(epochEta)}`,
+    );
   }
-  if (bestValues) model.params.assign(model.params.records(), bestValues, "best epoch");
+  const trainSeconds = (performance.now() - t0) / 1000;
   return {
-    bestEpoch: best.epoch,
-    valid: best.valid,
-    history,
-    seconds: (performance.now() - started) / 1000,
-    stopped,
+    epoch,
+    loss: lossSum / batches.length,
+    parts: Object.fromEntries(Object.entries(partSums).map(([k, v]) => [k, v / batches.length])),
+    trainSeconds,
+    sequencesPerSecond: sequences / trainSeconds,
   };
+}
+
+/** Validates the epoch into `record`, keeping its parameters when it is the best so far. */
+async function validateEpoch(
+  model: SequentialModel & { config: { maxLength: number } },
+  split: LeaveOneOutSplit,
+  numItems: number,
+  o: TrainOptions,
+  record: EpochRecord,
+  state: RunState,
+): Promise<void> {
+  record.valid = await evaluateModel(
+    model,
+    split.valid,
+    numItems,
+    o.evalBatchSize,
+    model.config.maxLength,
+  );
+  const score = record.valid[SELECTION_METRIC];
+  if (score > state.best.score) {
+    state.best = { epoch: record.epoch, score, valid: record.valid };
+    record.best = true;
+    state.sinceBest = 0;
+    state.bestValues = (await model.params.toArrays()).values;
+  } else {
+    state.sinceBest += o.evalEvery;
+  }
+}
+
+/**
+ * The epoch's files, in an order that a kill between any two leaves resumable: the log
+ * line, then the state (which holds the best weights when this epoch is the best), then the
+ * best checkpoint and model file, which resume rebuilds from the state if the kill came
+ * before them. Nothing without `hooks.out`.
+ */
+async function saveEpoch(
+  model: SequentialModel,
+  optimizer: tf.AdamOptimizer,
+  o: TrainOptions,
+  itemTokens: string[],
+  hooks: TrainHooks,
+  record: EpochRecord,
+  state: RunState,
+  rng: Rng,
+): Promise<void> {
+  if (!hooks.out) return;
+  const { epoch } = record;
+  const meta = (valid: Record<string, number>) => ({
+    model: model.name,
+    config: model.config as Record<string, unknown>,
+    data: hooks.checkpointInfo?.data ?? {},
+    itemTokens,
+    train: { ...o },
+    epoch,
+    valid,
+  });
+  const logFile = `${hooks.out}/log.jsonl`;
+  const line = JSON.stringify(record) + "\n";
+  await writing(logFile, () => Deno.writeTextFile(logFile, line, { append: true }));
+  hooks.onWrite?.("log", epoch);
+  await writeState(`${hooks.out}/state`, model, optimizer, meta(record.valid ?? {}), {
+    step: state.step,
+    rngState: rng.state,
+    best: state.best,
+    sinceBest: state.sinceBest,
+    seconds: (performance.now() - state.started) / 1000,
+  }, record.best ? state.bestValues ?? undefined : undefined);
+  hooks.onWrite?.("state", epoch);
+  if (record.best) {
+    await writeBest(hooks.out, meta(record.valid!), model, state.bestValues!);
+    hooks.onWrite?.("best", epoch);
+  }
+}
+
+/** The line printed after an epoch: loss, speed, validation, best so far, time. */
+function epochLine(record: EpochRecord, o: TrainOptions, state: RunState): string {
+  const total = (performance.now() - state.started) / 1000;
+  const eta = total / record.epoch * (o.epochs - record.epoch);
+  const valid = record.valid
+    ? ` valid ${SELECTION_METRIC} ${record.valid[SELECTION_METRIC].toFixed(4)}`
+    : "";
+  return `\repoch ${record.epoch}/${o.epochs} loss ${record.loss.toFixed(4)} ${
+    record.sequencesPerSecond.toFixed(0)
+  } seq/s${valid} best ${state.best.score.toFixed(4)}@${state.best.epoch} elapsed ${
+    formatSeconds(total)
+  } ETA<=${formatSeconds(eta)}\n`;
 }
 
 /** Whether `out` holds the checkpoint and model file of `epoch`, both complete. */
