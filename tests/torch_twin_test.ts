@@ -4,6 +4,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
+import { readDataset } from "../lib/data/files.ts";
 import { encodeModelFile } from "../lib/inference/model_file.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
@@ -340,6 +341,46 @@ Deno.test({
     assertEquals(rec.model.name, "sigma");
     const top = await rec.recommend(lines[0].split(" ").slice(1, 4), { k: 5 });
     assertEquals(top.items.length, 5);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name:
+    "torch twin: sequence lines read the same on both sides (CRLF, Unicode spaces, empty users), " +
+    "and a damaged model file is refused there too",
+  ignore: missing !== "",
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    // \r\n and \n endings, a U+0085 inside a token (not a space in JavaScript), a U+FEFF
+    // between items (a space there), a user without items, blank lines.
+    await Deno.writeTextFile(
+      `${dir}/d.txt`,
+      "u1 a b c\r\nu2\u0085x y\nu3\n\nu4 a\ufeffb c\n",
+    );
+    const ours = await readDataset(`${dir}/d.txt`);
+    const theirs = await parity("read", `${dir}/d.txt`, {});
+    assertEquals(theirs.items, ours.vocab.items);
+    assertEquals(theirs.sequences, ours.sequences.map((s) => Array.from(s)));
+    // A model file with 4 bytes too many.
+    await selectBackend("cpu");
+    const model = new SasRec(TINY);
+    const { records, values } = await model.params.toArrays();
+    const bytes = await encodeModelFile({
+      model: "sasrec",
+      config: model.config as unknown as Record<string, unknown>,
+      items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
+      params: records,
+      values,
+      info: {},
+    });
+    await Deno.writeFile(`${dir}/m.safetensors`, new Uint8Array([...bytes, 1, 2, 3, 4]));
+    const refused = await parity("scores", `${dir}/m.safetensors`, { inputs: [[1]] }).then(
+      () => "",
+      (e: Error) => e.message,
+    );
+    assert(refused.includes("4 bytes belong to no tensor"), refused);
+    model.params.dispose();
     await Deno.remove(dir, { recursive: true });
   },
 });

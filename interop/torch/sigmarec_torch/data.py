@@ -10,6 +10,7 @@
 """
 
 import random
+import re
 
 import torch
 
@@ -17,21 +18,31 @@ PAD_TOKEN = "<pad>"
 MIN_HISTORY = 3
 
 
+# JavaScript's \s, which the library splits fields on (Python's str.split() also splits on
+# \x1c-\x1f and \x85, and not on \ufeff).
+_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_FIELDS = re.compile(f"[{_JS_SPACE}]+")
+
+
 def read_lines(path):
-    """(item tokens with "<pad>" first, sequences as lists of item ids)."""
+    """(item tokens with "<pad>" first, sequences as lists of item ids), as
+    `readSequenceLines` in `lib/data/readers.ts` reads them: lines end at \n or \r\n,
+    fields split on JavaScript's whitespace, a user with no item is skipped."""
     items = {}
     users = {}
     sequences = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            user, rest = tokens[0], tokens[1:]
-            if user in users:
-                raise ValueError(
-                    f"{path}:{number}: user {user!r} already has a line ({users[user]})")
-            users[user] = number
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        text = f.read()
+    for number, line in enumerate(text.split("\n"), 1):
+        tokens = [t for t in _FIELDS.split(line.removesuffix("\r")) if t]
+        if not tokens:
+            continue
+        user, rest = tokens[0], tokens[1:]
+        if user in users:
+            raise ValueError(
+                f"{path}:{number}: user {user!r} already has a history on line {users[user]}")
+        users[user] = number
+        if rest:
             sequences.append([items.setdefault(t, len(items) + 1) for t in rest])
     if not items:
         raise ValueError(f"{path}: no items")

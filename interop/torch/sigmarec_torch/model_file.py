@@ -88,22 +88,36 @@ def decode(data, source="model file"):
     if metadata.get("format_version") != VERSION:
         raise ModelFileError(
             f"{source}: format version {metadata.get('format_version')!r} is not {VERSION!r}")
+    for key in ("model", "config", "items", "checksum"):
+        if not isinstance(metadata.get(key), str):
+            raise ModelFileError(f'{source}: metadata "{key}" is missing or not a string')
     start = 8 + length
     params = []
     for name, entry in header.items():
-        if entry.get("dtype") != "F32":
+        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
             raise ModelFileError(f'{source}: tensor "{name}" is not F32')
-        begin, end = entry["data_offsets"]
-        shape = entry["shape"]
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)):
+            raise ModelFileError(f'{source}: tensor "{name}" has a bad shape or data_offsets')
+        begin, end = offsets
         size = 4
         for d in shape:
             size *= d
-        if end - begin != size or start + end > len(data):
+        if begin < 0 or end - begin != size or start + end > len(data):
             raise ModelFileError(f'{source}: tensor "{name}" {shape} does not fit its offsets')
         params.append((begin, name, shape, data[start + begin:start + end]))
     params.sort()
+    covered = 0
+    for begin, name, _, raw in params:
+        if begin != covered:
+            raise ModelFileError(f'{source}: tensor "{name}" overlaps another or leaves a gap')
+        covered += len(raw)
+    if covered != len(data) - start:
+        raise ModelFileError(f"{source}: {len(data) - start - covered} bytes belong to no tensor")
     tensors = [(name, shape, raw) for _, name, shape, raw in params]
-    if _checksum(metadata, tensors) != metadata.get("checksum"):
+    if _checksum(metadata, tensors) != metadata["checksum"]:
         raise ModelFileError(f"{source}: the checksum does not match (edited or corrupted)")
     return {
         "model": metadata["model"],

@@ -5,6 +5,7 @@ on stdin and JSON out on stdout:
     python -m sigmarec_torch.parity loss FILE     # {"inputs", "targets"} -> {"loss": x}
     python -m sigmarec_torch.parity train FILE    # {"model", "config", "steps", "seed"}:
                                                   # trains a twin on random sequences
+    python -m sigmarec_torch.parity read FILE     # {} -> {"items", "sequences"} of lines
 
 Inputs are left-padded item ids (0 = padding), targets 0 where a position has none. The
 loss is SASRec's with dropout off (eval mode), or SIGMA's training loss with the draws given
@@ -18,6 +19,7 @@ import sys
 import torch
 
 from . import MODELS, load
+from .data import read_lines
 from .model_file import encode
 
 
@@ -68,9 +70,14 @@ def train(path, request):
     return {"wrote": path}
 
 
+def read(path, _request):
+    items, sequences = read_lines(path)
+    return {"items": items, "sequences": sequences}
+
+
 def main():
     command, path = sys.argv[1], sys.argv[2]
-    handlers = {"scores": scores, "loss": loss, "train": train}
+    handlers = {"scores": scores, "loss": loss, "train": train, "read": read}
     if command not in handlers:
         raise SystemExit(f"unknown command {command!r}: {', '.join(handlers)}")
     print(json.dumps(handlers[command](path, json.load(sys.stdin))))
