@@ -109,31 +109,52 @@ async function syntheticLines(path: string, users: number, items: number): Promi
 const topK = (row: number[], k: number) =>
   row.map((s, i) => [s, i]).slice(1).sort((x, y) => y[0] - x[0]).slice(0, k).map((p) => p[1]);
 
+const ITEMS = ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)];
+
+/** `model`'s current weights as model-file bytes, under `config` (default: its own). */
+async function modelBytes(
+  model: SasRec | Sigma,
+  config: object = model.config,
+): Promise<Uint8Array> {
+  const { records, values } = await model.params.toArrays();
+  return await encodeModelFile({
+    model: model.name,
+    config: config as Record<string, unknown>,
+    items: ITEMS,
+    params: records,
+    values,
+    info: {},
+  });
+}
+
+/** {@linkcode modelBytes} in a fresh temporary file; returns its path. */
+async function modelFile(model: SasRec | Sigma, config?: object): Promise<string> {
+  const file = await Deno.makeTempFile({ suffix: ".safetensors" });
+  await Deno.writeFile(file, await modelBytes(model, config));
+  return file;
+}
+
+/** Three Adam steps (lr 1e-2) on a tiny batch, so that no weight is at its initial value. */
+function trainAFewSteps(model: SasRec | Sigma, batch: ReturnType<typeof tinyTrainBatch>) {
+  const optimizer = tf.train.adam(1e-2);
+  for (let step = 0; step < 3; step++) {
+    trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048, {
+      step,
+      epoch: 1,
+    }).values.dispose();
+  }
+  optimizer.dispose();
+}
+
 Deno.test({
   name: "torch twin: a SASRec trained here loads in PyTorch with the same scores and loss",
   ignore: missing !== "",
   async fn() {
     await selectBackend("cpu");
     const model = new SasRec(TINY);
-    const optimizer = tf.train.adam(1e-2);
     const batch = tinyTrainBatch(4, 6, 30);
-    for (let step = 0; step < 3; step++) {
-      trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048).values
-        .dispose();
-    }
-    const { records, values } = await model.params.toArrays();
-    const file = await Deno.makeTempFile({ suffix: ".safetensors" });
-    await Deno.writeFile(
-      file,
-      await encodeModelFile({
-        model: "sasrec",
-        config: model.config as unknown as Record<string, unknown>,
-        items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
-        params: records,
-        values,
-        info: {},
-      }),
-    );
+    trainAFewSteps(model, batch);
+    const file = await modelFile(model);
     const ours = tf.tidy(() => model.scores(EVAL).arraySync() as number[][]);
     const theirs = await parity("scores", file, { inputs: rows(EVAL.inputs, 3, 5) });
     const gap = relativeGap(ours, theirs.scores);
@@ -144,7 +165,6 @@ Deno.test({
       targets: rows(batch.targets, 4, 6),
     })).loss;
     assert(Math.abs(ourLoss - theirLoss) < 1e-5 * ourLoss, `loss ${ourLoss} here, ${theirLoss}`);
-    optimizer.dispose();
     model.params.dispose();
     await Deno.remove(file);
   },
@@ -223,41 +243,16 @@ const SIGMA_TINY: Partial<SigmaConfig> & { numItems: number } = {
   initStd: 0.3,
 };
 
-/** A model file of `model`'s current weights under `config` (another ranking, say). */
-async function sigmaFile(model: Sigma, config: SigmaConfig): Promise<string> {
-  const { records, values } = await model.params.toArrays();
-  const file = await Deno.makeTempFile({ suffix: ".safetensors" });
-  await Deno.writeFile(
-    file,
-    await encodeModelFile({
-      model: "sigma",
-      config: config as unknown as Record<string, unknown>,
-      items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
-      params: records,
-      values,
-      info: {},
-    }),
-  );
-  return file;
-}
-
 Deno.test({
   name: "torch twin: SIGMA trained here scores the same in PyTorch, by SGM-VAE and by MIE-VAE",
   ignore: missing !== "",
   async fn() {
     await selectBackend("cpu");
     const model = new Sigma(SIGMA_TINY);
-    const optimizer = tf.train.adam(1e-2);
-    const batch = tinyTrainBatch(4, 6, 30);
-    for (let step = 0; step < 3; step++) {
-      trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048, {
-        step,
-        epoch: 1,
-      }).values.dispose();
-    }
+    trainAFewSteps(model, tinyTrainBatch(4, 6, 30));
     for (const ranking of ["sgm", "mie"] as const) {
       const config = { ...model.config, ranking };
-      const file = await sigmaFile(model, config);
+      const file = await modelFile(model, config);
       const twin = new Sigma(config);
       const { records, values } = await model.params.toArrays();
       twin.params.assign(records, values);
@@ -268,7 +263,6 @@ Deno.test({
       twin.params.dispose();
       await Deno.remove(file);
     }
-    optimizer.dispose();
     model.params.dispose();
   },
 });
@@ -280,7 +274,7 @@ Deno.test({
   async fn() {
     await selectBackend("cpu");
     const model = new Sigma({ ...SIGMA_TINY, mieKlWarmup: 10, mieBoostEpochs: 4 });
-    const file = await sigmaFile(model, model.config);
+    const file = await modelFile(model);
     const batch = tinyTrainBatch(4, 6, 30);
     const [step, epoch] = [5, 2];
     const { loss, parts } = tf.tidy(() => {
@@ -365,15 +359,7 @@ Deno.test({
     // A model file with 4 bytes too many.
     await selectBackend("cpu");
     const model = new SasRec(TINY);
-    const { records, values } = await model.params.toArrays();
-    const bytes = await encodeModelFile({
-      model: "sasrec",
-      config: model.config as unknown as Record<string, unknown>,
-      items: ["<pad>", ...Array.from({ length: 30 }, (_, i) => `item${i + 1}`)],
-      params: records,
-      values,
-      info: {},
-    });
+    const bytes = await modelBytes(model);
     await Deno.writeFile(`${dir}/m.safetensors`, new Uint8Array([...bytes, 1, 2, 3, 4]));
     const refused = await parity("scores", `${dir}/m.safetensors`, { inputs: [[1]] }).then(
       () => "",
