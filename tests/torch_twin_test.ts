@@ -370,3 +370,27 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test({
+  name:
+    "torch twin: SIGMA's softmax in pieces (past its logit budget) equals it whole, value and gradients",
+  ignore: missing !== "",
+  async fn() {
+    const check = [
+      "import torch",
+      "from sigmarec_torch import sigma as S",
+      "torch.manual_seed(0)",
+      "q = torch.randn(500, 3, 8, requires_grad=True)",
+      "t = torch.randn(40, 8, requires_grad=True)",
+      "r = torch.randint(0, 40, (500,))",
+      "whole = S.max_interest_cross_entropy(q, t, r)",
+      "g1 = torch.autograd.grad(whole.sum(), [q, t])",
+      "S.LOGIT_BUDGET = 3 * 40 * 64  # pieces of 64 positions",
+      "pieces = S.max_interest_cross_entropy(q, t, r)",
+      "g2 = torch.autograd.grad(pieces.sum(), [q, t])",
+      "print(torch.allclose(whole, pieces, atol=1e-6),",
+      "      all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2)))",
+    ].join("\n");
+    assertEquals((await python(["-c", check])).trim(), "True True");
+  },
+});

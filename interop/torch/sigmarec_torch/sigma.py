@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .layers import LayerNorm, Linear, causal_padding_mask, run_blocks, transformer_blocks
 from .sasrec import LOSSES
@@ -141,6 +142,31 @@ def gated_category_gru(cells, items, gates):
     return torch.stack(outputs, 1)
 
 
+#: Most logits (positions x interests x items) one piece of the full softmax holds, as the
+#: library's `logitBudget`: larger batches are cut into pieces whose logits are recomputed
+#: in the backward pass instead of kept.
+LOGIT_BUDGET = 1 << 23
+
+
+def max_interest_cross_entropy(q, table, rows):
+    """Per-position cross-entropy `[P]` where an item's logit is the max over the k vectors
+    of `q` `[P, k, d]` against `table` `[N, d]`, the target given as a row of the table."""
+    p, k, d = q.shape
+
+    def piece(qp, rp):
+        # max over interests by .max (its gradient is a gather), not .amax (a mask)
+        logits = (qp.reshape(-1, d) @ table.T).reshape(qp.shape[0], k, -1).max(1).values
+        return F.cross_entropy(logits, rp, reduction="none")
+
+    size = max(1, LOGIT_BUDGET // (k * table.shape[0]))
+    if p <= size:
+        return piece(q, rows)
+    return torch.cat([
+        checkpoint(piece, q[i:i + size], rows[i:i + size], use_reentrant=False)
+        for i in range(0, p, size)
+    ])
+
+
 class Sigma(nn.Module):
     """SIGMA with the library's parameter names; `config` as the library's SigmaConfig."""
 
@@ -224,11 +250,8 @@ class Sigma(nn.Module):
         """Per-position loss `[P]` of queries `[P, k, d]` (max over k) for targets 1..N."""
         c = self.config
         q = queries / temperature
-        p, k, d = q.shape
         if c["loss"] == "softmax":
-            # max over interests by .max (its gradient is a gather), not .amax (a mask)
-            logits = (q.reshape(p * k, d) @ self.item[1:].T).reshape(p, k, -1).max(1).values
-            return F.cross_entropy(logits, targets - 1, reduction="none")
+            return max_interest_cross_entropy(q, self.item[1:], targets - 1)
         n = 1 if c["loss"] == "bce" else c["negatives"]
         neg_ids = torch.randint(1, c["numItems"] + 1, (len(targets), n),
                                 generator=generator).to(targets.device)
