@@ -66,8 +66,14 @@ export interface MixtureOptions {
   checkWeights?: boolean;
 }
 
-/** Weights below this are treated as this, so a zero weight gives a finite log. */
+/** Positive weights below this are treated as this, so their log stays finite. */
 const MIN_WEIGHT = 1e-30;
+/**
+ * The log-weight of a component whose weight is exactly 0: low enough that it never
+ * counts in the log-sum-exp, where log(1e-30) = -69 did count against components whose own
+ * log-density is below about -69 (a far-away point), yet finite, so gradients stay finite.
+ */
+const ZERO_LOG_WEIGHT = -1e9;
 
 /**
  * `log sum_i w_i N(x | means_i, diag(exp(logVars_i)))`, computed as a log-sum-exp over
@@ -90,7 +96,13 @@ export function mixtureLogDensity(
 ): Tensor {
   if (options.checkWeights ?? true) checkMixtureWeights(weights);
   const components = gaussianLogDensity(tf.expandDims(x, -2), means, logVars); // [..., k]
-  const logWeights = tf.log(tf.maximum(weights, MIN_WEIGHT)); // [..., k]
+  // A zero weight's log is log(1e-30) + ZERO_LOG_WEIGHT (arithmetic, not tf.where: Deno's
+  // tfjs has no Select gradient). Its gradient stays 0: max() sends it to the constant.
+  const isZero = tf.sub(1, tf.cast(tf.greater(weights, 0), "float32")); // [..., k]
+  const logWeights = tf.add(
+    tf.log(tf.maximum(weights, MIN_WEIGHT)),
+    tf.mul(isZero, ZERO_LOG_WEIGHT),
+  ); // [..., k]
   return tf.logSumExp(tf.add(components, logWeights), -1); // [...]
 }
 

@@ -307,7 +307,8 @@ class Sigma(nn.Module):
         if c["prior"] == "mixture":
             prior = (lambda t: t) if c["priorGradient"] else (lambda t: t.detach())
             components = gaussian_log_density(z_p.unsqueeze(1), prior(mean), prior(log_omega))
-            log_w = torch.log(torch.clamp(prior(weights), min=1e-30))
+            w = prior(weights)  # a weight of exactly 0 never counts (as the library)
+            log_w = torch.where(w > 0, torch.log(torch.clamp(w, min=1e-30)), -1e9)
             kl = gaussian_log_density(z_p, mu_p, log_var_p) - torch.logsumexp(components + log_w, -1)
             kl_weight = c["lambda"]
         else:
