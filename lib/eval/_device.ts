@@ -22,12 +22,6 @@ export interface PreparedBatch {
   allowedCount: Int32Array;
   /** Flat indices `row * width + target` of each row's target score. */
   targetIndex: Int32Array;
-  /**
-   * Flat indices `row * width + item` of the entries that `allowed` has 0 for (each once):
-   * the same mask, sparse, for backends where uploading the dense one costs more than
-   * building it on the device (see {@linkcode allowedTensor}).
-   */
-  blocked: Int32Array;
 }
 
 /**
@@ -53,7 +47,6 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
   const allowed = new Uint8Array(rows * width).fill(1);
   const allowedCount = new Int32Array(rows);
   const targetIndex = new Int32Array(rows);
-  const blocked: number[] = [];
   for (let r = 0; r < rows; r++) {
     const target = batch.targets[r];
     const user = batch.users[r];
@@ -64,7 +57,6 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
     }
     const base = r * width;
     allowed[base] = 0;
-    blocked.push(base);
     let count = width - 1;
     for (const e of batch.exclude[r]) {
       if (!Number.isInteger(e) || e < 0 || e >= width) {
@@ -75,14 +67,13 @@ export function prepareBatch(batch: EvalBatch, shape: readonly number[]): Prepar
       // The target is never masked: see rankOfTarget() for why.
       if (e !== 0 && e !== target && allowed[base + e] === 1) {
         allowed[base + e] = 0;
-        blocked.push(base + e);
         count--;
       }
     }
     allowedCount[r] = count;
     targetIndex[r] = base + target;
   }
-  return { rows, width, allowed, allowedCount, targetIndex, blocked: Int32Array.from(blocked) };
+  return { rows, width, allowed, allowedCount, targetIndex };
 }
 
 /**
@@ -136,8 +127,7 @@ export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): Ra
 }
 
 /**
- * Backends that get the mask as {@linkcode PreparedBatch.blocked} and scatter it on the
- * device. Measured on an NVIDIA H200 through Deno's WebGPU (`docs/performance.md`):
+ * Backends that get the mask's blocked entries and scatter them on the device. Measured on an NVIDIA H200 through Deno's WebGPU (`docs/performance.md`):
  * uploading Beauty's dense `[256, 12,102]` mask took ~0.4-0.5 s, about 10 times the batch's
  * scoring, while scattering its ~1,500 blocked entries took 14 ms. On wasm and cpu the
  * dense upload is a host copy (2 ms), cheaper than the scatter. Not webgl: its scatter loops
@@ -147,19 +137,24 @@ const SPARSE_MASK_BACKENDS = new Set(["webgpu"]);
 
 /**
  * `[rows, width]` bool, true where an item competes: {@linkcode PreparedBatch.allowed}
- * uploaded as it is (`sparse` false), or built on the device from the blocked entries
- * (`sparse` true). The two are equal; which is faster depends on the backend.
+ * uploaded as it is (`sparse` false), or built on the device from its blocked entries
+ * (`sparse` true: only their indices are uploaded). The two are equal; which is faster
+ * depends on the backend.
  */
 export function allowedTensor(prep: PreparedBatch, sparse: boolean): tf.Tensor2D {
-  const { rows, width, blocked } = prep;
-  if (!sparse) return tf.tensor2d(prep.allowed, [rows, width], "bool");
+  const { rows, width, allowed } = prep;
+  if (!sparse) return tf.tensor2d(allowed, [rows, width], "bool");
+  // The blocked entries, from the dense mask (a host scan, far cheaper than its upload).
+  let n = 0;
+  for (let i = 0; i < allowed.length; i++) if (allowed[i] === 0) n++;
+  const blocked = new Int32Array(n); // >= rows: column 0 of every row is blocked
+  for (let i = 0, j = 0; i < allowed.length; i++) if (allowed[i] === 0) blocked[j++] = i;
   return tf.tidy(() => {
-    const n = blocked.length; // >= rows: column 0 of every row is blocked
     const hits = tf.scatterND(
       tf.tensor2d(blocked, [n, 1], "int32"),
       tf.ones([n], "int32"),
       [rows * width],
-    ); // [rows * width], 1 where blocked (each entry is listed once)
+    ); // [rows * width], 1 where blocked
     return tf.reshape(tf.equal(hits, 0), [rows, width]) as tf.Tensor2D;
   });
 }
