@@ -25,6 +25,15 @@ export function positiveInt(flag: string, text: string | undefined): number {
   return n;
 }
 
+/** `text` as a positive finite number, or a RangeError naming `--flag` and the text. */
+export function positiveNumber(flag: string, text: string | undefined): number {
+  const n = Number(text);
+  if (text === undefined || !(n > 0) || !Number.isFinite(n)) {
+    throw new RangeError(`--${flag} must be a positive number, got "${text}"`);
+  }
+  return n;
+}
+
 /** `positiveInt` of an optional flag: undefined when the flag was not given. */
 export function optionalPositiveInt(flag: string, text: string | undefined): number | undefined {
   return text === undefined ? undefined : positiveInt(flag, text);

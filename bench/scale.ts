@@ -29,6 +29,7 @@
  * @module
  */
 import { parseArgs } from "../cli/_args.ts";
+import { positiveNumber } from "./_flags.ts";
 import { selectBackend } from "../backends/mod.ts";
 import { modelEntry } from "../lib/models/mod.ts";
 
@@ -47,22 +48,13 @@ const { values } = parseArgs({
   strict: true,
 });
 
-/** A positive number from a flag, or a RangeError naming it. */
-function positive(flag: string, text: string): number {
-  const n = Number(text);
-  if (!(n > 0) || !Number.isFinite(n)) {
-    throw new RangeError(`--${flag} must be a positive number, got "${text}"`);
-  }
-  return n;
-}
-
-const catalogues = values.items.split(",").map((t) => positive("items", t));
-const positions = positive("positions", values.positions);
-const batch = positive("batch", values.batch);
-const tflops = positive("gpu-tflops", values["gpu-tflops"]);
-const gpuBytes = positive("gpu-memory", values["gpu-memory"]) * 2 ** 30;
-const tokenBytes = positive("token-bytes", values["token-bytes"]);
-const historyTokens = positive("history-tokens", values["history-tokens"]);
+const catalogues = values.items.split(",").map((t) => positiveNumber("items", t));
+const positions = positiveNumber("positions", values.positions);
+const batch = positiveNumber("batch", values.batch);
+const tflops = positiveNumber("gpu-tflops", values["gpu-tflops"]);
+const gpuBytes = positiveNumber("gpu-memory", values["gpu-memory"]) * 2 ** 30;
+const tokenBytes = positiveNumber("token-bytes", values["token-bytes"]);
+const historyTokens = positiveNumber("history-tokens", values["history-tokens"]);
 
 /**
  * Parameters at N items: the fixed part and d per item (item table rows), measured; how
