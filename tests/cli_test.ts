@@ -181,6 +181,7 @@ Deno.test("cli train writes metrics.json and eval --checkpoint reproduces its te
 });
 
 const REPRODUCE = new URL("../bench/reproduce.ts", import.meta.url).pathname;
+const ABLATIONS = new URL("../bench/diffusion_ablations.ts", import.meta.url).pathname;
 
 /** Runs bench/reproduce.ts in a subprocess; returns its exit code and output. */
 async function reproduce(...args: string[]) {
@@ -411,6 +412,44 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
   const bad = await evalRun("--reverse-steps", "9");
   assertNotZero(bad.code, ["eval --reverse-steps 9"]);
   assert(bad.stderr.includes("--reverse-steps (9) must be at most steps (4)"), bad.stderr);
+
+  // bench/diffusion_ablations.ts ranks the same model every way in one process; its first
+  // row is the model's own chain, so it equals the test metrics training wrote.
+  const ablations = (...flags: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", ABLATIONS]
+        .concat("--checkpoint", "run/checkpoint", "--backend", "cpu", ...flags),
+      cwd: dir,
+      env: { NO_COLOR: "1" },
+    }).output();
+  const bench = await ablations("--split", "test", "--steps", "4,2", "--json", "rows.json");
+  assertEquals(bench.code, 0, new TextDecoder().decode(bench.stderr));
+  const { rows } = JSON.parse(await Deno.readTextFile(`${dir}/rows.json`));
+  assertEquals(
+    rows.map((r: { overrides: unknown }) => r.overrides),
+    [
+      { sampling: "chain", reverseSteps: 0 },
+      { sampling: "chain", reverseSteps: 2 },
+      { sampling: "one", reverseSteps: 0 },
+      { lambda: 0, reverseSteps: 0 },
+    ],
+  );
+  const accuracy = Object.fromEntries(
+    Object.entries(metrics).filter(([key]) => !/^(diversity|coverage)@/.test(key)),
+  );
+  assertEquals(rows[0].metrics, accuracy); // the bench leaves out diversity and coverage
+  assertEquals(rows[0].agree, { same: 1, overlap: 1 });
+  const table = new TextDecoder().decode(bench.stdout).split("\n").filter((l) =>
+    l.startsWith("| ")
+  );
+  assertEquals(table.length, 2 + rows.length); // head, rule, a line per row
+  const tooMany = await ablations("--steps", "8");
+  assertNotZero(tooMany.code, ["diffusion_ablations --steps 8"]);
+  assert(
+    new TextDecoder().decode(tooMany.stderr).includes(
+      "8 is more than the model's 4 diffusion steps",
+    ),
+  );
   await Deno.remove(dir, { recursive: true });
 });
 
