@@ -55,6 +55,7 @@ import { readDataset } from "../lib/data/files.ts";
 import { evaluate } from "../lib/eval/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
+import { findTorchPython } from "./_python.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -302,32 +303,22 @@ async function torchReference(
   model: "sasrec" | "sigma",
 ): Promise<{ secondsPerStep: number; blas: string } | string> {
   const script = new URL("./torch_reference.py", import.meta.url).pathname;
-  let why = "";
-  for (const python of ["python3", "/usr/bin/python3"]) {
-    try {
-      const out = await new Deno.Command(python, {
-        // The script picks OpenBLAS's kernels itself: SkylakeX only on a CPU with AVX-512.
-        args: [script, "--steps", "3", "--device", values["torch-device"], "--model", model],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      if (out.code === 3) {
-        why = new TextDecoder().decode(out.stderr).trim();
-        continue;
-      }
-      if (!out.success) return `${python} failed: ${new TextDecoder().decode(out.stderr).trim()}`;
-      const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
-      return {
-        secondsPerStep: r.seconds_per_step,
-        blas: r.device === "cpu"
-          ? `${python}, torch ${r.torch}, ${r.blas}, ${r.threads} threads, kernels ${r.coretype}`
-          : `${python}, torch ${r.torch} on ${r.device}`,
-      };
-    } catch (e) {
-      why = `${python}: ${(e as Error).message}`;
-    }
-  }
-  return why || "no python3 found";
+  const { python, missing } = await findTorchPython();
+  if (missing) return missing;
+  const out = await new Deno.Command(python, {
+    // The script picks OpenBLAS's kernels itself: SkylakeX only on a CPU with AVX-512.
+    args: [script, "--steps", "3", "--device", values["torch-device"], "--model", model],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) return `${python} failed: ${new TextDecoder().decode(out.stderr).trim()}`;
+  const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+  return {
+    secondsPerStep: r.seconds_per_step,
+    blas: r.device === "cpu"
+      ? `${python}, torch ${r.torch}, ${r.blas}, ${r.threads} threads, kernels ${r.coretype}`
+      : `${python}, torch ${r.torch} on ${r.device}`,
+  };
 }
 
 /** The CPU's model name and logical CPU count, e.g. "AMD EPYC x 2" ("?" when unknown). */

@@ -14,27 +14,9 @@ import { stepSeeds } from "../lib/models/_model.ts";
 import { trainStep } from "../lib/train/trainer.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
+import { findTorchPython } from "../bench/_python.ts";
 
 const TWIN = new URL("../interop/torch/", import.meta.url).pathname;
-
-/** The first python3 that imports torch (pip's, else Debian's), or why there is none. */
-async function findTorchPython(): Promise<{ python: string; missing: string }> {
-  let why = "";
-  for (const python of ["python3", "/usr/bin/python3"]) {
-    try {
-      const out = await new Deno.Command(python, {
-        args: ["-c", "import torch"],
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      if (out.success) return { python, missing: "" };
-      why = `${python}: ${new TextDecoder().decode(out.stderr).trim().split("\n").pop()}`;
-    } catch (e) {
-      why = `${python}: ${(e as Error).message}`;
-    }
-  }
-  return { python: "", missing: why };
-}
 
 const { python: PYTHON, missing } = await findTorchPython();
 if (missing) console.log(`torch_twin_test: skipped, no python3 imports torch (${missing})`);
