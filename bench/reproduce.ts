@@ -25,18 +25,22 @@
  */
 import { parseArgs } from "../cli/_args.ts";
 import { CHILD_PERMISSIONS } from "./_flags.ts";
-import { MODELS } from "../lib/models/mod.ts";
+import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 
-/** The `--epochs` the train commands get: the value after `--`, or the trainer's default. */
-function requestedEpochs(trainFlags: string[], data: string | undefined): number {
+/**
+ * The `--epochs` the train commands of `model` get: the value after `--`, else the model's
+ * own cap (`trainDefaults.epochs`), else the trainer's default.
+ */
+function requestedEpochs(trainFlags: string[], data: string | undefined, model: string): number {
   for (let i = 0; i < trainFlags.length; i++) {
     const f = trainFlags[i];
     if (f.startsWith("--epochs=")) return Number(f.slice("--epochs=".length));
     if (f === "--epochs") return Number(trainFlags[i + 1]);
   }
   // cli/main.ts trains the embedded data set for 20 epochs unless told otherwise.
-  return data ? TRAIN_DEFAULTS.epochs : 20;
+  if (!data) return 20;
+  return modelEntry(model).trainDefaults?.epochs ?? TRAIN_DEFAULTS.epochs;
 }
 
 /** What `train` wrote to `DIR/metrics.json` that this script reads. */
@@ -135,7 +139,7 @@ async function main(): Promise<void> {
     }
   }
 
-  const epochs = requestedEpochs(trainFlags, values.data);
+  const epochs = (model: string) => requestedEpochs(trainFlags, values.data, model);
   const runDir = (model: string, seed: number) => `${values.out}/${model}-s${seed}`;
 
   if (!values.summary) {
@@ -143,7 +147,7 @@ async function main(): Promise<void> {
     for (const model of models) {
       for (const seed of seeds) {
         const dir = runDir(model, seed);
-        if (finished(await readMetrics(dir), epochs)) {
+        if (finished(await readMetrics(dir), epochs(model))) {
           console.log(`${dir}: finished, kept`);
           continue;
         }
@@ -213,10 +217,10 @@ async function main(): Promise<void> {
         console.log(row([model, seed, status, ...COLUMNS.map(() => ""), ""]));
         continue;
       }
-      const state = finished(m, epochs) ? "" : " (unfinished)";
+      const state = finished(m, epochs(model)) ? "" : " (unfinished)";
       const metrics = COLUMNS.map((c) => m.test[c].toFixed(4));
       console.log(row([model, seed, `${m.best_epoch}${state}`, ...metrics, minutes(m.seconds)]));
-      if (finished(m, epochs)) done.push(m);
+      if (finished(m, epochs(model))) done.push(m);
     }
     if (done.length > 0) {
       const mean = (c: string) => done.reduce((s, m) => s + m.test[c], 0) / done.length;

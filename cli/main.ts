@@ -261,9 +261,10 @@ async function trainCommand(args: string[]): Promise<void> {
     ? fileDataSpec(v.data, v)
     : { kind: "synthetic", seed: 42 };
   if (spec.kind === "synthetic") {
-    // The embedded data set is a demonstration: a short run unless asked otherwise.
-    if (options.epochs === undefined) options.epochs = SYNTHETIC_EPOCHS;
-    if (options.patience === undefined) options.patience = SYNTHETIC_PATIENCE;
+    // The embedded data set is a demonstration: a short run unless the flags say otherwise
+    // (a model's own epoch cap is for real data).
+    if (typeof v.epochs !== "string") options.epochs = SYNTHETIC_EPOCHS;
+    if (typeof v.patience !== "string") options.patience = SYNTHETIC_PATIENCE;
     console.error(
       `data: the embedded synthetic set; ${options.epochs} epochs, patience ${options.patience} ` +
         `(set --epochs and --patience to change)`,

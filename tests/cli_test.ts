@@ -227,6 +227,36 @@ Deno.test("reproduce trains every seed, keeps finished runs and prints their mea
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("reproduce counts a run finished at its model's own epoch cap (DiffuRecSys 41), not at the trainer's", async () => {
+  const out = await Deno.makeTempDir();
+  const test = Object.fromEntries(
+    ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40"].map((k) => [k, 0.1]),
+  );
+  // Both runs stopped by the epoch cap after 41 epochs, the cap of DiffuRecSys's code.
+  for (const model of ["diffurecsys", "sasrec"]) {
+    await Deno.mkdir(`${out}/${model}-s1`, { recursive: true });
+    const metrics = {
+      best_epoch: 40,
+      seconds: 60,
+      protocol: { stopped: "epochs" },
+      train: { epochs: 41 },
+      test,
+    };
+    await Deno.writeTextFile(`${out}/${model}-s1/metrics.json`, JSON.stringify(metrics));
+  }
+  const args = ["--out", out, "--models", "diffurecsys,sasrec", "--seeds", "1", "--summary"];
+  const r = await reproduce("--data", `${out}/data.txt`, ...args);
+  assertEquals(r.code, 0, r.stderr);
+  const line = (start: string) => r.stdout.split("\n").find((l) => l.startsWith(start)) ?? "";
+  assert(line("| diffurecsys | 1 | 40 |").length > 0, r.stdout); // finished
+  assert(line("| **diffurecsys mean of 1**").length > 0, r.stdout);
+  assert(line("| sasrec | 1 | 40 (unfinished) |").length > 0, r.stdout); // SASRec's cap is 200
+  // --epochs after "--" is the cap for every model.
+  const capped = await reproduce("--data", `${out}/data.txt`, ...args, "--", "--epochs", "41");
+  assert(capped.stdout.includes("| **sasrec mean of 1**"), capped.stdout);
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("reproduce rejects bad flags with a message that names them", async () => {
   const cases: [string[], string][] = [
     [["--seeds", "1,x"], "--seeds"],
@@ -450,6 +480,27 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
       "8 is more than the model's 4 diffusion steps",
     ),
   );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("cli: on the embedded data set a model's own epoch cap gives way to the short demo run; its help lists the cap", async () => {
+  const dir = await Deno.makeTempDir();
+  // A folder holding a run stops train right after it has said what it would run.
+  await Deno.mkdir(`${dir}/held`);
+  await Deno.writeTextFile(`${dir}/held/log.jsonl`, "");
+  const r = await cli(
+    "train",
+    "--model",
+    "diffurecsys",
+    "--backend",
+    "cpu",
+    "--out",
+    `${dir}/held`,
+  );
+  assertNotZero(r.code, ["train into a held folder"]);
+  assert(r.stderr.includes("the embedded synthetic set; 20 epochs, patience 5"), r.stderr);
+  const help = await cli("train", "--help");
+  assert(help.stdout.includes("--weight-decay 0.0001, --epochs 41"), help.stdout);
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -116,6 +116,8 @@ export interface ModelTrainDefaults {
   lrDecayEvery?: number;
   /** L2 penalty added to the gradients before Adam. */
   weightDecay?: number;
+  /** Most epochs a run trains (its code's cap; patience may stop it earlier). */
+  epochs?: number;
 }
 
 /** What a diffusion model's evaluation may change: its reverse chain and draws. */
@@ -135,8 +137,9 @@ export const MODELS: Record<string, ModelEntry> = {
     defaults: DIFFUREC_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFUREC_HELP,
     inferenceFields: DIFFUSION_INFERENCE_FIELDS,
-    // DIFFUREC.md §1.2 and §4: 512 one-target examples a batch, StepLR x0.1 every 100 epochs.
-    trainDefaults: { examples: "prefixes", batchSize: 512, lrDecayEvery: 100 },
+    // DIFFUREC.md §1.2 and §4: 512 one-target examples a batch, StepLR x0.1 every 100 epochs,
+    // at most 500 epochs.
+    trainDefaults: { examples: "prefixes", batchSize: 512, lrDecayEvery: 100, epochs: 500 },
     validate: (config) =>
       validateDiffuRecConfig({ ...DIFFUREC_DEFAULTS, ...config } as DiffuRecConfig),
     create: (config) => new DiffuRec(config),
@@ -145,8 +148,15 @@ export const MODELS: Record<string, ModelEntry> = {
     defaults: DIFFURECSYS_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: DIFFURECSYS_HELP,
     inferenceFields: DIFFUSION_INFERENCE_FIELDS,
-    // DIFFUREC.md §4: as DiffuRec, with StepLR every 30 epochs and weight decay 1e-4.
-    trainDefaults: { examples: "prefixes", batchSize: 512, lrDecayEvery: 30, weightDecay: 1e-4 },
+    // DIFFUREC.md §4: as DiffuRec, with StepLR every 30 epochs, weight decay 1e-4 and at most
+    // 41 epochs.
+    trainDefaults: {
+      examples: "prefixes",
+      batchSize: 512,
+      lrDecayEvery: 30,
+      weightDecay: 1e-4,
+      epochs: 41,
+    },
     validate: (config) =>
       validateDiffuRecSysConfig({ ...DIFFURECSYS_DEFAULTS, ...config } as DiffuRecSysConfig),
     create: (config) => new DiffuRecSys(config),
