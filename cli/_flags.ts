@@ -23,17 +23,27 @@ export function numberFlag(flag: string, text: string): number {
  */
 export function withFlagNames<T>(check: () => T, flags: Record<string, string>): T {
   try {
-    return check();
-  } catch (e) {
-    if (!(e instanceof RangeError || e instanceof TypeError)) throw e;
-    let message = e.message;
-    for (const [field, flag] of Object.entries(flags)) {
-      message = message.replace(new RegExp(`\\b${field}\\b(?= must| \\()`, "g"), `--${flag}`);
+    const out = check();
+    // An async check: its rejection is renamed the same way.
+    if (out instanceof Promise) {
+      return out.catch((e) => {
+        throw flagNamed(e, flags);
+      }) as T;
     }
-    throw message === e.message
-      ? e
-      : new (e.constructor as ErrorConstructor)(message, { cause: e });
+    return out;
+  } catch (e) {
+    throw flagNamed(e, flags);
   }
+}
+
+/** `e` with each field of `flags` in its message named as its flag (see `withFlagNames`). */
+function flagNamed(e: unknown, flags: Record<string, string>): unknown {
+  if (!(e instanceof RangeError || e instanceof TypeError)) return e;
+  let message = e.message;
+  for (const [field, flag] of Object.entries(flags)) {
+    message = message.replace(new RegExp(`\\b${field}\\b(?= must| \\()`, "g"), `--${flag}`);
+  }
+  return message === e.message ? e : new (e.constructor as ErrorConstructor)(message, { cause: e });
 }
 
 /** `--threads`: a positive integer, or undefined when not given. */
@@ -99,4 +109,47 @@ export async function startBackend(
   });
   console.error(`backend: ${chosen.name} (${chosen.reason})`);
   return chosen;
+}
+
+/** The `parseArgs` options of the flags that change how a diffusion model ranks. */
+export const INFERENCE_OPTIONS = {
+  "reverse-steps": { type: "string" },
+  sampling: { type: "string" },
+  "eval-seed": { type: "string" },
+  lambda: { type: "string" },
+} as const;
+
+/** The usage lines of {@linkcode INFERENCE_OPTIONS}. */
+export const INFERENCE_USAGE = [
+  "  --reverse-steps N   diffusion models: stride the reverse chain to N steps (0: all)",
+  "  --sampling S        diffusion models: chain | one (one Approximator call, no chain)",
+  "  --eval-seed N       diffusion models: seed of the chain's draws",
+  "  --lambda X          diffusion models: the uncertainty weight (0: no diffusion input)",
+];
+
+/** Config field of each flag of {@linkcode INFERENCE_OPTIONS}. */
+export const INFERENCE_FIELD_FLAGS: Record<string, string> = {
+  reverseSteps: "reverse-steps",
+  sampling: "sampling",
+  evalSeed: "eval-seed",
+  lambda: "lambda",
+};
+
+/**
+ * The inference overrides the flags ask for (see `withInferenceOverrides`), parsed; empty
+ * when none is given. Whether the model has them is checked where it is loaded.
+ */
+export function inferenceFlags(
+  values: { "reverse-steps"?: string; sampling?: string; "eval-seed"?: string; lambda?: string },
+): Record<string, number | string> {
+  const out: Record<string, number | string> = {};
+  if (values["reverse-steps"] !== undefined) {
+    out.reverseSteps = intFlag("reverse-steps", values["reverse-steps"], 0, 0);
+  }
+  if (values.sampling !== undefined) out.sampling = values.sampling;
+  if (values["eval-seed"] !== undefined) {
+    out.evalSeed = intFlag("eval-seed", values["eval-seed"], 0, 0);
+  }
+  if (values.lambda !== undefined) out.lambda = numberFlag("lambda", values.lambda);
+  return out;
 }

@@ -11,7 +11,7 @@ import {
   type ServableModel,
 } from "../lib/inference/recommender.ts";
 import { MODEL_FILE_NAME } from "../lib/inference/model_file.ts";
-import { modelEntry } from "../lib/models/mod.ts";
+import { modelEntry, withInferenceOverrides } from "../lib/models/mod.ts";
 import { type CheckpointMeta, readCheckpoint } from "../lib/train/checkpoint.ts";
 
 async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
@@ -53,7 +53,7 @@ export async function loadRecommender(
         `${path}/model.json: field "itemTokens" is empty, so recommendations could not name items`,
       );
     }
-    const model = modelFromCheckpoint(meta, values, path);
+    const model = modelFromCheckpoint(meta, values, path, options.inference);
     try {
       return {
         recommender: new Recommender(model, meta.itemTokens, options),
@@ -72,7 +72,9 @@ export async function loadRecommender(
 /**
  * The model a checkpoint holds, built and loaded (disposed again if its weights do not fit).
  * `overrides` replace config fields that change how it ranks, not its parameters (an
- * evaluation ablation such as a shorter reverse chain).
+ * evaluation ablation such as a shorter reverse chain; see `withInferenceOverrides`).
+ *
+ * @throws {RangeError} An override the model does not have, or a bad value.
  */
 export function modelFromCheckpoint(
   meta: CheckpointMeta,
@@ -80,9 +82,9 @@ export function modelFromCheckpoint(
   path: string,
   overrides: Record<string, unknown> = {},
 ): ServableModel {
+  const config = withInferenceOverrides(meta.model, meta.config, overrides);
   const model = modelEntry(meta.model).create({
-    ...meta.config,
-    ...overrides,
+    ...config,
     numItems: meta.itemTokens.length - 1,
   });
   try {

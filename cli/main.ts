@@ -28,6 +28,9 @@ import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import {
   BACKEND_OPTIONS,
   booleanFlag,
+  INFERENCE_FIELD_FLAGS,
+  INFERENCE_OPTIONS,
+  inferenceFlags,
   intFlag,
   numberFlag,
   progressWriter,
@@ -411,10 +414,7 @@ async function evalCommand(args: string[]): Promise<void> {
       ...BACKEND_OPTIONS,
       split: { type: "string" },
       protocol: { type: "string" },
-      "reverse-steps": { type: "string" },
-      sampling: { type: "string" },
-      "eval-seed": { type: "string" },
-      lambda: { type: "string" },
+      ...INFERENCE_OPTIONS,
       "eval-batch-size": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -440,8 +440,11 @@ async function evalCommand(args: string[]): Promise<void> {
   const spec = evalDataSpec(meta.data as DataSpec, values);
   const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
   const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, source);
-  const overrides = inferenceOverrides(meta.model, meta.config, values);
-  const model = modelFromCheckpoint(meta, weights, path, overrides);
+  const overrides = inferenceFlags(values);
+  const model = withFlagNames(
+    () => modelFromCheckpoint(meta, weights, path, overrides),
+    INFERENCE_FIELD_FLAGS,
+  );
   const { split } = leaveOneOut(dataset);
   if (split.test.length === 0) {
     throw new RangeError(
@@ -532,43 +535,6 @@ async function exportCommand(args: string[]): Promise<void> {
     `wrote ${shownPath(out)}: ${dataset.sequences.length} users, ${dataset.numItems} items, ` +
       `${dataset.sequences.reduce((n, s) => n + s.length, 0)} interactions`,
   );
-}
-
-/** `eval`'s flags that override a model's inference fields (`ModelEntry.inferenceFields`). */
-const INFERENCE_FLAGS = ["reverse-steps", "sampling", "eval-seed", "lambda"];
-
-/**
- * `eval`'s ablations of a model's ranking, as config overrides of the fields its model
- * declares as inference fields (the diffusion models' `--reverse-steps`, `--sampling`,
- * `--eval-seed`, `--lambda`): they change no parameter, so one trained model answers each.
- * A flag the model does not declare is refused.
- */
-function inferenceOverrides(
-  model: string,
-  config: Record<string, unknown>,
-  flags: Record<string, string | boolean | undefined>,
-): Record<string, unknown> {
-  const entry = modelEntry(model);
-  const overrides: Record<string, unknown> = {};
-  for (const flag of INFERENCE_FLAGS.filter((f) => flags[f] !== undefined)) {
-    const field = flag.replace(/-([a-z])/g, (_, ch) => ch.toUpperCase());
-    if (!entry.inferenceFields?.includes(field)) {
-      throw new RangeError(`--${flag} is not an evaluation option of model ${model}`);
-    }
-    const text = flags[flag] as string;
-    const def = entry.defaults[field];
-    overrides[field] = typeof def !== "number"
-      ? text
-      : Number.isInteger(def)
-      ? intFlag(flag, text, 0, 0)
-      : numberFlag(flag, text);
-  }
-  if (Object.keys(overrides).length === 0) return {};
-  withFlagNames(
-    () => entry.validate({ ...config, ...overrides, numItems: 1 }),
-    Object.fromEntries(Object.keys(overrides).map((field) => [field, kebab(field)])),
-  );
-  return overrides;
 }
 
 /** Runs the CLI with `args`; returns the process exit code. */

@@ -7,7 +7,16 @@
 import { writing } from "../lib/_io.ts";
 import { parseArgs } from "./_args.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
-import { BACKEND_OPTIONS, intFlag, progressWriter, startBackend } from "./_flags.ts";
+import {
+  BACKEND_OPTIONS,
+  INFERENCE_FIELD_FLAGS,
+  INFERENCE_OPTIONS,
+  inferenceFlags,
+  intFlag,
+  progressWriter,
+  startBackend,
+  withFlagNames,
+} from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
 import { readText } from "../lib/data/files.ts";
 import { splitLines } from "../lib/data/_dense.ts";
@@ -28,6 +37,7 @@ export const RECOMMEND_OPTIONS = [
   "  --exclude I       items never to recommend, separated by spaces",
   "  --keep-seen       may recommend items of the history (default: never)",
   "  --batch-size N    histories scored per forward pass (default 256)",
+  "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
 ];
 
 /** Runs `recommend` with its arguments. */
@@ -44,6 +54,7 @@ export async function recommendCommand(args: string[]): Promise<void> {
       "keep-seen": { type: "boolean" },
       "batch-size": { type: "string" },
       ...BACKEND_OPTIONS,
+      ...INFERENCE_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -65,8 +76,13 @@ export async function recommendCommand(args: string[]): Promise<void> {
     exclude: values.exclude?.split(/\s+/).filter((t) => t) ?? [],
   };
   const batchSize = intFlag("batch-size", values["batch-size"], 256);
+  const inference = inferenceFlags(values);
   await startBackend(values);
-  const { recommender, from } = await loadRecommender(values.model, { batchSize });
+  const model = values.model;
+  const { recommender, from } = await withFlagNames(
+    () => loadRecommender(model, { batchSize, inference }),
+    INFERENCE_FIELD_FLAGS,
+  );
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
   );

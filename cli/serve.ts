@@ -6,7 +6,16 @@
  */
 import { parseArgs } from "./_args.ts";
 import { createHandler } from "../lib/serve/handler.ts";
-import { BACKEND_OPTIONS, intFlag, numberFlag, startBackend } from "./_flags.ts";
+import {
+  BACKEND_OPTIONS,
+  INFERENCE_FIELD_FLAGS,
+  INFERENCE_OPTIONS,
+  inferenceFlags,
+  intFlag,
+  numberFlag,
+  startBackend,
+  withFlagNames,
+} from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
 
 /** The `serve` lines of the CLI's usage. */
@@ -22,6 +31,7 @@ export const SERVE_OPTIONS = [
   "  --batch-wait-ms W micro-batching window of POST /recommend (default 2; 0 = off)",
   "  --max-history N   longest history or exclude list accepted (default 1000)",
   "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write)",
+  "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
 ];
 
 /** Runs `serve` with its arguments; returns when the server has stopped. */
@@ -35,6 +45,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "batch-wait-ms": { type: "string" },
       "max-history": { type: "string" },
       ...BACKEND_OPTIONS,
+      ...INFERENCE_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -50,10 +61,15 @@ export async function serveCommand(args: string[]): Promise<void> {
   const batchWaitMs = waitText === undefined ? 2 : numberFlag("batch-wait-ms", waitText);
   if (batchWaitMs < 0) throw new RangeError(`--batch-wait-ms must be >= 0, got "${waitText}"`);
   const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
+  const inference = inferenceFlags(values);
   // One wasm thread by default: a single history is too small a product to share, and on 2
   // cores a second thread raised p99 latency from 5 ms to 18-28 ms (docs/performance.md).
   await startBackend(values, 1);
-  const { recommender, from } = await loadRecommender(values.model);
+  const model = values.model;
+  const { recommender, from } = await withFlagNames(
+    () => loadRecommender(model, { inference }),
+    INFERENCE_FIELD_FLAGS,
+  );
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
   );

@@ -443,6 +443,16 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
   assertNotZero(bad.code, ["eval --reverse-steps 9"]);
   assert(bad.stderr.includes("--reverse-steps (9) must be at most steps (4)"), bad.stderr);
 
+  // recommend and serve take the same options: a one-call DiffuRec, from the run folder.
+  const recommend = (...flags: string[]) =>
+    cliIn(dir, "recommend", "--model", "run", "--backend", "cpu", "--history", "i1 i2", ...flags);
+  const one = await recommend("--sampling", "one", "-k", "3");
+  assertEquals(one.code, 0, one.stderr);
+  assertEquals(one.stdout.trim().split("\n").length, 1 + 3, one.stdout); // head and 3 items
+  const long = await recommend("--reverse-steps", "9");
+  assertNotZero(long.code, ["recommend --reverse-steps 9"]);
+  assert(long.stderr.includes("--reverse-steps (9) must be at most steps (4)"), long.stderr);
+
   // bench/diffusion_ablations.ts ranks the same model every way in one process; its first
   // row is the model's own chain, so it equals the test metrics training wrote.
   const ablations = (...flags: string[]) =>

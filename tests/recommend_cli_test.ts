@@ -127,6 +127,16 @@ Deno.test("cli recommend rejects bad input with messages naming the flag, file o
     ],
     [["recommend", "--model", f.dir, "--input", `${f.dir}/dup.txt`], `${f.dir}/dup.txt:3`],
     [["recommend", "--model", f.dir, "--input", `${f.dir}/no.txt`], `${f.dir}/no.txt`],
+    [
+      ["recommend", "--model", f.dir, "--history", "i1", "--sampling", "one"],
+      '--sampling ("one") is not an inference option of model sasrec (it has none)',
+    ],
+    [
+      ["recommend", "--model", f.dir, "--history", "i1", "--reverse-steps=-1"],
+      "--reverse-steps must be an integer >= 0",
+    ],
+    [["serve", "--model", f.dir, "--lambda", "x"], "--lambda must be a number"],
+    [["serve", "--model", f.dir, "--eval-seed", "2"], "--eval-seed (2) is not an inference"],
     [["serve", "--model", f.dir, "--port", "70000"], "--port"],
     [["serve"], "--model"],
   ];

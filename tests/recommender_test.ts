@@ -9,6 +9,7 @@ import {
 } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
+import { DiffuRec } from "../lib/models/diffurec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
@@ -230,4 +231,57 @@ Deno.test("scores follow the weights after training steps and assign (the cached
   await fresh.scores(history); // caches the transpose of the seed-1 weights
   fresh.model.params.assign(records, values);
   assertEquals(await fresh.scores(history), after);
+});
+
+Deno.test("Recommender.load with inference overrides ranks a DiffuRec file as a model built with them; fields it lacks are refused by name", async () => {
+  await selectBackend("cpu");
+  const config = { ...TINY, steps: 8, layers: 1, seed: 4, evalSeed: 9 };
+  const saved = new Recommender(new DiffuRec(config), data.vocab.items);
+  const bytes = await saved.toBytes();
+  const histories = split.test.slice(0, 6).map((ex) => tokens(ex.history));
+  const ids = (rs: { items: { item: string }[] }[]) => rs.map((r) => r.items.map((x) => x.item));
+  try {
+    const overrides: Record<string, number | string>[] = [
+      { sampling: "one" },
+      { reverseSteps: 2 },
+      { evalSeed: 1 },
+    ];
+    for (const inference of overrides) {
+      using loaded = await Recommender.load(bytes, { inference });
+      using built = new Recommender(
+        new DiffuRec({ ...config, ...inference } as typeof config),
+        data.vocab.items,
+      );
+      // The same weights: copy the saved model's values into the one built with the option.
+      const { records, values } = await saved.model.params.toArrays();
+      built.model.params.assign(records, values, "test");
+      assertEquals(loaded.model.config, built.model.config);
+      const k = { k: 10 };
+      assertEquals(
+        ids(await loaded.recommendBatch(histories, k)),
+        ids(await built.recommendBatch(histories, k)),
+      );
+    }
+    // Without overrides the file's own config; with one, only that field differs.
+    using plain = await Recommender.load(bytes);
+    assertEquals(plain.model.config, saved.model.config);
+    await assertRejects(
+      () => Recommender.load(bytes, { inference: { reverseSteps: 20 } }),
+      RangeError,
+      "reverseSteps (20) must be at most steps (8)",
+    );
+    await assertRejects(
+      () => Recommender.load(bytes, { inference: { hidden: 8 } }),
+      RangeError,
+      "hidden (8) is not an inference option of model diffurec (it has reverseSteps, sampling",
+    );
+  } finally {
+    saved.dispose();
+  }
+  using sasrec = tinyRecommender();
+  await assertRejects(
+    async () => Recommender.load(await sasrec.toBytes(), { inference: { sampling: "one" } }),
+    RangeError,
+    'sampling ("one") is not an inference option of model sasrec (it has none)',
+  );
 });

@@ -8,7 +8,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { historyBatches } from "../data/batches.ts";
 import { type SequentialModel } from "../models/_model.ts";
-import { modelEntry } from "../models/mod.ts";
+import { modelEntry, withInferenceOverrides } from "../models/mod.ts";
 import {
   decodeModelFile,
   encodeModelFile,
@@ -52,6 +52,14 @@ export interface RecommendResult {
 export interface RecommenderOptions {
   /** Most histories scored in one forward pass of {@linkcode Recommender.recommendBatch}. Default 256. */
   batchSize?: number;
+  /**
+   * For {@linkcode Recommender.load}: new values of config fields that change only how the
+   * model ranks (its `inferenceFields`, see `withInferenceOverrides`). For DiffuRec and
+   * DiffuRecSys, `{ sampling: "one" }` makes one Approximator call instead of the reverse
+   * chain's 32, and `{ reverseSteps: 4 }` strides the chain to 4 steps; what they cost in
+   * accuracy is measured in `docs/diffusion-notes.md`. Default: the file's config.
+   */
+  inference?: Record<string, number | string>;
 }
 
 /** A model a {@linkcode Recommender} can serve: any model whose config has these two fields. */
@@ -143,14 +151,24 @@ export class Recommender {
    * ```
    *
    * @param source A path (under Deno), a URL, a `Response` or the file's bytes.
+   * @param options See {@linkcode RecommenderOptions}.
    * @throws {ModelFileError} The file fails a check (named); no model is built then.
+   * @throws {RangeError} An `inference` field the model does not have, or a bad value.
    */
   static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
     const { bytes, name } = await modelFileBytes(source);
     const file = await decodeModelFile(bytes, name);
+    const numItems = file.items.length - 1;
+    try {
+      modelEntry(file.model).validate({ ...file.config, numItems });
+    } catch (e) {
+      throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+    }
+    // The file is sound; a bad override is the caller's (a RangeError naming the field).
+    const config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
     let model: ServableModel;
     try {
-      model = modelEntry(file.model).create({ ...file.config, numItems: file.items.length - 1 });
+      model = modelEntry(file.model).create({ ...config, numItems });
     } catch (e) {
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
     }

@@ -179,3 +179,43 @@ export function modelEntry(name: string): ModelEntry {
   }
   return entry;
 }
+
+/**
+ * `config` with `overrides` of fields that change only how the model ranks (its entry's
+ * `inferenceFields`: the diffusion models' `reverseSteps`, `sampling`, `evalSeed` and
+ * `lambda`), checked: one trained model can then rank another way, e.g. DiffuRec with
+ * `{ sampling: "one" }` (one Approximator call instead of its reverse chain).
+ *
+ * @example Usage
+ * ```ts
+ * import { withInferenceOverrides } from "./mod.ts";
+ * const config = withInferenceOverrides("diffurec", { steps: 32 }, { reverseSteps: 4 });
+ * // config.reverseSteps === 4; the parameters' fields are as they were
+ * ```
+ *
+ * @param model The model's name (see {@linkcode MODELS}).
+ * @param config The trained model's config.
+ * @param overrides New values of inference fields; empty: `config` unchanged.
+ * @returns A new config object.
+ * @throws {RangeError} A field the model does not declare, with its value, or a value out
+ * of its domain (the field named).
+ */
+export function withInferenceOverrides(
+  model: string,
+  config: Record<string, unknown>,
+  overrides: Record<string, unknown>,
+): Record<string, unknown> {
+  const entry = modelEntry(model);
+  const allowed = entry.inferenceFields ?? [];
+  for (const [field, value] of Object.entries(overrides)) {
+    if (!allowed.includes(field)) {
+      throw new RangeError(
+        `${field} (${JSON.stringify(value)}) is not an inference option of model ${model}` +
+          ` (${allowed.length > 0 ? `it has ${allowed.join(", ")}` : "it has none"})`,
+      );
+    }
+  }
+  const merged = { ...config, ...overrides };
+  if (Object.keys(overrides).length > 0) entry.validate({ ...merged, numItems: 1 });
+  return merged;
+}
