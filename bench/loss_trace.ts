@@ -17,7 +17,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "../lib/train/adam.ts";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
@@ -69,7 +69,7 @@ console.log(
   `# ${model.name} on ${data.source}, ${backend.name}; config ${JSON.stringify(model.config)}`,
 );
 
-const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate, 0.9, 0.999, 1e-8);
+const optimizer = new Adam(TRAIN_DEFAULTS.learningRate, 0.9, 0.999, 1e-8);
 const vars = model.params.list();
 const rng = new Rng(seed);
 const sums = new Map<string, number>();

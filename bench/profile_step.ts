@@ -25,6 +25,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "../lib/train/adam.ts";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
@@ -115,7 +116,7 @@ if (values.eval && !evalBatch) {
 }
 let positions = 0;
 for (const t of batch.targets) if (t !== 0) positions++;
-const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
+const optimizer = new Adam(TRAIN_DEFAULTS.learningRate);
 const vars = model.params.list();
 const step = async (i: number) => {
   const { values: packed } = trainStep(

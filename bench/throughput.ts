@@ -37,6 +37,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "../lib/train/adam.ts";
 import os from "node:os";
 import { parseArgs } from "../cli/_args.ts";
 import { CHILD_PERMISSIONS, positiveInt } from "./_flags.ts";
@@ -171,7 +172,7 @@ async function timeSteps(
   batches: TrainBatch[],
   count: number,
 ): Promise<{ seconds: number; positions: number; gflop: number }> {
-  const optimizer = tf.train.adam(TRAIN_DEFAULTS.learningRate);
+  const optimizer = new Adam(TRAIN_DEFAULTS.learningRate);
   const vars = model.params.list();
   const step = (i: number) =>
     trainStep(

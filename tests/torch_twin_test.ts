@@ -2,6 +2,7 @@
 // same scores and loss, and data-parallel training under torchrun. Skipped, with the
 // reason printed, where no python3 with torch is installed (.ci/run installs it as root).
 import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "../lib/train/adam.ts";
 import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
@@ -118,7 +119,7 @@ async function modelFile(model: SasRec | Sigma, config?: object): Promise<string
 
 /** Three Adam steps (lr 1e-2) on a tiny batch, so that no weight is at its initial value. */
 function trainAFewSteps(model: SasRec | Sigma, batch: ReturnType<typeof tinyTrainBatch>) {
-  const optimizer = tf.train.adam(1e-2);
+  const optimizer = new Adam(1e-2);
   for (let step = 0; step < 3; step++) {
     trainStep(model, batch, stepSeeds(1, step), optimizer, model.params.list(), 2048, {
       step,

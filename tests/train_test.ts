@@ -1,4 +1,5 @@
 import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "../lib/train/adam.ts";
 import { selectBackend } from "../backends/mod.ts";
 import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec, type SasRecConfig } from "../lib/models/sasrec.ts";
@@ -261,6 +262,20 @@ Deno.test("train() with resume continues a stopped run as if it had never stoppe
   const first = new SasRec(SMALL);
   await train(first, split, data.numItems, { ...FAST, epochs: 2 }, hooksOf(cut));
   first.params.dispose();
+  // The same state as a version before per-parameter Adam steps wrote it (no adamSteps).
+  const older = await Deno.makeTempDir();
+  for (const f of ["log.jsonl", "state/model.json", "state/weights.bin"]) {
+    await Deno.mkdir(`${older}/state`, { recursive: true });
+    await Deno.copyFile(`${cut}/${f}`, `${older}/${f}`);
+  }
+  {
+    const { meta, values } = await readCheckpoint(`${older}/state`);
+    const { format: _f, values: _v, checksum: _c, ...rest } = meta;
+    const { adamSteps, ...resume } = rest.resume!;
+    const own = rest.params.filter((r) => !r.name.startsWith("adam."));
+    assertEquals(adamSteps, own.map(() => rest.resume!.step)); // every step reached all
+    await writeCheckpoint(`${older}/state`, { ...rest, resume }, values);
+  }
   const second = new SasRec({ ...SMALL, seed: 99 }); // its own initial values are overwritten
   await assertRejects(
     () => train(second, split, data.numItems, { ...FAST, epochs: 4 }, hooksOf(cut, true)),
@@ -277,16 +292,21 @@ Deno.test("train() with resume continues a stopped run as if it had never stoppe
     hooksOf(cut, true),
   );
   assertEquals(resumed.history.map((h) => h.epoch), [1, 2, 3, 4]);
-  // Adam's bias corrections restart from beta^(t+1) computed by pow instead of t products,
-  // a last-bit difference: losses and parameters agree to float32 rounding, not bitwise.
-  for (let e = 0; e < 4; e++) {
-    const [a, b] = [uninterrupted.history[e].loss, resumed.history[e].loss];
-    assert(Math.abs(a - b) <= 1e-5 * Math.abs(a), `epoch ${e + 1}: loss ${b} vs ${a}`);
-  }
+  // Adam's moments, step counts and bias corrections come back exactly (the powers are
+  // rebuilt product by product, as the uninterrupted run built them): bit for bit.
+  assertEquals(
+    resumed.history.map((h) => h.loss),
+    uninterrupted.history.map((h) => h.loss),
+  );
   assertEquals(resumed.bestEpoch, uninterrupted.bestEpoch);
-  const [pa, pb] = [await whole.params.toArrays(), await third.params.toArrays()];
-  const diff = maxAbsDiff(pa.values, pb.values);
-  assert(diff <= 1e-4, `parameters differ by ${diff}`);
+  const pa = await whole.params.toArrays();
+  assertEquals((await third.params.toArrays()).values, pa.values);
+  // So does a state written before adamSteps existed.
+  const fromOlder = new SasRec(SMALL);
+  await train(fromOlder, split, data.numItems, { ...FAST, epochs: 4 }, hooksOf(older, true));
+  assertEquals((await fromOlder.params.toArrays()).values, pa.values);
+  fromOlder.params.dispose();
+  await Deno.remove(older, { recursive: true });
   const log = (await Deno.readTextFile(`${cut}/log.jsonl`)).trim().split("\n");
   assertEquals(log.map((l) => JSON.parse(l).epoch), [1, 2, 3, 4]);
   // A different training setting is refused, naming it.
@@ -354,7 +374,7 @@ Deno.test("trainStep() with an objective minimises that loss part alone", async 
   const model = new Sigma({ ...SMALL, interests: 3 });
   const vars = model.params.list();
   const before = await model.params.toArrays();
-  const optimizer = tf.train.adam(1e-2);
+  const optimizer = new Adam(1e-2);
   const batch = tinyTrainBatch(4, 6, data.numItems);
   // L_orth depends on the category embeddings only: no other parameter may move.
   const { values } = trainStep(model, batch, stepSeeds(1, 0), optimizer, vars, 2048, {
@@ -397,7 +417,7 @@ Deno.test("SasRec() loss option: each kind starts at its uniform-guess value and
   for (const [config, uniform] of kinds) {
     const model = new SasRec({ ...SMALL, ...config, dropout: 0 });
     const vars = model.params.list();
-    const optimizer = tf.train.adam(1e-2);
+    const optimizer = new Adam(1e-2);
     const losses: number[] = [];
     for (let step = 0; step < 15; step++) {
       const { values } = trainStep(model, batch, stepSeeds(3, step), optimizer, vars, 2048);
@@ -619,78 +639,119 @@ Deno.test("StepLR: the learning rate of epoch e is lr * lrDecay^floor((e - 1) / 
   await Deno.remove(out, { recursive: true });
 });
 
-Deno.test("weightDecay adds decay * parameter to every gradient before Adam", async () => {
+Deno.test("weightDecay adds decay * parameter to the gradient of every parameter the loss reaches", async () => {
   await selectBackend("cpu");
   for (const weightDecay of [0, 0.1]) {
+    for (const step of [0, 1]) {
+      const model = new SometimesUnused();
+      const vars = model.params.list();
+      const before = vars.map((v) => v.dataSync().slice());
+      const optimizer = new Adam(1e-2, 0.9, 0.999, 1e-7);
+      const batch = tinyTrainBatch(2, 3, data.numItems);
+      trainStep(model, batch, stepSeeds(1, step), optimizer, vars, 4096, { step, weightDecay })
+        .values.dispose();
+      const middle = vars.findIndex((v) => v === model.middle);
+      const moved = Array.from(model.middle.dataSync(), (x, i) => x - before[middle][i]);
+      if (step === 1) {
+        // Odd steps do not reach "middle": no gradient, so no decay and no step either, as
+        // PyTorch skips a parameter whose gradient is None.
+        assert(moved.every((m) => m === 0), `step 1, decay ${weightDecay}: moved`);
+      } else {
+        // Adam's first step is -lr g / (|g| + eps), g = 2 p + decay p.
+        moved.forEach((m, i) => {
+          const g = (2 + weightDecay) * before[middle][i];
+          const want = -1e-2 * g / (Math.abs(g) + 1e-7);
+          assert(Math.abs(m - want) <= 1e-6, `entry ${i}: moved ${m}, Adam ${want}`);
+        });
+      }
+      optimizer.dispose();
+      model.params.dispose();
+    }
+  }
+});
+
+Deno.test("Adam: a parameter without a gradient stays put and keeps its own step count (PyTorch's Adam), split or not", async () => {
+  await selectBackend("cpu");
+  for (const maxPositions of [4096, 12]) { // one pass per step, and steps split into pieces
     const model = new SometimesUnused();
     const vars = model.params.list();
-    const before = vars.map((v) => v.dataSync().slice());
-    const optimizer = tf.train.adam(1e-2);
-    // Step 1 is odd: "middle" has no gradient from the loss, only from the decay.
-    const { values } = trainStep(
-      model,
-      tinyTrainBatch(2, 3, data.numItems),
-      stepSeeds(1, 1),
-      optimizer,
-      vars,
-      4096,
-      {
-        step: 1,
-        weightDecay,
-      },
-    );
-    values.dispose();
-    const middle = vars.findIndex((v) => v === model.middle);
-    const moved = Array.from(model.middle.dataSync(), (x, i) => x - before[middle][i]);
-    if (weightDecay === 0) assert(moved.every((m) => m === 0), "moved without a gradient");
-    else {
-      // Adam's first step is -lr g / (|g| + eps) with g = decay * parameter (tfjs's
-      // default eps 1e-7): toward 0, by lr unless the parameter is tiny.
-      moved.forEach((m, i) => {
-        const g = weightDecay * before[middle][i];
-        const want = -1e-2 * g / (Math.abs(g) + 1e-7);
-        assert(Math.abs(m - want) <= 1e-6, `entry ${i}: moved ${m}, Adam ${want}`);
-      });
+    const middle = vars.indexOf(model.middle);
+    const first = vars.indexOf(model.first);
+    const start = vars.map((v) => Array.from(v.dataSync()));
+    const optimizer = new Adam(1e-2);
+    const batch = tinyTrainBatch(6, 8, data.numItems);
+    const seen: number[][] = [];
+    for (let step = 1; step <= 6; step++) { // "middle" is reached at steps 2, 4 and 6 only
+      trainStep(model, batch, stepSeeds(3, step), optimizer, vars, maxPositions, { step })
+        .values.dispose();
+      seen.push(Array.from(model.middle.dataSync()));
     }
+    // float64 Adam of the loss sum(x^2), taking a step only when reached: its first step at
+    // step 2 is bias-corrected as a first step (tfjs's shared count made it step 2's).
+    const reference = (x0: number, reached: (t: number) => boolean) => {
+      let [m, v, x, t] = [0, 0, x0, 0];
+      const out: number[] = [];
+      for (let step = 1; step <= 6; step++) {
+        if (reached(step)) {
+          t += 1;
+          const g = 2 * x;
+          m = 0.9 * m + 0.1 * g;
+          v = 0.999 * v + 0.001 * g * g;
+          x -= 1e-2 * (m / (1 - 0.9 ** t)) / (Math.sqrt(v / (1 - 0.999 ** t)) + 1e-8);
+        }
+        out.push(x);
+      }
+      return out;
+    };
+    start[middle].forEach((x0, i) => {
+      const want = reference(x0, (t) => t % 2 === 0);
+      seen.forEach((row, s) => {
+        assert(
+          Math.abs(row[i] - want[s]) <= 1e-6,
+          `middle[${i}] step ${s + 1}: ${row[i]} vs ${want[s]}`,
+        );
+      });
+    });
+    const firstWant = start[first].map((x0) => reference(x0, () => true)[5]);
+    Array.from(model.first.dataSync()).forEach((x, i) => {
+      assert(Math.abs(x - firstWant[i]) <= 1e-6, `first[${i}]: ${x} vs ${firstWant[i]}`);
+    });
+    const states = await optimizer.state(vars);
+    assertEquals(states.map((x) => x.steps), vars.map((v) => v === model.middle ? 3 : 6));
     optimizer.dispose();
     model.params.dispose();
   }
 });
 
-Deno.test("Adam's moments stay with their variables when a parameter has no gradient in some steps", async () => {
+Deno.test("Adam follows tfjs's Adam bit for bit when every parameter gets a gradient at every step", async () => {
   await selectBackend("cpu");
-  for (const maxPositions of [4096, 12]) { // one pass per step, and steps split into pieces
-    const model = new SometimesUnused();
-    const vars = model.params.list();
-    const optimizer = tf.train.adam(1e-2);
-    const batch = tinyTrainBatch(6, 8, data.numItems);
-    for (let step = 0; step < 6; step++) {
-      const { values } = trainStep(
-        model,
-        batch,
-        stepSeeds(3, step),
-        optimizer,
+  const make = () => new SasRec({ ...SMALL, dropout: 0, seed: 8 });
+  const [ours, theirs] = [make(), make()];
+  const adam = new Adam(1e-2, 0.9, 0.999, 1e-8);
+  const tfAdam = tf.train.adam(1e-2, 0.9, 0.999, 1e-8);
+  const batch = tinyTrainBatch(4, 8, SMALL.numItems);
+  for (let step = 0; step < 5; step++) {
+    const pairs: [SasRec, (g: Record<string, tf.Tensor>) => void][] = [
+      [ours, (g) => adam.applyGradients(g)],
+      [theirs, (g) => tfAdam.applyGradients(g as Parameters<typeof tfAdam.applyGradients>[0])],
+    ];
+    for (const [model, apply] of pairs) {
+      const vars = model.params.list();
+      const { grads, value } = tf.variableGrads(
+        () => model.loss(batch, stepSeeds(2, step)).loss,
         vars,
-        maxPositions,
-        {
-          step,
-        },
       );
-      values.dispose();
+      apply(grads);
+      tf.dispose([value, ...Object.values(grads)]);
     }
-    // getWeights(): [iterations, m of each variable, v of each variable], in variable order.
-    const moments = (await optimizer.getWeights()).slice(1);
-    assertEquals(moments.length, 2 * vars.length, `maxPositions ${maxPositions}`);
-    moments.forEach((w, i) => {
-      assertEquals(
-        w.tensor.shape,
-        vars[i % vars.length].shape,
-        `moment ${i} (maxPositions ${maxPositions})`,
-      );
-    });
-    optimizer.dispose();
-    model.params.dispose();
   }
+  const a = (await ours.params.toArrays()).values;
+  const b = (await theirs.params.toArrays()).values;
+  assertEquals(a, b);
+  adam.dispose();
+  tfAdam.dispose();
+  ours.params.dispose();
+  theirs.params.dispose();
 });
 
 const TRAIN_URL = new URL("../train.ts", import.meta.url).href;

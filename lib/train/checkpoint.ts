@@ -102,6 +102,12 @@ export interface ResumeState {
   sinceBest: number;
   /** Wall seconds of training so far. */
   seconds: number;
+  /**
+   * Adam steps each parameter has taken, in the order of `params` (a parameter that joined
+   * training late has fewer); absent in states written before it existed, where every
+   * parameter had taken `step`.
+   */
+  adamSteps?: number[];
 }
 
 /** FNV-1a 32-bit hash of a byte array, as 8 hex digits. */

@@ -7,6 +7,7 @@
  */
 import { writing } from "../_io.ts";
 import * as tf from "@tensorflow/tfjs-core";
+import { Adam } from "./adam.ts";
 import { Rng } from "../data/random.ts";
 import { TRAIN_EXAMPLES, trainBatches, type TrainExamples } from "../data/mod.ts";
 import type { LeaveOneOutSplit, TrainBatch } from "../data/types.ts";
@@ -252,7 +253,7 @@ export function trainStep(
   model: SequentialModel,
   batch: TrainBatch,
   seeds: () => number,
-  optimizer: tf.Optimizer,
+  optimizer: Adam,
   vars: tf.Variable[],
   maxPositions: number,
   options: StepOptions = {},
@@ -284,28 +285,34 @@ export function trainStep(
         packed = tf.keep(scaled(tf.stack([loss, ...partNames.map((n) => parts[n])])));
         return scaled(target(loss, parts));
       }, vars);
-      // Every variable gets a gradient, zeros where the loss did not reach it: tfjs's Adam
-      // keeps its moments by position in this map, so a variable missing from one step
-      // would hand its moments to the next one (a shape error, or silently wrong updates).
+      // Only variables the loss reached get a gradient: Adam leaves the others as they are,
+      // as PyTorch does (a variable reached by one piece only gets that piece's gradient).
       const acc: Record<string, tf.Tensor> = {};
       for (const v of vars) {
-        const g = grads[v.name] ?? tf.zerosLike(v);
-        acc[v.name] = summed ? tf.add(summed[v.name], g) : g;
+        const g = grads[v.name];
+        const before = summed?.[v.name];
+        if (g && before) acc[v.name] = tf.add(before, g);
+        else if (g || before) acc[v.name] = (g ?? before)!;
       }
       const p = packedSum ? tf.add(packedSum, packed!) : packed!;
       if (packedSum) packed!.dispose(); // kept by tf.keep: not tidied
       return { acc, p };
     });
-    if (summed) tf.dispose(Object.values(summed));
+    // A gradient this piece did not add to is carried over as it is: not freed.
+    const carried = new Set(Object.values(next.acc));
+    if (summed) tf.dispose(Object.values(summed).filter((g) => !carried.has(g)));
     if (packedSum) (packedSum as tf.Tensor).dispose();
     summed = next.acc;
     packedSum = next.p as tf.Tensor1D;
   }
   const decay = options.weightDecay ?? 0;
+  const byName = new Map(vars.map((v) => [v.name, v]));
   tf.tidy(() =>
     optimizer.applyGradients(
       decay === 0 ? summed! : Object.fromEntries(
-        vars.map((v) => [v.name, tf.add(summed![v.name], tf.mul(v, decay))]),
+        Object.entries(summed!).map((
+          [name, g],
+        ) => [name, tf.add(g, tf.mul(byName.get(name)!, decay))]),
       ),
     )
   );
@@ -317,11 +324,6 @@ export function trainStep(
 export function learningRateAt(o: TrainOptions, epoch: number): number {
   if (o.lrDecayEvery === 0) return o.learningRate;
   return o.learningRate * o.lrDecay ** Math.floor((epoch - 1) / o.lrDecayEvery);
-}
-
-/** Sets Adam's learning rate: tfjs reads the field at every step and has no setter. */
-function setLearningRate(optimizer: tf.Optimizer, rate: number): void {
-  (optimizer as unknown as { learningRate: number }).learningRate = rate;
 }
 
 function formatSeconds(s: number): string {
@@ -461,14 +463,14 @@ async function trainLoop(
 ): Promise<TrainResult> {
   const say = hooks.progress ?? (() => {});
   const rng = new Rng(o.seed);
-  const optimizer = tf.train.adam(o.learningRate, 0.9, 0.999, 1e-8);
+  const optimizer = new Adam(o.learningRate, 0.9, 0.999, 1e-8);
   let stopped: TrainResult["stopped"] = "epochs";
   let state: RunState;
   try {
     state = await startRun(model, o, hooks, optimizer, itemTokens, rng, say);
     if (state.sinceBest >= o.patience) stopped = "patience";
     for (let epoch = state.firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
-      setLearningRate(optimizer, learningRateAt(o, epoch));
+      optimizer.learningRate = learningRateAt(o, epoch);
       const batches = trainBatches(split.train, {
         batchSize: o.batchSize,
         maxLength: model.config.maxLength,
@@ -513,7 +515,7 @@ async function startRun(
   model: SequentialModel,
   o: TrainOptions,
   hooks: TrainHooks,
-  optimizer: tf.AdamOptimizer,
+  optimizer: Adam,
   itemTokens: string[],
   rng: Rng,
   say: (text: string) => void,
@@ -562,7 +564,7 @@ async function trainEpoch(
   model: SequentialModel,
   batches: TrainBatch[],
   o: TrainOptions,
-  optimizer: tf.Optimizer,
+  optimizer: Adam,
   state: RunState,
   epoch: number,
   say: (text: string) => void,
@@ -644,7 +646,7 @@ async function validateEpoch(
  */
 async function saveEpoch(
   model: SequentialModel,
-  optimizer: tf.AdamOptimizer,
+  optimizer: Adam,
   o: TrainOptions,
   itemTokens: string[],
   hooks: TrainHooks,
@@ -728,20 +730,6 @@ async function writeBest(
   );
 }
 
-/** Adam's first and second moments, in the order of `model.params.list()`. */
-async function adamMoments(optimizer: tf.Optimizer, count: number): Promise<Float32Array[]> {
-  // getWeights(): [iterations, m_0 .. m_{n-1}, v_0 .. v_{n-1}], indexed like the variables
-  // of the gradient map, which the trainer always builds in params.list() order.
-  const weights = await optimizer.getWeights();
-  const moments = weights.slice(1);
-  if (moments.length !== 2 * count) {
-    // Before the first step Adam has no moments yet.
-    if (moments.length === 0) return [];
-    throw new RangeError(`Adam holds ${moments.length} moments, expected ${2 * count}`);
-  }
-  return Promise.all(moments.map(async (w) => await w.tensor.data() as Float32Array));
-}
-
 /**
  * Writes `dir` (a checkpoint folder, atomically) with the current parameters, Adam's
  * moments and the resume state.
@@ -749,14 +737,18 @@ async function adamMoments(optimizer: tf.Optimizer, count: number): Promise<Floa
 async function writeState(
   dir: string,
   model: SequentialModel,
-  optimizer: tf.Optimizer,
+  optimizer: Adam,
   meta: Omit<CheckpointMeta, "format" | "values" | "checksum" | "params" | "resume">,
   resume: ResumeState,
   current?: Float32Array, // the parameters, when the caller has just read them
 ): Promise<void> {
   const records = model.params.records();
   const values = current ?? (await model.params.toArrays()).values;
-  const moments = await adamMoments(optimizer, records.length);
+  const slots = await optimizer.state(model.params.list());
+  // Before the first step Adam has no moments yet.
+  const moments = slots.some((x) => x.steps > 0)
+    ? [...slots.map((x) => x.m), ...slots.map((x) => x.v)]
+    : [];
   const all = new Float32Array(values.length * (moments.length > 0 ? 3 : 1));
   all.set(values);
   let offset = values.length;
@@ -773,10 +765,11 @@ async function writeState(
     : records;
   // -Infinity (no best yet) has no JSON form: store the score as null.
   const best = { ...resume.best, score: resume.best.epoch === 0 ? null : resume.best.score };
+  const adamSteps = slots.map((x) => x.steps);
   await writeCheckpoint(dir, {
     ...meta,
     params,
-    resume: { ...resume, best: best as ResumeState["best"] },
+    resume: { ...resume, best: best as ResumeState["best"], adamSteps },
   }, all);
 }
 
@@ -806,7 +799,7 @@ async function resumeRun(
   model: SequentialModel,
   o: TrainOptions,
   hooks: TrainHooks,
-  optimizer: tf.Optimizer,
+  optimizer: Adam,
   itemTokens: string[],
 ): Promise<
   Omit<ResumeState, "best"> & {
@@ -874,23 +867,24 @@ async function resumeRun(
   }
   model.params.assign(meta.params.slice(0, mine.length), values.subarray(0, size), where);
   if (withMoments) {
-    const named: { name: string; tensor: tf.Tensor }[] = [{
-      name: "iter",
-      tensor: tf.scalar(meta.resume.step),
-    }];
-    let offset = size;
-    for (const part of ["m", "v"]) {
-      for (const r of mine) {
-        const n = r.shape.reduce((a, b) => a * b, 1);
-        named.push({
-          name: `${r.name}/${part}`,
-          tensor: tf.tensor(values.slice(offset, offset + n), r.shape),
-        });
-        offset += n;
-      }
+    // A state written before Adam kept a step count per variable: every variable had taken
+    // every step (tfjs's Adam gave each a gradient, zeros where the loss did not reach it).
+    const steps = meta.resume.adamSteps ?? mine.map(() => meta.resume!.step);
+    if (steps.length !== mine.length) {
+      throw new RangeError(
+        `${where}: field "resume.adamSteps" has ${steps.length} entries, expected ${mine.length}`,
+      );
     }
-    await optimizer.setWeights(named);
-    tf.dispose(named.map((w) => w.tensor));
+    const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
+    const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+    optimizer.restore(
+      model.params.list(),
+      mine.map((_, i) => ({
+        m: values.slice(size + starts[i], size + starts[i] + sizes[i]),
+        v: values.slice(2 * size + starts[i], 2 * size + starts[i] + sizes[i]),
+        steps: steps[i],
+      })),
+    );
   }
   const best = {
     ...meta.resume.best,
