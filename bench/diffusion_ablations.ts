@@ -79,9 +79,11 @@ async function main(): Promise<void> {
   const steps = values.steps.split(",").map((s) => positiveInt("steps", s.trim()));
   const users = optionalPositiveInt("users", values.users);
   const batchSize = positiveInt("eval-batch-size", values["eval-batch-size"]);
-  const evalSeed = values["eval-seed"] === undefined
-    ? undefined
-    : positiveInt("eval-seed", values["eval-seed"]);
+  const seedText = values["eval-seed"];
+  const evalSeed = seedText === undefined ? undefined : Number(seedText);
+  if (evalSeed !== undefined && !(Number.isInteger(evalSeed) && evalSeed >= 0)) {
+    throw new RangeError(`--eval-seed must be an integer >= 0, got "${seedText}"`);
+  }
 
   const backend = await selectBackend(values.backend as BackendChoice, {
     wasmThreads: optionalPositiveInt("threads", values.threads),
@@ -122,7 +124,10 @@ async function main(): Promise<void> {
     variants.push({ name: "one step from x_T", overrides: { sampling: "one", reverseSteps: 0 } });
   }
   if (yesNo("lambda0", values.lambda0) && config.lambda !== 0) {
-    variants.push({ name: "lambda 0, chain", overrides: { lambda: 0, reverseSteps: 0 } });
+    variants.push({
+      name: "lambda 0, chain",
+      overrides: { lambda: 0, sampling: "chain", reverseSteps: 0 },
+    });
   }
 
   console.error(

@@ -127,8 +127,18 @@ export const INFERENCE_USAGE = [
   "  --lambda X          diffusion models: the uncertainty weight (0: no diffusion input)",
 ];
 
+/**
+ * The flag of each field of `inference` (see {@linkcode withFlagNames}): only the fields the
+ * user set, so that an error about a value stored in a checkpoint is not put on a flag.
+ */
+export function flagsGiven(inference: Record<string, unknown>): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(INFERENCE_FIELD_FLAGS).filter(([field]) => field in inference),
+  );
+}
+
 /** Config field of each flag of {@linkcode INFERENCE_OPTIONS}. */
-export const INFERENCE_FIELD_FLAGS: Record<string, string> = {
+const INFERENCE_FIELD_FLAGS: Record<string, string> = {
   reverseSteps: "reverse-steps",
   sampling: "sampling",
   evalSeed: "eval-seed",

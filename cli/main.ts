@@ -28,7 +28,7 @@ import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import {
   BACKEND_OPTIONS,
   booleanFlag,
-  INFERENCE_FIELD_FLAGS,
+  flagsGiven,
   INFERENCE_OPTIONS,
   inferenceFlags,
   intFlag,
@@ -443,7 +443,7 @@ async function evalCommand(args: string[]): Promise<void> {
   const overrides = inferenceFlags(values);
   const model = withFlagNames(
     () => modelFromCheckpoint(meta, weights, path, overrides),
-    INFERENCE_FIELD_FLAGS,
+    flagsGiven(overrides),
   );
   const { split } = leaveOneOut(dataset);
   if (split.test.length === 0) {

@@ -9,7 +9,7 @@ import { parseArgs } from "./_args.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
 import {
   BACKEND_OPTIONS,
-  INFERENCE_FIELD_FLAGS,
+  flagsGiven,
   INFERENCE_OPTIONS,
   inferenceFlags,
   intFlag,
@@ -81,7 +81,7 @@ export async function recommendCommand(args: string[]): Promise<void> {
   const model = values.model;
   const { recommender, from } = await withFlagNames(
     () => loadRecommender(model, { batchSize, inference }),
-    INFERENCE_FIELD_FLAGS,
+    flagsGiven(inference),
   );
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,

@@ -8,7 +8,7 @@ import { parseArgs } from "./_args.ts";
 import { createHandler } from "../lib/serve/handler.ts";
 import {
   BACKEND_OPTIONS,
-  INFERENCE_FIELD_FLAGS,
+  flagsGiven,
   INFERENCE_OPTIONS,
   inferenceFlags,
   intFlag,
@@ -68,7 +68,7 @@ export async function serveCommand(args: string[]): Promise<void> {
   const model = values.model;
   const { recommender, from } = await withFlagNames(
     () => loadRecommender(model, { inference }),
-    INFERENCE_FIELD_FLAGS,
+    flagsGiven(inference),
   );
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,

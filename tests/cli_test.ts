@@ -471,7 +471,7 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
       { sampling: "chain", reverseSteps: 0 },
       { sampling: "chain", reverseSteps: 2 },
       { sampling: "one", reverseSteps: 0 },
-      { lambda: 0, reverseSteps: 0 },
+      { lambda: 0, sampling: "chain", reverseSteps: 0 },
     ],
   );
   const accuracy = Object.fromEntries(

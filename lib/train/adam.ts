@@ -50,11 +50,14 @@ export interface AdamSlotState {
  * @example Usage
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { selectBackend } from "../../backends/mod.ts";
  * import { Adam } from "./adam.ts";
- * const w = tf.variable(tf.tensor1d([1, 2]), true, "w");
+ * await selectBackend("cpu");
+ * const w = tf.variable(tf.tensor1d([1, -2]));
  * const adam = new Adam(0.1);
  * const { grads } = tf.variableGrads(() => tf.sum(tf.square(w)) as tf.Scalar, [w]);
- * adam.applyGradients(grads); // w moves by 0.1 against the gradient's sign
+ * adam.applyGradients(grads); // a first step: each entry moves by 0.1 against its gradient
+ * // w is now [0.9, -1.9]
  * adam.dispose();
  * ```
  */

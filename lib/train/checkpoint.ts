@@ -104,8 +104,8 @@ export interface ResumeState {
   seconds: number;
   /**
    * Adam steps each parameter has taken, in the order of `params` (a parameter that joined
-   * training late has fewer); absent in states written before it existed, where every
-   * parameter had taken `step`.
+   * training late has fewer); absent in states written before it existed, where a parameter
+   * with moments of exactly 0 had taken none and every other one `step`.
    */
   adamSteps?: number[];
 }

@@ -53,8 +53,8 @@ export interface TrainOptions {
    */
   maxPositions: number;
   /**
-   * L2 penalty added to every gradient before the Adam step (PyTorch Adam's
-   * `weight_decay`, not AdamW). Default 0; DiffuRecSys's code: 1e-4.
+   * L2 penalty added to the gradient of every parameter the loss reached, before the Adam
+   * step (PyTorch Adam's `weight_decay`, not AdamW). Default 0; DiffuRecSys's code: 1e-4.
    */
   weightDecay: number;
   /**
@@ -239,7 +239,7 @@ export interface StepOptions {
    * `bench/loss_trace.ts --objective`). Every part is still returned.
    */
   objective?: string;
-  /** L2 penalty added to every gradient before the step (see `TrainOptions.weightDecay`). */
+  /** L2 penalty added to every reached parameter's gradient (see `TrainOptions.weightDecay`). */
   weightDecay?: number;
 }
 
@@ -867,16 +867,23 @@ async function resumeRun(
   }
   model.params.assign(meta.params.slice(0, mine.length), values.subarray(0, size), where);
   if (withMoments) {
-    // A state written before Adam kept a step count per variable: every variable had taken
-    // every step (tfjs's Adam gave each a gradient, zeros where the loss did not reach it).
-    const steps = meta.resume.adamSteps ?? mine.map(() => meta.resume!.step);
+    // A state written before Adam kept a step count per variable: tfjs's Adam gave every
+    // variable a gradient at every step, zeros where the loss did not reach it. One that the
+    // loss never reached kept moments of exactly 0 there: it joins now, as a first step.
+    const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
+    const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+    const zero = (from: number, n: number) => values.subarray(from, from + n).every((x) => x === 0);
+    const steps = meta.resume.adamSteps ??
+      mine.map((_, i) =>
+        zero(size + starts[i], sizes[i]) && zero(2 * size + starts[i], sizes[i])
+          ? 0
+          : meta.resume!.step
+      );
     if (steps.length !== mine.length) {
       throw new RangeError(
         `${where}: field "resume.adamSteps" has ${steps.length} entries, expected ${mine.length}`,
       );
     }
-    const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
-    const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
     optimizer.restore(
       model.params.list(),
       mine.map((_, i) => ({
