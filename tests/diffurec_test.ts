@@ -5,6 +5,7 @@ import { selectBackend } from "../backends/mod.ts";
 import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
 import { DiffuRec, type DiffuRecConfig, prefixExamples } from "../lib/models/diffurec.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
+import { Recommender } from "../lib/inference/recommender.ts";
 import { splitBatch } from "../lib/train/trainer.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
@@ -252,4 +253,62 @@ Deno.test("the trainer splits DiffuRec's batches by history tokens, not by targe
     }
   }
   model.params.dispose();
+});
+
+/** Least-squares residual of `s` on the columns of `a` (`rows x cols`, row-major), in float64. */
+function residualOnColumns(a: number[][], s: number[]): number {
+  const cols = a[0].length;
+  // Normal equations (AᵀA) x = Aᵀ s, by Gaussian elimination with partial pivoting.
+  const m = Array.from(
+    { length: cols },
+    (_, i) =>
+      Array.from(
+        { length: cols + 1 },
+        (_, j) => a.reduce((sum, row, r) => sum + row[i] * (j < cols ? row[j] : s[r]), 0),
+      ),
+  );
+  for (let c = 0; c < cols; c++) {
+    const p = m.slice(c).reduce(
+      (best, row, k) => Math.abs(row[c]) > Math.abs(m[best][c]) ? k + c : best,
+      c,
+    );
+    [m[c], m[p]] = [m[p], m[c]];
+    for (let r = c + 1; r < cols; r++) {
+      const f = m[r][c] / m[c][c];
+      for (let j = c; j <= cols; j++) m[r][j] -= f * m[c][j];
+    }
+  }
+  const x = new Array<number>(cols).fill(0);
+  for (let c = cols - 1; c >= 0; c--) {
+    let v = m[c][cols];
+    for (let j = c + 1; j < cols; j++) v -= m[c][j] * x[j];
+    x[c] = v / m[c][c];
+  }
+  const fitted = a.map((row) => row.reduce((sum, v, j) => sum + v * x[j], 0));
+  const norm = Math.hypot(...s);
+  return Math.hypot(...s.map((v, r) => v - fitted[r])) / norm;
+}
+
+Deno.test("scores are x · Eᵀ, every row in the span of the item table, and padding is never recommended (spec test 7)", async () => {
+  const model = new DiffuRec(TINY);
+  const table = model.params.get("item").arraySync() as number[][]; // [N + 1, d], N + 1 > d
+  const batch = evalBatch([[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12]], 8);
+  const scores = tf.tidy(() => model.scores(batch).arraySync() as number[][]);
+  for (const row of scores) {
+    const r = residualOnColumns(table, row);
+    assert(r < 1e-5, `a score row is off the item table's span by ${r}`);
+  }
+  // The check can fail: a vector of N + 1 numbers not made as E x is far off the span.
+  const other = scores[0].map((_, i) => Math.sin(7 * i + 1));
+  assert(residualOnColumns(table, other) > 0.1, "the span check cannot tell");
+  const items = Array.from({ length: TINY.numItems + 1 }, (_, i) => i === 0 ? "<pad>" : `i${i}`);
+  using r = new Recommender(model, items);
+  const all = await r.recommendBatch([["i1", "i2"], [], ["i3"]], {
+    k: TINY.numItems,
+    excludeSeen: false,
+  });
+  for (const { items: ranked } of all) {
+    assertEquals(ranked.length, TINY.numItems); // every real item, and only those
+    assert(!ranked.some((x) => x.item === "<pad>"), "padding recommended");
+  }
 });
