@@ -66,11 +66,20 @@ const NO_TRANS = 111;
 const TRANS = 112;
 
 /**
- * Products smaller than this many multiply-adds stay on the wasm kernels: an FFI call and
- * OpenBLAS's thread wake-up cost a few microseconds, more than a small product takes on
- * wasm (attention's [L, dh] x [dh, L] blocks are 80k; the item GEMMs are 10^8 and up).
+ * A call (all the products of a batch together) of fewer multiply-adds than this stays on
+ * the wasm kernels: one FFI call and OpenBLAS's thread wake-up cost a few microseconds.
  */
 export const BLAS_MIN_MULTIPLY_ADDS = 1 << 20;
+
+/**
+ * A batch whose single products are smaller than this many multiply-adds stays on wasm:
+ * each product is one FFI call of about 1.8 us, while wasm does a [1, 32] x [32, 10] (320)
+ * in 0.4. Above it the batch goes to BLAS even when each product is small: tfjs-wasm runs
+ * a batched product at 0.4-1 GFLOP/s, so attention's [1024 x 10 x 32] x [32 x 10] took 9.5
+ * ms there against 2.7 through BLAS, and [512 x 50 x 64] x [64 x 50] 164 ms against 17
+ * (one thread each, `OPENBLAS_NUM_THREADS=1`, on this project's 2-core build machine).
+ */
+export const BLAS_MIN_PRODUCT = 1 << 10;
 
 /** What {@linkcode useNativeBlas} found. */
 export interface BlasStatus {
@@ -203,7 +212,7 @@ export function blasBatchMatMul(
   const dims = matMulDims(a, b, transA, transB);
   if (!dims) return null;
   const { batchA, batchB, batch, m, n, k } = dims;
-  if (m * n * k < BLAS_MIN_MULTIPLY_ADDS) return null;
+  if (batch * m * n * k < BLAS_MIN_MULTIPLY_ADDS || m * n * k < BLAS_MIN_PRODUCT) return null;
   const out = backend.makeOutput(dims.outShape, "float32");
   // The heap's address is taken after the output exists: allocating may grow (move) it.
   const heap = Deno.UnsafePointer.of(backend.wasm.HEAPU8 as Uint8Array<ArrayBuffer>);

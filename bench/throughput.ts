@@ -5,6 +5,7 @@
  * ```sh
  * deno task bench                                         # everything below, defaults
  * deno task bench --backends wasm --models sasrec --data office --steps 4
+ * deno task bench --backends wasm+blas --threads 1 --models diffurec --data office
  * deno task bench --backends webgpu                       # whatever adapter is present
  * ```
  *
@@ -40,7 +41,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "../lib/train/adam.ts";
 import os from "node:os";
 import { parseArgs } from "../cli/_args.ts";
-import { CHILD_PERMISSIONS, positiveInt } from "./_flags.ts";
+import { CHILD_PERMISSIONS, optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import {
@@ -69,6 +70,7 @@ const { values } = parseArgs({
     users: { type: "string", default: "2048" },
     "slow-users": { type: "string", default: "128" },
     "batch-size": { type: "string" },
+    threads: { type: "string" },
     torch: { type: "string", default: "true" },
     "torch-device": { type: "string", default: "cpu" },
     child: { type: "string" },
@@ -208,7 +210,10 @@ async function timeSteps(
 async function runChild(spec: string): Promise<void> {
   const [model, dataName, entry] = spec.split(":");
   const { backend, blas } = backendSpec(entry);
-  const chosen = await selectBackend(backend, { blas });
+  const chosen = await selectBackend(backend, {
+    blas,
+    wasmThreads: optionalPositiveInt("threads", values.threads),
+  });
   const slow = chosen.name !== "wasm";
   const label = backendLabel(chosen);
   const stepsHere = slow ? slowSteps : steps;

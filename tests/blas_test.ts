@@ -3,6 +3,7 @@ import fc from "fast-check";
 import { selectBackend } from "../backends/mod.ts";
 import {
   BLAS_MIN_MULTIPLY_ADDS,
+  BLAS_MIN_PRODUCT,
   nativeBlasActive,
   nativeBlasCalls,
   useNativeBlas,
@@ -67,6 +68,48 @@ Deno.test({
       const actual = matMulOf(c);
       assert(nativeBlasCalls() > before, `native BLAS was not called for ${JSON.stringify(c)}`);
       // Sums of K products of N(0, 1) values, in different orders: ~1e-6 of sqrt(K) each.
+      const diff = maxAbsDiff(actual, expected);
+      assert(
+        actual.length === expected.length && diff <= 1e-4 * Math.max(maxAbs(expected), 1),
+        `${JSON.stringify(c)}: max diff ${diff}`,
+      );
+    }
+    useNativeBlas("off");
+  },
+});
+
+Deno.test({
+  name: "attention-shaped batches of small products go through the native BLAS, equal to wasm's; " +
+    "products below its size stay on wasm",
+  ignore,
+  fn: async () => {
+    await selectBackend("wasm");
+    const cases: { c: MatMulCase; native: boolean }[] = [];
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 16, max: 400 }), // batch x heads
+        fc.integer({ min: 1, max: 30 }), // queries
+        fc.integer({ min: 2, max: 30 }), // keys
+        fc.constantFrom(8, 16, 32, 64), // head size
+        fc.boolean(), // q kᵀ (transposed b) or probabilities x v
+        fc.integer({ min: 1, max: 1 << 30 }),
+        (batch, lq, l, dh, logits, seed) => {
+          const [m, n, k] = logits ? [lq, l, dh] : [lq, dh, l];
+          const native = batch * m * n * k >= BLAS_MIN_MULTIPLY_ADDS &&
+            m * n * k >= BLAS_MIN_PRODUCT;
+          cases.push({ c: matMulCase([batch], [batch], [m, n, k], false, logits, seed), native });
+        },
+      ),
+      { numRuns: 80 },
+    );
+    assert(cases.some((x) => x.native) && cases.some((x) => !x.native), "both kinds drawn");
+    for (const { c, native } of cases) {
+      useNativeBlas("off");
+      const expected = matMulOf(c);
+      useNativeBlas("auto");
+      const before = nativeBlasCalls();
+      const actual = matMulOf(c);
+      assert((nativeBlasCalls() > before) === native, `${JSON.stringify(c)}: native ${!native}`);
       const diff = maxAbsDiff(actual, expected);
       assert(
         actual.length === expected.length && diff <= 1e-4 * Math.max(maxAbs(expected), 1),
