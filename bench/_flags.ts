@@ -1,10 +1,31 @@
 /**
  * Flag checks shared by the bench tools: a bad value stops the tool with the flag's name
  * and the text given, before any backend starts. Also the permission flags of the Deno
- * processes they start.
+ * processes they start. Importing this module makes an uncaught error of a bench tool (a
+ * bad flag, a missing file) end it with `error: MESSAGE` and exit code 1, not a stack
+ * trace; `SIGMA_DEBUG=1` prints the stack too, as for the CLI.
  *
  * @module
  */
+
+/** Prints `error` as the CLI does and ends the process with exit code 1. */
+function stopWith(error: unknown): never {
+  console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
+  const env = Deno.permissions.querySync({ name: "env", variable: "SIGMA_DEBUG" }).state;
+  if (error instanceof Error && env === "granted" && Deno.env.get("SIGMA_DEBUG")) {
+    console.error(error.stack);
+  }
+  Deno.exit(1);
+}
+
+globalThis.addEventListener("error", (e) => {
+  e.preventDefault();
+  stopWith(e.error ?? e.message);
+});
+globalThis.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  stopWith(e.reason);
+});
 
 /** Permissions of the Deno processes the bench tools start: those `deno task train` has
  * (`--allow-ffi` for the native BLAS, `--allow-sys` for wasm's thread count). */

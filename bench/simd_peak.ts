@@ -20,6 +20,7 @@
  * @module
  */
 import { parseArgs } from "../cli/_args.ts";
+import "./_flags.ts"; // an uncaught error is a message, not a stack trace
 
 const ACCUMULATORS = 12;
 const FLOP_PER_ITERATION = ACCUMULATORS * 4 * 2;

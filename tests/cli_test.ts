@@ -257,6 +257,32 @@ Deno.test("reproduce counts a run finished at its model's own epoch cap (DiffuRe
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("bench tools stop on a bad flag with a message naming it, not a stack trace", async () => {
+  const bench = (file: string, ...args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-env",
+        new URL(`../bench/${file}`, import.meta.url).pathname,
+      ]
+        .concat(args),
+      env: { NO_COLOR: "1" },
+    }).output();
+  const cases: [string, string[], string][] = [
+    ["profile_step.ts", ["--quantile", "3"], 'error: --quantile must be in [0, 1], got "3"'],
+    ["throughput.ts", ["--no-such-flag"], "error: Unknown option '--no-such-flag'"],
+    ["scale.ts", ["--nope"], "error: Unknown option '--nope'"],
+  ];
+  for (const [file, args, message] of cases) {
+    const out = await bench(file, ...args);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertNotZero(out.code, [file, ...args]);
+    assert(stderr.includes(message), `${file}: stderr lacks "${message}":\n${stderr}`);
+    assert(!stderr.includes("    at "), `${file}: a stack trace:\n${stderr}`);
+  }
+});
+
 Deno.test("reproduce rejects bad flags with a message that names them", async () => {
   const cases: [string[], string][] = [
     [["--seeds", "1,x"], "--seeds"],
