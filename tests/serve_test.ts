@@ -1,6 +1,7 @@
 import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
+import { DiffuRec } from "../lib/models/diffurec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { createHandler } from "../lib/serve/handler.ts";
 import { MicroBatcher } from "../lib/serve/batcher.ts";
@@ -200,4 +201,29 @@ Deno.test("a failing request in a micro-batch fails alone", async () => {
   const bad = batcher.recommend(["i1"], { k: -3 });
   assertEquals((await good).items.length, 2);
   await assertRejects(() => bad, RangeError, "-3");
+});
+
+Deno.test("GET /health says how a diffusion model ranks, as it was loaded; SASRec has no such fields", async () => {
+  await selectBackend("cpu");
+  const model = new DiffuRec({ ...TINY, steps: 4 });
+  const evalSeed = model.config.evalSeed;
+  using saved = new Recommender(model, data.vocab.items);
+  const bytes = await saved.toBytes();
+  const overrides: Record<string, number | string>[] = [{}, { sampling: "one" }, {
+    reverseSteps: 2,
+  }];
+  for (const inference of overrides) {
+    using r = await Recommender.load(bytes, { inference });
+    const health = await (await createHandler(r)(new Request("http://x/health"))).json();
+    assertEquals(health.inference, {
+      reverseSteps: 0,
+      sampling: "chain",
+      evalSeed,
+      lambda: 0.001,
+      ...inference,
+    });
+  }
+  using sasrec = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  const health = await (await createHandler(sasrec)(new Request("http://x/health"))).json();
+  assertEquals("inference" in health, false);
 });

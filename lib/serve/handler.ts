@@ -6,7 +6,7 @@
  * | --- | --- | --- |
  * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
  * | `POST /recommend/batch` | `{ "requests": [<a /recommend body>, ...] }` | `{ "results": [<a /recommend answer>, ...] }` |
- * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "limits" }` |
+ * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "limits", "inference"? }` |
  * | `GET /` | | a page where a person types a history and sees the recommendations |
  *
  * A bad request gets a 4xx answer `{ "error": "...", "field"?: "..." }` naming what is
@@ -20,6 +20,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { Recommender, RecommendOptions } from "../inference/recommender.ts";
 import { MODEL_FILE_VERSION } from "../inference/model_file.ts";
 import { MicroBatcher } from "./batcher.ts";
+import { MODELS } from "../models/mod.ts";
 import { PAGE_HTML } from "./_page.ts";
 
 /** Limits and behaviour of {@linkcode createHandler}. */
@@ -260,6 +261,12 @@ export function createHandler(
     return json(200, { results });
   };
 
+  // The model's inference fields (the diffusion models' reverseSteps, sampling, ...), if any.
+  const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
+  const config = recommender.model.config as Record<string, unknown>;
+  const inference = fields.length > 0
+    ? Object.fromEntries(fields.map((f) => [f, config[f]]))
+    : undefined;
   const health: Route = () =>
     json(200, {
       status: "ok",
@@ -270,6 +277,8 @@ export function createHandler(
       formatVersion: MODEL_FILE_VERSION,
       tensors: tf.memory().numTensors,
       limits,
+      // How a diffusion model ranks (its reverse chain, or one call), as it was loaded.
+      ...(inference ? { inference } : {}),
     });
 
   const page: Route = () =>
