@@ -821,6 +821,26 @@ Deno.test("trainStep: a parameter only a middle piece of a split batch reaches g
   model.params.dispose();
 });
 
+Deno.test("splitBatch groups rows of similar length, so short rows are not padded to the longest", () => {
+  // 8 rows of length 8, alternately 2 items (1 target) and 8 items (7 targets), left-padded.
+  const rows = 8;
+  const inputs = new Int32Array(rows * 8);
+  const targets = new Int32Array(rows * 8);
+  for (let r = 0; r < rows; r++) {
+    const n = r % 2 === 0 ? 2 : 8;
+    for (let i = 8 - n; i < 8; i++) inputs[r * 8 + i] = 1 + ((r + i) % 5);
+    for (let i = 8 - n + 1; i < 8; i++) targets[r * 8 + i - 1] = 1 + ((r + i) % 5);
+  }
+  const batch = { batch: rows, length: 8, inputs, targets };
+  const pieces = splitBatch(batch, 10);
+  assert(pieces.length > 1, "no split");
+  // Every row is in exactly one piece; the short rows' pieces are 2 columns wide.
+  assertEquals(pieces.reduce((n, p) => n + p.batch, 0), rows);
+  const short = pieces.filter((p) => p.length === 2);
+  assertEquals(short.reduce((n, p) => n + p.batch, 0), rows / 2);
+  assert(pieces.every((p) => p.length === 2 || p.length === 8), `${pieces.map((p) => p.length)}`);
+});
+
 Deno.test("Adam follows tfjs's Adam bit for bit when every parameter gets a gradient at every step", async () => {
   await selectBackend("cpu");
   const make = () => new SasRec({ ...SMALL, dropout: 0, seed: 8 });

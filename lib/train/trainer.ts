@@ -188,44 +188,77 @@ function targetCount(batch: TrainBatch, row?: number): number {
   return count;
 }
 
+/** Number of non-padding columns of row `row` of `batch` (histories are left-padded). */
+function rowLength(batch: TrainBatch, row: number): number {
+  const { length, inputs } = batch;
+  let first = 0;
+  while (first < length && inputs[row * length + first] === 0) first++;
+  return length - first;
+}
+
 /**
- * Splits `batch` into consecutive groups of rows holding at most `maxPositions / cost`
- * target positions each (a single longer row is a group of its own), each padded only to
- * its own longest row. `cost` is the model's memory per position (see
- * `SequentialModel.trainingCost`).
+ * A piece does not mix rows whose lengths differ by more than this factor once it holds a
+ * quarter of the budget, so that short rows do not pay for the longest (see
+ * {@linkcode splitBatch}).
  */
-export function splitBatch(batch: TrainBatch, maxPositions: number, cost = 1): TrainBatch[] {
-  maxPositions = Math.max(1, Math.floor(maxPositions / cost));
-  if (targetCount(batch) <= maxPositions) return [batch];
+const LENGTH_SPREAD = 2;
+
+/**
+ * Splits `batch` into pieces of rows when its padded cost, targets times
+ * `cost(batch.length)`, exceeds `maxPositions`. Rows are taken shortest first, and each
+ * piece is padded only to its own longest row, holds at most `maxPositions` of cost
+ * (targets times `cost` of its length; a single longer row is a piece of its own), and
+ * does not mix lengths more than 2x apart once it holds a quarter of the budget. A loss that is a
+ * mean over positions then gets the whole batch's gradient from its pieces weighted by
+ * their share of the targets (see {@linkcode trainStep}); which rows share a piece
+ * changes nothing but the order of the random draws.
+ *
+ * @param batch The batch to split; returned as it is when it fits.
+ * @param maxPositions The budget of a piece, in SASRec positions.
+ * @param cost Memory of one target position in a piece padded to a length, relative to
+ * one SASRec position (see `SequentialModel.trainingCost`). Default 1.
+ */
+export function splitBatch(
+  batch: TrainBatch,
+  maxPositions: number,
+  cost: (length: number) => number = () => 1,
+): TrainBatch[] {
+  if (targetCount(batch) * cost(batch.length) <= maxPositions) return [batch];
+  const lengths = Array.from({ length: batch.batch }, (_, r) => Math.max(1, rowLength(batch, r)));
+  const targets = lengths.map((_, r) => targetCount(batch, r));
+  const order = lengths.map((_, r) => r).sort((a, b) => lengths[a] - lengths[b] || a - b);
   const pieces: TrainBatch[] = [];
-  const { length } = batch;
   let start = 0;
-  while (start < batch.batch) {
+  while (start < order.length) {
+    const shortest = lengths[order[start]];
     let end = start;
     let positions = 0;
-    let longest = 0;
-    while (end < batch.batch) {
-      const rowPositions = targetCount(batch, end);
-      if (end > start && positions + rowPositions > maxPositions) break;
-      positions += rowPositions;
-      let first = 0; // first non-padding column of the row (left padding)
-      while (first < length && batch.inputs[end * length + first] === 0) first++;
-      longest = Math.max(longest, length - first);
+    while (end < order.length) {
+      const row = order[end];
+      const next = positions + targets[row];
+      const overBudget = next * cost(lengths[row]) > maxPositions;
+      const spread = lengths[row] > LENGTH_SPREAD * shortest &&
+        positions * cost(lengths[order[end - 1]]) >= maxPositions / 4;
+      if (end > start && (overBudget || spread)) break;
+      positions = next;
       end++;
     }
-    const rows = end - start;
-    const newLength = Math.max(longest, 1);
-    const inputs = new Int32Array(rows * newLength);
-    const targets = new Int32Array(rows * newLength);
-    for (let r = 0; r < rows; r++) {
-      const from = (start + r) * length + (length - newLength);
-      inputs.set(batch.inputs.subarray(from, from + newLength), r * newLength);
-      targets.set(batch.targets.subarray(from, from + newLength), r * newLength);
-    }
-    pieces.push({ batch: rows, length: newLength, inputs, targets });
+    pieces.push(copyRows(batch, order.slice(start, end), lengths[order[end - 1]]));
     start = end;
   }
   return pieces;
+}
+
+/** Rows `rows` of `batch`, each cut to its last `length` columns. */
+function copyRows(batch: TrainBatch, rows: number[], length: number): TrainBatch {
+  const inputs = new Int32Array(rows.length * length);
+  const targets = new Int32Array(rows.length * length);
+  rows.forEach((row, r) => {
+    const from = row * batch.length + (batch.length - length);
+    inputs.set(batch.inputs.subarray(from, from + length), r * length);
+    targets.set(batch.targets.subarray(from, from + length), r * length);
+  });
+  return { batch: rows.length, length, inputs, targets };
 }
 
 /** Options of {@linkcode trainStep} beyond the batch and the optimizer. */
@@ -259,7 +292,7 @@ export function trainStep(
   options: StepOptions = {},
 ): { values: tf.Tensor1D; partNames: string[] } {
   const { step, epoch, objective } = options;
-  const pieces = splitBatch(batch, maxPositions, model.trainingCost?.(batch.length) ?? 1);
+  const pieces = splitBatch(batch, maxPositions, (length) => model.trainingCost?.(length) ?? 1);
   let partNames: string[] = [];
   // What the step minimises: the loss, or one part of it.
   const target = (loss: tf.Scalar, parts: Record<string, tf.Scalar>): tf.Scalar => {
