@@ -73,11 +73,12 @@ export const BLAS_MIN_MULTIPLY_ADDS = 1 << 20;
 
 /**
  * A batch whose single products are smaller than this many multiply-adds stays on wasm:
- * each product is one FFI call of about 1.8 us, while wasm does a [1, 32] x [32, 10] (320)
- * in 0.4. Above it the batch goes to BLAS even when each product is small: tfjs-wasm runs
- * a batched product at 0.4-1 GFLOP/s, so attention's [1024 x 10 x 32] x [32 x 10] took 9.5
- * ms there against 2.7 through BLAS, and [512 x 50 x 64] x [64 x 50] 164 ms against 17
- * (one thread each, `OPENBLAS_NUM_THREADS=1`, on this project's 2-core build machine).
+ * each product is one FFI call, which costs more than a product of a few hundred
+ * multiply-adds (attention's single query, `[1, 32] x [32, 10]`). Above it the batch goes
+ * to the BLAS even when each product is small: tfjs-wasm's single-threaded build runs a
+ * batched product on a scalar loop, and `bench/attention_matmul.ts --threads 1` timed
+ * `[1024 x 10 x 32] x [32 x 10]` at 4.0 ms there against 2.3 through BLAS, and
+ * `[512 x 50 x 64] x [64 x 50]` at 105 against 13.
  */
 export const BLAS_MIN_PRODUCT = 1 << 10;
 
