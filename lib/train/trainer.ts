@@ -236,10 +236,12 @@ export function splitBatch(
     while (end < order.length) {
       const row = order[end];
       const next = positions + targets[row];
-      const overBudget = next * cost(lengths[row]) > maxPositions;
-      const spread = lengths[row] > LENGTH_SPREAD * shortest &&
-        positions * cost(lengths[order[end - 1]]) >= maxPositions / 4;
-      if (end > start && (overBudget || spread)) break;
+      if (end > start) { // a piece holds at least one row
+        const overBudget = next * cost(lengths[row]) > maxPositions;
+        const spread = lengths[row] > LENGTH_SPREAD * shortest &&
+          positions * cost(lengths[order[end - 1]]) >= maxPositions / 4;
+        if (overBudget || spread) break;
+      }
       positions = next;
       end++;
     }
