@@ -119,31 +119,17 @@ export const INFERENCE_OPTIONS = {
   lambda: { type: "string" },
 } as const;
 
-/** The usage lines of {@linkcode INFERENCE_OPTIONS}. */
-export const INFERENCE_USAGE = [
-  "  --reverse-steps N   diffusion models: stride the reverse chain to N steps (0: all)",
-  "  --sampling S        diffusion models: chain | one (one Approximator call, no chain)",
-  "  --eval-seed N       diffusion models: seed of the chain's draws",
-  "  --lambda X          diffusion models: the uncertainty weight (0: no diffusion input)",
-];
+/** A config field's flag name: `reverseSteps` -> `reverse-steps`. */
+export const kebab = (field: string): string =>
+  field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 /**
  * The flag of each field of `inference` (see {@linkcode withFlagNames}): only the fields the
  * user set, so that an error about a value stored in a checkpoint is not put on a flag.
  */
 export function flagsGiven(inference: Record<string, unknown>): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(INFERENCE_FIELD_FLAGS).filter(([field]) => field in inference),
-  );
+  return Object.fromEntries(Object.keys(inference).map((field) => [field, kebab(field)]));
 }
-
-/** Config field of each flag of {@linkcode INFERENCE_OPTIONS}. */
-const INFERENCE_FIELD_FLAGS: Record<string, string> = {
-  reverseSteps: "reverse-steps",
-  sampling: "sampling",
-  evalSeed: "eval-seed",
-  lambda: "lambda",
-};
 
 /**
  * The inference overrides the flags ask for (see `withInferenceOverrides`), parsed; empty

@@ -32,6 +32,7 @@ import {
   INFERENCE_OPTIONS,
   inferenceFlags,
   intFlag,
+  kebab,
   numberFlag,
   progressWriter,
   startBackend,
@@ -40,8 +41,6 @@ import {
 import { modelFromCheckpoint } from "./_model.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
-
-const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 /** Defaults of a run on the embedded synthetic data set, a demonstration. */
 const SYNTHETIC_EPOCHS = 20;
