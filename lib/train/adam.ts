@@ -114,9 +114,7 @@ export class Adam {
         const step = tf.mul(tf.div(mHat, tf.add(tf.sqrt(vHat), this.epsilon)), -this.learningRate);
         variable.assign(tf.add(step, variable));
       });
-      slot.steps += 1;
-      slot.acc1 = Math.fround(slot.acc1 * Math.fround(this.beta1));
-      slot.acc2 = Math.fround(slot.acc2 * Math.fround(this.beta2));
+      this.#advance(slot);
     }
   }
 
@@ -169,11 +167,7 @@ export class Adam {
         slot.v.assign(tf.tensor(v, variable.shape));
       });
       // The powers as the uninterrupted run accumulated them, product by product.
-      for (let s = 0; s < steps; s++) {
-        slot.acc1 = Math.fround(slot.acc1 * Math.fround(this.beta1));
-        slot.acc2 = Math.fround(slot.acc2 * Math.fround(this.beta2));
-      }
-      slot.steps = steps;
+      while (slot.steps < steps) this.#advance(slot);
     });
   }
 
@@ -195,6 +189,13 @@ export class Adam {
       this.#slots.set(name, slot);
     }
     return slot;
+  }
+
+  /** Counts a step of `slot` and moves its powers on, in float32 as tfjs's Adam does. */
+  #advance(slot: Slot): void {
+    slot.steps += 1;
+    slot.acc1 = Math.fround(slot.acc1 * Math.fround(this.beta1));
+    slot.acc2 = Math.fround(slot.acc2 * Math.fround(this.beta2));
   }
 
   #drop(name: string): void {
