@@ -57,4 +57,6 @@ export {
   type TrainHooks,
   type TrainOptions,
   type TrainResult,
+  VALID_SAMPLINGS,
+  type ValidSampling,
 } from "./lib/train/trainer.ts";

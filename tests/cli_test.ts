@@ -67,6 +67,14 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
       ["train", "--examples", "windows"],
       '--examples must be one of sequences, prefixes, got "windows"',
     ],
+    [
+      ["train", "--valid-sampling", "fast"],
+      '--valid-sampling must be one of model, one, got "fast"',
+    ],
+    [
+      ["train", "--model", "sasrec", "--valid-sampling", "one"],
+      '--valid-sampling must be "model" for model sasrec',
+    ],
     [["train", "--lr", "0"], "--lr must be a positive finite number"],
     [["train", "--eval-every", "1.5"], "--eval-every must be a positive integer"],
     [["train", "--hidden", "0"], "--hidden must be a positive integer"],

@@ -6,8 +6,10 @@ import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
 import { DiffuRec, type DiffuRecConfig, prefixExamples } from "../lib/models/diffurec.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
-import { splitBatch } from "../lib/train/trainer.ts";
-import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
+import { evaluateModel, splitBatch, train } from "../lib/train/trainer.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
 
@@ -315,4 +317,73 @@ Deno.test("scores are x · Eᵀ, every row in the span of the item table, and pa
     assertEquals(ranked.length, TINY.numItems); // every real item, and only those
     assert(!ranked.some((x) => x.item === "<pad>"), "padding recommended");
   }
+});
+
+Deno.test("validSampling one: validation ranks with one call, training and the model's chain are untouched, resume may switch it", async () => {
+  await selectBackend("cpu");
+  const data = syntheticDataset({ seed: 5, users: 40, items: 30, maxLength: 8 });
+  const { split } = leaveOneOut(data);
+  // lambda 0.5: the chain's draws move the ranking, so the two ways rank differently.
+  const config = { ...TINY, numItems: data.numItems, lambda: 0.5 };
+  const fast = { batchSize: 64, evalBatchSize: 64, examples: "prefixes" as const };
+  const validOf = async (model: DiffuRec, sampling: "chain" | "one") => {
+    const ranker = new DiffuRec({ ...config, sampling });
+    ranker.params.assign(ranker.params.records(), (await model.params.toArrays()).values);
+    const valid = await evaluateModel(ranker, split.valid, data.numItems, 64, 8);
+    ranker.params.dispose();
+    return valid;
+  };
+  const run = async (validSampling: "model" | "one", out?: string, resume = false) => {
+    const model = new DiffuRec(config);
+    const before = tf.memory().numTensors;
+    const result = await train(model, split, data.numItems, {
+      ...fast,
+      epochs: resume ? 2 : 1,
+      validSampling,
+    }, { out, resume });
+    // Ranking keeps the item table's transpose (ParamStore.transposed): the model's, when it
+    // validated itself; the twin's goes with the twin.
+    const cached = validSampling === "model" ? 1 : 0;
+    assertEquals(tf.memory().numTensors, before + cached, `${validSampling}: tensors left behind`);
+    return { model, result };
+  };
+  const chain = await run("model");
+  const one = await run("one");
+  // The same training; validation as each way ranks the trained weights (epoch 1 is the best).
+  assertEquals(one.result.history[0].loss, chain.result.history[0].loss);
+  assertEquals(chain.result.valid, await validOf(chain.model, "chain"));
+  assertEquals(one.result.valid, await validOf(one.model, "one"));
+  assert(
+    JSON.stringify(one.result.valid) !== JSON.stringify(chain.result.valid),
+    "the two ways ranked alike: the test cannot tell them apart",
+  );
+  assertEquals(one.model.config.sampling, "chain");
+  // A run validated with its chain continues validated with one call.
+  const dir = await Deno.makeTempDir();
+  (await run("model", dir)).model.params.dispose();
+  const resumed = await run("one", dir, true);
+  assertEquals(resumed.result.history[1].valid, await validOf(resumed.model, "one"));
+  for (const m of [chain.model, one.model, resumed.model]) m.params.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("validSampling: a bad value, or one for a model that ranks one way, is refused naming the field", async () => {
+  await selectBackend("cpu");
+  const data = syntheticDataset({ seed: 5, users: 20, items: 30, maxLength: 8 });
+  const { split } = leaveOneOut(data);
+  const model = new DiffuRec({ ...TINY, numItems: data.numItems });
+  await assertRejects(
+    // deno-lint-ignore no-explicit-any
+    () => train(model, split, data.numItems, { validSampling: "fast" as any }),
+    RangeError,
+    'validSampling must be one of model, one, got "fast"',
+  );
+  model.params.dispose();
+  const sasrec = new SasRec({ numItems: data.numItems, hidden: 16, heads: 2, maxLength: 8 });
+  await assertRejects(
+    () => train(sasrec, split, data.numItems, { validSampling: "one" }),
+    RangeError,
+    'validSampling must be "model" for model sasrec',
+  );
+  sasrec.params.dispose();
 });

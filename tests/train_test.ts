@@ -153,6 +153,23 @@ Deno.test("readCheckpoint() falls back to the previous checkpoint when a swap wa
   assert(path.endsWith(".prev"), path);
 });
 
+Deno.test("ParamStore.shareFrom() takes another store's values, which its later changes do not reach", async () => {
+  await selectBackend("cpu");
+  const a = new SasRec(SMALL), b = new SasRec({ ...SMALL, seed: 9 });
+  b.params.shareFrom(a.params);
+  const before = await a.params.toArrays();
+  assertEquals((await b.params.toArrays()).values, before.values);
+  tf.tidy(() => a.params.get("item").assign(tf.zerosLike(a.params.get("item"))));
+  assertEquals((await b.params.toArrays()).values, before.values);
+  const other = new SasRec({ ...SMALL, hidden: 8 });
+  assertThrows(
+    () => other.params.shareFrom(a.params, "twin"),
+    RangeError,
+    'twin: parameter 0 is "item"',
+  );
+  for (const m of [a, b, other]) m.params.dispose();
+});
+
 Deno.test("ParamStore.assign() rejects weights of another shape, naming the parameter", async () => {
   await selectBackend("cpu");
   const small = new SasRec(SMALL);

@@ -136,6 +136,30 @@ export class ParamStore {
   }
 
   /**
+   * Makes every parameter hold `other`'s current value, shared rather than copied: tfjs
+   * gives a variable new data whenever it changes, so `other`'s later updates do not reach
+   * this store (a twin of a model that ranks another way, see the trainer's
+   * `validSampling`). The stores must have the same names and shapes, in the same order.
+   *
+   * @throws {RangeError} The first parameter whose name or shape differs.
+   */
+  shareFrom(other: ParamStore, source = "shared parameters"): void {
+    const mine = [...this.#vars], theirs = [...other.#vars];
+    if (mine.length !== theirs.length) {
+      throw new RangeError(`${source}: has ${theirs.length} parameters, this has ${mine.length}`);
+    }
+    for (let i = 0; i < mine.length; i++) {
+      const [name, v] = mine[i], [theirName, w] = theirs[i];
+      if (name !== theirName || v.shape.join(",") !== w.shape.join(",")) {
+        throw new RangeError(
+          `${source}: parameter ${i} is "${theirName}" [${w.shape}], this expects "${name}" [${v.shape}]`,
+        );
+      }
+    }
+    for (let i = 0; i < mine.length; i++) mine[i][1].assign(theirs[i][1]);
+  }
+
+  /**
    * The transpose of parameter `name`, computed once and kept until the parameter changes
    * (an Adam step or `assign` gives it new data). For inference: tfjs-backend-wasm's
    * XNNPACK packs a matrix operand once per tensor, so scoring against a reused transpose of
