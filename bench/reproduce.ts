@@ -151,90 +151,135 @@ async function main(): Promise<void> {
           console.log(`${dir}: finished, kept`);
           continue;
         }
-        const resume = await exists(`${dir}/state`);
-        const args = [
-          "run",
-          ...CHILD_PERMISSIONS,
-          MAIN,
-          "train",
-          "--model",
-          model,
-          "--seed",
-          String(seed),
-          "--out",
-          dir,
+        await trainRun(dir, model, seed, [
           ...(values.data ? ["--data", values.data] : []),
-          ...(resume ? ["--resume"] : []),
           ...trainFlags,
-        ];
-        console.log(`${dir}: ${resume ? "continuing" : "starting"}; output in ${dir}.log`);
-        const log = await Deno.open(`${dir}.log`, { write: true, create: true, append: true });
-        const child = new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
-          .spawn();
-        // The log gets both streams; the terminal gets train's epoch lines (on stderr).
-        const encoder = new TextEncoder();
-        let writes = Promise.resolve();
-        const append = (text: string) => {
-          const bytes = encoder.encode(text);
-          writes = writes.then(async () => {
-            for (let at = 0; at < bytes.length;) at += await log.write(bytes.subarray(at));
-          });
-          return writes;
-        };
-        const copy = async (stream: ReadableStream<Uint8Array>, echo: boolean) => {
-          let pending = "";
-          for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-            await append(chunk);
-            if (!echo) continue;
-            const parts = (pending + chunk).split("\n");
-            pending = parts.pop()!;
-            for (const line of parts) {
-              if (line.startsWith("epoch ")) console.log(`  ${model} s${seed} ${line}`);
-            }
-          }
-        };
-        await Promise.all([copy(child.stdout, false), copy(child.stderr, true)]);
-        const status = await child.status;
-        log.close();
-        if (!status.success) {
-          throw new Error(`${dir}: train exited with code ${status.code}; see ${dir}.log`);
-        }
+        ]);
       }
     }
   }
 
-  // The table: test metrics of each run's best validation epoch, and the mean over seeds.
-  const COLUMNS = ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40"];
-  console.log("\n" + row(["model", "seed", "best epoch", ...COLUMNS, "wall"]));
-  console.log(row(["---", "---", "---", ...COLUMNS.map(() => "---"), "---"]));
+  await printTable(models, seeds, runDir, epochs);
+}
+
+/**
+ * Trains (or, when `dir/state` exists, continues) one run in a child process: both streams
+ * go to `dir.log`, and the terminal gets train's epoch lines.
+ *
+ * @throws {Error} The child failed, naming its log.
+ */
+async function trainRun(dir: string, model: string, seed: number, flags: string[]) {
+  const resume = await exists(`${dir}/state`);
+  const args = [
+    "run",
+    ...CHILD_PERMISSIONS,
+    MAIN,
+    "train",
+    "--model",
+    model,
+    "--seed",
+    String(seed),
+    "--out",
+    dir,
+    ...(resume ? ["--resume"] : []),
+    ...flags,
+  ];
+  console.log(`${dir}: ${resume ? "continuing" : "starting"}; output in ${dir}.log`);
+  const log = await Deno.open(`${dir}.log`, { write: true, create: true, append: true });
+  const child = new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
+    .spawn();
+  const encoder = new TextEncoder();
+  let writes = Promise.resolve();
+  const append = (text: string) => {
+    const bytes = encoder.encode(text);
+    writes = writes.then(async () => {
+      for (let at = 0; at < bytes.length;) at += await log.write(bytes.subarray(at));
+    });
+    return writes;
+  };
+  const copy = async (stream: ReadableStream<Uint8Array>, echo: boolean) => {
+    let pending = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      await append(chunk);
+      if (!echo) continue;
+      const parts = (pending + chunk).split("\n");
+      pending = parts.pop()!;
+      for (const line of parts) {
+        if (line.startsWith("epoch ")) console.log(`  ${model} s${seed} ${line}`);
+      }
+    }
+  };
+  await Promise.all([copy(child.stdout, false), copy(child.stderr, true)]);
+  const status = await child.status;
+  log.close();
+  if (!status.success) {
+    throw new Error(`${dir}: train exited with code ${status.code}; see ${dir}.log`);
+  }
+}
+
+/** Test metrics every table shows. */
+const COLUMNS = ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@20", "ndcg@40"];
+
+/** Metrics a table shows when a run measured them (train --categories). */
+const CATEGORY_COLUMNS = ["diversity@10", "diversity@20", "coverage@10", "coverage@20"];
+
+/**
+ * The table: test metrics of each run's best validation epoch, each model's mean over its
+ * finished seeds and their range. Diversity and coverage columns appear when a run has
+ * them; a run without them shows "-" there, and a mean is given only when every finished
+ * seed has the metric.
+ */
+async function printTable(
+  models: string[],
+  seeds: number[],
+  runDir: (model: string, seed: number) => string,
+  epochs: (model: string) => number,
+): Promise<void> {
+  const runs = new Map<string, RunMetrics | null>();
+  for (const model of models) {
+    for (const seed of seeds) runs.set(runDir(model, seed), await readMetrics(runDir(model, seed)));
+  }
+  const measured = [...runs.values()].filter((m) => m !== null) as RunMetrics[];
+  const columns = COLUMNS.concat(
+    CATEGORY_COLUMNS.filter((c) => measured.some((m) => typeof m.test[c] === "number")),
+  );
+  const value = (m: RunMetrics, c: string) =>
+    typeof m.test[c] === "number" ? m.test[c].toFixed(4) : "-";
+  console.log("\n" + row(["model", "seed", "best epoch", ...columns, "wall"]));
+  console.log(row(["---", "---", "---", ...columns.map(() => "---"), "---"]));
   for (const model of models) {
     const done: RunMetrics[] = [];
     for (const seed of seeds) {
-      const m = await readMetrics(runDir(model, seed));
+      const m = runs.get(runDir(model, seed))!;
       if (m === null) {
         const epochsDone = await epochsLogged(runDir(model, seed));
         const status = epochsDone === 0 ? "not run" : `running, ${epochsDone} epochs done`;
-        console.log(row([model, seed, status, ...COLUMNS.map(() => ""), ""]));
+        console.log(row([model, seed, status, ...columns.map(() => ""), ""]));
         continue;
       }
       const state = finished(m, epochs(model)) ? "" : " (unfinished)";
-      const metrics = COLUMNS.map((c) => m.test[c].toFixed(4));
+      const metrics = columns.map((c) => value(m, c));
       console.log(row([model, seed, `${m.best_epoch}${state}`, ...metrics, minutes(m.seconds)]));
       if (finished(m, epochs(model))) done.push(m);
     }
-    if (done.length > 0) {
-      const mean = (c: string) => done.reduce((s, m) => s + m.test[c], 0) / done.length;
-      const wall = done.reduce((s, m) => s + m.seconds, 0);
-      const means = COLUMNS.map((c) => `**${mean(c).toFixed(4)}**`);
-      console.log(row([`**${model} mean of ${done.length}**`, "", "", ...means, minutes(wall)]));
-      if (done.length > 1) {
-        // The spread between seeds: what a difference between two means has to beat.
-        const spread = (c: string) => {
-          const values = done.map((m) => m.test[c]);
-          return `${Math.min(...values).toFixed(4)}-${Math.max(...values).toFixed(4)}`;
-        };
-        console.log(row([`${model} range over seeds`, "", "", ...COLUMNS.map(spread), ""]));
-      }
+    if (done.length === 0) continue;
+    const everyRun = (c: string) => done.every((m) => typeof m.test[c] === "number");
+    const mean = (c: string) =>
+      everyRun(c)
+        ? `**${(done.reduce((s, m) => s + m.test[c], 0) / done.length).toFixed(4)}**`
+        : "-";
+    const wall = done.reduce((s, m) => s + m.seconds, 0);
+    console.log(
+      row([`**${model} mean of ${done.length}**`, "", "", ...columns.map(mean), minutes(wall)]),
+    );
+    if (done.length > 1) {
+      // The spread between seeds: what a difference between two means has to beat.
+      const spread = (c: string) => {
+        if (!everyRun(c)) return "-";
+        const values = done.map((m) => m.test[c]);
+        return `${Math.min(...values).toFixed(4)}-${Math.max(...values).toFixed(4)}`;
+      };
+      console.log(row([`${model} range over seeds`, "", "", ...columns.map(spread), ""]));
     }
   }
 }

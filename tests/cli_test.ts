@@ -265,6 +265,79 @@ Deno.test("reproduce counts a run finished at its model's own epoch cap (DiffuRe
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("reproduce's table shows diversity and coverage when runs measured them, '-' where one did not", async () => {
+  const out = await Deno.makeTempDir();
+  const base = { "recall@10": 0.1, "recall@20": 0.2, "recall@40": 0.3 };
+  const accuracy = { ...base, "ndcg@10": 0.05, "ndcg@20": 0.06, "ndcg@40": 0.07 };
+  const runs: [string, number, Record<string, number>][] = [
+    ["sasrec", 1, {
+      ...accuracy,
+      "diversity@10": 0.5,
+      "diversity@20": 0.6,
+      "coverage@10": 0.01,
+      "coverage@20": 0.02,
+    }],
+    ["sasrec", 2, {
+      ...accuracy,
+      "diversity@10": 0.7,
+      "diversity@20": 0.8,
+      "coverage@10": 0.03,
+      "coverage@20": 0.04,
+    }],
+    ["sigma", 1, {
+      ...accuracy,
+      "diversity@10": 0.4,
+      "diversity@20": 0.5,
+      "coverage@10": 0.01,
+      "coverage@20": 0.02,
+    }],
+    ["sigma", 2, accuracy], // trained without --categories
+  ];
+  for (const [model, seed, test] of runs) {
+    await Deno.mkdir(`${out}/${model}-s${seed}`, { recursive: true });
+    const metrics = {
+      best_epoch: 3,
+      seconds: 60,
+      protocol: { stopped: "patience" },
+      train: { epochs: 200 },
+      test,
+    };
+    await Deno.writeTextFile(`${out}/${model}-s${seed}/metrics.json`, JSON.stringify(metrics));
+  }
+  const r = await reproduce(
+    "--out",
+    out,
+    "--models",
+    "sasrec,sigma",
+    "--seeds",
+    "1,2",
+    "--summary",
+  );
+  assertEquals(r.code, 0, r.stderr);
+  const line = (start: string) => r.stdout.split("\n").find((l) => l.startsWith(start)) ?? "";
+  const header = line("| model |");
+  for (const c of ["diversity@10", "diversity@20", "coverage@10", "coverage@20"]) {
+    assert(header.includes(`| ${c} |`), header);
+  }
+  assert(
+    line("| **sasrec mean of 2** |").includes(
+      "| **0.6000** | **0.7000** | **0.0200** | **0.0300** |",
+    ),
+    r.stdout,
+  );
+  assert(
+    line("| sasrec range over seeds |").includes("| 0.5000-0.7000 | 0.6000-0.8000 |"),
+    r.stdout,
+  );
+  assert(line("| sigma | 2 | 3 |").includes("| - | - | - | - |"), r.stdout);
+  // No mean of a metric that one finished seed lacks.
+  assert(
+    line("| **sigma mean of 2** |").includes("| **0.0600** | **0.0700** | - | - | - | - |"),
+    r.stdout,
+  );
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("bench tools stop on a bad flag with a message naming it, not a stack trace", async () => {
   const bench = (file: string, ...args: string[]) =>
     new Deno.Command(Deno.execPath(), {
