@@ -15,7 +15,8 @@
  * table of the runs that exist and train nothing). Everything after `--` goes to every
  * `train` command unchanged (backend, epochs, patience, model options).
  *
- * The table: each run's test Recall and NDCG at 10, 20 and 40 at its best validation epoch,
+ * The table: each run's test Recall and NDCG at 10, 20 and 40 at its best validation epoch
+ * (and Diversity and coverage at 10 and 20 when runs measured them: `train --categories`),
  * each model's mean over its finished seeds, and the range over seeds (lowest-highest).
  *
  * A run counts as finished when its `metrics.json` says it stopped by patience, or by the

@@ -124,9 +124,9 @@ function usage(): string {
       `position (default ${TRAIN_DEFAULTS.examples})`,
     `  --${flagColumn("valid-sampling")}model | one: validation (choosing the best epoch) ranks ` +
       `as the model does,`,
-    `  ${" ".repeat(20)}or (diffurec, diffurecsys) with one Approximator call, ~26x faster; ` +
-      `test metrics`,
-    `  ${" ".repeat(20)}keep the model's ranking; may change on --resume ` +
+    `  ${" ".repeat(20)}or (diffurec, diffurecsys) with one Approximator call instead of the ` +
+      `reverse chain;`,
+    `  ${" ".repeat(20)}test metrics keep the model's ranking; may change on --resume ` +
       `(default ${TRAIN_DEFAULTS.validSampling})`,
   );
   lines.push(...RECOMMEND_OPTIONS, ...SERVE_OPTIONS);
@@ -354,7 +354,11 @@ async function trainCommand(args: string[]): Promise<void> {
         maxLength: model.config.maxLength,
         users: split.test.length,
         items: dataset.numItems,
-        selection: "best valid recall@20",
+        selection: "best valid recall@20" + (
+          result.history.find((r) => r.epoch === result.bestEpoch)?.validSampling === "one"
+            ? " (valid ranked with one Approximator call: --valid-sampling one)"
+            : ""
+        ),
         patience: o.patience,
         stopped: result.stopped,
       },

@@ -517,17 +517,25 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
     "cpu",
     ...TINY_TRAIN_FLAGS,
     ...small,
+    "--valid-sampling",
+    "one",
     "--out",
     "run",
   );
   assertEquals(trained.code, 0, trained.stderr);
   // The model's own training defaults apply (DiffuRec's examples, batch and StepLR), under
   // whatever flags say (TINY_TRAIN_FLAGS sets no batch size).
-  const settings = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`)).train;
+  const saved = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`));
+  const settings = saved.train;
   assertEquals(
     [settings.examples, settings.batchSize, settings.lrDecayEvery],
     ["prefixes", 512, 100],
   );
+  // Validation ranked with one call, and metrics.json says so; the test metrics are the
+  // chain's (eval of the saved model, below, gives them again).
+  assertEquals(settings.validSampling, "one");
+  assert(saved.protocol.selection.includes("one Approximator call"), saved.protocol.selection);
+  assertEquals(saved.config.sampling, "chain");
   const evalRun = (...flags: string[]) =>
     cliIn(dir, "eval", "--backend", "cpu", "--checkpoint", "run/checkpoint", ...flags);
   const plain = await evalRun();

@@ -8,6 +8,7 @@ import { stepSeeds } from "../lib/models/_model.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { evaluateModel, splitBatch, train } from "../lib/train/trainer.ts";
+import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
@@ -319,52 +320,60 @@ Deno.test("scores are x · Eᵀ, every row in the span of the item table, and pa
   }
 });
 
-Deno.test("validSampling one: validation ranks with one call, training and the model's chain are untouched, resume may switch it", async () => {
+Deno.test("validSampling one: every validation ranks that epoch's weights with one call; training and the chain are untouched; resume may switch it", async () => {
   await selectBackend("cpu");
   const data = syntheticDataset({ seed: 5, users: 40, items: 30, maxLength: 8 });
   const { split } = leaveOneOut(data);
   // lambda 0.5: the chain's draws move the ranking, so the two ways rank differently.
   const config = { ...TINY, numItems: data.numItems, lambda: 0.5 };
   const fast = { batchSize: 64, evalBatchSize: 64, examples: "prefixes" as const };
-  const validOf = async (model: DiffuRec, sampling: "chain" | "one") => {
+  // Validation metrics of `values` (a run's weights) ranked each way.
+  const validOf = async (values: Float32Array, sampling: "chain" | "one") => {
     const ranker = new DiffuRec({ ...config, sampling });
-    ranker.params.assign(ranker.params.records(), (await model.params.toArrays()).values);
+    ranker.params.assign(ranker.params.records(), values.subarray(0, ranker.params.size()));
     const valid = await evaluateModel(ranker, split.valid, data.numItems, 64, 8);
     ranker.params.dispose();
     return valid;
   };
-  const run = async (validSampling: "model" | "one", out?: string, resume = false) => {
+  // Trains `out` up to `epochs` (resuming it after the first call) and checks the last
+  // epoch's validation against its weights, which the run's state holds.
+  const step = async (out: string, epochs: number, validSampling: "model" | "one") => {
     const model = new DiffuRec(config);
     const before = tf.memory().numTensors;
-    const result = await train(model, split, data.numItems, {
-      ...fast,
-      epochs: resume ? 2 : 1,
-      validSampling,
-    }, { out, resume });
+    const result = await train(
+      model,
+      split,
+      data.numItems,
+      { ...fast, epochs, validSampling },
+      { out, resume: epochs > 1 },
+    );
     // Ranking keeps the item table's transpose (ParamStore.transposed): the model's, when it
-    // validated itself; the twin's goes with the twin.
+    // validated itself; a twin's goes with the twin.
     const cached = validSampling === "model" ? 1 : 0;
     assertEquals(tf.memory().numTensors, before + cached, `${validSampling}: tensors left behind`);
-    return { model, result };
+    model.params.dispose();
+    const last = result.history[epochs - 1];
+    const { values } = await readCheckpoint(`${out}/state`);
+    assertEquals(last.valid, await validOf(values, validSampling === "one" ? "one" : "chain"));
+    assertEquals(last.validSampling, validSampling === "one" ? "one" : undefined);
+    return { result, values };
   };
-  const chain = await run("model");
-  const one = await run("one");
-  // The same training; validation as each way ranks the trained weights (epoch 1 is the best).
-  assertEquals(one.result.history[0].loss, chain.result.history[0].loss);
-  assertEquals(chain.result.valid, await validOf(chain.model, "chain"));
-  assertEquals(one.result.valid, await validOf(one.model, "one"));
+  const [a, b] = [await Deno.makeTempDir(), await Deno.makeTempDir()];
+  const chain = await step(a, 1, "model");
+  const one = await step(b, 1, "one");
+  // The same training, ranked two ways.
+  assertEquals(one.values, chain.values);
   assert(
     JSON.stringify(one.result.valid) !== JSON.stringify(chain.result.valid),
     "the two ways ranked alike: the test cannot tell them apart",
   );
-  assertEquals(one.model.config.sampling, "chain");
-  // A run validated with its chain continues validated with one call.
-  const dir = await Deno.makeTempDir();
-  (await run("model", dir)).model.params.dispose();
-  const resumed = await run("one", dir, true);
-  assertEquals(resumed.result.history[1].valid, await validOf(resumed.model, "one"));
-  for (const m of [chain.model, one.model, resumed.model]) m.params.dispose();
-  await Deno.remove(dir, { recursive: true });
+  // Every later validation ranks its own epoch's weights, also after a switch on resume.
+  await step(b, 2, "one");
+  await step(b, 3, "one");
+  await step(a, 2, "one");
+  const back = await step(a, 3, "model");
+  assertEquals(back.result.history.map((r) => r.validSampling), [undefined, "one", undefined]);
+  for (const dir of [a, b]) await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("validSampling: a bad value, or one for a model that ranks one way, is refused naming the field", async () => {

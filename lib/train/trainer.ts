@@ -73,9 +73,11 @@ export interface TrainOptions {
   /**
    * How validation ranks, for choosing the best epoch: `"model"` (default) as the model
    * does; `"one"`, a diffusion model's one-call ranking (`sampling: "one"`) instead of its
-   * reverse chain: on Office it ranked within 0.0004 Recall@20 of the 32-step chain, 26
-   * times faster (docs/diffusion-notes.md). Test metrics and the saved model keep the
-   * model's own ranking. May change on resume: the trained weights do not depend on it.
+   * reverse chain: on Office it ranked within 0.0004 Recall@20 of the 32-step chain, 26-35
+   * times faster (docs/diffusion-notes.md). The validation metrics (each epoch's record
+   * says `validSampling: "one"`) are then the one call's; the test metrics and the saved
+   * model keep the model's own ranking. May change on resume: no epoch's training depends
+   * on it, though a best score and the patience count then span both rankings.
    */
   validSampling: ValidSampling;
 }
@@ -118,6 +120,11 @@ export interface EpochRecord {
   trainSeconds: number;
   /** Training sequences per second. */
   sequencesPerSecond: number;
+  /**
+   * How `valid` was ranked when not as the model ranks (`TrainOptions.validSampling`):
+   * `"one"`, a diffusion model's one-call ranking.
+   */
+  validSampling?: ValidSampling;
   /** Whether this epoch is the best so far. */
   best?: boolean;
 }
@@ -398,40 +405,33 @@ export async function train(
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
   const { o, itemTokens } = checkedRun(split, numItems, options, hooks);
-  const ranker = validationRanker(model, o);
-  const run = () => trainLoop(model, ranker, split, numItems, o, itemTokens, hooks);
+  checkValidSampling(model.name, o.validSampling);
+  if (!hooks.out) return await trainLoop(model, split, numItems, o, itemTokens, hooks);
+  const { out, resume, overwrite } = hooks;
+  const lock = hooks.lock ?? await openRunFolder(out, { resume, overwrite });
   try {
-    if (!hooks.out) return await run();
-    const { out, resume, overwrite } = hooks;
-    const lock = hooks.lock ?? await openRunFolder(out, { resume, overwrite });
-    try {
-      // Only now, with every check passed and the folder locked, is an old run replaced.
-      if (overwrite && !resume) await clearRun(out);
-      return await run();
-    } finally {
-      if (!hooks.lock) lock.release();
-    }
+    // Only now, with every check passed and the folder locked, is an old run replaced.
+    if (overwrite && !resume) await clearRun(out);
+    return await trainLoop(model, split, numItems, o, itemTokens, hooks);
   } finally {
-    if (ranker !== model) ranker.params.dispose();
+    if (!hooks.lock) lock.release();
   }
 }
 
 /**
- * The model validation ranks with: `model` itself, or, with `validSampling: "one"`, a
- * twin whose ranking is one Approximator call, which takes `model`'s parameters before each
- * validation.
- *
- * @throws {RangeError} `validSampling: "one"` for a model without a `sampling` option.
+ * The model validation ranks with: `model` itself, or, with `validSampling: "one"` (when
+ * the model's own ranking is not already that), a twin whose ranking is one Approximator
+ * call, holding `model`'s current parameters; the caller disposes a twin.
  */
 function validationRanker(model: TrainedModel, o: TrainOptions): TrainedModel {
-  checkValidSampling(model.name, o.validSampling);
-  if (o.validSampling === "model") return model;
-  const config = withInferenceOverrides(
-    model.name,
-    model.config as unknown as Record<string, unknown>,
-    { sampling: o.validSampling },
+  const config = model.config as unknown as Record<string, unknown>;
+  if (o.validSampling === "model" || config.sampling === o.validSampling) return model;
+  const twinConfig = withInferenceOverrides(model.name, config, { sampling: o.validSampling });
+  const twin = modelEntry(model.name).create(
+    twinConfig as typeof twinConfig & { numItems: number },
   );
-  return modelEntry(model.name).create(config as typeof config & { numItems: number });
+  twin.params.shareFrom(model.params, "validation twin");
+  return twin;
 }
 
 /**
@@ -552,7 +552,6 @@ interface RunState {
 /** The epochs of a checked run (see {@linkcode train}). */
 async function trainLoop(
   model: TrainedModel,
-  ranker: TrainedModel,
   split: LeaveOneOutSplit,
   numItems: number,
   o: TrainOptions,
@@ -579,7 +578,7 @@ async function trainLoop(
       const record = await trainEpoch(model, batches, o, optimizer, state, epoch, say);
       if (epoch % o.evalEvery === 0 || epoch === o.epochs) {
         say(`\repoch ${epoch}/${o.epochs} validating ${split.valid.length} users...`);
-        await validateEpoch(model, ranker, split, numItems, o, record, state);
+        await validateEpoch(model, split, numItems, o, record, state);
       }
       state.history.push(record);
       await saveEpoch(model, optimizer, o, itemTokens, hooks, record, state, rng);
@@ -710,26 +709,30 @@ async function trainEpoch(
 }
 
 /**
- * Validates the epoch into `record` (ranked by `ranker`, see {@linkcode validationRanker}),
- * keeping `model`'s parameters when it is the best so far.
+ * Validates the epoch into `record` (ranked as `o.validSampling` says, see
+ * {@linkcode validationRanker}), keeping `model`'s parameters when it is the best so far.
  */
 async function validateEpoch(
   model: TrainedModel,
-  ranker: TrainedModel,
   split: LeaveOneOutSplit,
   numItems: number,
   o: TrainOptions,
   record: EpochRecord,
   state: RunState,
 ): Promise<void> {
-  if (ranker !== model) ranker.params.shareFrom(model.params, "validation twin");
-  record.valid = await evaluateModel(
-    ranker,
-    split.valid,
-    numItems,
-    o.evalBatchSize,
-    model.config.maxLength,
-  );
+  const ranker = validationRanker(model, o);
+  try {
+    record.valid = await evaluateModel(
+      ranker,
+      split.valid,
+      numItems,
+      o.evalBatchSize,
+      model.config.maxLength,
+    );
+  } finally {
+    if (ranker !== model) ranker.params.dispose();
+  }
+  if (ranker !== model) record.validSampling = o.validSampling;
   const score = record.valid[SELECTION_METRIC];
   if (score > state.best.score) {
     state.best = { epoch: record.epoch, score, valid: record.valid };
