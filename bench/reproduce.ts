@@ -7,13 +7,18 @@
  * ```sh
  * deno task reproduce --data ../shared/data/Beauty.txt --out runs/beauty -- --backend wasm --patience 20
  * deno task reproduce --data ../shared/data/Beauty.txt --out runs/beauty --summary   # table only
+ * deno task reproduce --data ../shared/data/Office_Products.txt --out runs/ablate --models sigma \
+ *   --variant paper= --variant no-orth="--orthogonality false" --variant k8="--interests 8"
  * ```
  *
  * Flags: `--data FILE` (default: the embedded synthetic set), `--out DIR` (runs go to
  * `DIR/<model>-s<seed>/`, their output to `DIR/<model>-s<seed>.log`; default
  * runs/reproduce), `--models` (sasrec,sigma), `--seeds` (42,2,3), `--summary` (print the
- * table of the runs that exist and train nothing). Everything after `--` goes to every
- * `train` command unchanged (backend, epochs, patience, model options).
+ * table of the runs that exist and train nothing), `--variant NAME=FLAGS` (repeatable: each
+ * model is run under each variant's train flags, into `DIR/<model>-<NAME>-s<seed>/`, its
+ * rows named "model NAME"; an ablation table in one command). Everything after `--` goes to
+ * every `train` command unchanged (backend, epochs, patience, model options), before a
+ * variant's flags.
  *
  * The table: each run's test Recall and NDCG at 10, 20 and 40 at its best validation epoch
  * (and Diversity and coverage at 10 and 20 when runs measured them: `train --categories`),
@@ -116,6 +121,7 @@ async function main(): Promise<void> {
       models: { type: "string", default: "sasrec,sigma" },
       seeds: { type: "string", default: "42,2,3" },
       summary: { type: "boolean", default: false },
+      variant: { type: "string", multiple: true },
     },
     strict: true,
   });
@@ -134,33 +140,79 @@ async function main(): Promise<void> {
     }
     return n;
   });
-  for (const flag of ["--model", "--seed", "--out", "--data", "--resume"]) {
-    if (trainFlags.some((f) => f === flag || f.startsWith(`${flag}=`))) {
-      throw new RangeError(`${flag} after "--": this script sets it for every run`);
-    }
-  }
-
-  const epochs = (model: string) => requestedEpochs(trainFlags, values.data, model);
-  const runDir = (model: string, seed: number) => `${values.out}/${model}-s${seed}`;
+  checkOwnFlags(trainFlags, 'after "--"');
+  const variants = (values.variant ?? []).map(parseVariant);
+  const names = variants.map((v) => v.name);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new RangeError(`--variant ${twice} is given twice`);
+  const arms: Arm[] = models.flatMap((model) =>
+    variants.length === 0
+      ? [{ model, label: model, dir: model, flags: trainFlags }]
+      : variants.map((v) => ({
+        model,
+        label: `${model} ${v.name}`,
+        dir: `${model}-${v.name}`,
+        flags: [...trainFlags, ...v.flags],
+      }))
+  );
+  const epochs = (arm: Arm) => requestedEpochs(arm.flags, values.data, arm.model);
+  const runDir = (arm: Arm, seed: number) => `${values.out}/${arm.dir}-s${seed}`;
 
   if (!values.summary) {
     await Deno.mkdir(values.out, { recursive: true });
-    for (const model of models) {
+    for (const arm of arms) {
       for (const seed of seeds) {
-        const dir = runDir(model, seed);
-        if (finished(await readMetrics(dir), epochs(model))) {
+        const dir = runDir(arm, seed);
+        if (finished(await readMetrics(dir), epochs(arm))) {
           console.log(`${dir}: finished, kept`);
           continue;
         }
-        await trainRun(dir, model, seed, [
+        await trainRun(dir, arm, seed, [
           ...(values.data ? ["--data", values.data] : []),
-          ...trainFlags,
+          ...arm.flags,
         ]);
       }
     }
   }
 
-  await printTable(models, seeds, runDir, epochs);
+  await printTable(arms, seeds, runDir, epochs);
+}
+
+/** One row group of the table: a model, under a variant's flags or none. */
+interface Arm {
+  model: string;
+  /** The table's name for it: the model, or "model variant". */
+  label: string;
+  /** Its runs' folder names before `-s<seed>`. */
+  dir: string;
+  /** The flags its train commands get after the script's own. */
+  flags: string[];
+}
+
+/** Refuses a train flag this script sets for every run. */
+function checkOwnFlags(flags: string[], where: string): void {
+  for (const flag of ["--model", "--seed", "--out", "--data", "--resume"]) {
+    if (flags.some((f) => f === flag || f.startsWith(`${flag}=`))) {
+      throw new RangeError(`${flag} ${where}: this script sets it for every run`);
+    }
+  }
+}
+
+/**
+ * `--variant NAME=FLAGS`: a name (letters, digits, dots, dashes) and train flags separated
+ * by spaces, given to every model's runs after the flags after `--`.
+ */
+function parseVariant(text: string): { name: string; flags: string[] } {
+  const at = text.indexOf("=");
+  const name = at < 0 ? text : text.slice(0, at);
+  if (!/^[A-Za-z0-9][A-Za-z0-9.-]*$/.test(name)) {
+    throw new RangeError(
+      `--variant must be NAME=FLAGS with a NAME of letters, digits, dots and dashes, got "${text}"`,
+    );
+  }
+  const flags = at < 0 ? [] : text.slice(at + 1).split(/\s+/).filter((f) => f !== "");
+  checkOwnFlags(flags, `in --variant ${name}`);
+  return { name, flags };
 }
 
 /**
@@ -169,7 +221,7 @@ async function main(): Promise<void> {
  *
  * @throws {Error} The child failed, naming its log.
  */
-async function trainRun(dir: string, model: string, seed: number, flags: string[]) {
+async function trainRun(dir: string, arm: Arm, seed: number, flags: string[]) {
   const resume = await exists(`${dir}/state`);
   const args = [
     "run",
@@ -177,7 +229,7 @@ async function trainRun(dir: string, model: string, seed: number, flags: string[
     MAIN,
     "train",
     "--model",
-    model,
+    arm.model,
     "--seed",
     String(seed),
     "--out",
@@ -206,7 +258,7 @@ async function trainRun(dir: string, model: string, seed: number, flags: string[
       const parts = (pending + chunk).split("\n");
       pending = parts.pop()!;
       for (const line of parts) {
-        if (line.startsWith("epoch ")) console.log(`  ${model} s${seed} ${line}`);
+        if (line.startsWith("epoch ")) console.log(`  ${arm.label} s${seed} ${line}`);
       }
     }
   };
@@ -231,14 +283,14 @@ const CATEGORY_COLUMNS = ["diversity@10", "diversity@20", "coverage@10", "covera
  * seed has the metric.
  */
 async function printTable(
-  models: string[],
+  arms: Arm[],
   seeds: number[],
-  runDir: (model: string, seed: number) => string,
-  epochs: (model: string) => number,
+  runDir: (arm: Arm, seed: number) => string,
+  epochs: (arm: Arm) => number,
 ): Promise<void> {
   const runs = new Map<string, RunMetrics | null>();
-  for (const model of models) {
-    for (const seed of seeds) runs.set(runDir(model, seed), await readMetrics(runDir(model, seed)));
+  for (const arm of arms) {
+    for (const seed of seeds) runs.set(runDir(arm, seed), await readMetrics(runDir(arm, seed)));
   }
   const measured = [...runs.values()].filter((m) => m !== null) as RunMetrics[];
   const columns = COLUMNS.concat(
@@ -248,20 +300,21 @@ async function printTable(
     typeof m.test[c] === "number" ? m.test[c].toFixed(4) : "-";
   console.log("\n" + row(["model", "seed", "best epoch", ...columns, "wall"]));
   console.log(row(["---", "---", "---", ...columns.map(() => "---"), "---"]));
-  for (const model of models) {
+  for (const arm of arms) {
+    const { label } = arm;
     const done: RunMetrics[] = [];
     for (const seed of seeds) {
-      const m = runs.get(runDir(model, seed))!;
+      const m = runs.get(runDir(arm, seed))!;
       if (m === null) {
-        const epochsDone = await epochsLogged(runDir(model, seed));
+        const epochsDone = await epochsLogged(runDir(arm, seed));
         const status = epochsDone === 0 ? "not run" : `running, ${epochsDone} epochs done`;
-        console.log(row([model, seed, status, ...columns.map(() => ""), ""]));
+        console.log(row([label, seed, status, ...columns.map(() => ""), ""]));
         continue;
       }
-      const state = finished(m, epochs(model)) ? "" : " (unfinished)";
+      const state = finished(m, epochs(arm)) ? "" : " (unfinished)";
       const metrics = columns.map((c) => value(m, c));
-      console.log(row([model, seed, `${m.best_epoch}${state}`, ...metrics, minutes(m.seconds)]));
-      if (finished(m, epochs(model))) done.push(m);
+      console.log(row([label, seed, `${m.best_epoch}${state}`, ...metrics, minutes(m.seconds)]));
+      if (finished(m, epochs(arm))) done.push(m);
     }
     if (done.length === 0) continue;
     const everyRun = (c: string) => done.every((m) => typeof m.test[c] === "number");
@@ -271,7 +324,7 @@ async function printTable(
         : "-";
     const wall = done.reduce((s, m) => s + m.seconds, 0);
     console.log(
-      row([`**${model} mean of ${done.length}**`, "", "", ...columns.map(mean), minutes(wall)]),
+      row([`**${label} mean of ${done.length}**`, "", "", ...columns.map(mean), minutes(wall)]),
     );
     if (done.length > 1) {
       // The spread between seeds: what a difference between two means has to beat.
@@ -280,7 +333,7 @@ async function printTable(
         const values = done.map((m) => m.test[c]);
         return `${Math.min(...values).toFixed(4)}-${Math.max(...values).toFixed(4)}`;
       };
-      console.log(row([`${model} range over seeds`, "", "", ...columns.map(spread), ""]));
+      console.log(row([`${label} range over seeds`, "", "", ...columns.map(spread), ""]));
     }
   }
 }

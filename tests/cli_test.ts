@@ -235,6 +235,28 @@ Deno.test("reproduce trains every seed, keeps finished runs and prints their mea
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("reproduce --variant runs each model under each variant's flags, one table for all", async () => {
+  const out = await Deno.makeTempDir();
+  const tiny = ["--backend", "cpu", "--epochs", "1", "--hidden", "16", "--heads", "2"]
+    .concat("--inner", "32", "--max-length", "20", "--layers", "1");
+  const args = ["--out", out, "--models", "sasrec", "--seeds", "1"];
+  const variants = ["--variant", "base=", "--variant", "narrow=--hidden 8 --inner 8"];
+  const r = await reproduce(...args, ...variants, "--", ...tiny);
+  assertEquals(r.code, 0, r.stderr);
+  const config = async (dir: string) =>
+    JSON.parse(await Deno.readTextFile(`${out}/${dir}/metrics.json`)).config;
+  // The variant's flags come after the common ones, so they win.
+  assertEquals((await config("sasrec-base-s1")).hidden, 16);
+  assertEquals((await config("sasrec-narrow-s1")).hidden, 8);
+  for (const label of ["sasrec base", "sasrec narrow"]) {
+    assert(r.stdout.includes(`| **${label} mean of 1** |`), r.stdout);
+  }
+  // Run again: both kept.
+  const again = await reproduce(...args, ...variants, "--", ...tiny);
+  assertEquals(again.stdout.split("finished, kept").length - 1, 2, again.stdout);
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("reproduce counts a run finished at its model's own epoch cap (DiffuRecSys 41), not at the trainer's", async () => {
   const out = await Deno.makeTempDir();
   const test = Object.fromEntries(
@@ -370,6 +392,9 @@ Deno.test("reproduce rejects bad flags with a message that names them", async ()
     [["--models", "gru4rec"], "gru4rec"],
     [["--", "--seed", "3"], "--seed"],
     [["--no-such-flag"], "no-such-flag"],
+    [["--variant", "a b=--hidden 8"], "--variant must be NAME=FLAGS with a NAME of letters"],
+    [["--variant", "x=--seed 4"], "--seed in --variant x: this script sets it"],
+    [["--variant", "x=", "--variant", "x=--hidden 8"], "--variant x is given twice"],
   ];
   for (const [args, word] of cases) {
     const r = await reproduce("--summary", ...args);
