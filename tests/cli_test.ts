@@ -202,6 +202,23 @@ async function reproduce(...args: string[]) {
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
 }
 
+/** Writes `dir/metrics.json` as a finished run of `train` would, with the fields reproduce reads. */
+async function writeRunMetrics(
+  dir: string,
+  run: { bestEpoch: number; stopped: string; epochs: number },
+  test: Record<string, number>,
+) {
+  await Deno.mkdir(dir, { recursive: true });
+  const metrics = {
+    best_epoch: run.bestEpoch,
+    seconds: 60,
+    protocol: { stopped: run.stopped },
+    train: { epochs: run.epochs },
+    test,
+  };
+  await Deno.writeTextFile(`${dir}/metrics.json`, JSON.stringify(metrics));
+}
+
 Deno.test("reproduce trains every seed, keeps finished runs and prints their mean", async () => {
   const out = await Deno.makeTempDir();
   const tiny = ["--backend", "cpu", "--epochs", "1", "--hidden", "16", "--heads", "2"]
@@ -264,15 +281,11 @@ Deno.test("reproduce counts a run finished at its model's own epoch cap (DiffuRe
   );
   // Both runs stopped by the epoch cap after 41 epochs, the cap of DiffuRecSys's code.
   for (const model of ["diffurecsys", "sasrec"]) {
-    await Deno.mkdir(`${out}/${model}-s1`, { recursive: true });
-    const metrics = {
-      best_epoch: 40,
-      seconds: 60,
-      protocol: { stopped: "epochs" },
-      train: { epochs: 41 },
+    await writeRunMetrics(
+      `${out}/${model}-s1`,
+      { bestEpoch: 40, stopped: "epochs", epochs: 41 },
       test,
-    };
-    await Deno.writeTextFile(`${out}/${model}-s1/metrics.json`, JSON.stringify(metrics));
+    );
   }
   const args = ["--out", out, "--models", "diffurecsys,sasrec", "--seeds", "1", "--summary"];
   const r = await reproduce("--data", `${out}/data.txt`, ...args);
@@ -316,15 +329,8 @@ Deno.test("reproduce's table shows diversity and coverage when runs measured the
     ["sigma", 2, accuracy], // trained without --categories
   ];
   for (const [model, seed, test] of runs) {
-    await Deno.mkdir(`${out}/${model}-s${seed}`, { recursive: true });
-    const metrics = {
-      best_epoch: 3,
-      seconds: 60,
-      protocol: { stopped: "patience" },
-      train: { epochs: 200 },
-      test,
-    };
-    await Deno.writeTextFile(`${out}/${model}-s${seed}/metrics.json`, JSON.stringify(metrics));
+    const run = { bestEpoch: 3, stopped: "patience", epochs: 200 };
+    await writeRunMetrics(`${out}/${model}-s${seed}`, run, test);
   }
   const r = await reproduce(
     "--out",
