@@ -230,10 +230,11 @@ const LENGTH_SPREAD = 2;
  * `cost(batch.length)`, exceeds `maxPositions`. Rows are taken shortest first, and each
  * piece is padded only to its own longest row, holds at most `maxPositions` of cost
  * (targets times `cost` of its length; a single longer row is a piece of its own), and
- * does not mix lengths more than 2x apart once it holds a quarter of the budget. A loss that is a
- * mean over positions then gets the whole batch's gradient from its pieces weighted by
- * their share of the targets (see {@linkcode trainStep}); which rows share a piece
- * changes nothing but the order of the random draws.
+ * does not mix lengths more than {@linkcode LENGTH_SPREAD} times apart once it holds a
+ * quarter of the budget. A loss that is a mean over positions then gets the whole batch's
+ * gradient from its pieces weighted by their share of the targets (see
+ * {@linkcode trainStep}); which rows share a piece changes nothing but the order of the
+ * random draws.
  *
  * @param batch The batch to split; returned as it is when it fits.
  * @param maxPositions The budget of a piece, in SASRec positions.
