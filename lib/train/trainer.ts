@@ -901,6 +901,18 @@ function firstDifference(a: unknown, b: unknown, path = ""): string | null {
 /** Settings that may change when a run is resumed: they do not alter what was trained. */
 const RESUMABLE_CHANGES = new Set(["epochs", "patience", "evalBatchSize", "validSampling"]);
 
+/** What {@linkcode resumeRun} restores: where the run stood after its last saved epoch. */
+interface ResumedRun extends Omit<ResumeState, "best"> {
+  /** The last finished epoch. */
+  epoch: number;
+  /** The best validated epoch (0 and -Infinity: none yet). */
+  best: ResumeState["best"];
+  /** The best epoch's parameters, or null before the first validation. */
+  bestValues: Float32Array | null;
+  /** The log's records of epochs 1..epoch. */
+  history: EpochRecord[];
+}
+
 /** Reads `out/state`, checks it belongs to this run, and loads it into model and Adam. */
 async function resumeRun(
   model: SequentialModel,
@@ -908,17 +920,39 @@ async function resumeRun(
   hooks: TrainHooks,
   optimizer: Adam,
   itemTokens: string[],
-): Promise<
-  Omit<ResumeState, "best"> & {
-    epoch: number;
-    best: ResumeState["best"];
-    bestValues: Float32Array | null;
-    history: EpochRecord[];
-  }
-> {
-  const dir = `${hooks.out}/state`;
-  const { meta, values, path } = await readCheckpoint(dir);
+): Promise<ResumedRun> {
+  const { meta, values, path } = await readCheckpoint(`${hooks.out}/state`);
   const where = `${path}/model.json`;
+  checkSameRun(meta, where, model, o, hooks, itemTokens);
+  restoreWeights(meta, values, path, model, optimizer);
+  const best = {
+    ...meta.resume!.best,
+    score: meta.resume!.best.epoch === 0 ? -Infinity : meta.resume!.best.score,
+  };
+  return {
+    epoch: meta.epoch,
+    step: meta.resume!.step,
+    rngState: meta.resume!.rngState,
+    best,
+    sinceBest: meta.resume!.sinceBest,
+    seconds: meta.resume!.seconds,
+    bestValues: await restoreBest(meta, values.subarray(0, model.params.size()), hooks.out!, model),
+    history: await restoreHistory(`${hooks.out}/log.jsonl`, meta.epoch),
+  };
+}
+
+/**
+ * Throws a `RangeError` naming `where` and the field unless the saved state is this run's:
+ * the same model, config, training settings (but {@linkcode RESUMABLE_CHANGES}) and data.
+ */
+function checkSameRun(
+  meta: CheckpointMeta,
+  where: string,
+  model: SequentialModel,
+  o: TrainOptions,
+  hooks: TrainHooks,
+  itemTokens: string[],
+): void {
   if (!meta.resume) throw new RangeError(`${where}: field "resume" is missing`);
   if (meta.model !== model.name) {
     throw new RangeError(`${where}: field "model" is "${meta.model}", this run is "${model.name}"`);
@@ -931,8 +965,9 @@ async function resumeRun(
   };
   const configDiff = firstDifference(saved, model.config);
   if (configDiff !== null) {
-    const was = (saved as Record<string, unknown>)[configDiff.split(".")[0]];
-    const now = (model.config as unknown as Record<string, unknown>)[configDiff.split(".")[0]];
+    const field = configDiff.split(".")[0];
+    const was = (saved as Record<string, unknown>)[field];
+    const now = (model.config as unknown as Record<string, unknown>)[field];
     throw new RangeError(
       `${where}: config field "${configDiff}" is ${JSON.stringify(was)}, this run has ${
         JSON.stringify(now)
@@ -952,10 +987,9 @@ async function resumeRun(
     }
   }
   const dataDiff = firstDifference(meta.data, hooks.checkpointInfo?.data ?? {});
-  const tokens = itemTokens;
   if (
-    dataDiff !== null || meta.itemTokens.length !== tokens.length ||
-    meta.itemTokens.some((t, i) => t !== tokens[i])
+    dataDiff !== null || meta.itemTokens.length !== itemTokens.length ||
+    meta.itemTokens.some((t, i) => t !== itemTokens[i])
   ) {
     throw new RangeError(
       `${where}: the run's data differs from this one (${
@@ -963,9 +997,20 @@ async function resumeRun(
       })`,
     );
   }
-  // weights.bin: parameters, then (after the first step) Adam's m and v of each.
+}
+
+/** Loads the state's `weights.bin` (parameters, then Adam's m and v of each) into model and Adam. */
+function restoreWeights(
+  meta: CheckpointMeta,
+  values: Float32Array,
+  path: string,
+  model: SequentialModel,
+  optimizer: Adam,
+): void {
+  const where = `${path}/model.json`;
   const mine = model.params.records();
   const size = model.params.size();
+  // A state written before the first step holds the parameters only.
   const withMoments = values.length === 3 * size;
   if (values.length !== size && !withMoments) {
     throw new RangeError(
@@ -973,57 +1018,68 @@ async function resumeRun(
     );
   }
   model.params.assign(meta.params.slice(0, mine.length), values.subarray(0, size), where);
-  if (withMoments) {
-    // A state written before Adam kept a step count per variable: tfjs's Adam gave every
-    // variable a gradient at every step, zeros where the loss did not reach it. One that the
-    // loss never reached kept moments of exactly 0 there: it joins now, as a first step.
-    const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
-    const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
-    const zero = (from: number, n: number) => values.subarray(from, from + n).every((x) => x === 0);
-    const steps = meta.resume.adamSteps ??
-      mine.map((_, i) =>
-        zero(size + starts[i], sizes[i]) && zero(2 * size + starts[i], sizes[i])
-          ? 0
-          : meta.resume!.step
-      );
-    if (steps.length !== mine.length) {
-      throw new RangeError(
-        `${where}: field "resume.adamSteps" has ${steps.length} entries, expected ${mine.length}`,
-      );
-    }
-    optimizer.restore(
-      model.params.list(),
-      mine.map((_, i) => ({
-        m: values.slice(size + starts[i], size + starts[i] + sizes[i]),
-        v: values.slice(2 * size + starts[i], 2 * size + starts[i] + sizes[i]),
-        steps: steps[i],
-      })),
+  if (!withMoments) return;
+  // A state written before Adam kept a step count per variable: tfjs's Adam gave every
+  // variable a gradient at every step, zeros where the loss did not reach it. One that the
+  // loss never reached kept moments of exactly 0 there: it joins now, as a first step.
+  const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
+  const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+  const zero = (from: number, n: number) => values.subarray(from, from + n).every((x) => x === 0);
+  const steps = meta.resume!.adamSteps ??
+    mine.map((_, i) =>
+      zero(size + starts[i], sizes[i]) && zero(2 * size + starts[i], sizes[i])
+        ? 0
+        : meta.resume!.step
+    );
+  if (steps.length !== mine.length) {
+    throw new RangeError(
+      `${where}: field "resume.adamSteps" has ${steps.length} entries, expected ${mine.length}`,
     );
   }
-  const best = {
-    ...meta.resume.best,
-    score: meta.resume.best.epoch === 0 ? -Infinity : meta.resume.best.score,
-  };
-  let bestValues: Float32Array | null = null;
-  if (best.epoch > 0 && best.epoch === meta.epoch) {
-    // The state was written at its best epoch, so its weights are the best ones. A kill
-    // after the state and before (or during) the best files left those behind: rebuild them.
-    bestValues = values.slice(0, size);
-    if (!(await bestFilesAt(hooks.out!, best.epoch))) {
+  optimizer.restore(
+    model.params.list(),
+    mine.map((_, i) => ({
+      m: values.slice(size + starts[i], size + starts[i] + sizes[i]),
+      v: values.slice(2 * size + starts[i], 2 * size + starts[i] + sizes[i]),
+      steps: steps[i],
+    })),
+  );
+}
+
+/**
+ * The best epoch's parameters: the state's own when it was written at its best epoch (and
+ * the best files are rebuilt if a kill left them behind), else `out/checkpoint`'s.
+ */
+async function restoreBest(
+  meta: CheckpointMeta,
+  stateParams: Float32Array,
+  out: string,
+  model: SequentialModel,
+): Promise<Float32Array | null> {
+  const bestEpoch = meta.resume!.best.epoch;
+  if (bestEpoch === 0) return null;
+  if (bestEpoch === meta.epoch) {
+    const bestValues = stateParams.slice();
+    if (!(await bestFilesAt(out, bestEpoch))) {
       const { resume: _, params: __, values: ___, checksum: ____, format: _____, ...rest } = meta;
-      await writeBest(hooks.out!, rest, model, bestValues);
+      await writeBest(out, rest, model, bestValues);
     }
-  } else if (best.epoch > 0) {
-    const saved = await readCheckpoint(`${hooks.out}/checkpoint`);
-    if (saved.meta.epoch !== best.epoch) {
-      throw new RangeError(
-        `${saved.path}/model.json: field "epoch" is ${saved.meta.epoch}, the state's best epoch is ${best.epoch}`,
-      );
-    }
-    bestValues = saved.values;
+    return bestValues;
   }
-  // The log keeps exactly the epochs the state has seen.
-  const logFile = `${hooks.out}/log.jsonl`;
+  const saved = await readCheckpoint(`${out}/checkpoint`);
+  if (saved.meta.epoch !== bestEpoch) {
+    throw new RangeError(
+      `${saved.path}/model.json: field "epoch" is ${saved.meta.epoch}, the state's best epoch is ${bestEpoch}`,
+    );
+  }
+  return saved.values;
+}
+
+/**
+ * The log's records of epochs 1..`epoch`, rewriting the log to hold exactly those: a kill
+ * after an epoch's log line and before its state leaves one the state has not seen.
+ */
+async function restoreHistory(logFile: string, epoch: number): Promise<EpochRecord[]> {
   const lines = (await Deno.readTextFile(logFile).catch(() => "")).split("\n").filter((l) => l);
   const history: EpochRecord[] = [];
   for (const [i, line] of lines.entries()) {
@@ -1033,23 +1089,14 @@ async function resumeRun(
     } catch (e) {
       throw new SyntaxError(`${logFile}:${i + 1}: not valid JSON (${(e as Error).message})`);
     }
-    if (record.epoch <= meta.epoch) history.push(record);
+    if (record.epoch <= epoch) history.push(record);
   }
-  if (history.length !== meta.epoch) {
+  if (history.length !== epoch) {
     throw new RangeError(
-      `${logFile}: holds ${history.length} epochs up to ${meta.epoch}, the state is after epoch ${meta.epoch}`,
+      `${logFile}: holds ${history.length} epochs up to ${epoch}, the state is after epoch ${epoch}`,
     );
   }
   const text = history.map((r) => JSON.stringify(r) + "\n").join("");
   await writing(logFile, () => Deno.writeTextFile(logFile, text));
-  return {
-    epoch: meta.epoch,
-    step: meta.resume.step,
-    rngState: meta.resume.rngState,
-    best,
-    sinceBest: meta.resume.sinceBest,
-    seconds: meta.resume.seconds,
-    bestValues,
-    history,
-  };
+  return history;
 }
