@@ -12,7 +12,8 @@
  */
 import { parseArgs } from "./_args.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
-import { modelEntry, MODELS } from "../lib/models/mod.ts";
+import type { LeaveOneOutSplit, SequenceDataset } from "../lib/data/types.ts";
+import { type ModelEntry, modelEntry, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
 import { shownPath } from "../lib/_io.ts";
@@ -24,6 +25,8 @@ import {
   evaluateModel,
   train,
   TRAIN_DEFAULTS,
+  type TrainOptions,
+  type TrainResult,
 } from "../lib/train/trainer.ts";
 import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
 import {
@@ -39,6 +42,7 @@ import {
   startBackend,
   withFlagNames,
 } from "./_flags.ts";
+import type { ChosenBackend } from "../backends/mod.ts";
 import { modelFromCheckpoint } from "./_model.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
@@ -183,7 +187,10 @@ function allModelFlags(): string[] {
   return [...flags];
 }
 
-async function trainCommand(args: string[]): Promise<void> {
+/** The flags of `train`, parsed; `help` set when asked for. */
+type TrainFlags = Record<string, string | boolean | undefined>;
+
+function parseTrainFlags(args: string[]): TrainFlags {
   const stringFlags = [
     "model",
     "data",
@@ -212,14 +219,15 @@ async function trainCommand(args: string[]): Promise<void> {
     },
     strict: true,
   });
-  const v = values as Record<string, string | boolean | undefined>;
-  if (v.help) {
-    console.log(usage());
-    return;
-  }
-  const modelName = (v.model as string | undefined) ?? Object.keys(MODELS)[0];
-  const entry = modelEntry(modelName);
-  // The model's own training defaults, then the flags.
+  return values as TrainFlags;
+}
+
+/** The trainer's options: the model's own training defaults, then the flags, checked. */
+function trainOptionsFrom(
+  v: TrainFlags,
+  modelName: string,
+  entry: ModelEntry,
+): Record<string, number | boolean | string> {
   const options: Record<string, number | boolean | string> = { ...entry.trainDefaults };
   for (const [flag, [field]] of Object.entries(TRAIN_FLAGS)) {
     if (typeof v[flag] === "string") options[field] = numberFlag(flag, v[flag] as string);
@@ -239,9 +247,19 @@ async function trainCommand(args: string[]): Promise<void> {
       ["validSampling", "valid-sampling"],
     ]),
   );
+  return options;
+}
+
+/** The model's config: the preset, then the model's flags; checked, naming the flag. */
+function modelConfigFrom(
+  v: TrainFlags,
+  modelName: string,
+  entry: ModelEntry,
+  seed: number,
+): Record<string, unknown> {
   const config: Record<string, unknown> = {
     ...presetOf(modelName, v.preset as string | undefined),
-    seed: options.seed ?? TRAIN_DEFAULTS.seed,
+    seed,
   };
   for (const field of Object.keys(entry.defaults)) {
     const flag = kebab(field);
@@ -265,6 +283,17 @@ async function trainCommand(args: string[]): Promise<void> {
     () => entry.validate({ ...config, numItems: 1 }),
     Object.fromEntries(Object.keys(entry.defaults).map((field) => [field, kebab(field)])),
   );
+  return config;
+}
+
+/**
+ * What to train on: `--data` with its reading flags, or the embedded synthetic set, for
+ * which `options` gets a demonstration's epochs and patience unless the flags set them.
+ */
+function trainDataSpec(
+  v: TrainFlags,
+  options: Record<string, number | boolean | string>,
+): DataSpec {
   const readFlags = ["format", "categories", "k-core", "min-rating"].filter((f) =>
     v[f] !== undefined
   );
@@ -272,19 +301,121 @@ async function trainCommand(args: string[]): Promise<void> {
     // Ignoring them would train on the embedded data set as if they had been applied.
     throw new TypeError(`--${readFlags[0]} goes with --data FILE (the embedded data set is fixed)`);
   }
-  const spec: DataSpec = typeof v.data === "string"
-    ? fileDataSpec(v.data, v)
-    : { kind: "synthetic", seed: 42 };
-  if (spec.kind === "synthetic") {
-    // The embedded data set is a demonstration: a short run unless the flags say otherwise
-    // (a model's own epoch cap is for real data).
-    if (typeof v.epochs !== "string") options.epochs = SYNTHETIC_EPOCHS;
-    if (typeof v.patience !== "string") options.patience = SYNTHETIC_PATIENCE;
+  if (typeof v.data === "string") return fileDataSpec(v.data, v);
+  // The embedded data set is a demonstration: a short run unless the flags say otherwise
+  // (a model's own epoch cap is for real data).
+  if (typeof v.epochs !== "string") options.epochs = SYNTHETIC_EPOCHS;
+  if (typeof v.patience !== "string") options.patience = SYNTHETIC_PATIENCE;
+  console.error(
+    `data: the embedded synthetic set; ${options.epochs} epochs, patience ${options.patience} ` +
+      `(set --epochs and --patience to change)`,
+  );
+  return { kind: "synthetic", seed: 42 };
+}
+
+/** Reads the data and splits it, saying what it holds; refuses data nothing can train on. */
+async function loadTrainData(spec: DataSpec) {
+  const dataset = await loadData(spec);
+  const { split, skipped } = leaveOneOut(dataset);
+  const positions = split.train.reduce((n, s) => n + Math.max(0, s.length - 1), 0);
+  console.error(
+    `data: ${dataset.source}: ${dataset.sequences.length} users, ${dataset.numItems} items; ` +
+      `${split.test.length} evaluated, ${skipped} skipped (fewer than 3 items), ` +
+      `${positions} training positions`,
+  );
+  for (const note of dataset.report.notes) console.error(`data: ${note}`);
+  if (dataset.categories && spec.kind === "file") {
+    const covered = dataset.categories.filter((c) => c.length > 0).length;
     console.error(
-      `data: the embedded synthetic set; ${options.epochs} epochs, patience ${options.patience} ` +
-        `(set --epochs and --patience to change)`,
+      `data: ${spec.categories}: ${dataset.numCategories} categories; ` +
+        `${covered} of ${dataset.numItems} items have one`,
     );
   }
+  if (positions === 0) {
+    throw new RangeError(
+      `${dataset.source}: no training positions: no user has the 4 interactions training ` +
+        `needs (2 to train on, then one each to validate and test)`,
+    );
+  }
+  return { dataset, split };
+}
+
+/**
+ * Scores the best epoch's model (which `train` left loaded) on the test split and writes
+ * `out/metrics.json` with the protocol it was measured under.
+ */
+async function testBestEpoch(
+  out: string,
+  model: ReturnType<ModelEntry["create"]>,
+  split: LeaveOneOutSplit,
+  dataset: SequenceDataset,
+  o: TrainOptions,
+  result: TrainResult,
+  backend: ChosenBackend,
+): Promise<void> {
+  console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);
+  const test = await evaluateModel(
+    model,
+    split.test,
+    dataset.numItems,
+    o.evalBatchSize,
+    model.config.maxLength,
+    dataset.categories,
+  );
+  const metrics = {
+    model: model.name,
+    data: dataset.source,
+    backend: backend.name,
+    backend_detail: backend.reason,
+    seed: o.seed,
+    protocol: {
+      split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
+      ranking: "full catalogue; history and padding excluded; ties pessimistic",
+      maxLength: model.config.maxLength,
+      users: split.test.length,
+      items: dataset.numItems,
+      selection: "best valid recall@20" + (
+        result.history.find((r) => r.epoch === result.bestEpoch)?.validSampling === "one"
+          ? " (valid ranked with one Approximator call: --valid-sampling one)"
+          : ""
+      ),
+      patience: o.patience,
+      stopped: result.stopped,
+    },
+    config: model.config,
+    train: o,
+    best_epoch: result.bestEpoch,
+    seconds: Math.round(result.seconds * 10) / 10,
+    valid: result.valid,
+    test,
+  };
+  await writeFileAtomic(
+    `${out}/metrics.json`,
+    new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
+  );
+  console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
+  console.error(
+    `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
+  );
+}
+
+/** `train`: checks every flag, locks the run folder, trains, tests the best epoch. */
+async function trainCommand(args: string[]): Promise<void> {
+  const v = parseTrainFlags(args);
+  if (v.help) {
+    console.log(usage());
+    return;
+  }
+  const modelName = (v.model as string | undefined) ?? Object.keys(MODELS)[0];
+  const entry = modelEntry(modelName);
+  const options = trainOptionsFrom(v, modelName, entry);
+  const config = modelConfigFrom(
+    v,
+    modelName,
+    entry,
+    (options.seed as number | undefined) ?? TRAIN_DEFAULTS.seed,
+  );
+  const spec = trainDataSpec(v, options);
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
   // Locked and checked before anything slow: a second run into the same folder, or one that
   // would replace a run without --overwrite, stops here, and nothing of the old run is
@@ -295,29 +426,7 @@ async function trainCommand(args: string[]): Promise<void> {
   });
   try {
     const backend = await startBackend(v as Record<string, string | undefined>);
-
-    const dataset = await loadData(spec);
-    const { split, skipped } = leaveOneOut(dataset);
-    const positions = split.train.reduce((n, s) => n + Math.max(0, s.length - 1), 0);
-    console.error(
-      `data: ${dataset.source}: ${dataset.sequences.length} users, ${dataset.numItems} items; ` +
-        `${split.test.length} evaluated, ${skipped} skipped (fewer than 3 items), ` +
-        `${positions} training positions`,
-    );
-    for (const note of dataset.report.notes) console.error(`data: ${note}`);
-    if (dataset.categories && spec.kind === "file") {
-      const covered = dataset.categories.filter((c) => c.length > 0).length;
-      console.error(
-        `data: ${spec.categories}: ${dataset.numCategories} categories; ` +
-          `${covered} of ${dataset.numItems} items have one`,
-      );
-    }
-    if (positions === 0) {
-      throw new RangeError(
-        `${dataset.source}: no training positions: no user has the 4 interactions training ` +
-          `needs (2 to train on, then one each to validate and test)`,
-      );
-    }
+    const { dataset, split } = await loadTrainData(spec);
     const model = entry.create({ ...config, numItems: dataset.numItems });
     console.error(
       `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${
@@ -332,50 +441,14 @@ async function trainCommand(args: string[]): Promise<void> {
       overwrite: v.overwrite === true,
       lock,
     });
-    const o = { ...TRAIN_DEFAULTS, ...options };
-    console.error(`testing the best epoch (${result.bestEpoch}) on ${split.test.length} users...`);
-    const test = await evaluateModel(
+    await testBestEpoch(
+      out,
       model,
-      split.test,
-      dataset.numItems,
-      o.evalBatchSize,
-      model.config.maxLength,
-      dataset.categories,
-    );
-    const metrics = {
-      model: model.name,
-      data: dataset.source,
-      backend: backend.name,
-      backend_detail: backend.reason,
-      seed: o.seed,
-      protocol: {
-        split: "leave-one-out: train s[:-2], valid s[-2], test s[-1]",
-        ranking: "full catalogue; history and padding excluded; ties pessimistic",
-        maxLength: model.config.maxLength,
-        users: split.test.length,
-        items: dataset.numItems,
-        selection: "best valid recall@20" + (
-          result.history.find((r) => r.epoch === result.bestEpoch)?.validSampling === "one"
-            ? " (valid ranked with one Approximator call: --valid-sampling one)"
-            : ""
-        ),
-        patience: o.patience,
-        stopped: result.stopped,
-      },
-      config: model.config,
-      train: o,
-      best_epoch: result.bestEpoch,
-      seconds: Math.round(result.seconds * 10) / 10,
-      valid: result.valid,
-      test,
-    };
-    await writeFileAtomic(
-      `${out}/metrics.json`,
-      new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
-    );
-    console.log(JSON.stringify({ best_epoch: result.bestEpoch, test }, null, 1));
-    console.error(
-      `wrote ${out}/metrics.json, ${out}/model.safetensors, ${out}/log.jsonl, ${out}/checkpoint/, ${out}/state/`,
+      split,
+      dataset,
+      { ...TRAIN_DEFAULTS, ...options },
+      result,
+      backend,
     );
   } finally {
     lock.release();
