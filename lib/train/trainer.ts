@@ -923,27 +923,31 @@ async function resumeRun(
 ): Promise<ResumedRun> {
   const { meta, values, path } = await readCheckpoint(`${hooks.out}/state`);
   const where = `${path}/model.json`;
-  checkSameRun(meta, where, model, o, hooks, itemTokens);
-  restoreWeights(meta, values, path, model, optimizer);
-  const best = {
-    ...meta.resume!.best,
-    score: meta.resume!.best.epoch === 0 ? -Infinity : meta.resume!.best.score,
-  };
+  const resume = checkSameRun(meta, where, model, o, hooks, itemTokens);
+  restoreWeights(meta, resume, values, path, model, optimizer);
+  const best = { ...resume.best, score: resume.best.epoch === 0 ? -Infinity : resume.best.score };
   return {
     epoch: meta.epoch,
-    step: meta.resume!.step,
-    rngState: meta.resume!.rngState,
+    step: resume.step,
+    rngState: resume.rngState,
     best,
-    sinceBest: meta.resume!.sinceBest,
-    seconds: meta.resume!.seconds,
-    bestValues: await restoreBest(meta, values.subarray(0, model.params.size()), hooks.out!, model),
+    sinceBest: resume.sinceBest,
+    seconds: resume.seconds,
+    bestValues: await restoreBest(
+      meta,
+      resume.best.epoch,
+      values.subarray(0, model.params.size()),
+      hooks.out!,
+      model,
+    ),
     history: await restoreHistory(`${hooks.out}/log.jsonl`, meta.epoch),
   };
 }
 
 /**
- * Throws a `RangeError` naming `where` and the field unless the saved state is this run's:
- * the same model, config, training settings (but {@linkcode RESUMABLE_CHANGES}) and data.
+ * The saved state's resume record; throws a `RangeError` naming `where` and the field unless
+ * the state is this run's: the same model, config, training settings (but
+ * {@linkcode RESUMABLE_CHANGES}) and data.
  */
 function checkSameRun(
   meta: CheckpointMeta,
@@ -952,7 +956,7 @@ function checkSameRun(
   o: TrainOptions,
   hooks: TrainHooks,
   itemTokens: string[],
-): void {
+): ResumeState {
   if (!meta.resume) throw new RangeError(`${where}: field "resume" is missing`);
   if (meta.model !== model.name) {
     throw new RangeError(`${where}: field "model" is "${meta.model}", this run is "${model.name}"`);
@@ -997,11 +1001,13 @@ function checkSameRun(
       })`,
     );
   }
+  return meta.resume;
 }
 
 /** Loads the state's `weights.bin` (parameters, then Adam's m and v of each) into model and Adam. */
 function restoreWeights(
   meta: CheckpointMeta,
+  resume: ResumeState,
   values: Float32Array,
   path: string,
   model: SequentialModel,
@@ -1025,11 +1031,9 @@ function restoreWeights(
   const sizes = mine.map((r) => r.shape.reduce((a, b) => a * b, 1));
   const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
   const zero = (from: number, n: number) => values.subarray(from, from + n).every((x) => x === 0);
-  const steps = meta.resume!.adamSteps ??
+  const steps = resume.adamSteps ??
     mine.map((_, i) =>
-      zero(size + starts[i], sizes[i]) && zero(2 * size + starts[i], sizes[i])
-        ? 0
-        : meta.resume!.step
+      zero(size + starts[i], sizes[i]) && zero(2 * size + starts[i], sizes[i]) ? 0 : resume.step
     );
   if (steps.length !== mine.length) {
     throw new RangeError(
@@ -1052,11 +1056,11 @@ function restoreWeights(
  */
 async function restoreBest(
   meta: CheckpointMeta,
+  bestEpoch: number,
   stateParams: Float32Array,
   out: string,
   model: SequentialModel,
 ): Promise<Float32Array | null> {
-  const bestEpoch = meta.resume!.best.epoch;
   if (bestEpoch === 0) return null;
   if (bestEpoch === meta.epoch) {
     const bestValues = stateParams.slice();
