@@ -286,14 +286,8 @@ function modelConfigFrom(
   return config;
 }
 
-/**
- * What to train on: `--data` with its reading flags, or the embedded synthetic set, for
- * which `options` gets a demonstration's epochs and patience unless the flags set them.
- */
-function trainDataSpec(
-  v: TrainFlags,
-  options: Record<string, number | boolean | string>,
-): DataSpec {
+/** What to train on: `--data` with its reading flags, or the embedded synthetic set. */
+function trainDataSpec(v: TrainFlags): DataSpec {
   const readFlags = ["format", "categories", "k-core", "min-rating"].filter((f) =>
     v[f] !== undefined
   );
@@ -301,16 +295,27 @@ function trainDataSpec(
     // Ignoring them would train on the embedded data set as if they had been applied.
     throw new TypeError(`--${readFlags[0]} goes with --data FILE (the embedded data set is fixed)`);
   }
-  if (typeof v.data === "string") return fileDataSpec(v.data, v);
-  // The embedded data set is a demonstration: a short run unless the flags say otherwise
-  // (a model's own epoch cap is for real data).
-  if (typeof v.epochs !== "string") options.epochs = SYNTHETIC_EPOCHS;
-  if (typeof v.patience !== "string") options.patience = SYNTHETIC_PATIENCE;
+  return typeof v.data === "string" ? fileDataSpec(v.data, v) : { kind: "synthetic", seed: 42 };
+}
+
+/**
+ * The embedded data set is a demonstration: a short run unless the flags say otherwise (a
+ * model's own epoch cap is for real data).
+ */
+function demonstrationRun(
+  v: TrainFlags,
+  options: Record<string, number | boolean | string>,
+): Record<string, number | boolean | string> {
+  const short = {
+    ...options,
+    ...(typeof v.epochs !== "string" ? { epochs: SYNTHETIC_EPOCHS } : {}),
+    ...(typeof v.patience !== "string" ? { patience: SYNTHETIC_PATIENCE } : {}),
+  };
   console.error(
-    `data: the embedded synthetic set; ${options.epochs} epochs, patience ${options.patience} ` +
+    `data: the embedded synthetic set; ${short.epochs} epochs, patience ${short.patience} ` +
       `(set --epochs and --patience to change)`,
   );
-  return { kind: "synthetic", seed: 42 };
+  return short;
 }
 
 /** Reads the data and splits it, saying what it holds; refuses data nothing can train on. */
@@ -408,14 +413,15 @@ async function trainCommand(args: string[]): Promise<void> {
   }
   const modelName = (v.model as string | undefined) ?? Object.keys(MODELS)[0];
   const entry = modelEntry(modelName);
-  const options = trainOptionsFrom(v, modelName, entry);
+  let options = trainOptionsFrom(v, modelName, entry);
   const config = modelConfigFrom(
     v,
     modelName,
     entry,
     (options.seed as number | undefined) ?? TRAIN_DEFAULTS.seed,
   );
-  const spec = trainDataSpec(v, options);
+  const spec = trainDataSpec(v);
+  if (spec.kind === "synthetic") options = demonstrationRun(v, options);
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
   // Locked and checked before anything slow: a second run into the same folder, or one that
   // would replace a run without --overwrite, stops here, and nothing of the old run is
