@@ -36,6 +36,71 @@ function cell(p: ParamStore, name: string, xi: tf.Tensor2D, h: tf.Tensor2D): tf.
   return tf.add(tf.mul(tf.sub(1, z), n), tf.mul(z, h)) as tf.Tensor2D; // [M, d]
 }
 
+/** The sizes of one gated-GRU pass. */
+interface GruShape {
+  batch: number; // B
+  length: number; // L
+  k: number; // categories
+  d: number; // state width
+  m: number; // B*k: one state row per (sequence, category)
+}
+
+/** One layer's weights; `wi` and `bi` are null for layer 0, whose input projection is outside. */
+interface LayerWeights {
+  wh: tf.Tensor2D; // [d, 3d]
+  bh: tf.Tensor; // [3d]
+  wi: tf.Tensor2D | null; // [d, 3d]
+  bi: tf.Tensor | null; // [3d]
+}
+
+/** Where layer l's weights start in the op's flat list: wh0, bh0, then wh, bh, wi, bi per l > 0. */
+function weightIndex(l: number): number {
+  return l === 0 ? 0 : 2 + 4 * (l - 1);
+}
+
+/** The op's flat weight list, in {@linkcode weightIndex}'s order. */
+function flatWeights(p: ParamStore, prefix: string, layers: number): tf.Tensor[] {
+  const weights: tf.Tensor[] = [];
+  for (let l = 0; l < layers; l++) {
+    weights.push(p.get(`${prefix}.l${l}.wh`), p.get(`${prefix}.l${l}.bh`));
+    if (l > 0) weights.push(p.get(`${prefix}.l${l}.wi`), p.get(`${prefix}.l${l}.bi`));
+  }
+  return weights;
+}
+
+function layerWeights(w: tf.Tensor[], l: number): LayerWeights {
+  const at = weightIndex(l);
+  return {
+    wh: w[at] as tf.Tensor2D,
+    bh: w[at + 1],
+    wi: l === 0 ? null : w[at + 2] as tf.Tensor2D,
+    bi: l === 0 ? null : w[at + 3],
+  };
+}
+
+/** Step t's gate column `[B*k, 1]` of the time-major gates `[L, B*k, 1]`. */
+function gateAt(g: tf.Tensor, t: number, s: GruShape): tf.Tensor2D {
+  return tf.reshape(tf.slice(g, [t, 0, 0], [1, -1, -1]), [s.m, 1]) as tf.Tensor2D;
+}
+
+/**
+ * Layer l's input projection at step t, bias included: layer 0's from the time-major
+ * `[L, B, 3d]` items as `[B, 1, 3d]` (broadcast over categories), a higher layer's from the
+ * state of the layer below `[B*k, d]` as `[B, k, 3d]`.
+ */
+function layerInput(
+  x: tf.Tensor,
+  t: number,
+  lw: LayerWeights,
+  below: tf.Tensor2D | null,
+  s: GruShape,
+): tf.Tensor {
+  if (below === null) {
+    return tf.reshape(tf.slice(x, [t, 0, 0], [1, -1, -1]), [s.batch, 1, 3 * s.d]);
+  }
+  return tf.reshape(tf.add(matmul(below, lw.wi!), lw.bi!), [s.batch, s.k, 3 * s.d]);
+}
+
 /** One cell step's intermediates, as the backward pass needs them. */
 interface CellStep {
   r: tf.Tensor2D;
@@ -51,14 +116,12 @@ interface CellStep {
 function cellStep(
   xi: tf.Tensor, // [B, 1, 3d] (broadcast over categories) or [B, k, 3d]
   h: tf.Tensor2D, // [B*k, d]
-  wh: tf.Tensor2D,
-  bh: tf.Tensor,
+  lw: LayerWeights,
   gate: tf.Tensor2D, // [B*k, 1]
-  batch: number,
-  k: number,
+  s: GruShape,
 ): CellStep {
-  const [m, d] = h.shape;
-  const hh = tf.reshape(tf.add(matmul(h, wh), bh), [batch, k, 3 * d]); // [B, k, 3d]
+  const { m, d } = s;
+  const hh = tf.reshape(tf.add(matmul(h, lw.wh), lw.bh), [s.batch, s.k, 3 * d]); // [B, k, 3d]
   const [xr, xz, xn] = tf.split(xi, 3, 2);
   const [hr, hz, hn] = tf.split(hh, 3, 2);
   // Broadcasting the layer-0 input over categories instead of tiling it: tfjs-backend-wasm's
@@ -72,6 +135,165 @@ function cellStep(
   const change = tf.sub(moved, h) as tf.Tensor2D;
   const out = tf.add(h, tf.mul(gate, change)) as tf.Tensor2D;
   return { r, z, n, hn: hnFlat, out, change };
+}
+
+/** The gradients of one gated cell step, from the gradient `dOut` `[B*k, d]` of its output. */
+interface CellGradients {
+  dGate: tf.Tensor; // [B*k, 1]
+  dPrev: tf.Tensor2D; // [B*k, d]: into the previous state
+  dhh: tf.Tensor2D; // [B*k, 3d]: into the state projection W_h h + b_h
+  dxi: tf.Tensor2D; // [B*k, 3d]: into the input projection W_i x + b_i
+}
+
+function cellBackward(
+  dOut: tf.Tensor,
+  cell: CellStep,
+  prev: tf.Tensor2D,
+  gate: tf.Tensor2D,
+  wh: tf.Tensor2D,
+): CellGradients {
+  const { r, z, n, hn, change } = cell;
+  // out = h + gate * (GRU(h) - h)
+  const dGate = tf.sum(tf.mul(dOut, change), 1, true);
+  const dMoved = tf.mul(dOut, gate); // into GRU(h)
+  // GRU(h) = (1 - z) n + z h
+  const dn = tf.mul(dMoved, tf.sub(1, z));
+  const dz = tf.mul(dMoved, tf.sub(prev, n));
+  const dnPre = tf.mul(dn, tf.sub(1, tf.square(n))); // through tanh
+  const dr = tf.mul(dnPre, hn);
+  const dhn = tf.mul(dnPre, r);
+  const drPre = tf.mul(dr, tf.mul(r, tf.sub(1, r))); // through sigmoid
+  const dzPre = tf.mul(dz, tf.mul(z, tf.sub(1, z)));
+  const dhh = tf.concat([drPre, dzPre, dhn], 1) as tf.Tensor2D;
+  const dxi = tf.concat([drPre, dzPre, dnPre], 1) as tf.Tensor2D;
+  // Into the previous state: the direct path (1 - gate) + gate * z, and through hh.
+  const direct = tf.mul(dOut, tf.add(tf.sub(1, gate), tf.mul(gate, z)));
+  const dPrev = tf.add(direct, matmul(dhh, tf.transpose(wh))) as tf.Tensor2D;
+  return { dGate, dPrev, dhh, dxi };
+}
+
+/** Every layer's state after every step, `[L, B*k, d]` per layer (the forward pass). */
+function forwardStates(
+  x: tf.Tensor, // [L, B, 3d]
+  g: tf.Tensor, // [L, B*k, 1]
+  w: tf.Tensor[],
+  layers: number,
+  s: GruShape,
+): tf.Tensor3D[] {
+  const zero = tf.zeros([s.m, s.d]) as tf.Tensor2D;
+  const states: tf.Tensor2D[][] = Array.from({ length: layers }, () => []);
+  for (let t = 0; t < s.length; t++) {
+    const outs = tf.tidy(() => {
+      const gate = gateAt(g, t, s);
+      const result: tf.Tensor2D[] = [];
+      for (let l = 0; l < layers; l++) {
+        const lw = layerWeights(w, l);
+        const xi = layerInput(x, t, lw, l === 0 ? null : result[l - 1], s);
+        const prev = t > 0 ? states[l][t - 1] : zero;
+        result.push(cellStep(xi, prev, lw, gate, s).out);
+      }
+      return result;
+    });
+    outs.forEach((state, l) => states[l].push(state));
+  }
+  const stacked = states.map((list) => tf.stack(list) as tf.Tensor3D);
+  tf.dispose([...states.flat(), zero]);
+  return stacked;
+}
+
+/** What one step of the backward pass hands to the step before it. */
+interface BackwardStep {
+  carry: tf.Tensor2D[]; // per layer [B*k, d]: the gradient into that layer's state at t - 1
+  dw: tf.Tensor[]; // this step's weight gradients, in the op's weight order
+  dInput: tf.Tensor; // [B, 3d]: into layer 0's input projection at t
+  dGate: tf.Tensor; // [B*k]: into the gates at t
+}
+
+/**
+ * Step t of backpropagation through time: recomputes the step's cells bottom-up from the
+ * saved states, then takes the gradients top-down.
+ */
+function backwardStep(
+  t: number,
+  saved: { x: tf.Tensor; g: tf.Tensor; w: tf.Tensor[]; stacked: tf.Tensor3D[] },
+  dyT: tf.Tensor, // [L, B*k, d]
+  carry: tf.Tensor2D[],
+  s: GruShape,
+): BackwardStep {
+  const { x, g, w, stacked } = saved;
+  const layers = stacked.length;
+  const stateAt = (l: number, step: number) =>
+    tf.reshape(tf.slice(stacked[l], [step, 0, 0], [1, -1, -1]), [s.m, s.d]) as tf.Tensor2D;
+  const gate = gateAt(g, t, s);
+  const cells: CellStep[] = [];
+  const prevs: tf.Tensor2D[] = [];
+  for (let l = 0; l < layers; l++) {
+    const xi = layerInput(x, t, layerWeights(w, l), l === 0 ? null : stateAt(l - 1, t), s);
+    prevs.push(t > 0 ? stateAt(l, t - 1) : tf.zeros([s.m, s.d]) as tf.Tensor2D);
+    cells.push(cellStep(xi, prevs[l], layerWeights(w, l), gate, s));
+  }
+  const dw: tf.Tensor[] = new Array(w.length);
+  const newCarry: tf.Tensor2D[] = new Array(layers);
+  let dGate = tf.zeros([s.m, 1]);
+  let fromAbove: tf.Tensor2D | null = null; // gradient into layer l's output from layer l+1
+  let dInput: tf.Tensor | null = null;
+  for (let l = layers - 1; l >= 0; l--) {
+    const lw = layerWeights(w, l);
+    let dOut: tf.Tensor = carry[l];
+    if (l === layers - 1) {
+      dOut = tf.add(dOut, tf.reshape(tf.slice(dyT, [t, 0, 0], [1, -1, -1]), [s.m, s.d]));
+    }
+    if (fromAbove) dOut = tf.add(dOut, fromAbove);
+    const grads = cellBackward(dOut, cells[l], prevs[l], gate, lw.wh);
+    dGate = tf.add(dGate, grads.dGate);
+    newCarry[l] = grads.dPrev;
+    const at = weightIndex(l);
+    dw[at] = matmul(tf.transpose(prevs[l]), grads.dhh); // d wh
+    dw[at + 1] = tf.sum(grads.dhh, 0); // d bh
+    if (l > 0) {
+      dw[at + 2] = matmul(tf.transpose(stateAt(l - 1, t)), grads.dxi); // d wi
+      dw[at + 3] = tf.sum(grads.dxi, 0); // d bi
+      fromAbove = matmul(grads.dxi, tf.transpose(lw.wi!));
+    } else {
+      dInput = tf.sum(tf.reshape(grads.dxi, [s.batch, s.k, 3 * s.d]), 1); // [B, 3d]
+    }
+  }
+  return { carry: newCarry, dw, dInput: dInput!, dGate: tf.reshape(dGate, [s.m]) };
+}
+
+/**
+ * The op's gradients `[dx, dg, ...dw]` from the output's `dy` `[B, L, k, d]` and the saved
+ * `[x, g, ...w, ...stacked]`: running sums over the steps, replaced (and the old ones
+ * disposed) at every step, so memory stays at one step's tensors.
+ */
+function backward(dy: tf.Tensor, saved: tf.Tensor[], layers: number, s: GruShape): tf.Tensor[] {
+  const weightCount = saved.length - 2 - layers;
+  const inputs = {
+    x: saved[0],
+    g: saved[1],
+    w: saved.slice(2, 2 + weightCount),
+    stacked: saved.slice(2 + weightCount) as tf.Tensor3D[],
+  };
+  const dyT = tf.reshape(tf.transpose(dy, [1, 0, 2, 3]), [s.length, s.m, s.d]); // [L, B*k, d]
+  let carry: tf.Tensor2D[] = Array.from({ length: layers }, () => tf.zeros([s.m, s.d]));
+  let dw: tf.Tensor[] = inputs.w.map((t) => tf.zerosLike(t));
+  const dInputs: tf.Tensor[] = new Array(s.length); // [B, 3d] per step
+  const dGates: tf.Tensor[] = new Array(s.length); // [B*k] per step
+  for (let t = s.length - 1; t >= 0; t--) {
+    const next = tf.tidy(() => {
+      const step = backwardStep(t, inputs, dyT, carry, s);
+      return { ...step, dw: dw.map((acc, i) => tf.add(acc, step.dw[i])) };
+    });
+    tf.dispose([...carry, ...dw]);
+    carry = next.carry;
+    dw = next.dw;
+    dInputs[t] = next.dInput;
+    dGates[t] = next.dGate;
+  }
+  const dx = tf.stack(dInputs); // [L, B, 3d]
+  const dg = tf.reshape(tf.stack(dGates), [s.length, s.m, 1]); // [L, B*k, 1]
+  tf.dispose([...carry, ...dInputs, ...dGates, dyT]);
+  return [dx, dg, ...dw];
 }
 
 /**
@@ -98,156 +320,27 @@ export function gatedCategoryGru(
 ): tf.Tensor4D {
   const [batch, length, d] = items.shape;
   const k = gates.shape[2];
-  const m = batch * k;
+  const s: GruShape = { batch, length, k, d, m: batch * k };
   // Layer 0's input projection is the same for every category: one matmul for all steps,
   // outside the custom op so the tape differentiates it.
+  const items2d = tf.reshape(items, [batch * length, d]) as tf.Tensor2D;
   const xi0 = tf.reshape(
-    tf.add(
-      matmul(
-        tf.reshape(items, [batch * length, d]) as tf.Tensor2D,
-        p.get(`${prefix}.l0.wi`) as tf.Tensor2D,
-      ),
-      p.get(`${prefix}.l0.bi`),
-    ),
+    tf.add(matmul(items2d, p.get(`${prefix}.l0.wi`) as tf.Tensor2D), p.get(`${prefix}.l0.bi`)),
     [batch, length, 3 * d],
   ); // [B, L, 3d]
-  // Weights, in order: wh0, bh0, then per layer l > 0: wh, bh, wi, bi.
-  const weights: tf.Tensor[] = [];
-  for (let l = 0; l < layers; l++) {
-    weights.push(p.get(`${prefix}.l${l}.wh`), p.get(`${prefix}.l${l}.bh`));
-    if (l > 0) weights.push(p.get(`${prefix}.l${l}.wi`), p.get(`${prefix}.l${l}.bi`));
-  }
-  const layerWeights = (w: tf.Tensor[], l: number) => {
-    const at = l === 0 ? 0 : 2 + 4 * (l - 1);
-    return {
-      wh: w[at] as tf.Tensor2D,
-      bh: w[at + 1],
-      wi: l === 0 ? null : w[at + 2] as tf.Tensor2D,
-      bi: l === 0 ? null : w[at + 3],
-    };
-  };
+  const weights = flatWeights(p, prefix, layers);
   // Time-major copies, so that taking step t is a contiguous slice.
   const xiT = tf.transpose(xi0, [1, 0, 2]); // [L, B, 3d]
-  const gatesT = tf.reshape(tf.transpose(gates, [1, 0, 2]), [length, m, 1]); // [L, B*k, 1]
-  // Step t's gate column [B*k, 1] and layer-0 input [B, 1, 3d] (broadcast over categories).
-  const gateAt = (g: tf.Tensor, t: number) =>
-    tf.reshape(tf.slice(g, [t, 0, 0], [1, -1, -1]), [m, 1]) as tf.Tensor2D;
-  const inputAt = (x: tf.Tensor, t: number): tf.Tensor =>
-    tf.reshape(tf.slice(x, [t, 0, 0], [1, -1, -1]), [batch, 1, 3 * d]);
-  const upperInput = (below: tf.Tensor2D, wi: tf.Tensor2D, bi: tf.Tensor): tf.Tensor =>
-    tf.reshape(tf.add(matmul(below, wi), bi), [batch, k, 3 * d]); // [B, k, 3d]
-
+  const gatesT = tf.reshape(tf.transpose(gates, [1, 0, 2]), [length, s.m, 1]); // [L, B*k, 1]
   const op = withCustomGradient(2 + weights.length, ([x, g, ...w], save) => {
-    const zero = tf.zeros([m, d]) as tf.Tensor2D;
-    const states: tf.Tensor2D[][] = Array.from({ length: layers }, () => []);
-    for (let t = 0; t < length; t++) {
-      const outs = tf.tidy(() => {
-        const gate = gateAt(g, t);
-        let xi = inputAt(x, t);
-        const result: tf.Tensor2D[] = [];
-        for (let l = 0; l < layers; l++) {
-          const lw = layerWeights(w, l);
-          if (l > 0) xi = upperInput(result[l - 1], lw.wi!, lw.bi!);
-          const prev = t > 0 ? states[l][t - 1] : zero;
-          result.push(cellStep(xi, prev, lw.wh, lw.bh, gate, batch, k).out);
-        }
-        return result;
-      });
-      outs.forEach((s, l) => states[l].push(s));
-    }
-    const stacked = states.map((list) => tf.stack(list) as tf.Tensor3D); // [L, B*k, d] each
-    tf.dispose([...states.flat(), zero]);
+    const stacked = forwardStates(x, g, w, layers, s); // [L, B*k, d] each
     save([x, g, ...w, ...stacked]);
-    const top = stacked[layers - 1];
     return {
       // [L, B*k, d] -> [L, B, k, d] -> [B, L, k, d]
-      value: tf.transpose(tf.reshape(top, [length, batch, k, d]), [1, 0, 2, 3]),
-      gradFunc: (dy, saved) => backward(dy, saved),
+      value: tf.transpose(tf.reshape(stacked[layers - 1], [length, batch, k, d]), [1, 0, 2, 3]),
+      gradFunc: (dy, saved) => backward(dy, saved, layers, s),
     };
   });
-
-  function backward(dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] {
-    const x = saved[0];
-    const g = saved[1];
-    const w = saved.slice(2, 2 + weights.length);
-    const stacked = saved.slice(2 + weights.length) as tf.Tensor3D[]; // [L, B*k, d] each
-    const stateAt = (l: number, t: number) =>
-      tf.reshape(tf.slice(stacked[l], [t, 0, 0], [1, -1, -1]), [m, d]) as tf.Tensor2D;
-    const dyT = tf.reshape(tf.transpose(dy, [1, 0, 2, 3]), [length, m, d]); // [L, B*k, d]
-    // Running sums, replaced (and the old ones disposed) at every step.
-    let carry: tf.Tensor2D[] = Array.from({ length: layers }, () => tf.zeros([m, d]));
-    let dw: tf.Tensor[] = w.map((t) => tf.zerosLike(t));
-    const dInputs: tf.Tensor[] = new Array(length); // [B, 3d] per step
-    const dGates: tf.Tensor[] = new Array(length); // [B*k] per step
-    for (let t = length - 1; t >= 0; t--) {
-      const next = tf.tidy(() => {
-        const gate = gateAt(g, t);
-        const dwStep: tf.Tensor[] = w.map(() => null as unknown as tf.Tensor);
-        const newCarry: tf.Tensor2D[] = new Array(layers);
-        // Recompute this step's cells bottom-up from the saved states.
-        const cells: CellStep[] = [];
-        const prevs: tf.Tensor2D[] = [];
-        for (let l = 0; l < layers; l++) {
-          const lw = layerWeights(w, l);
-          const xi = l === 0 ? inputAt(x, t) : upperInput(stateAt(l - 1, t), lw.wi!, lw.bi!);
-          const prev = t > 0 ? stateAt(l, t - 1) : tf.zeros([m, d]) as tf.Tensor2D;
-          prevs.push(prev);
-          cells.push(cellStep(xi, prev, lw.wh, lw.bh, gate, batch, k));
-        }
-        let dGate = tf.zeros([m, 1]);
-        let fromAbove: tf.Tensor2D | null = null; // gradient into layer l's output from l+1
-        let dInput: tf.Tensor | null = null;
-        for (let l = layers - 1; l >= 0; l--) {
-          const lw = layerWeights(w, l);
-          const { r, z, n, hn, change } = cells[l];
-          let dOut = carry[l] as tf.Tensor;
-          if (l === layers - 1) {
-            dOut = tf.add(dOut, tf.reshape(tf.slice(dyT, [t, 0, 0], [1, -1, -1]), [m, d]));
-          }
-          if (fromAbove) dOut = tf.add(dOut, fromAbove);
-          // out = h + gate * (GRU(h) - h)
-          dGate = tf.add(dGate, tf.sum(tf.mul(dOut, change), 1, true));
-          const dMoved = tf.mul(dOut, gate); // into GRU(h)
-          // GRU(h) = (1 - z) n + z h
-          const dn = tf.mul(dMoved, tf.sub(1, z));
-          const dz = tf.mul(dMoved, tf.sub(prevs[l], n));
-          const dnPre = tf.mul(dn, tf.sub(1, tf.square(n))); // through tanh
-          const dr = tf.mul(dnPre, hn);
-          const dhn = tf.mul(dnPre, r);
-          const drPre = tf.mul(dr, tf.mul(r, tf.sub(1, r))); // through sigmoid
-          const dzPre = tf.mul(dz, tf.mul(z, tf.sub(1, z)));
-          const dhh = tf.concat([drPre, dzPre, dhn], 1) as tf.Tensor2D; // [M, 3d]
-          const dxi = tf.concat([drPre, dzPre, dnPre], 1) as tf.Tensor2D; // [M, 3d]
-          // Into the previous state: the direct path (1 - gate) + gate * z, and through hh.
-          const direct = tf.mul(dOut, tf.add(tf.sub(1, gate), tf.mul(gate, z)));
-          newCarry[l] = tf.add(direct, matmul(dhh, tf.transpose(lw.wh))) as tf.Tensor2D;
-          const at = l === 0 ? 0 : 2 + 4 * (l - 1);
-          dwStep[at] = matmul(tf.transpose(prevs[l]), dhh); // d wh
-          dwStep[at + 1] = tf.sum(dhh, 0); // d bh
-          if (l > 0) {
-            const below = stateAt(l - 1, t);
-            dwStep[at + 2] = matmul(tf.transpose(below), dxi); // d wi
-            dwStep[at + 3] = tf.sum(dxi, 0); // d bi
-            fromAbove = matmul(dxi, tf.transpose(lw.wi!));
-          } else {
-            dInput = tf.sum(tf.reshape(dxi, [batch, k, 3 * d]), 1); // [B, 3d]
-          }
-        }
-        const summed = dw.map((acc, i) => tf.add(acc, dwStep[i]));
-        return { carry: newCarry, dw: summed, dInput: dInput!, dGate: tf.reshape(dGate, [m]) };
-      });
-      tf.dispose([...carry, ...dw]);
-      carry = next.carry;
-      dw = next.dw;
-      dInputs[t] = next.dInput;
-      dGates[t] = next.dGate;
-    }
-    const dx = tf.stack(dInputs); // [L, B, 3d]
-    const dg = tf.reshape(tf.stack(dGates), [length, m, 1]); // [L, B*k, 1]
-    tf.dispose([...carry, ...dInputs, ...dGates, dyT]);
-    return [dx, dg, ...dw];
-  }
-
   return op(xiT, gatesT, ...weights) as tf.Tensor4D; // [B, L, k, d]
 }
 
