@@ -105,16 +105,140 @@ export function softmaxCrossEntropy(
 }
 
 /**
+ * How {@linkcode maxInterestSoftmaxCrossEntropy} cuts P positions into chunks whose
+ * `[k*c, N]` logits fit the logit budget.
+ */
+interface ChunkPlan {
+  positions: number; // P
+  k: number; // interests
+  d: number; // width
+  n: number; // items
+  starts: number[]; // first position of each chunk
+  chunk: number; // positions per chunk (the last may have fewer)
+}
+
+function chunkPlan(queries: Tensor3D, items: Tensor2D, budget: number): ChunkPlan {
+  const [positions, k, d] = queries.shape;
+  const n = items.shape[0];
+  const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
+  const starts: number[] = [];
+  for (let start = 0; start < positions; start += chunk) starts.push(start);
+  return { positions, k, d, n, starts, chunk };
+}
+
+function chunkSize(plan: ChunkPlan, start: number): number {
+  return Math.min(plan.chunk, plan.positions - start);
+}
+
+/**
+ * Queries of positions start..start+size in interest-major order `[k*c, d]`, so that
+ * interest j's logits are the contiguous rows j*c..(j+1)*c of one `[k*c, N]` GEMM.
+ */
+function byInterestOf(q: Tensor, plan: ChunkPlan, start: number): Tensor2D {
+  const { k, d } = plan;
+  const size = chunkSize(plan, start);
+  const qc = plan.starts.length === 1 ? q : tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
+  if (k === 1) return tf.reshape(qc, [size, d]) as Tensor2D;
+  return tf.reshape(tf.transpose(qc, [1, 0, 2]), [k * size, d]) as Tensor2D; // [k*c, d]
+}
+
+/** Row offsets 0, N, 2N, ... plus each row's column `[c]` (int32 throughout). */
+function rowMajorIndex(columns: Tensor, size: number, n: number): Tensor {
+  // tf.mul of an int32 tensor by a JS number would give float32 indices, hence tf.range.
+  return tf.add(tf.range(0, size * n, n, "int32"), columns);
+}
+
+/** One chunk's forward: its losses `[c]`, probabilities `[c, N]`, winning interests `[c*N]`. */
+function forwardChunk(
+  q: Tensor,
+  itemsT: Tensor2D, // [d, N]
+  rows: Tensor,
+  plan: ChunkPlan,
+  start: number,
+): { loss: Tensor; prob: Tensor; winner: Tensor } {
+  const { k, n } = plan;
+  const size = chunkSize(plan, start);
+  const all = tf.matMul(byInterestOf(q, plan, start), itemsT); // [k*c, N]
+  let best: Tensor = all; // [c, N]: the max over interests of each logit
+  let winner: Tensor = tf.zeros([0]); // [c*N] int32 for k > 1: the interest reaching it (first on ties)
+  if (k > 1) {
+    const max = maxOverInterests(tf.reshape(all, [k, size * n]));
+    best = tf.reshape(max.best, [size, n]);
+    winner = max.winner;
+  }
+  // One softmax kernel (threaded on wasm) instead of exp, sum and divide passes. The
+  // log-sum-exp follows exactly from the largest probability, which sits at the largest
+  // logit and is at least 1/N, so its log never underflows: lse = max - log(p_max).
+  const prob = tf.softmax(best); // [c, N]
+  const lse = tf.sub(tf.max(best, 1), tf.log(tf.max(prob, 1))); // [c]
+  const flatIndex = rowMajorIndex(tf.slice(rows, [start], [size]), size, n); // [c]
+  const target = tf.gather(tf.reshape(best, [-1]), flatIndex); // [c]
+  return { loss: tf.sub(lse, target), prob, winner };
+}
+
+/** One chunk's share of the gradients, from its slice of the loss's gradient. */
+// A type, not an interface: tf.tidy returns only index-signature-compatible objects.
+type ChunkGradients = {
+  dq: Tensor; // [c, k, d]
+  dItemsT: Tensor; // [d, N]: the running sum of the softmax part, this chunk added
+  rows: Tensor; // [c]: the chunk's target rows
+  dTarget: Tensor; // [c, d]: the one-hot part for those rows (subtracted by the caller)
+};
+
+/**
+ * The gradient of the loss by the winning logits is `softmax - onehot(target)`: the
+ * softmax part goes through two GEMMs, the one-hot part is a gather of the target items'
+ * vectors (for the queries) and, returned as `rows`/`dTarget`, a scatter of the queries
+ * into the target rows (for the items).
+ */
+function backwardChunk(
+  dy: Tensor, // [P]
+  saved: { q: Tensor; items: Tensor2D; rows: Tensor; prob: Tensor; winner: Tensor },
+  dItemsT: Tensor, // [d, N]
+  plan: ChunkPlan,
+  start: number,
+): ChunkGradients {
+  const { k, d, n } = plan;
+  const size = chunkSize(plan, start);
+  const dyc = tf.reshape(tf.slice(dy, [start], [size]), [size, 1]); // [c, 1]
+  const g = tf.mul(saved.prob, dyc); // [c, N]: softmax part of d loss / d best
+  let gAll: Tensor = g; // [k*c, N]: routed to the interest that won each logit
+  if (k > 1) {
+    const routed = routeToInterests(tf.reshape(g, [-1]), saved.winner, k); // [k, c*N]
+    gAll = tf.reshape(routed, [k * size, n]);
+  }
+  const byInterest = byInterestOf(saved.q, plan, start); // [k*c, d]
+  const dqByInterest = tf.matMul(gAll as Tensor2D, saved.items); // [k*c, d]
+  const di = tf.add(dItemsT, tf.matMul(tf.transpose(byInterest), gAll as Tensor2D)); // [d, N]
+  // The one-hot part: -dy times the target item for the query interest that won the
+  // target's logit, and -dy times that query for the target item.
+  const rc = tf.slice(saved.rows, [start], [size]) as Tensor1D; // [c]
+  const vt = tf.gather(saved.items, rc); // [c, d]
+  const qc = tf.transpose(tf.reshape(byInterest, [k, size, d]), [1, 0, 2]); // [c, k, d]
+  let won: Tensor = tf.ones([size, 1]); // [c, k]: which interest won the target
+  if (k > 1) won = oneHotFloat(tf.gather(saved.winner, rowMajorIndex(rc, size, n)), k);
+  const weight = tf.mul(won, dyc); // [c, k]
+  const dq = tf.sub(
+    tf.transpose(tf.reshape(dqByInterest, [k, size, d]), [1, 0, 2]),
+    tf.mul(tf.expandDims(weight, 2), tf.expandDims(vt, 1)),
+  ); // [c, k, d]
+  const dTarget = tf.sum(tf.mul(tf.expandDims(weight, 2), qc), 1); // [c, d]
+  return { dq, dItemsT: di, rows: rc, dTarget };
+}
+
+/** The tensors of a list, concatenated, or its one tensor as it is. */
+function concatMany(list: Tensor[]): Tensor {
+  return list.length === 1 ? list[0] : tf.concat(list);
+}
+
+/**
  * Full-softmax cross-entropy `[P]` where an item's logit is the max over the `k` interest
  * vectors of the query (Eq. 9; k = 1 is the plain full softmax), as one fused op.
  *
  * Forward, in chunks of at most `budget` logits (positions x interests x items): one GEMM
  * for all interests of a chunk, the max over interests, and the softmax, whose
  * probabilities `[P, N]` (and, for k > 1, the index of the winning interest of every
- * logit) are kept for the backward pass. The gradient of the loss by the winning logits
- * is `softmax - onehot(target)`: the softmax part goes through two GEMMs per chunk, and
- * the one-hot part never becomes a matrix: it is a gather of the target items' vectors
- * (for the queries) and a scatter of the queries into the target rows (for the items).
+ * logit) are kept for the backward pass ({@linkcode backwardChunk}).
  * Memory: the transient `[k*c, N]` logits of one chunk, plus `[P, N]` kept floats (twice
  * that for k > 1); callers bound P (the trainer's `maxPositions`). tfjs's own gradients
  * would keep ~8 copies of the `[P, k, N]` logits, and recomputing them costs a GEMM.
@@ -125,120 +249,48 @@ function maxInterestSoftmaxCrossEntropy(
   rows: Tensor1D, // [P], rows of items
   budget: number,
 ): Tensor1D {
-  const [positions, k, d] = queries.shape;
-  const n = items.shape[0];
-  const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (k * n))));
-  const starts: number[] = [];
-  for (let start = 0; start < positions; start += chunk) starts.push(start);
-  const sizeOf = (start: number) => Math.min(chunk, positions - start);
-  // Queries of positions start..start+size in interest-major order [k*c, d], so that
-  // interest j's logits are the contiguous rows j*c..(j+1)*c of one [k*c, N] GEMM.
-  const byInterestOf = (q: Tensor, start: number, size: number) => {
-    const qc = starts.length === 1 ? q : tf.slice(q, [start, 0, 0], [size, -1, -1]); // [c, k, d]
-    return (k === 1 ? tf.reshape(qc, [size, d]) : tf.reshape(tf.transpose(qc, [1, 0, 2]), [
-      k * size,
-      d,
-    ])) as Tensor2D; // [k*c, d]
-  };
+  const plan = chunkPlan(queries, items, budget);
+  const chunks = plan.starts.length;
   const op = withCustomGradient(3, ([q, v, r], save) => {
     const itemsT = tf.transpose(v) as Tensor2D; // [d, N], explicit: see matmul()
-    const losses: Tensor[] = [];
-    const probs: Tensor[] = [];
-    const winners: Tensor[] = [];
-    for (const start of starts) {
-      const size = sizeOf(start);
-      const out = tf.tidy(() => {
-        const all = tf.matMul(byInterestOf(q, start, size), itemsT); // [k*c, N]
-        let best: Tensor = all; // [c, N]: the max over interests of each logit
-        let winner: Tensor | null = null; // [c*N] int32: the interest reaching it (first on ties)
-        if (k > 1) {
-          const max = maxOverInterests(tf.reshape(all, [k, size * n]));
-          best = tf.reshape(max.best, [size, n]);
-          winner = max.winner;
-        }
-        // One softmax kernel (threaded on wasm) instead of exp, sum and divide passes. The
-        // log-sum-exp follows exactly from the largest probability, which sits at the
-        // largest logit and is at least 1/N, so its log never underflows:
-        // lse = max - log(p_max).
-        const prob = tf.softmax(best); // [c, N]
-        const lse = tf.sub(tf.max(best, 1), tf.log(tf.max(prob, 1))); // [c]
-        // Row offsets 0, N, 2N, ... plus the target column (int32 throughout: tf.mul of an
-        // int32 tensor by a JS number would give float32 indices).
-        const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), tf.slice(r, [start], [size])); // [c]
-        const target = tf.gather(tf.reshape(best, [-1]), flatIndex); // [c]
-        return { loss: tf.sub(lse, target), prob, winner: winner ?? tf.zeros([0]) };
-      });
-      losses.push(out.loss);
-      probs.push(out.prob);
-      winners.push(out.winner);
-    }
+    const outs = plan.starts.map((start) => tf.tidy(() => forwardChunk(q, itemsT, r, plan, start)));
     itemsT.dispose();
+    const probs = outs.map((o) => o.prob);
+    const winners = outs.map((o) => o.winner);
     save([q, v, r, ...probs, ...winners]);
-    const value = losses.length === 1 ? losses[0] : tf.concat(losses);
-    if (losses.length > 1) tf.dispose(losses);
-    return {
-      value,
-      gradFunc: (dy, saved) => {
-        const [qs, vs, rs] = saved;
-        const savedProbs = saved.slice(3, 3 + starts.length);
-        const savedWinners = saved.slice(3 + starts.length);
-        let dItemsT: Tensor = tf.zeros([d, n]);
-        const dq: Tensor[] = [];
-        const targetRows: Tensor[] = [];
-        const targetGrads: Tensor[] = [];
-        starts.forEach((start, c) => {
-          const size = sizeOf(start);
-          const next = tf.tidy(() => {
-            const dyc = tf.reshape(tf.slice(dy, [start], [size]), [size, 1]); // [c, 1]
-            const g = tf.mul(savedProbs[c], dyc); // [c, N]: softmax part of d loss / d best
-            let gAll: Tensor = g; // [k*c, N]: routed to the interest that won each logit
-            if (k > 1) {
-              const routed = routeToInterests(tf.reshape(g, [-1]), savedWinners[c], k); // [k, c*N]
-              gAll = tf.reshape(routed, [k * size, n]); // [k*c, N]
-            }
-            const byInterest = byInterestOf(qs, start, size); // [k*c, d]
-            const dqByInterest = tf.matMul(gAll as Tensor2D, vs as Tensor2D); // [k*c, d]
-            const di = tf.add(dItemsT, tf.matMul(tf.transpose(byInterest), gAll as Tensor2D)); // [d, N]
-            // The one-hot part: -dy times the target item for the query interest that won
-            // the target's logit, and -dy times that query for the target item.
-            const rc = tf.slice(rs, [start], [size]) as Tensor1D; // [c]
-            const vt = tf.gather(vs, rc); // [c, d]
-            const qc = tf.reshape(
-              tf.transpose(tf.reshape(byInterest, [k, size, d]), [1, 0, 2]),
-              [size, k, d],
-            ); // [c, k, d]
-            let won: Tensor = tf.ones([size, 1]); // [c, k]: which interest won the target
-            if (k > 1) {
-              const flatIndex = tf.add(tf.range(0, size * n, n, "int32"), rc);
-              const w = tf.gather(savedWinners[c], flatIndex); // [c]
-              won = oneHotFloat(w, k);
-            }
-            const weight = tf.mul(won, dyc); // [c, k]
-            const dqc = tf.sub(
-              tf.transpose(tf.reshape(dqByInterest, [k, size, d]), [1, 0, 2]),
-              tf.mul(tf.expandDims(weight, 2), tf.expandDims(vt, 1)),
-            ); // [c, k, d]
-            const dTarget = tf.sum(tf.mul(tf.expandDims(weight, 2), qc), 1); // [c, d]
-            return { dq: dqc, dItemsT: di, rows: rc, dTarget };
-          });
-          dItemsT.dispose();
-          dItemsT = next.dItemsT;
-          dq.push(next.dq);
-          targetRows.push(next.rows);
-          targetGrads.push(next.dTarget);
-        });
-        const dQueries = dq.length === 1 ? dq[0] : tf.concat(dq);
-        const allRows = targetRows.length === 1 ? targetRows[0] : tf.concat(targetRows);
-        const allGrads = targetGrads.length === 1 ? targetGrads[0] : tf.concat(targetGrads);
-        const dItems = tf.sub(
-          tf.transpose(dItemsT),
-          tf.scatterND(tf.reshape(allRows, [-1, 1]), allGrads, [n, d]),
-        ); // [N, d]
-        if (dq.length > 1) tf.dispose([...dq, ...targetRows, ...targetGrads]);
-        tf.dispose([dItemsT, allRows, allGrads]);
-        return [dQueries, dItems, tf.zerosLike(rs)];
-      },
-    };
+    const losses = outs.map((o) => o.loss);
+    const value = concatMany(losses);
+    if (chunks > 1) tf.dispose(losses);
+    return { value, gradFunc: (dy, saved) => backward(dy, saved) };
   });
+
+  function backward(dy: Tensor, saved: Tensor[]): Tensor[] {
+    const [q, v, r] = saved;
+    let dItemsT: Tensor = tf.zeros([plan.d, plan.n]);
+    const parts: ChunkGradients[] = plan.starts.map((start, c) => {
+      const chunkSaved = {
+        q,
+        items: v as Tensor2D,
+        rows: r,
+        prob: saved[3 + c],
+        winner: saved[3 + chunks + c],
+      };
+      const next = tf.tidy(() => backwardChunk(dy, chunkSaved, dItemsT, plan, start));
+      dItemsT.dispose();
+      dItemsT = next.dItemsT;
+      return next;
+    });
+    const dQueries = concatMany(parts.map((p) => p.dq));
+    const allRows = concatMany(parts.map((p) => p.rows));
+    const allGrads = concatMany(parts.map((p) => p.dTarget));
+    const dItems = tf.sub(
+      tf.transpose(dItemsT),
+      tf.scatterND(tf.reshape(allRows, [-1, 1]), allGrads, [plan.n, plan.d]),
+    ); // [N, d]
+    if (chunks > 1) tf.dispose(parts.flatMap((p) => [p.dq, p.rows, p.dTarget]));
+    tf.dispose([dItemsT, allRows, allGrads]);
+    return [dQueries, dItems, tf.zerosLike(r)];
+  }
+
   return op(queries, items, rows) as Tensor1D;
 }
