@@ -137,12 +137,14 @@ function stringList(value: unknown, field: string, max: number): string[] {
   return value as string[];
 }
 
+/** One checked `/recommend` body. */
+interface ParsedRequest {
+  history: string[];
+  options: RecommendOptions & { strict: boolean };
+}
+
 /** Checks one `/recommend` body; `at` prefixes field names inside a batch. */
-function parseOne(
-  body: unknown,
-  limits: HandlerLimits,
-  at = "",
-): { history: string[]; options: RecommendOptions & { strict: boolean } } {
+function parseOne(body: unknown, limits: HandlerLimits, at = ""): ParsedRequest {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new HttpError(400, `${at || "the body"} must be a JSON object`, at || undefined);
   }
@@ -200,6 +202,84 @@ function checkStrict(strict: boolean, unknown: string[], at = ""): void {
 
 type Route = (request: Request) => Promise<Response> | Response;
 
+/** The requests of a `/recommend/batch` body `{ "requests": [...] }`, each checked. */
+function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new HttpError(400, 'the body must be a JSON object { "requests": [...] }');
+  }
+  for (const key of Object.keys(body)) {
+    if (key !== "requests") {
+      throw new HttpError(400, `unknown field "${key}"; expected requests`, key);
+    }
+  }
+  const list = (body as Record<string, unknown>).requests;
+  if (!Array.isArray(list)) throw new HttpError(400, "requests must be an array", "requests");
+  if (list.length > limits.maxBatch) {
+    throw new HttpError(
+      400,
+      `requests has ${list.length} entries; at most ${limits.maxBatch} are accepted`,
+      "requests",
+    );
+  }
+  return list.map((r, i) => parseOne(r, limits, `requests[${i}].`));
+}
+
+/** `GET /health`'s body: what is loaded, on which backend, under which limits. */
+function healthBody(recommender: Recommender, limits: HandlerLimits): Record<string, unknown> {
+  // The model's inference fields (the diffusion models' reverseSteps, sampling, ...), if any:
+  // how a diffusion model ranks (its reverse chain, or one call), as it was loaded.
+  const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
+  const config = recommender.model.config as Record<string, unknown>;
+  return {
+    status: "ok",
+    model: recommender.model.name,
+    items: recommender.numItems,
+    maxLength: recommender.model.config.maxLength,
+    backend: tf.getBackend(),
+    formatVersion: MODEL_FILE_VERSION,
+    tensors: tf.memory().numTensors,
+    limits,
+    ...(fields.length > 0
+      ? { inference: Object.fromEntries(fields.map((f) => [f, config[f]])) }
+      : {}),
+  };
+}
+
+/**
+ * The one router: a 404 for an unknown path, a 405 with `allow` for an unknown method, the
+ * route's answer otherwise, an {@linkcode HttpError} as its status with `{ error, field }`,
+ * and any other failure as a 500 (after `onError`).
+ */
+function router(
+  routes: Record<string, Record<string, Route>>,
+  onError: HandlerOptions["onError"],
+): (request: Request) => Promise<Response> {
+  return async (request) => {
+    const path = new URL(request.url).pathname;
+    const route = routes[path];
+    if (!route) return json(404, { error: `no route ${path}; see GET / and GET /health` });
+    const handle = route[request.method];
+    if (!handle) {
+      const allow = Object.keys(route).join(", ");
+      return json(405, { error: `${request.method} ${path} is not allowed; use ${allow}` }, {
+        allow,
+      });
+    }
+    try {
+      return await handle(request);
+    } catch (e) {
+      if (e instanceof HttpError) {
+        return json(
+          e.status,
+          e.field === undefined ? { error: e.message } : { error: e.message, field: e.field },
+        );
+      }
+      onError?.(e, request);
+      return json(500, { error: `internal error: ${(e as Error)?.message ?? String(e)}` });
+    }
+  };
+}
+
 /**
  * The API's fetch handler for `recommender` (see the module doc for the routes).
  *
@@ -234,25 +314,7 @@ export function createHandler(
   };
 
   const recommendMany: Route = async (request) => {
-    const body = await readJson(request, limits.maxBodyBytes) as Record<string, unknown>;
-    if (body === null || typeof body !== "object" || Array.isArray(body)) {
-      throw new HttpError(400, 'the body must be a JSON object { "requests": [...] }');
-    }
-    for (const key of Object.keys(body)) {
-      if (key !== "requests") {
-        throw new HttpError(400, `unknown field "${key}"; expected requests`, key);
-      }
-    }
-    const list = body.requests;
-    if (!Array.isArray(list)) throw new HttpError(400, "requests must be an array", "requests");
-    if (list.length > limits.maxBatch) {
-      throw new HttpError(
-        400,
-        `requests has ${list.length} entries; at most ${limits.maxBatch} are accepted`,
-        "requests",
-      );
-    }
-    const parsed = list.map((r, i) => parseOne(r, limits, `requests[${i}].`));
+    const parsed = parseMany(await readJson(request, limits.maxBodyBytes), limits);
     const results = await recommender.recommendBatch(
       parsed.map((p) => p.history),
       parsed.map((p) => ({ ...p.options, strict: false })),
@@ -261,58 +323,13 @@ export function createHandler(
     return json(200, { results });
   };
 
-  // The model's inference fields (the diffusion models' reverseSteps, sampling, ...), if any.
-  const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
-  const config = recommender.model.config as Record<string, unknown>;
-  const inference = fields.length > 0
-    ? Object.fromEntries(fields.map((f) => [f, config[f]]))
-    : undefined;
-  const health: Route = () =>
-    json(200, {
-      status: "ok",
-      model: recommender.model.name,
-      items: recommender.numItems,
-      maxLength: recommender.model.config.maxLength,
-      backend: tf.getBackend(),
-      formatVersion: MODEL_FILE_VERSION,
-      tensors: tf.memory().numTensors,
-      limits,
-      // How a diffusion model ranks (its reverse chain, or one call), as it was loaded.
-      ...(inference ? { inference } : {}),
-    });
-
-  const page: Route = () =>
-    new Response(PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
-
-  const routes: Record<string, Record<string, Route>> = {
-    "/": { GET: page },
-    "/health": { GET: health },
+  return router({
+    "/": {
+      GET: () =>
+        new Response(PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } }),
+    },
+    "/health": { GET: () => json(200, healthBody(recommender, limits)) },
     "/recommend": { POST: recommendOne },
     "/recommend/batch": { POST: recommendMany },
-  };
-
-  return async (request) => {
-    const path = new URL(request.url).pathname;
-    const route = routes[path];
-    if (!route) return json(404, { error: `no route ${path}; see GET / and GET /health` });
-    const handle = route[request.method];
-    if (!handle) {
-      const allow = Object.keys(route).join(", ");
-      return json(405, { error: `${request.method} ${path} is not allowed; use ${allow}` }, {
-        allow,
-      });
-    }
-    try {
-      return await handle(request);
-    } catch (e) {
-      if (e instanceof HttpError) {
-        return json(
-          e.status,
-          e.field === undefined ? { error: e.message } : { error: e.message, field: e.field },
-        );
-      }
-      options.onError?.(e, request);
-      return json(500, { error: `internal error: ${(e as Error)?.message ?? String(e)}` });
-    }
-  };
+  }, options.onError);
 }
