@@ -29,7 +29,56 @@ import { checkPositiveInt, PAD_TOKEN, plural } from "./_dense.ts";
  */
 export function fiveCore(dataset: SequenceDataset, k = 5): SequenceDataset {
   checkPositiveInt("k", k);
-  const { sequences, numItems } = dataset;
+  const { userAlive, itemAlive, rounds } = coreMasks(dataset.sequences, dataset.numItems, k);
+  const { items, newId } = keptItems(dataset, itemAlive);
+  const users: string[] = [];
+  const kept: Int32Array[] = [];
+  let interactions = 0;
+  dataset.sequences.forEach((sequence, u) => {
+    if (!userAlive[u]) return;
+    users.push(dataset.vocab.users[u]);
+    const seq = sequence.filter((i) => itemAlive[i] === 1).map((i) => newId[i]);
+    kept.push(seq);
+    interactions += seq.length;
+  });
+  const before = dataset.sequences.reduce((sum, s) => sum + s.length, 0);
+  const removedUsers = dataset.sequences.length - users.length;
+  const removedItems = dataset.numItems - (items.length - 1);
+  const result: SequenceDataset = {
+    source: dataset.source,
+    vocab: { users, items },
+    numItems: items.length - 1,
+    sequences: kept,
+    report: {
+      interactions,
+      skippedUsers: dataset.report.skippedUsers + removedUsers,
+      notes: [
+        ...dataset.report.notes,
+        `${k}-core filter (${plural(rounds, "pass", "passes")}): removed ${
+          plural(removedUsers, "user")
+        }, ` +
+        `${plural(removedItems, "item")}, ${plural(before - interactions, "interaction")}`,
+      ],
+    },
+  };
+  if (dataset.categories !== undefined) {
+    const cats: Int32Array[] = [new Int32Array(0)];
+    for (let i = 1; i <= dataset.numItems; i++) if (itemAlive[i]) cats.push(dataset.categories[i]);
+    result.categories = cats;
+    result.numCategories = dataset.numCategories;
+  }
+  return result;
+}
+
+/**
+ * Which users and items survive the k-core (1 = kept; item 0, the padding, never), and the
+ * number of passes it took.
+ */
+function coreMasks(
+  sequences: Int32Array[],
+  numItems: number,
+  k: number,
+): { userAlive: Uint8Array; itemAlive: Uint8Array; rounds: number } {
   const userAlive = new Uint8Array(sequences.length).fill(1);
   const itemAlive = new Uint8Array(numItems + 1).fill(1);
   itemAlive[0] = 0;
@@ -61,51 +110,21 @@ export function fiveCore(dataset: SequenceDataset, k = 5): SequenceDataset {
       }
     }
   }
+  return { userAlive, itemAlive, rounds };
+}
 
-  const newId = new Int32Array(numItems + 1);
+/** The surviving items' names (padding first) and each old id's new, dense id. */
+function keptItems(
+  dataset: SequenceDataset,
+  itemAlive: Uint8Array,
+): { items: string[]; newId: Int32Array } {
+  const newId = new Int32Array(dataset.numItems + 1);
   const items = [PAD_TOKEN];
-  for (let i = 1; i <= numItems; i++) {
+  for (let i = 1; i <= dataset.numItems; i++) {
     if (itemAlive[i]) {
       newId[i] = items.length;
       items.push(dataset.vocab.items[i]);
     }
   }
-  const users: string[] = [];
-  const kept: Int32Array[] = [];
-  let interactions = 0;
-  for (let u = 0; u < sequences.length; u++) {
-    if (!userAlive[u]) continue;
-    users.push(dataset.vocab.users[u]);
-    const seq = sequences[u].filter((i) => itemAlive[i] === 1).map((i) => newId[i]);
-    kept.push(seq);
-    interactions += seq.length;
-  }
-  let before = 0;
-  for (const s of sequences) before += s.length;
-  const removedUsers = sequences.length - users.length;
-  const removedItems = numItems - (items.length - 1);
-  const result: SequenceDataset = {
-    source: dataset.source,
-    vocab: { users, items },
-    numItems: items.length - 1,
-    sequences: kept,
-    report: {
-      interactions,
-      skippedUsers: dataset.report.skippedUsers + removedUsers,
-      notes: [
-        ...dataset.report.notes,
-        `${k}-core filter (${plural(rounds, "pass", "passes")}): removed ${
-          plural(removedUsers, "user")
-        }, ` +
-        `${plural(removedItems, "item")}, ${plural(before - interactions, "interaction")}`,
-      ],
-    },
-  };
-  if (dataset.categories !== undefined) {
-    const cats: Int32Array[] = [new Int32Array(0)];
-    for (let i = 1; i <= numItems; i++) if (itemAlive[i]) cats.push(dataset.categories[i]);
-    result.categories = cats;
-    result.numCategories = dataset.numCategories;
-  }
-  return result;
+  return { items, newId };
 }
