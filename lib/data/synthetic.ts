@@ -84,6 +84,45 @@ const STEP_WEIGHTS = [0.6, 0.25, 0.1];
  * more interests than clusters, `minLength > maxLength`, or a probability outside [0, 1].
  */
 export function syntheticDataset(options: SyntheticOptions = {}): SyntheticDataset {
+  const o = checkedOptions(options);
+  const rng = new Rng(o.seed);
+  const { rings, clusters } = plantRings(rng, o.items, o.clusters);
+  const sequences: Int32Array[] = [];
+  const interests: Int32Array[] = [];
+  const clusterOrder = Int32Array.from({ length: o.clusters }, (_, c) => c);
+  let interactions = 0;
+  for (let u = 0; u < o.users; u++) {
+    const mine = rng.shuffle(clusterOrder.slice()).slice(0, o.interestsPerUser);
+    interests.push(mine);
+    const seq = userWalk(rng, o, rings, mine);
+    sequences.push(seq);
+    interactions += seq.length;
+  }
+
+  const categories: Int32Array[] = [new Int32Array(0)];
+  for (let i = 1; i <= o.items; i++) categories.push(Int32Array.of(clusters[i]));
+  const source = `synthetic(seed=${o.seed}, users=${o.users}, items=${o.items}, ` +
+    `clusters=${o.clusters}, interestsPerUser=${o.interestsPerUser}, ` +
+    `minLength=${o.minLength}, maxLength=${o.maxLength}, stickiness=${o.stickiness}, ` +
+    `noise=${o.noise}${o.sequential ? "" : ", sequential=false"})`;
+  return {
+    source,
+    vocab: {
+      users: Array.from({ length: o.users }, (_, u) => `u${u}`),
+      items: [PAD_TOKEN, ...Array.from({ length: o.items }, (_, k) => `i${k + 1}`)],
+    },
+    numItems: o.items,
+    sequences,
+    categories,
+    numCategories: o.clusters,
+    clusters,
+    interests,
+    report: { interactions, skippedUsers: 0, notes: [] },
+  };
+}
+
+/** {@linkcode SyntheticOptions} with every default filled in and every value checked. */
+function checkedOptions(options: SyntheticOptions): Required<SyntheticOptions> {
   const o = {
     seed: options.seed ?? 42,
     users: options.users ?? 600,
@@ -114,84 +153,70 @@ export function syntheticDataset(options: SyntheticOptions = {}): SyntheticDatas
   for (const k of ["stickiness", "noise"] as const) {
     if (!(o[k] >= 0 && o[k] <= 1)) throw new RangeError(`${k} must be in [0, 1], got ${o[k]}`);
   }
-  const rng = new Rng(o.seed);
+  return o;
+}
 
-  // Planted clusters: a random permutation cut into near-equal contiguous rings.
-  const perm = rng.shuffle(Int32Array.from({ length: o.items }, (_, k) => k + 1));
+/**
+ * The planted clusters: a random permutation of the items cut into near-equal contiguous
+ * rings, and each item's cluster (-1 for the padding).
+ */
+function plantRings(
+  rng: Rng,
+  items: number,
+  count: number,
+): { rings: Int32Array[]; clusters: Int32Array } {
+  const perm = rng.shuffle(Int32Array.from({ length: items }, (_, k) => k + 1));
   const rings: Int32Array[] = [];
-  const clusters = new Int32Array(o.items + 1).fill(-1);
-  for (let c = 0; c < o.clusters; c++) {
-    const ring = perm.slice(
-      Math.floor((c * o.items) / o.clusters),
-      Math.floor(((c + 1) * o.items) / o.clusters),
-    );
+  const clusters = new Int32Array(items + 1).fill(-1);
+  for (let c = 0; c < count; c++) {
+    const ring = perm.slice(Math.floor((c * items) / count), Math.floor(((c + 1) * items) / count));
     rings.push(ring);
     for (const i of ring) clusters[i] = c;
   }
+  return { rings, clusters };
+}
 
-  const sequences: Int32Array[] = [];
-  const interests: Int32Array[] = [];
-  const clusterOrder = Int32Array.from({ length: o.clusters }, (_, c) => c);
-  let interactions = 0;
-  for (let u = 0; u < o.users; u++) {
-    const mine = rng.shuffle(clusterOrder.slice()).slice(0, o.interestsPerUser);
-    interests.push(mine);
-    // Dirichlet(1) weights: normalised exponential draws (1 - next() avoids log(0)).
-    const weights = Array.from(mine, () => -Math.log(1 - rng.next()));
-    const pos = Array.from(mine, (c) => rng.int(rings[c].length));
-    const length = o.minLength + rng.int(o.maxLength - o.minLength + 1);
-    const seq = new Int32Array(length);
-    let current = rng.categorical(weights);
-    for (let t = 0; t < length; t++) {
-      if (t > 0 && mine.length > 1 && rng.next() >= o.stickiness) {
-        const others = weights.map((w, k) => (k === current ? 0 : w));
-        current = rng.categorical(others);
-      }
-      if (rng.next() < o.noise) {
-        seq[t] = 1 + rng.int(o.items);
-        continue;
-      }
-      const ring = rings[mine[current]];
-      if (!o.sequential) {
-        seq[t] = ring[rng.int(ring.length)];
-        continue;
-      }
-      const x = rng.next();
-      let step = -1;
-      for (let s = 0, acc = 0; s < STEP_WEIGHTS.length; s++) {
-        acc += STEP_WEIGHTS[s];
-        if (x < acc) {
-          step = s + 1;
-          break;
-        }
-      }
-      pos[current] = step > 0 ? (pos[current] + step) % ring.length : rng.int(ring.length);
-      seq[t] = ring[pos[current]];
+/** One user's sequence: a walk over the rings of its interests `mine` (see the generator). */
+function userWalk(
+  rng: Rng,
+  o: Required<SyntheticOptions>,
+  rings: Int32Array[],
+  mine: Int32Array,
+): Int32Array {
+  // Dirichlet(1) weights: normalised exponential draws (1 - next() avoids log(0)).
+  const weights = Array.from(mine, () => -Math.log(1 - rng.next()));
+  const pos = Array.from(mine, (c) => rng.int(rings[c].length));
+  const length = o.minLength + rng.int(o.maxLength - o.minLength + 1);
+  const seq = new Int32Array(length);
+  let current = rng.categorical(weights);
+  for (let t = 0; t < length; t++) {
+    if (t > 0 && mine.length > 1 && rng.next() >= o.stickiness) {
+      const others = weights.map((w, k) => (k === current ? 0 : w));
+      current = rng.categorical(others);
     }
-    sequences.push(seq);
-    interactions += length;
+    if (rng.next() < o.noise) {
+      seq[t] = 1 + rng.int(o.items);
+      continue;
+    }
+    const ring = rings[mine[current]];
+    if (!o.sequential) {
+      seq[t] = ring[rng.int(ring.length)];
+      continue;
+    }
+    const step = ringStep(rng.next());
+    pos[current] = step > 0 ? (pos[current] + step) % ring.length : rng.int(ring.length);
+    seq[t] = ring[pos[current]];
   }
+  return seq;
+}
 
-  const categories: Int32Array[] = [new Int32Array(0)];
-  for (let i = 1; i <= o.items; i++) categories.push(Int32Array.of(clusters[i]));
-  const source = `synthetic(seed=${o.seed}, users=${o.users}, items=${o.items}, ` +
-    `clusters=${o.clusters}, interestsPerUser=${o.interestsPerUser}, ` +
-    `minLength=${o.minLength}, maxLength=${o.maxLength}, stickiness=${o.stickiness}, ` +
-    `noise=${o.noise}${o.sequential ? "" : ", sequential=false"})`;
-  return {
-    source,
-    vocab: {
-      users: Array.from({ length: o.users }, (_, u) => `u${u}`),
-      items: [PAD_TOKEN, ...Array.from({ length: o.items }, (_, k) => `i${k + 1}`)],
-    },
-    numItems: o.items,
-    sequences,
-    categories,
-    numCategories: o.clusters,
-    clusters,
-    interests,
-    report: { interactions, skippedUsers: 0, notes: [] },
-  };
+/** The ring step (1, 2 or 3 by {@linkcode STEP_WEIGHTS}) for a uniform draw `x`, or -1: a jump. */
+function ringStep(x: number): number {
+  for (let s = 0, acc = 0; s < STEP_WEIGHTS.length; s++) {
+    acc += STEP_WEIGHTS[s];
+    if (x < acc) return s + 1;
+  }
+  return -1;
 }
 
 /**
