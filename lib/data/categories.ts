@@ -51,54 +51,16 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   const cats = new TokenIndex(0);
   const lists: (Int32Array | undefined)[] = new Array(vocab.items.length).fill(undefined);
   let unknown = 0;
-  const assign = (item: string, tokens: string[]): void => {
+  const entries = text.trimStart().startsWith("{")
+    ? jsonEntries(text, source)
+    : lineEntries(text, source);
+  for (const [item, tokens] of entries) {
     const i = itemId.get(item);
     if (i === undefined) {
       unknown++;
-      return;
+      continue;
     }
     lists[i] = Int32Array.from(new Set(tokens.map((t) => cats.id(t))));
-  };
-
-  if (text.trimStart().startsWith("{")) {
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch (e) {
-      throw new SyntaxError(`${source}: invalid JSON: ${(e as Error).message}`, { cause: e });
-    }
-    if (json === null || typeof json !== "object" || Array.isArray(json)) {
-      throw new SyntaxError(`${source}: expected a JSON object mapping item tokens to lists`);
-    }
-    for (const [item, value] of Object.entries(json as Record<string, unknown>)) {
-      if (
-        !Array.isArray(value) ||
-        !value.every((v) => typeof v === "string" || typeof v === "number")
-      ) {
-        throw new SyntaxError(
-          `${source}: item ${quote(item)} maps to ${
-            quote(JSON.stringify(value) ?? String(value))
-          }, expected a list of strings or numbers`,
-        );
-      }
-      assign(item, value.map(String));
-    }
-  } else {
-    const lines = splitLines(text, source);
-    const firstLine = new Map<string, number>();
-    for (let n = 0; n < lines.length; n++) {
-      const line = lines[n].trim();
-      if (line === "") continue;
-      const [item, ...tokens] = line.split(/\s+/);
-      const seen = firstLine.get(item);
-      if (seen !== undefined) {
-        throw new SyntaxError(
-          `${source}:${n + 1}: item ${quote(item)} already has categories on line ${seen}`,
-        );
-      }
-      firstLine.set(item, n + 1);
-      assign(item, tokens);
-    }
   }
 
   const empty = new Int32Array(0);
@@ -124,6 +86,52 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
     notes.push(`${source}: ${plural(missing, "vocabulary item")} without categories`);
   }
   return { categories, numCategories: cats.size, categoryTokens: [...cats.tokens], notes };
+}
+
+/** The `[item, categories]` pairs of the JSON layout, in the file's order. */
+function jsonEntries(text: string, source: string): [string, string[]][] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${source}: invalid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new SyntaxError(`${source}: expected a JSON object mapping item tokens to lists`);
+  }
+  return Object.entries(json as Record<string, unknown>).map(([item, value]) => {
+    if (
+      !Array.isArray(value) || !value.every((v) => typeof v === "string" || typeof v === "number")
+    ) {
+      throw new SyntaxError(
+        `${source}: item ${quote(item)} maps to ${
+          quote(JSON.stringify(value) ?? String(value))
+        }, expected a list of strings or numbers`,
+      );
+    }
+    return [item, value.map(String)];
+  });
+}
+
+/** The `[item, categories]` pairs of the text layout, in line order; an item only once. */
+function lineEntries(text: string, source: string): [string, string[]][] {
+  const lines = splitLines(text, source);
+  const firstLine = new Map<string, number>();
+  const entries: [string, string[]][] = [];
+  for (let n = 0; n < lines.length; n++) {
+    const line = lines[n].trim();
+    if (line === "") continue;
+    const [item, ...tokens] = line.split(/\s+/);
+    const seen = firstLine.get(item);
+    if (seen !== undefined) {
+      throw new SyntaxError(
+        `${source}:${n + 1}: item ${quote(item)} already has categories on line ${seen}`,
+      );
+    }
+    firstLine.set(item, n + 1);
+    entries.push([item, tokens]);
+  }
+  return entries;
 }
 
 /**
