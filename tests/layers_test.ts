@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import fc from "fast-check";
 import { selectBackend } from "../backends/mod.ts";
-import { causalPaddingMask, createTransformer, transformer } from "../lib/nn/layers.ts";
+import { causalPaddingMask, createTransformer, dropout, transformer } from "../lib/nn/layers.ts";
 import { geluTanh } from "../lib/nn/pre_ln.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
@@ -116,4 +116,47 @@ Deno.test("transformer() attention dropout: off draws no seed and leaves trainin
   // Inference applies no dropout at all.
   assertEquals(run(0.5, false).out, run(undefined, false).out);
   p.dispose();
+});
+
+Deno.test("dropout() keeps each element as x / (1 - rate) or zeroes it, by its seed alone, at about 1 - rate (300 cases)", async () => {
+  await selectBackend("cpu");
+  fc.assert(
+    fc.property(
+      fc.double({ min: 0.01, max: 0.9, noNaN: true }), // rate
+      fc.integer({ min: 1, max: 2000 }), // elements
+      fc.integer({ min: 0, max: 2 ** 31 - 1 }), // seed
+      (rate, n, seed) => {
+        const values = Float32Array.from({ length: n }, (_, i) => 1 + (i % 7));
+        const [out, again, other] = tf.tidy(() => {
+          const x = tf.tensor1d(values);
+          return [dropout(x, rate, seed), dropout(x, rate, seed), dropout(x, rate, seed + 1)]
+            .map((t) => t.dataSync().slice());
+        });
+        const scale = 1 / (1 - rate);
+        let kept = 0;
+        for (let i = 0; i < n; i++) {
+          if (out[i] === 0) continue;
+          kept++;
+          const want = values[i] * scale;
+          assert(Math.abs(out[i] - want) <= 1e-5 * want, `element ${i}: ${out[i]} not ${want}`);
+        }
+        assertEquals([...again], [...out], "the same seed gives the same mask");
+        // The kept count is Binomial(n, 1 - rate): within 5 standard deviations (plus one
+        // for tiny n), a bound a correct mask breaks about once in 3.5 million cases.
+        const sd = Math.sqrt(n * rate * (1 - rate));
+        assert(
+          Math.abs(kept - n * (1 - rate)) <= 5 * sd + 1,
+          `kept ${kept} of ${n} at rate ${rate}`,
+        );
+        if (n >= 200) {
+          assert(other.some((v, i) => v !== out[i]), "another seed gives another mask");
+        }
+      },
+    ),
+    { numRuns: 300 },
+  );
+  const x = tf.tensor1d([1, 2, 3]);
+  assert(dropout(x, 0, 7) === x, "rate 0 is the identity");
+  assert(dropout(x, 0.5, null) === x, "no seed (inference) is the identity");
+  x.dispose();
 });
