@@ -224,13 +224,21 @@ function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
   return list.map((r, i) => parseOne(r, limits, `requests[${i}].`));
 }
 
-/** `GET /health`'s body: what is loaded, on which backend, under which limits. */
-function healthBody(recommender: Recommender, limits: HandlerLimits): Record<string, unknown> {
-  // The model's inference fields (the diffusion models' reverseSteps, sampling, ...), if any:
-  // how a diffusion model ranks (its reverse chain, or one call), as it was loaded.
+/**
+ * `GET /health`'s body, built once when the handler is made: what is loaded, on which
+ * backend, under which limits, and (a diffusion model's `reverseSteps`, `sampling`, ...) how
+ * it ranks, as it was loaded. The tensor count and backend are read at each request.
+ */
+function healthReport(
+  recommender: Recommender,
+  limits: HandlerLimits,
+): () => Record<string, unknown> {
   const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
   const config = recommender.model.config as Record<string, unknown>;
-  return {
+  const inference = fields.length > 0
+    ? Object.fromEntries(fields.map((f) => [f, config[f]]))
+    : undefined;
+  return () => ({
     status: "ok",
     model: recommender.model.name,
     items: recommender.numItems,
@@ -239,10 +247,8 @@ function healthBody(recommender: Recommender, limits: HandlerLimits): Record<str
     formatVersion: MODEL_FILE_VERSION,
     tensors: tf.memory().numTensors,
     limits,
-    ...(fields.length > 0
-      ? { inference: Object.fromEntries(fields.map((f) => [f, config[f]])) }
-      : {}),
-  };
+    ...(inference ? { inference } : {}),
+  });
 }
 
 /**
@@ -252,7 +258,7 @@ function healthBody(recommender: Recommender, limits: HandlerLimits): Record<str
  */
 function router(
   routes: Record<string, Record<string, Route>>,
-  onError: HandlerOptions["onError"],
+  onError: (error: unknown, request: Request) => void,
 ): (request: Request) => Promise<Response> {
   return async (request) => {
     const path = new URL(request.url).pathname;
@@ -274,7 +280,7 @@ function router(
           e.field === undefined ? { error: e.message } : { error: e.message, field: e.field },
         );
       }
-      onError?.(e, request);
+      onError(e, request);
       return json(500, { error: `internal error: ${(e as Error)?.message ?? String(e)}` });
     }
   };
@@ -323,13 +329,14 @@ export function createHandler(
     return json(200, { results });
   };
 
+  const health = healthReport(recommender, limits);
   return router({
     "/": {
       GET: () =>
         new Response(PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } }),
     },
-    "/health": { GET: () => json(200, healthBody(recommender, limits)) },
+    "/health": { GET: () => json(200, health()) },
     "/recommend": { POST: recommendOne },
     "/recommend/batch": { POST: recommendMany },
-  }, options.onError);
+  }, (e, request) => options.onError?.(e, request));
 }
