@@ -5,6 +5,7 @@ import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, modelRun } from "./_model_checks.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 const TINY = { numItems: 30, hidden: 16, heads: 2, layers: 2, inner: 32, maxLength: 8, seed: 3 };
@@ -88,3 +89,5 @@ Deno.test("selectBackend() starts wasm on every logical CPU, or on the threads a
     "thread count 0",
   );
 });
+
+releaseWebGpuAfterTests();

@@ -13,6 +13,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts"
 import { SasRec } from "../lib/models/sasrec.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const TINY: Partial<DiffuRecConfig> & { numItems: number } = {
   numItems: 30,
@@ -396,3 +397,5 @@ Deno.test("validSampling: a bad value, or one for a model that ranks one way, is
   );
   sasrec.params.dispose();
 });
+
+releaseWebGpuAfterTests();

@@ -16,6 +16,7 @@ import {
   maxAbsDiff,
   modelRun,
 } from "./_model_checks.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const TINY: Partial<DiffuRecSysConfig> & { numItems: number } = {
   numItems: 30,
@@ -181,3 +182,5 @@ Deno.test("DiffuRecSys rejects bad config fields, naming the field and value", (
     assertThrows(() => new DiffuRecSys({ ...TINY, ...patch }), RangeError, word);
   }
 });
+
+releaseWebGpuAfterTests();

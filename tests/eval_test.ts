@@ -24,6 +24,7 @@ import {
   assertRejects,
   assertThrows,
 } from "./_assert.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 await selectBackend("cpu");
 
@@ -473,3 +474,5 @@ Deno.test("the device-built mask equals the uploaded one, duplicates and target 
     }
   }
 });
+
+releaseWebGpuAfterTests();

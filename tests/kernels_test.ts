@@ -22,6 +22,7 @@ import {
   tinyEvalBatch,
   tinyTrainBatch,
 } from "./_fixtures.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 /** Names of the kernels one training step (forward, backward, Adam) and scoring dispatch. */
 async function kernelsOf(model: SequentialModel): Promise<Set<string>> {
@@ -303,3 +304,5 @@ Deno.test("a wasm clone outlives its original and frees the shared buffer with t
   assertEquals(tf.memory().numBytes, before);
   assertEquals(tf.backend().numDataIds(), buffers);
 });
+
+releaseWebGpuAfterTests();

@@ -12,6 +12,7 @@ import { Recommender } from "../lib/inference/recommender.ts";
 import { evaluateModel, train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const data = syntheticDataset({ seed: 13, users: 60, items: 30, maxLength: 12 });
 const { split } = leaveOneOut(data);
@@ -285,3 +286,5 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+releaseWebGpuAfterTests();

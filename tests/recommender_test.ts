@@ -14,6 +14,7 @@ import { Recommender } from "../lib/inference/recommender.ts";
 import { train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const data = syntheticDataset({ seed: 11, users: 60, items: 30, maxLength: 12 });
 const { split } = leaveOneOut(data);
@@ -285,3 +286,5 @@ Deno.test("Recommender.load with inference overrides ranks a DiffuRec file as a 
     'sampling ("one") is not an inference option of model sasrec (it has none)',
   );
 });
+
+releaseWebGpuAfterTests();

@@ -17,6 +17,7 @@ import {
   maxAbsDiff,
   type ModelRun,
 } from "./_model_checks.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 const TINY: Partial<SigmaConfig> & { numItems: number } = {
@@ -474,3 +475,5 @@ Deno.test("SIGMA's loss is its parts with their weights: recon + lambda KL + bet
     model.params.dispose();
   }
 });
+
+releaseWebGpuAfterTests();
