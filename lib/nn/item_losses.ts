@@ -176,8 +176,10 @@ function forwardChunk(
   return { loss: tf.sub(lse, target), prob, winner };
 }
 
-/** One chunk's share of the gradients, from its slice of the loss's gradient. */
-// A type, not an interface: tf.tidy returns only index-signature-compatible objects.
+/**
+ * One chunk's share of the gradients, from its slice of the loss's gradient. (A type, not
+ * an interface: `tf.tidy` returns only objects compatible with an index signature.)
+ */
 type ChunkGradients = {
   dq: Tensor; // [c, k, d]
   dItemsT: Tensor; // [d, N]: the running sum of the softmax part, this chunk added
