@@ -226,11 +226,13 @@ function backwardStep(
     tf.reshape(tf.slice(stacked[l], [step, 0, 0], [1, -1, -1]), [s.m, s.d]) as tf.Tensor2D;
   const gate = gateAt(g, t, s);
   const cells: CellStep[] = [];
-  const prevs: tf.Tensor2D[] = [];
+  const prevs: tf.Tensor2D[] = []; // each layer's state at t - 1
+  const belows: (tf.Tensor2D | null)[] = []; // the state at t of the layer below (its input)
   for (let l = 0; l < layers; l++) {
-    const xi = layerInput(x, t, layerWeights(w, l), l === 0 ? null : stateAt(l - 1, t), s);
+    const lw = layerWeights(w, l);
+    belows.push(l === 0 ? null : stateAt(l - 1, t));
     prevs.push(t > 0 ? stateAt(l, t - 1) : tf.zeros([s.m, s.d]) as tf.Tensor2D);
-    cells.push(cellStep(xi, prevs[l], layerWeights(w, l), gate, s));
+    cells.push(cellStep(layerInput(x, t, lw, belows[l], s), prevs[l], lw, gate, s));
   }
   const dw: tf.Tensor[] = new Array(w.length);
   const newCarry: tf.Tensor2D[] = new Array(layers);
@@ -251,7 +253,7 @@ function backwardStep(
     dw[at] = matmul(tf.transpose(prevs[l]), grads.dhh); // d wh
     dw[at + 1] = tf.sum(grads.dhh, 0); // d bh
     if (l > 0) {
-      dw[at + 2] = matmul(tf.transpose(stateAt(l - 1, t)), grads.dxi); // d wi
+      dw[at + 2] = matmul(tf.transpose(belows[l]!), grads.dxi); // d wi
       dw[at + 3] = tf.sum(grads.dxi, 0); // d bi
       fromAbove = matmul(grads.dxi, tf.transpose(lw.wi!));
     } else {
