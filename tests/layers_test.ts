@@ -142,7 +142,7 @@ Deno.test("dropout() keeps each element as x / (1 - rate) or zeroes it, by its s
         }
         assertEquals([...again], [...out], "the same seed gives the same mask");
         // The kept count is Binomial(n, 1 - rate): within 5 standard deviations (plus one
-        // for tiny n), a bound a correct mask breaks about once in 3.5 million cases.
+        // for tiny n), a bound a correct mask breaks about once in 1.7 million cases.
         const sd = Math.sqrt(n * rate * (1 - rate));
         assert(
           Math.abs(kept - n * (1 - rate)) <= 5 * sd + 1,
