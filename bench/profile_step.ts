@@ -13,7 +13,8 @@
  * `--quantile` (0.7: the batch at that quantile of the epoch's batch lengths, 1 = the
  * longest), `--eval` (instead of a training step: one evaluation batch of the trainer's
  * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it),
- * `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
+ * `--preset NAME` (a model's named config bundle, as `deno task train --preset`, e.g. SIGMA's
+ * `authors`), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
  * 12,000 items that `bench/torch_reference.py` also times; `--model` must be sasrec),
  * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as
  * `deno task train` does), `--batch-size` (the model's training default) and
@@ -40,7 +41,7 @@ import {
   trainBatches,
 } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
-import { modelEntry, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
+import { type ModelEntry, modelEntry, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 
@@ -48,6 +49,7 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     model: { type: "string", default: "sigma" },
+    preset: { type: "string" },
     data: { type: "string" },
     quantile: { type: "string", default: "0.7" },
     backend: { type: "string", default: "wasm" },
@@ -67,6 +69,20 @@ if (!(quantile >= 0 && quantile <= 1)) {
   throw new RangeError(`--quantile must be in [0, 1], got "${values.quantile}"`);
 }
 const top = positiveInt("top", values.top);
+
+/** The config values of `--preset NAME` for the model (none without the flag). */
+function presetValues(entry: ModelEntry, name: string | undefined) {
+  if (name === undefined) return {};
+  const presets = entry.presets ?? {};
+  if (!(name in presets)) {
+    const known = Object.keys(presets);
+    throw new RangeError(
+      `--preset ${name} is not a preset of model ${values.model}` +
+        (known.length ? `; it has: ${known.join(", ")}` : "; it has none"),
+    );
+  }
+  return presets[name];
+}
 const threads = optionalPositiveInt("threads", values.threads);
 
 const backend = await selectBackend(values.backend as BackendChoice, {
@@ -93,7 +109,7 @@ if (values["reference-step"]) {
   const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
   const { split } = leaveOneOut(data);
   const entry = modelEntry(values.model);
-  const created = entry.create({ numItems: data.numItems });
+  const created = entry.create({ ...presetValues(entry, values.preset), numItems: data.numItems });
   model = created;
   const batches = trainBatches(split.train, {
     batchSize: optionalPositiveInt("batch-size", values["batch-size"]) ??

@@ -380,6 +380,11 @@ Deno.test("bench tools stop on a bad flag with a message naming it, not a stack 
     }).output();
   const cases: [string, string[], string][] = [
     ["profile_step.ts", ["--quantile", "3"], 'error: --quantile must be in [0, 1], got "3"'],
+    [
+      "profile_step.ts",
+      ["--preset", "nope"],
+      "error: --preset nope is not a preset of model sigma; it has: authors",
+    ],
     ["throughput.ts", ["--no-such-flag"], "error: Unknown option '--no-such-flag'"],
     ["scale.ts", ["--nope"], "error: Unknown option '--nope'"],
   ];
