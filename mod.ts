@@ -43,6 +43,7 @@ export * from "./lib/eval/mod.ts";
 export {
   type ModelEntry,
   modelEntry,
+  modelPreset,
   MODELS,
   type ModelTrainDefaults,
   SasRec,

@@ -41,7 +41,7 @@ import {
   trainBatches,
 } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
-import { type ModelEntry, modelEntry, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
+import { modelEntry, modelPreset, type SequentialModel, stepSeeds } from "../lib/models/mod.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 
@@ -69,20 +69,6 @@ if (!(quantile >= 0 && quantile <= 1)) {
   throw new RangeError(`--quantile must be in [0, 1], got "${values.quantile}"`);
 }
 const top = positiveInt("top", values.top);
-
-/** The config values of `--preset NAME` for the model (none without the flag). */
-function presetValues(entry: ModelEntry, name: string | undefined) {
-  if (name === undefined) return {};
-  const presets = entry.presets ?? {};
-  if (!(name in presets)) {
-    const known = Object.keys(presets);
-    throw new RangeError(
-      `--preset ${name} is not a preset of model ${values.model}` +
-        (known.length ? `; it has: ${known.join(", ")}` : "; it has none"),
-    );
-  }
-  return presets[name];
-}
 const threads = optionalPositiveInt("threads", values.threads);
 
 const backend = await selectBackend(values.backend as BackendChoice, {
@@ -109,7 +95,10 @@ if (values["reference-step"]) {
   const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
   const { split } = leaveOneOut(data);
   const entry = modelEntry(values.model);
-  const created = entry.create({ ...presetValues(entry, values.preset), numItems: data.numItems });
+  const created = entry.create({
+    ...modelPreset(values.model, values.preset),
+    numItems: data.numItems,
+  });
   model = created;
   const batches = trainBatches(split.train, {
     batchSize: optionalPositiveInt("batch-size", values["batch-size"]) ??

@@ -13,7 +13,7 @@
 import { parseArgs } from "./_args.ts";
 import { leaveOneOut } from "../lib/data/mod.ts";
 import type { LeaveOneOutSplit, SequenceDataset } from "../lib/data/types.ts";
-import { type ModelEntry, modelEntry, MODELS } from "../lib/models/mod.ts";
+import { type ModelEntry, modelEntry, modelPreset, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
 import { openRunFolder } from "../lib/train/run_folder.ts";
 import { shownPath } from "../lib/_io.ts";
@@ -160,20 +160,6 @@ function usage(): string {
   return lines.join("\n");
 }
 
-/** The config values of `--preset NAME` for `model` (none without the flag). */
-function presetOf(model: string, name: string | undefined): Record<string, unknown> {
-  if (name === undefined) return {};
-  const presets = modelEntry(model).presets ?? {};
-  if (!(name in presets)) {
-    const known = Object.keys(presets);
-    throw new RangeError(
-      `--preset ${name} is not a preset of model ${model}` +
-        (known.length > 0 ? ` (known: ${known.join(", ")})` : " (it has none)"),
-    );
-  }
-  return presets[name];
-}
-
 /** A flag name padded to the help column, with at least one space after a long name. */
 function flagColumn(flag: string): string {
   return flag.length < 18 ? flag.padEnd(18) : `${flag} `;
@@ -258,7 +244,7 @@ function modelConfigFrom(
   seed: number,
 ): Record<string, unknown> {
   const config: Record<string, unknown> = {
-    ...presetOf(modelName, v.preset as string | undefined),
+    ...modelPreset(modelName, v.preset as string | undefined),
     seed,
   };
   for (const field of Object.keys(entry.defaults)) {

@@ -383,7 +383,7 @@ Deno.test("bench tools stop on a bad flag with a message naming it, not a stack 
     [
       "profile_step.ts",
       ["--preset", "nope"],
-      "error: --preset nope is not a preset of model sigma; it has: authors",
+      "error: --preset nope is not a preset of model sigma (known: authors)",
     ],
     ["throughput.ts", ["--no-such-flag"], "error: Unknown option '--no-such-flag'"],
     ["scale.ts", ["--nope"], "error: Unknown option '--nope'"],

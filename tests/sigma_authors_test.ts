@@ -9,7 +9,8 @@ import { stepSeeds } from "../lib/models/_model.ts";
 import { trainStep } from "../lib/train/trainer.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
-import { assert, assertAlmostEquals, assertEquals } from "./_assert.ts";
+import { assert, assertAlmostEquals, assertEquals, assertThrows } from "./_assert.ts";
+import { modelPreset } from "../lib/models/mod.ts";
 
 await selectBackend("cpu");
 
@@ -202,4 +203,21 @@ Deno.test("the authors preset trains: finite loss, every part of MIE reached, fl
   }
   optimizer.dispose();
   model.params.dispose();
+});
+
+Deno.test("modelPreset: the preset's values, none without a name, a RangeError naming the known ones", () => {
+  assertEquals(modelPreset("sigma", "authors"), SIGMA_PRESETS.authors);
+  assertEquals(modelPreset("sigma", undefined), {});
+  assertEquals(modelPreset("sasrec", undefined), {});
+  assertThrows(
+    () => modelPreset("sigma", "nope"),
+    RangeError,
+    "--preset nope is not a preset of model sigma (known: authors)",
+  );
+  assertThrows(
+    () => modelPreset("sasrec", "authors"),
+    RangeError,
+    "--preset authors is not a preset of model sasrec (it has none)",
+  );
+  assertThrows(() => modelPreset("gru4rec", "authors"), RangeError, 'Unknown model "gru4rec"');
 });

@@ -181,6 +181,29 @@ export function modelEntry(name: string): ModelEntry {
 }
 
 /**
+ * The config values of the preset called `preset` of the model called `model` (`--preset
+ * NAME`); none when `preset` is undefined.
+ *
+ * @throws {RangeError} An unknown model, or a preset the model does not have (the known
+ * ones are listed).
+ */
+export function modelPreset(
+  model: string,
+  preset: string | undefined,
+): Record<string, number | string | boolean> {
+  if (preset === undefined) return {};
+  const presets = modelEntry(model).presets ?? {};
+  if (!(preset in presets)) {
+    const known = Object.keys(presets);
+    throw new RangeError(
+      `--preset ${preset} is not a preset of model ${model}` +
+        (known.length > 0 ? ` (known: ${known.join(", ")})` : " (it has none)"),
+    );
+  }
+  return presets[preset];
+}
+
+/**
  * `config` with `overrides` of fields that change only how the model ranks (its entry's
  * `inferenceFields`: the diffusion models' `reverseSteps`, `sampling`, `evalSeed` and
  * `lambda`), checked: one trained model can then rank another way, e.g. DiffuRec with
