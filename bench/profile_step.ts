@@ -15,7 +15,8 @@
  * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it),
  * `--preset NAME` (a model's named config bundle, as `deno task train --preset`, e.g. SIGMA's
  * `authors`), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
- * 12,000 items that `bench/torch_reference.py` also times; `--model` must be sasrec),
+ * 12,000 items that `bench/torch_reference.py` also times; `--model` must be sasrec, and
+ * `--data`, `--preset` and `--batch-size` are refused),
  * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as
  * `deno task train` does), `--batch-size` (the model's training default) and
  * `--max-positions` (the trainer's), `--top` (20 rows), `--calls A,B` (also list the 10
@@ -83,6 +84,16 @@ if (values["reference-step"]) {
   if (values.model !== "sasrec") {
     throw new RangeError(
       `--reference-step is SASRec's step: use --model sasrec, got "${values.model}"`,
+    );
+  }
+  // The reference step is one fixed shape: flags that pick a data set, a batch or a config
+  // would be ignored, so they are refused rather than silently dropped.
+  const ignored = ["data", "preset", "batch-size"].filter((flag) =>
+    values[flag as "data" | "preset" | "batch-size"] !== undefined
+  );
+  if (ignored.length > 0) {
+    throw new RangeError(
+      `--reference-step has a fixed shape and config: drop --${ignored.join(", --")}`,
     );
   }
   model = modelEntry("sasrec").create({

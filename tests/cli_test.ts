@@ -385,6 +385,11 @@ Deno.test("bench tools stop on a bad flag with a message naming it, not a stack 
       ["--preset", "nope"],
       "error: --preset nope is not a preset of model sigma (known: authors)",
     ],
+    [
+      "profile_step.ts",
+      ["--reference-step", "--model", "sasrec", "--preset", "authors", "--batch-size", "8"],
+      "error: --reference-step has a fixed shape and config: drop --preset, --batch-size",
+    ],
     ["throughput.ts", ["--no-such-flag"], "error: Unknown option '--no-such-flag'"],
     ["scale.ts", ["--nope"], "error: Unknown option '--nope'"],
   ];
