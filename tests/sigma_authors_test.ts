@@ -175,6 +175,54 @@ Deno.test("scoreAt mu+sigma: ranks at mu + sigma, which is mu when sigma vanishe
   assert(maxAbsDiff(scoresOf({ ...tiny, scoreAt: "mu+sigma" }), scoresOf(tiny)) < 1e-6);
 });
 
+/**
+ * Loss parts with the omega MLP's output set to `logVar` everywhere (last layer's weights
+ * 0, bias `logVar`), so each interest's log-variance before any bound is that constant.
+ */
+function partsWithOmegaOutput(options: Options, logVar: number) {
+  const model = new Sigma({ ...TINY, ...options });
+  const w = model.params.get("omega.l2.w");
+  w.assign(tf.zerosLike(w));
+  const b = model.params.get("omega.l2.b");
+  b.assign(tf.fill(b.shape, logVar));
+  const out = tf.tidy(() => {
+    const { loss, parts } = model.loss(BATCH, stepSeeds(5, 3), 7);
+    const values: Record<string, number> = { loss: loss.dataSync()[0] };
+    for (const [k, v] of Object.entries(parts)) values[k] = v.dataSync()[0];
+    return values;
+  });
+  model.params.dispose();
+  return out;
+}
+
+Deno.test("interestLogVarBound: log omega^2 = B tanh(raw / B), so KL_MIE stays bounded however large the raw output", () => {
+  const bound = 10;
+  for (const raw of [-50, -3, 0.3, 4, 60]) {
+    const bounded = partsWithOmegaOutput({ interestLogVarBound: bound }, raw);
+    // The same model, unbounded, with its MLP giving the bounded value directly.
+    const twin = partsWithOmegaOutput({}, bound * Math.tanh(raw / bound));
+    for (const part of ["loss", "kl_mie", "kl", "recon_mie"]) {
+      assertAlmostEquals(
+        bounded[part],
+        twin[part],
+        1e-5 * Math.abs(twin[part]) + 1e-5,
+        `${part} at ${raw}`,
+      );
+    }
+  }
+  // Unbounded, e^60 per dimension: KL_MIE is over 1e25; bounded, under e^10 per dimension.
+  const perPosition = TINY.interests * TINY.hidden;
+  assert(partsWithOmegaOutput({}, 60).kl_mie > 1e25);
+  const bounded = partsWithOmegaOutput({ interestLogVarBound: bound }, 60).kl_mie;
+  assert(bounded < perPosition * 0.5 * Math.exp(bound) * 1.01 + 1e3, `KL_MIE ${bounded}`);
+  // Off by default, and in the authors' preset: the authors' code has no bound.
+  assertEquals(
+    partsWithOmegaOutput({}, 4).kl_mie,
+    partsWithOmegaOutput({ interestLogVarBound: 0 }, 4).kl_mie,
+  );
+  assertEquals(SIGMA_PRESETS.authors.interestLogVarBound, undefined);
+});
+
 Deno.test("the authors preset trains: finite loss, every part of MIE reached, flat tensor count, early and late epochs", () => {
   const model = new Sigma({ ...TINY, ...SIGMA_PRESETS.authors });
   const optimizer = new Adam(1e-3);

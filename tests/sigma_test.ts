@@ -374,6 +374,8 @@ Deno.test("Sigma() rejects bad config fields, naming the field and value", () =>
     [{ mieKlWarmup: 2.5 }, "mieKlWarmup"],
     [{ priorGradient: "no" as unknown as boolean }, "priorGradient"],
     [{ interestNorm: 1 as unknown as boolean }, "interestNorm"],
+    [{ interestLogVarBound: -1 }, "interestLogVarBound must be a finite number >= 0, got -1"],
+    [{ interestLogVarBound: Infinity }, "interestLogVarBound"],
   ];
   for (const [config, word] of bad) {
     assertThrows(() => new Sigma({ ...TINY, ...config }), RangeError, word);

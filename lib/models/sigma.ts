@@ -195,6 +195,16 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    * ContrastVAE base, whose evaluation-time "sample" is mu + std).
    */
   scoreAt: "mu" | "mu+sigma";
+  /**
+   * A bound B on each interest's log-variance: `log omega^2 = B tanh(raw / B)`, within
+   * (-B, B), the identity to within 1% for |raw| < B / 6, and with a gradient everywhere.
+   * 0: unbounded (paper and authors' code). Why: MIE reads interest means that are sums
+   * of item vectors, so with `mieInput: "normed"` (norm ~sqrt(d) each) a long history
+   * gives the omega MLP a large input; on Beauty its output reached ~40 in epoch 1, and
+   * the e^40 in KL_MIE's gradient left Adam second moments of ~1e23 on the input
+   * LayerNorm, the categories and 2,324 item rows, freezing them (docs/results.md).
+   */
+  interestLogVarBound: number;
 }
 
 /**
@@ -261,6 +271,7 @@ export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   mieBoostEpochs: 0,
   hardInterestsFrom: 0,
   scoreAt: "mu",
+  interestLogVarBound: 0,
 };
 
 /** One line per {@linkcode SigmaConfig} field, for `--help`. */
@@ -296,6 +307,7 @@ export const SIGMA_HELP: Record<keyof typeof SIGMA_DEFAULTS, string> = {
   mieBoostEpochs: "E0: MIE and L_orth weights x max(1, E0 - epoch + 1); 0 = off (authors' 200)",
   hardInterestsFrom: "first epoch with the GRU (hard) interests; 0 = always (authors' 32)",
   scoreAt: "mu (paper) | mu+sigma: the latent ranked at (authors' ContrastVAE base)",
+  interestLogVarBound: "bound B on log omega^2: B tanh(raw / B); 0 = unbounded (paper, authors)",
 };
 
 /** Everything MIE-VAE derives from a history, at every position. */
@@ -453,7 +465,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     return gatedCategoryGru(this.params, "gru", items, gates, c.gruLayers) as tf.Tensor4D;
   }
 
-  /** log omega^2 = MLP([g_j || m^j]) (Eq. 6) for interest means `[P, k, d]`. */
+  /** log omega^2 = MLP([g_j || m^j]) (Eq. 6), bounded if `interestLogVarBound`, for means `[P, k, d]`. */
   #interestLogVar(mean: tf.Tensor3D): tf.Tensor3D {
     const [positions, k, d] = mean.shape;
     // [g || m] W1 = g W1[:d] + m W1[d:]: the category half is computed once for all
@@ -468,7 +480,9 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       tf.add(tf.reshape(fromMean, [positions, k, d]), fromCategory),
       this.params.get("omega.l1.b"),
     ); // [P, k, d]
-    return linear(this.params, "omega.l2", gelu(pre)) as tf.Tensor3D; // [P, k, d]
+    const raw = linear(this.params, "omega.l2", gelu(pre)) as tf.Tensor3D; // [P, k, d]
+    const bound = this.config.interestLogVarBound;
+    return bound > 0 ? tf.mul(tf.tanh(tf.div(raw, bound)), bound) as tf.Tensor3D : raw;
   }
 
   /** Interest means as MIE-VAE uses them at inference: after its LayerNorm, if any. */
@@ -704,6 +718,11 @@ export function validateSigmaConfig(c: SigmaConfig): void {
   }
   if (!(c.attentionDropout >= 0 && c.attentionDropout < 1)) {
     throw new RangeError(`attentionDropout must be in [0, 1), got ${c.attentionDropout}`);
+  }
+  if (!(c.interestLogVarBound >= 0) || !Number.isFinite(c.interestLogVarBound)) {
+    throw new RangeError(
+      `interestLogVarBound must be a finite number >= 0, got ${c.interestLogVarBound}`,
+    );
   }
   if (!Number.isFinite(c.logVarInit)) {
     throw new RangeError(`logVarInit must be a finite number, got ${c.logVarInit}`);
