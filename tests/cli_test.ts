@@ -185,8 +185,22 @@ Deno.test("cli train writes metrics.json and eval --checkpoint reproduces its te
   assertEquals(e.code, 0, e.stderr);
   const evaluated = JSON.parse(e.stdout.slice(e.stdout.indexOf("{")));
   assertEquals(evaluated.metrics, metrics.test);
+  // bench/adam_state.ts reads the run's resumable state: after one epoch on this data no item
+  // row holds a second moment above 1, and every row that got a gradient holds one above 1e-30.
+  const adamState = (...args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-read", "--allow-env", ADAM_STATE, "--run", out, ...args],
+      env: { NO_COLOR: "1" },
+    }).output().then((o) => new TextDecoder().decode(o.code === 0 ? o.stdout : o.stderr));
+  const usual = await adamState();
+  assert(usual.includes("epoch 1, Adam step"), usual);
+  assert(/item rows with v > 1: 0 of \d+/.test(usual), usual);
+  const touched = Number((await adamState("--frozen", "1e-30")).match(/v > 1e-30: (\d+) of/)?.[1]);
+  assert(touched > 0, `no item row has a second moment: ${touched}`);
   await Deno.remove(out, { recursive: true });
 });
+
+const ADAM_STATE = new URL("../bench/adam_state.ts", import.meta.url).pathname;
 
 const REPRODUCE = new URL("../bench/reproduce.ts", import.meta.url).pathname;
 const ABLATIONS = new URL("../bench/diffusion_ablations.ts", import.meta.url).pathname;
@@ -392,6 +406,8 @@ Deno.test("bench tools stop on a bad flag with a message naming it, not a stack 
     ],
     ["throughput.ts", ["--no-such-flag"], "error: Unknown option '--no-such-flag'"],
     ["scale.ts", ["--nope"], "error: Unknown option '--nope'"],
+    ["adam_state.ts", [], "error: --run DIR is required"],
+    ["adam_state.ts", ["--run", "x", "--frozen", "0"], 'error: --frozen must be positive, got "0"'],
   ];
   for (const [file, args, message] of cases) {
     const out = await bench(file, ...args);
