@@ -53,6 +53,7 @@ DEFAULTS = {
     "mieBoostEpochs": 0,
     "hardInterestsFrom": 0,
     "scoreAt": "mu",  # or "mu+sigma"
+    "interestLogVarBound": 0.0,  # B > 0: log omega^2 = B tanh(raw / B); 0: unbounded
 }
 
 CHOICES = {
@@ -73,6 +74,9 @@ def full_config(config):
         raise ValueError(f"numItems must be a positive integer, got {c.get('numItems')!r}")
     if c["hidden"] % c["heads"] != 0:
         raise ValueError(f"hidden ({c['hidden']}) must be divisible by heads ({c['heads']})")
+    bound = c["interestLogVarBound"]
+    if not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound < 0:
+        raise ValueError(f"interestLogVarBound must be a finite number >= 0, got {bound!r}")
     for key, allowed in CHOICES.items():
         if c[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {c[key]!r}")
@@ -237,7 +241,9 @@ class Sigma(nn.Module):
         d = self.config["hidden"]
         w1 = self.omega["l1"].w
         pre = mean @ w1[d:] + l2_normalise(self.category) @ w1[:d] + self.omega["l1"].b
-        return self.omega["l2"](F.gelu(pre))
+        raw = self.omega["l2"](F.gelu(pre))
+        bound = self.config["interestLogVarBound"]
+        return bound * torch.tanh(raw / bound) if bound > 0 else raw
 
     def _interest_decoder(self, x):
         return self.interest["l2"](F.gelu(self.interest["l1"](x)))
