@@ -202,7 +202,7 @@ export interface SigmaConfig extends SequenceEncoderConfig {
    * of item vectors, so with `mieInput: "normed"` (norm ~sqrt(d) each) a long history
    * gives the omega MLP a large input; on Beauty its output reached ~40 in epoch 1, and
    * the e^40 in KL_MIE's gradient left Adam second moments of ~1e23 on the input
-   * LayerNorm, the categories and 2,324 item rows, freezing them (docs/results.md).
+   * LayerNorm, the categories and ~2,200 item rows, freezing them (docs/results.md).
    */
   interestLogVarBound: number;
 }
