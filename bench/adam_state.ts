@@ -39,15 +39,16 @@ const frozenAbove = Number(flags.frozen);
 if (!(frozenAbove > 0)) throw new RangeError(`--frozen must be positive, got "${flags.frozen}"`);
 
 const { meta, values, path } = await readCheckpoint(`${flags.run}/state`);
-const offsets = new Map<string, { start: number; shape: number[] }>();
+const offsets = new Map<string, { start: number; size: number; shape: number[] }>();
 let offset = 0;
 for (const p of meta.params) {
-  offsets.set(p.name, { start: offset, shape: p.shape });
-  offset += p.shape.reduce((a, b) => a * b, 1);
+  const size = p.shape.reduce((a, b) => a * b, 1);
+  offsets.set(p.name, { start: offset, size, shape: p.shape });
+  offset += size;
 }
 const slice = (name: string) => {
   const at = offsets.get(name)!;
-  return values.subarray(at.start, at.start + at.shape.reduce((a, b) => a * b, 1));
+  return values.subarray(at.start, at.start + at.size);
 };
 const median = (xs: Float32Array) => {
   const sorted = Float32Array.from(xs).sort();
