@@ -113,4 +113,4 @@ export {
   type ServableModel,
 } from "./lib/inference/recommender.ts";
 export { createHandler, type HandlerLimits, type HandlerOptions } from "./lib/serve/handler.ts";
-export { MicroBatcher, type MicroBatcherOptions } from "./lib/serve/batcher.ts";
+export { MAX_WAIT_MS, MicroBatcher, type MicroBatcherOptions } from "./lib/serve/batcher.ts";

@@ -9,29 +9,67 @@
  *
  * - `SIGMA_MODEL`: the model file's path or URL (required);
  * - `SIGMA_BACKEND`: `auto` (default), `webgpu`, `wasm` or `cpu`;
- * - `SIGMA_BATCH_WAIT_MS`: the micro-batching window (default 2; 0 = off).
+ * - `SIGMA_BATCH_WAIT_MS`: the micro-batching window in milliseconds, from 0 (off) to
+ *   10000 (default 2).
+ *
+ * A missing or bad variable, or a model file that fails its checks, stops the server before
+ * it listens, with one line naming the variable or file (no stack trace) and exit code 1.
  *
  * @module
  */
-import { type BackendChoice, selectBackend } from "../backends/mod.ts";
+import { BACKEND_CHOICES, type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { createHandler } from "../lib/serve/handler.ts";
+import { MAX_WAIT_MS } from "../lib/serve/batcher.ts";
 
-const source = Deno.env.get("SIGMA_MODEL");
-if (!source) {
-  throw new TypeError("set SIGMA_MODEL to the path or URL of a model file (model.safetensors)");
+/** `SIGMA_BATCH_WAIT_MS` as a number of milliseconds, or a `RangeError` naming it. */
+function batchWaitFromEnv(): number {
+  const text = Deno.env.get("SIGMA_BATCH_WAIT_MS");
+  if (text === undefined) return 2;
+  const value = Number(text);
+  if (text.trim() === "" || !(value >= 0 && value <= MAX_WAIT_MS)) {
+    throw new RangeError(
+      `SIGMA_BATCH_WAIT_MS must be a number from 0 to ${MAX_WAIT_MS}, got "${text}"`,
+    );
+  }
+  return value;
 }
-const chosen = await selectBackend((Deno.env.get("SIGMA_BACKEND") ?? "auto") as BackendChoice);
-const recommender = await Recommender.load(source);
-console.error(
-  `sigma-rec: ${recommender.model.name} over ${recommender.numItems} items from ${source}, ` +
-    `backend ${chosen.name}`,
-);
+
+/** The recommender and handler options the environment asks for. */
+async function fromEnv(): Promise<{ recommender: Recommender; batchWaitMs: number }> {
+  const source = Deno.env.get("SIGMA_MODEL");
+  if (!source) {
+    throw new TypeError("set SIGMA_MODEL to the path or URL of a model file (model.safetensors)");
+  }
+  const backend = Deno.env.get("SIGMA_BACKEND") ?? "auto";
+  if (!(BACKEND_CHOICES as readonly string[]).includes(backend)) {
+    throw new RangeError(
+      `SIGMA_BACKEND must be one of ${BACKEND_CHOICES.join(", ")}, got "${backend}"`,
+    );
+  }
+  const batchWaitMs = batchWaitFromEnv();
+  const chosen = await selectBackend(backend as BackendChoice);
+  const recommender = await Recommender.load(source);
+  console.error(
+    `sigma-rec: ${recommender.model.name} over ${recommender.numItems} items from ${source}, ` +
+      `backend ${chosen.name}`,
+  );
+  return { recommender, batchWaitMs };
+}
+
+let loaded: Awaited<ReturnType<typeof fromEnv>>;
+try {
+  loaded = await fromEnv();
+} catch (e) {
+  // As the CLI does: one line for the person starting the server, not a stack trace.
+  console.error(`error: ${(e as Error)?.message ?? e}`);
+  Deno.exit(1);
+}
 
 /** The `fetch` handler `deno serve` calls for every request. */
 export default {
-  fetch: createHandler(recommender, {
-    batchWaitMs: Number(Deno.env.get("SIGMA_BATCH_WAIT_MS") ?? 2),
+  fetch: createHandler(loaded.recommender, {
+    batchWaitMs: loaded.batchWaitMs,
     onError: (e) => console.error(`error: ${(e as Error)?.stack ?? e}`),
   }),
 } satisfies Deno.ServeDefaultExport;

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "./_args.ts";
 import { createHandler } from "../lib/serve/handler.ts";
+import { MAX_WAIT_MS } from "../lib/serve/batcher.ts";
 import {
   BACKEND_OPTIONS,
   flagsGiven,
@@ -59,7 +60,9 @@ export async function serveCommand(args: string[]): Promise<void> {
   if (port > 65535) throw new RangeError(`--port must be at most 65535, got "${values.port}"`);
   const waitText = values["batch-wait-ms"];
   const batchWaitMs = waitText === undefined ? 2 : numberFlag("batch-wait-ms", waitText);
-  if (batchWaitMs < 0) throw new RangeError(`--batch-wait-ms must be >= 0, got "${waitText}"`);
+  if (batchWaitMs < 0 || batchWaitMs > MAX_WAIT_MS) {
+    throw new RangeError(`--batch-wait-ms must be from 0 to ${MAX_WAIT_MS}, got "${waitText}"`);
+  }
   const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
   const inference = inferenceFlags(values);
   // One wasm thread by default: a single history is too small a product to share, and on 2

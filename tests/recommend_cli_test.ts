@@ -10,10 +10,15 @@ const data = syntheticDataset({ seed: 19, users: 40, items: 25, maxLength: 10 })
 const TINY = { numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 16, maxLength: 10 };
 const PERMISSIONS = ["--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-net"];
 
+/**
+ * Runs deno with `args`, killed after 60 s: a server that should have refused to start
+ * fails the test instead of hanging it.
+ */
 async function run(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
     args,
     env: { NO_COLOR: "1", ...env },
+    signal: AbortSignal.timeout(60_000),
   }).output();
   const text = new TextDecoder();
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
@@ -139,6 +144,7 @@ Deno.test("cli recommend rejects bad input with messages naming the flag, file o
     [["serve", "--model", f.dir, "--eval-seed", "2"], "--eval-seed (2) is not an inference"],
     [["serve", "--model", f.dir, "--port", "70000"], "--port"],
     [["serve"], "--model"],
+    [["serve", "--model", f.dir, "--batch-wait-ms", "60000"], "--batch-wait-ms"],
   ];
   for (const [args, word] of cases) {
     const r = await cli(...args, "--backend", "cpu");
@@ -190,5 +196,38 @@ Deno.test("the deno serve module answers with the same handler", async () => {
   } finally {
     child.kill("SIGTERM");
     await child.status;
+  }
+});
+
+Deno.test("the deno serve module refuses a missing or bad variable by name, before it listens", async () => {
+  await using f = await fixture();
+  const model = `${f.dir}/model.safetensors`;
+  const cases: [Record<string, string>, string][] = [
+    [{}, "SIGMA_MODEL"],
+    [
+      { SIGMA_MODEL: model, SIGMA_BATCH_WAIT_MS: "2ms" },
+      'SIGMA_BATCH_WAIT_MS must be a number from 0 to 10000, got "2ms"',
+    ],
+    [{ SIGMA_MODEL: model, SIGMA_BATCH_WAIT_MS: "" }, "SIGMA_BATCH_WAIT_MS"],
+    [{ SIGMA_MODEL: model, SIGMA_BATCH_WAIT_MS: "60000" }, "SIGMA_BATCH_WAIT_MS"],
+    [
+      { SIGMA_MODEL: model, SIGMA_BACKEND: "gpu" },
+      'SIGMA_BACKEND must be one of auto, webgpu, wasm, cpu, got "gpu"',
+    ],
+    [{ SIGMA_MODEL: `${f.dir}/missing.safetensors`, SIGMA_BACKEND: "cpu" }, "missing.safetensors"],
+  ];
+  for (const [env, word] of cases) {
+    const r = await run(
+      ["serve", "--host", "127.0.0.1", "--port", "0", ...PERMISSIONS, DENO_SERVE],
+      env,
+    );
+    const what = JSON.stringify(env);
+    assertEquals(r.code, 1, `${what}: ${r.stderr}`);
+    assert(r.stderr.includes(word), `${what}: stderr lacks ${word}:\n${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `${what}: a stack trace:\n${r.stderr}`);
+    assert(
+      !r.stderr.includes("Listening") && !/http:\/\/127/.test(r.stderr + r.stdout),
+      `${what}: it listened`,
+    );
   }
 });

@@ -113,6 +113,68 @@ Deno.test("recommend() with excludeSeen false may return history items; strict n
   await assertRejects(() => r.recommend(history, { k: 2.5 }), RangeError, "2.5");
 });
 
+Deno.test("recommend() refuses options of the wrong type by name instead of reading them loosely", async () => {
+  await selectBackend("cpu");
+  using r = tinyRecommender();
+  const history = data.vocab.items.slice(1, 4);
+  await r.recommend(history); // builds the model's cached item transpose
+  const before = tf.memory().numTensors;
+  // deno-lint-ignore no-explicit-any
+  const loose = (o: unknown) => r.recommend(history, o as any);
+  // A string exclude would otherwise be read as its characters, "false" as true.
+  await assertRejects(
+    () => loose({ exclude: "i5" }),
+    TypeError,
+    'exclude must be a list of item tokens, got "i5"',
+  );
+  await assertRejects(() => loose({ exclude: null }), TypeError, "exclude");
+  await assertRejects(
+    () => loose({ excludeSeen: "false" }),
+    TypeError,
+    'excludeSeen must be true or false, got "false"',
+  );
+  await assertRejects(() => loose({ strict: 1 }), TypeError, "strict must be true or false, got 1");
+  await assertRejects(() => loose(null), TypeError, "options of history 0: must be an object");
+  await assertRejects(
+    // deno-lint-ignore no-explicit-any
+    () => r.recommendBatch([history, history], [{}, undefined as any]),
+    TypeError,
+    "options of history 1",
+  );
+  // A Set of tokens is a list of tokens.
+  const excluded = await r.recommend(history, { exclude: new Set(["i7"]), k: data.numItems });
+  assert(excluded.items.every((i) => i.item !== "i7"));
+  assertEquals(tf.memory().numTensors, before);
+});
+
+Deno.test("recommend() refuses an infinite score, which JSON would turn into null", async () => {
+  await selectBackend("cpu");
+  const bad = data.vocab.items.indexOf("i4");
+  /** SASRec with item i4 scored +Infinity after every history. */
+  class InfiniteAtOne extends SasRec {
+    override scores(batch: Parameters<SasRec["scores"]>[0]): tf.Tensor2D {
+      return tf.tidy(() => {
+        const shift = tf.buffer([data.numItems + 1], "float32");
+        shift.set(Infinity, bad);
+        return tf.add(super.scores(batch), shift.toTensor()) as tf.Tensor2D;
+      });
+    }
+  }
+  using r = new Recommender(new InfiniteAtOne({ ...TINY, seed: 3 }), data.vocab.items);
+  await r.recommend(["i1"], { exclude: ["i4"] }); // builds the model's cached item transpose
+  const before = tf.memory().numTensors;
+  await assertRejects(
+    () => r.recommend(["i1"], { k: 3 }),
+    RangeError,
+    "history 0: the model scored Infinity",
+  );
+  // Excluded, it is never returned, so it is not an error.
+  const { items } = await r.recommend(["i1"], { k: 3, exclude: ["i4"] });
+  assertEquals(items.length, 3);
+  assert(items.every((i) => Number.isFinite(i.score)));
+  assertEquals(tf.memory().numTensors, before);
+});
+
 Deno.test("recommend() of an empty history ranks the whole catalogue as for a padding-only history", async () => {
   await selectBackend("cpu");
   using r = tinyRecommender();

@@ -88,6 +88,7 @@ Deno.test("serve answers every route and every bad request, and keeps serving", 
       ["recommend", JSON.stringify({ history: ["i1"], k: 0 }), 400, "k"],
       ["recommend", JSON.stringify({ history: ["i1"], k: 1001 }), 400, "k"],
       ["recommend", JSON.stringify({ history: ["i1"], k: "5" }), 400, "k"],
+      ["recommend", JSON.stringify({ history: ["i1"], k: null }), 400, "k"],
       ["recommend", JSON.stringify({ history: ["i1"], exclude: "i2" }), 400, "exclude"],
       ["recommend", JSON.stringify({ history: ["i1"], excludeSeen: 1 }), 400, "excludeSeen"],
       ["recommend", JSON.stringify({ history: ["i1"], hisotry: [] }), 400, "hisotry"],
@@ -133,6 +134,65 @@ Deno.test("serve answers every route and every bad request, and keeps serving", 
     await server.child.status;
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("createHandler refuses a bad limit by name; a streamed body over the cap is a 413; errors echo at most 100 characters of a value", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  const bad: [Record<string, number>, string][] = [
+    [{ maxBodyBytes: NaN }, "maxBodyBytes must be a positive integer, got NaN"],
+    [{ maxHistory: 0 }, "maxHistory must be a positive integer, got 0"],
+    [{ maxK: -1 }, "maxK must be a positive integer, got -1"],
+    [{ maxBatch: 2.5 }, "maxBatch must be a positive integer, got 2.5"],
+    [{ batchWaitMs: 60_000 }, "batchWaitMs must be from 0 to 10000, got 60000"],
+    [{ batchWaitMs: NaN }, "batchWaitMs must be from 0 to 10000, got NaN"],
+  ];
+  for (const [options, message] of bad) {
+    let error: unknown;
+    try {
+      createHandler(r, options);
+    } catch (e) {
+      error = e;
+    }
+    assert(error instanceof RangeError, `${JSON.stringify(options)}: ${error}`);
+    assertEquals(error.message, message);
+  }
+  const handler = createHandler(r, { maxBodyBytes: 64, batchWaitMs: 0 });
+  const url = "http://localhost/recommend";
+  // No content-length: the cap is applied while reading.
+  const stream = new ReadableStream<Uint8Array>({
+    start(c) {
+      for (let i = 0; i < 4; i++) c.enqueue(new Uint8Array(32).fill(32));
+      c.close();
+    },
+  });
+  const request = new Request(url, { method: "POST", body: stream });
+  assertEquals(request.headers.get("content-length"), null);
+  const streamed = await handler(request);
+  assertEquals([streamed.status, (await streamed.json()).error], [
+    413,
+    "the body is over 64 bytes, the most accepted",
+  ]);
+  const wide = createHandler(r, { batchWaitMs: 0 });
+  const huge = await wide(
+    new Request(url, {
+      method: "POST",
+      body: JSON.stringify({ history: [], k: "9".repeat(5000) }),
+    }),
+  );
+  const { error, field } = await huge.json();
+  assertEquals([huge.status, field], [400, "k"]);
+  assert(error.length < 250, `an error of ${error.length} characters`);
+  assert(error.includes("(5002 characters)"), error);
+  const key = await wide(
+    new Request(url, {
+      method: "POST",
+      body: JSON.stringify({ history: [], ["x".repeat(5000)]: 1 }),
+    }),
+  );
+  const unknown = await key.json();
+  assertEquals([key.status, unknown.field], [400, "x".repeat(100)]);
+  assert(unknown.error.length < 250, `an error of ${unknown.error.length} characters`);
 });
 
 Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops", async () => {

@@ -209,7 +209,10 @@ export class Recommender {
    *
    * @param history Item tokens in time order, oldest first.
    * @param options See {@linkcode RecommendOptions}.
-   * @throws {RangeError} A bad `k`, or an unknown item with `strict`.
+   * @throws {RangeError} A bad `k`, an unknown item with `strict`, or a score that is not
+   * finite.
+   * @throws {TypeError} An option of the wrong type (`exclude` not a list of tokens,
+   * `excludeSeen` or `strict` not a boolean).
    */
   async recommend(
     history: Iterable<string>,
@@ -224,8 +227,9 @@ export class Recommender {
    *
    * @param histories Item tokens of each history, oldest first.
    * @param options One set of options for all, or one per history.
-   * @throws {RangeError} A bad `k`, options of the wrong length, or an unknown item with
-   * `strict` (the history's index is named).
+   * @throws {RangeError} A bad `k`, options of the wrong length, an unknown item with
+   * `strict`, or a score that is not finite (the history's index is named).
+   * @throws {TypeError} An option of the wrong type, as for {@linkcode Recommender.recommend}.
    */
   async recommendBatch(
     histories: readonly Iterable<string>[],
@@ -312,10 +316,8 @@ export class Recommender {
   }
 
   #prepare(history: Iterable<string>, o: RecommendOptions, index: number) {
+    checkOptions(o, index);
     const k = o.k ?? 10;
-    if (!Number.isInteger(k) || k < 1) {
-      throw new RangeError(`k must be a positive integer, got ${k}`);
-    }
     if (history === null || typeof history !== "object" || !(Symbol.iterator in history)) {
       throw new TypeError(`history ${index} is not a list of item tokens`);
     }
@@ -351,12 +353,42 @@ export class Recommender {
   ): RecommendResult {
     const items: Recommendation[] = [];
     for (let j = 0; j < indices.length && items.length < row.k; j++) {
+      // NaN sorts anywhere in topk; an infinite score would reach JSON as null.
       if (Number.isNaN(values[j])) throw new RangeError(`history ${index}: the model scored NaN`);
-      if (!row.excluded.has(indices[j])) {
-        items.push({ item: this.items[indices[j]], score: values[j] });
+      if (row.excluded.has(indices[j])) continue;
+      if (!Number.isFinite(values[j])) {
+        throw new RangeError(`history ${index}: the model scored ${values[j]}`);
       }
+      items.push({ item: this.items[indices[j]], score: values[j] });
     }
     return { items, unknown: row.unknown };
+  }
+}
+
+/**
+ * Checks one set of {@linkcode RecommendOptions} before any tensor exists: a wrong type
+ * would otherwise be read loosely (a string `exclude` as its characters, `"false"` as true).
+ */
+function checkOptions(o: RecommendOptions, index: number): void {
+  const at = `options of history ${index}`;
+  if (o === null || typeof o !== "object") {
+    throw new TypeError(`${at}: must be an object, got ${o === null ? "null" : typeof o}`);
+  }
+  const k = o.k ?? 10;
+  if (!Number.isInteger(k) || k < 1) {
+    throw new RangeError(`k must be a positive integer, got ${k}`);
+  }
+  for (const flag of ["excludeSeen", "strict"] as const) {
+    if (o[flag] !== undefined && typeof o[flag] !== "boolean") {
+      throw new TypeError(`${at}: ${flag} must be true or false, got ${JSON.stringify(o[flag])}`);
+    }
+  }
+  const exclude = o.exclude;
+  if (exclude === undefined) return;
+  if (exclude === null || typeof exclude !== "object" || !(Symbol.iterator in exclude)) {
+    throw new TypeError(
+      `${at}: exclude must be a list of item tokens, got ${JSON.stringify(exclude)}`,
+    );
   }
 }
 

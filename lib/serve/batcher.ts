@@ -17,6 +17,13 @@ export interface MicroBatcherOptions {
   maxBatch?: number;
 }
 
+/**
+ * The longest micro-batching window accepted, in milliseconds. A lone request waits this
+ * long for company, so a window of seconds is a mistake; timers also silently turn any
+ * delay over 2^31 - 1 ms into 1 ms.
+ */
+export const MAX_WAIT_MS = 10_000;
+
 interface Pending {
   history: string[];
   options: RecommendOptions;
@@ -48,13 +55,14 @@ export class MicroBatcher {
   /**
    * Batches requests for `recommender`.
    *
-   * @throws {RangeError} `waitMs` negative or `maxBatch` not a positive integer.
+   * @throws {RangeError} `waitMs` outside 0 to {@linkcode MAX_WAIT_MS}, or `maxBatch` not a
+   * positive integer.
    */
   constructor(recommender: Recommender, options: MicroBatcherOptions = {}) {
     const waitMs = options.waitMs ?? 2;
     const maxBatch = options.maxBatch ?? 64;
-    if (!(waitMs >= 0) || !Number.isFinite(waitMs)) {
-      throw new RangeError(`waitMs must be a finite number >= 0, got ${waitMs}`);
+    if (!(waitMs >= 0 && waitMs <= MAX_WAIT_MS)) {
+      throw new RangeError(`waitMs must be from 0 to ${MAX_WAIT_MS}, got ${waitMs}`);
     }
     if (!Number.isInteger(maxBatch) || maxBatch < 1) {
       throw new RangeError(`maxBatch must be a positive integer, got ${maxBatch}`);

@@ -19,7 +19,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Recommender, RecommendOptions } from "../inference/recommender.ts";
 import { MODEL_FILE_VERSION } from "../inference/model_file.ts";
-import { MicroBatcher } from "./batcher.ts";
+import { MAX_WAIT_MS, MicroBatcher } from "./batcher.ts";
 import { MODELS } from "../models/mod.ts";
 import { PAGE_HTML } from "./_page.ts";
 
@@ -59,6 +59,12 @@ class HttpError extends Error {
   constructor(readonly status: number, message: string, readonly field?: string) {
     super(message);
   }
+}
+
+/** `value` as JSON for an error message, cut to 100 characters: never echo a huge body back. */
+function shown(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 100 ? `${text.slice(0, 100)}... (${text.length} characters)` : text;
 }
 
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
@@ -129,7 +135,7 @@ function stringList(value: unknown, field: string, max: number): string[] {
     if (typeof v !== "string") {
       throw new HttpError(
         400,
-        `${field}[${i}] must be a string, got ${JSON.stringify(v)}`,
+        `${field}[${i}] must be a string, got ${shown(v)}`,
         `${field}[${i}]`,
       );
     }
@@ -153,18 +159,19 @@ function parseOne(body: unknown, limits: HandlerLimits, at = ""): ParsedRequest 
     if (!ONE_FIELDS.has(key)) {
       throw new HttpError(
         400,
-        `unknown field "${key}"; expected ${[...ONE_FIELDS].join(", ")}`,
-        `${at}${key}`,
+        `unknown field ${shown(key)}; expected ${[...ONE_FIELDS].join(", ")}`,
+        `${at}${key.slice(0, 100)}`,
       );
     }
   }
   if (!("history" in b)) throw new HttpError(400, `${at}history is missing`, `${at}history`);
   const history = stringList(b.history, `${at}history`, limits.maxHistory);
-  const k = b.k ?? 10;
+  // Absent means the default; null is refused, as it is for every other field.
+  const k = b.k === undefined ? 10 : b.k;
   if (typeof k !== "number" || !Number.isInteger(k) || k < 1 || k > limits.maxK) {
     throw new HttpError(
       400,
-      `${at}k must be an integer from 1 to ${limits.maxK}, got ${JSON.stringify(b.k)}`,
+      `${at}k must be an integer from 1 to ${limits.maxK}, got ${shown(b.k)}`,
       `${at}k`,
     );
   }
@@ -192,9 +199,7 @@ function checkStrict(strict: boolean, unknown: string[], at = ""): void {
   if (strict && unknown.length > 0) {
     throw new HttpError(
       422,
-      `${at}history holds items the model does not know: ${
-        unknown.map((u) => JSON.stringify(u)).join(", ")
-      }`,
+      `${at}history holds items the model does not know: ${shown(unknown)}`,
       `${at}history`,
     );
   }
@@ -209,7 +214,11 @@ function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
   }
   for (const key of Object.keys(body)) {
     if (key !== "requests") {
-      throw new HttpError(400, `unknown field "${key}"; expected requests`, key);
+      throw new HttpError(
+        400,
+        `unknown field ${shown(key)}; expected requests`,
+        key.slice(0, 100),
+      );
     }
   }
   const list = (body as Record<string, unknown>).requests;
@@ -299,6 +308,8 @@ function router(
  * @param recommender The model that answers.
  * @param options See {@linkcode HandlerOptions}.
  * @returns A function from `Request` to `Response` that never throws.
+ * @throws {RangeError} A limit that is not a positive integer, or a `batchWaitMs` outside
+ * 0 to {@linkcode MAX_WAIT_MS}, named with its value.
  */
 export function createHandler(
   recommender: Recommender,
@@ -310,7 +321,17 @@ export function createHandler(
     maxK: options.maxK ?? 1000,
     maxBatch: options.maxBatch ?? 256,
   };
-  const batcher = new MicroBatcher(recommender, { waitMs: options.batchWaitMs ?? 2 });
+  // A NaN limit would let every comparison pass: refuse it here, naming the option.
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isInteger(value) || value < 1) {
+      throw new RangeError(`${name} must be a positive integer, got ${value}`);
+    }
+  }
+  const batchWaitMs = options.batchWaitMs ?? 2;
+  if (!(batchWaitMs >= 0 && batchWaitMs <= MAX_WAIT_MS)) {
+    throw new RangeError(`batchWaitMs must be from 0 to ${MAX_WAIT_MS}, got ${batchWaitMs}`);
+  }
+  const batcher = new MicroBatcher(recommender, { waitMs: batchWaitMs });
 
   const recommendOne: Route = async (request) => {
     const { history, options: o } = parseOne(await readJson(request, limits.maxBodyBytes), limits);
