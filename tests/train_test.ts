@@ -917,7 +917,7 @@ async function trainUntil(out: string, stop: { what: string; epoch: number } | n
   return { code: result.code, stderr: new TextDecoder().decode(result.stderr) };
 }
 
-Deno.test("a run killed between any two of an epoch's writes resumes to the uninterrupted result", async () => {
+Deno.test("a run killed between any two of an epoch's writes, or inside one, resumes to the uninterrupted result", async () => {
   await selectBackend("cpu");
   const dir = await Deno.makeTempDir();
   const whole = await trainUntil(`${dir}/whole`, null);
@@ -950,6 +950,34 @@ Deno.test("a run killed between any two of an epoch's writes resumes to the unin
     const { meta } = await readCheckpoint(`${out}/checkpoint`);
     assertEquals(meta.epoch, resumed.bestEpoch, what);
     assertEquals(await Deno.readFile(`${out}/model.safetensors`), wholeModel, what);
+  }
+  // What a kill inside a write leaves: an append cut short (a full disk does the same), and
+  // epoch 1's state folder half written. Neither may block the resume or change its result.
+  const cuts: [{ what: string; epoch: number }, (out: string) => Promise<void>][] = [
+    [{ what: "state", epoch: 2 }, async (out) => {
+      await Deno.writeTextFile(`${out}/log.jsonl`, '{"epoch":3,"lo', { append: true });
+    }],
+    [{ what: "log", epoch: 1 }, async (out) => {
+      await Deno.mkdir(`${out}/state.next`);
+      await Deno.writeTextFile(`${out}/state.next/weights.bin`, "part");
+    }],
+  ];
+  for (const [stop, cut] of cuts) {
+    const out = `${dir}/cut-${stop.what}@${stop.epoch}`;
+    assertEquals((await trainUntil(out, stop)).code, 77);
+    await cut(out);
+    const model = new SasRec(SMALL);
+    const resumed = await train(model, split, data.numItems, {
+      batchSize: 32,
+      evalBatchSize: 64,
+      epochs: 4,
+      evalEvery: 2,
+      learningRate: 1e-3,
+    }, { out, resume: true, progress: () => {} });
+    model.params.dispose();
+    assertEquals(resumed.history.map((h) => h.loss), wholeLog.map((h) => h.loss), out);
+    assertEquals(await Deno.readFile(`${out}/model.safetensors`), wholeModel, out);
+    assertEquals((await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").length, 4);
   }
   await Deno.remove(dir, { recursive: true });
 });

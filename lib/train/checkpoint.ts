@@ -154,7 +154,11 @@ async function writeCheckpointFolder(
   const stored = JSON.parse(JSON.stringify(unsummed));
   const full: CheckpointMeta = { ...unsummed, checksum: await checkpointChecksum(stored, bytes) };
   await writeSynced(`${next}/weights.bin`, bytes);
-  await Deno.writeTextFile(`${next}/model.json`, JSON.stringify(full, null, 1) + "\n");
+  // Synced too: after a power loss an empty model.json would not fall back to `.prev`.
+  await writeSynced(
+    `${next}/model.json`,
+    new TextEncoder().encode(JSON.stringify(full, null, 1) + "\n"),
+  );
   if (await exists(dir)) {
     await Deno.remove(prev, { recursive: true }).catch(() => {});
     await Deno.rename(dir, prev);

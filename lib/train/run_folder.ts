@@ -17,6 +17,7 @@ import { checkWritableFolder, shownPath, writing } from "../_io.ts";
 /** The files and folders that make up a run (besides the lock). */
 export const RUN_FILES: readonly string[] = [
   "log.jsonl",
+  "log.jsonl.tmp",
   "metrics.json",
   "metrics.json.tmp",
   "model.safetensors",

@@ -628,8 +628,9 @@ async function startRun(
     firstEpoch: 1,
   };
   const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
+  // Only a swapped-in state counts: `state.next` is one whose writing was cut short.
   const unstarted = hooks.resume &&
-    !(await runFilesIn(hooks.out!)).some((f) => f.startsWith("state"));
+    !(await runFilesIn(hooks.out!)).some((f) => f === "state" || f === "state.prev");
   const log = unstarted ? await Deno.readTextFile(logFile!).catch(() => null) : null;
   if (unstarted && log !== null && log.split("\n").filter((l) => l).length <= 1) {
     say(`${hooks.out} has no finished epoch to resume: starting it again\n`);
@@ -1084,9 +1085,13 @@ async function restoreBest(
  * after an epoch's log line and before its state leaves one the state has not seen.
  */
 async function restoreHistory(logFile: string, epoch: number): Promise<EpochRecord[]> {
-  const lines = (await Deno.readTextFile(logFile).catch(() => "")).split("\n").filter((l) => l);
+  const lines = (await Deno.readTextFile(logFile).catch(() => "")).split("\n");
+  // A line without its newline is an append cut short (a kill, a full disk): it belongs
+  // to an epoch after the state's, since the state is written after the log line.
+  lines.pop();
   const history: EpochRecord[] = [];
   for (const [i, line] of lines.entries()) {
+    if (!line) continue;
     let record: EpochRecord;
     try {
       record = JSON.parse(line);
@@ -1101,6 +1106,6 @@ async function restoreHistory(logFile: string, epoch: number): Promise<EpochReco
     );
   }
   const text = history.map((r) => JSON.stringify(r) + "\n").join("");
-  await writing(logFile, () => Deno.writeTextFile(logFile, text));
+  await writeFileAtomic(logFile, new TextEncoder().encode(text));
   return history;
 }
