@@ -7,6 +7,7 @@
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
 import type { SequenceDataset } from "../lib/data/types.ts";
+import { withFlagNames } from "./_flags.ts";
 
 /** How a data set was obtained; stored in checkpoints so `eval` can rebuild it. */
 export type DataSpec =
@@ -24,7 +25,10 @@ export type DataSpec =
 export async function loadData(spec: DataSpec): Promise<SequenceDataset> {
   if (spec.kind === "synthetic") return syntheticDataset({ seed: spec.seed });
   const { path, ...options } = spec;
-  return await readDataset(path, options);
+  return await withFlagNames(
+    () => readDataset(path, options),
+    { minRating: "min-rating", kCore: "k-core" },
+  );
 }
 
 /**

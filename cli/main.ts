@@ -409,6 +409,12 @@ async function trainCommand(args: string[]): Promise<void> {
   const spec = trainDataSpec(v);
   if (spec.kind === "synthetic") options = demonstrationRun(v, options);
   const out = (v.out as string | undefined) ?? `runs/${modelName}`;
+  if (v.resume === true && v.overwrite === true) {
+    throw new TypeError(
+      `--resume and --overwrite contradict each other: --resume continues the run in ${out}, ` +
+        "--overwrite replaces it",
+    );
+  }
   // Locked and checked before anything slow: a second run into the same folder, or one that
   // would replace a run without --overwrite, stops here, and nothing of the old run is
   // touched until the new one has passed every check.
@@ -453,8 +459,9 @@ async function trainCommand(args: string[]): Promise<void> {
  * override them. Says which on stderr.
  */
 function evalDataSpec(
-  trained: DataSpec,
+  trained: DataSpec | undefined,
   flags: { data?: string; format?: string; "k-core"?: string; "min-rating"?: string },
+  checkpoint: string,
 ): DataSpec {
   const overrides = {
     ...(flags.format !== undefined ? { format: flags.format as "lines" } : {}),
@@ -467,9 +474,15 @@ function evalDataSpec(
     if (Object.keys(overrides).length > 0) {
       throw new TypeError("--format, --k-core and --min-rating go with --data");
     }
+    if (trained === undefined) {
+      throw new TypeError(
+        `${checkpoint}/model.json: field "data" does not say what the model was trained on; ` +
+          "give --data FILE",
+      );
+    }
     return trained;
   }
-  const { kind: _kind, path: _path, ...options } = trained.kind === "file"
+  const { kind: _kind, path: _path, ...options } = trained?.kind === "file"
     ? trained
     : { kind: "file", path: "" };
   const spec: DataSpec = { kind: "file", path: flags.data, ...options, ...overrides };
@@ -481,6 +494,18 @@ function evalDataSpec(
       (shown.length > 0 ? ` (${shown.join(" ")})` : ""),
   );
   return spec;
+}
+
+/**
+ * The data a checkpoint says it was trained on. A run trained through the library without
+ * `checkpointInfo` stores none (`{}`); `eval` then needs `--data`.
+ */
+function storedDataSpec(data: unknown): DataSpec | undefined {
+  const d = data as Partial<Record<string, unknown>> | null;
+  const known = d !== null && typeof d === "object" &&
+    ((d.kind === "file" && typeof d.path === "string") ||
+      (d.kind === "synthetic" && typeof d.seed === "number"));
+  return known ? data as DataSpec : undefined;
 }
 
 async function evalCommand(args: string[]): Promise<void> {
@@ -518,7 +543,7 @@ async function evalCommand(args: string[]): Promise<void> {
   }
   await startBackend(values);
   const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
-  const spec = evalDataSpec(meta.data as DataSpec, values);
+  const spec = evalDataSpec(storedDataSpec(meta.data), values, path);
   const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
   const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, source);
   const overrides = inferenceFlags(values);

@@ -1,3 +1,7 @@
+import { selectBackend } from "../backends/mod.ts";
+import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
+import { SasRec } from "../lib/models/sasrec.ts";
+import { train } from "../lib/train/trainer.ts";
 import { TINY_TRAIN_FLAGS } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
@@ -44,6 +48,17 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
   await Deno.writeTextFile(`${dir}/d.csv`, "a 1 2 3 4\n");
   await Deno.writeTextFile(`${dir}/four.txt`, "a 1 2 3 4\nb 2 3 4 5\nc 3 4 5 6\n");
   await Deno.writeTextFile(`${dir}/other.json`, '{"x": ["c1"], "y": ["c2"]}');
+  // Classic Mac line endings: read as spaces, u2 would become an item of u1.
+  await Deno.writeTextFile(`${dir}/cr.txt`, "u1 1 2 3\ru2 4 5 6\r");
+  // A run trained through the library without checkpointInfo stores no data spec.
+  await selectBackend("cpu");
+  const tinyData = syntheticDataset({ seed: 3, users: 20, items: 12, maxLength: 8 });
+  const tiny = new SasRec({ numItems: 12, hidden: 8, heads: 1, layers: 1, inner: 8, maxLength: 8 });
+  await train(tiny, leaveOneOut(tinyData).split, 12, { epochs: 1, batchSize: 16 }, {
+    out: `${dir}/library-run`,
+    progress: () => {},
+  });
+  tiny.params.dispose();
   const four = ["--backend", "cpu", "--data", `${dir}/four.txt`, "--out", `${dir}/four`];
   const relative = `missing-${crypto.randomUUID()}.txt`;
   const at = (name: string) => ["--backend", "cpu", "--out", `${dir}/${name}`];
@@ -102,6 +117,13 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
       `${dir}/three.txt: no training positions`,
     ],
     [["eval", "--checkpoint", `${dir}/nothing`], `${dir}/nothing`],
+    [["train", ...at("cr"), "--data", `${dir}/cr.txt`], `${dir}/cr.txt:1: a carriage return`],
+    [["train", ...four, "--min-rating", "4"], "--min-rating must go with MovieLens ratings"],
+    [["train", ...at("both"), "--resume", "--overwrite"], "--resume and --overwrite contradict"],
+    [
+      ["eval", "--checkpoint", `${dir}/library-run/checkpoint`, "--backend", "cpu"],
+      'model.json: field "data" does not say what the model was trained on; give --data FILE',
+    ],
     [["train", "--backend", "cpu", "--resume", "--out", `${dir}/fresh`], `${dir}/fresh/state`],
   ];
   for (const [args, word] of cases) {

@@ -17,6 +17,7 @@ import {
   leaveOneOut,
   paddedTrainBatch,
   parseCategories,
+  parseDataset,
   plantedClusters,
   readMovieLensRatings,
   readRecBoleInter,
@@ -76,6 +77,30 @@ Deno.test("readSequenceLines() rejects a repeated user naming source and both li
   );
   assert(e.message.includes("line 1"), e.message);
   assert(e.message.includes('"a"'), e.message);
+});
+
+Deno.test("readers refuse a CR without its LF, naming the line, rather than merge lines", () => {
+  // Read as a space, the CR would make u2 an item of u1 and lose user u2.
+  assertThrows(
+    () => readSequenceLines("u1 1 2 3\ru2 4 5 6\r", "mac.txt"),
+    SyntaxError,
+    "mac.txt:1: a carriage return (CR) without a line feed",
+  );
+  assertThrows(() => readSequenceLines("u1 1 2\r\nu2 3\r4\n", "mid.txt"), SyntaxError, "mid.txt:2");
+  const vocab = { users: ["u"], items: ["<pad>", "a", "b"] };
+  assertThrows(() => parseCategories("a x\rb y\n", vocab, "c.txt"), SyntaxError, "c.txt:1");
+  assertEquals(readSequenceLines("u1 1 2\r\nu2 3\r\n", "crlf.txt").vocab.users, ["u1", "u2"]);
+});
+
+Deno.test("parseDataset() refuses minRating for data without ratings, and a bad kCore, by name", () => {
+  assertThrows(
+    () => parseDataset("u 1 2 3\n", "x.txt", { minRating: 4 }),
+    TypeError,
+    'minRating must go with MovieLens ratings (format "movielens"); x.txt is read as "lines"',
+  );
+  assertThrows(() => parseDataset("u 1 2 3\n", "x.txt", { kCore: NaN }), RangeError, "kCore");
+  assertThrows(() => parseDataset("u 1 2 3\n", "x.txt", { kCore: -1 }), RangeError, "kCore");
+  assertEquals(parseDataset("1::10::5::100\n", "r.dat", { minRating: 4 }).numItems, 1);
 });
 
 const INTER = [

@@ -68,6 +68,21 @@ Deno.test("train() stops after `patience` epochs without a better validation Rec
   model.params.dispose();
 });
 
+Deno.test("train() refuses resume with overwrite, before touching the folder", async () => {
+  await selectBackend("cpu");
+  const model = new SasRec(SMALL);
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/log.jsonl`, "kept\n");
+  await assertRejects(
+    () => train(model, split, data.numItems, FAST, { out: dir, resume: true, overwrite: true }),
+    TypeError,
+    "resume and overwrite contradict each other",
+  );
+  assertEquals(await Deno.readTextFile(`${dir}/log.jsonl`), "kept\n");
+  model.params.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train() writes a log line per epoch and a checkpoint that reproduces the test metrics", async () => {
   await selectBackend("cpu");
   const out = await Deno.makeTempDir();

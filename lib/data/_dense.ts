@@ -54,8 +54,9 @@ const NOT_TEXT = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\ufffd]/;
 /**
  * Splits text into lines, accepting both LF and CRLF files.
  *
- * @throws {SyntaxError} The text holds a control character or undecodable bytes: binary or
- * corrupted input is refused, naming `source` and the line, rather than read as tokens.
+ * @throws {SyntaxError} The text holds a control character, undecodable bytes or a CR
+ * without its LF: binary, corrupted or CR-only input is refused, naming `source` and the
+ * line, rather than read as tokens.
  */
 export function splitLines(text: string, source: string): string[] {
   const bad = NOT_TEXT.exec(text);
@@ -64,6 +65,14 @@ export function splitLines(text: string, source: string): string[] {
     const code = bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
     throw new SyntaxError(
       `${source}:${line}: character U+${code} is not text: is this a binary or corrupted file?`,
+    );
+  }
+  // A lone CR (classic Mac endings) would otherwise read as a space and merge lines.
+  const cr = /\r(?!\n)/.exec(text);
+  if (cr) {
+    const line = text.slice(0, cr.index).split("\n").length;
+    throw new SyntaxError(
+      `${source}:${line}: a carriage return (CR) without a line feed; lines must end in LF or CRLF`,
     );
   }
   return text.split(/\r?\n/);

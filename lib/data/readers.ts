@@ -11,7 +11,7 @@
  * @module
  */
 import type { DataReport, SequenceDataset } from "./types.ts";
-import { PAD_TOKEN, plural, quote, splitLines, TokenIndex } from "./_dense.ts";
+import { checkNonNegativeInt, PAD_TOKEN, plural, quote, splitLines, TokenIndex } from "./_dense.ts";
 import { fiveCore } from "./filter.ts";
 
 /** The interaction file formats {@linkcode parseDataset} understands. */
@@ -240,9 +240,11 @@ export type ParseDatasetOptions = Omit<ReadDatasetOptions, "categories">;
  * @param text The file's content.
  * @param source Its name: the format comes from its extension unless `options.format` says.
  * @param options See {@linkcode ParseDatasetOptions}.
- * @throws {TypeError} No `format` given and the extension is not `.txt`, `.inter` or `.dat`.
+ * @throws {TypeError} No `format` given and the extension is not `.txt`, `.inter` or `.dat`;
+ * or `minRating` given for data that is not MovieLens ratings.
  * @throws {SyntaxError} As the format's reader.
- * @throws {RangeError} No interaction is left (an empty file, or every one filtered out).
+ * @throws {RangeError} No interaction is left (an empty file, or every one filtered out), or
+ * `kCore` is not a non-negative integer.
  */
 export function parseDataset(
   text: string,
@@ -250,6 +252,13 @@ export function parseDataset(
   options: ParseDatasetOptions = {},
 ): SequenceDataset {
   const format = options.format ?? formatFromPath(source);
+  if (options.minRating !== undefined && format !== "movielens") {
+    // Other layouts have no ratings: ignoring it would look like a filter that ran.
+    throw new TypeError(
+      `minRating must go with MovieLens ratings (format "movielens"); ${source} is read as "${format}"`,
+    );
+  }
+  if (options.kCore !== undefined) checkNonNegativeInt("kCore", options.kCore);
   let dataset: SequenceDataset;
   switch (format) {
     case "lines":

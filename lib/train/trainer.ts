@@ -155,8 +155,8 @@ export interface TrainHooks {
   resume?: boolean;
   /**
    * Replace the run that `out` holds, if any; without it (or `resume`) a folder holding a
-   * run is refused. The old files are removed only once every check has passed. Default
-   * false.
+   * run is refused. The old files are removed only once every check has passed. Not with
+   * `resume` (a `TypeError`). Default false.
    */
   overwrite?: boolean;
   /**
@@ -528,6 +528,11 @@ function checkedRun(
   }
   if (hooks.resume && !hooks.out) {
     throw new TypeError("resume needs the run's output folder (hooks.out)");
+  }
+  if (hooks.resume && hooks.overwrite) {
+    throw new TypeError(
+      "resume and overwrite contradict each other: continue the run, or replace it",
+    );
   }
   return { o, itemTokens };
 }
