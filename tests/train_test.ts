@@ -68,6 +68,29 @@ Deno.test("train() stops after `patience` epochs without a better validation Rec
   model.params.dispose();
 });
 
+Deno.test("train() refuses to resume on other sequences over the same vocabulary, naming the field", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  const first = new SasRec(SMALL);
+  await train(first, split, data.numItems, { ...FAST, epochs: 1 }, { out: dir });
+  first.params.dispose();
+  // One user's training items in another order: the same items, users and file name.
+  const changed = { ...split, train: split.train.map((s, i) => i === 0 ? s.slice().reverse() : s) };
+  assertNotEquals(Array.from(changed.train[0]), Array.from(split.train[0]));
+  for (const [other, ok] of [[changed, false], [split, true]] as const) {
+    const model = new SasRec(SMALL);
+    const resumed = train(model, other, data.numItems, { ...FAST, epochs: 2 }, {
+      out: dir,
+      resume: true,
+      progress: () => {},
+    });
+    if (ok) assertEquals((await resumed).history.length, 2);
+    else await assertRejects(() => resumed, RangeError, 'field "resume.split"');
+    model.params.dispose();
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train() refuses resume with overwrite, before touching the folder", async () => {
   await selectBackend("cpu");
   const model = new SasRec(SMALL);

@@ -11,6 +11,7 @@
  */
 import { writing } from "../_io.ts";
 import type { ParamRecord } from "../nn/params.ts";
+import type { LeaveOneOutSplit } from "../data/types.ts";
 import { sha256Hex } from "../inference/model_file.ts";
 
 /** The `model.json` of a checkpoint. */
@@ -90,6 +91,30 @@ async function checkpointChecksum(
   return `sha256:${await sha256Hex([head, weights])}`;
 }
 
+/**
+ * `"sha256:"` and the SHA-256 of a leave-one-out split: every training sequence, and every
+ * validation and test example's user, history and target, in order, each list
+ * length-prefixed. Equal for the same data read the same way; any changed, added, removed or
+ * reordered interaction changes it.
+ */
+export async function splitFingerprint(split: LeaveOneOutSplit): Promise<string> {
+  const ints: number[] = [split.train.length];
+  const list = (items: Int32Array) => {
+    ints.push(items.length);
+    for (const item of items) ints.push(item);
+  };
+  split.train.forEach(list);
+  for (const examples of [split.valid, split.test]) {
+    ints.push(examples.length);
+    for (const e of examples) {
+      ints.push(e.user, e.target);
+      list(e.history);
+    }
+  }
+  const bytes = new Uint8Array(Int32Array.from(ints).buffer);
+  return `sha256:${await sha256Hex([bytes])}`;
+}
+
 /** Where an interrupted training run stands at the end of an epoch. */
 export interface ResumeState {
   /** Adam steps taken so far (also the next step's seed index). */
@@ -108,6 +133,12 @@ export interface ResumeState {
    * with moments of exactly 0 had taken none and every other one `step`.
    */
   adamSteps?: number[];
+  /**
+   * {@linkcode splitFingerprint} of the run's split: resume refuses data whose sequences
+   * differ even where the vocabulary and file name are the same. Absent in states written
+   * before it existed, which are not checked.
+   */
+  split?: string;
 }
 
 /** FNV-1a 32-bit hash of a byte array, as 8 hex digits. */

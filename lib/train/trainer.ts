@@ -21,6 +21,7 @@ import {
   type CheckpointMeta,
   readCheckpoint,
   type ResumeState,
+  splitFingerprint,
   writeCheckpoint,
   writeFileAtomic,
 } from "./checkpoint.ts";
@@ -553,6 +554,8 @@ interface RunState {
   started: number;
   /** The first epoch this call runs. */
   firstEpoch: number;
+  /** {@linkcode splitFingerprint} of the split, saved with each state (runs with `out`). */
+  split?: string;
 }
 
 /** The epochs of a checked run (see {@linkcode train}). */
@@ -570,7 +573,8 @@ async function trainLoop(
   let stopped: TrainResult["stopped"] = "epochs";
   let state: RunState;
   try {
-    state = await startRun(model, o, hooks, optimizer, itemTokens, rng, say);
+    const fingerprint = hooks.out ? await splitFingerprint(split) : undefined;
+    state = await startRun(model, o, hooks, optimizer, itemTokens, rng, say, fingerprint);
     if (state.sinceBest >= o.patience) stopped = "patience";
     for (let epoch = state.firstEpoch; epoch <= o.epochs && stopped !== "patience"; epoch++) {
       optimizer.learningRate = learningRateAt(o, epoch);
@@ -622,6 +626,7 @@ async function startRun(
   itemTokens: string[],
   rng: Rng,
   say: (text: string) => void,
+  split?: string,
 ): Promise<RunState> {
   const state: RunState = {
     step: 0,
@@ -631,6 +636,7 @@ async function startRun(
     history: [],
     started: performance.now(),
     firstEpoch: 1,
+    split,
   };
   const logFile = hooks.out ? `${hooks.out}/log.jsonl` : null;
   // Only a swapped-in state counts: `state.next` is one whose writing was cut short.
@@ -641,7 +647,7 @@ async function startRun(
     say(`${hooks.out} has no finished epoch to resume: starting it again\n`);
     await writing(logFile!, () => Deno.writeTextFile(logFile!, ""));
   } else if (hooks.resume) {
-    const r = await resumeRun(model, o, hooks, optimizer, itemTokens);
+    const r = await resumeRun(model, o, hooks, optimizer, itemTokens, split);
     Object.assign(state, {
       step: r.step,
       best: r.best,
@@ -788,6 +794,7 @@ async function saveEpoch(
     best: state.best,
     sinceBest: state.sinceBest,
     seconds: (performance.now() - state.started) / 1000,
+    ...(state.split ? { split: state.split } : {}),
   }, record.best ? state.bestValues ?? undefined : undefined);
   hooks.onWrite?.("state", epoch);
   if (record.best) {
@@ -926,10 +933,16 @@ async function resumeRun(
   hooks: TrainHooks,
   optimizer: Adam,
   itemTokens: string[],
+  split?: string,
 ): Promise<ResumedRun> {
   const { meta, values, path } = await readCheckpoint(`${hooks.out}/state`);
   const where = `${path}/model.json`;
   const resume = checkSameRun(meta, where, model, o, hooks, itemTokens);
+  if (resume.split !== undefined && resume.split !== split) {
+    throw new RangeError(
+      `${where}: the run's data differs from this one (its sequences: field "resume.split")`,
+    );
+  }
   restoreWeights(meta, resume, values, path, model, optimizer);
   const best = { ...resume.best, score: resume.best.epoch === 0 ? -Infinity : resume.best.score };
   return {
