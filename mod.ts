@@ -1,7 +1,9 @@
 /**
  * Generative sequential recommendation on tfjs: SIGMA (a VAE whose prior is a Gaussian
- * mixture of the user's own interests) and the SASRec baseline behind one model
- * interface, full-catalogue evaluation, and everything that serves a trained model:
+ * mixture of the user's own interests), the SASRec baseline and the diffusion recommenders
+ * DiffuRec and DiffuRecSys (built by name through {@linkcode MODELS}; their inference
+ * settings changed with {@linkcode withInferenceOverrides}) behind one model interface,
+ * full-catalogue evaluation, and everything that serves a trained model:
  * a {@linkcode Recommender} on the caller's own item names, the portable model file
  * (safetensors; {@linkcode decodeModelFile}) read from bytes, a URL or a `Response`, the
  * HTTP API as a plain fetch handler ({@linkcode createHandler}), and a backend chosen at
@@ -62,6 +64,7 @@ export {
   stepSeeds,
   validateSasRecConfig,
   validateSigmaConfig,
+  withInferenceOverrides,
 } from "./lib/models/mod.ts";
 export {
   gaussianKl,

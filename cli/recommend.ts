@@ -37,6 +37,7 @@ export const RECOMMEND_OPTIONS = [
   "  --exclude I       items never to recommend, separated by spaces",
   "  --keep-seen       may recommend items of the history (default: never)",
   "  --batch-size N    histories scored per forward pass (default 256)",
+  "  --backend, --threads, --blas: as for train (threads default: the logical CPUs)",
   "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
 ];
 

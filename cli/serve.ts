@@ -31,7 +31,9 @@ export const SERVE_OPTIONS = [
   "  --port P          port (default 8000; 0 picks a free one)",
   "  --batch-wait-ms W micro-batching window of POST /recommend (default 2; 0 = off)",
   "  --max-history N   longest history or exclude list accepted (default 1000)",
-  "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write)",
+  "  --backend B       auto | webgpu | wasm | cpu (default auto); --blas L as for train",
+  "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write,",
+  "                    which deno task serve does not grant: use deno run -A cli/main.ts serve)",
   "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
 ];
 

@@ -20,7 +20,7 @@
  * | --- | --- |
  * | `format` | `"sigma-rec"` |
  * | `format_version` | `"1"` |
- * | `model` | the model kind, as in `--model`: `"sasrec"` or `"sigma"` |
+ * | `model` | the model kind, as in `--model`: `"sasrec"`, `"sigma"`, `"diffurec"` or `"diffurecsys"` |
  * | `config` | the model's full config, JSON |
  * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i |
  * | `info` | JSON, not needed to load: where the model came from (epoch, validation metrics, data) |
