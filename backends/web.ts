@@ -52,6 +52,9 @@ export async function selectBackend(
   return await chooseBackend(choice, options.webgpuCpuForward ?? false, {
     prepare: () => {
       if (options.wasmPaths !== undefined) setWasmPaths(options.wasmPaths);
+      // On a cross-origin-isolated page tfjs would fetch its threaded binary, which a page
+      // built by web/build.ts does not carry: wasm failed and `auto` fell to the CPU kernels.
+      tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false);
     },
     describe: async () => {
       const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";

@@ -2,6 +2,7 @@ import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import { startServeChild } from "../cli/_serve_child.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const BUILD = new URL("../web/build.ts", import.meta.url).pathname;
@@ -79,7 +80,13 @@ function serveFolder(dir: string) {
     try {
       const body = await Deno.readFile(`${dir}/${name}`);
       return new Response(body, {
-        headers: { "content-type": types[name.split(".").pop()!] ?? "application/octet-stream" },
+        headers: {
+          "content-type": types[name.split(".").pop()!] ?? "application/octet-stream",
+          // Cross-origin isolated, as a host that wants SharedArrayBuffer serves it: tfjs then
+          // reaches for its threaded binary, which the page must not need.
+          "cross-origin-opener-policy": "same-origin",
+          "cross-origin-embedder-policy": "require-corp",
+        },
       });
     } catch {
       return new Response("not found", { status: 404 });
@@ -130,45 +137,9 @@ Deno.test({
     const server = serveFolder(site);
     const query = history.map((h) => `item=${encodeURIComponent(h)}`).join("&");
     const page = `http://127.0.0.1:${server.addr.port}/?${query}&k=10`;
-    const chromium = new Deno.Command(CHROMIUM, {
-      args: [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--remote-debugging-port=0",
-        `--user-data-dir=${dir}/profile`,
-        "--window-size=900,800",
-        page,
-      ],
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    let devtools: DevTools | undefined;
+    const { devtools, close } = await openInChromium(page, dir);
     try {
-      const reader = chromium.stderr.pipeThrough(new TextDecoderStream()).getReader();
-      let log = "";
-      let port = "";
-      while (!port) {
-        const { done, value } = await reader.read();
-        if (done) throw new Error(`chromium exited:\n${log}`);
-        log += value;
-        port = log.match(/DevTools listening on ws:\/\/127\.0\.0\.1:(\d+)\//)?.[1] ?? "";
-      }
-      (async () => {
-        for (;;) if ((await reader.read()).done) return;
-      })();
-      const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
-      const target = targets.find((t: { type: string; url: string }) =>
-        t.type === "page" && t.url.startsWith(page.split("?")[0])
-      );
-      assert(target, JSON.stringify(targets));
-      devtools = await DevTools.connect(target.webSocketDebuggerUrl);
-      let state = "";
-      for (let i = 0; i < 600 && state !== "done" && state !== "error"; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        state = String(await devtools.evaluate("document.body.dataset.state"));
-      }
+      const state = await waitForPage(devtools);
       const error = await devtools.evaluate("document.getElementById('error').textContent");
       assertEquals(state, "done", `page state ${state}: ${error}`);
       const rows = await devtools.evaluate(
@@ -186,7 +157,8 @@ Deno.test({
       const backend = await devtools.evaluate(
         "document.getElementById('backend').textContent",
       ) as string;
-      assert(/^backend: (webgpu|wasm|cpu) \(/.test(backend), backend);
+      // Not the CPU kernels: on this cross-origin-isolated page wasm must still start.
+      assert(/^backend: (webgpu|wasm) \(/.test(backend), backend);
       assertEquals(
         await devtools.evaluate("document.getElementById('unknown').textContent"),
         "Not in the model, skipped: not-an-item",
@@ -201,12 +173,141 @@ Deno.test({
       await Deno.writeFile(shotPath, png);
       console.log(`screenshot: ${shotPath} (${png.length} bytes), ${backend}`);
       assert(png.length > 10_000, `a ${png.length}-byte screenshot is too small to show the list`);
+      // A blank k is the default; a bad one is an error with the old list hidden.
+      await devtools.evaluate(
+        "document.getElementById('k').value = ''; document.getElementById('form').requestSubmit()",
+      );
+      assertEquals(await waitForPage(devtools), "done");
+      assertEquals(await devtools.evaluate(ROW_COUNT), 10);
+      await devtools.evaluate(
+        "document.getElementById('k').value = '0'; document.getElementById('form').requestSubmit()",
+      );
+      assertEquals(await waitForPage(devtools), "error");
+      assertEquals(
+        await devtools.evaluate("document.getElementById('error').textContent"),
+        "k must be a positive integer, got 0",
+      );
+      assertEquals(await devtools.evaluate("document.getElementById('results').hidden"), true);
     } finally {
-      devtools?.close();
-      chromium.kill("SIGTERM");
-      await chromium.status;
+      await close();
       await server.shutdown();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
 });
+
+Deno.test({
+  name:
+    "the page served at GET /, in headless Chromium, shows the answer, and says so when the server is gone",
+  ignore: !probe?.success,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await selectBackend("cpu");
+    const data = syntheticDataset({ seed: 29, users: 30, items: 40, maxLength: 10 });
+    using made = new Recommender(
+      new SasRec({ numItems: data.numItems, hidden: 16, heads: 2, layers: 1, inner: 16, seed: 3 }),
+      data.vocab.items,
+    );
+    await Deno.writeFile(`${dir}/model.safetensors`, await made.toBytes());
+    const expected = await made.recommend(["i2", "i7"], { k: 5 });
+    const server = await startServeChild([
+      "--model",
+      `${dir}/model.safetensors`,
+      "--backend",
+      "cpu",
+    ]);
+    const { devtools, close } = await openInChromium(`${server.base}?item=i2&item=i7&k=5`, dir);
+    try {
+      const rows = async () =>
+        JSON.parse(
+          await devtools.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#results tbody tr')].map((tr) => tr.children[1].textContent))",
+          ) as string,
+        );
+      for (let i = 0; i < 300 && (await rows()).length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assertEquals(await rows(), expected.items.map((x) => x.item));
+      server.child.kill("SIGTERM");
+      await server.child.status;
+      await devtools.evaluate("document.getElementById('form').requestSubmit()");
+      let error = "";
+      for (let i = 0; i < 300 && !error; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        error = String(await devtools.evaluate("document.getElementById('error').textContent"));
+      }
+      assert(error.startsWith("the server did not answer"), error);
+      assertEquals(await devtools.evaluate("document.getElementById('results').hidden"), true);
+    } finally {
+      await close();
+      try {
+        server.child.kill("SIGTERM");
+      } catch {
+        // Already stopped by the test.
+      }
+      await server.child.status;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+const ROW_COUNT = "document.querySelectorAll('#results tbody tr').length";
+
+/** Polls the page's `data-state` until it is "done" or "error" (60 s at most). */
+async function waitForPage(devtools: DevTools): Promise<string> {
+  let state = "";
+  for (let i = 0; i < 600 && state !== "done" && state !== "error"; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    state = String(await devtools.evaluate("document.body.dataset.state"));
+  }
+  return state;
+}
+
+/** Opens `page` in headless Chromium (profile under `dir`); a DevTools client on its tab. */
+async function openInChromium(page: string, dir: string) {
+  const chromium = new Deno.Command(CHROMIUM, {
+    args: [
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--remote-debugging-port=0",
+      `--user-data-dir=${dir}/profile`,
+      "--window-size=900,800",
+      page,
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let devtools: DevTools | undefined;
+  try {
+    const reader = chromium.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let log = "";
+    let port = "";
+    while (!port) {
+      const { done, value } = await reader.read();
+      if (done) throw new Error(`chromium exited:\n${log}`);
+      log += value;
+      port = log.match(/DevTools listening on ws:\/\/127\.0\.0\.1:(\d+)\//)?.[1] ?? "";
+    }
+    (async () => {
+      for (;;) if ((await reader.read()).done) return;
+    })();
+    const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
+    const target = targets.find((t: { type: string; url: string }) =>
+      t.type === "page" && t.url.startsWith(page.split("?")[0])
+    );
+    assert(target, JSON.stringify(targets));
+    devtools = await DevTools.connect(target.webSocketDebuggerUrl);
+  } catch (e) {
+    chromium.kill("SIGTERM");
+    await chromium.status;
+    throw e;
+  }
+  const close = async () => {
+    devtools?.close();
+    chromium.kill("SIGTERM");
+    await chromium.status;
+  };
+  return { devtools: devtools!, close };
+}

@@ -17,7 +17,47 @@ const state = (s: string) => document.body.dataset.state = s;
 
 function showError(message: string): void {
   $("error").textContent = message;
+  // The list on screen belongs to an earlier history: never show it beside the error.
+  $("results").hidden = true;
+  $("unknown").textContent = "";
   state("error");
+}
+
+/**
+ * The form's `k`: blank is the default 10; anything else must be a whole number (the
+ * recommender names a bad one). A number box the browser could not parse reads as blank,
+ * so that is refused here rather than taken as the default.
+ */
+function readK(): number {
+  const box = $<HTMLInputElement>("k");
+  if (box.validity.badInput) throw new RangeError("k must be a whole number");
+  return box.value.trim() === "" ? 10 : Number(box.value);
+}
+
+let recommender: Recommender | undefined;
+
+// Attached before anything loads: a submit before the model is ready would otherwise be
+// the browser's own, reloading the page without its query.
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!recommender) return;
+  $("error").textContent = "";
+  try {
+    const items = $<HTMLTextAreaElement>("history").value.split("\n").map((s) => s.trim())
+      .filter((s) => s);
+    const excludeSeen = $<HTMLInputElement>("seen").checked;
+    render(await recommender.recommend(items, { k: readK(), excludeSeen }));
+    state("done");
+  } catch (e) {
+    showError((e as Error).message);
+  }
+});
+
+/** Where the model came from, as the page says it: its file name, and its host if not ours. */
+function modelSource(url: URL): string {
+  if (url.protocol === "data:") return "a data: URL";
+  const file = url.pathname.split("/").pop();
+  return url.origin === location.origin ? `${file}` : `${file} on ${url.host}`;
 }
 
 function render(result: RecommendResult): void {
@@ -47,12 +87,12 @@ async function main(): Promise<void> {
   const chosen = await selectBackend(choice, { wasmPaths: new URL("./", import.meta.url).href });
   $("backend").textContent = `backend: ${chosen.name} (${chosen.reason})`;
   const modelUrl = new URL(query.get("model") ?? "model.safetensors", location.href);
-  const recommender = await Recommender.load(modelUrl);
-  $("model").textContent = `${recommender.model.name} over ${recommender.numItems} items, ` +
-    `from ${modelUrl.pathname.split("/").pop()}`;
+  const loaded = await Recommender.load(modelUrl);
+  $("model").textContent = `${loaded.model.name} over ${loaded.numItems} items, ` +
+    `from ${modelSource(modelUrl)}`;
   const picker = $<HTMLDataListElement>("catalogue");
   picker.replaceChildren(
-    ...recommender.items.slice(1).map((item) => {
+    ...loaded.items.slice(1).map((item) => {
       const option = document.createElement("option");
       option.value = item;
       return option;
@@ -66,19 +106,7 @@ async function main(): Promise<void> {
     }
     pick.value = "";
   });
-  $("form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    $("error").textContent = "";
-    try {
-      const items = history.value.split("\n").map((s) => s.trim()).filter((s) => s);
-      const k = Number($<HTMLInputElement>("k").value);
-      const excludeSeen = $<HTMLInputElement>("seen").checked;
-      render(await recommender.recommend(items, { k, excludeSeen }));
-      state("done");
-    } catch (e) {
-      showError((e as Error).message);
-    }
-  });
+  recommender = loaded;
   state("ready");
   if (query.getAll("item").length > 0) {
     history.value = query.getAll("item").join("\n");

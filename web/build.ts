@@ -27,7 +27,8 @@ const bundle = await new Deno.Command(Deno.execPath(), {
     "--minify",
     "-o",
     `${out}/app.js`,
-    new URL("app.ts", here).pathname,
+    // Decoded: a checkout path with a space or a non-ASCII letter is percent-encoded in a URL.
+    decodeURIComponent(new URL("app.ts", here).pathname),
   ],
   stdout: "inherit",
   stderr: "inherit",

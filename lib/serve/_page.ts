@@ -30,7 +30,7 @@ export const PAGE_HTML = `<!doctype html>
 <body>
 <h1>Recommendations</h1>
 <p id="model">loading model details…</p>
-<form id="form">
+<form id="form" novalidate>
   <label for="history">History, oldest first, one item per line:</label>
   <textarea id="history" spellcheck="false"></textarea>
   <div class="row">
@@ -58,23 +58,41 @@ if (query.getAll("item").length) {
   if (query.get("k")) $("k").value = query.get("k");
   queueMicrotask(() => $("form").requestSubmit());
 }
+// Only the latest request's answer is shown: an earlier one may arrive after it.
+let latest = 0;
+function showError(message) {
+  $("results").hidden = true;
+  $("unknown").textContent = "";
+  $("error").textContent = message;
+}
 $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  const asked = ++latest;
   $("error").textContent = "";
-  $("unknown").textContent = "";
   const history = $("history").value.split("\\n").map((s) => s.trim()).filter((s) => s);
-  const body = { history, k: Number($("k").value), excludeSeen: $("seen").checked };
-  const response = await fetch(new URL("recommend", base), {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const answer = await response.json();
-  if (!response.ok) {
-    $("results").hidden = true;
-    $("error").textContent = answer.error;
+  const box = $("k");
+  if (box.validity.badInput) return showError("k must be a whole number");
+  // Blank is the server's default; a bad number is the server's to name (a 400).
+  const k = box.value.trim() === "" ? {} : { k: Number(box.value) };
+  const body = { history, ...k, excludeSeen: $("seen").checked };
+  let response, answer;
+  try {
+    response = await fetch(new URL("recommend", base), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const json = (response.headers.get("content-type") ?? "").includes("application/json");
+    answer = json ? await response.json() : null;
+  } catch (e) {
+    if (asked === latest) showError("the server did not answer: " + e.message);
     return;
   }
+  if (asked !== latest) return;
+  if (!response.ok || answer === null) {
+    return showError(answer?.error ?? "the server answered " + response.status + " " + response.statusText);
+  }
+  $("unknown").textContent = "";
   if (answer.unknown.length) $("unknown").textContent = "Not in the model, skipped: " + answer.unknown.join(", ");
   const rows = $("results").querySelector("tbody");
   rows.replaceChildren(...answer.items.map((x, i) => {
