@@ -930,6 +930,29 @@ Deno.test("Adam follows tfjs's Adam bit for bit when every parameter gets a grad
 const TRAIN_URL = new URL("../train.ts", import.meta.url).href;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
 
+/** The run {@linkcode trainUntil} kills and {@linkcode resumeKilled} finishes. */
+const KILLED_RUN = {
+  batchSize: 32,
+  evalBatchSize: 64,
+  epochs: 4,
+  evalEvery: 2,
+  learningRate: 1e-3,
+};
+
+/** Resumes the run in `out` in this process, to its end. */
+async function resumeKilled(out: string) {
+  const model = new SasRec(SMALL);
+  try {
+    return await train(model, split, data.numItems, KILLED_RUN, {
+      out,
+      resume: true,
+      progress: () => {},
+    });
+  } finally {
+    model.params.dispose();
+  }
+}
+
 /**
  * Trains SMALL for 4 epochs, validating every second one (so a best epoch follows epochs that
  * are not), into `out` in a subprocess that exits when `stop` is written.
@@ -941,8 +964,7 @@ async function trainUntil(out: string, stop: { what: string; epoch: number } | n
     const data = syntheticDataset({ seed: 5, users: 80, items: 40, maxLength: 12 });
     const model = new SasRec(${JSON.stringify(SMALL)});
     const stop = ${JSON.stringify(stop)};
-    await train(model, leaveOneOut(data).split, data.numItems,
-      { batchSize: 32, evalBatchSize: 64, epochs: 4, evalEvery: 2, learningRate: 1e-3 },
+    await train(model, leaveOneOut(data).split, data.numItems, ${JSON.stringify(KILLED_RUN)},
       { out: ${JSON.stringify(out)}, onWrite: (what, epoch) => {
         if (stop && what === stop.what && epoch === stop.epoch) Deno.exit(77);
       } });
@@ -974,15 +996,7 @@ Deno.test("a run killed between any two of an epoch's writes, or inside one, res
     const out = `${dir}/${what}`;
     const killed = await trainUntil(out, stop);
     assertEquals(killed.code, 77, `not stopped after ${what}: ${killed.stderr}`);
-    const model = new SasRec(SMALL);
-    const resumed = await train(model, split, data.numItems, {
-      batchSize: 32,
-      evalBatchSize: 64,
-      epochs: 4,
-      evalEvery: 2,
-      learningRate: 1e-3,
-    }, { out, resume: true });
-    model.params.dispose();
+    const resumed = await resumeKilled(out);
     assertEquals(resumed.history.map((h) => h.loss), wholeLog.map((h) => h.loss), what);
     assertEquals(resumed.bestEpoch, wholeLog.findLastIndex((h) => h.best) + 1, what);
     const { meta } = await readCheckpoint(`${out}/checkpoint`);
@@ -1004,15 +1018,7 @@ Deno.test("a run killed between any two of an epoch's writes, or inside one, res
     const out = `${dir}/cut-${stop.what}@${stop.epoch}`;
     assertEquals((await trainUntil(out, stop)).code, 77);
     await cut(out);
-    const model = new SasRec(SMALL);
-    const resumed = await train(model, split, data.numItems, {
-      batchSize: 32,
-      evalBatchSize: 64,
-      epochs: 4,
-      evalEvery: 2,
-      learningRate: 1e-3,
-    }, { out, resume: true, progress: () => {} });
-    model.params.dispose();
+    const resumed = await resumeKilled(out);
     assertEquals(resumed.history.map((h) => h.loss), wholeLog.map((h) => h.loss), out);
     assertEquals(await Deno.readFile(`${out}/model.safetensors`), wholeModel, out);
     assertEquals((await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").length, 4);
