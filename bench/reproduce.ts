@@ -33,6 +33,7 @@ import { parseArgs } from "../cli/_args.ts";
 import { CHILD_PERMISSIONS } from "./_flags.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
+import { runFilesIn } from "../lib/train/run_folder.ts";
 
 /**
  * The `--epochs` the train commands of `model` get: the value after `--`, else the model's
@@ -81,16 +82,6 @@ async function epochsLogged(dir: string): Promise<number> {
     return text.split("\n").filter((line) => line.trim() !== "").length;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return 0;
-    throw e;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
     throw e;
   }
 }
@@ -216,13 +207,15 @@ function parseVariant(text: string): { name: string; flags: string[] } {
 }
 
 /**
- * Trains (or, when `dir/state` exists, continues) one run in a child process: both streams
- * go to `dir.log`, and the terminal gets train's epoch lines.
+ * Trains (or, when `dir` holds any run file, continues) one run in a child process: both
+ * streams go to `dir.log`, and the terminal gets train's epoch lines. A run killed before
+ * its first state, or inside a state's swap, has no `state/` but is resumed all the same
+ * (train starts it again when no epoch finished).
  *
  * @throws {Error} The child failed, naming its log.
  */
 async function trainRun(dir: string, arm: Arm, seed: number, flags: string[]) {
-  const resume = await exists(`${dir}/state`);
+  const resume = (await runFilesIn(dir).catch(() => [])).length > 0;
   const args = [
     "run",
     ...CHILD_PERMISSIONS,

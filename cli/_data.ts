@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { syntheticDataset } from "../lib/data/mod.ts";
+import { formatFromPath, syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
 import type { SequenceDataset } from "../lib/data/types.ts";
 import { withFlagNames } from "./_flags.ts";
@@ -20,6 +20,24 @@ export type DataSpec =
     categories?: string;
     minRating?: number;
   };
+
+/**
+ * `spec` without a `minRating` that cannot apply: the file is not MovieLens ratings. Such a
+ * value is stored by runs from before `--min-rating` was refused there, or inherited by
+ * `eval --data` from a MovieLens run; given on the command line, it is refused instead.
+ */
+export function withoutStrayMinRating<S extends DataSpec>(spec: S): S {
+  if (spec.kind !== "file" || spec.minRating === undefined) return spec;
+  let format: string | undefined = spec.format;
+  try {
+    format ??= formatFromPath(spec.path);
+  } catch {
+    return spec; // an unknown extension: reading it says so
+  }
+  if (format === "movielens") return spec;
+  const { minRating: _, ...rest } = spec;
+  return rest as S;
+}
 
 /** Reads or generates the data set a {@linkcode DataSpec} describes. */
 export async function loadData(spec: DataSpec): Promise<SequenceDataset> {

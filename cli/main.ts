@@ -28,7 +28,7 @@ import {
   type TrainOptions,
   type TrainResult,
 } from "../lib/train/trainer.ts";
-import { alignToVocabulary, type DataSpec, loadData } from "./_data.ts";
+import { alignToVocabulary, type DataSpec, loadData, withoutStrayMinRating } from "./_data.ts";
 import {
   BACKEND_OPTIONS,
   booleanFlag,
@@ -486,7 +486,10 @@ function evalDataSpec(
   const { kind: _kind, path: _path, ...options } = trained?.kind === "file"
     ? trained
     : { kind: "file", path: "" };
-  const spec: DataSpec = { kind: "file", path: flags.data, ...options, ...overrides };
+  const spec = {
+    ...withoutStrayMinRating({ kind: "file" as const, path: flags.data, ...options }),
+    ...overrides,
+  };
   const { kind: _k, path: _p, ...read } = spec;
   const shown = Object.entries(read).filter(([, value]) => value !== undefined)
     .map(([field, value]) => `--${kebab(field)} ${value}`);
@@ -506,7 +509,7 @@ function storedDataSpec(data: unknown): DataSpec | undefined {
   const known = d !== null && typeof d === "object" &&
     ((d.kind === "file" && typeof d.path === "string") ||
       (d.kind === "synthetic" && typeof d.seed === "number"));
-  return known ? data as DataSpec : undefined;
+  return known ? withoutStrayMinRating(data as DataSpec) : undefined;
 }
 
 async function evalCommand(args: string[]): Promise<void> {

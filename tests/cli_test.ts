@@ -492,6 +492,10 @@ Deno.test("cli eval --data reads the file as training read its data (k-core kept
   assertEquals(again.code, 0, again.stderr);
   assert(again.stderr.includes("read as the run read its data (--k-core 3)"), again.stderr);
   assertEquals(JSON.parse(again.stdout).metrics, JSON.parse(own.stdout).metrics);
+  // --min-rating given for a file without ratings is refused by flag, not ignored.
+  const rated = await evalRun("--data", `${dir}/d.txt`, "--min-rating", "3");
+  assertNotZero(rated.code, ["eval --min-rating 3"]);
+  assert(rated.stderr.includes("--min-rating must go with MovieLens ratings"), rated.stderr);
   // Without the k-core the rare items are not in the model: an error that names one.
   const unfiltered = await evalRun("--data", `${dir}/d.txt`, "--k-core", "0");
   assertNotZero(unfiltered.code, ["eval --k-core 0"]);
@@ -621,18 +625,18 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
   assertEquals(plain.code, 0, plain.stderr);
   const metrics = JSON.parse(await Deno.readTextFile(`${dir}/run/metrics.json`)).test;
   assertEquals(JSON.parse(plain.stdout).metrics, metrics); // the saved model ranks the same again
-  const ablated = await evalRun(
-    "--reverse-steps",
-    "2",
-    "--sampling",
-    "one",
-    "--protocol",
-    "diffurec",
-  );
+  const ablated = await evalRun("--sampling", "one", "--eval-seed", "7", "--protocol", "diffurec");
   assertEquals(ablated.code, 0, ablated.stderr);
   const out = JSON.parse(ablated.stdout);
-  assertEquals(out.overrides, { reverseSteps: 2, sampling: "one" });
+  assertEquals(out.overrides, { sampling: "one", evalSeed: 7 });
   assert("recall@5" in out.metrics, "diffurec protocol keys");
+  // One call runs no chain, so a number of chain steps would be ignored: refused, by flag.
+  const ignored = await evalRun("--reverse-steps", "2", "--sampling", "one");
+  assertNotZero(ignored.code, ["eval --reverse-steps 2 --sampling one"]);
+  assert(
+    ignored.stderr.includes('--reverse-steps (2) has no effect with sampling "one"'),
+    ignored.stderr,
+  );
   const bad = await evalRun("--reverse-steps", "9");
   assertNotZero(bad.code, ["eval --reverse-steps 9"]);
   assert(bad.stderr.includes("--reverse-steps (9) must be at most steps (4)"), bad.stderr);

@@ -29,6 +29,7 @@ import {
   trainBatches,
 } from "../lib/data/mod.ts";
 import { MAX_DATA_FILE_BYTES, readCategories, readDataset } from "../lib/data/files.ts";
+import { type DataSpec, withoutStrayMinRating } from "../cli/_data.ts";
 
 const arr = (a: ArrayLike<number>): number[] => Array.from(a);
 const tokens = (ds: SequenceDataset, u: number): string[] =>
@@ -84,12 +85,24 @@ Deno.test("readers refuse a CR without its LF, naming the line, rather than merg
   assertThrows(
     () => readSequenceLines("u1 1 2 3\ru2 4 5 6\r", "mac.txt"),
     SyntaxError,
-    "mac.txt:1: a carriage return (CR) without a line feed",
+    "mac.txt:1: a carriage return (CR) inside the line",
   );
   assertThrows(() => readSequenceLines("u1 1 2\r\nu2 3\r4\n", "mid.txt"), SyntaxError, "mid.txt:2");
   const vocab = { users: ["u"], items: ["<pad>", "a", "b"] };
   assertThrows(() => parseCategories("a x\rb y\n", vocab, "c.txt"), SyntaxError, "c.txt:1");
   assertEquals(readSequenceLines("u1 1 2\r\nu2 3\r\n", "crlf.txt").vocab.users, ["u1", "u2"]);
+  // CR CR LF (a CRLF file written again in text mode) and a last CR are only whitespace.
+  const twice = readSequenceLines("u1 1 2\r\r\nu2 3 \r\nu3 4\r", "twice.txt");
+  assertEquals([twice.vocab.users, tokens(twice, 1)], [["u1", "u2", "u3"], ["3"]]);
+});
+
+Deno.test("the CLI drops a stored minRating that cannot apply (older runs, eval --data of a MovieLens run)", () => {
+  const spec: DataSpec = { kind: "file", path: "x.txt", kCore: 2, minRating: 3 };
+  assertEquals(withoutStrayMinRating(spec), { kind: "file", path: "x.txt", kCore: 2 });
+  const dat: DataSpec = { kind: "file", path: "r.dat", minRating: 3 };
+  assertEquals(withoutStrayMinRating(dat), dat);
+  const told: DataSpec = { kind: "file", path: "r.txt", format: "movielens", minRating: 3 };
+  assertEquals(withoutStrayMinRating(told), told);
 });
 
 Deno.test("parseDataset() refuses minRating for data without ratings, and a bad kCore, by name", () => {

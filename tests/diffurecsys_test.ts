@@ -162,6 +162,32 @@ Deno.test("DiffuRecSys loss, gradients and scores agree on cpu, wasm and webgpu"
   await selectBackend("cpu");
 });
 
+Deno.test("a history scores the same alone as padded in a batch, under ca fixed and ca compat", () => {
+  // compat sums keys and values over padding too: its histories are padded to maxLength.
+  for (const ca of ["fixed", "compat"] as const) {
+    const model = new DiffuRecSys({ ...TINY, ca, lambda: 0.5 });
+    const rows = (histories: number[][], length: number) =>
+      tf.tidy(() => {
+        const inputs = new Int32Array(histories.length * length);
+        histories.forEach((h, b) => inputs.set(h, b * length + length - h.length));
+        const batch = {
+          batch: histories.length,
+          length,
+          inputs,
+          targets: new Int32Array(histories.length).fill(1),
+          users: Int32Array.from(histories.keys()),
+          exclude: histories.map((h) => Int32Array.from(h)),
+        };
+        return (model.scores(batch).arraySync() as number[][]).map((r) => r.slice(1));
+      });
+    const alone = rows([[3, 5]], 2)[0];
+    const batched = rows([[3, 5], [7, 1, 9, 4, 6, 2]], 6)[0];
+    const gap = Math.max(...alone.map((x, i) => Math.abs(x - batched[i])));
+    assert(gap <= 1e-4 * Math.max(1, ...alone.map(Math.abs)), `ca ${ca}: scores moved by ${gap}`);
+    model.params.dispose();
+  }
+});
+
 Deno.test("DiffuRecSys: tensor count stays flat over training steps", () => {
   for (const ca of ["fixed", "compat"] as const) {
     const model = new DiffuRecSys({ ...TINY, ca });

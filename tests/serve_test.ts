@@ -140,10 +140,10 @@ Deno.test("createHandler refuses a bad limit by name; a streamed body over the c
   await selectBackend("cpu");
   using r = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
   const bad: [Record<string, number>, string][] = [
-    [{ maxBodyBytes: NaN }, "maxBodyBytes must be a positive integer, got NaN"],
-    [{ maxHistory: 0 }, "maxHistory must be a positive integer, got 0"],
-    [{ maxK: -1 }, "maxK must be a positive integer, got -1"],
-    [{ maxBatch: 2.5 }, "maxBatch must be a positive integer, got 2.5"],
+    [{ maxBodyBytes: NaN }, "maxBodyBytes must be a positive integer or Infinity, got NaN"],
+    [{ maxHistory: 0 }, "maxHistory must be a positive integer or Infinity, got 0"],
+    [{ maxK: -1 }, "maxK must be a positive integer or Infinity, got -1"],
+    [{ maxBatch: 2.5 }, "maxBatch must be a positive integer or Infinity, got 2.5"],
     [{ batchWaitMs: 60_000 }, "batchWaitMs must be from 0 to 10000, got 60000"],
     [{ batchWaitMs: NaN }, "batchWaitMs must be from 0 to 10000, got NaN"],
   ];
@@ -157,6 +157,7 @@ Deno.test("createHandler refuses a bad limit by name; a streamed body over the c
     assert(error instanceof RangeError, `${JSON.stringify(options)}: ${error}`);
     assertEquals(error.message, message);
   }
+  createHandler(r, { maxK: Infinity, maxHistory: Infinity }); // no cap: still allowed
   const handler = createHandler(r, { maxBodyBytes: 64, batchWaitMs: 0 });
   const url = "http://localhost/recommend";
   // No content-length: the cap is applied while reading.

@@ -174,14 +174,17 @@ Deno.test({
       console.log(`screenshot: ${shotPath} (${png.length} bytes), ${backend}`);
       assert(png.length > 10_000, `a ${png.length}-byte screenshot is too small to show the list`);
       // A blank k is the default; a bad one is an error with the old list hidden.
-      await devtools.evaluate(
-        "document.getElementById('k').value = ''; document.getElementById('form').requestSubmit()",
-      );
+      const submitWithK = (k: string) =>
+        devtools.evaluate(
+          `document.getElementById('k').value = '${k}'; document.getElementById('form').requestSubmit()`,
+        );
+      await submitWithK("3");
+      assertEquals(await waitForPage(devtools), "done");
+      assertEquals(await devtools.evaluate(ROW_COUNT), 3);
+      await submitWithK("");
       assertEquals(await waitForPage(devtools), "done");
       assertEquals(await devtools.evaluate(ROW_COUNT), 10);
-      await devtools.evaluate(
-        "document.getElementById('k').value = '0'; document.getElementById('form').requestSubmit()",
-      );
+      await submitWithK("0");
       assertEquals(await waitForPage(devtools), "error");
       assertEquals(
         await devtools.evaluate("document.getElementById('error').textContent"),

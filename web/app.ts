@@ -41,6 +41,7 @@ let recommender: Recommender | undefined;
 $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
   if (!recommender) return;
+  state("working"); // what a script (or a test) waits on: "done" or "error" follows
   $("error").textContent = "";
   try {
     const items = $<HTMLTextAreaElement>("history").value.split("\n").map((s) => s.trim())

@@ -67,12 +67,14 @@ export function splitLines(text: string, source: string): string[] {
       `${source}:${line}: character U+${code} is not text: is this a binary or corrupted file?`,
     );
   }
-  // A lone CR (classic Mac endings) would otherwise read as a space and merge lines.
-  const cr = /\r(?!\n)/.exec(text);
+  // A CR with more text after it on its line (classic Mac endings) would read as a space and
+  // merge two lines. Trailing ones (CR CR LF, a last line ending in CR) are whitespace.
+  const cr = /\r[ \t]*[^\s]/.exec(text);
   if (cr) {
     const line = text.slice(0, cr.index).split("\n").length;
     throw new SyntaxError(
-      `${source}:${line}: a carriage return (CR) without a line feed; lines must end in LF or CRLF`,
+      `${source}:${line}: a carriage return (CR) inside the line, as if it ended there; ` +
+        "lines must end in LF or CRLF",
     );
   }
   return text.split(/\r?\n/);

@@ -220,8 +220,17 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
   // ------------------------------------------------------------------ history
 
   /**
+   * Whether the Approximator's output depends on padding positions (`compat` attention
+   * masking attends to them): then every history is padded to `maxLength`, as the authors'
+   * code always pads, so that a history scores the same in any batch.
+   */
+  protected readsPadding(): boolean {
+    return this.config.attentionMask === "compat";
+  }
+
+  /**
    * H0 = LN(Drop(E[s] (+ positions))) `[B, L, d]` and the attention mask of left-padded
-   * `inputs`; `compat` masking pads to `maxLength` first (its result depends on the pads).
+   * `inputs`; padded to `maxLength` first where {@linkcode readsPadding} says so.
    */
   protected history(
     inputs: Int32Array,
@@ -230,7 +239,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     seeds: SeedSource,
   ): History {
     const c = this.config;
-    if (c.attentionMask === "compat" && length < c.maxLength) {
+    if (this.readsPadding() && length < c.maxLength) {
       inputs = leftPad(inputs, batch, length, c.maxLength);
       length = c.maxLength;
     }
@@ -413,6 +422,9 @@ function historySeeds(batch: EvalBatch, seed: number): Uint32Array {
   return out;
 }
 
+/** The most diffusion steps a model may have (see {@linkcode validateDiffusionConfig}). */
+const MAX_STEPS = 1000;
+
 /**
  * Checks every field of {@linkcode DiffusionModelConfig}, naming the first bad one.
  *
@@ -442,6 +454,11 @@ export function validateDiffusionConfig(c: DiffusionModelConfig): void {
   }
   if (c.hidden % c.heads !== 0) {
     throw new RangeError(`hidden (${c.hidden}) must be divisible by heads (${c.heads})`);
+  }
+  // Each reverse step's draws are salted by its index (1000 + t, 2000 + t): past 1000 steps
+  // two streams that must be independent would coincide.
+  if (c.steps > MAX_STEPS) {
+    throw new RangeError(`steps must be at most ${MAX_STEPS}, got ${c.steps}`);
   }
   if (!Number.isInteger(c.reverseSteps) || c.reverseSteps < 0) {
     throw new RangeError(`reverseSteps must be an integer >= 0, got ${c.reverseSteps}`);

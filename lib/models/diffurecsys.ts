@@ -126,6 +126,11 @@ export class DiffuRecSys extends DiffusionRecommender<DiffuRecSysConfig> {
     return trainingNoise(rowSeeds, c.hidden, c.offsetNoise, c.offsetScale);
   }
 
+  /** `ca: compat` sums keys and values over every position, padding included. */
+  protected override readsPadding(): boolean {
+    return super.readsPadding() || this.config.ca === "compat";
+  }
+
   protected approximator(input: ApproximatorInput): Tensor3D {
     const c = this.config;
     const s = blockSettings(c);

@@ -220,8 +220,9 @@ export function modelPreset(
  * @param config The trained model's config.
  * @param overrides New values of inference fields; empty: `config` unchanged.
  * @returns A new config object.
- * @throws {RangeError} A field the model does not declare, with its value, or a value out
- * of its domain (the field named).
+ * @throws {RangeError} A field the model does not declare, with its value, a value out of
+ * its domain (the field named), or a `reverseSteps` other than 0 (all) given for a model
+ * that ranks with `sampling: "one"` (it would be ignored).
  */
 export function withInferenceOverrides(
   model: string,
@@ -239,6 +240,15 @@ export function withInferenceOverrides(
     }
   }
   const merged = { ...config, ...overrides };
+  // One Approximator call runs no chain: a number of chain steps asked for would be ignored.
+  if (
+    overrides.reverseSteps !== undefined && overrides.reverseSteps !== 0 &&
+    merged.sampling === "one"
+  ) {
+    throw new RangeError(
+      `reverseSteps (${JSON.stringify(overrides.reverseSteps)}) has no effect with sampling "one"`,
+    );
+  }
   if (Object.keys(overrides).length > 0) entry.validate({ ...merged, numItems: 1 });
   return merged;
 }

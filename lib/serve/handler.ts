@@ -308,7 +308,7 @@ function router(
  * @param recommender The model that answers.
  * @param options See {@linkcode HandlerOptions}.
  * @returns A function from `Request` to `Response` that never throws.
- * @throws {RangeError} A limit that is not a positive integer, or a `batchWaitMs` outside
+ * @throws {RangeError} A limit that is not a positive integer or `Infinity`, or a `batchWaitMs` outside
  * 0 to {@linkcode MAX_WAIT_MS}, named with its value.
  */
 export function createHandler(
@@ -322,9 +322,10 @@ export function createHandler(
     maxBatch: options.maxBatch ?? 256,
   };
   // A NaN limit would let every comparison pass: refuse it here, naming the option.
+  // Infinity stays the way to say "no cap".
   for (const [name, value] of Object.entries(limits)) {
-    if (!Number.isInteger(value) || value < 1) {
-      throw new RangeError(`${name} must be a positive integer, got ${value}`);
+    if (!(Number.isInteger(value) && value >= 1) && value !== Infinity) {
+      throw new RangeError(`${name} must be a positive integer or Infinity, got ${value}`);
     }
   }
   const batchWaitMs = options.batchWaitMs ?? 2;

@@ -786,7 +786,8 @@ async function saveEpoch(
   });
   const logFile = `${hooks.out}/log.jsonl`;
   const line = JSON.stringify(record) + "\n";
-  await writing(logFile, () => Deno.writeTextFile(logFile, line, { append: true }));
+  // Synced before the state: after a power loss the log must not lag the state it explains.
+  await writing(logFile, () => appendSynced(logFile, line));
   hooks.onWrite?.("log", epoch);
   await writeState(`${hooks.out}/state`, model, optimizer, meta(record.valid ?? {}), {
     step: state.step,
@@ -800,6 +801,19 @@ async function saveEpoch(
   if (record.best) {
     await writeBest(hooks.out, meta(record.valid!), model, state.bestValues!);
     hooks.onWrite?.("best", epoch);
+  }
+}
+
+/** Appends `text` to `path` and waits until it is on disk. */
+async function appendSynced(path: string, text: string): Promise<void> {
+  const file = await Deno.open(path, { append: true, create: true });
+  try {
+    const bytes = new TextEncoder().encode(text);
+    let off = 0;
+    while (off < bytes.length) off += await file.write(bytes.subarray(off));
+    await file.sync();
+  } finally {
+    file.close();
   }
 }
 
