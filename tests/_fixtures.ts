@@ -44,6 +44,20 @@ export function tinyEvalBatch(batch: number, length: number, numItems: number): 
   };
 }
 
+/** An evaluation batch of the given histories, one per row, left-padded to `length`. */
+export function historiesBatch(histories: number[][], length: number): EvalBatch {
+  const inputs = new Int32Array(histories.length * length);
+  histories.forEach((h, b) => inputs.set(h, b * length + length - h.length));
+  return {
+    batch: histories.length,
+    length,
+    inputs,
+    targets: new Int32Array(histories.length).fill(1),
+    users: Int32Array.from(histories.keys()),
+    exclude: histories.map((h) => Int32Array.from(h)),
+  };
+}
+
 /** One random `tf.matMul` call: input shapes as stored, transposes and the data's seed. */
 export interface MatMulCase {
   a: number[];

@@ -11,7 +11,7 @@ import { evaluateModel, splitBatch, train } from "../lib/train/trainer.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
-import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { historiesBatch, tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
 import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
@@ -26,20 +26,6 @@ const TINY: Partial<DiffuRecConfig> & { numItems: number } = {
   seed: 3,
   evalSeed: 5,
 };
-
-/** One history per row, left-padded to `length`. */
-function evalBatch(histories: number[][], length: number): EvalBatch {
-  const inputs = new Int32Array(histories.length * length);
-  histories.forEach((h, b) => inputs.set(h, b * length + length - h.length));
-  return {
-    batch: histories.length,
-    length,
-    inputs,
-    targets: new Int32Array(histories.length).fill(1),
-    users: Int32Array.from(histories.keys()),
-    exclude: histories.map((h) => Int32Array.from(h)),
-  };
-}
 
 /** Scores of real items (columns 1..N) of every row, as nested arrays. */
 function itemScores(model: DiffuRec, batch: EvalBatch): number[][] {
@@ -115,26 +101,26 @@ Deno.test("attention masks: keys ignores padding, compat (the authors' code) doe
   for (const attentionMask of ["keys", "compat"] as const) {
     const model = new DiffuRec({ ...base, attentionMask });
     const history = [4, 9, 2, 7];
-    const before = itemScores(model, evalBatch([history], 8));
+    const before = itemScores(model, historiesBatch([history], 8));
     // The padding row of the item table changes.
     const records = model.params.records();
     const values = tf.tidy(() => model.params.list().map((v) => v.dataSync().slice()));
     const item = records.findIndex((r) => r.name === "item");
     values[item].fill(3, 0, TINY.hidden!);
     model.params.assign(records, Float32Array.from(values.flatMap((v) => Array.from(v))));
-    const after = itemScores(model, evalBatch([history], 8));
+    const after = itemScores(model, historiesBatch([history], 8));
     if (attentionMask === "keys") {
       assert(near(after, before, 1e-5), "keys: padding changed the output");
     } else assert(!near(after, before, 1e-3), "compat: padding did not change the output");
     // Order of the non-last items does not matter (no positions, no causal mask); the last does.
-    const swapped = itemScores(model, evalBatch([[2, 9, 4, 7]], 8));
+    const swapped = itemScores(model, historiesBatch([[2, 9, 4, 7]], 8));
     assert(near(swapped, after, 1e-5), `${attentionMask}: order of earlier items mattered`);
-    const lastChanged = itemScores(model, evalBatch([[4, 9, 7, 2]], 8));
+    const lastChanged = itemScores(model, historiesBatch([[4, 9, 7, 2]], 8));
     assert(!near(lastChanged, after, 1e-3), `${attentionMask}: the last item did not matter`);
     // keys: the batch's padding length does not change a row's scores.
     if (attentionMask === "keys") {
       assert(
-        near(itemScores(model, evalBatch([history], 5)), after, 1e-5),
+        near(itemScores(model, historiesBatch([history], 5)), after, 1e-5),
         "padding length mattered",
       );
     }
@@ -156,13 +142,13 @@ Deno.test("lambda = 0: the reverse chain ends where one call does (x_t and t nev
 Deno.test("a history's scores are the same alone, batched and repeated, and follow evalSeed", () => {
   const model = new DiffuRec({ ...TINY, lambda: 0.5 }); // a large lambda: the draws matter
   const histories = [[3, 5, 8], [1, 2], [7, 7, 9, 4, 6]];
-  const batched = itemScores(model, evalBatch(histories, 6));
+  const batched = itemScores(model, historiesBatch(histories, 6));
   histories.forEach((h, b) => {
-    assert(near(itemScores(model, evalBatch([h], h.length)), [batched[b]], 1e-5), `row ${b}`);
+    assert(near(itemScores(model, historiesBatch([h], h.length)), [batched[b]], 1e-5), `row ${b}`);
   });
-  assert(near(itemScores(model, evalBatch(histories, 6)), batched, 0));
+  assert(near(itemScores(model, historiesBatch(histories, 6)), batched, 0));
   const other = new DiffuRec({ ...TINY, lambda: 0.5, evalSeed: 6 });
-  assert(!near(itemScores(other, evalBatch(histories, 6)), batched, 1e-3), "evalSeed ignored");
+  assert(!near(itemScores(other, historiesBatch(histories, 6)), batched, 1e-3), "evalSeed ignored");
   other.params.dispose();
   model.params.dispose();
 });
@@ -300,7 +286,7 @@ function residualOnColumns(a: number[][], s: number[]): number {
 Deno.test("scores are x · Eᵀ, every row in the span of the item table, and padding is never recommended (spec test 7)", async () => {
   const model = new DiffuRec(TINY);
   const table = model.params.get("item").arraySync() as number[][]; // [N + 1, d], N + 1 > d
-  const batch = evalBatch([[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12]], 8);
+  const batch = historiesBatch([[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12]], 8);
   const scores = tf.tidy(() => model.scores(batch).arraySync() as number[][]);
   for (const row of scores) {
     const r = residualOnColumns(table, row);

@@ -8,7 +8,7 @@ import { createLayerNorm } from "../lib/nn/layers.ts";
 import { createTorchLinear } from "../lib/nn/pre_ln.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
+import { historiesBatch, tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import {
   assertFlatTensorCount,
   assertParity,
@@ -167,19 +167,11 @@ Deno.test("a history scores the same alone as padded in a batch, under ca fixed 
   for (const ca of ["fixed", "compat"] as const) {
     const model = new DiffuRecSys({ ...TINY, ca, lambda: 0.5 });
     const rows = (histories: number[][], length: number) =>
-      tf.tidy(() => {
-        const inputs = new Int32Array(histories.length * length);
-        histories.forEach((h, b) => inputs.set(h, b * length + length - h.length));
-        const batch = {
-          batch: histories.length,
-          length,
-          inputs,
-          targets: new Int32Array(histories.length).fill(1),
-          users: Int32Array.from(histories.keys()),
-          exclude: histories.map((h) => Int32Array.from(h)),
-        };
-        return (model.scores(batch).arraySync() as number[][]).map((r) => r.slice(1));
-      });
+      tf.tidy(() =>
+        (model.scores(historiesBatch(histories, length)).arraySync() as number[][]).map((r) =>
+          r.slice(1)
+        )
+      );
     const alone = rows([[3, 5]], 2)[0];
     const batched = rows([[3, 5], [7, 1, 9, 4, 6, 2]], 6)[0];
     const gap = Math.max(...alone.map((x, i) => Math.abs(x - batched[i])));
