@@ -209,9 +209,9 @@ export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<
   });
 }
 
-/** Writes `bytes` to `path` and waits until they are on disk. */
-async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
-  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+/** Writes (or with `append`, appends) `bytes` to `path` and waits until they are on disk. */
+export async function writeSynced(path: string, bytes: Uint8Array, append = false): Promise<void> {
+  const f = await Deno.open(path, { write: true, create: true, truncate: !append, append });
   try {
     let off = 0;
     while (off < bytes.length) off += await f.write(bytes.subarray(off));

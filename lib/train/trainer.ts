@@ -24,6 +24,7 @@ import {
   splitFingerprint,
   writeCheckpoint,
   writeFileAtomic,
+  writeSynced,
 } from "./checkpoint.ts";
 import { decodeModelFile, encodeModelFile, MODEL_FILE_NAME } from "../inference/model_file.ts";
 import { clearRun, openRunFolder, runFilesIn, type RunLock } from "./run_folder.ts";
@@ -787,7 +788,7 @@ async function saveEpoch(
   const logFile = `${hooks.out}/log.jsonl`;
   const line = JSON.stringify(record) + "\n";
   // Synced before the state: after a power loss the log must not lag the state it explains.
-  await writing(logFile, () => appendSynced(logFile, line));
+  await writing(logFile, () => writeSynced(logFile, new TextEncoder().encode(line), true));
   hooks.onWrite?.("log", epoch);
   await writeState(`${hooks.out}/state`, model, optimizer, meta(record.valid ?? {}), {
     step: state.step,
@@ -801,19 +802,6 @@ async function saveEpoch(
   if (record.best) {
     await writeBest(hooks.out, meta(record.valid!), model, state.bestValues!);
     hooks.onWrite?.("best", epoch);
-  }
-}
-
-/** Appends `text` to `path` and waits until it is on disk. */
-async function appendSynced(path: string, text: string): Promise<void> {
-  const file = await Deno.open(path, { append: true, create: true });
-  try {
-    const bytes = new TextEncoder().encode(text);
-    let off = 0;
-    while (off < bytes.length) off += await file.write(bytes.subarray(off));
-    await file.sync();
-  } finally {
-    file.close();
   }
 }
 
