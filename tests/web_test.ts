@@ -57,9 +57,24 @@ class DevTools {
     });
   }
 
+  /**
+   * Evaluates `expression` in the page. Until the page's first document has a JavaScript
+   * context (Chromium opens the tab before it navigates), and while a navigation swaps it,
+   * Chromium answers "Cannot find default execution context", "Execution context was
+   * destroyed" or "Inspected target navigated or closed": those are retried for up to 30 s,
+   * anything else is thrown at once.
+   */
   async evaluate(expression: string): Promise<unknown> {
-    const r = await this.send("Runtime.evaluate", { expression, returnByValue: true });
-    return (r.result as { value?: unknown }).value;
+    for (let attempt = 0;; attempt++) {
+      try {
+        const r = await this.send("Runtime.evaluate", { expression, returnByValue: true });
+        return (r.result as { value?: unknown }).value;
+      } catch (e) {
+        const transient = /execution context|target navigated/i.test(String((e as Error).message));
+        if (!transient || attempt >= 300) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 
   close(): void {
