@@ -867,6 +867,25 @@ Deno.test("readers refuse binary, corrupted, endless and non-file input, naming 
     SyntaxError,
     'c.txt:3: item "a" already has categories on line 1',
   );
+  // JSON.parse keeps the last of two equal keys: the item's categories would be a guess.
+  const twoItems = readSequenceLines("u a b\n", "d.txt").vocab;
+  assertThrows(
+    () =>
+      parseCategories(
+        '{\n"a": ["x"],\n"b": ["{\\"a\\": 1"],\n"\\u0061" : ["z"]}',
+        twoItems,
+        "c.json",
+      ),
+    SyntaxError,
+    'c.json:4: item "a" already has categories on line 2',
+  );
+  // Keys are only the top object's: a value string that looks like a key is not one.
+  assertEquals(
+    parseCategories('{"a": ["a", "b"], "b": ["a"]}', twoItems, "c.json").categories.map((c) => [
+      ...c,
+    ]),
+    [[], [0, 1], [0]],
+  );
   // Over the size limit (a sparse file: no disk used): refused before it is read.
   const big = await Deno.open(`${dir}/big.txt`, { write: true, create: true });
   await big.truncate(MAX_DATA_FILE_BYTES + 1);

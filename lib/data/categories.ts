@@ -42,7 +42,7 @@ export interface ItemCategories {
  * @param vocab The dataset's vocabulary (item tokens to dense ids).
  * @param source A name for the text, used in error messages.
  * @throws {SyntaxError} Invalid JSON, a JSON value that is not a list of strings or
- * numbers, or an item listed twice in the text layout (both line numbers named).
+ * numbers, or an item listed twice (both line numbers named).
  * @throws {RangeError} No item of `vocab` has a category.
  */
 export function parseCategories(text: string, vocab: Vocabulary, source: string): ItemCategories {
@@ -99,6 +99,7 @@ function jsonEntries(text: string, source: string): [string, string[]][] {
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
     throw new SyntaxError(`${source}: expected a JSON object mapping item tokens to lists`);
   }
+  throwOnRepeatedKey(text, source);
   return Object.entries(json as Record<string, unknown>).map(([item, value]) => {
     if (
       !Array.isArray(value) || !value.every((v) => typeof v === "string" || typeof v === "number")
@@ -111,6 +112,38 @@ function jsonEntries(text: string, source: string): [string, string[]][] {
     }
     return [item, value.map(String)];
   });
+}
+
+/**
+ * Throws if the top-level object of `text` (valid JSON) names an item twice: `JSON.parse` would silently keep the last list, so one item's
+ * categories would depend on which of two lines a person meant. Both lines are named.
+ */
+function throwOnRepeatedKey(text: string, source: string): void {
+  const firstLine = new Map<string, number>();
+  let depth = 0;
+  let line = 1;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "\n") line++;
+    else if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") depth--;
+    else if (c === '"') {
+      const start = i;
+      for (i++; text[i] !== '"'; i++) if (text[i] === "\\") i++;
+      // A string in the top object followed by ':' is a key (values there are lists).
+      let next = i + 1;
+      while (/\s/.test(text[next] ?? "")) next++;
+      if (depth !== 1 || text[next] !== ":") continue;
+      const key = JSON.parse(text.slice(start, i + 1)) as string;
+      const seen = firstLine.get(key);
+      if (seen !== undefined) {
+        throw new SyntaxError(
+          `${source}:${line}: item ${quote(key)} already has categories on line ${seen}`,
+        );
+      }
+      firstLine.set(key, line);
+    }
+  }
 }
 
 /** The `[item, categories]` pairs of the text layout, in line order; an item only once. */
