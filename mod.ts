@@ -99,6 +99,7 @@ export type {
 export {
   decodeModelFile,
   encodeModelFile,
+  MAX_MODEL_FILE_BYTES,
   MODEL_FILE_FORMAT,
   MODEL_FILE_NAME,
   MODEL_FILE_VERSION,

@@ -6,6 +6,7 @@ import {
   decodeModelFile,
   encodeModelFile,
   MODEL_FILE_NAME,
+  modelFileBytes,
   ModelFileError,
 } from "../lib/inference/model_file.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
@@ -110,6 +111,38 @@ Deno.test("a model file loads from a path, a file: URL, a data: URL, a Response 
     Error,
     "HTTP 404",
   );
+  // A file one byte over maxFileBytes is refused from every source that reads one; at the
+  // limit it loads.
+  for (const source of sources.slice(0, 4)) {
+    const again = source instanceof Response ? new Response(bytes) : source;
+    await assertRejects(
+      () => Recommender.load(again, { maxFileBytes: bytes.length - 1 }),
+      RangeError,
+      `more than the ${bytes.length - 1} allowed (maxFileBytes)`,
+    );
+  }
+  using atLimit = await Recommender.load(path, { maxFileBytes: bytes.length });
+  assertEquals(atLimit.numItems, r.numItems);
+  // An endless body stops at the limit, and a declared length over it is not read at all.
+  let pulled = 0;
+  const endless = () =>
+    new ReadableStream<Uint8Array>({
+      pull(controller) {
+        pulled++;
+        controller.enqueue(new Uint8Array(1 << 16));
+      },
+    });
+  await assertRejects(
+    () => modelFileBytes(new Response(endless()), 1 << 20),
+    RangeError,
+    "at least",
+  );
+  assert(pulled <= 20, `read ${pulled} chunks of 64 KiB past a 1 MiB limit`);
+  pulled = 0;
+  const declared = new Response(endless(), { headers: { "content-length": String(2 ** 40) } });
+  await assertRejects(() => modelFileBytes(declared), RangeError, `${2 ** 40} bytes`);
+  assert(pulled <= 1, `read ${pulled} chunks of a body declared too large`);
+  await assertRejects(() => modelFileBytes(bytes, 0), RangeError, "maxBytes");
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -48,6 +48,13 @@ export const MODEL_FILE_VERSION = 1;
 /** The conventional file name in a run folder. */
 export const MODEL_FILE_NAME = "model.safetensors";
 
+/**
+ * The default largest model file {@linkcode modelFileBytes} reads: 1 GiB, a 268M-float model
+ * (two million items of 128 dimensions). It bounds what a URL someone else chose (the web
+ * page's `?model=`) can make a tab or an isolate download before it fails.
+ */
+export const MAX_MODEL_FILE_BYTES = 1024 * 1024 * 1024;
+
 /** The largest header accepted (the vocabulary lives in it): 256 MiB. */
 const MAX_HEADER_BYTES = 256 * 1024 * 1024;
 
@@ -405,15 +412,25 @@ export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
  * The bytes of a model file from a path (under Deno), a URL (`http:`, `https:`, `file:`,
  * `data:`, fetched), a `Response`, or bytes; and a name for errors.
  *
+ * @param source Where the file is.
+ * @param maxBytes The largest file read (bytes given in memory are not checked): a larger
+ * one is refused from its `content-length` or size, or when the download passes it.
  * @throws {TypeError} A path where the runtime has no file system (pass a URL or bytes).
+ * @throws {RangeError} A file larger than `maxBytes` (both sizes are named).
  * @throws {Error} A fetch that fails or answers with an HTTP error (the status is named).
  */
 export async function modelFileBytes(
   source: ModelSource,
+  maxBytes: number = MAX_MODEL_FILE_BYTES,
 ): Promise<{ bytes: Uint8Array; name: string }> {
+  if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
+    throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
+  }
   if (source instanceof Uint8Array) return { bytes: source, name: "model bytes" };
   if (source instanceof ArrayBuffer) return { bytes: new Uint8Array(source), name: "model bytes" };
-  if (source instanceof Response) return await responseBytes(source, source.url || "response");
+  if (source instanceof Response) {
+    return await responseBytes(source, source.url || "response", maxBytes);
+  }
   const text = String(source);
   if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text)) {
     let response: Response;
@@ -422,7 +439,7 @@ export async function modelFileBytes(
     } catch (e) {
       throw new Error(`${text}: could not fetch the model file (${(e as Error).message})`);
     }
-    return await responseBytes(response, text);
+    return await responseBytes(response, text, maxBytes);
   }
   // deno-lint-ignore no-explicit-any
   const deno = (globalThis as any).Deno;
@@ -432,7 +449,11 @@ export async function modelFileBytes(
     );
   }
   try {
-    return { bytes: await deno.readFile(text), name: text };
+    const size = (await deno.stat(text)).size;
+    if (size > maxBytes) throw tooLarge(text, size, maxBytes);
+    const bytes = await deno.readFile(text);
+    if (bytes.length > maxBytes) throw tooLarge(text, bytes.length, maxBytes); // grew since
+    return { bytes, name: text };
   } catch (e) {
     if (e instanceof deno.errors.NotFound) {
       throw new deno.errors.NotFound(`model file not found: ${text}`);
@@ -441,9 +462,43 @@ export async function modelFileBytes(
   }
 }
 
-async function responseBytes(response: Response, name: string) {
+/** The body of `response`, read chunk by chunk so that a body over `maxBytes` stops early. */
+async function responseBytes(response: Response, name: string, maxBytes: number) {
   if (!response.ok) {
+    await response.body?.cancel();
     throw new Error(`${name}: fetching the model file answered HTTP ${response.status}`);
   }
-  return { bytes: new Uint8Array(await response.arrayBuffer()), name };
+  const declared = Number(response.headers.get("content-length") ?? NaN);
+  if (declared > maxBytes) {
+    await response.body?.cancel();
+    throw tooLarge(name, declared, maxBytes);
+  }
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  // A reader, not `for await`: Safari's streams are not async iterable.
+  const reader = response.body?.getReader();
+  for (;;) {
+    const chunk = await reader?.read();
+    if (!chunk || chunk.done) break;
+    length += chunk.value.length;
+    if (length > maxBytes) {
+      await reader!.cancel();
+      throw tooLarge(name, length, maxBytes, "at least ");
+    }
+    chunks.push(chunk.value);
+  }
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  return { bytes, name };
+}
+
+function tooLarge(name: string, size: number, maxBytes: number, atLeast = ""): RangeError {
+  return new RangeError(
+    `${name}: the model file is ${atLeast}${size} bytes, more than the ${maxBytes} allowed ` +
+      `(maxFileBytes)`,
+  );
 }

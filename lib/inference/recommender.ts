@@ -60,6 +60,11 @@ export interface RecommenderOptions {
    * accuracy is measured in `docs/diffusion-notes.md`. Default: the file's config.
    */
   inference?: Record<string, number | string>;
+  /**
+   * For {@linkcode Recommender.load}: the largest model file read from a path, a URL or a
+   * `Response`; a larger one is a `RangeError`. Default `MAX_MODEL_FILE_BYTES` (1 GiB).
+   */
+  maxFileBytes?: number;
 }
 
 /** A model a {@linkcode Recommender} can serve: any model whose config has these two fields. */
@@ -156,7 +161,7 @@ export class Recommender {
    * @throws {RangeError} An `inference` field the model does not have, or a bad value.
    */
   static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
-    const { bytes, name } = await modelFileBytes(source);
+    const { bytes, name } = await modelFileBytes(source, options.maxFileBytes);
     const file = await decodeModelFile(bytes, name);
     const numItems = file.items.length - 1;
     try {
