@@ -190,23 +190,52 @@ async function writeCheckpointFolder(
     `${next}/model.json`,
     new TextEncoder().encode(JSON.stringify(full, null, 1) + "\n"),
   );
+  await syncFolder(next); // the two names, not only their bytes
   if (await exists(dir)) {
     await Deno.remove(prev, { recursive: true }).catch(() => {});
     await Deno.rename(dir, prev);
   }
   await Deno.rename(next, dir);
+  // The swap on disk before `.prev` goes: a power loss then cannot leave neither folder.
+  await syncFolder(parentFolder(dir));
   await Deno.remove(prev, { recursive: true }).catch(() => {});
 }
 
 /**
- * Writes `bytes` to `path` atomically: into `path.tmp`, synced, then renamed over `path`,
- * so a crash leaves the old file or the new one, never a part.
+ * Writes `bytes` to `path` atomically: into `path.tmp`, synced, then renamed over `path`
+ * and the folder synced, so a crash or a power loss leaves the old file or the new one,
+ * never a part.
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
   await writing(path, async () => {
     await writeSynced(`${path}.tmp`, bytes);
     await Deno.rename(`${path}.tmp`, path);
+    await syncFolder(parentFolder(path));
   });
+}
+
+/** The folder holding `path` ("." for a bare name). */
+function parentFolder(path: string): string {
+  const trimmed = path.replace(/\/+$/, "");
+  const slash = trimmed.lastIndexOf("/");
+  return slash < 0 ? "." : slash === 0 ? "/" : trimmed.slice(0, slash);
+}
+
+/**
+ * Syncs a folder's entries to disk, so a rename in it survives a power loss. Best effort:
+ * where a folder cannot be opened as a file (Windows) or synced (some network file systems)
+ * the rename is as durable as the operating system makes it on its own.
+ */
+async function syncFolder(dir: string): Promise<void> {
+  let folder: Deno.FsFile | undefined;
+  try {
+    folder = await Deno.open(dir, { read: true });
+    await folder.sync();
+  } catch {
+    // See above: not an error of the write itself.
+  } finally {
+    folder?.close();
+  }
 }
 
 /** Writes (or with `append`, appends) `bytes` to `path` and waits until they are on disk. */
