@@ -879,6 +879,11 @@ Deno.test("readers refuse binary, corrupted, endless and non-file input, naming 
     SyntaxError,
     'c.json:4: item "a" already has categories on line 2',
   );
+  assertThrows(
+    () => parseCategories('{"a": ["x"],\r"b": ["y"],\r\n"a": ["z"]}', twoItems, "c.json"),
+    SyntaxError,
+    'c.json:3: item "a" already has categories on line 1',
+  );
   // Keys are only the top object's: a value string that looks like a key is not one.
   assertEquals(
     parseCategories('{"a": ["a", "b"], "b": ["a"]}', twoItems, "c.json").categories.map((c) => [

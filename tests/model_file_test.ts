@@ -111,18 +111,28 @@ Deno.test("a model file loads from a path, a file: URL, a data: URL, a Response 
     Error,
     "HTTP 404",
   );
-  // A file one byte over maxFileBytes is refused from every source that reads one; at the
-  // limit it loads.
-  for (const source of sources.slice(0, 4)) {
-    const again = source instanceof Response ? new Response(bytes) : source;
+  // A file one byte over maxFileBytes is refused from every source that fetches one; at the
+  // limit it loads; a path, the caller's own file, is not limited.
+  for (const source of [sources[1], sources[2], new Response(bytes)]) {
     await assertRejects(
-      () => Recommender.load(again, { maxFileBytes: bytes.length - 1 }),
+      () => Recommender.load(source, { maxFileBytes: bytes.length - 1 }),
       RangeError,
       `more than the ${bytes.length - 1} allowed (maxFileBytes)`,
     );
   }
-  using atLimit = await Recommender.load(path, { maxFileBytes: bytes.length });
+  using atLimit = await Recommender.load(sources[1], { maxFileBytes: bytes.length });
   assertEquals(atLimit.numItems, r.numItems);
+  using fromPath = await Recommender.load(path, { maxFileBytes: 1 });
+  assertEquals(fromPath.numItems, r.numItems);
+  // A body read before is named as such, also on an HTTP error (not a stream's TypeError).
+  const read = new Response(bytes);
+  await read.arrayBuffer();
+  await assertRejects(() => Recommender.load(read), TypeError, "body was already read");
+  const gone = new Response("gone", { status: 404 });
+  const reader = gone.body!.getReader();
+  await assertRejects(() => Recommender.load(gone), TypeError, "body was already read");
+  reader.releaseLock();
+  await assertRejects(() => Recommender.load(gone), Error, "HTTP 404");
   // An endless body stops at the limit, and a declared length over it is not read at all.
   let pulled = 0;
   const endless = () =>

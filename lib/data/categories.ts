@@ -124,7 +124,7 @@ function throwOnRepeatedKey(text: string, source: string): void {
   let line = 1;
   for (let i = 0; i < text.length; i++) {
     const c = text[i];
-    if (c === "\n") line++;
+    if (c === "\n" || (c === "\r" && text[i + 1] !== "\n")) line++;
     else if (c === "{" || c === "[") depth++;
     else if (c === "}" || c === "]") depth--;
     else if (c === '"') {

@@ -49,9 +49,10 @@ export const MODEL_FILE_VERSION = 1;
 export const MODEL_FILE_NAME = "model.safetensors";
 
 /**
- * The default largest model file {@linkcode modelFileBytes} reads: 1 GiB, a 268M-float model
+ * The default largest model file {@linkcode modelFileBytes} fetches: 1 GiB, a 268M-float model
  * (two million items of 128 dimensions). It bounds what a URL someone else chose (the web
- * page's `?model=`) can make a tab or an isolate download before it fails.
+ * page's `?model=`) can make a tab or an isolate download before it fails. Paths are not
+ * limited.
  */
 export const MAX_MODEL_FILE_BYTES = 1024 * 1024 * 1024;
 
@@ -413,10 +414,12 @@ export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
  * `data:`, fetched), a `Response`, or bytes; and a name for errors.
  *
  * @param source Where the file is.
- * @param maxBytes The largest file read (bytes given in memory are not checked): a larger
- * one is refused from its `content-length` or size, or when the download passes it.
+ * @param maxBytes The largest file fetched from a URL or read from a `Response`: a larger one
+ * is refused from its `content-length`, or when the download passes it. Paths (the caller's
+ * own files) and bytes in memory are not limited.
  * @throws {TypeError} A path where the runtime has no file system (pass a URL or bytes).
- * @throws {RangeError} A file larger than `maxBytes` (both sizes are named).
+ * @throws {RangeError} A fetched file larger than `maxBytes` (both sizes are named).
+ * @throws {TypeError} A `Response` whose body was already read.
  * @throws {Error} A fetch that fails or answers with an HTTP error (the status is named).
  */
 export async function modelFileBytes(
@@ -449,11 +452,7 @@ export async function modelFileBytes(
     );
   }
   try {
-    const size = (await deno.stat(text)).size;
-    if (size > maxBytes) throw tooLarge(text, size, maxBytes);
-    const bytes = await deno.readFile(text);
-    if (bytes.length > maxBytes) throw tooLarge(text, bytes.length, maxBytes); // grew since
-    return { bytes, name: text };
+    return { bytes: await deno.readFile(text), name: text };
   } catch (e) {
     if (e instanceof deno.errors.NotFound) {
       throw new deno.errors.NotFound(`model file not found: ${text}`);
@@ -464,13 +463,19 @@ export async function modelFileBytes(
 
 /** The body of `response`, read chunk by chunk so that a body over `maxBytes` stops early. */
 async function responseBytes(response: Response, name: string, maxBytes: number) {
+  if (response.bodyUsed || response.body?.locked) {
+    throw new TypeError(`${name}: the response's body was already read`);
+  }
+  // Dropping a body we will not read frees the connection; a failure to drop it is not
+  // the error to report.
+  const drop = () => response.body?.cancel().catch(() => {});
   if (!response.ok) {
-    await response.body?.cancel();
+    await drop();
     throw new Error(`${name}: fetching the model file answered HTTP ${response.status}`);
   }
   const declared = Number(response.headers.get("content-length") ?? NaN);
   if (declared > maxBytes) {
-    await response.body?.cancel();
+    await drop();
     throw tooLarge(name, declared, maxBytes);
   }
   const chunks: Uint8Array[] = [];
@@ -482,7 +487,7 @@ async function responseBytes(response: Response, name: string, maxBytes: number)
     if (!chunk || chunk.done) break;
     length += chunk.value.length;
     if (length > maxBytes) {
-      await reader!.cancel();
+      await reader!.cancel().catch(() => {});
       throw tooLarge(name, length, maxBytes, "at least ");
     }
     chunks.push(chunk.value);

@@ -61,8 +61,9 @@ export interface RecommenderOptions {
    */
   inference?: Record<string, number | string>;
   /**
-   * For {@linkcode Recommender.load}: the largest model file read from a path, a URL or a
-   * `Response`; a larger one is a `RangeError`. Default `MAX_MODEL_FILE_BYTES` (1 GiB).
+   * For {@linkcode Recommender.load}: the largest model file fetched from a URL or read from
+   * a `Response`; a larger one is a `RangeError`. Default `MAX_MODEL_FILE_BYTES` (1 GiB).
+   * Paths are not limited: they are the caller's own files.
    */
   maxFileBytes?: number;
 }
