@@ -653,6 +653,101 @@ class Drifts implements SequentialModel {
   }
 }
 
+/** SASRec plus `spike`, whose loss term `SPIKE * spike` at step 0 alone is a gradient spike. */
+class SpikesOnce implements SequentialModel {
+  readonly name = "spikes-once";
+  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
+  readonly config = this.inner.config;
+  readonly params = this.inner.params;
+  readonly spike = this.params.create("spike", [2], "zeros");
+  constructor(readonly hint?: string) {}
+  loss(batch: TrainBatch, seeds: () => number, step = 0) {
+    const { loss, parts } = this.inner.loss(batch, seeds);
+    const weight = tf.tensor1d(step === 0 ? [SPIKE, 0] : [0, 0]);
+    return { loss: tf.add(loss, tf.sum(tf.mul(this.spike, weight))) as tf.Scalar, parts };
+  }
+  scores(batch: EvalBatch): tf.Tensor2D {
+    return this.inner.scores(batch);
+  }
+  frozenOptimizerHint(): string | undefined {
+    return this.hint;
+  }
+}
+const SPIKE = 1e4;
+
+Deno.test("Adam.largestSecondMoment() is the largest (1 - beta2) g^2 after a step, and its variable", async () => {
+  await selectBackend("cpu");
+  const a = tf.variable(tf.zeros([3]), true, "second-moment-a");
+  const b = tf.variable(tf.zeros([2, 2]), true, "second-moment-b");
+  const optimizer = new Adam(1e-3);
+  assertEquals(await optimizer.largestSecondMoment(), null);
+  const step = (grads: Record<string, tf.Tensor>) => {
+    optimizer.applyGradients(grads);
+    tf.dispose(Object.values(grads));
+  };
+  step({
+    "second-moment-a": tf.tensor1d([0.5, -3, 1]),
+    "second-moment-b": tf.tensor2d([[2, -2.5], [0, 1]]),
+  });
+  const first = await optimizer.largestSecondMoment();
+  assertEquals(first?.param, "second-moment-a");
+  assert(Math.abs(first!.v - 0.001 * 9) < 1e-9, `v ${first?.v}`);
+  // Decays by beta2 a step; a larger gradient elsewhere takes over.
+  step({ "second-moment-b": tf.tensor2d([[0, 0], [0, 4]]) });
+  const second = await optimizer.largestSecondMoment();
+  assertEquals(second?.param, "second-moment-b");
+  assert(Math.abs(second!.v - (0.999 * 0.001 + 0.001 * 16)) < 1e-8, `v ${second?.v}`);
+  optimizer.dispose();
+  tf.dispose([a, b]);
+});
+
+Deno.test("train() logs Adam's largest second moment each epoch and warns once when a spike froze it", async () => {
+  await selectBackend("cpu");
+  const run = async (model: SequentialModel & { config: { maxLength: number } }) => {
+    const out = await Deno.makeTempDir();
+    const said: string[] = [];
+    const result = await train(model, split, data.numItems, {
+      batchSize: 128, // 80 users: one step per epoch
+      evalBatchSize: 64,
+      epochs: 3,
+    }, {
+      out,
+      progress: (text) => said.push(text),
+      checkpointInfo: { data: { kind: "synthetic", seed: 5 }, itemTokens: data.vocab.items },
+    });
+    const logged = Deno.readTextFileSync(`${out}/log.jsonl`).trim().split("\n").map((l) =>
+      JSON.parse(l).adamMaxV
+    );
+    model.params.dispose();
+    await Deno.remove(out, { recursive: true });
+    return { result, logged, warnings: said.filter((t) => t.startsWith("warning:")) };
+  };
+  const plain = await run(new SasRec({ ...SMALL, dropout: 0 }));
+  assertEquals(plain.warnings, []);
+  assertEquals(plain.logged.length, 3);
+  for (const m of plain.logged) assert(m.v > 0 && m.v < 1, JSON.stringify(m));
+  assertEquals(plain.result.history.map((h) => h.adamMaxV), plain.logged);
+  // v = (1 - 0.999) 1e8 = 1e5 after the spike, 0.999 of it a step later: one warning, with
+  // the model's hint.
+  const spiked = await run(new SpikesOnce("bound it"));
+  assertEquals(spiked.logged.map((m) => m.param), ["spike", "spike", "spike"]);
+  assert(Math.abs(spiked.logged[0].v - 1e5) < 10, JSON.stringify(spiked.logged[0]));
+  assertEquals(spiked.warnings.length, 1);
+  assert(
+    /^warning: after epoch 1 Adam's second moment on "spike" is 1\.00e\+5: .*; bound it\n$/.test(
+      spiked.warnings[0],
+    ),
+    spiked.warnings[0],
+  );
+  const unhinted = await run(new SpikesOnce());
+  assert(unhinted.warnings[0].endsWith("to thaw\n"), unhinted.warnings[0]);
+  // SIGMA names its cause unless its log-variance is bounded.
+  assert(new Sigma(SMALL).frozenOptimizerHint()!.includes("--interest-log-var-bound"));
+  const bounded = new Sigma({ ...SMALL, interestLogVarBound: 10 });
+  assertEquals(bounded.frozenOptimizerHint(), undefined);
+  bounded.params.dispose();
+});
+
 Deno.test("StepLR: the learning rate of epoch e is lr * lrDecay^floor((e - 1) / lrDecayEvery)", async () => {
   await selectBackend("cpu");
   const o = { ...TRAIN_DEFAULTS, learningRate: 0.1, lrDecayEvery: 3, lrDecay: 0.5 };

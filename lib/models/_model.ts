@@ -39,6 +39,12 @@ export interface SequentialModel<C = unknown> {
    * diffusion models) costs about `length` times more.
    */
   trainingCost?(length: number): number;
+  /**
+   * What in this model's config prevents a gradient spike that froze Adam's state, for the
+   * trainer's warning when one did (see `Adam.largestSecondMoment`); undefined when nothing
+   * known does.
+   */
+  frozenOptimizerHint?(): string | undefined;
 }
 
 /** A 32-bit seed stream for one training step, derived from a run seed and a step number. */

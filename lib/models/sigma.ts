@@ -614,6 +614,16 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     };
   }
 
+  /**
+   * The usual cause of a frozen Adam state here is MIE's unbounded log-variance, whose exp
+   * in KL_MIE can reach 1e16 (measured in `docs/results.md`); a bound keeps it in range.
+   */
+  frozenOptimizerHint(): string | undefined {
+    if (this.config.interestLogVarBound > 0) return undefined;
+    return "an unbounded interest log-variance is the usual cause here: " +
+      "interestLogVarBound (--interest-log-var-bound 10) bounds it";
+  }
+
   // ---------------------------------------------------------------- scores
 
   /**

@@ -119,6 +119,23 @@ export class Adam {
   }
 
   /**
+   * The largest second moment `v` over every variable's state, and the (tf) name of the
+   * variable holding it (`null` before the first step). A `v` far above the square of a parameter's usual
+   * gradient makes its step `m / sqrt(v)` vanish until `v` decays (by `beta2` a step: with
+   * 0.999, ~2,300 steps per factor 10): what one huge gradient leaves behind.
+   */
+  async largestSecondMoment(): Promise<{ param: string; v: number } | null> {
+    const names = [...this.#slots.keys()];
+    if (names.length === 0) return null;
+    const maxima = tf.tidy(() => tf.stack(names.map((name) => tf.max(this.#slots.get(name)!.v))));
+    const values = await maxima.data();
+    maxima.dispose();
+    let at = 0;
+    for (let i = 1; i < values.length; i++) if (values[i] > values[at]) at = i;
+    return { param: names[at], v: values[at] };
+  }
+
+  /**
    * Every variable's state, in the order given (zeros and 0 steps for one that has had no
    * gradient yet), for a checkpoint.
    */

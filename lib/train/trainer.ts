@@ -129,7 +129,20 @@ export interface EpochRecord {
   validSampling?: ValidSampling;
   /** Whether this epoch is the best so far. */
   best?: boolean;
+  /**
+   * The largest second moment in Adam's state after the epoch, and its parameter (see
+   * `Adam.largestSecondMoment`): above {@linkcode FROZEN_ADAM_V} a gradient spike has
+   * frozen that parameter's updates.
+   */
+  adamMaxV?: { param: string; v: number };
 }
+
+/**
+ * A second moment above which the trainer warns: Adam's step on that parameter is then
+ * ~1/sqrt(v) of what a usual gradient (squared, ~1e-6 for item rows) would give, for
+ * thousands of steps.
+ */
+export const FROZEN_ADAM_V = 1;
 
 /** Where the trainer reports and what it writes. */
 export interface TrainHooks {
@@ -572,6 +585,7 @@ async function trainLoop(
   const rng = new Rng(o.seed);
   const optimizer = new Adam(o.learningRate, 0.9, 0.999, 1e-8);
   let stopped: TrainResult["stopped"] = "epochs";
+  let warnedFrozen = false;
   let state: RunState;
   try {
     const fingerprint = hooks.out ? await splitFingerprint(split) : undefined;
@@ -594,6 +608,10 @@ async function trainLoop(
       state.history.push(record);
       await saveEpoch(model, optimizer, o, itemTokens, hooks, record, state, rng);
       say(epochLine(record, o, state));
+      if (!warnedFrozen && (record.adamMaxV?.v ?? 0) > FROZEN_ADAM_V) {
+        warnedFrozen = true;
+        say(frozenWarning(model, record));
+      }
       if (state.sinceBest >= o.patience) {
         stopped = "patience";
         break;
@@ -713,13 +731,28 @@ async function trainEpoch(
     );
   }
   const trainSeconds = (performance.now() - t0) / 1000;
+  const largest = await optimizer.largestSecondMoment();
+  // Adam knows tf's variable names; the log names the model's parameters.
+  const param = model.params.records()[vars.findIndex((v) => v.name === largest?.param)]?.name;
+  const adamMaxV = largest && { param: param ?? largest.param, v: largest.v };
   return {
     epoch,
     loss: lossSum / batches.length,
     parts: Object.fromEntries(Object.entries(partSums).map(([k, v]) => [k, v / batches.length])),
     trainSeconds,
     sequencesPerSecond: sequences / trainSeconds,
+    ...(adamMaxV ? { adamMaxV } : {}),
   };
+}
+
+/** The once-a-run warning that a gradient spike froze part of the model (see `adamMaxV`). */
+function frozenWarning(model: SequentialModel, record: EpochRecord): string {
+  const { param, v } = record.adamMaxV!;
+  const hint = model.frozenOptimizerHint?.();
+  return `warning: after epoch ${record.epoch} Adam's second moment on "${param}" is ` +
+    `${v.toExponential(2)}: a gradient spike has frozen its updates (and likely others'; ` +
+    `bench/adam_state.ts lists them), which a factor of 10 takes ~2,300 steps to thaw` +
+    `${hint ? `; ${hint}` : ""}\n`;
 }
 
 /**
