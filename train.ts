@@ -51,6 +51,7 @@ export {
 export {
   checkSeed,
   type EpochRecord,
+  FROZEN_ADAM_V,
   SELECTION_METRIC,
   train,
   TRAIN_DEFAULTS,

@@ -742,7 +742,9 @@ Deno.test("train() logs Adam's largest second moment each epoch and warns once w
   const unhinted = await run(new SpikesOnce());
   assert(unhinted.warnings[0].endsWith("to thaw\n"), unhinted.warnings[0]);
   // SIGMA names its cause unless its log-variance is bounded.
-  assert(new Sigma(SMALL).frozenOptimizerHint()!.includes("--interest-log-var-bound"));
+  const unbounded = new Sigma(SMALL);
+  assert(unbounded.frozenOptimizerHint()!.includes("--interest-log-var-bound"));
+  unbounded.params.dispose();
   const bounded = new Sigma({ ...SMALL, interestLogVarBound: 10 });
   assertEquals(bounded.frozenOptimizerHint(), undefined);
   bounded.params.dispose();

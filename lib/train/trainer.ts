@@ -132,14 +132,15 @@ export interface EpochRecord {
   /**
    * The largest second moment in Adam's state after the epoch, and its parameter (see
    * `Adam.largestSecondMoment`): above {@linkcode FROZEN_ADAM_V} a gradient spike has
-   * frozen that parameter's updates.
+   * frozen that parameter's updates. A `v` that overflowed float32 is `Infinity` here and
+   * `null` in `log.jsonl`.
    */
   adamMaxV?: { param: string; v: number };
 }
 
 /**
  * A second moment above which the trainer warns: Adam's step on that parameter is then
- * ~1/sqrt(v) of what a usual gradient (squared, ~1e-6 for item rows) would give, for
+ * ~sqrt(g^2 / v) of its usual size, with g^2 ~1e-6 for item rows (1e-3 of it, or less), for
  * thousands of steps.
  */
 export const FROZEN_ADAM_V = 1;
@@ -751,8 +752,8 @@ function frozenWarning(model: SequentialModel, record: EpochRecord): string {
   const hint = model.frozenOptimizerHint?.();
   return `warning: after epoch ${record.epoch} Adam's second moment on "${param}" is ` +
     `${v.toExponential(2)}: a gradient spike has frozen its updates (and likely others'; ` +
-    `bench/adam_state.ts lists them), which a factor of 10 takes ~2,300 steps to thaw` +
-    `${hint ? `; ${hint}` : ""}\n`;
+    `the repository's bench/adam_state.ts lists them), which a factor of 10 takes ` +
+    `~2,300 steps to thaw${hint ? `; ${hint}` : ""}\n`;
 }
 
 /**
