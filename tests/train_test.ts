@@ -553,17 +553,35 @@ class SometimesUnused implements SequentialModel {
 }
 
 /**
+ * SASRec without dropout, plus whatever a subclass adds: the base of the test models below that
+ * add a parameter and a loss term to a real model (scores are SASRec's unless overridden).
+ */
+abstract class SasRecPlus implements SequentialModel {
+  abstract readonly name: string;
+  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
+  readonly config = this.inner.config;
+  readonly params = this.inner.params;
+  abstract loss(
+    batch: TrainBatch,
+    seeds: () => number,
+    step?: number,
+    epoch?: number,
+  ): { loss: tf.Scalar; parts: Record<string, tf.Scalar> };
+  scores(batch: EvalBatch): tf.Tensor2D {
+    return this.inner.scores(batch);
+  }
+}
+
+/**
  * SASRec plus one parameter, `flip`, whose loss term is `-c(step) * flip`: Adam raises it by
  * a known amount each step. While `flip < 0` the scores are SASRec's; once it is above 0
  * every score is 0, so every ranking ties and (ties pessimistic) validation recall is 0.
  */
-class FlipsAfterEpochOne implements SequentialModel {
+class FlipsAfterEpochOne extends SasRecPlus {
   readonly name = "flips-after-epoch-one";
-  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
-  readonly config = this.inner.config;
-  readonly params = this.inner.params;
   readonly flip: tf.Variable;
   constructor(init: number) {
+    super();
     this.flip = this.params.create("flip", [1], init);
   }
   loss(batch: TrainBatch, seeds: () => number, step = 0) {
@@ -571,7 +589,7 @@ class FlipsAfterEpochOne implements SequentialModel {
     const pull = tf.mul(tf.sum(this.flip), -FLIP_GRADIENTS[step % FLIP_GRADIENTS.length]);
     return { loss: tf.add(loss, pull) as tf.Scalar, parts };
   }
-  scores(batch: EvalBatch): tf.Tensor2D {
+  override scores(batch: EvalBatch): tf.Tensor2D {
     const keep = tf.relu(tf.sign(tf.neg(this.flip))); // 1 while flip < 0, then 0
     return tf.mul(this.inner.scores(batch), keep) as tf.Tensor2D;
   }
@@ -638,36 +656,26 @@ Deno.test("train() keeps the best epoch, not the last, and steps with bias-corre
 });
 
 /** SASRec plus `drift`, whose loss term `-drift` has gradient -1 at every step. */
-class Drifts implements SequentialModel {
+class Drifts extends SasRecPlus {
   readonly name = "drifts";
-  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
-  readonly config = this.inner.config;
-  readonly params = this.inner.params;
   readonly drift = this.params.create("drift", [1], "zeros");
   loss(batch: TrainBatch, seeds: () => number) {
     const { loss, parts } = this.inner.loss(batch, seeds);
     return { loss: tf.sub(loss, tf.sum(this.drift)) as tf.Scalar, parts };
   }
-  scores(batch: EvalBatch): tf.Tensor2D {
-    return this.inner.scores(batch);
-  }
 }
 
 /** SASRec plus `spike`, whose loss term `SPIKE * spike` at step 0 alone is a gradient spike. */
-class SpikesOnce implements SequentialModel {
+class SpikesOnce extends SasRecPlus {
   readonly name = "spikes-once";
-  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
-  readonly config = this.inner.config;
-  readonly params = this.inner.params;
   readonly spike = this.params.create("spike", [2], "zeros");
-  constructor(readonly hint?: string) {}
+  constructor(readonly hint?: string) {
+    super();
+  }
   loss(batch: TrainBatch, seeds: () => number, step = 0) {
     const { loss, parts } = this.inner.loss(batch, seeds);
     const weight = tf.tensor1d(step === 0 ? [SPIKE, 0] : [0, 0]);
     return { loss: tf.add(loss, tf.sum(tf.mul(this.spike, weight))) as tf.Scalar, parts };
-  }
-  scores(batch: EvalBatch): tf.Tensor2D {
-    return this.inner.scores(batch);
   }
   frozenOptimizerHint(): string | undefined {
     return this.hint;
@@ -877,19 +885,13 @@ Deno.test("Adam: a parameter without a gradient stays put and keeps its own step
 });
 
 /** SASRec plus a parameter `late` that the loss reaches from epoch 2 on (a GRU that joins late). */
-class JoinsLate implements SequentialModel {
+class JoinsLate extends SasRecPlus {
   readonly name = "sasrec"; // resume checks the saved config against a known model's defaults
-  readonly inner = new SasRec({ ...SMALL, dropout: 0 });
-  readonly config = this.inner.config;
-  readonly params = this.inner.params;
   readonly late = this.params.create("late", [3], "normal");
   loss(batch: TrainBatch, seeds: () => number, _step?: number, epoch = 1) {
     const { loss, parts } = this.inner.loss(batch, seeds);
     if (epoch < 2) return { loss, parts };
     return { loss: tf.add(loss, tf.sum(tf.square(this.late))) as tf.Scalar, parts };
-  }
-  scores(batch: EvalBatch): tf.Tensor2D {
-    return this.inner.scores(batch);
   }
 }
 
