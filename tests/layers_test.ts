@@ -148,7 +148,10 @@ Deno.test("dropout() keeps each element as x / (1 - rate) or zeroes it, by its s
           Math.abs(kept - n * (1 - rate)) <= 5 * sd + 1,
           `kept ${kept} of ${n} at rate ${rate}`,
         );
-        if (n >= 200) {
+        // Two independent masks agree at an element with probability 1 - 2 rate (1 - rate), so
+        // everywhere with at most exp(-2 n rate (1 - rate)): asserted only where that is below
+        // 1.2e-7 (at rate 0.01 and n = 200 it is 2%, which failed CI once).
+        if (2 * n * rate * (1 - rate) >= 16) {
           assert(other.some((v, i) => v !== out[i]), "another seed gives another mask");
         }
       },
