@@ -115,8 +115,9 @@ function jsonEntries(text: string, source: string): [string, string[]][] {
 }
 
 /**
- * Throws if the top-level object of `text` (valid JSON) names an item twice: `JSON.parse` would silently keep the last list, so one item's
- * categories would depend on which of two lines a person meant. Both lines are named.
+ * Throws if the top-level object of `text` (valid JSON) names an item twice: `JSON.parse`
+ * would silently keep the last list, so one item's categories would depend on which of two
+ * lines a person meant. Both lines are named.
  */
 function throwOnRepeatedKey(text: string, source: string): void {
   const firstLine = new Map<string, number>();

@@ -120,9 +120,10 @@ export class Adam {
 
   /**
    * The largest second moment `v` over every variable's state, and the (tf) name of the
-   * variable holding it (`null` before the first step). A `v` far above the square of a parameter's usual
-   * gradient makes its step `m / sqrt(v)` vanish until `v` decays (by `beta2` a step: with
-   * 0.999, ~2,300 steps per factor 10): what one huge gradient leaves behind.
+   * variable holding it (`null` before the first step). A `v` far above the square of a
+   * parameter's usual gradient makes its step `m / sqrt(v)` vanish until `v` decays (by
+   * `beta2` a step: with 0.999, ~2,300 steps per factor 10): what one huge gradient leaves
+   * behind.
    */
   async largestSecondMoment(): Promise<{ param: string; v: number } | null> {
     const names = [...this.#slots.keys()];
