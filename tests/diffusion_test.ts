@@ -121,7 +121,8 @@ Deno.test("forward samples have the closed-form marginal, which equals t + 1 one
       const next = tf.tidy(() =>
         tf.add(
           tf.mul(stepped, Math.sqrt(s.alphas[k])),
-          tf.mul(tf.randomNormal([n, d], 0, 1, "float32", 1000 * t + k), Math.sqrt(s.betas[k])),
+          // Seeds from 1: tfjs draws seed 0 from Math.random, which made this test fail 2% of runs.
+          tf.mul(tf.randomNormal([n, d], 0, 1, "float32", 1000 * t + k + 1), Math.sqrt(s.betas[k])),
         )
       ) as tf.Tensor2D;
       stepped.dispose();
@@ -146,14 +147,17 @@ Deno.test("forward samples have the closed-form marginal, which equals t + 1 one
 Deno.test("a reverse step at t = 0 returns the prediction exactly, whatever the noise", () => {
   const s = diffusionSchedule(betaSchedule("trunc_lin", 32));
   fc.assert(
-    fc.property(fc.integer({ min: 0, max: 2 ** 31 - 1 }), (seed) => {
-      tf.tidy(() => {
-        const x0 = tf.randomNormal([3, 5], 0, 2, "float32", seed) as tf.Tensor2D;
-        const xt = tf.randomNormal([3, 5], 0, 1, "float32", seed + 1) as tf.Tensor2D;
-        const noise = tf.randomNormal([3, 5], 0, 1, "float32", seed + 2) as tf.Tensor2D;
-        assertEquals(reverseStep(x0, xt, 0, noise, s).dataSync(), x0.dataSync());
-      });
-    }),
+    fc.property(
+      fc.integer({ min: 1, max: 2 ** 31 - 1 }), /* tfjs takes 0 as "no seed" */
+      (seed) => {
+        tf.tidy(() => {
+          const x0 = tf.randomNormal([3, 5], 0, 2, "float32", seed) as tf.Tensor2D;
+          const xt = tf.randomNormal([3, 5], 0, 1, "float32", seed + 1) as tf.Tensor2D;
+          const noise = tf.randomNormal([3, 5], 0, 1, "float32", seed + 2) as tf.Tensor2D;
+          assertEquals(reverseStep(x0, xt, 0, noise, s).dataSync(), x0.dataSync());
+        });
+      },
+    ),
     { numRuns: 100 },
   );
 });
