@@ -55,7 +55,8 @@ export class ParamStore {
         return tf.randomUniform(shape, -init.uniform, init.uniform, "float32", this.#seed);
       }
       const std = typeof init === "object" ? init.normal : this.initStd;
-      return tf.randomNormal(shape, 0, std, "float32", this.#seed);
+      // tfjs's normal sampler takes seed 0 for "no seed"; 2^32 is no other parameter's.
+      return tf.randomNormal(shape, 0, std, "float32", this.#seed || 2 ** 32);
     });
     // No tfjs name: tfjs names are global to the engine, and two models may coexist.
     const v = tf.variable(value, true);

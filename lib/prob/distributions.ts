@@ -154,7 +154,9 @@ export function mixturePriorKl(
 
 /** `mean + exp(logVar / 2) * eps` with `eps ~ N(0, I)` drawn from `seed`. */
 export function reparameterise(mean: Tensor, logVar: Tensor, seed: number): Tensor {
-  const eps = tf.randomNormal(mean.shape, 0, 1, "float32", seed);
+  // tfjs's normal sampler takes seed 0 for "no seed" (Math.random): 2^32, outside the
+  // 32-bit seeds a step draws, keeps that one seed in 4 billion reproducible.
+  const eps = tf.randomNormal(mean.shape, 0, 1, "float32", seed === 0 ? 2 ** 32 : seed);
   return tf.add(mean, tf.mul(tf.exp(tf.mul(logVar, 0.5)), eps));
 }
 
