@@ -45,6 +45,7 @@ Deno.test("serve answers every route and every bad request, and keeps serving", 
     ]);
     assertEquals(health.formatVersion, 1);
     assertEquals(typeof health.tensors, "number");
+    assertEquals(health.inFlight, 0);
     const page = await fetch(base);
     assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
     const html = await page.text();
@@ -207,7 +208,13 @@ Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops
         body: JSON.stringify({ history: ["i1", "i2"], k }),
       })
     );
-    await new Promise((r) => setTimeout(r, 300));
+    // Signal once the server holds all three (a fixed 300 ms could pass on a loaded machine
+    // before they arrived, and a request sent after the signal is refused).
+    const healthUrl = new URL("health", server.base);
+    for (let tries = 0; (await (await fetch(healthUrl)).json()).inFlight < 3; tries++) {
+      assert(tries < 400, "the three requests never reached the server");
+      await new Promise((r) => setTimeout(r, 5));
+    }
     server.child.kill("SIGTERM");
     for (const [i, p] of pending.entries()) {
       const response = await p;
@@ -221,6 +228,25 @@ Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("/health counts the recommendation requests being answered", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 4 }), data.vocab.items);
+  const handler = createHandler(r, { batchWaitMs: 200 });
+  const inFlight = async () =>
+    (await (await handler(new Request("http://x/health"))).json()).inFlight;
+  const history = data.vocab.items.slice(1, 3);
+  const pending = [1, 2].map((k) =>
+    handler(
+      new Request("http://x/recommend", { method: "POST", body: JSON.stringify({ history, k }) }),
+    )
+  );
+  const bad = handler(new Request("http://x/recommend", { method: "POST", body: "{" }));
+  assertEquals((await bad).status, 400);
+  assertEquals(await inFlight(), 2, "two wait in the batching window");
+  for (const p of pending) assertEquals((await p).status, 200);
+  assertEquals(await inFlight(), 0, "none once answered");
 });
 
 Deno.test("concurrent /recommend requests are micro-batched and each gets its own answer", async () => {

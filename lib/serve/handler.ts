@@ -6,7 +6,7 @@
  * | --- | --- | --- |
  * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
  * | `POST /recommend/batch` | `{ "requests": [<a /recommend body>, ...] }` | `{ "results": [<a /recommend answer>, ...] }` |
- * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "limits", "inference"? }` |
+ * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "inFlight", "limits", "inference"? }` |
  * | `GET /` | | a page where a person types a history and sees the recommendations |
  *
  * A bad request gets a 4xx answer `{ "error": "...", "field"?: "..." }` naming what is
@@ -236,11 +236,13 @@ function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
 /**
  * `GET /health`'s body, built once when the handler is made: what is loaded, on which
  * backend, under which limits, and (a diffusion model's `reverseSteps`, `sampling`, ...) how
- * it ranks, as it was loaded. The tensor count and backend are read at each request.
+ * it ranks, as it was loaded. The tensor count, backend and the number of recommendation
+ * requests being answered (`inFlight`) are read at each request.
  */
 function healthReport(
   recommender: Recommender,
   limits: HandlerLimits,
+  inFlight: () => number,
 ): () => Record<string, unknown> {
   const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
   const config = recommender.model.config as Record<string, unknown>;
@@ -255,6 +257,7 @@ function healthReport(
     backend: tf.getBackend(),
     formatVersion: MODEL_FILE_VERSION,
     tensors: tf.memory().numTensors,
+    inFlight: inFlight(),
     limits,
     ...(inference ? { inference } : {}),
   });
@@ -334,6 +337,18 @@ export function createHandler(
   }
   const batcher = new MicroBatcher(recommender, { waitMs: batchWaitMs });
 
+  // Recommendation requests being answered now: in /health, so a load balancer (or a test
+  // that signals the server) can see work waiting in the micro-batching window.
+  let inFlight = 0;
+  const counted = (route: Route): Route => async (request) => {
+    inFlight++;
+    try {
+      return await route(request);
+    } finally {
+      inFlight--;
+    }
+  };
+
   const recommendOne: Route = async (request) => {
     const { history, options: o } = parseOne(await readJson(request, limits.maxBodyBytes), limits);
     const { items, unknown } = await batcher.recommend(history, { ...o, strict: false });
@@ -351,14 +366,14 @@ export function createHandler(
     return json(200, { results });
   };
 
-  const health = healthReport(recommender, limits);
+  const health = healthReport(recommender, limits, () => inFlight);
   return router({
     "/": {
       GET: () =>
         new Response(PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } }),
     },
     "/health": { GET: () => json(200, health()) },
-    "/recommend": { POST: recommendOne },
-    "/recommend/batch": { POST: recommendMany },
+    "/recommend": { POST: counted(recommendOne) },
+    "/recommend/batch": { POST: counted(recommendMany) },
   }, (e, request) => options.onError?.(e, request));
 }
