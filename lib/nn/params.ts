@@ -8,6 +8,15 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor, Variable } from "./tensor_types.ts";
 
 /**
+ * `tf.randomNormal` from a 32-bit `seed`, 0 included: tfjs's normal sampler takes seed 0 for
+ * "no seed" and draws from `Math.random`, so 0 is passed as 2^32, which no 32-bit seed is.
+ * (Its uniform sampler honours 0.)
+ */
+export function seededNormal(shape: number[], mean: number, std: number, seed: number): Tensor {
+  return tf.randomNormal(shape, mean, std, "float32", seed === 0 ? 2 ** 32 : seed);
+}
+
+/**
  * How a parameter starts: the reference code's N(0, initStd) (`"normal"`), zeros, ones,
  * every entry equal to a given number, N(0, std²) for a given std (`{ normal: std }`), or
  * uniform on (-bound, bound) (`{ uniform: bound }`, PyTorch's `Linear` default with
@@ -55,8 +64,7 @@ export class ParamStore {
         return tf.randomUniform(shape, -init.uniform, init.uniform, "float32", this.#seed);
       }
       const std = typeof init === "object" ? init.normal : this.initStd;
-      // tfjs's normal sampler takes seed 0 for "no seed"; 2^32 is no other parameter's.
-      return tf.randomNormal(shape, 0, std, "float32", this.#seed || 2 ** 32);
+      return seededNormal(shape, 0, std, this.#seed);
     });
     // No tfjs name: tfjs names are global to the engine, and two models may coexist.
     const v = tf.variable(value, true);

@@ -13,6 +13,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Scalar, Tensor, Tensor2D } from "../nn/tensor_types.ts";
 import { oneHotFloat, withCustomGradient } from "../nn/layers.ts";
+import { seededNormal } from "../nn/params.ts";
 
 const LOG_2PI = Math.log(2 * Math.PI);
 
@@ -154,9 +155,7 @@ export function mixturePriorKl(
 
 /** `mean + exp(logVar / 2) * eps` with `eps ~ N(0, I)` drawn from `seed`. */
 export function reparameterise(mean: Tensor, logVar: Tensor, seed: number): Tensor {
-  // tfjs's normal sampler takes seed 0 for "no seed" (Math.random): 2^32, outside the
-  // 32-bit seeds a step draws, keeps that one seed in 4 billion reproducible.
-  const eps = tf.randomNormal(mean.shape, 0, 1, "float32", seed === 0 ? 2 ** 32 : seed);
+  const eps = seededNormal(mean.shape, 0, 1, seed); // seed 0 too, unlike tf.randomNormal
   return tf.add(mean, tf.mul(tf.exp(tf.mul(logVar, 0.5)), eps));
 }
 
