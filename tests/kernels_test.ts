@@ -188,7 +188,7 @@ function runLayoutCase(c: LayoutCase): tf.Tensor[] {
  * additions: n terms summed in float32 are within (n - 1) u sum|x| of the exact sum (u = 2^-24,
  * Higham's bound), and cpu (float64 adds) rounds its result to float32 once more, u |sum|. wasm
  * takes full reductions into tfjs's float32 kernel, where an absolute 1e-4 failed about once in
- * 200 runs (1,296 values, 7-12 ulp); a wrong axis or a lost element is off by about 3.
+ * 200 runs (seen at 1.1e-4 over 720 values); a wrong axis or a lost element is off by about 3.
  */
 function sumRoundingBound(c: LayoutCase): number {
   const terms = c.axes.reduce((n, a) => n * c.shape[a], 1);
