@@ -32,7 +32,8 @@ export const RECOMMEND_OPTIONS = [
   "  --model M         a model file (model.safetensors), a run folder, or a URL to a model file",
   "  --history H       one history, items oldest first, separated by spaces; prints the top k",
   "  --input FILE      sequence lines (user item item ...): one JSON line per user",
-  "  --output FILE     where --input's JSON lines go (default: stdout)",
+  "  --output FILE     where --input's JSON lines go (default, or -: stdout); a file is replaced",
+  "                    whole at the end, a device or pipe is written in place",
   "  -k, --k N         how many items per history (default 10)",
   "  --exclude I       items never to recommend, separated by spaces",
   "  --keep-seen       may recommend items of the history (default: never)",
@@ -131,6 +132,33 @@ function parseLines(text: string, path: string): { user: string; history: string
   return rows;
 }
 
+/**
+ * Where `--output` goes. A regular file (or a new name) is written beside the target and
+ * renamed over it at the end, so a failed run leaves no half file; through a link, the
+ * link's target is replaced and the link stays. A device, FIFO or socket is written in
+ * place: renaming over it would replace `/dev/full` or a pipe with a regular file.
+ * `-` or no flag is stdout.
+ */
+async function outputTarget(
+  output: string | undefined,
+): Promise<{ kind: "stdout" } | { kind: "replace" | "in place"; path: string }> {
+  if (output === undefined || output === "-") return { kind: "stdout" };
+  if (output === "") throw new TypeError("--output is empty: name a file, or - for stdout");
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(output);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return { kind: "replace", path: output };
+    throw e;
+  }
+  if (info.isDirectory) {
+    throw new Deno.errors.IsADirectory(`--output ${output} is a folder; name a file in it`);
+  }
+  if (!info.isFile) return { kind: "in place", path: output };
+  const link = (await Deno.lstat(output)).isSymlink;
+  return { kind: "replace", path: link ? await Deno.realPath(output) : output };
+}
+
 async function recommendFile(
   r: Recommender,
   input: string,
@@ -141,11 +169,17 @@ async function recommendFile(
   // The data readers' checks: a regular UTF-8 text file of bounded size.
   const text = await readText(input, "--input");
   const rows = parseLines(text, input);
-  // Written beside the target and renamed at the end: a failed run leaves no half file.
-  const tmp = output ? `${output}.tmp` : null;
+  const target = await outputTarget(output);
+  const tmp = target.kind === "replace" ? `${target.path}.tmp` : null;
   const file = tmp
-    ? await writing(tmp, () => Deno.open(tmp, { write: true, create: true, truncate: true }))
+    ? await writing(tmp, async () => {
+      await Deno.remove(tmp).catch(() => {}); // a stale one (or a link by that name) goes
+      return await Deno.open(tmp, { write: true, createNew: true });
+    })
+    : target.kind === "in place"
+    ? await writing(target.path, () => Deno.open(target.path, { write: true }))
     : null;
+  const where = tmp ?? (target.kind === "in place" ? target.path : null);
   const sink = file ?? Deno.stdout;
   const encoder = new TextEncoder();
   const say = progressWriter();
@@ -165,7 +199,7 @@ async function recommendFile(
       const put = async () => {
         for (let off = 0; off < bytes.length;) off += await sink.write(bytes.subarray(off));
       };
-      await (tmp ? writing(tmp, put) : put());
+      await (where ? writing(where, put, "") : put());
       const done = at + part.length;
       const seconds = (performance.now() - started) / 1000;
       const rate = done / seconds;
@@ -180,14 +214,12 @@ async function recommendFile(
     if (tmp) await Deno.remove(tmp).catch(() => {});
     throw e;
   }
-  if (file) {
-    file.close();
-    await Deno.rename(tmp!, output!);
-  }
+  file?.close();
+  if (tmp) await Deno.rename(tmp, (target as { path: string }).path);
   const seconds = (performance.now() - started) / 1000;
   say(
     `\rrecommended for ${rows.length} users in ${seconds.toFixed(1)}s` +
       (unknownTotal > 0 ? `; ${unknownTotal} history items not in the model were skipped` : "") +
-      (output ? `; wrote ${output}` : "") + "\n",
+      (target.kind !== "stdout" ? `; wrote ${output}` : "") + "\n",
   );
 }

@@ -44,9 +44,13 @@ export function shownPath(path: string): string {
  * Refuses a folder under `/proc`, `/sys` or `/dev` for a run's files. Deno would otherwise
  * answer "run again with the --allow-all flag", advice that cannot help.
  *
- * @throws {RangeError} The folder is on a kernel file system.
+ * @throws {RangeError} The folder is empty (joined with a file name, "" names the
+ * file-system root) or on a kernel file system.
  */
 export function checkWritableFolder(dir: string, what: string): void {
+  if (dir === "") {
+    throw new RangeError(`${what} is empty (""): name a folder; "." is the working folder`);
+  }
   const absolute = absolutePath(dir);
   const kernel = KERNEL_FOLDERS.find((k) => absolute === k || absolute.startsWith(`${k}/`));
   if (kernel) {
@@ -58,16 +62,34 @@ export function checkWritableFolder(dir: string, what: string): void {
 }
 
 /**
+ * `name` inside the folder `dir`: `dir/name`, without doubling a trailing slash. Every run
+ * file's path is made here, so that it lies in the folder the user named.
+ *
+ * @throws {RangeError} `dir` is empty: `"" + "/" + name` would be `/name`, in the root.
+ */
+export function joinPath(dir: string, name: string): string {
+  if (dir === "") {
+    throw new RangeError(`no folder given for ${name} (the folder's path is empty)`);
+  }
+  return dir.endsWith("/") ? `${dir}${name}` : `${dir}/${name}`;
+}
+
+/**
  * Runs `write`; an error it throws is rethrown (same class) naming `path`, and a full disk
  * says so. Deno's own message ("No space left on device (os error 28)") names no file.
  */
-export async function writing<T>(path: string, write: () => Promise<T>): Promise<T> {
+export async function writing<T>(
+  path: string,
+  write: () => Promise<T>,
+  // What to do once space is freed; a run's writers continue with --resume.
+  afterFull = "; training continues with --resume",
+): Promise<T> {
   try {
     return await write();
   } catch (e) {
     if (!(e instanceof Error)) throw e;
     const full = /os error 28\b|No space left/.test(e.message)
-      ? " (the disk is full: free space and run again; training continues with --resume)"
+      ? ` (the disk is full: free space and run again${afterFull})`
       : "";
     // Deno names some paths itself, but as given: a relative one gets its absolute form.
     if (!e.message.includes(path) || !path.startsWith("/")) {

@@ -231,3 +231,45 @@ Deno.test("the deno serve module refuses a missing or bad variable by name, befo
     );
   }
 });
+
+Deno.test("cli recommend --output writes a device or a pipe in place, and through a link keeps the link (hardening items 2)", async () => {
+  await using f = await fixture();
+  const input = `${f.dir}/in.txt`;
+  await Deno.writeTextFile(input, "u1 " + data.vocab.items.slice(1, 4).join(" ") + "\n");
+  const recommendTo = (output: string) =>
+    cli("recommend", "--model", f.dir, "--input", input, "--output", output, "--backend", "cpu");
+  // /dev/null: written, still the device (the old code renamed a regular file over it).
+  const toNull = await recommendTo("/dev/null");
+  assertEquals(toNull.code, 0, toNull.stderr);
+  assert(!(await Deno.lstat("/dev/null")).isFile, "/dev/null became a regular file");
+  // /dev/full: the write fails with the device named, and the device stays.
+  const toFull = await recommendTo("/dev/full");
+  assertEquals(toFull.code, 1, toFull.stderr);
+  assert(toFull.stderr.includes("/dev/full"), toFull.stderr);
+  assert(!(await Deno.lstat("/dev/full")).isFile, "/dev/full became a regular file");
+  // A FIFO: the reader gets the JSON lines and the FIFO stays a FIFO.
+  const fifo = `${f.dir}/pipe`;
+  const made = await new Deno.Command("mkfifo", { args: [fifo] }).output().catch(() => null);
+  if (made?.success) {
+    const reader = new Deno.Command("cat", { args: [fifo], stdout: "piped" }).output();
+    const toFifo = await recommendTo(fifo);
+    assertEquals(toFifo.code, 0, toFifo.stderr);
+    const read = new TextDecoder().decode((await reader).stdout);
+    assertEquals(JSON.parse(read.trim()).user, "u1");
+    assert((await Deno.lstat(fifo)).isFifo, "the FIFO was replaced");
+  } else console.warn("no mkfifo: the FIFO case was skipped");
+  // A link to a file: the file gets the lines, the link stays a link.
+  await Deno.writeTextFile(`${f.dir}/target.jsonl`, "old\n");
+  await Deno.symlink(`${f.dir}/target.jsonl`, `${f.dir}/link.jsonl`);
+  const toLink = await recommendTo(`${f.dir}/link.jsonl`);
+  assertEquals(toLink.code, 0, toLink.stderr);
+  assert((await Deno.lstat(`${f.dir}/link.jsonl`)).isSymlink, "the link was replaced");
+  assertEquals(JSON.parse(await Deno.readTextFile(`${f.dir}/target.jsonl`)).user, "u1");
+  // "-" is stdout; an empty name and a folder are refused by name.
+  const toDash = await recommendTo("-");
+  assertEquals(JSON.parse(toDash.stdout.trim()).user, "u1");
+  const empty = await recommendTo("");
+  assert(empty.code !== 0 && empty.stderr.includes("--output is empty"), empty.stderr);
+  const folder = await recommendTo(f.dir);
+  assert(folder.code !== 0 && folder.stderr.includes("is a folder"), folder.stderr);
+});

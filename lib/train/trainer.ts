@@ -428,6 +428,7 @@ export async function train(
   const lock = hooks.lock ?? await openRunFolder(out, { resume, overwrite });
   try {
     // Only now, with every check passed and the folder locked, is an old run replaced.
+    lock.begin();
     if (overwrite && !resume) await clearRun(out);
     return await trainLoop(model, split, numItems, o, itemTokens, hooks);
   } finally {
@@ -541,6 +542,10 @@ function checkedRun(
         numItems + 1
       }`,
     );
+  }
+  if (hooks.out === "") {
+    // "" is falsy: the run would train and write nothing, or its files land in the root.
+    throw new RangeError('hooks.out is "" (no folder): name the run folder, or leave it out');
   }
   if (hooks.resume && !hooks.out) {
     throw new TypeError("resume needs the run's output folder (hooks.out)");
