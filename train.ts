@@ -31,7 +31,13 @@
  */
 
 export * from "./mod.ts";
-export { type BackendChoice, selectBackend, type SelectBackendOptions } from "./backends/mod.ts";
+export {
+  type BackendChoice,
+  type BackendPurpose,
+  selectBackend,
+  type SelectBackendOptions,
+  WEBGPU_TRAINING_RULE,
+} from "./backends/mod.ts";
 export { readCategories, readDataset } from "./lib/data/files.ts";
 export {
   type CheckpointMeta,

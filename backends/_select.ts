@@ -29,6 +29,22 @@ export interface ChosenBackend {
   reason: string;
 }
 
+/**
+ * What the backend is for. `auto` weighs it: WebGPU ranks as fast as 8 wasm threads on a
+ * real GPU but trained slower than the same machine's CPU on every GPU measured (an H200:
+ * SASRec 0.64x, SIGMA 0.48x, DiffuRec 0.33x wasm's positions per second; the table in
+ * docs/performance.md, "WebGPU on a real GPU"), so for training `auto` leaves it out.
+ */
+export type BackendPurpose = "inference" | "training";
+
+/**
+ * Why `auto` passes over a hardware WebGPU adapter for training; the figures are the bench's
+ * (docs/performance.md). Change it with them, when fused kernels make WebGPU the faster one.
+ */
+export const WEBGPU_TRAINING_RULE =
+  "WebGPU trains slower than wasm on every GPU measured (H200: 0.33-0.64x wasm's positions/s, " +
+  "docs/performance.md); --backend webgpu trains there anyway";
+
 /** How the wasm backend is prepared before it starts and described once it runs. */
 export interface WasmStart {
   /** Runs before any backend is activated (e.g. installs the threaded build). */
@@ -111,6 +127,7 @@ export async function chooseBackend(
   choice: BackendChoice,
   webgpuCpuForward: boolean,
   wasm: WasmStart,
+  purpose: BackendPurpose = "inference",
 ): Promise<ChosenBackend> {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw new RangeError(
@@ -143,10 +160,15 @@ export async function chooseBackend(
     };
   }
   const gpu = await probeWebGpu();
-  if (gpu && !gpu.fallback && (await activate("webgpu"))) {
+  const forTraining = purpose === "training" && gpu !== null && !gpu.fallback;
+  if (gpu && !gpu.fallback && !forTraining && (await activate("webgpu"))) {
     return { name: "webgpu", reason: `auto: hardware WebGPU adapter "${gpu.description}"` };
   }
-  const why = gpu
+  const why = forTraining
+    ? `for training, not the WebGPU adapter "${gpu!.description}": ${WEBGPU_TRAINING_RULE}`
+    : gpu && !gpu.fallback
+    ? `the WebGPU adapter "${gpu.description}" failed to start`
+    : gpu
     ? `the only WebGPU adapter, "${gpu.description}", is a software fallback`
     : "no WebGPU adapter";
   const noWasm = wasmUnavailable();

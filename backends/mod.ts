@@ -13,12 +13,24 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import * as wasm from "@tensorflow/tfjs-backend-wasm";
-import { type BackendChoice, chooseBackend, type ChosenBackend } from "./_select.ts";
+import {
+  type BackendChoice,
+  type BackendPurpose,
+  chooseBackend,
+  type ChosenBackend,
+} from "./_select.ts";
 import "./_gradients.ts";
 import { installThreadedWasm, type ThreadedWasmStatus } from "./_wasm_threads.ts";
 import { useNativeBlas } from "./_blas.ts";
 
-export { BACKEND_CHOICES, type BackendChoice, type ChosenBackend, probeWebGpu } from "./_select.ts";
+export {
+  BACKEND_CHOICES,
+  type BackendChoice,
+  type BackendPurpose,
+  type ChosenBackend,
+  probeWebGpu,
+  WEBGPU_TRAINING_RULE,
+} from "./_select.ts";
 
 /** Options for {@linkcode selectBackend}. */
 export interface SelectBackendOptions {
@@ -39,6 +51,12 @@ export interface SelectBackendOptions {
    * other backends.
    */
   blas?: string;
+  /**
+   * What the backend is for: `"training"` makes `auto` pass over WebGPU, which trains
+   * slower than wasm on the GPUs measured (see `WEBGPU_TRAINING_RULE`). Default
+   * `"inference"`.
+   */
+  purpose?: BackendPurpose;
 }
 
 /** Switches the native BLAS on or off for the now active wasm backend and describes both. */
@@ -52,8 +70,8 @@ async function startWasmExtras(threads: ThreadedWasmStatus, blas: string): Promi
 /**
  * Makes one backend active for all following tfjs work and says which and why.
  *
- * `auto` takes WebGPU when an adapter exists that is not a fallback (software) adapter,
- * else WebAssembly, else the CPU reference. An explicit choice that cannot start throws a
+ * `auto` takes WebGPU when an adapter exists that is not a fallback (software) adapter
+ * (except with `purpose: "training"`), else WebAssembly, else the CPU reference. An explicit choice that cannot start throws a
  * `RangeError` (unknown name) or an `Error` naming what is missing.
  *
  * @example Usage
@@ -74,5 +92,5 @@ export async function selectBackend(
       threads = installThreadedWasm(options.wasmThreads);
     },
     describe: () => startWasmExtras(threads!, blas),
-  });
+  }, options.purpose);
 }

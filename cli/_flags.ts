@@ -3,7 +3,12 @@
  *
  * @module
  */
-import { type BackendChoice, type ChosenBackend, selectBackend } from "../backends/mod.ts";
+import {
+  type BackendChoice,
+  type BackendPurpose,
+  type ChosenBackend,
+  selectBackend,
+} from "../backends/mod.ts";
 
 /** The number a flag holds; a `RangeError` naming the flag otherwise. */
 export function numberFlag(flag: string, text: string): number {
@@ -97,15 +102,17 @@ export const BACKEND_OPTIONS = {
 /**
  * Starts the backend that `--backend`, `--threads` and `--blas` ask for and logs the choice
  * to stderr. `threads` is the wasm thread count when `--threads` is not given (default:
- * every logical CPU).
+ * every logical CPU); `purpose` is what `auto` weighs (training passes over WebGPU).
  */
 export async function startBackend(
   values: { backend?: string; threads?: string; blas?: string },
   threads?: number,
+  purpose: BackendPurpose = "inference",
 ): Promise<ChosenBackend> {
   const chosen = await selectBackend((values.backend ?? "auto") as BackendChoice, {
     wasmThreads: threadsFlag(values.threads) ?? threads,
     blas: values.blas ?? "auto",
+    purpose,
   });
   console.error(`backend: ${chosen.name} (${chosen.reason})`);
   return chosen;

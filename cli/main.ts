@@ -424,7 +424,11 @@ async function trainCommand(args: string[]): Promise<void> {
     overwrite: v.overwrite === true,
   });
   try {
-    const backend = await startBackend(v as Record<string, string | undefined>);
+    const backend = await startBackend(
+      v as Record<string, string | undefined>,
+      undefined,
+      "training",
+    );
     const { dataset, split } = await loadTrainData(spec);
     const model = entry.create({ ...config, numItems: dataset.numItems });
     console.error(

@@ -15,6 +15,36 @@ Deno.test("selectBackend() rejects an unknown name with the name in the message"
   await assertRejects(() => selectBackend("tpu" as any), RangeError, '"tpu"');
 });
 
+Deno.test("auto passes over a hardware WebGPU adapter for training, saying why, and takes it for inference", async () => {
+  // In a child process: navigator.gpu is replaced there by a stub hardware adapter.
+  const select = new URL("../backends/mod.ts", import.meta.url).href;
+  const script = (purpose: string) => `
+    Object.defineProperty(navigator, "gpu", { configurable: true, value: {
+      requestAdapter: async () => ({ isFallbackAdapter: false, info: { description: "Stub GPU" },
+        requestDevice: async () => { throw new Error("stub adapter: no device"); } }),
+    } });
+    const { selectBackend } = await import("${select}");
+    const chosen = await selectBackend("auto", { purpose: "${purpose}", wasmThreads: 1 });
+    console.log(JSON.stringify(chosen));`;
+  for (const purpose of ["training", "inference"]) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", script(purpose)],
+      env: { NO_COLOR: "1" },
+    }).output();
+    const text = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!;
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const chosen = JSON.parse(text);
+    if (purpose === "training") {
+      assertEquals(chosen.name, "wasm");
+      assert(chosen.reason.includes('for training, not the WebGPU adapter "Stub GPU"'), text);
+      assert(chosen.reason.includes("--backend webgpu"), text);
+    } else {
+      // Inference tries the adapter (the stub gives no device, so it falls through to wasm).
+      assert(chosen.reason.includes('adapter "Stub GPU" failed to start'), text);
+    }
+  }
+});
+
 Deno.test("selectBackend() auto picks a backend and says why", async () => {
   const chosen = await selectBackend("auto");
   assert(["webgpu", "wasm", "cpu"].includes(chosen.name));
