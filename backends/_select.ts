@@ -11,9 +11,11 @@ import "@tensorflow/tfjs-backend-wasm";
 import "@tensorflow/tfjs-backend-webgpu";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
+import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
+registerWebGpuDropout();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";

@@ -320,9 +320,13 @@ Deno.test("train() with resume continues a stopped run as if it had never stoppe
   first.params.dispose();
   // The same state as a version before per-parameter Adam steps wrote it (no adamSteps).
   const older = await Deno.makeTempDir();
-  for (const f of ["log.jsonl", "state/model.json", "state/weights.bin"]) {
-    await Deno.mkdir(`${older}/state`, { recursive: true });
+  // The whole run folder as it stood (the best epoch may lie in the first two).
+  for (const folder of ["state", "checkpoint"]) await Deno.mkdir(`${older}/${folder}`);
+  for (const f of ["log.jsonl", "model.safetensors", "state/model.json", "state/weights.bin"]) {
     await Deno.copyFile(`${cut}/${f}`, `${older}/${f}`);
+  }
+  for (const f of ["model.json", "weights.bin"]) {
+    await Deno.copyFile(`${cut}/checkpoint/${f}`, `${older}/checkpoint/${f}`);
   }
   {
     const { meta, values } = await readCheckpoint(`${older}/state`);

@@ -7,7 +7,12 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { dropout } from "./dropout.ts";
 import type { ParamStore } from "./params.ts";
+
+// Inverted dropout, its mask a pure function of the seed and the element's index (Philox),
+// drawn on the device where a backend has a kernel for it: see dropout.ts.
+export { dropout };
 
 /** What the forward function of {@linkcode withCustomGradient} returns. */
 export interface CustomGradientResult {
@@ -135,19 +140,6 @@ export function createLayerNorm(p: ParamStore, name: string, dim: number, bias =
 /** The exact (erf) GELU, as in the reference code. */
 export function gelu(x: tf.Tensor): tf.Tensor {
   return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
-}
-
-/**
- * Inverted dropout with an explicit seed (tfjs draws it on the host, so it is
- * reproducible on every backend). Identity when `rate` is 0 or `seed` is null (inference).
- */
-export function dropout(x: tf.Tensor, rate: number, seed: number | null): tf.Tensor {
-  if (rate <= 0 || seed === null) return x;
-  const keep = tf.cast(
-    tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, "float32", seed), rate),
-    "float32",
-  );
-  return tf.mul(x, tf.mul(keep, 1 / (1 - rate)));
 }
 
 /**
