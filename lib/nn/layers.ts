@@ -105,8 +105,14 @@ export function linear(p: ParamStore, name: string, x: tf.Tensor): tf.Tensor {
   const b = p.get(`${name}.b`);
   const inDim = x.shape[x.shape.length - 1];
   const lead = x.shape.slice(0, -1);
-  const y = matmul(tf.reshape(x, [-1, inDim]) as tf.Tensor2D, w); // [M, out]
-  return tf.reshape(tf.add(y, b), [...lead, w.shape[1]]); // [..., out]
+  const x2 = tf.reshape(x, [-1, inDim]) as tf.Tensor2D; // [M, in]
+  // On webgpu, tfjs's fused product adds the bias in the matmul's own dispatch and its
+  // gradient multiplies with transpose flags (free there): 6 dispatches forward and
+  // backward instead of 9. Elsewhere `matmul` (explicit transposes, for wasm's fast path).
+  const y = tf.getBackend() === "webgpu"
+    ? tf.fused.matMul({ a: x2, b: w, bias: b }) // [M, out]
+    : tf.add(matmul(x2, w), b); // [M, out]
+  return tf.reshape(y, [...lead, w.shape[1]]); // [..., out]
 }
 
 /** Creates the parameters of {@linkcode linear}. */
