@@ -11,10 +11,12 @@ import "@tensorflow/tfjs-backend-wasm";
 import "@tensorflow/tfjs-backend-webgpu";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
+import { registerWebGpuAdam } from "./_webgpu_adam.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
+registerWebGpuAdam();
 registerWebGpuDropout();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
