@@ -232,6 +232,11 @@ Deno.test("the deno serve module refuses a missing or bad variable by name, befo
   }
 });
 
+/** Whether `path` is a character device; `test -c`, since Deno reads /dev only under -A. */
+async function isCharDevice(path: string): Promise<boolean> {
+  return (await new Deno.Command("test", { args: ["-c", path] }).output()).success;
+}
+
 Deno.test("cli recommend --output writes a device or a pipe in place, and through a link keeps the link (hardening items 2)", async () => {
   await using f = await fixture();
   const input = `${f.dir}/in.txt`;
@@ -241,12 +246,12 @@ Deno.test("cli recommend --output writes a device or a pipe in place, and throug
   // /dev/null: written, still the device (the old code renamed a regular file over it).
   const toNull = await recommendTo("/dev/null");
   assertEquals(toNull.code, 0, toNull.stderr);
-  assert(!(await Deno.lstat("/dev/null")).isFile, "/dev/null became a regular file");
+  assert(await isCharDevice("/dev/null"), "/dev/null became a regular file");
   // /dev/full: the write fails with the device named, and the device stays.
   const toFull = await recommendTo("/dev/full");
   assertEquals(toFull.code, 1, toFull.stderr);
   assert(toFull.stderr.includes("/dev/full"), toFull.stderr);
-  assert(!(await Deno.lstat("/dev/full")).isFile, "/dev/full became a regular file");
+  assert(await isCharDevice("/dev/full"), "/dev/full became a regular file");
   // A FIFO: the reader gets the JSON lines and the FIFO stays a FIFO.
   const fifo = `${f.dir}/pipe`;
   const made = await new Deno.Command("mkfifo", { args: [fifo] }).output().catch(() => null);
