@@ -13,11 +13,13 @@ import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
 import { registerWebGpuAdam } from "./_webgpu_adam.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
+import { registerWebGpuFusedKernels } from "./_webgpu_fused.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
 registerWebGpuAdam();
 registerWebGpuDropout();
+registerWebGpuFusedKernels();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";

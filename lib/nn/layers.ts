@@ -8,6 +8,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { dropout } from "./dropout.ts";
+import { geluFused, layerNormResidual } from "./fused.ts";
 import type { ParamStore } from "./params.ts";
 
 // Inverted dropout, its mask a pure function of the seed and the element's index (Philox),
@@ -127,14 +128,20 @@ export function createLinear(
   p.create(`${name}.b`, [outDim], bias === 0 ? "zeros" : bias);
 }
 
-/** LayerNorm over the last axis with gain `${name}.g` and bias `${name}.b`. */
-export function layerNorm(p: ParamStore, name: string, x: tf.Tensor, eps = 1e-12): tf.Tensor {
-  const axis = x.shape.length - 1;
-  const mean = tf.mean(x, axis, true);
-  const centred = tf.sub(x, mean);
-  const variance = tf.mean(tf.square(centred), axis, true);
-  const normed = tf.mul(centred, tf.rsqrt(tf.add(variance, eps)));
-  return tf.add(tf.mul(normed, p.get(`${name}.g`)), p.get(`${name}.b`));
+/**
+ * LayerNorm over the last axis of `residual + x` (of `x` when `residual` is null) with gain
+ * `${name}.g` and bias `${name}.b`. `residual` must have `x`'s shape. The add is part of
+ * the fused op (`lib/nn/fused.ts`): one dispatch with the normalisation on webgpu; on cpu
+ * and wasm the same tfjs ops as `layerNorm(p, name, tf.add(residual, x))` always were.
+ */
+export function layerNorm(
+  p: ParamStore,
+  name: string,
+  x: tf.Tensor,
+  eps = 1e-12,
+  residual: tf.Tensor | null = null,
+): tf.Tensor {
+  return layerNormResidual(x, residual, p.get(`${name}.g`), p.get(`${name}.b`), eps);
 }
 
 /** Creates the parameters of {@linkcode layerNorm}. */
@@ -143,9 +150,12 @@ export function createLayerNorm(p: ParamStore, name: string, dim: number, bias =
   p.create(`${name}.b`, [dim], bias === 0 ? "zeros" : bias);
 }
 
-/** The exact (erf) GELU, as in the reference code. */
+/**
+ * The exact (erf) GELU, as in the reference code: one fused op on webgpu, the composed
+ * tfjs ops elsewhere (`geluFused` in `lib/nn/fused.ts`).
+ */
 export function gelu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+  return geluFused(x);
 }
 
 /**
@@ -274,10 +284,10 @@ export function transformer(
       seedOf(seeds),
     ); // [B, L or 1, d]
     const residual = onlyLast ? tf.slice(h, [0, h.shape[1] - 1, 0], [-1, 1, -1]) : h; // [B, L or 1, d]
-    h = layerNorm(p, `${b}.ln1`, tf.add(residual, attn), s.layerNormEps) as tf.Tensor3D;
+    h = layerNorm(p, `${b}.ln1`, attn, s.layerNormEps, residual) as tf.Tensor3D;
     const inner = gelu(linear(p, `${b}.ffn.in`, h));
     const ffn = dropout(linear(p, `${b}.ffn.out`, inner), s.dropout, seedOf(seeds));
-    h = layerNorm(p, `${b}.ln2`, tf.add(h, ffn), s.layerNormEps) as tf.Tensor3D;
+    h = layerNorm(p, `${b}.ln2`, ffn, s.layerNormEps, h) as tf.Tensor3D;
   }
   return h; // [B, L, d], or [B, 1, d] with lastOnly
 }
