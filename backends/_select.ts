@@ -47,7 +47,7 @@ export type BackendPurpose = "inference" | "training";
  * Why `auto` passes over a hardware WebGPU adapter for training; the figures are the bench's
  * (docs/performance.md). Change it with them, when fused kernels make WebGPU the faster one.
  */
-export const WEBGPU_TRAINING_RULE =
+export const WEBGPU_TRAINING_RULE: string =
   "WebGPU trains slower than wasm on every GPU measured (H200: 0.33-0.64x wasm's positions/s, " +
   "docs/performance.md); --backend webgpu trains there anyway";
 
