@@ -24,12 +24,19 @@
  * ops that contain other ops (custom gradients appear as `forward` and `unnamed scope`)
  * include their inner kernels, so the column adds up to more than the wall time.
  *
+ * The summary line also gives the step's dispatches (`bench/_dispatches.ts`): on webgpu the
+ * GPU compute dispatches, queue submits and host readbacks, on cpu and wasm the kernel calls
+ * that do work. They are counted on one more step after the profiled one, unprofiled:
+ * under `tf.profile` tfjs-backend-webgpu closes its compute pass after every program (and
+ * submits each where the adapter has timestamp queries), which is not how a step runs.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "../lib/train/adam.ts";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
+import { countDispatches, describeCount } from "./_dispatches.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
 import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "../lib/eval/_device.ts";
@@ -162,6 +169,7 @@ await run(0); // warm-up: kernel compilation, first allocations
 const started = performance.now();
 const info = await tf.profile(() => run(1));
 const wall = performance.now() - started;
+const { count } = await countDispatches(() => run(2)); // unprofiled: see the module doc
 const byName = new Map<string, { ms: number; calls: number }>();
 for (const k of info.kernels) {
   const e = byName.get(k.name) ?? { ms: 0, calls: 0 };
@@ -173,10 +181,10 @@ console.log(
   values.eval
     ? `${model.name} on ${source}, ${backend.name} (${backend.reason}): one evaluation batch ` +
       `of ${evalBatch!.batch} users x ${evalBatch!.length}; ${wall.toFixed(0)} ms wall ` +
-      `(profiled), ${info.kernels.length} kernel calls`
+      `(profiled), ${info.kernels.length} kernel calls; ${describeCount(count)}`
     : `${model.name} on ${source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
       `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
-      `${info.kernels.length} kernel calls`,
+      `${info.kernels.length} kernel calls; ${describeCount(count)}`,
 );
 console.log("kernel                          ms     calls");
 for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {

@@ -21,6 +21,10 @@
  * - counts the GEMM floating-point operations of one step by profiling its kernels' shapes
  *   (MatMul, BatchMatMul, _FusedMatMul: 2·M·N·K each), so `GFLOP/s` is that count over
  *   the measured step time: the arithmetic rate the step achieves, not a peak;
+ * - counts the dispatches of one more, untimed step on the warm-up batch
+ *   (`bench/_dispatches.ts`): `dispatches/step` is the GPU compute dispatches on webgpu
+ *   (each one fixed cost on a real GPU, which is why WebGPU trains slower than wasm there)
+ *   and the kernel calls that do work on cpu and wasm;
  * - ranks the full catalogue for `--users` validation users (after a warm-up batch);
  *   `eval all s` extrapolates that rate to every user of the data set.
  *
@@ -58,6 +62,7 @@ import { evaluate } from "../lib/eval/mod.ts";
 import { modelEntry, stepSeeds } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS, trainStep } from "../lib/train/trainer.ts";
 import { findTorchPython } from "./_python.ts";
+import { countDispatches } from "./_dispatches.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -104,6 +109,8 @@ interface Measurement {
   secondsPerEpoch: number;
   gflopPerStep: number;
   gflopPerSec: number;
+  /** GPU dispatches (webgpu) or kernel calls doing work (cpu, wasm) of one training step. */
+  dispatchesPerStep: number;
   evalUsers: number;
   usersPerSec: number;
   evalAllSeconds: number;
@@ -168,12 +175,15 @@ async function loadData(name: string): Promise<SequenceDataset> {
   return await readDataset(new URL(`../../shared/data/${file}`, import.meta.url).pathname);
 }
 
-/** Times `count` training steps after one warm-up; returns seconds and positions. */
+/**
+ * Times `count` training steps after one warm-up; returns seconds and positions, and the
+ * dispatches of one more, untimed step on the warm-up batch.
+ */
 async function timeSteps(
   model: ReturnType<ReturnType<typeof modelEntry>["create"]>,
   batches: TrainBatch[],
   count: number,
-): Promise<{ seconds: number; positions: number; gflop: number }> {
+): Promise<{ seconds: number; positions: number; gflop: number; dispatches: number }> {
   const optimizer = new Adam(TRAIN_DEFAULTS.learningRate);
   const vars = model.params.list();
   const step = (i: number) =>
@@ -203,8 +213,19 @@ async function timeSteps(
     seconds += (performance.now() - t0) / 1000;
     for (const t of batches[i % batches.length].targets) if (t !== 0) positions++;
   }
+  // After the timed steps, so that the counter's wrappers cost them nothing.
+  const { count: dispatches } = await countDispatches(async () => {
+    const packed = step(0);
+    await packed.data();
+    packed.dispose();
+  });
   optimizer.dispose();
-  return { seconds, positions, gflop: (gflop / warmPositions) * (positions / count) };
+  return {
+    seconds,
+    positions,
+    gflop: (gflop / warmPositions) * (positions / count),
+    dispatches: dispatches.dispatches,
+  };
 }
 
 async function runChild(spec: string): Promise<void> {
@@ -273,6 +294,7 @@ async function runChild(spec: string): Promise<void> {
     secondsPerEpoch: (r.seconds / stepsHere) * batches.length,
     gflopPerStep: r.gflop,
     gflopPerSec: r.gflop / (r.seconds / stepsHere),
+    dispatchesPerStep: r.dispatches,
     evalUsers: timedUsers,
     usersPerSec: timedUsers / evalSeconds,
     evalAllSeconds: data.sequences.length / (timedUsers / evalSeconds),
@@ -367,13 +389,14 @@ async function main(): Promise<void> {
   console.log("");
   console.log(
     "data      model        backend                    positions/s  s/epoch  GFLOP/s  " +
-      "eval users/s  eval all s  peak RSS MiB",
+      "dispatches/step  eval users/s  eval all s  peak RSS MiB",
   );
   for (const r of rows) {
     console.log(
       `${r.data.split(" ")[0].padEnd(10)}${r.model.padEnd(13)}${r.label.padEnd(26)}` +
         `${r.positionsPerSec.toFixed(0).padStart(12)}${r.secondsPerEpoch.toFixed(0).padStart(9)}` +
-        `${r.gflopPerSec.toFixed(1).padStart(9)}${r.usersPerSec.toFixed(0).padStart(14)}` +
+        `${r.gflopPerSec.toFixed(1).padStart(9)}${String(r.dispatchesPerStep).padStart(17)}` +
+        `${r.usersPerSec.toFixed(0).padStart(14)}` +
         `${r.evalAllSeconds.toFixed(1).padStart(12)}${r.peakRssMiB.toFixed(0).padStart(14)}`,
     );
   }
