@@ -27,3 +27,26 @@ export function releaseWebGpuAfterTests(): void {
     assert(!("webgpu" in registry), "the webgpu backend is still registered");
   });
 }
+
+/**
+ * Counts GPU compute dispatches while `fn` runs, by wrapping
+ * `GPUComputePassEncoder.prototype.dispatchWorkgroups`: tfjs's programs and the project's
+ * raw dispatches (the fused Adam's) alike.
+ */
+export function countGpuDispatches(fn: () => void): number {
+  const proto = (globalThis as unknown as {
+    GPUComputePassEncoder: { prototype: { dispatchWorkgroups(...a: unknown[]): void } };
+  }).GPUComputePassEncoder.prototype;
+  const original = proto.dispatchWorkgroups;
+  let count = 0;
+  proto.dispatchWorkgroups = function (this: unknown, ...args: unknown[]) {
+    count++;
+    return original.apply(this, args);
+  };
+  try {
+    fn();
+  } finally {
+    proto.dispatchWorkgroups = original;
+  }
+  return count;
+}

@@ -13,7 +13,7 @@ import { probeWebGpu, selectBackend } from "../backends/mod.ts";
 import { variablesPerDispatch } from "../backends/_webgpu_adam.ts";
 import { Adam, type AdamSlotState, FUSED_ADAM_KERNEL } from "../lib/train/adam.ts";
 import { assert, assertEquals } from "./_assert.ts";
-import { releaseWebGpuAfterTests } from "./_webgpu.ts";
+import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const noGpu = (await probeWebGpu()) === null;
 
@@ -163,25 +163,6 @@ Deno.test({
   },
 });
 
-/** Counts GPU compute dispatches (any device's) while `fn` runs. */
-function countDispatches(fn: () => void): number {
-  const proto = (globalThis as unknown as {
-    GPUComputePassEncoder: { prototype: { dispatchWorkgroups(...a: unknown[]): void } };
-  }).GPUComputePassEncoder.prototype;
-  const original = proto.dispatchWorkgroups;
-  let count = 0;
-  proto.dispatchWorkgroups = function (this: unknown, ...args: unknown[]) {
-    count++;
-    return original.apply(this, args);
-  };
-  try {
-    fn();
-  } finally {
-    proto.dispatchWorkgroups = original;
-  }
-  return count;
-}
-
 Deno.test({
   name: "fused Adam: one step over 20 variables takes ceil(20 / per dispatch) dispatches, " +
     "no new tensors; the composed path in between switches layouts and back",
@@ -200,7 +181,7 @@ Deno.test({
           vars.map((v, i) => [v.name, tf.tensor(values(1000 * step + i, v.size), v.shape)]),
         );
         const before = tf.memory().numTensors;
-        const dispatches = countDispatches(() => adam.applyGradients(grads));
+        const dispatches = countGpuDispatches(() => adam.applyGradients(grads));
         counts.push({ dispatches, tensors: tf.memory().numTensors - before });
         tf.dispose(Object.values(grads));
       }

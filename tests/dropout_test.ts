@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { selectBackend } from "../backends/mod.ts";
 import { dropout, dropoutMask, keepScale, keepThreshold, philox2x32 } from "../lib/nn/dropout.ts";
 import { assert, assertEquals } from "./_assert.ts";
-import { releaseWebGpuAfterTests } from "./_webgpu.ts";
+import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 Deno.test("philox2x32 gives Random123's known answers (10 rounds)", () => {
   const hex = (w: [number, number]) => w.map((x) => x.toString(16).padStart(8, "0"));
@@ -36,23 +36,6 @@ Deno.test("dropoutMask: element i's fate is a function of (seed, i) alone, from 
   );
 });
 
-/** Counts the webgpu backend's dispatches while `fn` runs. */
-function countDispatches(fn: () => void): number {
-  const backend = tf.backend() as unknown as { recordAndSubmit: (...a: unknown[]) => unknown };
-  const original = backend.recordAndSubmit;
-  let count = 0;
-  backend.recordAndSubmit = function (this: unknown, ...args: unknown[]) {
-    count++;
-    return original.apply(this, args);
-  };
-  try {
-    fn();
-  } finally {
-    backend.recordAndSubmit = original;
-  }
-  return count;
-}
-
 Deno.test("dropout on webgpu draws the host's mask bit for bit, forward and backward, in one dispatch each (25 cases)", async () => {
   const cases = fc.sample(
     fc.record({
@@ -75,12 +58,12 @@ Deno.test("dropout on webgpu draws the host's mask bit for bit, forward and back
     const x = tf.tensor(values, shape);
     const before = tf.memory().numTensors;
     let out: tf.Tensor | undefined;
-    const forward = countDispatches(() => {
+    const forward = countGpuDispatches(() => {
       out = tf.tidy(() => dropout(x, rate, seed));
     });
     assertEquals(forward, 1, "forward dispatches");
     let grad: tf.Tensor | undefined;
-    const both = countDispatches(() => {
+    const both = countGpuDispatches(() => {
       grad = tf.tidy(() => tf.grad((t: tf.Tensor) => tf.sum(dropout(t, rate, seed)))(x));
     });
     // Forward, the sum, the sum's gradient (a fill) and the dropout's gradient: the
