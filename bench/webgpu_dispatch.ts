@@ -8,7 +8,7 @@
  * deno run -A bench/webgpu_dispatch.ts --ops 500 --reps 5 --shape 256,128 --readback-mib 12
  * ```
  *
- * It prints five tables:
+ * It prints four tables:
  * - submit batching: wall time per op for each `WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE` of
  *   `--batch-sizes` (tfjs submits a command buffer every that many dispatches; default 15),
  *   the ops enqueued alone and with the final readback, and the time inside `queue.submit`;
@@ -24,9 +24,10 @@
  *   `--readback-mib` tensor, each computed on the GPU and finished before it is read; and
  *   the same without tfjs (`raw`): a 4-byte copy, `queue.submit` and `mapAsync` straight on
  *   tfjs's device, and `queue.onSubmittedWorkDone` on an idle queue;
- * - GPU execution against the rest: the loop's wall time per op without its final
- *   readback and with it, for a tiny shape, `--shape` and a 1024 x 1024 one. What the
- *   readback adds beyond a scalar's readback is GPU work still queued at the end.
+ * - GPU execution against the rest: the loop's wall time without its final readback and
+ *   with it, and the time inside `queue.submit`, for a tiny shape, `--shape` and a
+ *   1024 x 1024 one. What the readback adds beyond a scalar's readback is GPU work still
+ *   queued at the end (on llvmpipe none: it runs the work inside `queue.submit`).
  *
  * Flags: `--ops` (2000: ops per loop), `--reps` (3: timed loops per row, median; each
  * after one untimed warm-up loop), `--shape R,C` (256,128: the two `tf.add` operands),
