@@ -28,6 +28,9 @@
  * - ranks the full catalogue for `--users` validation users (after a warm-up batch);
  *   `eval all s` extrapolates that rate to every user of the data set.
  *
+ * Where a model ran on webgpu and on wasm, a line `ratio DATA MODEL webgpu/<wasm row>`
+ * divides webgpu's training positions/s and evaluation users/s by the faster wasm row's.
+ *
  * Data: `../shared/data/{Office_Products,Beauty}.txt` beside the repository where they
  * exist, else the embedded synthetic data set (said so in the output).
  *
@@ -400,6 +403,7 @@ async function main(): Promise<void> {
         `${r.evalAllSeconds.toFixed(1).padStart(12)}${r.peakRssMiB.toFixed(0).padStart(14)}`,
     );
   }
+  printWebGpuRatios(rows);
   if (values.torch !== "true") return;
   for (const step of ["sasrec", "sigma"] as const) {
     if (step === "sigma" && !models.includes("sigma")) continue;
@@ -423,6 +427,30 @@ async function main(): Promise<void> {
       );
     }
   }
+}
+
+/**
+ * For each data set and model measured on webgpu and on a wasm row (the fastest, with or
+ * without BLAS), the webgpu/wasm ratio of training positions/s and of evaluation users/s:
+ * what the training backend choice (`WEBGPU_TRAINING_RULE`) rests on.
+ */
+function printWebGpuRatios(rows: Measurement[]): void {
+  const lines: string[] = [];
+  for (const gpu of rows.filter((r) => r.backend === "webgpu")) {
+    const same = rows.filter((r) =>
+      r.backend.startsWith("wasm") && r.data === gpu.data && r.model === gpu.model
+    );
+    if (same.length === 0) continue;
+    const wasm = same.reduce((a, b) => (b.positionsPerSec > a.positionsPerSec ? b : a));
+    lines.push(
+      `ratio ${gpu.data.split(" ")[0]} ${gpu.model} webgpu/${wasm.label}: training ${
+        (gpu.positionsPerSec / wasm.positionsPerSec).toFixed(2)
+      }, evaluation ${
+        (gpu.usersPerSec / wasm.usersPerSec).toFixed(2)
+      }; dispatches/step ${gpu.dispatchesPerStep} against ${wasm.dispatchesPerStep} kernel calls`,
+    );
+  }
+  if (lines.length > 0) console.log(["", ...lines].join("\n"));
 }
 
 if (values.child) await runChild(values.child);
