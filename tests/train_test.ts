@@ -9,12 +9,14 @@ import type { EvalBatch, TrainBatch } from "../lib/data/types.ts";
 import { decodeModelFile } from "../lib/inference/model_file.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { fnv1a, readCheckpoint, writeCheckpoint } from "../lib/train/checkpoint.ts";
 import {
   evaluateModel,
   learningRateAt,
+  LOSS_READS_ON_GPU,
   splitBatch,
   train,
   TRAIN_DEFAULTS,
@@ -240,6 +242,33 @@ Deno.test("train() stops with an error naming the epoch and step when the loss i
     Error,
     "epoch 1, step 1/",
   );
+  inner.params.dispose();
+});
+
+Deno.test("on webgpu, where losses are read back in groups, a NaN still names its own step", async () => {
+  await selectBackend("webgpu", { webgpuCpuForward: false });
+  const inner = new SasRec(SMALL);
+  let calls = 0;
+  const broken: SequentialModel & { config: { maxLength: number } } = {
+    name: "broken",
+    config: inner.config,
+    params: inner.params,
+    loss: (batch, seeds) => {
+      const { loss } = inner.loss(batch, seeds);
+      // One piece per step here (32 rows): the third step's loss is NaN.
+      const bad = ++calls === 3 ? tf.mul(loss, NaN) as tf.Scalar : loss;
+      return { loss: bad, parts: { recon: bad } };
+    },
+    scores: (batch) => inner.scores(batch),
+  };
+  const before = tf.memory().numTensors;
+  await assertRejects(
+    () => train(broken, split, data.numItems, { ...FAST, epochs: 1 }),
+    Error,
+    "epoch 1, step 3/",
+  );
+  assert(LOSS_READS_ON_GPU > 3, "the NaN fell outside the first group of reads");
+  assertEquals(tf.memory().numTensors, before, "tensors left behind by the stopped epoch");
   inner.params.dispose();
 });
 
@@ -1128,3 +1157,5 @@ Deno.test("a run killed between any two of an epoch's writes, or inside one, res
   }
   await Deno.remove(dir, { recursive: true });
 });
+
+releaseWebGpuAfterTests();

@@ -6,6 +6,7 @@
  * @module
  */
 import { writing } from "../_io.ts";
+import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "./adam.ts";
 import { Rng } from "../data/random.ts";
 import { TRAIN_EXAMPLES, trainBatches, type TrainExamples } from "../data/mod.ts";
@@ -509,6 +510,13 @@ async function startRun(
   return state;
 }
 
+/**
+ * Steps between host reads of the loss on webgpu. A NaN loss is still reported at its own
+ * step; the steps after it (at most this many less one) have run on NaN by then, which the
+ * stopped run discards anyway.
+ */
+export const LOSS_READS_ON_GPU = 16;
+
 /** One epoch of Adam steps over `batches`, with a progress line; its record, not validated. */
 async function trainEpoch(
   model: SequentialModel,
@@ -524,6 +532,41 @@ async function trainEpoch(
   let lossSum = 0;
   const partSums: Record<string, number> = {};
   let sequences = 0;
+  // Each step's loss and parts, read back to the host in groups: a read is a full sync on a
+  // GPU (~11 ms of waiting in Deno's WebGPU, and no recording of the next step meanwhile),
+  // so webgpu reads every LOSS_READS_ON_GPU steps; cpu and wasm read every step (a copy).
+  const readEvery = tf.getBackend() === "webgpu" ? LOSS_READS_ON_GPU : 1;
+  let pending: { values: tf.Tensor1D; partNames: string[]; index: number }[] = [];
+  const readPending = async () => {
+    const stacked = tf.tidy(() => tf.stack(pending.map((p) => p.values)));
+    const all = await stacked.data();
+    stacked.dispose();
+    const width = all.length / pending.length;
+    for (const [k, { values: tensor, partNames, index }] of pending.entries()) {
+      tensor.dispose();
+      const values = all.subarray(k * width, (k + 1) * width);
+      if (!Number.isFinite(values[0])) {
+        tf.dispose(pending.slice(k + 1).map((p) => p.values));
+        pending = [];
+        throw new Error(
+          `Training loss became ${values[0]} at epoch ${epoch}, step ${
+            index + 1
+          }/${batches.length}; try a lower --lr (now ${o.learningRate})`,
+        );
+      }
+      lossSum += values[0];
+      partNames.forEach((n, j) => partSums[n] = (partSums[n] ?? 0) + values[j + 1]);
+    }
+    const done = pending.at(-1)!.index + 1;
+    pending = [];
+    const elapsed = (performance.now() - t0) / 1000;
+    const epochEta = (batches.length - done) * elapsed / done;
+    say(
+      `\repoch ${epoch}/${o.epochs} step ${done}/${batches.length} loss ${
+        (lossSum / done).toFixed(4)
+      } ${(sequences / elapsed).toFixed(0)} seq/s epoch ETA ${formatSeconds(epochEta)}`,
+    );
+  };
   for (let i = 0; i < batches.length; i++) {
     const batch = batches[i];
     const seeds = stepSeeds(o.seed, state.step);
@@ -532,24 +575,9 @@ async function trainEpoch(
       epoch,
       weightDecay: o.weightDecay,
     });
-    const values = await packed.values.data();
-    packed.values.dispose();
-    if (!Number.isFinite(values[0])) {
-      throw new Error(
-        `Training loss became ${values[0]} at epoch ${epoch}, step ${i + 1}/${batches.length}; ` +
-          `try a lower --lr (now ${o.learningRate})`,
-      );
-    }
-    lossSum += values[0];
-    packed.partNames.forEach((n, j) => partSums[n] = (partSums[n] ?? 0) + values[j + 1]);
+    pending.push({ ...packed, index: i });
     sequences += batch.batch;
-    const elapsed = (performance.now() - t0) / 1000;
-    const epochEta = (batches.length - i - 1) * elapsed / (i + 1);
-    say(
-      `\repoch ${epoch}/${o.epochs} step ${i + 1}/${batches.length} loss ${
-        (lossSum / (i + 1)).toFixed(4)
-      } ${(sequences / elapsed).toFixed(0)} seq/s epoch ETA ${formatSeconds(epochEta)}`,
-    );
+    if (pending.length >= readEvery || i === batches.length - 1) await readPending();
   }
   const trainSeconds = (performance.now() - t0) / 1000;
   const largest = await optimizer.largestSecondMoment();
