@@ -12,11 +12,13 @@ import "@tensorflow/tfjs-backend-webgpu";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
 import { registerWebGpuAdam } from "./_webgpu_adam.ts";
+import { installWebGpuDevice } from "./_webgpu_device.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 import { registerWebGpuFusedKernels } from "./_webgpu_fused.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
+installWebGpuDevice();
 registerWebGpuAdam();
 registerWebGpuDropout();
 registerWebGpuFusedKernels();
