@@ -23,6 +23,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kernels.ts";
 import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
+import { DROPOUT_KERNEL, maskWithThreshold as dropoutMaskOf } from "../lib/nn/dropout.ts";
 import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
 import { matMulDims } from "./_matmul_dims.ts";
 
@@ -159,6 +160,7 @@ interface WasmBackendInternals {
 
 interface Bmm {
   run: (...args: number[]) => void;
+  philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
   routeToRows: (...args: number[]) => void;
   scratch: number;
@@ -183,6 +185,7 @@ function bmmFor(backend: WasmBackendInternals): Bmm | null {
     const e = instance.exports;
     bmm = {
       run: e.bmm as Bmm["run"],
+      philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
       routeToRows: e.route_to_rows as Bmm["routeToRows"],
       scratch: 0,
@@ -266,6 +269,38 @@ function simdRouteToInterests(
   return out;
 }
 
+/**
+ * {@linkcode DROPOUT_KERNEL} on wasm: bmm.wasm's Philox loop on the heap, or the host mask
+ * (`dropoutMask`, the same bits) where bmm.wasm does not run (single-threaded build).
+ */
+function wasmDropout(
+  backend: WasmBackendInternals,
+  x: Info,
+  attrs: { seed: number; threshold: number; scale: number },
+): Info {
+  const out = backend.makeOutput(x.shape, "float32");
+  const n = x.shape.reduce((a, d) => a * d, 1);
+  const bmm = bmmFor(backend);
+  if (bmm) {
+    bmm.philoxDropout(
+      offsetOf(backend, x),
+      offsetOf(backend, out),
+      n,
+      attrs.seed,
+      // u32 arguments pass as i32: the same bits.
+      attrs.threshold | 0,
+      attrs.scale,
+    );
+    return out;
+  }
+  const memory = memoryOf("wasm", backend);
+  const xs = memory.view(x) as Float32Array;
+  const ys = memory.view(out) as Float32Array;
+  const mask = dropoutMaskOf(n, attrs.threshold, attrs.scale, attrs.seed);
+  for (let i = 0; i < n; i++) ys[i] = xs[i] * mask[i];
+  return out;
+}
+
 let registered = false;
 
 /** Registers the kernels above; idempotent. Called by `backends/mod.ts` on load. */
@@ -311,6 +346,17 @@ export function registerProjectKernels(): void {
           ),
     });
   }
+  // cpu keeps dropout's composed reference (a host mask and a multiply): the ground truth.
+  tf.registerKernel({
+    kernelName: DROPOUT_KERNEL,
+    backendName: "wasm",
+    kernelFunc: ({ inputs, backend, attrs }) =>
+      wasmDropout(
+        backend as unknown as WasmBackendInternals,
+        inputs.x as Info,
+        attrs as unknown as { seed: number; threshold: number; scale: number },
+      ),
+  });
   overrideWasmKernel("BatchMatMul", (args) => {
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
     const a = args.inputs.a as Info;

@@ -1,6 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import fc from "fast-check";
 import { selectBackend } from "../backends/mod.ts";
+import { bmmActive } from "../backends/_kernels.ts";
 import { dropout, dropoutMask, keepScale, keepThreshold, philox2x32 } from "../lib/nn/dropout.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
@@ -77,6 +78,32 @@ Deno.test("dropout on webgpu draws the host's mask bit for bit, forward and back
     assertEquals(tf.memory().numTensors, before, "tensors left behind");
     x.dispose();
   }
+});
+
+Deno.test("dropout on wasm (bmm.wasm's Philox loop) equals the cpu reference bit for bit, forward and backward (60 cases)", async () => {
+  const cases = fc.sample(
+    fc.record({
+      size: fc.integer({ min: 1, max: 3000 }),
+      rate: fc.double({ min: 0, max: 0.95, noNaN: true }),
+      seed: fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+    }),
+    { numRuns: 60, seed: 5 },
+  );
+  const run = (size: number, rate: number, seed: number) =>
+    tf.tidy(() => {
+      const x = tf.tensor1d(Float32Array.from({ length: size }, (_, i) => Math.cos(i) * 2));
+      const g = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(dropout(t, rate, seed), 3)))(x);
+      return [dropout(x, rate, seed).dataSync().slice(), g.dataSync().slice()];
+    });
+  await selectBackend("cpu");
+  const reference = cases.map(({ size, rate, seed }) => run(size, rate, seed));
+  await selectBackend("wasm");
+  assert(bmmActive(), "bmm.wasm is not running: this test would check the host path only");
+  cases.forEach(({ size, rate, seed }, i) => {
+    const [out, grad] = run(size, rate, seed);
+    assertEquals([...out], [...reference[i][0]], `forward, ${size} at rate ${rate}`);
+    assertEquals([...grad], [...reference[i][1]], `backward, ${size} at rate ${rate}`);
+  });
 });
 
 Deno.test("dropout refuses a rate outside [0, 1), naming it", async () => {

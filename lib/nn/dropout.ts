@@ -9,8 +9,9 @@
  * the tensor is. The webgpu backend registers {@linkcode DROPOUT_KERNEL}, which draws it
  * inside the same dispatch that applies it (one dispatch forward, one backward: the
  * gradient is the same kernel applied to the incoming gradient, as the mask is recomputed
- * from the seed). Other backends draw it on the host with {@linkcode dropoutMask} and
- * multiply, the reference the kernel is tested against. Both compute `x * m` with the same
+ * from the seed). wasm registers it too (bmm.wasm's loop on the heap: no JavaScript, no
+ * upload). cpu draws the mask on the host with {@linkcode dropoutMask} and multiplies: the
+ * reference the kernels are tested against. Both compute `x * m` with the same
  * float32 `m` (0 or `1 / (1 - rate)`), so they agree bit for bit.
  *
  * @module
@@ -68,9 +69,20 @@ export function keepScale(rate: number): number {
  * DROPOUT_KERNEL}.
  */
 export function dropoutMask(size: number, rate: number, seed: number): Float32Array {
+  return maskWithThreshold(size, keepThreshold(rate), keepScale(rate), seed);
+}
+
+/**
+ * {@linkcode dropoutMask} from the kernel's attributes: an element is kept (`scale`) when its
+ * Philox word reaches the u32 `threshold`.
+ */
+export function maskWithThreshold(
+  size: number,
+  threshold: number,
+  scale: number,
+  seed: number,
+): Float32Array {
   const mask = new Float32Array(size);
-  const threshold = keepThreshold(rate);
-  const scale = keepScale(rate);
   // Philox's rounds inline, with the multiplier's halves hoisted (no array per pair): this
   // loop is most of the cost of dropout on cpu and wasm.
   const mLo = PHILOX_M & 0xffff, mHi = PHILOX_M >>> 16;
