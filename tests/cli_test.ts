@@ -706,7 +706,18 @@ Deno.test("cli: on the embedded data set a model's own epoch cap gives way to th
     `${dir}/held`,
   );
   assertNotZero(r.code, ["train into a held folder"]);
-  assert(r.stderr.includes("the embedded synthetic set; 20 epochs, patience 5"), r.stderr);
+  assert(
+    r.stderr.includes("the embedded synthetic set, a demonstration: 20 epochs, patience 5 "),
+    r.stderr,
+  );
+  // SIGMA's and SASRec's demonstration is smaller and shorter; a flag given wins.
+  const sigma = await cli("train", "--backend", "cpu", "--hidden", "32", "--out", `${dir}/held`);
+  assert(
+    sigma.stderr.includes(
+      "a demonstration: 10 epochs, patience 5, --lr 0.01, --inner 128, --max-length 30 (flags",
+    ),
+    sigma.stderr,
+  );
   const help = await cli("train", "--help");
   assert(help.stdout.includes("--weight-decay 0.0001, --epochs 41"), help.stdout);
   await Deno.remove(dir, { recursive: true });
