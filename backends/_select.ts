@@ -12,6 +12,7 @@ import "@tensorflow/tfjs-backend-webgpu";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
 import { registerWebGpuAdam } from "./_webgpu_adam.ts";
+import { registerWebGpuAttention } from "./_webgpu_attention.ts";
 import { installWebGpuDevice } from "./_webgpu_device.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 import { registerWebGpuFusedKernels } from "./_webgpu_fused.ts";
@@ -20,6 +21,7 @@ registerProjectKernels();
 registerLayoutKernels();
 installWebGpuDevice();
 registerWebGpuAdam();
+registerWebGpuAttention();
 registerWebGpuDropout();
 registerWebGpuFusedKernels();
 

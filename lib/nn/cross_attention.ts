@@ -6,6 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor3D } from "./tensor_types.ts";
+import { scaledDotAttention } from "./attention.ts";
 import { dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
 import type { PreLnSettings } from "./pre_ln.ts";
@@ -53,11 +54,9 @@ export function crossAttention(
     context = tf.matMul(qSoft, summary) as tf.Tensor4D; // [B, h, 1, dh]
   } else {
     const dh = s.hidden / s.heads;
-    const logits = tf.add(
-      tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)),
-      tf.reshape(padding, [-1, 1, 1, h.shape[1]]),
-    ); // [B, h, 1, L]
-    context = tf.matMul(tf.softmax(logits), v) as tf.Tensor4D; // [B, h, 1, dh]
+    const mask = tf.reshape(padding, [-1, 1, 1, h.shape[1]]); // [B, 1, 1, L]
+    // softmax(q kᵀ / sqrt(dh) + mask) v: fused where the backend has the kernels (webgpu).
+    context = scaledDotAttention(q, k, v, mask, 1 / Math.sqrt(dh)); // [B, h, 1, dh]
   }
   return linear(p, `${name}.ca.o`, joinHeads(context)) as Tensor3D;
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { attentionProbabilities, scaledDotAttention } from "./attention.ts";
 import { dropout } from "./dropout.ts";
 import { geluFused, layerNormResidual } from "./fused.ts";
 import type { ParamStore } from "./params.ts";
@@ -250,10 +251,14 @@ function selfAttention(
   const q = split(linear(p, `${name}.q`, xq), queries);
   const k = split(linear(p, `${name}.k`, x), length);
   const v = split(linear(p, `${name}.v`, x), length);
-  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), m); // [B, h, Lq, L]
-  const probs = tf.softmax(logits); // [B, h, Lq, L]
-  const attn = attentionSeed === null ? probs : dropout(probs, s.attentionDropout!, attentionSeed);
-  const ctx = tf.transpose(tf.matMul(attn, v), [0, 2, 1, 3]); // [B, Lq, h, dh]
+  const scale = 1 / Math.sqrt(dh);
+  // Fused where the backend has the kernels (webgpu); attention dropout is not fused, so
+  // with it the probabilities are composed as before and dropped.
+  const attended = attentionSeed === null ? scaledDotAttention(q, k, v, m, scale) : tf.matMul(
+    dropout(attentionProbabilities(q, k, m, scale), s.attentionDropout!, attentionSeed),
+    v,
+  ); // [B, h, Lq, dh]
+  const ctx = tf.transpose(attended, [0, 2, 1, 3]); // [B, Lq, h, dh]
   return linear(p, `${name}.o`, tf.reshape(ctx, [batch, queries, hidden])) as tf.Tensor3D;
 }
 

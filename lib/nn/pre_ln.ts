@@ -9,6 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor3D, Tensor4D } from "./tensor_types.ts";
+import { attentionProbabilities, scaledDotAttention } from "./attention.ts";
 import { createLayerNorm, dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
 
@@ -126,9 +127,14 @@ function attention(
   const q = split(linear(p, `${name}.q`, xq), queries);
   const k = split(linear(p, `${name}.k`, x), length);
   const v = split(linear(p, `${name}.v`, x), length);
-  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)), mask); // [B, h, Lq, L]
-  const probs = dropout(tf.softmax(logits), s.dropout, seedOf(seeds));
-  const context = tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]); // [B, Lq, h, dh]
+  const scale = 1 / Math.sqrt(dh);
+  const seed = seedOf(seeds); // drawn as before, so that later draws do not move
+  // Fused where the backend has the kernels (webgpu) and no dropout applies (inference, or
+  // a rate of 0); dropout on the probabilities is not fused.
+  const attended = seed === null || s.dropout === 0 // [B, h, Lq, dh]
+    ? scaledDotAttention(q, k, v, mask, scale)
+    : tf.matMul(dropout(attentionProbabilities(q, k, mask, scale), s.dropout, seed), v);
+  const context = tf.transpose(attended, [0, 2, 1, 3]); // [B, Lq, h, dh]
   return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden])) as Tensor3D;
 }
 

@@ -1,0 +1,398 @@
+/**
+ * The fused attention (`lib/nn/attention.ts`, `backends/_webgpu_attention.ts`): on cpu and
+ * wasm, bit for bit the composed ops `selfAttention` ran before; on webgpu, the same values
+ * and gradients as those ops on cpu within float32 tolerance (fully masked rows, Lq = 1 and
+ * dispatches folded past 65,535 workgroups included), in 3 dispatches for a forward and
+ * backward pass instead of 14, with a flat tensor count.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import fc from "fast-check";
+import { probeWebGpu, selectBackend } from "../backends/mod.ts";
+import {
+  ATTENTION_GRAD_KEY_VALUE_KERNEL,
+  ATTENTION_GRAD_QUERY_KERNEL,
+  ATTENTION_KERNEL,
+  scaledDotAttention,
+  scaledDotAttentionReference,
+} from "../lib/nn/attention.ts";
+import { assert, assertEquals } from "./_assert.ts";
+import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
+
+const noGpu = (await probeWebGpu()) === null;
+
+// --------------------------------------------------------------- the code replaced
+
+/** The attention of `selfAttention` in `lib/nn/layers.ts` before the fused op, verbatim. */
+function todaysAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  m: tf.Tensor,
+  scale: number,
+): tf.Tensor {
+  const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), scale), m); // [B, h, Lq, L]
+  const probs = tf.softmax(logits); // [B, h, Lq, L]
+  return tf.matMul(probs, v); // [B, h, Lq, dh]
+}
+
+type AttentionOp = (
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  m: tf.Tensor,
+  scale: number,
+) => tf.Tensor;
+
+// ---------------------------------------------------------------------- helpers
+
+/** Uniform floats in [lo, hi) from a seed (mulberry32): inputs every backend sees alike. */
+function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
+  let a = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
+  });
+}
+
+/** Which mask shape: `[B, 1, Lq, L]`, shared by the batch, or one row for every query. */
+type MaskShape = "full" | "shared" | "row";
+
+/** One attention case: q `[B, h, Lq, dh]`, k and v `[B, h, L, dh]`, a mask, a seed. */
+interface AttentionCase {
+  b: number;
+  h: number;
+  lq: number;
+  l: number;
+  dh: number;
+  maskShape: MaskShape;
+  /** Whether some rows are masked whole (padding queries). */
+  fullyMasked: boolean;
+  seed: number;
+}
+
+function maskShapeOf(c: AttentionCase): number[] {
+  if (c.maskShape === "shared") return [1, 1, c.lq, c.l];
+  if (c.maskShape === "row") return [c.b, 1, 1, c.l];
+  return [c.b, 1, c.lq, c.l];
+}
+
+/**
+ * The inputs of a case, every value in [-1, 1], so that a score is at most dh · scale =
+ * sqrt(dh) < 32 in size: -1e9 plus a score rounds to -1e9 itself in float32 (spacing 64
+ * there), and a fully masked row attends uniformly on both paths. The mask is -1e9 at about a
+ * third of the entries, and over whole rows every third row with `fullyMasked`.
+ */
+function inputsOf(c: AttentionCase) {
+  const mShape = maskShapeOf(c);
+  const mask = uniform(mShape.reduce((a, b) => a * b, 1), c.seed + 4, 0, 1)
+    .map((x) => (x < 0.35 ? -1e9 : 0));
+  if (c.fullyMasked) {
+    for (let row = 0; row * c.l < mask.length; row += 3) {
+      mask.fill(-1e9, row * c.l, (row + 1) * c.l);
+    }
+  }
+  return {
+    q: uniform(c.b * c.h * c.lq * c.dh, c.seed),
+    k: uniform(c.b * c.h * c.l * c.dh, c.seed + 1),
+    v: uniform(c.b * c.h * c.l * c.dh, c.seed + 2),
+    dy: uniform(c.b * c.h * c.lq * c.dh, c.seed + 3),
+    mask,
+    mShape,
+    scale: 1 / Math.sqrt(c.dh),
+  };
+}
+
+/**
+ * `op`'s value and its gradients w.r.t. q, k and v (for the upstream gradient dy) on the
+ * active backend, read back.
+ */
+async function attentionRun(op: AttentionOp, c: AttentionCase): Promise<Float32Array[]> {
+  const x = inputsOf(c);
+  const outs = tf.tidy(() => {
+    const q = tf.tensor4d(x.q, [c.b, c.h, c.lq, c.dh]);
+    const k = tf.tensor4d(x.k, [c.b, c.h, c.l, c.dh]);
+    const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
+    const m = tf.tensor(x.mask, x.mShape);
+    const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) => op(qt, kt, vt, m, x.scale);
+    const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
+    return [f(q, k, v), ...tf.grads(f)([q, k, v], dy)];
+  });
+  const values = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+  tf.dispose(outs);
+  return values;
+}
+
+/** The bit patterns of float32 data, so that equality is bitwise (-0 and NaN included). */
+const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+
+/** float32's unit roundoff. */
+const U = 2 ** -24;
+
+/**
+ * Per-element tolerances of `[out, dq, dk, dv]` on webgpu against the composed ops on cpu.
+ * Both are float32 but sum in other orders (a workgroup's loops and trees against tfjs's
+ * matmuls and reductions) and take exp by other instructions (WGSL's is within a few ulps),
+ * so an element differs by a few roundings of each term that went into it: `n u Σ|term|`,
+ * n the length of the longest chain of sums behind it (dh for a score or dp, L for the
+ * softmax and D, then L or Lq for the output's own sum). The terms are taken in absolute
+ * value, in float64: `out = Σ_j p_j v_j`, `dv = Σ_i p_i dy_i`, and for dq and dk `scale
+ * Σ p (|dp| + |D|) |k or q|` with `dp` and `D` themselves sums of absolute values, as
+ * `dp - D` cancels. A probability's own error is relative, some roundings of a score
+ * (at most dh · scale in size) and of the exp: the factor `1 + max |score|`. Hence
+ * `8 u (dh + L + Lq) (1 + max |score|) Σ|term|`, plus 1e-30 so that exact zeros (masked
+ * keys in every row) compare as such. The largest difference seen on llvmpipe was under 6%
+ * of this (4 runs of the 44 cases below); a probability off by 1e-4 of itself fails it.
+ */
+function attentionTolerances(c: AttentionCase): Float64Array[] {
+  const x = inputsOf(c);
+  const { b: nb, h: nh, lq, l, dh } = c;
+  const [mb, , mq] = x.mShape;
+  const out = new Float64Array(nb * nh * lq * dh);
+  const dq = new Float64Array(out.length);
+  const dk = new Float64Array(nb * nh * l * dh);
+  const dv = new Float64Array(dk.length);
+  let maxScore = 0;
+  const sums: { p: number[]; dpAbs: number[]; dAbs: number; bh: number; i: number }[] = [];
+  for (let bh = 0; bh < nb * nh; bh++) {
+    const b = Math.floor(bh / nh);
+    for (let i = 0; i < lq; i++) {
+      const maskRow = ((mb === 1 ? 0 : b) * mq + (mq === 1 ? 0 : i)) * l;
+      const s: number[] = [];
+      const dpAbs: number[] = [];
+      for (let j = 0; j < l; j++) {
+        let acc = 0;
+        let accDp = 0;
+        for (let d = 0; d < dh; d++) {
+          acc += x.q[(bh * lq + i) * dh + d] * x.k[(bh * l + j) * dh + d];
+          accDp += Math.abs(x.dy[(bh * lq + i) * dh + d] * x.v[(bh * l + j) * dh + d]);
+        }
+        maxScore = Math.max(maxScore, Math.abs(acc * x.scale));
+        s.push(acc * x.scale + x.mask[maskRow + j]);
+        dpAbs.push(accDp);
+      }
+      const top = Math.max(...s);
+      const e = s.map((v) => Math.exp(v - top));
+      const total = e.reduce((a, v) => a + v, 0);
+      const p = e.map((v) => v / total);
+      const dAbs = p.reduce((a, pj, j) => a + pj * dpAbs[j], 0);
+      sums.push({ p, dpAbs, dAbs, bh, i });
+    }
+  }
+  for (const { p, dpAbs, dAbs, bh, i } of sums) {
+    for (let j = 0; j < l; j++) {
+      const ds = x.scale * p[j] * (dpAbs[j] + dAbs);
+      for (let d = 0; d < dh; d++) {
+        const [qi, kj] = [(bh * lq + i) * dh + d, (bh * l + j) * dh + d];
+        out[qi] += p[j] * Math.abs(x.v[kj]);
+        dq[qi] += ds * Math.abs(x.k[kj]);
+        dk[kj] += ds * Math.abs(x.q[qi]);
+        dv[kj] += p[j] * Math.abs(x.dy[qi]);
+      }
+    }
+  }
+  const factor = 8 * U * (dh + l + lq) * (1 + maxScore);
+  return [out, dq, dk, dv].map((t) => t.map((v) => factor * v + 1e-30));
+}
+
+async function assertAttentionMatchesCpu(c: AttentionCase, label: string) {
+  await selectBackend("cpu");
+  const reference = await attentionRun(scaledDotAttentionReference, c);
+  await selectBackend("webgpu", { webgpuCpuForward: false });
+  const fused = await attentionRun(scaledDotAttention, c);
+  const tolerances = attentionTolerances(c);
+  ["out", "dq", "dk", "dv"].forEach((name, n) => {
+    assertEquals(fused[n].length, reference[n].length);
+    for (let j = 0; j < fused[n].length; j++) {
+      const [a, b, tolerance] = [fused[n][j], reference[n][j], tolerances[n][j]];
+      assert(
+        Math.abs(a - b) <= tolerance,
+        `${label} ${JSON.stringify(c)} ${name}[${j}]: ${a} vs ${b} (tolerance ${tolerance})`,
+      );
+    }
+  });
+}
+
+/** Small cases (llvmpipe is slow), Lq = 1 often: the ranking path's last query only. */
+const smallCase = fc.record({
+  b: fc.integer({ min: 1, max: 3 }),
+  h: fc.integer({ min: 1, max: 3 }),
+  lq: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 6 })),
+  l: fc.integer({ min: 1, max: 9 }),
+  dh: fc.integer({ min: 1, max: 9 }),
+  maskShape: fc.constantFrom<MaskShape>("full", "full", "shared", "row"),
+  fullyMasked: fc.boolean(),
+  seed: fc.integer({ min: 1, max: 2 ** 30 }),
+});
+
+// ------------------------------------------------------------- cpu and wasm: unchanged
+
+Deno.test("scaledDotAttention() on cpu and wasm is today's composed ops, bit for bit, value and gradients (2 x 30 cases)", async () => {
+  for (const backend of ["cpu", "wasm"] as const) {
+    await selectBackend(backend);
+    // No kernel there: the function takes the reference path.
+    assertEquals(tf.getKernel(ATTENTION_KERNEL, backend), undefined);
+    await fc.assert(
+      fc.asyncProperty(smallCase, async (c) => {
+        const fused = await attentionRun(scaledDotAttention, c);
+        const today = await attentionRun(todaysAttention, c);
+        assertEquals(fused.length, 4);
+        fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+      }),
+      { numRuns: 30 },
+    );
+  }
+  await selectBackend("cpu");
+});
+
+// ------------------------------------------------------------------------- webgpu
+
+Deno.test({
+  name:
+    "scaledDotAttention() on webgpu: value and gradients equal the composed ops on cpu (40 random cases and 4 edge shapes)",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const kernels = [
+      ATTENTION_KERNEL,
+      ATTENTION_GRAD_QUERY_KERNEL,
+      ATTENTION_GRAD_KEY_VALUE_KERNEL,
+    ];
+    for (const name of kernels) {
+      assert(tf.getKernel(name, "webgpu") !== undefined, `no ${name} on webgpu`);
+    }
+    await fc.assert(
+      fc.asyncProperty(smallCase, (c) => assertAttentionMatchesCpu(c, "random")),
+      { numRuns: 40 },
+    );
+    const edge = { maskShape: "full", fullyMasked: true } as const;
+    // More keys than threads and a head wider than the workgroup: several of each a thread.
+    await assertAttentionMatchesCpu(
+      { b: 1, h: 1, lq: 3, l: 130, dh: 70, ...edge, seed: 1 },
+      "wide",
+    );
+    // SASRec's ranking shape: the last query over 200 keys, heads of 64.
+    await assertAttentionMatchesCpu(
+      { b: 2, h: 2, lq: 1, l: 200, dh: 64, ...edge, seed: 2 },
+      "Lq 1",
+    );
+    // Self-attention of a batch: Lq = L, every third row padding.
+    await assertAttentionMatchesCpu({ b: 3, h: 2, lq: 20, l: 20, dh: 8, ...edge, seed: 3 }, "L 20");
+    // More rows than the 65,535 workgroups of one dispatch dimension, in all three
+    // programs: tfjs folds the dispatch, and the rows past the last one must write nothing.
+    await assertAttentionMatchesCpu(
+      { b: 2185, h: 1, lq: 30, l: 30, dh: 1, ...edge, seed: 4 },
+      "65,550 rows",
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "scaledDotAttention() on webgpu: 1 dispatch forward and 3 with the backward pass, against 5 and 14 composed",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const c: AttentionCase = {
+      b: 2,
+      h: 2,
+      lq: 5,
+      l: 5,
+      dh: 4,
+      maskShape: "full",
+      fullyMasked: true,
+      seed: 9,
+    };
+    const x = inputsOf(c);
+    const q = tf.tensor4d(x.q, [c.b, c.h, c.lq, c.dh]);
+    const k = tf.tensor4d(x.k, [c.b, c.h, c.l, c.dh]);
+    const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
+    const m = tf.tensor(x.mask, x.mShape);
+    const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
+    const count = (op: AttentionOp, backward: boolean) => {
+      const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) => op(qt, kt, vt, m, x.scale);
+      // Once to compile and upload, then counted.
+      tf.dispose(tf.tidy(() => backward ? tf.grads(f)([q, k, v], dy) : f(q, k, v)));
+      return countGpuDispatches(() =>
+        tf.tidy(() => {
+          backward ? tf.grads(f)([q, k, v], dy) : f(q, k, v);
+        })
+      );
+    };
+    assertEquals(count(scaledDotAttention, false), 1);
+    assertEquals(count(scaledDotAttention, true), 3);
+    // The composed ops, for the record (lib/nn/attention.ts quotes these).
+    assertEquals(count(todaysAttention, false), 5);
+    assertEquals(count(todaysAttention, true), 14);
+    tf.dispose([q, k, v, m, dy]);
+  },
+});
+
+Deno.test({
+  name: "scaledDotAttention() keeps the tensor count flat on webgpu, with and without tf.tidy",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const c: AttentionCase = {
+      b: 2,
+      h: 3,
+      lq: 4,
+      l: 6,
+      dh: 5,
+      maskShape: "full",
+      fullyMasked: true,
+      seed: 21,
+    };
+    const x = inputsOf(c);
+    const q = tf.tensor4d(x.q, [c.b, c.h, c.lq, c.dh]);
+    const k = tf.tensor4d(x.k, [c.b, c.h, c.l, c.dh]);
+    const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
+    const m = tf.tensor(x.mask, x.mShape);
+    const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
+    const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) =>
+      scaledDotAttention(qt, kt, vt, m, x.scale);
+    const step = () => tf.tidy(() => tf.grads(f)([q, k, v], dy).concat(f(q, k, v)));
+    tf.dispose(step()); // compiles and uploads
+    const before = tf.memory().numTensors;
+    for (let n = 0; n < 5; n++) {
+      const outs = step();
+      assertEquals(outs.length, 4);
+      await Promise.all(outs.map((t) => t.data()));
+      tf.dispose(outs);
+      assertEquals(tf.memory().numTensors, before, `after step ${n + 1}`);
+    }
+    // Without tidy: the gradient's intermediates (the row statistics) are disposed too.
+    const grads = tf.grads(f)([q, k, v], dy);
+    tf.dispose(grads);
+    assertEquals(tf.memory().numTensors, before);
+    tf.dispose([q, k, v, m, dy]);
+  },
+});
+
+Deno.test({
+  name: "scaledDotAttention() on webgpu takes the composed path for a mask it does not fuse",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    // A mask per head ([B, h, Lq, L]) is not a shape the kernels take: composed ops, so
+    // the result is the reference's, bit for bit, and takes its 5 dispatches.
+    const [q, k, v] = [1, 2, 3].map((s) => tf.tensor4d(uniform(2 * 2 * 3 * 4, s), [2, 2, 3, 4]));
+    const m = tf.tensor4d(uniform(2 * 2 * 3 * 3, 4).map((u) => (u < 0 ? -1e9 : 0)), [2, 2, 3, 3]);
+    let out: tf.Tensor | undefined;
+    const dispatches = countGpuDispatches(() => {
+      out = tf.tidy(() => scaledDotAttention(q, k, v, m, 0.5));
+    });
+    const reference = tf.tidy(() => scaledDotAttentionReference(q, k, v, m, 0.5));
+    assertEquals(dispatches, 5);
+    assertEquals(
+      bits(await out!.data() as Float32Array),
+      bits(await reference.data() as Float32Array),
+    );
+    tf.dispose([q, k, v, m, out!, reference]);
+  },
+});
+
+releaseWebGpuAfterTests();
