@@ -64,6 +64,9 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
   const at = (name: string) => ["--backend", "cpu", "--out", `${dir}/${name}`];
   const cases: [string[], string][] = [
     [["train", "--no-such-flag"], "no-such-flag"],
+    // Hardening item 12: Object's members are unknown models and presets, by name.
+    [["train", "--model", "toString"], 'Unknown model "toString"'],
+    [["train", "--preset", "constructor"], "--preset constructor is not a preset of model sigma"],
     // Item 11 of the hardening issue: messages a user can act on.
     [["train", ...at("empty"), "--data", `${dir}/empty.txt`], "no interactions left"],
     [["train", ...four, "--k-core", "9"], "no interactions left to train or evaluate on: 9-core"],

@@ -1,3 +1,4 @@
+import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
@@ -219,6 +220,8 @@ Deno.test("a model file whose tensors do not fit its config is rejected, naming 
     // The config says hidden 16; a file claiming 8 describes another model.
     [{ ...base, config: { ...base.config, hidden: 8 } }, "is [", records, values],
     [{ ...base, model: "transformer9000" }, "transformer9000", records, values],
+    // Object's own members are no models (a plain object lookup found "constructor").
+    [{ ...base, model: "constructor" }, 'Unknown model "constructor"', records, values],
     [base, 'tensor "item"', records.slice(1), values.subarray(records[0].shape[0] * 16)],
   ] as const;
   for (const [head, message, params, v] of bad) {
@@ -230,6 +233,23 @@ Deno.test("a model file whose tensors do not fit its config is rejected, naming 
       info: {},
     });
     await assertRejects(() => Recommender.load(bytes), ModelFileError, message);
+  }
+  // A config asking for a huge model (checksum valid) is refused from the tensor table,
+  // before anything is allocated: 10 million layers hung and grew past 2.7 GB before.
+  for (
+    const [field, value] of [["layers", 1e7], ["maxLength", 1e9], ["inner", 1e12]] as const
+  ) {
+    const bytes = await encodeModelFile({
+      ...base,
+      config: { ...base.config, [field]: value },
+      items: data.vocab.items,
+      params: records,
+      values,
+      info: {},
+    });
+    const before = tf.memory().numTensors;
+    await assertRejects(() => Recommender.load(bytes), ModelFileError, "more than");
+    assertEquals(tf.memory().numTensors, before, `${field}: tensors left behind`);
   }
   await assertRejects(
     () =>

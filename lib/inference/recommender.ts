@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { historyBatches } from "../data/batches.ts";
 import { type SequentialModel } from "../models/_model.ts";
 import { modelEntry, withInferenceOverrides } from "../models/mod.ts";
+import { ParamStore } from "../nn/params.ts";
 import {
   decodeModelFile,
   encodeModelFile,
@@ -174,6 +175,14 @@ export class Recommender {
     const config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
     let model: ServableModel;
     try {
+      // Sized against the file's tensors first: a config that asks for more (10 million
+      // layers, a history of 1e9) is refused before anything is allocated.
+      const planned = ParamStore.plan(
+        () => modelEntry(file.model).create({ ...config, numItems }),
+        // Twice the file's, so that a tensor missing from it is named below instead.
+        { tensors: 2 * file.params.length + 8, values: 2 * file.values.length + 4096 },
+      );
+      matchByName(planned, file.params, name);
       model = modelEntry(file.model).create({ ...config, numItems });
     } catch (e) {
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
@@ -398,23 +407,24 @@ function checkOptions(o: RecommendOptions, index: number): void {
   }
 }
 
-/** Assigns a file's tensors to the model's parameters by name, checking every shape. */
-function assignByName(
-  model: SequentialModel,
+/**
+ * Where each of the model's parameters `mine` lies in a file's values, by name: the file's
+ * tensors must be exactly the model's, name for name and shape for shape.
+ *
+ * @throws {ModelFileError} A tensor missing, of another shape, or not the model's.
+ */
+function matchByName(
+  mine: { name: string; shape: number[] }[],
   params: { name: string; shape: number[] }[],
-  values: Float32Array,
   source: string,
-): void {
+): { offset: number; size: number }[] {
   const byName = new Map<string, { shape: number[]; offset: number }>();
   let offset = 0;
   for (const p of params) {
     byName.set(p.name, { shape: p.shape, offset });
     offset += p.shape.reduce((a, b) => a * b, 1);
   }
-  const mine = model.params.records();
-  const ordered = new Float32Array(model.params.size());
-  let at = 0;
-  for (const r of mine) {
+  const places = mine.map((r) => {
     const found = byName.get(r.name);
     if (!found) throw new ModelFileError(source, `tensor "${r.name}" [${r.shape}] is missing`);
     if (found.shape.join(",") !== r.shape.join(",")) {
@@ -423,16 +433,31 @@ function assignByName(
         `tensor "${r.name}" is [${found.shape}], the model's config gives [${r.shape}]`,
       );
     }
-    const n = r.shape.reduce((a, b) => a * b, 1);
-    ordered.set(values.subarray(found.offset, found.offset + n), at);
-    at += n;
     byName.delete(r.name);
-  }
+    return { offset: found.offset, size: r.shape.reduce((a, b) => a * b, 1) };
+  });
   if (byName.size > 0) {
     throw new ModelFileError(
       source,
       `tensor "${[...byName.keys()][0]}" is not a parameter of the model`,
     );
+  }
+  return places;
+}
+
+/** Assigns a file's tensors to the model's parameters by name, checking every shape. */
+function assignByName(
+  model: SequentialModel,
+  params: { name: string; shape: number[] }[],
+  values: Float32Array,
+  source: string,
+): void {
+  const mine = model.params.records();
+  const ordered = new Float32Array(model.params.size());
+  let at = 0;
+  for (const { offset, size } of matchByName(mine, params, source)) {
+    ordered.set(values.subarray(offset, offset + size), at);
+    at += size;
   }
   model.params.assign(mine, ordered, source);
 }

@@ -171,7 +171,8 @@ export const MODELS: Record<string, ModelEntry> = {
 
 /** The model called `name`; throws a `RangeError` listing the known names otherwise. */
 export function modelEntry(name: string): ModelEntry {
-  const entry = MODELS[name];
+  // Own keys only: "constructor" or "toString" must be unknown models, not Object's members.
+  const entry = Object.hasOwn(MODELS, name) ? MODELS[name] : undefined;
   if (!entry) {
     throw new RangeError(
       `Unknown model "${name}": expected one of ${Object.keys(MODELS).join(", ")}`,
@@ -193,7 +194,7 @@ export function modelPreset(
 ): Record<string, number | string | boolean> {
   if (preset === undefined) return {};
   const presets = modelEntry(model).presets ?? {};
-  if (!(preset in presets)) {
+  if (!Object.hasOwn(presets, preset)) {
     const known = Object.keys(presets);
     throw new RangeError(
       `--preset ${preset} is not a preset of model ${model}` +

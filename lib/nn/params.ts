@@ -32,6 +32,27 @@ export interface ParamRecord {
   shape: number[];
 }
 
+/** What {@linkcode ParamStore.plan} has recorded so far, while it runs. */
+let planning: {
+  records: ParamRecord[];
+  values: number;
+  limit: { tensors: number; values: number };
+} | null = null;
+
+/** Records a parameter of a plan; a stand-in for the variable no caller of `create` reads. */
+function planned(name: string, shape: number[]): Variable {
+  const plan = planning!;
+  plan.records.push({ name, shape: [...shape] });
+  plan.values += shape.reduce((a, b) => a * b, 1);
+  if (plan.records.length > plan.limit.tensors || plan.values > plan.limit.values) {
+    throw new RangeError(
+      `the config describes a model larger than its tensors: more than ` +
+        `${plan.limit.tensors} tensors or ${plan.limit.values} values (at "${name}" [${shape}])`,
+    );
+  }
+  return null as unknown as Variable;
+}
+
 /**
  * Owns every trainable variable of a model, by name. Creation is seeded: the same seed
  * and the same order of `create` calls give bit-identical initial values on any backend,
@@ -50,8 +71,33 @@ export class ParamStore {
     this.initStd = initStd;
   }
 
+  /**
+   * The parameters `build` would create (names and shapes), without allocating any: while
+   * it runs, every store's `create` only records. Stops with a `RangeError` as soon as
+   * they pass `limit` (more tensors or more values), so that a config asking for a huge
+   * model costs nothing to refuse. Tensors `build` makes besides parameters are freed.
+   *
+   * @example Usage
+   * ```ts ignore
+   * const records = ParamStore.plan(() => new SasRec(config), { tensors: 40, values: 1e6 });
+   * ```
+   */
+  static plan(build: () => unknown, limit: { tensors: number; values: number }): ParamRecord[] {
+    if (planning) throw new Error("ParamStore.plan does not nest");
+    planning = { records: [], values: 0, limit };
+    try {
+      tf.tidy(() => {
+        build();
+      });
+      return planning.records;
+    } finally {
+      planning = null;
+    }
+  }
+
   /** Creates a parameter; throws if the name is taken. */
   create(name: string, shape: number[], init: Init = "normal"): Variable {
+    if (planning) return planned(name, shape);
     if (this.#vars.has(name)) throw new Error(`Parameter "${name}" is already defined`);
     // Each parameter gets its own seed derived from the store's, so adding a parameter at
     // the end never changes the values of the ones before it.
