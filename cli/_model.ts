@@ -39,7 +39,10 @@ export async function loadRecommender(
   }
   const info = await statOrNull(source);
   if (info === null) throw new Deno.errors.NotFound(`--model: nothing at ${source}`);
-  if (info.isFile) return { recommender: await Recommender.load(source, options), from: source };
+  // Anything but a folder is read as a model file, which refuses devices and FIFOs by name.
+  if (!info.isDirectory) {
+    return { recommender: await Recommender.load(source, options), from: source };
+  }
   const dir = source.replace(/\/+$/, "");
   const file = `${dir}/${MODEL_FILE_NAME}`;
   if (await statOrNull(file)) {

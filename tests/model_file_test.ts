@@ -210,6 +210,26 @@ Deno.test("a damaged or foreign model file is rejected with what is wrong, befor
   }
 });
 
+Deno.test("a model path that is a pipe, or a large file that is no model file, is refused before it is read (hardening item 6)", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  // 2 GB of which only the first bytes are written (sparse): text, not a safetensors header.
+  const big = `${dir}/big.txt`;
+  await Deno.writeTextFile(big, "aaaaaaaaaaaaaaaa");
+  await Deno.truncate(big, 2_000_000_000);
+  await assertRejects(
+    () => Recommender.load(big),
+    ModelFileError,
+    "does not fit the file's 2000000000 bytes",
+  );
+  // A FIFO: reading it would wait for a writer (and then read without end).
+  const fifo = `${dir}/model.safetensors`;
+  if ((await new Deno.Command("mkfifo", { args: [fifo] }).output()).success) {
+    await assertRejects(() => Recommender.load(fifo), ModelFileError, "not a regular file");
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("a model file whose tensors do not fit its config is rejected, naming the tensor", async () => {
   await selectBackend("cpu");
   const model = tinyModel("sasrec");

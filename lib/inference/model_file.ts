@@ -236,6 +236,23 @@ function parseJsonField(metadata: Record<string, string>, key: string, source: s
 }
 
 /** Reads and checks the header; returns it with the data's start. */
+/**
+ * The header length a file's first 8 bytes give (little-endian u64), checked against the
+ * file's `size` and {@linkcode MAX_HEADER_BYTES}.
+ *
+ * @throws {ModelFileError} A length that does not fit: not a safetensors file, or truncated.
+ */
+function headerLength(first8: Uint8Array, size: number, source: string): number {
+  const length = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
+  if (length > BigInt(Math.min(size - 8, MAX_HEADER_BYTES))) {
+    throw new ModelFileError(
+      source,
+      `header length ${length} does not fit the file's ${size} bytes: not a safetensors file, or truncated`,
+    );
+  }
+  return Number(length);
+}
+
 function readHeader(
   bytes: Uint8Array,
   source: string,
@@ -243,14 +260,8 @@ function readHeader(
   if (bytes.length < 8) {
     throw new ModelFileError(source, `holds ${bytes.length} bytes, too few for a safetensors file`);
   }
-  const length = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (length > BigInt(Math.min(bytes.length - 8, MAX_HEADER_BYTES))) {
-    throw new ModelFileError(
-      source,
-      `header length ${length} does not fit the file's ${bytes.length} bytes: not a safetensors file, or truncated`,
-    );
-  }
-  const dataStart = 8 + Number(length);
+  const length = headerLength(bytes.subarray(0, 8), bytes.length, source);
+  const dataStart = 8 + length;
   let header: unknown;
   try {
     header = JSON.parse(
@@ -451,13 +462,52 @@ export async function modelFileBytes(
       `${text}: loading a model from a path needs a file system; pass a URL, a Response or bytes`,
     );
   }
+  return { bytes: await pathBytes(deno, text), name: text };
+}
+
+/**
+ * A model file's bytes from a path, with the data readers' checks: a regular file (a device
+ * or FIFO could be read without end), and the header length in its first 8 bytes fitting
+ * its size, before the whole is read (a 2 GB text file passed as a model was read whole,
+ * peaking at 4.2 GB, before it was refused).
+ */
+// deno-lint-ignore no-explicit-any
+async function pathBytes(deno: any, path: string): Promise<Uint8Array> {
+  let file;
   try {
-    return { bytes: await deno.readFile(text), name: text };
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    if (!(await deno.stat(path)).isFile) {
+      throw new ModelFileError(path, "is not a regular file (a folder, a device or a pipe?)");
+    }
+    file = await deno.open(path);
   } catch (e) {
     if (e instanceof deno.errors.NotFound) {
-      throw new deno.errors.NotFound(`model file not found: ${text}`);
+      throw new deno.errors.NotFound(`model file not found: ${path}`);
     }
     throw e;
+  }
+  try {
+    const info = await file.stat();
+    if (info.size < 8) {
+      throw new ModelFileError(path, `holds ${info.size} bytes, too few for a safetensors file`);
+    }
+    // Into `into` from `at` up to `end`, however the reads split.
+    const fill = async (into: Uint8Array, at: number, end: number) => {
+      while (at < end) {
+        const n = await file.read(into.subarray(at, end));
+        if (n === null) throw new ModelFileError(path, `ended after ${at} of ${info.size} bytes`);
+        at += n;
+      }
+    };
+    const first8 = new Uint8Array(8);
+    await fill(first8, 0, 8);
+    headerLength(first8, info.size, path); // before the whole file is allocated and read
+    const bytes = new Uint8Array(info.size);
+    bytes.set(first8);
+    await fill(bytes, 8, info.size);
+    return bytes;
+  } finally {
+    file.close();
   }
 }
 
