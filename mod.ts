@@ -100,6 +100,7 @@ export {
   decodeModelFile,
   encodeModelFile,
   MAX_MODEL_FILE_BYTES,
+  MODEL_FETCH_STALL_MS,
   MODEL_FILE_FORMAT,
   MODEL_FILE_NAME,
   MODEL_FILE_VERSION,

@@ -230,6 +230,43 @@ Deno.test("a model path that is a pipe, or a large file that is no model file, i
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("a model URL whose server does not answer, or stops sending, fails after the stall time (hardening item 7)", async () => {
+  await selectBackend("cpu");
+  let release = () => {};
+  const held = new Promise<void>((resolve) => release = resolve);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    if (new URL(req.url).pathname === "/silent") {
+      await held; // accepts, answers nothing
+      return new Response("late");
+    }
+    // Headers and 100 bytes, then nothing more until released.
+    const body = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(new Uint8Array(100));
+        await held;
+        controller.close();
+      },
+    });
+    return new Response(body, { headers: { "content-length": "1000" } });
+  });
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  try {
+    await assertRejects(
+      () => Recommender.load(`${base}/silent`, { fetchStallMs: 300 }),
+      Error,
+      "no answer from the server for 0.3 s",
+    );
+    await assertRejects(
+      () => Recommender.load(`${base}/stalls`, { fetchStallMs: 300 }),
+      Error,
+      "nothing more after 100 bytes from the server for 0.3 s",
+    );
+  } finally {
+    release();
+    await server.shutdown();
+  }
+});
+
 Deno.test("a model file whose tensors do not fit its config is rejected, naming the tensor", async () => {
   await selectBackend("cpu");
   const model = tinyModel("sasrec");

@@ -56,6 +56,14 @@ export const MODEL_FILE_NAME = "model.safetensors";
  */
 export const MAX_MODEL_FILE_BYTES = 1024 * 1024 * 1024;
 
+/**
+ * The longest wait, in milliseconds, for a fetched model file's response and then for each
+ * next piece of its body: a server that accepts and never answers (or stops sending) would
+ * otherwise hold `recommend` or a server's start for ever. A slow download that keeps
+ * arriving is not cut.
+ */
+export const MODEL_FETCH_STALL_MS = 30_000;
+
 /** The largest header accepted (the vocabulary lives in it): 256 MiB. */
 const MAX_HEADER_BYTES = 256 * 1024 * 1024;
 
@@ -436,9 +444,13 @@ export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
 export async function modelFileBytes(
   source: ModelSource,
   maxBytes: number = MAX_MODEL_FILE_BYTES,
+  stallMs: number = MODEL_FETCH_STALL_MS,
 ): Promise<{ bytes: Uint8Array; name: string }> {
   if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
     throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
+  }
+  if (!(Number.isFinite(stallMs) && stallMs > 0)) {
+    throw new RangeError(`stallMs must be a positive number, got ${stallMs}`);
   }
   if (source instanceof Uint8Array) return { bytes: source, name: "model bytes" };
   if (source instanceof ArrayBuffer) return { bytes: new Uint8Array(source), name: "model bytes" };
@@ -447,13 +459,20 @@ export async function modelFileBytes(
   }
   const text = String(source);
   if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text)) {
+    const stall = new StallTimer(stallMs);
     let response: Response;
     try {
-      response = await fetch(text);
+      response = await fetch(text, { signal: stall.signal });
     } catch (e) {
+      stall.stop();
+      if (stall.fired) throw stall.error(text, "no answer");
       throw new Error(`${text}: could not fetch the model file (${(e as Error).message})`);
     }
-    return await responseBytes(response, text, maxBytes);
+    try {
+      return await responseBytes(response, text, maxBytes, stall);
+    } finally {
+      stall.stop();
+    }
   }
   // deno-lint-ignore no-explicit-any
   const deno = (globalThis as any).Deno;
@@ -511,8 +530,53 @@ async function pathBytes(deno: any, path: string): Promise<Uint8Array> {
   }
 }
 
+/** Aborts a fetch when nothing arrives for `ms`; {@linkcode StallTimer.arm} restarts it. */
+class StallTimer {
+  readonly #controller = new AbortController();
+  readonly #ms: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  /** Whether it aborted the fetch. */
+  fired = false;
+
+  constructor(ms: number) {
+    this.#ms = ms;
+    this.arm();
+  }
+
+  /** The signal to fetch with. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Starts the wait again (something arrived). */
+  arm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.fired = true;
+      this.#controller.abort();
+    }, this.#ms);
+  }
+
+  /** Ends the wait. */
+  stop(): void {
+    clearTimeout(this.#timer);
+  }
+
+  /** The error of a fetch this timer cut: what did not arrive, and after how long. */
+  error(name: string, what: string): Error {
+    return new Error(
+      `${name}: ${what} from the server for ${this.#ms / 1000} s; gave up fetching the model file`,
+    );
+  }
+}
+
 /** The body of `response`, read chunk by chunk so that a body over `maxBytes` stops early. */
-async function responseBytes(response: Response, name: string, maxBytes: number) {
+async function responseBytes(
+  response: Response,
+  name: string,
+  maxBytes: number,
+  stall?: StallTimer,
+) {
   if (response.bodyUsed || response.body?.locked) {
     throw new TypeError(`${name}: the response's body was already read`);
   }
@@ -533,7 +597,14 @@ async function responseBytes(response: Response, name: string, maxBytes: number)
   // A reader, not `for await`: Safari's streams are not async iterable.
   const reader = response.body?.getReader();
   for (;;) {
-    const chunk = await reader?.read();
+    stall?.arm();
+    let chunk;
+    try {
+      chunk = await reader?.read();
+    } catch (e) {
+      if (stall?.fired) throw stall.error(name, `nothing more after ${length} bytes`);
+      throw e;
+    }
     if (!chunk || chunk.done) break;
     length += chunk.value.length;
     if (length > maxBytes) {

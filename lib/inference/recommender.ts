@@ -67,6 +67,12 @@ export interface RecommenderOptions {
    * Paths are not limited: they are the caller's own files.
    */
   maxFileBytes?: number;
+  /**
+   * For {@linkcode Recommender.load} from a URL: the longest wait in milliseconds for the
+   * server's answer and then for each next piece of the file; past it the load fails,
+   * saying so. Default `MODEL_FETCH_STALL_MS` (30 s).
+   */
+  fetchStallMs?: number;
 }
 
 /** A model a {@linkcode Recommender} can serve: any model whose config has these two fields. */
@@ -163,7 +169,11 @@ export class Recommender {
    * @throws {RangeError} An `inference` field the model does not have, or a bad value.
    */
   static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
-    const { bytes, name } = await modelFileBytes(source, options.maxFileBytes);
+    const { bytes, name } = await modelFileBytes(
+      source,
+      options.maxFileBytes,
+      options.fetchStallMs,
+    );
     const file = await decodeModelFile(bytes, name);
     const numItems = file.items.length - 1;
     try {
