@@ -197,6 +197,39 @@ Deno.test("createHandler refuses a bad limit by name; a streamed body over the c
   assert(unknown.error.length < 250, `an error of ${unknown.error.length} characters`);
 });
 
+Deno.test("a body that is not UTF-8 is a 400 naming the byte; a body of exactly maxBodyBytes is read, one byte more is a 413 (hardening items 10, 25)", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  const url = "http://localhost/recommend";
+  const handler = createHandler(r, { batchWaitMs: 0 });
+  // {"history": ["<0xff>"]}: JSON around one byte that no UTF-8 text holds.
+  const head = new TextEncoder().encode('{"history": ["');
+  const bytes = new Uint8Array([...head, 0xff, ...new TextEncoder().encode('"]}')]);
+  const bad = await handler(new Request(url, { method: "POST", body: bytes }));
+  assertEquals([bad.status, (await bad.json()).error], [
+    400,
+    `the body is not UTF-8 text (at byte ${head.length})`,
+  ]);
+  // The cap is inclusive, with and without content-length.
+  const body = JSON.stringify({ history: [data.vocab.items[1]], k: 2 });
+  const exact = createHandler(r, { batchWaitMs: 0, maxBodyBytes: body.length });
+  const asStream = (text: string) =>
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(new TextEncoder().encode(text));
+        c.close();
+      },
+    });
+  for (const make of [(t: string) => t, asStream]) {
+    const ok = await exact(new Request(url, { method: "POST", body: make(body) }));
+    assertEquals(ok.status, 200, await ok.clone().text());
+    await ok.body?.cancel();
+    const over = await exact(new Request(url, { method: "POST", body: make(body + " ") }));
+    assertEquals(over.status, 413);
+    await over.body?.cancel();
+  }
+});
+
 Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops", async () => {
   const { dir, path } = await modelFile();
   // A long micro-batching window keeps the requests in flight while the signal arrives.

@@ -106,7 +106,30 @@ async function readBody(request: Request, max: number): Promise<string> {
     all.set(c, offset);
     offset += c.length;
   }
-  return new TextDecoder().decode(all);
+  try {
+    // Fatal: a lenient decoder turned bytes that are not UTF-8 into U+FFFD, and such a
+    // history asked for items named "\ufffd" without a word.
+    return new TextDecoder("utf-8", { fatal: true }).decode(all);
+  } catch {
+    throw new HttpError(400, `the body is not UTF-8 text (at byte ${firstBadUtf8(all)})`);
+  }
+}
+
+/** The offset of the first byte where `bytes` stops being valid UTF-8. */
+function firstBadUtf8(bytes: Uint8Array): number {
+  // Prefixes decode (a cut multi-byte character waits in stream mode) until the first bad
+  // byte is in them: bytes[0, lo) decode, bytes[0, hi) do not.
+  let lo = 0, hi = bytes.length;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, mid), { stream: true });
+      lo = mid;
+    } catch {
+      hi = mid;
+    }
+  }
+  return lo;
 }
 
 async function readJson(request: Request, max: number): Promise<unknown> {
