@@ -267,6 +267,21 @@ Deno.test("a model URL whose server does not answer, or stops sending, fails aft
   }
 });
 
+Deno.test("a model file's header is padded to 8 bytes, as safetensors writes it, so tensor data starts aligned (hardening item 24)", async () => {
+  await selectBackend("cpu");
+  for (const kind of ["sasrec", "sigma"] as const) {
+    using r = new Recommender(tinyModel(kind), data.vocab.items);
+    for (const info of [{}, { note: "x" }, { note: "xy" }, { note: "xyz" }]) {
+      const bytes = await r.toBytes(info);
+      const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+      assertEquals((8 + n) % 8, 0, `${kind} ${JSON.stringify(info)}: header of ${n} bytes`);
+      // The padding is spaces, which JSON ignores: the header still parses.
+      const text = new TextDecoder().decode(bytes.subarray(8, 8 + n));
+      assert(/^\{.*\} *$/s.test(text), text.slice(-20));
+    }
+  }
+});
+
 Deno.test("a model file whose tensors do not fit its config is rejected, naming the tensor", async () => {
   await selectBackend("cpu");
   const model = tinyModel("sasrec");
@@ -277,6 +292,17 @@ Deno.test("a model file whose tensors do not fit its config is rejected, naming 
     // The config says hidden 16; a file claiming 8 describes another model.
     [{ ...base, config: { ...base.config, hidden: 8 } }, "is [", records, values],
     [{ ...base, model: "transformer9000" }, "transformer9000", records, values],
+    // A 2-D tensor transposed: the same number of values, another shape.
+    [
+      base,
+      "the model's config gives [",
+      records.map((r) =>
+        r.shape.length === 2 && r.shape[0] !== r.shape[1]
+          ? { ...r, shape: [r.shape[1], r.shape[0]] }
+          : r
+      ),
+      values,
+    ],
     // Object's own members are no models (a plain object lookup found "constructor").
     [{ ...base, model: "constructor" }, 'Unknown model "constructor"', records, values],
     [base, 'tensor "item"', records.slice(1), values.subarray(records[0].shape[0] * 16)],
