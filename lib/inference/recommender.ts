@@ -195,6 +195,7 @@ export class Recommender {
       matchByName(planned, file.params, name);
       model = modelEntry(file.model).create({ ...config, numItems });
     } catch (e) {
+      if (e instanceof ModelFileError) throw e; // a tensor named already
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
     }
     try {
