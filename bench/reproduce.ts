@@ -34,6 +34,23 @@ import { CHILD_PERMISSIONS } from "./_flags.ts";
 import { modelEntry, MODELS } from "../lib/models/mod.ts";
 import { TRAIN_DEFAULTS } from "../lib/train/trainer.ts";
 import { runFilesIn } from "../lib/train/run_folder.ts";
+import { demonstrationEpochs } from "../cli/main.ts";
+
+/** What `--help` prints. */
+const REPRODUCE_USAGE = `Usage:
+  deno task reproduce [--data FILE] [--out DIR] [--models M,M] [--seeds N,N]
+                      [--variant NAME=FLAGS ...] [--summary] [-- TRAIN FLAGS]
+
+  --data FILE       the data set (default: the embedded synthetic set)
+  --out DIR         runs go to DIR/<model>-s<seed>/, logs to DIR/<model>-s<seed>.log
+                    (default runs/reproduce)
+  --models M,M      models to train (default sasrec,sigma)
+  --seeds N,N       seeds (default 42,2,3)
+  --variant N=F     repeatable: each model also under the train flags F, as "model N"
+  --summary         print the table of the runs that exist; train nothing
+  -- FLAGS          given to every train command (backend, epochs, patience, model options)
+
+A finished run is kept, an unfinished one resumed, a missing one started.`;
 
 /**
  * The `--epochs` the train commands of `model` get: the value after `--`, else the model's
@@ -45,8 +62,8 @@ function requestedEpochs(trainFlags: string[], data: string | undefined, model: 
     if (f.startsWith("--epochs=")) return Number(f.slice("--epochs=".length));
     if (f === "--epochs") return Number(trainFlags[i + 1]);
   }
-  // cli/main.ts trains the embedded data set for 20 epochs unless told otherwise.
-  if (!data) return 20;
+  // cli/main.ts trains the embedded data set for a short demonstration unless told otherwise.
+  if (!data) return demonstrationEpochs(model);
   return modelEntry(model).trainDefaults?.epochs ?? TRAIN_DEFAULTS.epochs;
 }
 
@@ -113,12 +130,17 @@ async function main(): Promise<void> {
       seeds: { type: "string", default: "42,2,3" },
       summary: { type: "boolean", default: false },
       variant: { type: "string", multiple: true },
+      help: { type: "boolean", short: "h" },
     },
     strict: true,
   });
+  if (values.help) {
+    console.log(REPRODUCE_USAGE);
+    return;
+  }
   const models = values.models.split(",").map((m) => m.trim());
   for (const m of models) {
-    if (!(m in MODELS)) {
+    if (!Object.hasOwn(MODELS, m)) {
       throw new RangeError(
         `--models: unknown model "${m}" (known: ${Object.keys(MODELS).join(", ")})`,
       );

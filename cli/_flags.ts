@@ -12,12 +12,16 @@ import {
 
 /** The number a flag holds; a `RangeError` naming the flag otherwise. */
 export function numberFlag(flag: string, text: string): number {
-  const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value)) {
-    throw new RangeError(`--${flag} must be a number, got "${text}"`);
+  // Decimal notation only: Number() also reads "0x10", "0b1", "0o7" and blanks around.
+  const value = DECIMAL.test(text) ? Number(text) : NaN;
+  if (!Number.isFinite(value)) {
+    throw new RangeError(`--${flag} must be a decimal number, got "${text}"`);
   }
   return value;
 }
+
+/** A decimal number: digits with an optional sign, point and exponent. */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
 /**
  * Runs `check`; when it throws, the error names command-line flags instead of the fields
@@ -86,7 +90,8 @@ export function progressWriter(): (text: string) => void {
 export function intFlag(flag: string, text: string | undefined, fallback: number, min = 1): number {
   if (text === undefined) return fallback;
   const n = numberFlag(flag, text);
-  if (!Number.isInteger(n) || n < min) {
+  // Safe integers only: 1e20 epochs or steps could never be counted to.
+  if (!Number.isSafeInteger(n) || n < min) {
     throw new RangeError(`--${flag} must be an integer >= ${min}, got "${text}"`);
   }
   return n;

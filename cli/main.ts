@@ -58,6 +58,11 @@ const SYNTHETIC_PATIENCE = 5;
  */
 const DEMO_EPOCHS = 10;
 const DEMO_LEARNING_RATE = 1e-2;
+/** The epochs `train` runs on the embedded data set for `model` when `--epochs` is not given. */
+export function demonstrationEpochs(model: string): number {
+  return Object.hasOwn(DEMO_CONFIG, model) ? DEMO_EPOCHS : SYNTHETIC_EPOCHS;
+}
+
 const DEMO_CONFIG: Record<string, Record<string, number>> = {
   sigma: { hidden: 64, inner: 128, maxLength: 30 },
   sasrec: { hidden: 64, inner: 128, maxLength: 30 },
@@ -308,7 +313,7 @@ function demonstrationRun(
   modelName: string,
   config: Record<string, unknown>,
 ): Record<string, number | boolean | string> {
-  const sized = modelName in DEMO_CONFIG;
+  const sized = Object.hasOwn(DEMO_CONFIG, modelName);
   const short = {
     ...options,
     ...(typeof v.epochs !== "string" ? { epochs: sized ? DEMO_EPOCHS : SYNTHETIC_EPOCHS } : {}),
@@ -685,9 +690,15 @@ export async function main(args: string[]): Promise<number> {
     else if (command === "recommend") await recommendCommand(rest);
     else if (command === "serve") await serveCommand(rest);
     else if (command === "export") await exportCommand(rest);
-    else {
+    else if (command === undefined || command === "--help" || command === "-h") {
+      console.log(usage()); // asked for (or nothing asked): the usage is the output
+      return 0;
+    } else {
+      console.error(
+        `error: unknown command "${command}": expected train, eval, recommend, serve or export\n`,
+      );
       console.error(usage());
-      return command === undefined || command === "--help" ? 0 : 2;
+      return 2;
     }
     return 0;
   } catch (e) {

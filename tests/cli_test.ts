@@ -107,6 +107,11 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", ...at("missing"), "--data", `${dir}/missing.txt`], "missing.txt"],
     [["train", "--data", bad], `${bad}:3`],
     [["train", "--epochs", "three"], "--epochs"],
+    // Hardening item 14: decimal numbers only, and counts a run can reach.
+    [["train", "--epochs", "0x10"], '--epochs must be a decimal number, got "0x10"'],
+    [["train", "--epochs", "1e20"], "--epochs must be a positive integer up to 2^53 - 1"],
+    [["serve", "--port", "0x50", "--model", "x"], '--port must be a decimal number, got "0x50"'],
+    [["frobnicate"], 'error: unknown command "frobnicate": expected train, eval'],
     [["train", "--threads", "0"], "--threads"],
     [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
     [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
@@ -462,6 +467,17 @@ Deno.test("reproduce rejects bad flags with a message that names them", async ()
     for (const internal of ["learningRate", "batchSize", "--allow-all", "numItems", "k must"]) {
       assert(!error.includes(internal), `${args.join(" ")}: says "${internal}":\n${error}`);
     }
+  }
+});
+
+Deno.test("-h and --help print the usage to stdout and exit 0, for the CLI and reproduce (hardening item 14)", async () => {
+  for (const flag of ["-h", "--help"]) {
+    const r = await cli(flag);
+    assertEquals(r.code, 0, `${flag}: ${r.stderr}`);
+    assert(r.stdout.includes("deno task train"), r.stdout);
+    const rep = await reproduce(flag);
+    assertEquals(rep.code, 0, `reproduce ${flag}: ${rep.stderr}`);
+    assert(rep.stdout.includes("deno task reproduce [--data FILE]"), rep.stdout);
   }
 });
 

@@ -140,7 +140,7 @@ Deno.test("cli recommend rejects bad input with messages naming the flag, file o
       ["recommend", "--model", f.dir, "--history", "i1", "--reverse-steps=-1"],
       "--reverse-steps must be an integer >= 0",
     ],
-    [["serve", "--model", f.dir, "--lambda", "x"], "--lambda must be a number"],
+    [["serve", "--model", f.dir, "--lambda", "x"], "--lambda must be a decimal number"],
     [["serve", "--model", f.dir, "--eval-seed", "2"], "--eval-seed (2) is not an inference"],
     [["serve", "--model", f.dir, "--port", "70000"], "--port"],
     [["serve"], "--model"],

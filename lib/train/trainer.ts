@@ -305,8 +305,9 @@ export function checkTrainOptions(options: Partial<TrainOptions>): TrainOptions 
       "maxPositions",
     ] as const
   ) {
-    if (!Number.isInteger(o[k]) || o[k] < 1) {
-      throw new RangeError(`${k} must be a positive integer, got ${o[k]}`);
+    // Safe integers: a count of 1e20 could never be reached, and loses its last digits.
+    if (!Number.isSafeInteger(o[k]) || o[k] < 1) {
+      throw new RangeError(`${k} must be a positive integer up to 2^53 - 1, got ${o[k]}`);
     }
   }
   if (!(o.learningRate > 0 && Number.isFinite(o.learningRate))) {
@@ -315,7 +316,7 @@ export function checkTrainOptions(options: Partial<TrainOptions>): TrainOptions 
   if (!(o.weightDecay >= 0 && Number.isFinite(o.weightDecay))) {
     throw new RangeError(`weightDecay must be a finite number >= 0, got ${o.weightDecay}`);
   }
-  if (!Number.isInteger(o.lrDecayEvery) || o.lrDecayEvery < 0) {
+  if (!Number.isSafeInteger(o.lrDecayEvery) || o.lrDecayEvery < 0) {
     throw new RangeError(`lrDecayEvery must be an integer >= 0, got ${o.lrDecayEvery}`);
   }
   if (!(o.lrDecay > 0 && o.lrDecay <= 1)) {
