@@ -44,6 +44,7 @@ import {
 } from "./_flags.ts";
 import type { ChosenBackend } from "../backends/mod.ts";
 import { modelFromCheckpoint } from "./_model.ts";
+import { ParamStore } from "../lib/nn/params.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
 
@@ -335,6 +336,29 @@ function demonstrationRun(
   return short;
 }
 
+/**
+ * Most parameters `train` builds a model of: 2^28 float32 values (1 GiB), which with Adam's
+ * two moments and the gradients fills most of wasm's 4 GiB heap.
+ */
+const MAX_TRAINED_PARAMETERS = 2 ** 28;
+
+/**
+ * Refuses a model whose sizes (`--hidden 1000000`, `--max-length 1e9`) would not fit, by
+ * planning it (no allocation) instead of failing with "Array buffer allocation failed".
+ */
+function checkModelSize(build: () => unknown): void {
+  try {
+    ParamStore.plan(build, { tensors: 1e6, values: MAX_TRAINED_PARAMETERS });
+  } catch (e) {
+    if (!(e instanceof RangeError) || !e.message.includes("larger than")) throw e;
+    const at = e.message.slice(e.message.indexOf("(at "));
+    throw new RangeError(
+      `the model would hold more than ${MAX_TRAINED_PARAMETERS} parameters ${at}: lower ` +
+        `--hidden, --inner, --max-length or --layers`,
+    );
+  }
+}
+
 /** Reads the data and splits it, saying what it holds; refuses data nothing can train on. */
 async function loadTrainData(spec: DataSpec) {
   const dataset = await loadData(spec);
@@ -460,6 +484,7 @@ async function trainCommand(args: string[]): Promise<void> {
       "training",
     );
     const { dataset, split } = await loadTrainData(spec);
+    checkModelSize(() => entry.create({ ...config, numItems: dataset.numItems }));
     const model = entry.create({ ...config, numItems: dataset.numItems });
     console.error(
       `model: ${model.name}, ${model.params.size().toLocaleString("en")} parameters, config ${

@@ -112,6 +112,12 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--epochs", "1e20"], "--epochs must be a positive integer up to 2^53 - 1"],
     [["serve", "--port", "0x50", "--model", "x"], '--port must be a decimal number, got "0x50"'],
     [["frobnicate"], 'error: unknown command "frobnicate": expected train, eval'],
+    // Hardening item 13: sizes that cannot fit are refused by name, not by the allocator.
+    [
+      ["train", ...at("huge"), "--model", "sasrec", "--max-length", "1000000000"],
+      'more than 268435456 parameters (at "position" [1000000000,64]): lower --hidden',
+    ],
+    [["train", ...at("wide"), "--hidden", "1000000"], "more than 268435456 parameters"],
     [["train", "--threads", "0"], "--threads"],
     [["train", "--model", "sigma", "--orthogonality", "maybe"], "--orthogonality"],
     [["train", "--model", "sigma", "--prior", "laplace"], "prior"],
