@@ -349,4 +349,30 @@ Deno.test("Recommender.load with inference overrides ranks a DiffuRec file as a 
   );
 });
 
+Deno.test("Recommender.load before any backend is started says to call selectBackend (hardening item 16)", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  const tiny = new SasRec({ numItems: 3, hidden: 8, heads: 1, inner: 8, maxLength: 4 });
+  using r = new Recommender(tiny, ["<pad>", "a", "b", "c"]);
+  await Deno.writeFile(`${dir}/model.safetensors`, await r.toBytes());
+  // A fresh process: tfjs has no backend there until one is selected.
+  const mod = new URL("../mod.ts", import.meta.url).href;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { Recommender } = await import("${mod}");
+       try { await Recommender.load(${JSON.stringify(`${dir}/model.safetensors`)}); }
+       catch (e) { console.log(e.message); }`,
+    ],
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  assertEquals(
+    text,
+    'no tfjs backend is running: call `await selectBackend("auto")` (exported beside ' +
+      "Recommender) before loading a model",
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 releaseWebGpuAfterTests();

@@ -169,6 +169,7 @@ export class Recommender {
    * @throws {RangeError} An `inference` field the model does not have, or a bad value.
    */
   static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
+    requireBackend();
     const { bytes, name } = await modelFileBytes(
       source,
       options.maxFileBytes,
@@ -454,6 +455,23 @@ function matchByName(
     );
   }
   return places;
+}
+
+/**
+ * Throws when no tfjs backend has been started: tfjs would then pick one itself, and an
+ * asynchronous one (WebGPU) fails deep inside the first model with "has not yet been
+ * initialized", which reads like a broken model file.
+ *
+ * @throws {Error} Saying what to call first.
+ */
+function requireBackend(): void {
+  const engine = tf.engine() as unknown as { backendInstance: unknown };
+  if (engine.backendInstance == null) {
+    throw new Error(
+      'no tfjs backend is running: call `await selectBackend("auto")` (exported beside ' +
+        "Recommender) before loading a model",
+    );
+  }
 }
 
 /** Assigns a file's tensors to the model's parameters by name, checking every shape. */
