@@ -321,6 +321,33 @@ Deno.test("fiveCore() re-densifies ids, carries categories and notes the removal
 // ---------------------------------------------------------------------------------------
 // Categories
 
+Deno.test("parseCategories() names what is wrong: empty lists of known items, a top-level array, non-categories (hardening item 15)", () => {
+  const vocab = { users: ["u"], items: ["<pad>", "a", "b"] };
+  assertThrows(
+    () => parseCategories('{"a": [], "b": []}', vocab, "e.json"),
+    RangeError,
+    "e.json: no item of the data set has a category: the 2 items of the data set it names have empty lists",
+  );
+  assertThrows(
+    () => parseCategories('[["a", "x"]]', vocab, "arr.json"),
+    SyntaxError,
+    "arr.json: expected a JSON object mapping item tokens to lists",
+  );
+  for (const list of ["[1e400]", '[""]', '["  "]', "[true]"]) {
+    assertThrows(
+      () => parseCategories(`{"a": ${list}}`, vocab, "v.json"),
+      SyntaxError,
+      "expected a list of non-empty strings or finite numbers",
+    );
+  }
+  // Items the data set lacks still get the old hint.
+  assertThrows(
+    () => parseCategories('{"zz": ["x"]}', vocab, "o.json"),
+    RangeError,
+    "keyed by other item ids?",
+  );
+});
+
 Deno.test("parseCategories() reads JSON like item2attributes, densifying category ids", () => {
   const vocab = { users: ["u"], items: ["<pad>", "4", "83", "0"] };
   const c = parseCategories('{"4": [1, 2, 3], "83": [3, 3, 9], "999": [1]}', vocab, "a.json");

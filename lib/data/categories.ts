@@ -51,7 +51,10 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   const cats = new TokenIndex(0);
   const lists: (Int32Array | undefined)[] = new Array(vocab.items.length).fill(undefined);
   let unknown = 0;
-  const entries = text.trimStart().startsWith("{")
+  let knownEmpty = 0;
+  const start = text.trimStart()[0];
+  // "[" is JSON too (an array at the top), not the lines layout: named as the wrong JSON.
+  const entries = start === "{" || start === "["
     ? jsonEntries(text, source)
     : lineEntries(text, source);
   for (const [item, tokens] of entries) {
@@ -60,6 +63,7 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
       unknown++;
       continue;
     }
+    if (tokens.length === 0) knownEmpty++;
     lists[i] = Int32Array.from(new Set(tokens.map((t) => cats.id(t))));
   }
 
@@ -73,9 +77,13 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   if (items > 0 && missing === items) {
     // Diversity and coverage would be 0 for every model: found out before training.
     throw new RangeError(
-      `${source}: no item of the data set has a category: the file names ${
-        plural(unknown, "item")
-      }, none of them in the data set (keyed by other item ids?)`,
+      knownEmpty > 0
+        ? `${source}: no item of the data set has a category: the ${
+          plural(knownEmpty, "item")
+        } of the data set it names ${knownEmpty === 1 ? "has" : "have"} empty lists`
+        : `${source}: no item of the data set has a category: the file names ${
+          plural(unknown, "item")
+        }, none of them in the data set (keyed by other item ids?)`,
     );
   }
   const notes: string[] = [];
@@ -101,13 +109,15 @@ function jsonEntries(text: string, source: string): [string, string[]][] {
   }
   throwOnRepeatedKey(text, source);
   return Object.entries(json as Record<string, unknown>).map(([item, value]) => {
-    if (
-      !Array.isArray(value) || !value.every((v) => typeof v === "string" || typeof v === "number")
-    ) {
+    // A category is a non-empty string or a finite number: 1e400 parses as Infinity and
+    // "" names nothing; both were categories before.
+    const isCategory = (v: unknown) =>
+      (typeof v === "string" && v.trim() !== "") || (typeof v === "number" && Number.isFinite(v));
+    if (!Array.isArray(value) || !value.every(isCategory)) {
       throw new SyntaxError(
         `${source}: item ${quote(item)} maps to ${
           quote(JSON.stringify(value) ?? String(value))
-        }, expected a list of strings or numbers`,
+        }, expected a list of non-empty strings or finite numbers`,
       );
     }
     return [item, value.map(String)];
