@@ -3,7 +3,7 @@
  * a default export with a `fetch` handler). The model comes from the environment:
  *
  * ```sh
- * SIGMA_MODEL=runs/sasrec/model.safetensors deno serve --port 8000 \
+ * SIGMA_MODEL=runs/sasrec/model.safetensors deno serve --host 127.0.0.1 --port 8000 \
  *   --allow-read --allow-env --allow-net cli/deno_serve.ts
  * ```
  *
