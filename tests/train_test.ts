@@ -68,6 +68,19 @@ Deno.test("train() stops after `patience` epochs without a better validation Rec
   assertEquals(result.bestEpoch, 1);
   assertEquals(result.history.length, 3);
   model.params.dispose();
+  // Patience counts epochs, also when validation runs every few (hardening item 26): with
+  // evalEvery 2 and patience 4, validations at epochs 2, 4 and 6 leave epoch 2 the best and
+  // stop at 6 (counting validations would run to 10).
+  const sparse = new SasRec(SMALL);
+  const every = await train(sparse, split, data.numItems, {
+    ...FAST,
+    epochs: 20,
+    patience: 4,
+    evalEvery: 2,
+    learningRate: 1e-12,
+  });
+  assertEquals([every.stopped, every.bestEpoch, every.history.length], ["patience", 2, 6]);
+  sparse.params.dispose();
 });
 
 Deno.test("train() refuses to resume on other sequences over the same vocabulary, naming the field", async () => {

@@ -28,7 +28,11 @@ export { splitBatch, type StepOptions, trainStep };
 export interface TrainOptions {
   /** Most epochs to run. Default 200. */
   epochs: number;
-  /** Stop after this many evaluations without a better validation Recall@20. Paper: 100. */
+  /**
+   * Stop after this many epochs without a better validation Recall@20. Paper: 100. With
+   * `evalEvery` > 1 the count still runs in epochs (each validation without a better score
+   * adds `evalEvery`), so a setting means the same span of training either way.
+   */
   patience: number;
   /** Rows per training batch (sequences, or examples with `"prefixes"`). Paper: 256. */
   batchSize: number;
