@@ -43,7 +43,7 @@ import {
   withFlagNames,
 } from "./_flags.ts";
 import type { ChosenBackend } from "../backends/mod.ts";
-import { modelFromCheckpoint } from "./_model.ts";
+import { loadRecommender, modelFromCheckpoint } from "./_model.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
@@ -100,7 +100,7 @@ function usage(): string {
   const lines = [
     "Usage:",
     "  deno task train [--model M] [--data FILE] [--out DIR] [--seed N] [--backend B] [options]",
-    "  deno task eval --checkpoint DIR [--data FILE [--format F] [--k-core K] [--min-rating R]]",
+    "  deno task eval (--checkpoint DIR | --model FILE|RUN_DIR|URL) [--data FILE [--format F] [--k-core K] [--min-rating R]]",
     "                 [--backend B] [--threads N] [--blas L] [--eval-batch-size N]",
     "                 [--split test|valid] [--protocol library|diffurec]",
     "                 [--reverse-steps N] [--sampling chain|one] [--eval-seed N] [--lambda X]",
@@ -535,9 +535,12 @@ function evalDataSpec(
       throw new TypeError("--format, --k-core and --min-rating go with --data");
     }
     if (trained === undefined) {
+      // A checkpoint folder keeps it in model.json, a model file in its info.
+      const where = checkpoint.endsWith(".safetensors")
+        ? `${checkpoint}: its info`
+        : `${checkpoint}/model.json: field "data"`;
       throw new TypeError(
-        `${checkpoint}/model.json: field "data" does not say what the model was trained on; ` +
-          "give --data FILE",
+        `${where} does not say what the model was trained on; give --data FILE`,
       );
     }
     return trained;
@@ -571,11 +574,55 @@ function storedDataSpec(data: unknown): DataSpec | undefined {
   return known ? withoutStrayMinRating(data as DataSpec) : undefined;
 }
 
+/** A trained model to evaluate, its vocabulary, the data it says it was trained on, and where. */
+interface TrainedForEval {
+  model: ReturnType<typeof modelFromCheckpoint>;
+  itemTokens: string[];
+  data: unknown;
+  path: string;
+  epoch: unknown;
+}
+
+/** `eval --checkpoint DIR`: a run's checkpoint (`model.json` and weights). */
+async function trainedFromCheckpoint(
+  dir: string,
+  overrides: Record<string, number | string>,
+): Promise<TrainedForEval> {
+  const { meta, values, path } = await readCheckpoint(dir);
+  const model = withFlagNames(
+    () => modelFromCheckpoint(meta, values, path, overrides),
+    flagsGiven(overrides),
+  );
+  return { model, itemTokens: meta.itemTokens, data: meta.data, path, epoch: meta.epoch };
+}
+
+/**
+ * `eval --model M`: a model file, a run folder holding one, or a URL, as `recommend` reads
+ * them; a file written elsewhere (the PyTorch twin) says nothing of its data: `--data`.
+ */
+async function trainedFromModelFile(
+  source: string,
+  overrides: Record<string, number | string>,
+): Promise<TrainedForEval> {
+  const { recommender, from } = await withFlagNames(
+    () => loadRecommender(source, { inference: overrides }),
+    flagsGiven(overrides),
+  );
+  return {
+    model: recommender.model as TrainedForEval["model"],
+    itemTokens: [...recommender.items],
+    data: recommender.info.data,
+    path: from,
+    epoch: recommender.info.epoch ?? null,
+  };
+}
+
 async function evalCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
       checkpoint: { type: "string" },
+      model: { type: "string" },
       data: { type: "string" },
       format: { type: "string" },
       "k-core": { type: "string" },
@@ -593,7 +640,12 @@ async function evalCommand(args: string[]): Promise<void> {
     console.log(usage());
     return;
   }
-  if (!values.checkpoint) throw new TypeError("eval needs --checkpoint DIR");
+  if ((values.checkpoint === undefined) === (values.model === undefined)) {
+    throw new TypeError(
+      "eval needs one of --checkpoint DIR (a run's checkpoint) and --model FILE|RUN_DIR|URL " +
+        "(a model file, e.g. one the PyTorch twin wrote)",
+    );
+  }
   const protocol = (values.protocol ?? "library") as EvalProtocol;
   if (!EVAL_PROTOCOLS.includes(protocol)) {
     throw new RangeError(
@@ -605,15 +657,14 @@ async function evalCommand(args: string[]): Promise<void> {
     throw new RangeError(`--split must be "test" or "valid", got "${which}"`);
   }
   await startBackend(values);
-  const { meta, values: weights, path } = await readCheckpoint(values.checkpoint);
-  const spec = evalDataSpec(storedDataSpec(meta.data), values, path);
-  const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
-  const dataset = alignToVocabulary(await loadData(spec), meta.itemTokens, source);
   const overrides = inferenceFlags(values);
-  const model = withFlagNames(
-    () => modelFromCheckpoint(meta, weights, path, overrides),
-    flagsGiven(overrides),
-  );
+  const trained = values.model !== undefined
+    ? await trainedFromModelFile(values.model, overrides)
+    : await trainedFromCheckpoint(values.checkpoint!, overrides);
+  const { model, path, epoch } = trained;
+  const spec = evalDataSpec(storedDataSpec(trained.data), values, path);
+  const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
+  const dataset = alignToVocabulary(await loadData(spec), trained.itemTokens, source);
   const { split } = leaveOneOut(dataset);
   if (split.test.length === 0) {
     throw new RangeError(
@@ -633,7 +684,7 @@ async function evalCommand(args: string[]): Promise<void> {
   );
   console.log(
     JSON.stringify(
-      { checkpoint: path, epoch: meta.epoch, split: which, protocol, overrides, metrics },
+      { checkpoint: path, epoch, split: which, protocol, overrides, metrics },
       null,
       1,
     ),

@@ -221,6 +221,16 @@ Deno.test("cli train writes metrics.json and eval --checkpoint reproduces its te
   assertEquals(e.code, 0, e.stderr);
   const evaluated = JSON.parse(e.stdout.slice(e.stdout.indexOf("{")));
   assertEquals(evaluated.metrics, metrics.test);
+  // A run folder with only its model file (as the PyTorch twin writes one) evaluates the same
+  // through --model (hardening item 23); the file knows its data, so --data is not needed.
+  const fileOnly = await Deno.makeTempDir();
+  await Deno.copyFile(`${out}/model.safetensors`, `${fileOnly}/model.safetensors`);
+  const m = await cli("eval", "--model", fileOnly, "--backend", "cpu");
+  assertEquals(m.code, 0, m.stderr);
+  assertEquals(JSON.parse(m.stdout.slice(m.stdout.indexOf("{"))).metrics, metrics.test);
+  const both = await cli("eval", "--model", fileOnly, "--checkpoint", `${out}/checkpoint`);
+  assert(both.code !== 0 && both.stderr.includes("eval needs one of --checkpoint"), both.stderr);
+  await Deno.remove(fileOnly, { recursive: true });
   // bench/adam_state.ts reads the run's resumable state: after one epoch on this data no item
   // row holds a second moment above 1, and every row that got a gradient holds one above 1e-30.
   const adamState = (...args: string[]) =>

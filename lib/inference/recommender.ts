@@ -119,6 +119,11 @@ export class Recommender {
   readonly model: ServableModel;
   /** Item tokens by dense id; `items[0]` is padding. */
   readonly items: readonly string[];
+  /**
+   * What the model file says of where the model came from (its `info`: the trainer writes
+   * the epoch, validation metrics and data it was trained on); `{}` when built in code.
+   */
+  info: Readonly<Record<string, unknown>> = {};
   readonly #ids: Map<string, number>;
   readonly #batchSize: number;
   #disposed = false;
@@ -201,7 +206,9 @@ export class Recommender {
     }
     try {
       assignByName(model, file.params, file.values, name);
-      return new Recommender(model, file.items, options);
+      const recommender = new Recommender(model, file.items, options);
+      recommender.info = file.info;
+      return recommender;
     } catch (e) {
       model.params.dispose();
       throw e;
