@@ -129,12 +129,13 @@ def decode(data, source="model file"):
 
 
 def _f32_bytes(value):
-    """float32 little-endian bytes and the shape of a torch tensor (a fresh copy, so its
-    storage holds exactly its own elements). Assumes a little-endian host (x86, Arm)."""
+    """float32 little-endian bytes and the shape of a torch tensor (its own elements only,
+    in row-major order)."""
     import torch  # noqa: PLC0415 - the package needs torch only where tensors are involved
 
-    t = value.detach().to("cpu", torch.float32).contiguous().clone()
-    return bytes(t.untyped_storage()), list(t.shape)
+    t = value.detach().to("cpu", torch.float32).contiguous()
+    # Through numpy, not untyped_storage(), which torch 1.13 (Debian's, CI's fallback) lacks.
+    return t.numpy().astype("<f4", copy=False).tobytes(), list(t.shape)
 
 
 def tensor(raw, shape):
