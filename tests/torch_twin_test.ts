@@ -195,6 +195,9 @@ Deno.test({
       "2",
       "--master_port",
       String(29500 + Math.floor(Math.random() * 1000)),
+      // Debian's torch 1.13 under Python 3.11 cannot parse the default "0" of these two (its
+      // Std enum lost the zero member); 1 (stdout) works on every version, still printed.
+      ...["--redirects", "1", "--tee", "1"],
       "-m",
       "sigmarec_torch.train",
       ...["--data", `${dir}/data.txt`, "--out", `${dir}/run`, "--epochs", "2"],
