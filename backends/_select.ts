@@ -16,6 +16,8 @@ import { registerWebGpuAttention } from "./_webgpu_attention.ts";
 import { installWebGpuDevice } from "./_webgpu_device.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 import { registerWebGpuFusedKernels } from "./_webgpu_fused.ts";
+import { registerWebGpuGru } from "./_webgpu_gru.ts";
+import { registerWebGpuOps } from "./_webgpu_ops.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
@@ -24,6 +26,8 @@ registerWebGpuAdam();
 registerWebGpuAttention();
 registerWebGpuDropout();
 registerWebGpuFusedKernels();
+registerWebGpuGru();
+registerWebGpuOps();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */
 export type BackendChoice = "auto" | "webgpu" | "wasm" | "cpu";

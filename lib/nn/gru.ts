@@ -9,11 +9,41 @@
  * `z = sig(W_iz x + b_iz + W_hz h + b_hz)`, `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`,
  * `h' = (1 - z) * n + z * h`. One set of weights serves every category.
  *
+ * On a backend with the kernels {@linkcode GRU_FORWARD_KERNEL} and
+ * {@linkcode GRU_BACKWARD_KERNEL} (webgpu: `backends/_webgpu_gru.ts`) each layer's
+ * recurrence over all positions is one dispatch forward and one backward, instead of a
+ * dozen ops per position and layer forward and two dozen backward: tfjs runs one GPU
+ * dispatch per op, with a fixed cost each. Elsewhere (cpu, wasm) the op sequence below runs,
+ * bit for bit as before the kernels existed.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { matmul, withCustomGradient } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
+
+/**
+ * Kernel `(xi [B, L, kx, 3d], gates [B, L, k], wh [d, 3d], bh [3d]) -> (states
+ * [B, L, k, d], prev [B, L, k, d], acts [B, L, k, 4d])`: one layer's gated recurrence over
+ * all L positions, from the zero state. `xi` is the layer's input projection with its bias
+ * (kx = 1: the same for every category, layer 0; kx = k: per category, higher layers);
+ * `prev` is the state before each step and `acts` the step's `r, z, n` and `W_hn h + b_hn`,
+ * what {@linkcode GRU_BACKWARD_KERNEL} needs.
+ */
+export const GRU_FORWARD_KERNEL = "SigmaGatedGru";
+/**
+ * Kernel `(dy [B, L, k, d], prev, acts, gates, wh) -> (dhh [B, L, k, 3d], dxi [B, L, k, 3d],
+ * dgate [B, L, k])`: backpropagation through time of one layer of
+ * {@linkcode GRU_FORWARD_KERNEL}, from `dy`, the gradient into its states from outside
+ * the recurrence. `dhh` is the gradient into `W_h h + b_h`, `dxi` into `xi`, `dgate` into
+ * the gates (this layer's share).
+ */
+export const GRU_BACKWARD_KERNEL = "SigmaGatedGruGrad";
+/**
+ * The widest state the kernels take; wider ones run the composed ops. The backward
+ * program keeps `3d` floats of a row in workgroup memory (16 KiB by WebGPU's default).
+ */
+export const FUSED_GRU_MAX_WIDTH = 1024;
 
 /** Creates the parameters of {@linkcode gatedCategoryGru}: `layers` GRU layers of width d. */
 export function createGru(p: ParamStore, prefix: string, hidden: number, layers: number): void {
@@ -303,7 +333,10 @@ function backward(dy: tf.Tensor, saved: tf.Tensor[], layers: number, s: GruShape
  * hand-written backward pass (backpropagation through time) that keeps only each layer's
  * state after every step, `[L, B*k, d]` per layer, and recomputes the gates of a step when
  * it needs them: a taped loop would hold ~20 tensors of `[B*k, 3d]` per step and layer.
- * Equal to {@linkcode gatedCategoryGruReference}, values and gradients (tested).
+ * Equal to {@linkcode gatedCategoryGruReference}, values and gradients (tested). Where the
+ * active backend has the GRU kernels (webgpu) and the state is at most
+ * {@linkcode FUSED_GRU_MAX_WIDTH} wide, each layer runs as one kernel call forward and one
+ * backward instead (`tests/gru_fused_test.ts` compares the two paths).
  *
  * @param items Item embeddings `[B, L, d]` in time order (padding rows arbitrary).
  * @param gates Category membership `[B, L, k]`: 1 where the item at t belongs to category
@@ -320,6 +353,7 @@ export function gatedCategoryGru(
   gates: tf.Tensor3D,
   layers: number,
 ): tf.Tensor4D {
+  if (fusedGruApplies(items, gates)) return fusedGatedCategoryGru(p, prefix, items, gates, layers);
   const [batch, length, d] = items.shape;
   const k = gates.shape[2];
   const s: GruShape = { batch, length, k, d, m: batch * k };
@@ -344,6 +378,125 @@ export function gatedCategoryGru(
     };
   });
   return op(xiT, gatesT, ...weights) as tf.Tensor4D; // [B, L, k, d]
+}
+
+// ------------------------------------------------------------------- the fused path
+
+/** Whether the active backend runs the GRU kernels, and they take these inputs. */
+function fusedGruApplies(items: tf.Tensor3D, gates: tf.Tensor3D): boolean {
+  const backend = tf.getBackend();
+  return items.dtype === "float32" && gates.dtype === "float32" && items.size > 0 &&
+    gates.size > 0 && items.shape[2] <= FUSED_GRU_MAX_WIDTH &&
+    tf.getKernel(GRU_FORWARD_KERNEL, backend) !== undefined &&
+    tf.getKernel(GRU_BACKWARD_KERNEL, backend) !== undefined;
+}
+
+/**
+ * {@linkcode gatedCategoryGru} on the kernels: layer by layer (layer l at step t reads
+ * layer l-1 at t and itself at t-1, so a layer can run all steps before the next starts),
+ * each layer's recurrence one kernel call, a higher layer's input projection one matmul
+ * over all steps. Backward runs the layers top down, each one kernel call for its
+ * recurrence and a matmul over all steps per weight gradient.
+ */
+function fusedGatedCategoryGru(
+  p: ParamStore,
+  prefix: string,
+  items: tf.Tensor3D,
+  gates: tf.Tensor3D,
+  layers: number,
+): tf.Tensor4D {
+  const [batch, length, d] = items.shape;
+  const k = gates.shape[2];
+  const s: GruShape = { batch, length, k, d, m: batch * k };
+  // Layer 0's input projection, for all steps and (broadcast) categories, on the tape;
+  // tfjs's fused product adds the bias in the matmul's dispatch.
+  const xi0 = tf.reshape(
+    tf.fused.matMul({
+      a: tf.reshape(items, [batch * length, d]) as tf.Tensor2D,
+      b: p.get(`${prefix}.l0.wi`) as tf.Tensor2D,
+      bias: p.get(`${prefix}.l0.bi`),
+    }),
+    [batch, length, 1, 3 * d],
+  ); // [B, L, 1, 3d]
+  const weights = flatWeights(p, prefix, layers);
+  const op = withCustomGradient(2 + weights.length, ([x, g, ...w], save) => {
+    const states: tf.Tensor[] = []; // [B, L, k, d] per layer
+    const prevs: tf.Tensor[] = []; // [B, L, k, d]: the state before each step
+    const acts: tf.Tensor[] = []; // [B, L, k, 4d]: r, z, n, W_hn h + b_hn
+    for (let l = 0; l < layers; l++) {
+      const lw = layerWeights(w, l);
+      const xi = l === 0 ? x : tf.reshape(
+        tf.fused.matMul({
+          a: tf.reshape(states[l - 1], [s.m * length, d]) as tf.Tensor2D,
+          b: lw.wi!,
+          bias: lw.bi!,
+        }),
+        [batch, length, k, 3 * d],
+      ); // [B, L, 1 or k, 3d]
+      const [state, prev, act] = tf.engine().runKernel(
+        GRU_FORWARD_KERNEL,
+        { xi, gates: g, wh: lw.wh, bh: lw.bh },
+      ) as tf.Tensor[];
+      if (l > 0) xi.dispose();
+      states.push(state);
+      prevs.push(prev);
+      acts.push(act);
+    }
+    // The top layer's states are the output, not needed backward.
+    save([g, ...w, ...states.slice(0, -1), ...prevs, ...acts]);
+    return {
+      value: states[layers - 1],
+      gradFunc: (dy, saved) => fusedBackward(dy, saved, layers, s),
+    };
+  });
+  return op(xi0, gates, ...weights) as tf.Tensor4D; // [B, L, k, d]
+}
+
+/**
+ * The fused op's gradients `[dx [B, L, 1, 3d], dgates [B, L, k], ...dw]` from the output's
+ * `dy` `[B, L, k, d]` and the saved `[gates, ...w, ...states below the top, ...prevs,
+ * ...acts]`.
+ */
+function fusedBackward(dy: tf.Tensor, saved: tf.Tensor[], layers: number, s: GruShape) {
+  const { batch, length, k, d } = s;
+  const rows = s.m * length; // B*L*k
+  const weightCount = saved.length - 1 - (3 * layers - 1);
+  const g = saved[0];
+  const w = saved.slice(1, 1 + weightCount);
+  const states = saved.slice(1 + weightCount, weightCount + layers);
+  const prevs = saved.slice(weightCount + layers, weightCount + 2 * layers);
+  const acts = saved.slice(weightCount + 2 * layers);
+  const dw: tf.Tensor[] = new Array(weightCount);
+  let ext = dy; // [B, L, k, d]: into this layer's states from outside its recurrence
+  let dGate: tf.Tensor | null = null; // [B, L, k]
+  let dx: tf.Tensor | null = null;
+  for (let l = layers - 1; l >= 0; l--) {
+    const lw = layerWeights(w, l);
+    const [dhh, dxi, dg] = tf.engine().runKernel(
+      GRU_BACKWARD_KERNEL,
+      { dy: ext, prev: prevs[l], acts: acts[l], gates: g, wh: lw.wh },
+    ) as tf.Tensor[];
+    const dhh2 = tf.reshape(dhh, [rows, 3 * d]) as tf.Tensor2D;
+    const dxi2 = tf.reshape(dxi, [rows, 3 * d]) as tf.Tensor2D;
+    const at = weightIndex(l);
+    // Sums over all steps and rows: one matmul (transpose flags are free on webgpu).
+    dw[at] = tf.matMul(tf.reshape(prevs[l], [rows, d]) as tf.Tensor2D, dhh2, true, false);
+    dw[at + 1] = tf.sum(dhh2, 0);
+    const next: tf.Tensor[] = [];
+    if (l > 0) {
+      dw[at + 2] = tf.matMul(tf.reshape(states[l - 1], [rows, d]) as tf.Tensor2D, dxi2, true);
+      dw[at + 3] = tf.sum(dxi2, 0);
+      next.push(tf.reshape(tf.matMul(dxi2, lw.wi!, false, true), [batch, length, k, d]));
+    } else {
+      dx = tf.sum(tf.reshape(dxi, [batch, length, k, 3 * d]), 2, true); // [B, L, 1, 3d]
+    }
+    const sum: tf.Tensor = dGate === null ? dg : tf.add(dGate, dg);
+    tf.dispose([dhh, dxi, dhh2, dxi2, ...(dGate === null ? [] : [dGate, dg])]);
+    if (ext !== dy) ext.dispose();
+    dGate = sum;
+    if (next.length > 0) ext = next[0];
+  }
+  return [dx!, dGate!, ...dw];
 }
 
 /**
