@@ -14,7 +14,9 @@
  * full softmax's GEMMs: 17, measured on an H200 by `bench/torch_reference.py --device cuda`,
  * docs/performance.md), `--gpu-memory` (GiB, 141), `--token-bytes` (bytes per item token
  * in the model file's vocabulary, 12), `--history-tokens` (items a diffusion example reads
- * through its blocks: 8.88, Beauty's mean sequence length, DIFFUREC.md §1.1).
+ * through its blocks: 8.88, Beauty's mean sequence length, DIFFUREC.md §1.1), `--link-gbs`
+ * (GB/s each GPU moves in an all-reduce across machines: 50, a 400 Gb/s network port; an
+ * assumption, not a measurement).
  *
  * Per row: parameters; model file size (float32 weights and the vocabulary); training state
  * (weights, gradients and Adam's two moments, float32); full-softmax logits of one step
@@ -24,7 +26,11 @@
  * backward products of positions x items x d) in GPU hours at the given rate; and the rest
  * of the model's work per epoch, 6 FLOP per parameter outside the item table per token
  * read (a diffusion example reads its whole history), at the same rate: the floor a
- * sampled softmax leaves.
+ * sampled softmax leaves; and data parallelism's all-reduce of the dense gradients (the
+ * whole item table every step: DistributedDataParallel averages every gradient, and Adam
+ * here updates dense), bytes each GPU sends and receives per step (a ring all-reduce moves
+ * about twice the gradients' size through every GPU) and the wall time of an epoch's worth
+ * at `--link-gbs`.
  *
  * @module
  */
@@ -44,6 +50,7 @@ const { values } = parseArgs({
     "gpu-memory": { type: "string", default: "141" },
     "token-bytes": { type: "string", default: "12" },
     "history-tokens": { type: "string", default: "8.88" },
+    "link-gbs": { type: "string", default: "50" },
   },
   strict: true,
 });
@@ -55,6 +62,7 @@ const tflops = positiveNumber("gpu-tflops", values["gpu-tflops"]);
 const gpuBytes = positiveNumber("gpu-memory", values["gpu-memory"]) * 2 ** 30;
 const tokenBytes = positiveNumber("token-bytes", values["token-bytes"]);
 const historyTokens = positiveNumber("history-tokens", values["history-tokens"]);
+const linkBytes = positiveNumber("link-gbs", values["link-gbs"]) * 1e9;
 
 /**
  * Parameters at N items: the fixed part and d per item (item table rows), measured; how
@@ -87,13 +95,14 @@ const human = (bytes: number) =>
 await selectBackend("cpu");
 console.log(
   `positions per epoch ${positions.toExponential(2)}, ${batch} per step, GPU at ${tflops} ` +
-    `TFLOP/s on the softmax GEMMs with ${human(gpuBytes)}`,
+    `TFLOP/s on the softmax GEMMs with ${human(gpuBytes)}, all-reduce at ${linkBytes / 1e9} GB/s`,
 );
 console.log(
   "| model | items | parameters | model file | training state | softmax logits per step " +
-    "| GPUs to hold them | full softmax per epoch | rest of the model per epoch |",
+    "| GPUs to hold them | full softmax per epoch | rest of the model per epoch " +
+    "| all-reduce per step | all-reduce per epoch (wall) |",
 );
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const name of values.models.split(",")) {
   const p = parameterModel(name);
   for (const n of catalogues) {
@@ -104,6 +113,9 @@ for (const name of values.models.split(",")) {
     const gpusForLogits = Math.max(1, Math.ceil(logits / (gpuBytes - state)));
     const fullFlop = 6 * positions * n * p.d * p.softmaxes; // forward, two backward GEMMs
     const restFlop = 6 * positions * p.tokens * p.fixed;
+    const allReduce = 2 * params * 4; // a ring all-reduce through each GPU, float32
+    const wall = (seconds: number) =>
+      seconds >= 3600 ? `${(seconds / 3600).toFixed(1)} h` : `${(seconds / 60).toFixed(1)} min`;
     const gpuHours = (flop: number) => {
       const hours = flop / (tflops * 1e12) / 3600;
       return hours >= 1 ? `${hours.toFixed(1)} GPU-h` : `${(hours * 60).toFixed(1)} GPU-min`;
@@ -113,7 +125,9 @@ for (const name of values.models.split(",")) {
         `${human(state)} | ${human(logits)} | ${
           state > gpuBytes ? "state > 1 GPU" : gpusForLogits
         } | ` +
-        `${gpuHours(fullFlop)} | ${gpuHours(restFlop)} |`,
+        `${gpuHours(fullFlop)} | ${gpuHours(restFlop)} | ${human(allReduce)} | ${
+          wall(allReduce * (positions / batch) / linkBytes)
+        } |`,
     );
   }
 }
