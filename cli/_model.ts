@@ -49,7 +49,11 @@ export async function loadRecommender(
     return { recommender: await Recommender.load(file, options), from: file };
   }
   for (const checkpoint of [`${dir}/checkpoint`, dir]) {
-    if (!(await statOrNull(`${checkpoint}/model.json`))) continue;
+    // Mid-swap, the checkpoint is briefly only at `.prev`: readCheckpoint takes it from
+    // there, as `eval` does.
+    const present = (await statOrNull(`${checkpoint}/model.json`)) ??
+      (await statOrNull(`${checkpoint}.prev/model.json`));
+    if (!present) continue;
     const { meta, values, path } = await readCheckpoint(checkpoint);
     if (meta.itemTokens.length < 2) {
       throw new RangeError(

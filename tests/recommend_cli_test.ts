@@ -2,6 +2,8 @@ import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import { leaveOneOut } from "../lib/data/mod.ts";
+import { train } from "../lib/train/trainer.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
@@ -64,6 +66,32 @@ Deno.test("cli recommend --history prints the API's top k with scores; the run f
     rows.forEach((r, i) => assert(Math.abs(Number(r[2]) - expected.items[i].score) < 1e-6));
     assert(out.stderr.includes("skipped: zz"), out.stderr);
   }
+});
+
+Deno.test("cli recommend reads a run folder caught mid-swap (checkpoint only at .prev), as eval does (hardening item 11)", async () => {
+  await selectBackend("cpu");
+  const dir = await Deno.makeTempDir();
+  const model = new SasRec({ ...TINY, seed: 4 });
+  await train(model, leaveOneOut(data).split, data.numItems, { epochs: 1, batchSize: 16 }, {
+    out: dir,
+    checkpointInfo: { data: { kind: "synthetic" }, itemTokens: data.vocab.items },
+  });
+  model.params.dispose();
+  // What a reader sees between the swap's two renames when no model file is there.
+  await Deno.remove(`${dir}/model.safetensors`);
+  await Deno.rename(`${dir}/checkpoint`, `${dir}/checkpoint.prev`);
+  const out = await cli(
+    "recommend",
+    "--model",
+    dir,
+    "--history",
+    data.vocab.items.slice(1, 3).join(" "),
+    "--backend",
+    "cpu",
+  );
+  assertEquals(out.code, 0, out.stderr);
+  assert(out.stderr.includes("checkpoint.prev (checkpoint)"), out.stderr);
+  await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("cli recommend --input writes one JSON line per user, as recommendBatch answers", async () => {
