@@ -1,8 +1,7 @@
 import { selectBackend } from "../backends/mod.ts";
-import { syntheticDataset } from "../lib/data/mod.ts";
+import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
-import { leaveOneOut } from "../lib/data/mod.ts";
 import { train } from "../lib/train/trainer.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
