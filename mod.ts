@@ -110,6 +110,7 @@ export {
   type ModelSource,
 } from "./lib/inference/model_file.ts";
 export {
+  PASS_BUDGET,
   type Recommendation,
   Recommender,
   type RecommenderOptions,

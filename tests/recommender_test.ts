@@ -10,7 +10,7 @@ import {
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
 import { DiffuRec } from "../lib/models/diffurec.ts";
-import { Recommender } from "../lib/inference/recommender.ts";
+import { PASS_BUDGET, Recommender } from "../lib/inference/recommender.ts";
 import { train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
@@ -373,6 +373,36 @@ Deno.test("Recommender.load before any backend is started says to call selectBac
       "Recommender) before loading a model",
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("recommendBatch ranks in passes of at most PASS_BUDGET pairs, the event loop free between them (hardening item 8)", async () => {
+  await selectBackend("cpu");
+  const items = ["<pad>", ...Array.from({ length: 2000 }, (_, i) => `i${i + 1}`)];
+  const tiny = new SasRec({ numItems: 2000, hidden: 8, heads: 1, inner: 8, maxLength: 6 });
+  using r = new Recommender(tiny, items);
+  const passes: number[] = [];
+  const scores = tiny.scores.bind(tiny);
+  tiny.scores = (batch) => {
+    passes.push(batch.batch);
+    return scores(batch);
+  };
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 0);
+  const histories = Array.from({ length: 256 }, (_, u) => [`i${u + 1}`, `i${u + 2}`]);
+  const results = await r.recommendBatch(histories, { k: 1000 });
+  clearInterval(timer);
+  assertEquals(results.length, 256);
+  assert(results.every((x) => x.items.length === 1000));
+  // Each pass: rows x (k + history + 1) fetched pairs within the budget; and all rows ranked.
+  assert(passes.every((rows) => rows * 1003 <= PASS_BUDGET), `passes of ${passes}`);
+  assertEquals(passes.reduce((a, b) => a + b, 0), 256);
+  assert(
+    ticks >= passes.length - 1,
+    `the event loop ran ${ticks} times over ${passes.length} passes`,
+  );
+  // The same answers as one history at a time.
+  const one = await r.recommend(histories[7], { k: 1000 });
+  assertEquals(results[7].items.map((x) => x.item), one.items.map((x) => x.item));
 });
 
 releaseWebGpuAfterTests();
