@@ -37,6 +37,9 @@ export const SERVE_OPTIONS = [
   "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
 ];
 
+/** The longest a stop waits for the requests in flight (their bodies included). */
+const STOP_WAIT_MS = 30_000;
+
 /** Runs `serve` with its arguments; returns when the server has stopped. */
 export async function serveCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -87,6 +90,26 @@ export async function serveCommand(args: string[]): Promise<void> {
       );
     },
   });
+  // Requests accepted and not yet answered, bodies still arriving included: Deno's
+  // shutdown() stops reading bodies, so a request whose body was on its way when the signal
+  // came got a 400. The server now waits for them, refusing new ones, before it shuts down.
+  let active = 0;
+  let stopping = false;
+  let idle: (() => void) | null = null;
+  const serving = async (request: Request): Promise<Response> => {
+    if (stopping) {
+      return Response.json({ error: "the server is stopping" }, {
+        status: 503,
+        headers: { connection: "close" },
+      });
+    }
+    active++;
+    try {
+      return await handler(request);
+    } finally {
+      if (--active === 0) idle?.();
+    }
+  };
   const server = Deno.serve({
     hostname: values.host ?? "127.0.0.1",
     port,
@@ -94,10 +117,21 @@ export async function serveCommand(args: string[]): Promise<void> {
       const host = hostname.includes(":") ? `[${hostname}]` : hostname;
       console.error(`listening on http://${host}:${port}/ (Ctrl-C stops)`);
     },
-  }, handler);
-  const stop = () => {
+  }, serving);
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
     console.error("stopping: answering the requests in flight first");
-    server.shutdown();
+    if (active > 0) {
+      // At most STOP_WAIT_MS: a client that never finishes its body must not hold the stop.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => idle = resolve),
+        new Promise((resolve) => timer = setTimeout(resolve, STOP_WAIT_MS)),
+      ]);
+      clearTimeout(timer); // a pending timer would keep the process alive after the stop
+    }
+    await server.shutdown();
   };
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, stop);

@@ -263,6 +263,46 @@ Deno.test("serve answers the requests in flight when SIGTERM arrives, then stops
   }
 });
 
+Deno.test("a request whose body is still arriving when SIGTERM comes is answered normally; a new one gets a 503 (hardening item 9)", async () => {
+  const { dir, path } = await modelFile();
+  const server = await startServer(path);
+  try {
+    const body = JSON.stringify({ history: ["i1", "i2"], k: 2 });
+    let rest: (() => void) | null = null;
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(new TextEncoder().encode(body.slice(0, 10)));
+        await new Promise<void>((resolve) => rest = resolve);
+        controller.enqueue(new TextEncoder().encode(body.slice(10)));
+        controller.close();
+      },
+    });
+    const pending = fetch(new URL("recommend", server.base), { method: "POST", body: stream });
+    const healthUrl = new URL("health", server.base);
+    for (let tries = 0; (await (await fetch(healthUrl)).json()).inFlight < 1; tries++) {
+      assert(tries < 400, "the request never reached the server");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    server.child.kill("SIGTERM");
+    // Until the stop completes, a new request is refused with a 503, not left hanging.
+    let refused = 0;
+    for (let tries = 0; refused === 0 && tries < 200; tries++) {
+      const r = await fetch(healthUrl).catch(() => null);
+      if (r?.status === 503) refused++;
+      await r?.body?.cancel();
+      if (r === null) break;
+    }
+    assertEquals(refused, 1, "a request after the signal was not refused with a 503");
+    rest!();
+    const response = await pending;
+    assertEquals(response.status, 200, await response.clone().text());
+    assertEquals((await response.json()).items.length, 2);
+    assertEquals((await server.child.status).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("/health counts the recommendation requests being answered", async () => {
   await selectBackend("cpu");
   using r = new Recommender(new SasRec({ ...TINY, seed: 4 }), data.vocab.items);
