@@ -12,6 +12,11 @@ import type { Tensor, Tensor1D, Tensor2D, Tensor3D } from "./tensor_types.ts";
 import { Rng } from "../data/random.ts";
 import { embeddingLookup, oneHotFloat, withCustomGradient } from "./layers.ts";
 import { maxOverInterests, routeToInterests } from "./interest_kernels.ts";
+import {
+  hasSoftmaxCrossEntropyKernels,
+  softmaxCrossEntropyRows,
+  softmaxCrossEntropyRowsGrad,
+} from "./fused_ops.ts";
 
 /** The loss over items: `softmax` (full catalogue), `bce` (1 negative), `sampled`. */
 export type ItemLossKind = "softmax" | "bce" | "sampled";
@@ -50,6 +55,13 @@ export function itemLoss(
   const q = o.temperature === 1 ? queries : tf.div(queries, o.temperature) as Tensor3D;
   const targetIds = tf.tensor1d(targets, "int32");
   if (o.kind === "softmax") {
+    if (queries.shape[1] === 1 && hasSoftmaxCrossEntropyKernels()) {
+      // One interest, fused kernels (webgpu): the whole table, its padding column 0 left
+      // out of the softmax by the kernel, so no slice of the table (and no pad of its
+      // gradient); the targets are then their own columns.
+      const q2 = tf.reshape(q, [positions, queries.shape[2]]) as Tensor2D; // [P, d]
+      return fusedSoftmaxCrossEntropy(q2, itemTable, targetIds, 1, o.logitBudget ?? 1 << 23);
+    }
     const real = tf.slice(itemTable, [1, 0], [-1, -1]) as Tensor2D; // [N, d]
     const rows = tf.tensor1d(targets.map((t) => t - 1), "int32"); // ids 1..N -> rows 0..N-1
     return maxInterestSoftmaxCrossEntropy(q, real, rows, o.logitBudget ?? 1 << 23);
@@ -96,6 +108,9 @@ export function softmaxCrossEntropy(
   rows: Int32Array,
   budget = 1 << 23,
 ): Tensor1D {
+  if (hasSoftmaxCrossEntropyKernels()) {
+    return fusedSoftmaxCrossEntropy(queries, table, tf.tensor1d(rows, "int32"), 0, budget);
+  }
   return maxInterestSoftmaxCrossEntropy(
     tf.expandDims(queries, 1) as Tensor3D,
     table,
@@ -295,4 +310,73 @@ function maxInterestSoftmaxCrossEntropy(
   }
 
   return op(queries, items, rows) as Tensor1D;
+}
+
+/**
+ * The full-softmax cross-entropy `[P]` of one query per position against the columns
+ * `first..M-1` of `queries @ tableᵀ` (`table` `[M, d]`), on the fused kernels of
+ * `lib/nn/fused_ops.ts` (webgpu): what {@linkcode maxInterestSoftmaxCrossEntropy} computes
+ * for one interest, in the same chunks (of at most `budget` logits, counting the `M - first`
+ * columns in the softmax). Per chunk, forward: one GEMM with a transposed operand (a free
+ * flag on webgpu) and one kernel for the softmax, its log-sum-exp and the loss; backward:
+ * one kernel for `(softmax - onehot) dy` and two GEMMs. The probabilities are kept for the
+ * backward pass, as there. Callers check {@linkcode hasSoftmaxCrossEntropyKernels}.
+ *
+ * @param queries `[P, d]`.
+ * @param table `[M, d]`.
+ * @param targets int32 `[P]`: each position's target column, in `first..M-1`.
+ * @param first Columns before it are not candidates (1 leaves out the padding row).
+ */
+function fusedSoftmaxCrossEntropy(
+  queries: Tensor2D,
+  table: Tensor2D,
+  targets: Tensor1D,
+  first: number,
+  budget: number,
+): Tensor1D {
+  const positions = queries.shape[0];
+  const chunk = Math.max(1, Math.min(positions, Math.floor(budget / (table.shape[0] - first))));
+  const starts: number[] = [];
+  for (let start = 0; start < positions; start += chunk) starts.push(start);
+  const size = (start: number) => Math.min(chunk, positions - start);
+  const rowsOf = (q: Tensor, start: number) =>
+    starts.length === 1 ? q as Tensor2D : tf.slice(q, [start, 0], [size(start), -1]) as Tensor2D;
+  const op = withCustomGradient(2, ([q, v], save) => {
+    const outs = starts.map((start) =>
+      tf.tidy(() => {
+        const logits = tf.matMul(rowsOf(q, start), v as Tensor2D, false, true) as Tensor2D;
+        const [prob, loss] = softmaxCrossEntropyRows(logits, targets, start, first); // [c, M]
+        return { prob, loss }; // [c, M], [c]
+      })
+    );
+    const probs = outs.map((o) => o.prob);
+    // The targets are not an input: saved, so that tfjs keeps them for the backward pass.
+    save([q, v, targets, ...probs]);
+    const losses = outs.map((o) => o.loss);
+    const value = concatMany(losses);
+    if (starts.length > 1) tf.dispose(losses);
+    return {
+      value,
+      gradFunc: (dy, saved) => {
+        const [qs, vs, ts] = saved as [Tensor2D, Tensor2D, Tensor1D];
+        let dTable: Tensor | null = null; // [M, d], summed over chunks
+        const dq = starts.map((start, c) => {
+          const before: Tensor | null = dTable;
+          const next = tf.tidy(() => {
+            const prob = saved[3 + c] as Tensor2D;
+            const g = softmaxCrossEntropyRowsGrad(prob, ts, dy as Tensor1D, start); // [c, M]
+            const part = tf.matMul(g, rowsOf(qs, start), true, false); // [M, d]
+            return { dq: tf.matMul(g, vs), sum: before === null ? part : tf.add(before, part) };
+          }); // [c, d], [M, d]
+          before?.dispose();
+          dTable = next.sum;
+          return next.dq;
+        });
+        const dQueries = concatMany(dq);
+        if (starts.length > 1) tf.dispose(dq);
+        return [dQueries, dTable!];
+      },
+    };
+  });
+  return op(queries, table) as Tensor1D;
 }

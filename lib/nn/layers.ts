@@ -10,6 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { attentionProbabilities, scaledDotAttention } from "./attention.ts";
 import { dropout } from "./dropout.ts";
 import { geluFused, layerNormResidual } from "./fused.ts";
+import { embeddingGradient, fusedLinear } from "./fused_ops.ts";
 import type { ParamStore } from "./params.ts";
 
 // Inverted dropout, its mask a pure function of the seed and the element's index (Philox),
@@ -59,7 +60,8 @@ export function stopGradient(x: tf.Tensor): tf.Tensor {
  * `a @ b` for 2-D tensors, with a gradient written as untransposed matmuls of explicit
  * transposes. tfjs's own MatMul gradient asks for `transposeA`/`transposeB` products,
  * which tfjs-backend-wasm runs on a ~3 GFLOP/s loop instead of its ~40 GFLOP/s XNNPACK
- * path; a transpose is memory-bound and far cheaper than that difference.
+ * path; a transpose is memory-bound and far cheaper than that difference. On webgpu,
+ * where the flags cost nothing and a transpose is a dispatch, the gradient uses the flags.
  */
 export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   const f = withCustomGradient(2, ([x, y], save) => {
@@ -68,6 +70,13 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
       value: tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D),
       gradFunc: (dy, saved) => {
         const [xs, ys] = saved as tf.Tensor2D[];
+        // On webgpu a transpose flag is free and an explicit transpose is a dispatch.
+        if (tf.getBackend() === "webgpu") {
+          return [
+            tf.matMul(dy as tf.Tensor2D, ys, false, true), // [m, k]
+            tf.matMul(xs, dy as tf.Tensor2D, true, false), // [k, n]
+          ];
+        }
         return [
           tf.matMul(dy as tf.Tensor2D, tf.transpose(ys)), // [m, k]
           tf.matMul(tf.transpose(xs), dy as tf.Tensor2D), // [k, n]
@@ -82,7 +91,7 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
  * Rows of `table` at `ids` (any shape), giving `[...ids.shape, d]`. Its gradient is a
  * ScatterNd of the incoming gradient (duplicates summed), because tfjs's gather gradient
  * needs UnsortedSegmentSum, which tfjs-backend-wasm lacks and tfjs-backend-cpu runs ~100x
- * slower than a scatter.
+ * slower than a scatter; on webgpu the same sums in one kernel (`embeddingGradient`).
  */
 export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   const [n, d] = table.shape;
@@ -93,9 +102,8 @@ export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
     save([flatIds]);
     return {
       value: tf.gather(t, flatIds),
-      gradFunc: (dy, saved) => [
-        tf.scatterND(tf.reshape(saved[0], [-1, 1]), dy, [n, d]), // [n, d]
-      ],
+      // A ScatterNd (tfjs's zero fill and scatter) on cpu and wasm, one kernel on webgpu.
+      gradFunc: (dy, saved) => [embeddingGradient(saved[0], dy, n, d)], // [n, d]
     };
   });
   return tf.reshape(f(table), [...ids.shape, d]);
@@ -108,11 +116,12 @@ export function linear(p: ParamStore, name: string, x: tf.Tensor): tf.Tensor {
   const inDim = x.shape[x.shape.length - 1];
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, inDim]) as tf.Tensor2D; // [M, in]
-  // On webgpu, tfjs's fused product adds the bias in the matmul's own dispatch and its
-  // gradient multiplies with transpose flags (free there): 6 dispatches forward and
-  // backward instead of 9. Elsewhere `matmul` (explicit transposes, for wasm's fast path).
+  // On webgpu, tfjs's fused product adds the bias in the matmul's own dispatch, and
+  // `fusedLinear`'s gradient multiplies with transpose flags (free there) and sums the bias
+  // gradient in one kernel: 4 dispatches forward and backward instead of 9. Elsewhere
+  // `matmul` (explicit transposes, for wasm's fast path).
   const y = tf.getBackend() === "webgpu"
-    ? tf.fused.matMul({ a: x2, b: w, bias: b }) // [M, out]
+    ? fusedLinear(x2, w, b) // [M, out]
     : tf.add(matmul(x2, w), b); // [M, out]
   return tf.reshape(y, [...lead, w.shape[1]]); // [..., out]
 }
