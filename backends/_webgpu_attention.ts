@@ -1,7 +1,16 @@
 /**
  * WGSL programs for the fused attention of `lib/nn/attention.ts`, registered for the webgpu
- * backend: `softmax(q kᵀ · scale + mask) v` in one dispatch forward and two backward, where
- * tfjs's ops take 5 and 9. See that module for the maths and why two backward kernels.
+ * backend: `dropout(softmax(q kᵀ · scale + mask)) v` in one dispatch forward and two backward,
+ * where tfjs's ops take 5 and 9 (and 6 and 10 with dropout, plus the per-head transposes).
+ * See that module for the maths and why two backward kernels.
+ *
+ * The tensors may come in either layout of `AttentionLayout` (`[B, h, L, dh]` or
+ * `[B, L, h, dh]`): the programs address a (batch, head, position) row through strides in
+ * their uniforms, so one compiled program serves both. The dropout mask is drawn in the
+ * programs, by the Philox2x32-10 of `_webgpu_dropout.ts` (the same rounds, copied: that
+ * file's WGSL is private to its program) at the probability's index in `[B, h, Lq, L]`;
+ * programs with and without dropout are compiled apart, so that attention without dropout
+ * spends nothing on it.
  *
  * Each program is a tfjs-backend-webgpu `WebGPUProgram` run through the backend's
  * `runWebGPUProgram`, so tfjs compiles, caches, binds and records it like its own: tfjs
@@ -35,13 +44,14 @@ import {
   ATTENTION_GRAD_KEY_VALUE_KERNEL,
   ATTENTION_GRAD_QUERY_KERNEL,
   ATTENTION_KERNEL,
+  type AttentionKernelAttrs,
 } from "../lib/nn/attention.ts";
 
 type Info = tf.TensorInfo;
 
 /** A uniform value a program declares in its `uniforms` string, in the same order. */
 interface ProgramUniform {
-  type: "int32" | "float32";
+  type: "int32" | "uint32" | "float32";
   data: number[];
 }
 
@@ -91,7 +101,10 @@ function capacity(n: number): number {
   return Math.max(32, 2 ** Math.ceil(Math.log2(n)));
 }
 
-/** The sizes of one attention call, from `q` `[B, h, Lq, dh]`, `k` and `mask`. */
+/** The attributes of the kernels, as `lib/nn/attention.ts` passes them. */
+type Attrs = AttentionKernelAttrs;
+
+/** The sizes and strides of one attention call. */
 interface Dims {
   batch: number;
   heads: number;
@@ -101,11 +114,22 @@ interface Dims {
   /** Mask elements between batches (0 when the mask is shared) and between query rows. */
   maskBatchStride: number;
   maskRowStride: number;
+  /**
+   * Elements between consecutive positions of a head (dh, or h·dh in the sequence layout),
+   * and between heads of a query tensor (Lq·dh, or dh) and of a key tensor (L·dh, or dh).
+   * Between batches there are h·Lq·dh and h·L·dh in either layout.
+   */
+  rowStride: number;
+  queryHeadStride: number;
+  keyHeadStride: number;
 }
 
-function dimsOf(q: Info, k: Info, mask: Info): Dims {
-  const [batch, heads, queries, depth] = q.shape;
-  const keys = k.shape[2];
+function dimsOf(q: Info, k: Info, mask: Info, sequence: boolean): Dims {
+  // [B, h, Lq, dh] and [B, h, L, dh] whatever the layout
+  const [batch, heads, queries, depth] = sequence
+    ? [q.shape[0], q.shape[2], q.shape[1], q.shape[3]]
+    : q.shape;
+  const keys = sequence ? k.shape[1] : k.shape[2];
   const [maskBatch, , maskRows] = mask.shape;
   return {
     batch,
@@ -115,11 +139,14 @@ function dimsOf(q: Info, k: Info, mask: Info): Dims {
     depth,
     maskBatchStride: maskBatch === 1 ? 0 : maskRows * keys,
     maskRowStride: maskRows === 1 ? 0 : keys,
+    rowStride: sequence ? heads * depth : depth,
+    queryHeadStride: sequence ? depth : queries * depth,
+    keyHeadStride: sequence ? depth : keys * depth,
   };
 }
 
 /** The uniforms every program here declares ({@linkcode UNIFORMS}), in order. */
-function uniformsOf(d: Dims, rows: number, scale: number): ProgramUniform[] {
+function uniformsOf(d: Dims, rows: number, a: Attrs): ProgramUniform[] {
   return [
     ...[
       rows,
@@ -129,23 +156,66 @@ function uniformsOf(d: Dims, rows: number, scale: number): ProgramUniform[] {
       d.heads,
       d.maskBatchStride,
       d.maskRowStride,
+      d.rowStride,
+      d.queryHeadStride,
+      d.keyHeadStride,
     ].map((x): ProgramUniform => ({ type: "int32", data: [x] })),
-    { type: "float32", data: [scale] },
+    { type: "float32", data: [a.scale] },
+    { type: "uint32", data: [a.seed >>> 0] },
+    { type: "uint32", data: [a.threshold >>> 0] },
+    { type: "float32", data: [a.keepScale] },
   ];
 }
 
 const UNIFORMS = "rows : i32, queries : i32, keys : i32, depth : i32, heads : i32, " +
-  "maskBatchStride : i32, maskRowStride : i32, scale : f32,";
+  "maskBatchStride : i32, maskRowStride : i32, rowStride : i32, queryHeadStride : i32, " +
+  "keyHeadStride : i32, scale : f32, seed : u32, threshold : u32, keepScale : f32,";
 
 // ------------------------------------------------------------------------ shared WGSL
 
 /**
- * The flat index of this workgroup (tfjs declares `workgroupId` and `numWorkgroups`), and
- * a reduction over the workgroup: the max (`takeMax`) or the sum of every thread's `v`, by
- * a tree in workgroup memory; every thread gets the result. Call it from uniform control
- * flow only (it has barriers).
+ * The WGSL every program here starts with:
+ * - the flat index of this workgroup (tfjs declares `workgroupId` and `numWorkgroups`);
+ * - a reduction over the workgroup: the max (`takeMax`) or the sum of every thread's `v`, by
+ *   a tree in workgroup memory; every thread gets the result. Call it from uniform control
+ *   flow only (it has barriers);
+ * - the offsets of a (batch·head, position) row of a query-shaped tensor (q, dy, out, dq)
+ *   and of a key-shaped one (k, v, dk, dv), in either layout, from the uniform strides;
+ * - `sigmaKeep`, the dropout mask's factor of the probability at a flat index of
+ *   `[B, h, Lq, L]`: 0 or `keepScale` by `lib/nn/dropout.ts`'s rule, or 1 without dropout
+ *   (`x * 1` is `x`: results without dropout are what they were before dropout was fused).
  */
-const SHARED_WGSL = `
+function sharedWgsl(dropout: boolean): string {
+  // sigmaMulHi: the high word of a 32 x 32 product from 16-bit halves (WGSL has no u64).
+  const keep = dropout
+    ? `
+  fn sigmaMulHi(a : u32, b : u32) -> u32 {
+    let aLo = a & 0xffffu; let aHi = a >> 16u;
+    let bLo = b & 0xffffu; let bHi = b >> 16u;
+    let lh = aLo * bHi; let hl = aHi * bLo;
+    let mid = ((aLo * bLo) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    return aHi * bHi + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+  }
+  fn sigmaPhilox(counter : u32, seed : u32) -> vec2<u32> {
+    var x0 = counter; var x1 = 0u; var key = seed;
+    for (var n = 0; n < 10; n++) {
+      if (n > 0) { key = key + 0x9e3779b9u; }
+      let lo = x0 * 0xd256d193u;
+      x0 = sigmaMulHi(x0, 0xd256d193u) ^ key ^ x1;
+      x1 = lo;
+    }
+    return vec2<u32>(x0, x1);
+  }
+  fn sigmaKeep(index : u32) -> f32 {
+    let words = sigmaPhilox(index >> 1u, uniforms.seed);
+    let word = select(words.x, words.y, (index & 1u) == 1u);
+    return select(0.0, uniforms.keepScale, word >= uniforms.threshold);
+  }`
+    : `
+  fn sigmaKeep(index : u32) -> f32 {
+    return 1.0;
+  }`;
+  return `
   const SIGMA_W = ${WORKGROUP};
   var<workgroup> sigmaRed : array<f32, ${WORKGROUP}>;
   fn sigmaWorkgroupIndex() -> i32 {
@@ -167,30 +237,48 @@ const SHARED_WGSL = `
     let total = sigmaRed[0];
     workgroupBarrier(); // every thread has read it before sigmaRed is written again
     return total;
-  }`;
+  }
+  fn sigmaQueryBase(bh : i32, i : i32) -> i32 {
+    let b = bh / uniforms.heads;
+    return b * uniforms.heads * uniforms.queries * uniforms.depth +
+      (bh - b * uniforms.heads) * uniforms.queryHeadStride + i * uniforms.rowStride;
+  }
+  fn sigmaKeyBase(bh : i32, j : i32) -> i32 {
+    let b = bh / uniforms.heads;
+    return b * uniforms.heads * uniforms.keys * uniforms.depth +
+      (bh - b * uniforms.heads) * uniforms.keyHeadStride + j * uniforms.rowStride;
+  }${keep}`;
+}
 
 /**
  * The start of a per-query-row program: `row` (clamped) and whether it is real, the offsets
- * of its key block and mask row, and the query row copied into `sigmaQ`.
+ * of its query row, its key block and mask row, its first probability's flat index, and
+ * the query row copied into `sigmaQ`.
  */
 const QUERY_ROW_WGSL = `
     let rows = uniforms.rows;
     let keys = uniforms.keys;
     let depth = uniforms.depth;
+    let rowStride = uniforms.rowStride;
     let tid = i32(localIndex);
     let r = sigmaWorkgroupIndex();
     let row = min(r, rows - 1); // [B, h, Lq] flattened
     let bh = row / uniforms.queries;
     let i = row - bh * uniforms.queries;
     let maskBase = (bh / uniforms.heads) * uniforms.maskBatchStride + i * uniforms.maskRowStride;
-    let keyBase = bh * keys * depth;
+    let queryRow = sigmaQueryBase(bh, i); // of q, dy, the output and dq
+    let keyBase = sigmaKeyBase(bh, 0); // key j's row starts at keyBase + j * rowStride
+    let probBase = u32(row) * u32(keys); // probability (row, j) is element probBase + j
     for (var d = tid; d < depth; d += SIGMA_W) {
-      sigmaQ[d] = q[row * depth + d];
+      sigmaQ[d] = q[queryRow + d];
     }`;
 
 // -------------------------------------------------------------------------- programs
 
-/** Shared fields of the three programs: one workgroup per row, a flat dispatch. */
+/**
+ * Shared fields of the three programs: one workgroup per row, a flat dispatch, compiled
+ * apart with and without dropout.
+ */
 abstract class RowProgram implements WebGpuProgram {
   abstract variableNames: string[];
   outputShape: number[];
@@ -202,30 +290,40 @@ abstract class RowProgram implements WebGpuProgram {
   /** Capacities of the workgroup arrays: a row of scores, and a head's width. */
   lengthCap: number;
   depthCap: number;
+  /** Whether the program draws a dropout mask. */
+  dropout: boolean;
 
-  constructor(name: string, rows: number, outputSize: number, length: number, depth: number) {
+  constructor(
+    name: string,
+    rows: number,
+    outputSize: number,
+    length: number,
+    depth: number,
+    dropout: boolean,
+  ) {
     this.outputShape = [outputSize];
     this.dispatch = [rows, 1, 1];
     this.lengthCap = capacity(length);
     this.depthCap = capacity(depth);
-    this.shaderKey = `${name}_${WORKGROUP}_${this.lengthCap}_${this.depthCap}`;
+    this.dropout = dropout;
+    this.shaderKey = `${name}_${WORKGROUP}_${this.lengthCap}_${this.depthCap}_${+dropout}`;
   }
 
   abstract getUserCode(): string;
 }
 
-/** `out = softmax(q kᵀ · scale + mask) v`, one workgroup per query row. */
+/** `out = dropout(softmax(q kᵀ · scale + mask)) v`, one workgroup per query row. */
 class AttentionProgram extends RowProgram {
   variableNames = ["q", "k", "v", "mask"];
 
-  constructor(d: Dims) {
+  constructor(d: Dims, dropout: boolean) {
     const rows = d.batch * d.heads * d.queries;
-    super("sigmaAttention", rows, rows * d.depth, d.keys, d.depth);
+    super("sigmaAttention", rows, rows * d.depth, d.keys, d.depth, dropout);
   }
 
   getUserCode(): string {
     return `
-  ${SHARED_WGSL}
+  ${sharedWgsl(this.dropout)}
   var<workgroup> sigmaQ : array<f32, ${this.depthCap}>;
   var<workgroup> sigmaS : array<f32, ${this.lengthCap}>;
   fn main(index : i32) {
@@ -234,9 +332,10 @@ class AttentionProgram extends RowProgram {
     // Scores, each in tfjs's order: the dot product, times scale, plus the mask.
     var localMax = -3.402823e+38;
     for (var j = tid; j < keys; j += SIGMA_W) {
+      let kr = keyBase + j * rowStride;
       var acc = 0.0;
       for (var d = 0; d < depth; d++) {
-        acc += sigmaQ[d] * k[keyBase + j * depth + d];
+        acc += sigmaQ[d] * k[kr + d];
       }
       let s = acc * uniforms.scale + mask[maskBase + j];
       sigmaS[j] = s;
@@ -251,16 +350,17 @@ class AttentionProgram extends RowProgram {
     }
     let rowSum = sigmaReduce(localSum, false);
     for (var j = tid; j < keys; j += SIGMA_W) {
-      sigmaS[j] = sigmaS[j] / rowSum;
+      // The probability, then dropped as tfjs's dropout would: p * m.
+      sigmaS[j] = (sigmaS[j] / rowSum) * sigmaKeep(probBase + u32(j));
     }
     workgroupBarrier();
     if (r < rows) {
       for (var d = tid; d < depth; d += SIGMA_W) {
         var acc = 0.0;
         for (var j = 0; j < keys; j++) {
-          acc += sigmaS[j] * v[keyBase + j * depth + d];
+          acc += sigmaS[j] * v[keyBase + j * rowStride + d];
         }
-        result[row * depth + d] = acc;
+        result[queryRow + d] = acc;
       }
     }
   }`;
@@ -268,23 +368,23 @@ class AttentionProgram extends RowProgram {
 }
 
 /**
- * `dq = scale · Σ_j p_j (dp_j - D) k_j` with `dp_j = dy · v_j`, `D = Σ_j p_j dp_j`, one
- * workgroup per query row; the row's max, sum of exponentials and D go to the second
- * output (the input `extraOut`, `[rows, 3]`).
+ * `dq = scale · Σ_j p_j (dp_j - D) k_j` with `dp_j = m_j (dy · v_j)` (m the dropout mask's
+ * factor), `D = Σ_j p_j dp_j`, one workgroup per query row; the row's max, sum of
+ * exponentials and D go to the second output (the input `extraOut`, `[rows, 3]`).
  */
 class AttentionGradQueryProgram extends RowProgram {
   variableNames = ["dy", "q", "k", "v", "mask", "extraOut"];
 
-  constructor(d: Dims) {
+  constructor(d: Dims, dropout: boolean) {
     const rows = d.batch * d.heads * d.queries;
-    super("sigmaAttentionGradQuery", rows, rows * d.depth, d.keys, d.depth);
+    super("sigmaAttentionGradQuery", rows, rows * d.depth, d.keys, d.depth, dropout);
   }
 
   getUserCode(): string {
     return `
   @group(0) @binding(${this.variableNames.length}) var<storage, read_write> sigmaStats :
     array<f32>;
-  ${SHARED_WGSL}
+  ${sharedWgsl(this.dropout)}
   var<workgroup> sigmaQ : array<f32, ${this.depthCap}>;
   var<workgroup> sigmaDy : array<f32, ${this.depthCap}>;
   var<workgroup> sigmaS : array<f32, ${this.lengthCap}>;
@@ -292,17 +392,18 @@ class AttentionGradQueryProgram extends RowProgram {
   fn main(index : i32) {
     ${QUERY_ROW_WGSL}
     for (var d = tid; d < depth; d += SIGMA_W) {
-      sigmaDy[d] = dy[row * depth + d];
+      sigmaDy[d] = dy[queryRow + d];
     }
     workgroupBarrier();
-    // The forward pass's scores, computed the same way, and dp_j = dy · v_j.
+    // The forward pass's scores, computed the same way, and dy · v_j.
     var localMax = -3.402823e+38;
     for (var j = tid; j < keys; j += SIGMA_W) {
+      let kr = keyBase + j * rowStride;
       var acc = 0.0;
       var accDp = 0.0;
       for (var d = 0; d < depth; d++) {
-        acc += sigmaQ[d] * k[keyBase + j * depth + d];
-        accDp += sigmaDy[d] * v[keyBase + j * depth + d];
+        acc += sigmaQ[d] * k[kr + d];
+        accDp += sigmaDy[d] * v[kr + d];
       }
       let s = acc * uniforms.scale + mask[maskBase + j];
       sigmaS[j] = s;
@@ -320,8 +421,11 @@ class AttentionGradQueryProgram extends RowProgram {
     var localD = 0.0;
     for (var j = tid; j < keys; j += SIGMA_W) {
       let p = sigmaS[j] / rowSum;
+      // The gradient of the dropped probability, through the mask: the softmax's dp_j.
+      let dp = sigmaDp[j] * sigmaKeep(probBase + u32(j));
       sigmaS[j] = p;
-      localD += p * sigmaDp[j];
+      sigmaDp[j] = dp;
+      localD += p * dp;
     }
     let rowD = sigmaReduce(localD, false);
     for (var j = tid; j < keys; j += SIGMA_W) {
@@ -332,9 +436,9 @@ class AttentionGradQueryProgram extends RowProgram {
       for (var d = tid; d < depth; d += SIGMA_W) {
         var acc = 0.0;
         for (var j = 0; j < keys; j++) {
-          acc += sigmaS[j] * k[keyBase + j * depth + d];
+          acc += sigmaS[j] * k[keyBase + j * rowStride + d];
         }
-        result[row * depth + d] = acc * uniforms.scale;
+        result[queryRow + d] = acc * uniforms.scale;
       }
       if (tid == 0) {
         sigmaStats[3 * row] = rowMax;
@@ -347,24 +451,25 @@ class AttentionGradQueryProgram extends RowProgram {
 }
 
 /**
- * `dk_j = scale · Σ_i p_ij (dp_ij - D_i) q_i` (the output) and `dv_j = Σ_i p_ij dy_i` (the
- * input `extraOut`, written), one workgroup per key row j, each `p_ij` recomputed from
- * the score and the row statistics in `stats`. The score is computed as in the other two
- * programs (same operands, same order), so `p_ij` is the one they used.
+ * `dk_j = scale · Σ_i p_ij (dp_ij - D_i) q_i` (the output) and `dv_j = Σ_i m_ij p_ij dy_i`
+ * (the input `extraOut`, written), with `dp_ij = m_ij (dy_i · v_j)`, one workgroup per key
+ * row j, each `p_ij` recomputed from the score and the row statistics in `stats`. The
+ * score is computed as in the other two programs (same operands, same order), so `p_ij` is
+ * the one they used, and so is the mask's `m_ij` (the same index).
  */
 class AttentionGradKeyValueProgram extends RowProgram {
   variableNames = ["dy", "q", "k", "v", "mask", "stats", "extraOut"];
 
-  constructor(d: Dims) {
+  constructor(d: Dims, dropout: boolean) {
     const rows = d.batch * d.heads * d.keys;
-    super("sigmaAttentionGradKeyValue", rows, rows * d.depth, d.queries, d.depth);
+    super("sigmaAttentionGradKeyValue", rows, rows * d.depth, d.queries, d.depth, dropout);
   }
 
   getUserCode(): string {
     return `
   @group(0) @binding(${this.variableNames.length}) var<storage, read_write> sigmaDv :
     array<f32>;
-  ${SHARED_WGSL}
+  ${sharedWgsl(this.dropout)}
   var<workgroup> sigmaK : array<f32, ${this.depthCap}>;
   var<workgroup> sigmaV : array<f32, ${this.depthCap}>;
   var<workgroup> sigmaP : array<f32, ${this.lengthCap}>;
@@ -372,31 +477,36 @@ class AttentionGradKeyValueProgram extends RowProgram {
   fn main(index : i32) {
     let rows = uniforms.rows;
     let queries = uniforms.queries;
+    let keys = uniforms.keys;
     let depth = uniforms.depth;
+    let rowStride = uniforms.rowStride;
     let tid = i32(localIndex);
     let r = sigmaWorkgroupIndex();
     let row = min(r, rows - 1); // [B, h, L] flattened
-    let bh = row / uniforms.keys;
-    let j = row - bh * uniforms.keys;
+    let bh = row / keys;
+    let j = row - bh * keys;
     let maskBase = (bh / uniforms.heads) * uniforms.maskBatchStride + j;
-    let queryBase = bh * queries * depth;
+    let keyRow = sigmaKeyBase(bh, j); // of k, v, dk and dv
+    let queryBase = sigmaQueryBase(bh, 0); // query i's row starts at queryBase + i * rowStride
     for (var d = tid; d < depth; d += SIGMA_W) {
-      sigmaK[d] = k[row * depth + d];
-      sigmaV[d] = v[row * depth + d];
+      sigmaK[d] = k[keyRow + d];
+      sigmaV[d] = v[keyRow + d];
     }
     workgroupBarrier();
     for (var i = tid; i < queries; i += SIGMA_W) {
+      let qr = queryBase + i * rowStride;
       var acc = 0.0;
       var accDp = 0.0;
       for (var d = 0; d < depth; d++) {
-        acc += q[queryBase + i * depth + d] * sigmaK[d];
-        accDp += dy[queryBase + i * depth + d] * sigmaV[d];
+        acc += q[qr + d] * sigmaK[d];
+        accDp += dy[qr + d] * sigmaV[d];
       }
       let s = acc * uniforms.scale + mask[maskBase + i * uniforms.maskRowStride];
       let st = 3 * (bh * queries + i);
       let p = exp(s - stats[st]) / stats[st + 1];
-      sigmaP[i] = p;
-      sigmaDs[i] = p * (accDp - stats[st + 2]);
+      let m = sigmaKeep(u32(bh * queries + i) * u32(keys) + u32(j));
+      sigmaP[i] = p * m;
+      sigmaDs[i] = p * (accDp * m - stats[st + 2]);
     }
     workgroupBarrier();
     if (r < rows) {
@@ -404,11 +514,12 @@ class AttentionGradKeyValueProgram extends RowProgram {
         var accK = 0.0;
         var accV = 0.0;
         for (var i = 0; i < queries; i++) {
-          accK += sigmaDs[i] * q[queryBase + i * depth + d];
-          accV += sigmaP[i] * dy[queryBase + i * depth + d];
+          let qr = queryBase + i * rowStride;
+          accK += sigmaDs[i] * q[qr + d];
+          accV += sigmaP[i] * dy[qr + d];
         }
-        result[row * depth + d] = accK * uniforms.scale;
-        sigmaDv[row * depth + d] = accV;
+        result[keyRow + d] = accK * uniforms.scale;
+        sigmaDv[keyRow + d] = accV;
       }
     }
   }`;
@@ -417,56 +528,55 @@ class AttentionGradKeyValueProgram extends RowProgram {
 
 // --------------------------------------------------------------------------- kernels
 
-function scaleOf(attrs: unknown): number {
-  return (attrs as { scale: number }).scale;
-}
+/** Whether the attributes ask for dropout (a threshold of 0 keeps every probability). */
+const dropsOf = (a: Attrs) => a.threshold !== 0;
 
-function attention(backend: WebGpuBackend, inputs: tf.NamedTensorInfoMap, scale: number) {
+function attention(backend: WebGpuBackend, inputs: tf.NamedTensorInfoMap, a: Attrs) {
   const { q, k, v, mask } = inputs as Record<string, Info>;
-  const d = dimsOf(q, k, mask);
-  const program = new AttentionProgram(d);
+  const d = dimsOf(q, k, mask, a.sequence);
+  const program = new AttentionProgram(d, dropsOf(a));
   const out = backend.runWebGPUProgram(
     program,
     [q, k, v, mask].map(flat),
     "float32",
-    uniformsOf(d, program.dispatch[0], scale),
+    uniformsOf(d, program.dispatch[0], a),
   );
-  return viewAs(out, q.shape); // [B, h, Lq, dh]
+  return viewAs(out, q.shape); // q's shape and layout
 }
 
 function attentionGradQuery(
   backend: WebGpuBackend,
   inputs: tf.NamedTensorInfoMap,
-  scale: number,
+  a: Attrs,
 ): Info[] {
   const { dy, q, k, v, mask } = inputs as Record<string, Info>;
-  const d = dimsOf(q, k, mask);
-  const program = new AttentionGradQueryProgram(d);
+  const d = dimsOf(q, k, mask, a.sequence);
+  const program = new AttentionGradQueryProgram(d, dropsOf(a));
   const rows = program.dispatch[0];
   const stats = backend.makeTensorInfo([rows * 3], "float32");
   const dq = backend.runWebGPUProgram(
     program,
     [dy, q, k, v, mask, stats].map(flat),
     "float32",
-    uniformsOf(d, rows, scale),
+    uniformsOf(d, rows, a),
   );
-  return [viewAs(dq, q.shape), viewAs(stats, [...q.shape.slice(0, 3), 3])];
+  return [viewAs(dq, q.shape), viewAs(stats, [d.batch, d.heads, d.queries, 3])];
 }
 
 function attentionGradKeyValue(
   backend: WebGpuBackend,
   inputs: tf.NamedTensorInfoMap,
-  scale: number,
+  a: Attrs,
 ): Info[] {
   const { dy, q, k, v, mask, stats } = inputs as Record<string, Info>;
-  const d = dimsOf(q, k, mask);
-  const program = new AttentionGradKeyValueProgram(d);
-  const dv = backend.makeTensorInfo([k.shape.reduce((a, b) => a * b, 1)], "float32");
+  const d = dimsOf(q, k, mask, a.sequence);
+  const program = new AttentionGradKeyValueProgram(d, dropsOf(a));
+  const dv = backend.makeTensorInfo([tf.util.sizeFromShape(k.shape)], "float32");
   const dk = backend.runWebGPUProgram(
     program,
     [dy, q, k, v, mask, stats, dv].map(flat),
     "float32",
-    uniformsOf(d, program.dispatch[0], scale),
+    uniformsOf(d, program.dispatch[0], a),
   );
   return [viewAs(dk, k.shape), viewAs(dv, k.shape)];
 }
@@ -480,7 +590,7 @@ let registered = false;
 export function registerWebGpuAttention(): void {
   if (registered) return;
   registered = true;
-  const kernels: [string, (b: WebGpuBackend, i: tf.NamedTensorInfoMap, s: number) => unknown][] = [
+  const kernels: [string, (b: WebGpuBackend, i: tf.NamedTensorInfoMap, a: Attrs) => unknown][] = [
     [ATTENTION_KERNEL, attention],
     [ATTENTION_GRAD_QUERY_KERNEL, attentionGradQuery],
     [ATTENTION_GRAD_KEY_VALUE_KERNEL, attentionGradKeyValue],
@@ -490,7 +600,9 @@ export function registerWebGpuAttention(): void {
       kernelName,
       backendName: "webgpu",
       kernelFunc: ({ inputs, backend, attrs }) =>
-        run(backend as unknown as WebGpuBackend, inputs, scaleOf(attrs)) as Info | Info[],
+        run(backend as unknown as WebGpuBackend, inputs, attrs as unknown as Attrs) as
+          | Info
+          | Info[],
     });
   }
 }

@@ -1,9 +1,11 @@
 /**
  * The fused attention (`lib/nn/attention.ts`, `backends/_webgpu_attention.ts`): on cpu and
- * wasm, bit for bit the composed ops `selfAttention` ran before; on webgpu, the same values
- * and gradients as those ops on cpu within float32 tolerance (fully masked rows, Lq = 1 and
- * dispatches folded past 65,535 workgroups included), in 3 dispatches for a forward and
- * backward pass instead of 14, with a flat tensor count.
+ * wasm, bit for bit the composed ops `selfAttention` ran before (with and without dropout
+ * on the probabilities, in either layout); on webgpu, the same values and gradients as
+ * those ops on cpu within float32 tolerance (dropout at rates 0 to 0.9, both layouts, fully
+ * masked rows, Lq = 1 and dispatches folded past 65,535 workgroups included), in 3
+ * dispatches for a forward and backward pass instead of 14 (24 with dropout and the
+ * per-head transposes), with a flat tensor count.
  *
  * @module
  */
@@ -14,9 +16,12 @@ import {
   ATTENTION_GRAD_KEY_VALUE_KERNEL,
   ATTENTION_GRAD_QUERY_KERNEL,
   ATTENTION_KERNEL,
+  type AttentionLayout,
+  type AttentionOptions,
   scaledDotAttention,
   scaledDotAttentionReference,
 } from "../lib/nn/attention.ts";
+import { dropout, dropoutMask } from "../lib/nn/dropout.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
@@ -35,6 +40,31 @@ function todaysAttention(
   const logits = tf.add(tf.mul(tf.matMul(q, k, false, true), scale), m); // [B, h, Lq, L]
   const probs = tf.softmax(logits); // [B, h, Lq, L]
   return tf.matMul(probs, v); // [B, h, Lq, dh]
+}
+
+/**
+ * The attention part of `selfAttention` (and of `pre_ln.ts`'s `attention`) before the fused
+ * op took the layout and the dropout, verbatim but for the names: q, k, v come in `layout`
+ * (the callers' `[B, L, h, dh]` views for `sequence`), are transposed to `[B, h, L, dh]`,
+ * and with a seed the probabilities are composed and dropped.
+ */
+function todaysLayersAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  m: tf.Tensor,
+  scale: number,
+  layout: AttentionLayout,
+  rate: number,
+  seed: number | null,
+): tf.Tensor {
+  const split = (t: tf.Tensor) => layout === "sequence" ? tf.transpose(t, [0, 2, 1, 3]) : t;
+  const [qh, kh, vh] = [split(q), split(k), split(v)]; // [B, h, L, dh]
+  const attended = seed === null || rate === 0 ? todaysAttention(qh, kh, vh, m, scale) : tf.matMul(
+    dropout(tf.softmax(tf.add(tf.mul(tf.matMul(qh, kh, false, true), scale), m)), rate, seed),
+    vh,
+  ); // [B, h, Lq, dh]
+  return layout === "sequence" ? tf.transpose(attended, [0, 2, 1, 3]) : attended;
 }
 
 type AttentionOp = (
@@ -61,7 +91,10 @@ function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
 /** Which mask shape: `[B, 1, Lq, L]`, shared by the batch, or one row for every query. */
 type MaskShape = "full" | "shared" | "row";
 
-/** One attention case: q `[B, h, Lq, dh]`, k and v `[B, h, L, dh]`, a mask, a seed. */
+/**
+ * One attention case: q `[B, h, Lq, dh]`, k and v `[B, h, L, dh]` (handed over in `layout`),
+ * a mask, a seed, and a dropout rate on the probabilities (its seed is `seed`).
+ */
 interface AttentionCase {
   b: number;
   h: number;
@@ -72,6 +105,29 @@ interface AttentionCase {
   /** Whether some rows are masked whole (padding queries). */
   fullyMasked: boolean;
   seed: number;
+  /** The layout the tensors are handed over in (default `heads`). */
+  layout?: AttentionLayout;
+  /** Dropout on the probabilities (default 0), its seed `seed`. */
+  rate?: number;
+}
+
+/** `c`'s options for {@linkcode scaledDotAttention}. */
+function optionsOf(c: AttentionCase): AttentionOptions {
+  return { layout: c.layout ?? "heads", dropout: { rate: c.rate ?? 0, seed: c.seed } };
+}
+
+/** `data` `[b, x, y, dh]` as `[b, y, x, dh]`: between the two layouts, either way. */
+function swapAxes(data: Float32Array, b: number, x: number, y: number, dh: number) {
+  const out = new Float32Array(data.length);
+  for (let n = 0; n < b; n++) {
+    for (let i = 0; i < x; i++) {
+      for (let j = 0; j < y; j++) {
+        const from = ((n * x + i) * y + j) * dh;
+        out.set(data.subarray(from, from + dh), ((n * y + j) * x + i) * dh);
+      }
+    }
+  }
+  return out;
 }
 
 function maskShapeOf(c: AttentionCase): number[] {
@@ -108,22 +164,35 @@ function inputsOf(c: AttentionCase) {
 
 /**
  * `op`'s value and its gradients w.r.t. q, k and v (for the upstream gradient dy) on the
- * active backend, read back.
+ * active backend, read back, with the tensors handed over in `layout` and the results
+ * returned in the `heads` layout.
  */
-async function attentionRun(op: AttentionOp, c: AttentionCase): Promise<Float32Array[]> {
+async function attentionRun(
+  op: AttentionOp,
+  c: AttentionCase,
+  layout: AttentionLayout = "heads",
+): Promise<Float32Array[]> {
   const x = inputsOf(c);
+  const sequence = layout === "sequence";
+  // Host data [B, h, L, dh] as a tensor in `layout`, and a tensor's data back.
+  const lay = (data: Float32Array, rows: number) =>
+    sequence
+      ? tf.tensor4d(swapAxes(data, c.b, c.h, rows, c.dh), [c.b, rows, c.h, c.dh])
+      : tf.tensor4d(data, [c.b, c.h, rows, c.dh]);
+  const unlay = (data: Float32Array, rows: number) =>
+    sequence ? swapAxes(data, c.b, rows, c.h, c.dh) : data;
   const outs = tf.tidy(() => {
-    const q = tf.tensor4d(x.q, [c.b, c.h, c.lq, c.dh]);
-    const k = tf.tensor4d(x.k, [c.b, c.h, c.l, c.dh]);
-    const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
+    const q = lay(x.q, c.lq);
+    const k = lay(x.k, c.l);
+    const v = lay(x.v, c.l);
     const m = tf.tensor(x.mask, x.mShape);
     const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) => op(qt, kt, vt, m, x.scale);
-    const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
+    const dy = lay(x.dy, c.lq);
     return [f(q, k, v), ...tf.grads(f)([q, k, v], dy)];
   });
   const values = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
   tf.dispose(outs);
-  return values;
+  return values.map((data, n) => unlay(data, n < 2 ? c.lq : c.l));
 }
 
 /** The bit patterns of float32 data, so that equality is bitwise (-0 and NaN included). */
@@ -144,19 +213,31 @@ const U = 2 ** -24;
  * `dp - D` cancels. A probability's own error is relative, some roundings of a score
  * (at most dh · scale in size) and of the exp: the factor `1 + max |score|`. Hence
  * `8 u (dh + L + Lq) (1 + max |score|) Σ|term|`, plus 1e-30 so that exact zeros (masked
- * keys in every row) compare as such. The largest difference seen on llvmpipe was under 6%
- * of this (4 runs of the 44 cases below); a probability off by 1e-4 of itself fails it.
+ * keys in every row) compare as such. With dropout each probability's term carries its
+ * mask factor m (0 or 1 / (1 - rate)): `p' = m p` in out and dv, `m |dp|` in D and ds. The
+ * largest difference seen on llvmpipe was under 6% of this (4 runs of the 44 cases below);
+ * a probability off by 1e-4 of itself fails it, and a mask entry drawn wrong fails by far.
  */
 function attentionTolerances(c: AttentionCase): Float64Array[] {
   const x = inputsOf(c);
   const { b: nb, h: nh, lq, l, dh } = c;
   const [mb, , mq] = x.mShape;
+  const rate = c.rate ?? 0;
+  // The dropout mask's factors on the probabilities [B, h, Lq, L]; 1 without dropout.
+  const keep = rate > 0 ? dropoutMask(nb * nh * lq * l, rate, c.seed) : null;
   const out = new Float64Array(nb * nh * lq * dh);
   const dq = new Float64Array(out.length);
   const dk = new Float64Array(nb * nh * l * dh);
   const dv = new Float64Array(dk.length);
   let maxScore = 0;
-  const sums: { p: number[]; dpAbs: number[]; dAbs: number; bh: number; i: number }[] = [];
+  const sums: {
+    p: number[];
+    m: number[];
+    dpAbs: number[];
+    dAbs: number;
+    bh: number;
+    i: number;
+  }[] = [];
   for (let bh = 0; bh < nb * nh; bh++) {
     const b = Math.floor(bh / nh);
     for (let i = 0; i < lq; i++) {
@@ -178,19 +259,21 @@ function attentionTolerances(c: AttentionCase): Float64Array[] {
       const e = s.map((v) => Math.exp(v - top));
       const total = e.reduce((a, v) => a + v, 0);
       const p = e.map((v) => v / total);
-      const dAbs = p.reduce((a, pj, j) => a + pj * dpAbs[j], 0);
-      sums.push({ p, dpAbs, dAbs, bh, i });
+      const m = p.map((_, j) => keep === null ? 1 : keep[(bh * lq + i) * l + j]);
+      const dAbs = p.reduce((a, pj, j) => a + pj * m[j] * dpAbs[j], 0);
+      sums.push({ p, m, dpAbs, dAbs, bh, i });
     }
   }
-  for (const { p, dpAbs, dAbs, bh, i } of sums) {
+  for (const { p, m, dpAbs, dAbs, bh, i } of sums) {
     for (let j = 0; j < l; j++) {
-      const ds = x.scale * p[j] * (dpAbs[j] + dAbs);
+      const ds = x.scale * p[j] * (m[j] * dpAbs[j] + dAbs);
+      const dropped = m[j] * p[j]; // p'
       for (let d = 0; d < dh; d++) {
         const [qi, kj] = [(bh * lq + i) * dh + d, (bh * l + j) * dh + d];
-        out[qi] += p[j] * Math.abs(x.v[kj]);
+        out[qi] += dropped * Math.abs(x.v[kj]);
         dq[qi] += ds * Math.abs(x.k[kj]);
         dk[kj] += ds * Math.abs(x.q[qi]);
-        dv[kj] += p[j] * Math.abs(x.dy[qi]);
+        dv[kj] += dropped * Math.abs(x.dy[qi]);
       }
     }
   }
@@ -198,11 +281,23 @@ function attentionTolerances(c: AttentionCase): Float64Array[] {
   return [out, dq, dk, dv].map((t) => t.map((v) => factor * v + 1e-30));
 }
 
+/**
+ * The fused op on webgpu, tensors in `c.layout`, against the composed ops on cpu in the
+ * `heads` layout (with dropout: `matMul(dropout(probabilities), v)`).
+ */
 async function assertAttentionMatchesCpu(c: AttentionCase, label: string) {
   await selectBackend("cpu");
-  const reference = await attentionRun(scaledDotAttentionReference, c);
+  const dropped = { dropout: optionsOf(c).dropout };
+  const reference = await attentionRun(
+    (q, k, v, m, scale) => scaledDotAttentionReference(q, k, v, m, scale, dropped),
+    c,
+  );
   await selectBackend("webgpu", { webgpuCpuForward: false });
-  const fused = await attentionRun(scaledDotAttention, c);
+  const fused = await attentionRun(
+    (q, k, v, m, scale) => scaledDotAttention(q, k, v, m, scale, optionsOf(c)),
+    c,
+    c.layout,
+  );
   const tolerances = attentionTolerances(c);
   ["out", "dq", "dk", "dv"].forEach((name, n) => {
     assertEquals(fused[n].length, reference[n].length);
@@ -226,6 +321,8 @@ const smallCase = fc.record({
   maskShape: fc.constantFrom<MaskShape>("full", "full", "shared", "row"),
   fullyMasked: fc.boolean(),
   seed: fc.integer({ min: 1, max: 2 ** 30 }),
+  layout: fc.constantFrom<AttentionLayout>("heads", "sequence"),
+  rate: fc.constantFrom(0, 0, 0.1, 0.5, 0.9),
 });
 
 // ------------------------------------------------------------- cpu and wasm: unchanged
@@ -237,10 +334,25 @@ Deno.test("scaledDotAttention() on cpu and wasm is today's composed ops, bit for
     assertEquals(tf.getKernel(ATTENTION_KERNEL, backend), undefined);
     await fc.assert(
       fc.asyncProperty(smallCase, async (c) => {
-        const fused = await attentionRun(scaledDotAttention, c);
-        const today = await attentionRun(todaysAttention, c);
+        const layout = c.layout ?? "heads";
+        const fused = await attentionRun(
+          (q, k, v, m, scale) => scaledDotAttention(q, k, v, m, scale, optionsOf(c)),
+          c,
+          layout,
+        );
+        const today = await attentionRun(
+          (q, k, v, m, scale) =>
+            todaysLayersAttention(q, k, v, m, scale, layout, c.rate ?? 0, c.seed),
+          c,
+          layout,
+        );
         assertEquals(fused.length, 4);
         fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+        // Without options: the code selfAttention ran before it had any.
+        if (layout === "heads" && !c.rate) {
+          const plain = await attentionRun(todaysAttention, c);
+          fused.forEach((a, i) => assertEquals(bits(a), bits(plain[i]), `${backend} plain ${i}`));
+        }
       }),
       { numRuns: 30 },
     );
@@ -248,11 +360,27 @@ Deno.test("scaledDotAttention() on cpu and wasm is today's composed ops, bit for
   await selectBackend("cpu");
 });
 
+Deno.test("scaledDotAttention() refuses a dropout rate outside [0, 1)", async () => {
+  await selectBackend("cpu");
+  const t = tf.ones([1, 1, 2, 2]);
+  const m = tf.zeros([1, 1, 2, 2]);
+  for (const rate of [1, -0.1, NaN]) {
+    let thrown: unknown;
+    try {
+      scaledDotAttention(t, t, t, m, 1, { dropout: { rate, seed: 3 } });
+    } catch (e) {
+      thrown = e;
+    }
+    assert(thrown instanceof RangeError, `rate ${rate}`);
+  }
+  tf.dispose([t, m]);
+});
+
 // ------------------------------------------------------------------------- webgpu
 
 Deno.test({
   name:
-    "scaledDotAttention() on webgpu: value and gradients equal the composed ops on cpu (40 random cases and 4 edge shapes)",
+    "scaledDotAttention() on webgpu: value and gradients equal the composed ops on cpu (40 random cases and 8 edge shapes)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
@@ -274,25 +402,82 @@ Deno.test({
       { b: 1, h: 1, lq: 3, l: 130, dh: 70, ...edge, seed: 1 },
       "wide",
     );
+    // The same with dropout, in the sequence layout: a thread's keys each draw their mask.
+    await assertAttentionMatchesCpu(
+      { b: 1, h: 2, lq: 3, l: 130, dh: 70, ...edge, seed: 5, layout: "sequence", rate: 0.5 },
+      "wide, dropout",
+    );
     // SASRec's ranking shape: the last query over 200 keys, heads of 64.
     await assertAttentionMatchesCpu(
       { b: 2, h: 2, lq: 1, l: 200, dh: 64, ...edge, seed: 2 },
       "Lq 1",
     );
+    await assertAttentionMatchesCpu(
+      { b: 2, h: 2, lq: 1, l: 200, dh: 64, ...edge, seed: 6, layout: "sequence", rate: 0.2 },
+      "Lq 1, dropout",
+    );
     // Self-attention of a batch: Lq = L, every third row padding.
     await assertAttentionMatchesCpu({ b: 3, h: 2, lq: 20, l: 20, dh: 8, ...edge, seed: 3 }, "L 20");
+    // DiffuRec's training shape in small: the sequence layout and dropout 0.1.
+    await assertAttentionMatchesCpu(
+      { b: 3, h: 2, lq: 20, l: 20, dh: 8, ...edge, seed: 7, layout: "sequence", rate: 0.1 },
+      "L 20, dropout",
+    );
     // More rows than the 65,535 workgroups of one dispatch dimension, in all three
     // programs: tfjs folds the dispatch, and the rows past the last one must write nothing.
     await assertAttentionMatchesCpu(
       { b: 2185, h: 1, lq: 30, l: 30, dh: 1, ...edge, seed: 4 },
       "65,550 rows",
     );
+    // And the mask's indices past the fold: each row draws from its own first index.
+    await assertAttentionMatchesCpu(
+      { b: 1093, h: 2, lq: 30, l: 30, dh: 1, ...edge, seed: 8, layout: "sequence", rate: 0.5 },
+      "65,580 rows, dropout",
+    );
   },
 });
 
 Deno.test({
   name:
-    "scaledDotAttention() on webgpu: 1 dispatch forward and 3 with the backward pass, against 5 and 14 composed",
+    "scaledDotAttention() on webgpu: layouts agree bit for bit; a null seed or rate 0 is no dropout",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const c: AttentionCase = {
+      b: 2,
+      h: 3,
+      lq: 5,
+      l: 7,
+      dh: 4,
+      maskShape: "full",
+      fullyMasked: true,
+      seed: 11,
+    };
+    const run = (options: AttentionOptions, layout: AttentionLayout = "heads") =>
+      attentionRun(
+        (q, k, v, m, scale) => scaledDotAttention(q, k, v, m, scale, { ...options, layout }),
+        c,
+        layout,
+      );
+    const same = (a: Float32Array[], b: Float32Array[], label: string) =>
+      a.forEach((x, n) => assertEquals(bits(x), bits(b[n]), `${label} output ${n}`));
+    // The programs address rows by strides: the same sums in the same order either way.
+    const dropped = { dropout: { rate: 0.4, seed: 12 } };
+    const withDropout = await run(dropped);
+    same(await run(dropped, "sequence"), withDropout, "layouts");
+    const plain = await run({});
+    same(await run({}, "sequence"), plain, "layouts, no dropout");
+    same(await run({ dropout: { rate: 0.4, seed: null } }), plain, "seed null");
+    same(await run({ dropout: { rate: 0, seed: 12 } }), plain, "rate 0");
+    // And dropout does change the result.
+    const [a, b] = [bits(plain[0]), bits(withDropout[0])];
+    assert(a.some((x, n) => x !== b[n]), "dropout left the output as it was");
+  },
+});
+
+Deno.test({
+  name:
+    "scaledDotAttention() on webgpu: 1 dispatch forward and 3 with the backward pass, against 5 and 14 composed (10, 24 with dropout, transposes)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
@@ -312,22 +497,36 @@ Deno.test({
     const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
     const m = tf.tensor(x.mask, x.mShape);
     const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
-    const count = (op: AttentionOp, backward: boolean) => {
-      const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) => op(qt, kt, vt, m, x.scale);
+    // The same data as [B, L, h, dh] views, for the sequence layout (counts only).
+    const sequence = [q, k, v, dy].map((t) => tf.reshape(t, [c.b, c.l, c.h, c.dh]));
+    const count = (op: AttentionOp, backward: boolean, inputs: tf.Tensor[] = [q, k, v, dy]) => {
+      const [qt, kt, vt, dyt] = inputs;
+      const f = (a: tf.Tensor, b: tf.Tensor, d: tf.Tensor) => op(a, b, d, m, x.scale);
       // Once to compile and upload, then counted.
-      tf.dispose(tf.tidy(() => backward ? tf.grads(f)([q, k, v], dy) : f(q, k, v)));
+      tf.dispose(tf.tidy(() => backward ? tf.grads(f)([qt, kt, vt], dyt) : f(qt, kt, vt)));
       return countGpuDispatches(() =>
         tf.tidy(() => {
-          backward ? tf.grads(f)([q, k, v], dy) : f(q, k, v);
+          backward ? tf.grads(f)([qt, kt, vt], dyt) : f(qt, kt, vt);
         })
       );
     };
     assertEquals(count(scaledDotAttention, false), 1);
     assertEquals(count(scaledDotAttention, true), 3);
+    // With dropout, in the sequence layout: still 1 and 3.
+    const options: AttentionOptions = { layout: "sequence", dropout: { rate: 0.3, seed: 5 } };
+    const fusedAll: AttentionOp = (a, b, d, mt, scale) =>
+      scaledDotAttention(a, b, d, mt, scale, options);
+    assertEquals(count(fusedAll, false, sequence), 1);
+    assertEquals(count(fusedAll, true, sequence), 3);
     // The composed ops, for the record (lib/nn/attention.ts quotes these).
     assertEquals(count(todaysAttention, false), 5);
     assertEquals(count(todaysAttention, true), 14);
-    tf.dispose([q, k, v, m, dy]);
+    // With dropout and the per-head transposes, what selfAttention ran before.
+    const todayAll: AttentionOp = (a, b, d, mt, scale) =>
+      todaysLayersAttention(a, b, d, mt, scale, "sequence", 0.3, 5);
+    assertEquals(count(todayAll, false, sequence), 10);
+    assertEquals(count(todayAll, true, sequence), 24);
+    tf.dispose([q, k, v, m, dy, ...sequence]);
   },
 });
 
@@ -347,28 +546,38 @@ Deno.test({
       seed: 21,
     };
     const x = inputsOf(c);
-    const q = tf.tensor4d(x.q, [c.b, c.h, c.lq, c.dh]);
-    const k = tf.tensor4d(x.k, [c.b, c.h, c.l, c.dh]);
-    const v = tf.tensor4d(x.v, [c.b, c.h, c.l, c.dh]);
     const m = tf.tensor(x.mask, x.mShape);
-    const dy = tf.tensor4d(x.dy, [c.b, c.h, c.lq, c.dh]);
-    const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) =>
-      scaledDotAttention(qt, kt, vt, m, x.scale);
-    const step = () => tf.tidy(() => tf.grads(f)([q, k, v], dy).concat(f(q, k, v)));
-    tf.dispose(step()); // compiles and uploads
-    const before = tf.memory().numTensors;
-    for (let n = 0; n < 5; n++) {
-      const outs = step();
-      assertEquals(outs.length, 4);
-      await Promise.all(outs.map((t) => t.data()));
-      tf.dispose(outs);
-      assertEquals(tf.memory().numTensors, before, `after step ${n + 1}`);
+    const cases: AttentionOptions[] = [
+      {},
+      { layout: "sequence", dropout: { rate: 0.3, seed: 4 } },
+    ];
+    for (const options of cases) {
+      // [B, h, L, dh], or [B, L, h, dh] in the sequence layout (the data's order is moot).
+      const shape = (rows: number) =>
+        options.layout === "sequence" ? [c.b, rows, c.h, c.dh] : [c.b, c.h, rows, c.dh];
+      const q = tf.tensor(x.q, shape(c.lq));
+      const k = tf.tensor(x.k, shape(c.l));
+      const v = tf.tensor(x.v, shape(c.l));
+      const dy = tf.tensor(x.dy, shape(c.lq));
+      const f = (qt: tf.Tensor, kt: tf.Tensor, vt: tf.Tensor) =>
+        scaledDotAttention(qt, kt, vt, m, x.scale, options);
+      const step = () => tf.tidy(() => tf.grads(f)([q, k, v], dy).concat(f(q, k, v)));
+      tf.dispose(step()); // compiles and uploads
+      const before = tf.memory().numTensors;
+      for (let n = 0; n < 5; n++) {
+        const outs = step();
+        assertEquals(outs.length, 4);
+        await Promise.all(outs.map((t) => t.data()));
+        tf.dispose(outs);
+        assertEquals(tf.memory().numTensors, before, `${options.layout} after step ${n + 1}`);
+      }
+      // Without tidy: the gradient's intermediates (the row statistics) are disposed too.
+      const grads = tf.grads(f)([q, k, v], dy);
+      tf.dispose(grads);
+      assertEquals(tf.memory().numTensors, before);
+      tf.dispose([q, k, v, dy]);
     }
-    // Without tidy: the gradient's intermediates (the row statistics) are disposed too.
-    const grads = tf.grads(f)([q, k, v], dy);
-    tf.dispose(grads);
-    assertEquals(tf.memory().numTensors, before);
-    tf.dispose([q, k, v, m, dy]);
+    m.dispose();
   },
 });
 

@@ -7,7 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { attentionProbabilities, scaledDotAttention } from "./attention.ts";
+import { scaledDotAttention } from "./attention.ts";
 import { dropout } from "./dropout.ts";
 import { geluFused, layerNormResidual } from "./fused.ts";
 import { embeddingGradient, fusedLinear } from "./fused_ops.ts";
@@ -253,21 +253,20 @@ function selfAttention(
   const [batch, length, hidden] = x.shape;
   const dh = hidden / s.heads;
   const queries = lastQueryOnly ? 1 : length;
-  const split = (t: tf.Tensor, rows: number) =>
-    tf.transpose(tf.reshape(t, [batch, rows, s.heads, dh]), [0, 2, 1, 3]); // [B, h, rows, dh]
+  // Heads as a view, [B, rows, h, dh]: the attention takes this layout (no transposes on
+  // webgpu; cpu and wasm transpose inside, as this function did before).
+  const split = (t: tf.Tensor, rows: number) => tf.reshape(t, [batch, rows, s.heads, dh]);
   const xq = lastQueryOnly ? tf.slice(x, [0, length - 1, 0], [-1, 1, -1]) : x; // [B, Lq, d]
   const m = lastQueryOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) : mask; // [B, 1, Lq, L]
   const q = split(linear(p, `${name}.q`, xq), queries);
   const k = split(linear(p, `${name}.k`, x), length);
   const v = split(linear(p, `${name}.v`, x), length);
   const scale = 1 / Math.sqrt(dh);
-  // Fused where the backend has the kernels (webgpu); attention dropout is not fused, so
-  // with it the probabilities are composed as before and dropped.
-  const attended = attentionSeed === null ? scaledDotAttention(q, k, v, m, scale) : tf.matMul(
-    dropout(attentionProbabilities(q, k, m, scale), s.attentionDropout!, attentionSeed),
-    v,
-  ); // [B, h, Lq, dh]
-  const ctx = tf.transpose(attended, [0, 2, 1, 3]); // [B, Lq, h, dh]
+  // Fused where the backend has the kernels (webgpu), attention dropout included.
+  const ctx = scaledDotAttention(q, k, v, m, scale, {
+    layout: "sequence",
+    dropout: { rate: s.attentionDropout ?? 0, seed: attentionSeed },
+  }); // [B, Lq, h, dh]
   return linear(p, `${name}.o`, tf.reshape(ctx, [batch, queries, hidden])) as tf.Tensor3D;
 }
 

@@ -9,7 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor3D, Tensor4D } from "./tensor_types.ts";
-import { attentionProbabilities, scaledDotAttention } from "./attention.ts";
+import { scaledDotAttention } from "./attention.ts";
 import { createLayerNorm, dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
 
@@ -122,19 +122,20 @@ function attention(
   const [batch, length, hidden] = x.shape;
   const queries = xq.shape[1];
   const dh = hidden / s.heads;
-  const split = (t: tf.Tensor, rows: number) =>
-    tf.transpose(tf.reshape(t, [batch, rows, s.heads, dh]), [0, 2, 1, 3]); // [B, h, rows, dh]
+  // Heads as a view, [B, rows, h, dh]: the attention takes this layout (no transposes on
+  // webgpu; cpu and wasm transpose inside, as this function did before).
+  const split = (t: tf.Tensor, rows: number) => tf.reshape(t, [batch, rows, s.heads, dh]);
   const q = split(linear(p, `${name}.q`, xq), queries);
   const k = split(linear(p, `${name}.k`, x), length);
   const v = split(linear(p, `${name}.v`, x), length);
   const scale = 1 / Math.sqrt(dh);
   const seed = seedOf(seeds); // drawn as before, so that later draws do not move
-  // Fused where the backend has the kernels (webgpu) and no dropout applies (inference, or
-  // a rate of 0); dropout on the probabilities is not fused.
-  const attended = seed === null || s.dropout === 0 // [B, h, Lq, dh]
-    ? scaledDotAttention(q, k, v, mask, scale)
-    : tf.matMul(dropout(attentionProbabilities(q, k, mask, scale), s.dropout, seed), v);
-  const context = tf.transpose(attended, [0, 2, 1, 3]); // [B, Lq, h, dh]
+  // Fused where the backend has the kernels (webgpu), the dropout on the probabilities
+  // included (none in inference, or at a rate of 0).
+  const context = scaledDotAttention(q, k, v, mask, scale, {
+    layout: "sequence",
+    dropout: { rate: s.dropout, seed },
+  }); // [B, Lq, h, dh]
   return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden])) as Tensor3D;
 }
 
