@@ -1,8 +1,9 @@
 /**
  * WGSL programs for the fused ops of `lib/nn/fused.ts`, registered for the webgpu backend:
- * LayerNorm with its residual add (one dispatch forward, two backward) and the exact GELU
- * (one forward, one backward). tfjs-backend-webgpu runs one dispatch per op, and their
- * fixed cost is most of a training step on a GPU; see that module for what they replace.
+ * LayerNorm with its residual add (one dispatch forward, two backward), the exact GELU and
+ * the tanh-approximated GELU (one forward, one backward each). tfjs-backend-webgpu runs one
+ * dispatch per op, and their fixed cost is most of a training step on a GPU; see that
+ * module for what they replace.
  *
  * Each program is a tfjs-backend-webgpu `WebGPUProgram` run through the backend's
  * `runWebGPUProgram`, so tfjs compiles, caches, binds and records it like its own: tfjs
@@ -29,6 +30,10 @@ import {
   FUSED_LAYER_NORM_MAX_WIDTH,
   GELU_GRAD_KERNEL,
   GELU_KERNEL,
+  GELU_TANH_CUBIC,
+  GELU_TANH_GRAD_KERNEL,
+  GELU_TANH_KERNEL,
+  GELU_TANH_SLOPE,
   LAYER_NORM_GRAD_PARAMS_KERNEL,
   LAYER_NORM_GRAD_X_KERNEL,
   LAYER_NORM_KERNEL,
@@ -516,6 +521,37 @@ const ERF_WGSL = `
     return 1.0 - 0.5 * sigmaErfcFit(z, sigmaExpNegSquare(x, 0.5));
   }`;
 
+/**
+ * The tanh-approximated GELU `x s`, `s = sigmoid(a)`, `a = x (c0 + c1 x²)`, and its
+ * derivative, in WGSL; the constants are the reference's float32 scalars. The sigmoid is
+ * taken from `e = exp(-|a|)` (`sigmaExp`, accurate to a few ulp where WGSL's `exp` may be
+ * 3 + 2|a| ulp off), `s = 1 / (1 + e)` or `e / (1 + e)`: `exp` never overflows, `s` keeps
+ * its relative accuracy in the left tail, and `s (1 - s) = e / (1 + e)²` has no
+ * cancellation. Past |a| = 104 `e` is below float32's least value and is set to 0 (the
+ * argument clamped, as an infinite `a` would make Cody-Waite's reduction inf - inf), and
+ * then the derivative's second term, 0, is set to 0 so that `0 · x³` cannot be NaN for a
+ * huge x (the composed ops give NaN once x² overflows, past 1.8e19).
+ */
+const GELU_TANH_WGSL = `
+  const SIGMA_GELU_TANH_C0 : f32 = ${lit(GELU_TANH_SLOPE)};
+  const SIGMA_GELU_TANH_C1 : f32 = ${lit(GELU_TANH_CUBIC)};
+  // (s, e): s = sigmoid(a), e = exp(-|a|), a = x (c0 + c1 x²) in the reference's order.
+  fn sigmaGeluTanhSigmoid(v : f32) -> vec2<f32> {
+    let a = v * (v * v * SIGMA_GELU_TANH_C1 + SIGMA_GELU_TANH_C0);
+    let e = select(sigmaExp(max(-abs(a), -104.0)), 0.0, abs(a) > 104.0);
+    return vec2<f32>(select(e / (1.0 + e), 1.0 / (1.0 + e), a >= 0.0), e);
+  }
+  fn sigmaGeluTanh(v : f32) -> f32 {
+    return v * sigmaGeluTanhSigmoid(v).x;
+  }
+  // d/dx x s(a) = s + x s (1 - s) a', a' = c0 + 3 c1 x², s (1 - s) = e / (1 + e)².
+  fn sigmaGeluTanhGrad(v : f32) -> f32 {
+    let se = sigmaGeluTanhSigmoid(v);
+    let e = se.y;
+    let slope = SIGMA_GELU_TANH_C0 + 3.0 * SIGMA_GELU_TANH_C1 * v * v;
+    return se.x + select(v * (e / ((1.0 + e) * (1.0 + e))) * slope, 0.0, e == 0.0);
+  }`;
+
 /** An element-wise program over flat float32 data; `expression` of `x` (and `dy`). */
 class ElementwiseProgram implements WebGpuProgram {
   variableNames: string[];
@@ -526,19 +562,22 @@ class ElementwiseProgram implements WebGpuProgram {
   workgroupSize: [number, number, number] = [128, 1, 1];
   size = true;
   expression: string;
+  helpers: string;
 
-  constructor(name: string, size: number, inputs: string[], expression: string) {
+  constructor(name: string, size: number, inputs: string[], expression: string, helpers = "") {
     this.variableNames = inputs;
     this.outputShape = [size];
     this.dispatch = [Math.ceil(size / 128), 1, 1];
     this.shaderKey = name;
     this.expression = expression;
+    this.helpers = helpers;
   }
 
   getUserCode(): string {
     // tfjs's getGlobalIndex() (the index) accounts for a folded dispatch.
     return `
   ${ERF_WGSL}
+  ${this.helpers}
   fn main(index : i32) {
     if (index < uniforms.size) {
       let v = x[index];
@@ -573,6 +612,35 @@ function geluGradKernel(args: Parameters<tf.KernelFunc>[0]): Info {
   return viewAs(backend.runWebGPUProgram(program, inputs, "float32"), x.shape);
 }
 
+function geluTanhKernel(args: Parameters<tf.KernelFunc>[0]): Info {
+  const { x } = args.inputs as { x: Info };
+  const backend = args.backend as unknown as WebGpuBackend;
+  const n = tf.util.sizeFromShape(x.shape);
+  const program = new ElementwiseProgram(
+    "sigmaGeluTanh",
+    n,
+    ["x"],
+    "sigmaGeluTanh(v)",
+    GELU_TANH_WGSL,
+  );
+  return viewAs(backend.runWebGPUProgram(program, [viewAs(x, [n])], "float32"), x.shape);
+}
+
+function geluTanhGradKernel(args: Parameters<tf.KernelFunc>[0]): Info {
+  const { dy, x } = args.inputs as { dy: Info; x: Info };
+  const backend = args.backend as unknown as WebGpuBackend;
+  const n = tf.util.sizeFromShape(x.shape);
+  const program = new ElementwiseProgram(
+    "sigmaGeluTanhGrad",
+    n,
+    ["dy", "x"],
+    "dy[index] * sigmaGeluTanhGrad(v)",
+    GELU_TANH_WGSL,
+  );
+  const inputs = [viewAs(dy, [n]), viewAs(x, [n])];
+  return viewAs(backend.runWebGPUProgram(program, inputs, "float32"), x.shape);
+}
+
 /**
  * erf of every element of float32 `x` by the WGSL that the fused GELU uses, on the active
  * webgpu backend: for tests of its accuracy (no kernel uses it). Throws an `Error` on any
@@ -591,7 +659,7 @@ export function webGpuErf(x: Tensor): Tensor {
 let registered = false;
 
 /**
- * Registers the fused LayerNorm and GELU kernels of `lib/nn/fused.ts` for the webgpu
+ * Registers the fused LayerNorm, GELU and tanh GELU kernels of `lib/nn/fused.ts` for the webgpu
  * backend; idempotent. Called by `backends/_select.ts` on load. Needs no GPU: the
  * programs compile when first run.
  */
@@ -604,6 +672,8 @@ export function registerWebGpuFusedKernels(): void {
     [LAYER_NORM_GRAD_PARAMS_KERNEL, layerNormGradParamsKernel as tf.KernelFunc],
     [GELU_KERNEL, geluKernel as tf.KernelFunc],
     [GELU_GRAD_KERNEL, geluGradKernel as tf.KernelFunc],
+    [GELU_TANH_KERNEL, geluTanhKernel as tf.KernelFunc],
+    [GELU_TANH_GRAD_KERNEL, geluTanhGradKernel as tf.KernelFunc],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     tf.registerKernel({ kernelName, backendName: "webgpu", kernelFunc });

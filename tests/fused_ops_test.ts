@@ -1,8 +1,8 @@
 /**
- * The fused LayerNorm and GELU (`lib/nn/fused.ts`, `backends/_webgpu_fused.ts`): on cpu and
- * wasm, bit for bit the composed ops they replaced; on webgpu, the same values and
- * gradients as those ops on cpu within float32 tolerance, in at most three dispatches for a
- * LayerNorm forward and backward; and the WGSL erf against float64.
+ * The fused LayerNorm, GELU and tanh GELU (`lib/nn/fused.ts`, `backends/_webgpu_fused.ts`):
+ * on cpu and wasm, bit for bit the composed ops they replaced; on webgpu, the same values
+ * and gradients as those ops on cpu within float32 tolerance, in at most three dispatches
+ * for a LayerNorm forward and backward and two for a GELU; and the WGSL erf against float64.
  *
  * @module
  */
@@ -11,9 +11,13 @@ import fc from "fast-check";
 import { probeWebGpu, selectBackend } from "../backends/mod.ts";
 import { webGpuErf } from "../backends/_webgpu_fused.ts";
 import {
+  addLeadingBroadcast,
   GELU_KERNEL,
+  GELU_TANH_KERNEL,
   geluFused,
   geluReference,
+  geluTanhFused,
+  geluTanhReference,
   LAYER_NORM_KERNEL,
   layerNormResidual,
   layerNormResidualReference,
@@ -45,6 +49,14 @@ function todaysLayerNorm(
 /** `gelu` of `lib/nn/layers.ts` before the fused op, verbatim. */
 function todaysGelu(x: tf.Tensor): tf.Tensor {
   return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+}
+
+/** `geluTanh` of `lib/nn/pre_ln.ts` before the fused op, verbatim (its constant inlined). */
+function todaysGeluTanh(x: tf.Tensor): tf.Tensor {
+  const GELU_TANH_SLOPE = 2 * Math.sqrt(2 / Math.PI);
+  // 2u = x · (2·sqrt(2/π) + 2·sqrt(2/π)·0.044715 · x²)
+  const slope = tf.add(tf.mul(tf.square(x), GELU_TANH_SLOPE * 0.044715), GELU_TANH_SLOPE);
+  return tf.mul(x, tf.sigmoid(tf.mul(x, slope)));
 }
 
 type LayerNormOp = typeof layerNormResidual;
@@ -154,6 +166,104 @@ Deno.test("layerNormResidual() and geluFused() on cpu and wasm are today's compo
     );
   }
   await selectBackend("cpu");
+});
+
+/**
+ * Inputs for the tanh GELU: uniform on [-12, 12] (its sigmoid underflows below -11.3) and
+ * the tails: ±0, tiny values, the underflow, large and huge values.
+ */
+function geluTanhInputs(n: number, seed: number): Float32Array {
+  const tails = [
+    0,
+    -0,
+    1e-30,
+    -1e-30,
+    1e-7,
+    -1e-3,
+    -9.5,
+    -10,
+    -10.5,
+    -11.3,
+    -11.4,
+    -30,
+    -1e4,
+    -1e15,
+    5,
+    11.4,
+    1e4,
+    1e15,
+  ];
+  return Float32Array.from([...uniform(n, seed, -12, 12), ...tails]);
+}
+
+Deno.test("geluTanhFused() on cpu and wasm is today's composed geluTanh, bit for bit, value and gradient (2 x 40 cases)", async () => {
+  for (const backend of ["cpu", "wasm"] as const) {
+    await selectBackend(backend);
+    assertEquals(tf.getKernel(GELU_TANH_KERNEL, backend), undefined);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 300 }),
+        fc.integer({ min: 1, max: 2 ** 30 }),
+        async (n, seed) => {
+          const xs = geluTanhInputs(n, seed);
+          const dy = uniform(xs.length, seed + 1, -1, 1);
+          const fused = await geluRun(geluTanhFused, xs, dy);
+          const today = await geluRun(todaysGeluTanh, xs, dy);
+          fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+        },
+      ),
+      { numRuns: 40 },
+    );
+  }
+  await selectBackend("cpu");
+});
+
+/** `x + y` (y broadcast over x's first axis) and both gradients, on the active backend. */
+async function broadcastAddRun(
+  op: (x: tf.Tensor, y: tf.Tensor) => tf.Tensor,
+  shape: number[],
+  seed: number,
+): Promise<Float32Array[]> {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const outs = tf.tidy(() => {
+    const x = tf.tensor(uniform(size, seed), shape);
+    const y = tf.tensor(uniform(size / shape[0], seed + 1), shape.slice(1));
+    const dy = tf.tensor(uniform(size, seed + 2, -1, 1), shape);
+    return [op(x, y), ...tf.grads(op)([x, y], dy)];
+  });
+  const values = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+  tf.dispose(outs);
+  return values;
+}
+
+const broadcastShape = fc.tuple(
+  fc.integer({ min: 1, max: 70 }),
+  fc.integer({ min: 1, max: 9 }),
+  fc.integer({ min: 1, max: 40 }),
+).map((s) => [...s]);
+
+Deno.test("addLeadingBroadcast() on cpu and wasm is tf.add, bit for bit, value and gradients (2 x 30 cases)", async () => {
+  for (const backend of ["cpu", "wasm"] as const) {
+    await selectBackend(backend);
+    await fc.assert(
+      fc.asyncProperty(
+        broadcastShape,
+        fc.integer({ min: 1, max: 2 ** 30 }),
+        async (shape, seed) => {
+          const fused = await broadcastAddRun(addLeadingBroadcast, shape, seed);
+          const today = await broadcastAddRun(tf.add, shape, seed);
+          fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+        },
+      ),
+      { numRuns: 30 },
+    );
+  }
+  await selectBackend("cpu");
+  assertThrows(
+    () => addLeadingBroadcast(tf.zeros([2, 3, 4]), tf.zeros([2, 4])),
+    RangeError,
+    "[2,4]",
+  );
 });
 
 Deno.test("layerNormResidual() names the shape that does not fit", async () => {
@@ -304,6 +414,107 @@ Deno.test({
   },
 });
 
+/**
+ * Tolerances of the tanh GELU's value and gradient on webgpu against the composed ops on
+ * cpu, from float64 values of `a = x (c0 + c1 x²)`, `s = sigmoid(a)`, `a' = c0 + 3 c1 x²`.
+ * Both paths round `a` (a few roundings u = 6e-8 of it), which moves `s` by `s (1 - s) |a|`
+ * times that; the cpu gradient's `1 - s` cancels as `s` nears 1 (an absolute error u, times
+ * `|x a'| s`). Hence 1e-6 (about 17 u) times: `|y| (1 + |a| (1 - s))` for the value and
+ * `|dy|` times `s (1 + |a| (1 - s)) + |x a'| (s (1 - s) (1 + |a|) + s)` for the gradient,
+ * plus 1e-30 for where llvmpipe flushes subnormal results to 0 (x below -10.4). The largest
+ * difference seen on llvmpipe, over a grid of [-20, 20] by 0.001, was 23% of these.
+ */
+function geluTanhTolerances(x: number, dy: number): [number, number] {
+  const c0 = 2 * Math.sqrt(2 / Math.PI);
+  const c1 = c0 * 0.044715;
+  const a = x * (c0 + c1 * x * x);
+  const s = 1 / (1 + Math.exp(-a));
+  const q = 1 - s;
+  const da = c0 + 3 * c1 * x * x;
+  const y = 1e-6 * Math.abs(x * s) * (1 + Math.abs(a) * q) + 1e-30;
+  const xa = Math.abs(x * da);
+  const grad =
+    1e-6 * Math.abs(dy) * (s * (1 + Math.abs(a) * q) + xa * (s * q * (1 + Math.abs(a)) + s)) +
+    1e-30;
+  return [y, grad];
+}
+
+Deno.test({
+  name:
+    "geluTanhFused() on webgpu: value and gradient equal the composed ops on cpu, tails included (15 random cases)",
+  ignore: noGpu,
+  fn: async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 3000 }),
+        fc.integer({ min: 1, max: 2 ** 30 }),
+        async (n, seed) => {
+          const xs = geluTanhInputs(n, seed);
+          const dy = uniform(xs.length, seed + 1, -1, 1);
+          await selectBackend("cpu");
+          const [y, dx] = await geluRun(geluTanhReference, xs, dy);
+          await selectBackend("webgpu", { webgpuCpuForward: false });
+          const [yf, dxf] = await geluRun(geluTanhFused, xs, dy);
+          for (let i = 0; i < xs.length; i++) {
+            const [ty, tdx] = geluTanhTolerances(xs[i], dy[i]);
+            assert(Math.abs(yf[i] - y[i]) <= ty, `geluTanh(${xs[i]}): ${yf[i]} vs ${y[i]}`);
+            assert(
+              Math.abs(dxf[i] - dx[i]) <= tdx,
+              `geluTanh'(${xs[i]}) dy ${dy[i]}: ${dxf[i]} vs ${dx[i]} (tolerance ${tdx})`,
+            );
+          }
+        },
+      ),
+      { numRuns: 15 },
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "addLeadingBroadcast() on webgpu: value and gradients equal tf.add on cpu; y's gradient is one dispatch (15 random cases)",
+  ignore: noGpu,
+  fn: async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        broadcastShape,
+        fc.integer({ min: 1, max: 2 ** 30 }),
+        async (shape, seed) => {
+          await selectBackend("cpu");
+          const reference = await broadcastAddRun(tf.add, shape, seed);
+          await selectBackend("webgpu", { webgpuCpuForward: false });
+          const fused = await broadcastAddRun(addLeadingBroadcast, shape, seed);
+          // The value and x's gradient are tf.add's and dy, exactly; y's gradient sums B
+          // values of |dy| <= 1 in another order: B additions, each rounding a partial
+          // sum of size <= B by u = 6e-8 at most, in each path.
+          assertEquals(bits(fused[0]), bits(reference[0]), "value");
+          assertEquals(bits(fused[1]), bits(reference[1]), "x's gradient");
+          for (let j = 0; j < fused[2].length; j++) {
+            const [a, b] = [fused[2][j], reference[2][j]];
+            assert(Math.abs(a - b) <= 1.2e-7 * shape[0] ** 2, `[${shape}] dy[${j}]: ${a} vs ${b}`);
+          }
+        },
+      ),
+      { numRuns: 15 },
+    );
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const x = tf.tensor(uniform(4 * 6 * 16, 31), [4, 6, 16]);
+    const y = tf.tensor(uniform(6 * 16, 32), [6, 16]);
+    const dy = tf.tensor(uniform(4 * 6 * 16, 33), [4, 6, 16]);
+    const work = (op: (a: tf.Tensor, b: tf.Tensor) => tf.Tensor) => () => [
+      ...tf.grads(op)([x, y], dy),
+    ];
+    await webGpuDispatches(work(addLeadingBroadcast)); // compiles
+    await webGpuDispatches(work(tf.add));
+    const fused = await webGpuDispatches(work(addLeadingBroadcast));
+    const composed = await webGpuDispatches(work(tf.add));
+    // The add, then the column sum (x's gradient is a view of dy).
+    assertEquals(fused, 2, `fused ${fused}, composed ${composed}`);
+    assert(composed > fused, `fused ${fused}, composed ${composed}`);
+    tf.dispose([x, y, dy]);
+  },
+});
+
 /** erf in float64: Maclaurin series below 3, the continued fraction of erfc beyond. */
 function erf64(x: number): number {
   const z = Math.abs(x);
@@ -401,7 +612,7 @@ Deno.test({
     const step = () =>
       tf.tidy(() => {
         const f = (a: tf.Tensor, r: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
-          tf.sum(geluFused(layerNormResidual(a, r, g, b, 1e-12)));
+          tf.sum(geluTanhFused(geluFused(layerNormResidual(a, r, g, b, 1e-12))));
         const loss = f(x, residual, gamma, beta);
         const grads = tf.grads(f)([x, residual, gamma, beta]);
         return tf.addN([loss, ...grads.map((t) => tf.sum(t))]);
@@ -442,7 +653,7 @@ async function webGpuDispatches(work: () => tf.Tensor[]): Promise<number> {
 
 Deno.test({
   name:
-    "a LayerNorm forward and backward is 3 dispatches on webgpu, a GELU 2 (the composed ops take many more)",
+    "a LayerNorm forward and backward is 3 dispatches on webgpu, a GELU 2, a tanh GELU 2 (the composed ops take many more)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
@@ -462,9 +673,11 @@ Deno.test({
       "LayerNorm": layerNorm(layerNormResidual, false),
       "LayerNorm with residual": layerNorm(layerNormResidual, true),
       "GELU": gelu(geluFused),
+      "tanh GELU": gelu(geluTanhFused),
       "composed LayerNorm": layerNorm(layerNormResidualReference, false),
       "composed LayerNorm with residual": layerNorm(layerNormResidualReference, true),
       "composed GELU": gelu(geluReference),
+      "composed tanh GELU": gelu(geluTanhReference),
     };
     for (const [name, work] of Object.entries(cases)) {
       await webGpuDispatches(work); // compiles the programs and uploads the inputs
@@ -474,7 +687,9 @@ Deno.test({
     assertEquals(counts["LayerNorm"], 3, summary);
     assertEquals(counts["LayerNorm with residual"], 3, summary);
     assertEquals(counts["GELU"], 2, summary);
+    assertEquals(counts["tanh GELU"], 2, summary);
     assert(counts["composed LayerNorm"] > 3 && counts["composed GELU"] > 2, summary);
+    assert(counts["composed tanh GELU"] > 2, summary);
     tf.dispose([x, residual, gamma, beta, dy]);
   },
 });

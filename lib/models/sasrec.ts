@@ -24,6 +24,7 @@ import {
   type TransformerSettings,
 } from "../nn/layers.ts";
 import { ITEM_LOSS_KINDS, itemLoss, type ItemLossKind } from "../nn/item_losses.ts";
+import { addLeadingBroadcast } from "../nn/fused.ts";
 import { ParamStore } from "../nn/params.ts";
 import {
   SEQUENCE_ENCODER_DEFAULTS,
@@ -116,7 +117,8 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
     const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
     const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
-    let x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);
+    // items + pos; on webgpu pos's gradient (the sum over the batch) is one dispatch.
+    let x = layerNorm(this.params, "embed.ln", addLeadingBroadcast(items, pos), c.layerNormEps);
     x = dropout(x, c.dropout, seeds ? seeds() : null); // [B, L, d]
     const mask = causalPaddingMask(inputs, batch, length); // [B, 1, L, L]
     return transformer(this.params, "enc", x as tf.Tensor3D, mask, this.#block, seeds, lastOnly);

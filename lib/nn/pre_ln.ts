@@ -12,6 +12,7 @@ import type { Tensor3D, Tensor4D } from "./tensor_types.ts";
 import { scaledDotAttention } from "./attention.ts";
 import { createLayerNorm, dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
+import { geluTanhFused } from "./fused.ts";
 
 /** The settings of a stack of {@linkcode preLnBlock}s. */
 export interface PreLnSettings {
@@ -62,20 +63,16 @@ export function createPreLnBlock(p: ParamStore, name: string, s: PreLnSettings):
   createLayerNorm(p, `${name}.ln2`, s.hidden);
 }
 
-/** 2·sqrt(2/π), the slope of GELU's tanh approximation written with a sigmoid. */
-const GELU_TANH_SLOPE = 2 * Math.sqrt(2 / Math.PI);
-
 /**
  * GELU, tanh approximation (the authors' code): `0.5 x (1 + tanh(u))`, `u = sqrt(2/π)(x +
  * 0.044715 x³)`, computed as `x · sigmoid(2u)`, the same function (`(1 + tanh(u)) / 2 =
  * sigmoid(2u)`). tfjs-backend-wasm's `Tanh` took 42 ms on a `[2560, 512]` tensor against 8 ms
  * for `Sigmoid`, and this form makes 6 passes over the tensor instead of 9: DiffuRec's
- * evaluation spent a quarter of its time in `Tanh`.
+ * evaluation spent a quarter of its time in `Tanh`. It is `geluTanhFused` of `fused.ts`: one
+ * dispatch forward and one backward on webgpu, elsewhere the composed ops, as before.
  */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  // 2u = x · (2·sqrt(2/π) + 2·sqrt(2/π)·0.044715 · x²)
-  const slope = tf.add(tf.mul(tf.square(x), GELU_TANH_SLOPE * 0.044715), GELU_TANH_SLOPE);
-  return tf.mul(x, tf.sigmoid(tf.mul(x, slope)));
+  return geluTanhFused(x);
 }
 
 /**
