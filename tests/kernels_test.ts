@@ -296,7 +296,7 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
   ]);
   assertEquals(
     WebAssembly.Module.exports(module).map((e) => e.name).sort(),
-    ["bmm", "max_over_rows", "route_to_rows"],
+    ["bmm", "max_over_rows", "philox_dropout", "route_to_rows"],
   );
 });
 
