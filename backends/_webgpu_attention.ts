@@ -40,6 +40,14 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { PHILOX_WGSL } from "./_webgpu_dropout.ts";
+import {
+  type Info,
+  type ProgramUniform,
+  viewAs,
+  type WebGpuBackend,
+  type WebGpuProgram,
+} from "./_webgpu_program.ts";
 import {
   ATTENTION_GRAD_KEY_VALUE_KERNEL,
   ATTENTION_GRAD_QUERY_KERNEL,
@@ -47,47 +55,8 @@ import {
   type AttentionKernelAttrs,
 } from "../lib/nn/attention.ts";
 
-type Info = tf.TensorInfo;
-
-/** A uniform value a program declares in its `uniforms` string, in the same order. */
-interface ProgramUniform {
-  type: "int32" | "uint32" | "float32";
-  data: number[];
-}
-
-/** What tfjs-backend-webgpu 4.22 reads of a program (`webgpu_program.ts`). */
-interface WebGpuProgram {
-  /** Names of the input bindings, in order: binding `1 + i` (the output is binding 0). */
-  variableNames: string[];
-  outputShape: number[];
-  /** Identifies the generated code; tfjs appends the inputs' ranks and dtypes. */
-  shaderKey: string;
-  /** Output axes per dispatch dimension; only `x` here, so tfjs may fold the dispatch. */
-  dispatchLayout: { x: number[] };
-  /** Workgroups per dimension; tfjs reshapes an `x` over 65,535 into `x * y (* z)`. */
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number];
-  /** Extra members of the `Uniforms` struct. */
-  uniforms?: string;
-  getUserCode(): string;
-}
-
-/** What this file uses of tfjs-backend-webgpu's backend object. */
-interface WebGpuBackend {
-  runWebGPUProgram(
-    program: WebGpuProgram,
-    inputs: Info[],
-    outputDtype: tf.DataType,
-    uniforms?: ProgramUniform[],
-  ): Info;
-  makeTensorInfo(shape: number[], dtype: tf.DataType): Info;
-}
-
 /** Threads per workgroup (one row each); a power of two, for the reduction tree. */
 export const WORKGROUP = 64;
-
-/** `t`'s data under another shape of the same size (a view, as tfjs's Reshape returns). */
-const viewAs = (t: Info, shape: number[]): Info => ({ dataId: t.dataId, shape, dtype: t.dtype });
 
 /** `t` as a flat view. */
 const flat = (t: Info): Info => viewAs(t, [tf.util.sizeFromShape(t.shape)]);
@@ -186,26 +155,8 @@ const UNIFORMS = "rows : i32, queries : i32, keys : i32, depth : i32, heads : i3
  *   (`x * 1` is `x`: results without dropout are what they were before dropout was fused).
  */
 function sharedWgsl(dropout: boolean): string {
-  // sigmaMulHi: the high word of a 32 x 32 product from 16-bit halves (WGSL has no u64).
   const keep = dropout
-    ? `
-  fn sigmaMulHi(a : u32, b : u32) -> u32 {
-    let aLo = a & 0xffffu; let aHi = a >> 16u;
-    let bLo = b & 0xffffu; let bHi = b >> 16u;
-    let lh = aLo * bHi; let hl = aHi * bLo;
-    let mid = ((aLo * bLo) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
-    return aHi * bHi + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
-  }
-  fn sigmaPhilox(counter : u32, seed : u32) -> vec2<u32> {
-    var x0 = counter; var x1 = 0u; var key = seed;
-    for (var n = 0; n < 10; n++) {
-      if (n > 0) { key = key + 0x9e3779b9u; }
-      let lo = x0 * 0xd256d193u;
-      x0 = sigmaMulHi(x0, 0xd256d193u) ^ key ^ x1;
-      x1 = lo;
-    }
-    return vec2<u32>(x0, x1);
-  }
+    ? `${PHILOX_WGSL}
   fn sigmaKeep(index : u32) -> f32 {
     let words = sigmaPhilox(index >> 1u, uniforms.seed);
     let word = select(words.x, words.y, (index & 1u) == 1u);

@@ -20,6 +20,31 @@ interface WebGpuBackendLike {
   ): tf.TensorInfo;
 }
 
+/**
+ * WGSL of `lib/nn/dropout.ts`'s generator: `sigmaPhilox(counter, seed)` is Philox2x32-10 of
+ * the counter `(counter, 0)` under the key `seed`, both words. `sigmaMulHi` is the high word
+ * of a 32 x 32 product from 16-bit halves (WGSL has no u64). Shared by every kernel that
+ * draws the dropout mask (this one, attention's).
+ */
+export const PHILOX_WGSL = `
+  fn sigmaMulHi(a : u32, b : u32) -> u32 {
+    let aLo = a & 0xffffu; let aHi = a >> 16u;
+    let bLo = b & 0xffffu; let bHi = b >> 16u;
+    let lh = aLo * bHi; let hl = aHi * bLo;
+    let mid = ((aLo * bLo) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    return aHi * bHi + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+  }
+  fn sigmaPhilox(counter : u32, seed : u32) -> vec2<u32> {
+    var x0 = counter; var x1 = 0u; var key = seed;
+    for (var n = 0; n < 10; n++) {
+      if (n > 0) { key = key + 0x9e3779b9u; }
+      let lo = x0 * 0xd256d193u;
+      x0 = sigmaMulHi(x0, 0xd256d193u) ^ key ^ x1;
+      x1 = lo;
+    }
+    return vec2<u32>(x0, x1);
+  }`;
+
 /** tfjs's flat element-wise layout (`flatDispatchLayout`, `computeDispatch`), written out. */
 class DropoutProgram {
   variableNames = ["X"];
@@ -38,29 +63,12 @@ class DropoutProgram {
   }
 
   getUserCode(): string {
-    // mulHi: the high word of a 32 x 32 product from 16-bit halves (WGSL has no u64).
     return `
-      fn mulHi(a : u32, b : u32) -> u32 {
-        let aLo = a & 0xffffu; let aHi = a >> 16u;
-        let bLo = b & 0xffffu; let bHi = b >> 16u;
-        let lh = aLo * bHi; let hl = aHi * bLo;
-        let mid = ((aLo * bLo) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
-        return aHi * bHi + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
-      }
-      fn philox(counter : u32, seed : u32) -> vec2<u32> {
-        var x0 = counter; var x1 = 0u; var k = seed;
-        for (var round = 0; round < 10; round++) {
-          if (round > 0) { k = k + 0x9e3779b9u; }
-          let lo = x0 * 0xd256d193u;
-          x0 = mulHi(x0, 0xd256d193u) ^ k ^ x1;
-          x1 = lo;
-        }
-        return vec2<u32>(x0, x1);
-      }
+      ${PHILOX_WGSL}
       ${"fn main(index : i32)"} {
         if (index < uniforms.size) {
           let i = u32(index);
-          let words = philox(i >> 1u, uniforms.seed);
+          let words = sigmaPhilox(i >> 1u, uniforms.seed);
           let word = select(words.x, words.y, (i & 1u) == 1u);
           let m = select(0.0, uniforms.scale, word >= uniforms.threshold);
           setOutputAtIndex(index, getXByOutputIndex(index) * m);

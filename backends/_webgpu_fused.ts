@@ -26,6 +26,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { type Info, viewAs, type WebGpuBackend, type WebGpuProgram } from "./_webgpu_program.ts";
 import {
   FUSED_LAYER_NORM_MAX_WIDTH,
   GELU_GRAD_KERNEL,
@@ -39,47 +40,6 @@ import {
   LAYER_NORM_KERNEL,
 } from "../lib/nn/fused.ts";
 import type { Tensor } from "../lib/nn/tensor_types.ts";
-
-type Info = tf.TensorInfo;
-
-/** A uniform value a program declares in its `uniforms` string, in the same order. */
-interface ProgramUniform {
-  type: "int32" | "float32";
-  data: number[];
-}
-
-/** What tfjs-backend-webgpu 4.22 reads of a program (`webgpu_program.ts`). */
-interface WebGpuProgram {
-  /** Names of the input bindings, in order: binding `1 + i` (the output is binding 0). */
-  variableNames: string[];
-  outputShape: number[];
-  /** Identifies the generated code; tfjs appends the inputs' ranks and dtypes. */
-  shaderKey: string;
-  /** Output axes per dispatch dimension; only `x` here, so the index is a flat one. */
-  dispatchLayout: { x: number[] };
-  /** Workgroups per dimension; tfjs reshapes an `x` over 65,535 into `x * y (* z)`. */
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number];
-  /** Extra members of the `Uniforms` struct, e.g. `"rows : i32, eps : f32,"`. */
-  uniforms?: string;
-  /** Whether tfjs adds `uniforms.size`, the output's element count. */
-  size?: boolean;
-  getUserCode(): string;
-}
-
-/** What this file uses of tfjs-backend-webgpu's backend object. */
-interface WebGpuBackend {
-  runWebGPUProgram(
-    program: WebGpuProgram,
-    inputs: Info[],
-    outputDtype: tf.DataType,
-    uniforms?: ProgramUniform[],
-  ): Info;
-  makeTensorInfo(shape: number[], dtype: tf.DataType): Info;
-}
-
-/** `t`'s data under another shape of the same size (a view, as tfjs's Reshape returns). */
-const viewAs = (t: Info, shape: number[]): Info => ({ dataId: t.dataId, shape, dtype: t.dtype });
 
 // ------------------------------------------------------------------------ shared WGSL
 

@@ -26,45 +26,14 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import {
+  type Info,
+  type ProgramUniform,
+  viewAs,
+  type WebGpuBackend,
+  type WebGpuProgram,
+} from "./_webgpu_program.ts";
 import { FUSED_GRU_MAX_WIDTH, GRU_BACKWARD_KERNEL, GRU_FORWARD_KERNEL } from "../lib/nn/gru.ts";
-
-type Info = tf.TensorInfo;
-
-/** A uniform value a program declares in its `uniforms` string, in the same order. */
-interface ProgramUniform {
-  type: "int32" | "float32";
-  data: number[];
-}
-
-/** What tfjs-backend-webgpu 4.22 reads of a program (`webgpu_program.ts`). */
-interface WebGpuProgram {
-  /** Names of the input bindings, in order: binding `1 + i` (the output is binding 0). */
-  variableNames: string[];
-  outputShape: number[];
-  /** Identifies the generated code; tfjs appends the inputs' ranks and dtypes. */
-  shaderKey: string;
-  dispatchLayout: { x: number[] };
-  /** Workgroups per dimension; tfjs reshapes an `x` over 65,535 into `x * y (* z)`. */
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number];
-  /** Extra members of the `Uniforms` struct. */
-  uniforms?: string;
-  getUserCode(): string;
-}
-
-/** What this file uses of tfjs-backend-webgpu's backend object. */
-interface WebGpuBackend {
-  runWebGPUProgram(
-    program: WebGpuProgram,
-    inputs: Info[],
-    outputDtype: tf.DataType,
-    uniforms?: ProgramUniform[],
-  ): Info;
-  makeTensorInfo(shape: number[], dtype: tf.DataType): Info;
-}
-
-/** `t`'s data under another shape of the same size (a view, as tfjs's Reshape returns). */
-const viewAs = (t: Info, shape: number[]): Info => ({ dataId: t.dataId, shape, dtype: t.dtype });
 
 /** `t` as a flat view: tfjs then declares rank-1 shape uniforms for it. */
 const flat = (t: Info): Info => viewAs(t, [tf.util.sizeFromShape(t.shape)]);
