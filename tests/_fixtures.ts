@@ -108,3 +108,17 @@ export const TINY_TRAIN_FLAGS: readonly string[] = [
   "--inner",
   "8",
 ];
+
+/**
+ * `n` uniform floats in [lo, hi) from `seed` (mulberry32): inputs that every backend sees
+ * alike, drawn without tfjs.
+ */
+export function seededUniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
+  let a = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
+  });
+}

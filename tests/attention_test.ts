@@ -22,6 +22,7 @@ import {
   scaledDotAttentionReference,
 } from "../lib/nn/attention.ts";
 import { dropout, dropoutMask } from "../lib/nn/dropout.ts";
+import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
@@ -77,16 +78,7 @@ type AttentionOp = (
 
 // ---------------------------------------------------------------------- helpers
 
-/** Uniform floats in [lo, hi) from a seed (mulberry32): inputs every backend sees alike. */
-function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
-  });
-}
+const uniform = seededUniform;
 
 /** Which mask shape: `[B, 1, Lq, L]`, shared by the batch, or one row for every query. */
 type MaskShape = "full" | "shared" | "row";

@@ -22,6 +22,7 @@ import {
   layerNormResidual,
   layerNormResidualReference,
 } from "../lib/nn/fused.ts";
+import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
@@ -63,16 +64,8 @@ type LayerNormOp = typeof layerNormResidual;
 
 // ---------------------------------------------------------------------- helpers
 
-/** Uniform floats in [lo, hi) from a seed (mulberry32): inputs every backend sees alike. */
-function uniform(n: number, seed: number, lo = -2, hi = 2): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
-  });
-}
+/** -2 to 2 by default here. */
+const uniform = (n: number, seed: number, lo = -2, hi = 2) => seededUniform(n, seed, lo, hi);
 
 /** One LayerNorm case: the input shape (last axis d), a residual or not, eps, a seed. */
 interface LayerNormCase {

@@ -16,21 +16,13 @@ import {
   GRU_FORWARD_KERNEL,
 } from "../lib/nn/gru.ts";
 import { ParamStore } from "../lib/nn/params.ts";
+import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const noGpu = (await probeWebGpu()) === null;
 
-/** Uniform floats in [lo, hi) from a seed (mulberry32): inputs every backend sees alike. */
-function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
-  });
-}
+const uniform = seededUniform;
 
 /**
  * How the gates are drawn: `onehot`, a category or none (an all-zero row) per position;

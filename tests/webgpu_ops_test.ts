@@ -28,21 +28,13 @@ import {
 } from "../lib/nn/fused_ops.ts";
 import { embeddingLookup } from "../lib/nn/layers.ts";
 import { itemLoss, softmaxCrossEntropy } from "../lib/nn/item_losses.ts";
+import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const noGpu = (await probeWebGpu()) === null;
 
-/** Uniform floats in [lo, hi) from a seed (mulberry32): inputs every backend sees alike. */
-function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 2 ** 32);
-  });
-}
+const uniform = seededUniform;
 
 /** Integers in [0, n) from a seed. */
 function ints(count: number, n: number, seed: number): Int32Array {

@@ -196,20 +196,7 @@ export function geluReference(x: Tensor): Tensor {
  * ```
  */
 export function geluFused(x: Tensor): Tensor {
-  if (x.dtype !== "float32" || x.size === 0 || !hasKernels(GELU_KERNEL, GELU_GRAD_KERNEL)) {
-    return geluReference(x);
-  }
-  const f = tf.customGrad((...args: (Tensor | tf.GradSaveFunc)[]) => {
-    const [t, save] = args as [Tensor, tf.GradSaveFunc];
-    save([t]);
-    return {
-      value: tf.engine().runKernel(GELU_KERNEL, { x: t }) as Tensor,
-      gradFunc: (dy: Tensor, saved: Tensor[]) => [
-        tf.engine().runKernel(GELU_GRAD_KERNEL, { dy, x: saved[0] }) as Tensor,
-      ],
-    };
-  });
-  return f(x);
+  return elementwiseFused(x, GELU_KERNEL, GELU_GRAD_KERNEL, geluReference);
 }
 
 /**
@@ -245,18 +232,29 @@ export function geluTanhReference(x: Tensor): Tensor {
  * ```
  */
 export function geluTanhFused(x: Tensor): Tensor {
-  if (
-    x.dtype !== "float32" || x.size === 0 || !hasKernels(GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL)
-  ) {
-    return geluTanhReference(x);
+  return elementwiseFused(x, GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL, geluTanhReference);
+}
+
+/**
+ * An element-wise op as a forward kernel (`x -> y`) and a gradient kernel (`dy, x -> dx`)
+ * where the active backend has both, else `reference(x)` (also for non-float32 or empty x).
+ */
+function elementwiseFused(
+  x: Tensor,
+  forward: string,
+  backward: string,
+  reference: (x: Tensor) => Tensor,
+): Tensor {
+  if (x.dtype !== "float32" || x.size === 0 || !hasKernels(forward, backward)) {
+    return reference(x);
   }
   const f = tf.customGrad((...args: (Tensor | tf.GradSaveFunc)[]) => {
     const [t, save] = args as [Tensor, tf.GradSaveFunc];
     save([t]);
     return {
-      value: tf.engine().runKernel(GELU_TANH_KERNEL, { x: t }) as Tensor,
+      value: tf.engine().runKernel(forward, { x: t }) as Tensor,
       gradFunc: (dy: Tensor, saved: Tensor[]) => [
-        tf.engine().runKernel(GELU_TANH_GRAD_KERNEL, { dy, x: saved[0] }) as Tensor,
+        tf.engine().runKernel(backward, { dy, x: saved[0] }) as Tensor,
       ],
     };
   });
