@@ -19,7 +19,8 @@
  * `--data`, `--preset` and `--batch-size` are refused),
  * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as
  * `deno task train` does), `--batch-size` (the model's training default) and
- * `--max-positions` (the trainer's), `--top` (20 rows), `--calls A,B` (also list the 10
+ * `--max-positions` (the trainer's), `--top` (20 rows), `--trace` (also every kernel call of
+ * the step in order, with shapes), `--calls A,B` (also list the 10
  * slowest calls of kernels A and B with their input and output shapes). Kernel times of
  * ops that contain other ops (custom gradients appear as `forward` and `unnamed scope`)
  * include their inner kernels, so the column adds up to more than the wall time.
@@ -36,7 +37,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "../lib/train/adam.ts";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
-import { countDispatches, describeCount } from "./_dispatches.ts";
+import { countDispatches, describeCount, NO_WORK_KERNELS } from "./_dispatches.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
 import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "../lib/eval/_device.ts";
@@ -69,6 +70,7 @@ const { values } = parseArgs({
     eval: { type: "boolean", default: false },
     "batch-size": { type: "string" },
     "max-positions": { type: "string" },
+    trace: { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -202,6 +204,15 @@ for (const name of values.calls?.split(",") ?? []) {
         shapes(k.outputShapes)
       }`,
     );
+  }
+}
+if (values.trace) {
+  // Every kernel call of the profiled step in order (no-work kernels left out): which op
+  // each dispatch comes from, for finding the next fusion.
+  console.log("\nthe step's kernel calls in order");
+  for (const k of info.kernels.filter((k) => !NO_WORK_KERNELS.has(k.name))) {
+    const shapes = (list: number[][]) => list.map((s) => `[${s}]`).join(" ");
+    console.log(`${k.name.padEnd(28)} ${shapes(k.inputShapes)} -> ${shapes(k.outputShapes)}`);
   }
 }
 optimizer.dispose();
