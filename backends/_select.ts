@@ -11,22 +11,26 @@ import "@tensorflow/tfjs-backend-wasm";
 import "@tensorflow/tfjs-backend-webgpu";
 import { registerProjectKernels } from "./_kernels.ts";
 import { registerLayoutKernels } from "./_layout_kernels.ts";
+import { registerWebGpuAccumulate } from "./_webgpu_accumulate.ts";
 import { registerWebGpuAdam } from "./_webgpu_adam.ts";
 import { registerWebGpuAttention } from "./_webgpu_attention.ts";
 import { installWebGpuDevice } from "./_webgpu_device.ts";
 import { registerWebGpuDropout } from "./_webgpu_dropout.ts";
 import { registerWebGpuFusedKernels } from "./_webgpu_fused.ts";
 import { registerWebGpuGru } from "./_webgpu_gru.ts";
+import { registerWebGpuLinears } from "./_webgpu_linear.ts";
 import { registerWebGpuOps } from "./_webgpu_ops.ts";
 
 registerProjectKernels();
 registerLayoutKernels();
 installWebGpuDevice();
+registerWebGpuAccumulate();
 registerWebGpuAdam();
 registerWebGpuAttention();
 registerWebGpuDropout();
 registerWebGpuFusedKernels();
 registerWebGpuGru();
+registerWebGpuLinears();
 registerWebGpuOps();
 
 /** A backend the user may ask for; `auto` picks the fastest one available. */

@@ -23,6 +23,8 @@ import {
   EMBEDDING_GRAD_KERNEL,
   embeddingGradient,
   fusedLinear,
+  fusedLinears,
+  linearsKernelName,
   SOFTMAX_XENT_GRAD_KERNEL,
   SOFTMAX_XENT_KERNEL,
 } from "../lib/nn/fused_ops.ts";
@@ -31,6 +33,8 @@ import { itemLoss, softmaxCrossEntropy } from "../lib/nn/item_losses.ts";
 import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
+import { capLinearGroups } from "../backends/_webgpu_linear.ts";
+import { accumulate } from "../lib/train/accumulate.ts";
 
 const noGpu = (await probeWebGpu()) === null;
 
@@ -112,6 +116,81 @@ Deno.test({
     for (const [m, out] of [[1037, 3], [300, 33]]) {
       const [cpu, gpu] = await onBoth(linearWork(m, 4, out, 77));
       assertClose(gpu, cpu, `linear ${m} x 4 -> ${out}`);
+    }
+  },
+});
+
+/**
+ * `n` linear layers of one input: their outputs, and the gradients of x, each w and each b
+ * for upstream gradients of every output.
+ */
+function linearsWork(m: number, inDim: number, outs: number[], seed: number, rate = 0) {
+  // Dropout on every other layer's output when `rate` > 0: the same Philox mask as dropout().
+  const dropoutOf = (i: number) => rate > 0 && i % 2 === 0 ? { rate, seed: seed + i } : undefined;
+  return () => {
+    const x = tf.tensor2d(uniform(m * inDim, seed), [m, inDim]);
+    const params = outs.flatMap((out, i) => [
+      tf.tensor2d(uniform(inDim * out, seed + 10 * i + 1), [inDim, out]),
+      tf.tensor1d(uniform(out, seed + 10 * i + 2)),
+    ]);
+    const dys = outs.map((out, i) => tf.tensor2d(uniform(m * out, seed + 10 * i + 3), [m, out]));
+    // On cpu each layer is fusedLinear (tfjs's fused matmul): the reference.
+    const f = (a: tf.Tensor, ...wb: tf.Tensor[]) => {
+      const layers = outs.map((_, i) => ({
+        w: wb[2 * i] as tf.Tensor2D,
+        b: wb[2 * i + 1],
+        dropout: dropoutOf(i),
+      }));
+      const ys = fusedLinears(a as tf.Tensor2D, layers);
+      // One scalar whose gradient by y_i is dy_i.
+      return ys.map((y, i) => tf.sum(tf.mul(y, dys[i]))).reduce((a, b) => tf.add(a, b));
+    };
+    const ys = fusedLinears(
+      x,
+      outs.map((_, i) => ({
+        w: params[2 * i] as tf.Tensor2D,
+        b: params[2 * i + 1],
+        dropout: dropoutOf(i),
+      })),
+    );
+    return [...ys, ...tf.grads(f)([x, ...params])];
+  };
+}
+
+Deno.test({
+  name:
+    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout, values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
+  ignore: noGpu,
+  fn: async () => {
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    assert(tf.getKernel(linearsKernelName(3), "webgpu") !== undefined, "no kernel on webgpu");
+    try {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.integer({ min: 1, max: 40 }), // rows: past 16, more than one row of tiles
+          fc.integer({ min: 1, max: 36 }),
+          fc.array(fc.integer({ min: 1, max: 36 }), { minLength: 1, maxLength: 4 }),
+          fc.constantFrom(1, 3), // layers per program: 1 as on a small device
+          fc.integer({ min: 1, max: 2 ** 30 }),
+          fc.constantFrom(0, 0.3),
+          async (m, inDim, outs, cap, seed, rate) => {
+            capLinearGroups(cap);
+            const [cpu, gpu] = await onBoth(linearsWork(m, inDim, outs, seed, rate));
+            assertClose(
+              gpu,
+              cpu,
+              `linears ${m} x ${inDim} -> [${outs}] (${cap} per program, dropout ${rate})`,
+            );
+          },
+        ),
+        { numRuns: 16 },
+      );
+      capLinearGroups(3);
+      // A long summed axis: the weight and bias gradients add 1,037 rows.
+      const [cpu, gpu] = await onBoth(linearsWork(1037, 20, [3, 17], 5));
+      assertClose(gpu, cpu, "linears 1037 x 20 -> [3, 17]");
+    } finally {
+      capLinearGroups(3);
     }
   },
 });
@@ -277,6 +356,30 @@ Deno.test({
       );
     await linear(); // compiles the programs
     assertEquals(await linear(), 4, "linear: fused matmul; 2 matmuls and a column sum");
+    // Three layers of one input, one with dropout: one kernel each way. (The gradient flows
+    // from the last output; the others' zero gradients are uploads, not dispatches.)
+    const linears = () =>
+      dispatchesOf(
+        () =>
+          [[12, 8], [8, 4], [4], [8, 4], [4], [8, 6], [6], [12, 6]].map((shape) =>
+            tf.randomNormal(shape)
+          ),
+        ([x, ...rest]) => {
+          const wb = rest.slice(0, 6);
+          const f = (a: tf.Tensor, ...p: tf.Tensor[]) =>
+            fusedLinears(
+              a as tf.Tensor2D,
+              [0, 1, 2].map((i) => ({
+                w: p[2 * i] as tf.Tensor2D,
+                b: p[2 * i + 1],
+                dropout: i === 2 ? { rate: 0.5, seed: 7 } : undefined,
+              })),
+            )[2];
+          return tf.grads(f)([x, ...wb], rest[6]);
+        },
+      );
+    await linears();
+    assertEquals(await linears(), 2, "three linears of one input: one kernel each way");
     const embedding = () =>
       dispatchesOf(
         () => [tf.tensor1d(ints(12, 10, 9), "int32"), tf.randomNormal([12, 6])],
@@ -323,6 +426,54 @@ Deno.test("columnSum() and embeddingGradient() on cpu and wasm are tf.sum and tf
     assertEquals([...a], [...b], `${backend} column sum`);
     assertEquals([...c], [...e], `${backend} embedding gradient`);
   }
+});
+
+// ------------------------------------------------------------ gradient accumulation
+
+Deno.test({
+  name:
+    "accumulate() on webgpu: sums in place where a sum's data is its own, as tf.add on cpu (bit for bit), in one dispatch for many pairs",
+  ignore: noGpu,
+  fn: async () => {
+    const shapes = [[3, 5], [7], [2, 2, 2], [1], [40, 3], [6], [5, 5], [9], [2, 9], [11]];
+    const values = shapes.map((shape, i) => {
+      const size = shape.reduce((a, b) => a * b, 1);
+      return [uniform(size, 100 + i), uniform(size, 200 + i)];
+    });
+    const sums = async () => {
+      const acc = shapes.map((shape, i) => tf.tensor(values[i][0], shape));
+      const g = shapes.map((shape, i) => tf.tensor(values[i][1], shape));
+      const shared = tf.reshape(acc[1], [7, 1]); // acc[1]'s data has two owners: not in place
+      const before = tf.memory().numTensors;
+      const out = accumulate(acc, g);
+      const reused = out.filter((t, i) => t === acc[i]).length;
+      const read = await Promise.all(out.map((t) => t.data() as Promise<Float32Array>));
+      tf.dispose([...new Set([...acc, ...g, ...out, shared])]);
+      return { read, reused, made: tf.memory().numTensors, before };
+    };
+    await selectBackend("cpu");
+    const cpu = await sums();
+    await selectBackend("webgpu", { webgpuCpuForward: false });
+    const gpu = await sums();
+    assertEquals(cpu.reused, 0, "cpu: new tensors");
+    assertEquals(gpu.reused, shapes.length - 1, "webgpu: in place but for the shared one");
+    gpu.read.forEach((v, t) => assertEquals(Array.from(v), Array.from(cpu.read[t]), `pair ${t}`));
+    // Dispatches: the in-place pairs go 7 to a program on llvmpipe's 16 storage buffers
+    // (more elsewhere), the shared one is an Add.
+    const acc = shapes.map((shape) => tf.randomNormal(shape));
+    const g = shapes.map((shape) => tf.randomNormal(shape));
+    await Promise.all([...acc, ...g].map((t) => t.data()));
+    let out: tf.Tensor[] = [];
+    const limit = (tf.backend() as unknown as {
+      device: { limits: { maxStorageBuffersPerShaderStage: number } };
+    }).device.limits.maxStorageBuffersPerShaderStage;
+    const count = countGpuDispatches(() => {
+      out = accumulate(acc, g);
+    });
+    assertEquals(count, Math.ceil(shapes.length / Math.floor((limit - 1) / 2)), "dispatches");
+    await Promise.all(out.map((t) => t.data()));
+    tf.dispose([...acc, ...g]);
+  },
 });
 
 releaseWebGpuAfterTests();

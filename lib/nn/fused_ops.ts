@@ -15,6 +15,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { dropout, keepScale, keepThreshold } from "./dropout.ts";
 import type { Tensor, Tensor1D, Tensor2D } from "./tensor_types.ts";
 
 /** Kernel `x [R, C] -> [C]`: the sum of each column (a bias gradient), in a fixed order. */
@@ -38,6 +39,32 @@ export const SOFTMAX_XENT_GRAD_KERNEL = "SigmaSoftmaxCrossEntropyGrad";
  * dispatch instead of tfjs's zero fill and ScatterNd.
  */
 export const EMBEDDING_GRAD_KERNEL = "SigmaEmbeddingGrad";
+/** The most linear layers of one input that {@linkcode fusedLinears} runs as one kernel. */
+export const MAX_SHARED_LINEARS = 3;
+
+/**
+ * Name of the kernel `(x [M, in], w0 [in, o0], b0 [o0], ..., w{n-1}, b{n-1}) ->
+ * (y_0 [M, o0], ..., y_{n-1})`, `y_i = x w_i + b_i`, for `n` layers (1 to
+ * {@linkcode MAX_SHARED_LINEARS}); its gradient is {@linkcode linearsGradKernelName}'s.
+ */
+export const linearsKernelName = (n: number): string => `SigmaLinears${n}`;
+/**
+ * Name of the kernel `(x [M, in], w0, dy0 [M, o0], ..., w{n-1}, dy{n-1}) ->
+ * (dx [M, in], dw_0..dw_{n-1}, db_0..db_{n-1})`: `dx = Σ dy_i w_iᵀ`, `dw_i = xᵀ dy_i`,
+ * `db_i` the column sums of `dy_i`.
+ */
+export const linearsGradKernelName = (n: number): string => `SigmaLinearsGrad${n}`;
+
+/** The attributes of both linears kernels. */
+export interface LinearsAttrs {
+  /**
+   * Per layer, the inverted dropout applied to its output (`y_i = (x w_i + b_i) * mask`,
+   * the mask of `dropout.ts` for the layer's seed; its gradient masks `dy_i` alike) as
+   * `[seed, threshold, scale]` (u32, u32, float32: `DROPOUT_KERNEL`'s attributes), or
+   * null for none.
+   */
+  dropouts: ([number, number, number] | null)[];
+}
 
 function hasKernels(...names: string[]): boolean {
   const backend = tf.getBackend();
@@ -64,6 +91,121 @@ export function columnSum(x: Tensor2D): Tensor1D {
     return tf.sum(x, 0) as Tensor1D;
   }
   return tf.engine().runKernel(COLUMN_SUM_KERNEL, { x }) as Tensor1D;
+}
+
+/** Whether the active backend has the kernels of {@linkcode fusedLinears}. */
+export function hasLinearsKernels(): boolean {
+  const names: string[] = [];
+  for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
+    names.push(linearsKernelName(n), linearsGradKernelName(n));
+  }
+  return hasKernels(...names);
+}
+
+let linearGradientsRegistered = false;
+
+/**
+ * tfjs gradients of the `SigmaLinears{n}` kernels: the backward kernel runs once, when
+ * tfjs asks for the node's gradients, and each input's gradient function hands back its
+ * part. (Run inside an input's function instead, the other parts would be made in that
+ * function's tidy and freed before their turn.)
+ */
+function registerLinearGradients(): void {
+  if (linearGradientsRegistered) return;
+  linearGradientsRegistered = true;
+  for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
+    const ws = Array.from({ length: n }, (_, i) => `w${i}`);
+    tf.registerGradient({
+      kernelName: linearsKernelName(n),
+      inputsToSave: ["x", ...ws],
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[], attrs: tf.NamedAttrMap) => {
+        const dys = Array.isArray(dy) ? dy : [dy];
+        const inputs: tf.NamedTensorMap = { x: saved[0] };
+        for (let i = 0; i < n; i++) {
+          inputs[`w${i}`] = saved[1 + i];
+          inputs[`dy${i}`] = dys[i];
+        }
+        const out = tf.engine().runKernel(linearsGradKernelName(n), inputs, attrs) as tf.Tensor[];
+        const grads: Record<string, () => tf.Tensor> = { x: () => out[0] };
+        for (let i = 0; i < n; i++) {
+          grads[`w${i}`] = () => out[1 + i];
+          grads[`b${i}`] = () => out[1 + n + i];
+        }
+        return grads;
+      },
+    });
+  }
+}
+
+/** One layer of {@linkcode fusedLinears}. */
+export interface LinearLayer {
+  /** The weight, `[in, out]`. */
+  w: Tensor2D;
+  /** The bias, `[out]`. */
+  b: Tensor;
+  /**
+   * Inverted dropout of the layer's output (`dropout.ts`: the same mask on every backend);
+   * none where absent, at rate 0 or with a null seed (inference).
+   */
+  dropout?: { rate: number; seed: number | null };
+}
+
+/**
+ * Linear layers of one input, `[x @ w_i + b_i]` for `x` `[M, in]`, each `w_i` `[in, o_i]`
+ * and `b_i` `[o_i]`: an attention's query, key and value projections, or one layer. Where
+ * the active backend has {@linkcode hasLinearsKernels} (webgpu), up to
+ * {@linkcode MAX_SHARED_LINEARS} layers are one dispatch forward and one backward (the
+ * input's gradient summed over the layers in the same dispatch), a layer's dropout included
+ * (drawn in the product's epilogue forward, applied to `dy` as it is read backward).
+ * Elsewhere each layer is {@linkcode fusedLinear} and `dropout`: the reference these
+ * kernels are tested against, with the same mask.
+ */
+export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
+  if (x.rank !== 2) throw new RangeError(`fusedLinears needs x [M, in], got [${x.shape}]`);
+  for (const { w, b, dropout: drop } of layers) {
+    if (drop && !(drop.rate >= 0 && drop.rate < 1)) {
+      throw new RangeError(`dropout rate must be in [0, 1), got ${drop.rate}`);
+    }
+    if (w.rank !== 2 || w.shape[0] !== x.shape[1] || b.size !== w.shape[1]) {
+      throw new RangeError(
+        `fusedLinears: x [${x.shape}] needs w [${
+          x.shape[1]
+        }, o] and b [o], got w [${w.shape}], b [${b.shape}]`,
+      );
+    }
+  }
+  const dropped = (layer: LinearLayer) =>
+    layer.dropout && layer.dropout.rate > 0 && layer.dropout.seed !== null;
+  if (x.dtype !== "float32" || x.size === 0 || !hasLinearsKernels()) {
+    return layers.map((layer) => {
+      const y = fusedLinear(x, layer.w, layer.b);
+      return dropped(layer) ? dropout(y, layer.dropout!.rate, layer.dropout!.seed) as Tensor2D : y;
+    });
+  }
+  registerLinearGradients();
+  const out: Tensor2D[] = [];
+  for (let first = 0; first < layers.length; first += MAX_SHARED_LINEARS) {
+    const group = layers.slice(first, first + MAX_SHARED_LINEARS);
+    const inputs: tf.NamedTensorMap = { x };
+    group.forEach(({ w, b }, i) => {
+      inputs[`w${i}`] = w;
+      inputs[`b${i}`] = tf.reshape(b, [w.shape[1]]);
+    });
+    const attrs: LinearsAttrs = {
+      dropouts: group.map((layer) => {
+        if (!dropped(layer)) return null;
+        const { rate, seed } = layer.dropout!;
+        return [seed! >>> 0, keepThreshold(rate), keepScale(rate)];
+      }),
+    };
+    const ys = tf.engine().runKernel(
+      linearsKernelName(group.length),
+      inputs,
+      attrs as unknown as tf.NamedAttrMap,
+    );
+    out.push(...(Array.isArray(ys) ? ys : [ys]) as Tensor2D[]);
+  }
+  return out;
 }
 
 /**

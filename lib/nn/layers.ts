@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { scaledDotAttention } from "./attention.ts";
 import { dropout } from "./dropout.ts";
 import { geluFused, layerNormResidual } from "./fused.ts";
-import { embeddingGradient, fusedLinear } from "./fused_ops.ts";
+import { embeddingGradient, fusedLinears } from "./fused_ops.ts";
 import type { ParamStore } from "./params.ts";
 
 // Inverted dropout, its mask a pure function of the seed and the element's index (Philox),
@@ -109,21 +109,51 @@ export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   return tf.reshape(f(table), [...ids.shape, d]);
 }
 
-/** `x @ W + b` over the last axis; `W` is `[in, out]` named `${name}.w`, `b` `${name}.b`. */
-export function linear(p: ParamStore, name: string, x: tf.Tensor): tf.Tensor {
-  const w = p.get(`${name}.w`) as tf.Tensor2D;
-  const b = p.get(`${name}.b`);
+/** Inverted dropout of a layer's output: its rate and seed (null: inference, none). */
+export interface OutputDropout {
+  /** The rate, in [0, 1). */
+  rate: number;
+  /** The mask's seed; null for none. */
+  seed: number | null;
+}
+
+/**
+ * `x @ W + b` over the last axis; `W` is `[in, out]` named `${name}.w`, `b` `${name}.b`.
+ * With `drop`, the output goes through `dropout(y, drop.rate, drop.seed)`: on webgpu inside
+ * the product's own dispatches.
+ */
+export function linear(p: ParamStore, name: string, x: tf.Tensor, drop?: OutputDropout): tf.Tensor {
+  return linears(p, [name], x, drop ? [drop] : [])[0];
+}
+
+/**
+ * Several {@linkcode linear} layers of one input (an attention's projections), `drops[i]`
+ * the dropout of layer `i`'s output if any: on webgpu one dispatch forward and one backward
+ * for up to three of them (`fusedLinears`), the input's gradient summed and the dropout
+ * applied in the same dispatches. Elsewhere each is `matmul`, an add (explicit transposes,
+ * for wasm's fast path) and `dropout`, as `linear` always was.
+ */
+export function linears(
+  p: ParamStore,
+  names: string[],
+  x: tf.Tensor,
+  drops: (OutputDropout | undefined)[] = [],
+): tf.Tensor[] {
   const inDim = x.shape[x.shape.length - 1];
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, inDim]) as tf.Tensor2D; // [M, in]
-  // On webgpu, tfjs's fused product adds the bias in the matmul's own dispatch, and
-  // `fusedLinear`'s gradient multiplies with transpose flags (free there) and sums the bias
-  // gradient in one kernel: 4 dispatches forward and backward instead of 9. Elsewhere
-  // `matmul` (explicit transposes, for wasm's fast path).
-  const y = tf.getBackend() === "webgpu"
-    ? fusedLinear(x2, w, b) // [M, out]
-    : tf.add(matmul(x2, w), b); // [M, out]
-  return tf.reshape(y, [...lead, w.shape[1]]); // [..., out]
+  const layers = names.map((name, i) => ({
+    w: p.get(`${name}.w`) as tf.Tensor2D, // [in, out]
+    b: p.get(`${name}.b`), // [out]
+    dropout: drops[i],
+  }));
+  const ys = tf.getBackend() === "webgpu"
+    ? fusedLinears(x2, layers) // each [M, out]
+    : layers.map(({ w, b, dropout: drop }) => {
+      const y = tf.add(matmul(x2, w), b); // [M, out]
+      return drop ? dropout(y, drop.rate, drop.seed) : y;
+    });
+  return ys.map((y, i) => tf.reshape(y, [...lead, layers[i].w.shape[1]])); // each [..., out]
 }
 
 /** Creates the parameters of {@linkcode linear}. */
@@ -249,6 +279,7 @@ function selfAttention(
   s: TransformerSettings,
   lastQueryOnly = false,
   attentionSeed: number | null = null,
+  outputDropout?: OutputDropout,
 ): tf.Tensor3D {
   const [batch, length, hidden] = x.shape;
   const dh = hidden / s.heads;
@@ -258,16 +289,22 @@ function selfAttention(
   const split = (t: tf.Tensor, rows: number) => tf.reshape(t, [batch, rows, s.heads, dh]);
   const xq = lastQueryOnly ? tf.slice(x, [0, length - 1, 0], [-1, 1, -1]) : x; // [B, Lq, d]
   const m = lastQueryOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) : mask; // [B, 1, Lq, L]
-  const q = split(linear(p, `${name}.q`, xq), queries);
-  const k = split(linear(p, `${name}.k`, x), length);
-  const v = split(linear(p, `${name}.v`, x), length);
+  // One input for all three projections in training: one kernel each way on webgpu.
+  const [q, k, v] = lastQueryOnly
+    ? [
+      split(linear(p, `${name}.q`, xq), queries),
+      split(linear(p, `${name}.k`, x), length),
+      split(linear(p, `${name}.v`, x), length),
+    ]
+    : linears(p, ["q", "k", "v"].map((m) => `${name}.${m}`), x).map((t) => split(t, length));
   const scale = 1 / Math.sqrt(dh);
   // Fused where the backend has the kernels (webgpu), attention dropout included.
   const ctx = scaledDotAttention(q, k, v, m, scale, {
     layout: "sequence",
     dropout: { rate: s.attentionDropout ?? 0, seed: attentionSeed },
   }); // [B, Lq, h, dh]
-  return linear(p, `${name}.o`, tf.reshape(ctx, [batch, queries, hidden])) as tf.Tensor3D;
+  const joined = tf.reshape(ctx, [batch, queries, hidden]);
+  return linear(p, `${name}.o`, joined, outputDropout) as tf.Tensor3D; // [B, Lq, d]
 }
 
 /**
@@ -291,15 +328,13 @@ export function transformer(
     const b = `${prefix}.block${l}`;
     const onlyLast = lastOnly && l === s.layers - 1;
     const attentionSeed = (s.attentionDropout ?? 0) > 0 ? seedOf(seeds) : null;
-    const attn = dropout(
-      selfAttention(p, `${b}.attn`, h, mask, s, onlyLast, attentionSeed),
-      s.dropout,
-      seedOf(seeds),
-    ); // [B, L or 1, d]
+    // The output dropout's seed is drawn after the attention's, as it always was.
+    const drop = { rate: s.dropout, seed: seedOf(seeds) };
+    const attn = selfAttention(p, `${b}.attn`, h, mask, s, onlyLast, attentionSeed, drop); // [B, L or 1, d]
     const residual = onlyLast ? tf.slice(h, [0, h.shape[1] - 1, 0], [-1, 1, -1]) : h; // [B, L or 1, d]
     h = layerNorm(p, `${b}.ln1`, attn, s.layerNormEps, residual) as tf.Tensor3D;
     const inner = gelu(linear(p, `${b}.ffn.in`, h));
-    const ffn = dropout(linear(p, `${b}.ffn.out`, inner), s.dropout, seedOf(seeds));
+    const ffn = linear(p, `${b}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) });
     h = layerNorm(p, `${b}.ln2`, ffn, s.layerNormEps, h) as tf.Tensor3D;
   }
   return h; // [B, L, d], or [B, 1, d] with lastOnly

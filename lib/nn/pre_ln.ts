@@ -10,7 +10,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Tensor3D, Tensor4D } from "./tensor_types.ts";
 import { scaledDotAttention } from "./attention.ts";
-import { createLayerNorm, dropout, layerNorm, linear, type SeedSource } from "./layers.ts";
+import { createLayerNorm, dropout, layerNorm, linear, linears, type SeedSource } from "./layers.ts";
 import type { ParamStore } from "./params.ts";
 import { geluTanhFused } from "./fused.ts";
 
@@ -122,9 +122,15 @@ function attention(
   // Heads as a view, [B, rows, h, dh]: the attention takes this layout (no transposes on
   // webgpu; cpu and wasm transpose inside, as this function did before).
   const split = (t: tf.Tensor, rows: number) => tf.reshape(t, [batch, rows, s.heads, dh]);
-  const q = split(linear(p, `${name}.q`, xq), queries);
-  const k = split(linear(p, `${name}.k`, x), length);
-  const v = split(linear(p, `${name}.v`, x), length);
+  // One input for all three projections (not so for a last-position read-out): one kernel
+  // each way on webgpu.
+  const [q, k, v] = xq === x
+    ? linears(p, ["q", "k", "v"].map((m) => `${name}.${m}`), x).map((t) => split(t, length))
+    : [
+      split(linear(p, `${name}.q`, xq), queries),
+      split(linear(p, `${name}.k`, x), length),
+      split(linear(p, `${name}.v`, x), length),
+    ];
   const scale = 1 / Math.sqrt(dh);
   const seed = seedOf(seeds); // drawn as before, so that later draws do not move
   // Fused where the backend has the kernels (webgpu), the dropout on the probabilities
@@ -133,7 +139,9 @@ function attention(
     layout: "sequence",
     dropout: { rate: s.dropout, seed },
   }); // [B, Lq, h, dh]
-  return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden])) as Tensor3D;
+  // The output's dropout, drawn after the probabilities' as it always was.
+  const drop = { rate: s.dropout, seed: seedOf(seeds) };
+  return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden]), drop) as Tensor3D;
 }
 
 /**
@@ -156,8 +164,8 @@ export function selfAttentionSublayer(
   const last = (t: tf.Tensor) => tf.slice(t, [0, length - 1, 0], [-1, 1, -1]) as Tensor3D;
   const queries = lastOnly ? last(normed) : normed;
   const rows = lastOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) as Tensor4D : mask;
-  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds);
-  return tf.add(lastOnly ? last(h) : h, dropout(attended, s.dropout, seedOf(seeds))) as Tensor3D;
+  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds); // dropped out
+  return tf.add(lastOnly ? last(h) : h, attended) as Tensor3D;
 }
 
 /** The feed-forward sublayer `x + Drop(W2 Drop(GELU(W1 LN2(x))))`. */
@@ -172,7 +180,7 @@ export function feedForwardSublayer(
   const inner = dropout(geluTanh(linear(p, `${name}.ffn.in`, normed)), s.dropout, seedOf(seeds));
   return tf.add(
     x,
-    dropout(linear(p, `${name}.ffn.out`, inner), s.dropout, seedOf(seeds)),
+    linear(p, `${name}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) }),
   ) as Tensor3D;
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { accumulate } from "./accumulate.ts";
 import type { Adam } from "./adam.ts";
 import type { TrainBatch } from "../data/types.ts";
 import type { SequentialModel } from "../models/_model.ts";
@@ -156,20 +157,29 @@ export function trainStep(
       // Only variables the loss reached get a gradient: Adam leaves the others as they are,
       // as PyTorch does (a variable reached by one piece only gets that piece's gradient).
       const acc: Record<string, tf.Tensor> = {};
+      const added: string[] = [];
       for (const v of vars) {
         const g = grads[v.name];
         const before = summed?.[v.name];
-        if (g && before) acc[v.name] = tf.add(before, g);
+        if (g && before) added.push(v.name);
         else if (g || before) acc[v.name] = (g ?? before)!;
       }
-      const p = packedSum ? tf.add(packedSum, packed!) : packed!;
+      // The sums, with the loss values': on webgpu written into the running sums in place,
+      // a few dispatches for all of them (accumulate.ts); elsewhere tf.add each.
+      const sums = accumulate(
+        [...added.map((name) => summed![name]), ...(packedSum ? [packedSum] : [])],
+        [...added.map((name) => grads[name]!), ...(packedSum ? [packed!] : [])],
+      );
+      added.forEach((name, i) => acc[name] = sums[i]);
+      const p = packedSum ? sums[added.length] : packed!;
       if (packedSum) packed!.dispose(); // kept by tf.keep: not tidied
       return { acc, p };
     });
-    // A gradient this piece did not add to is carried over as it is: not freed.
-    const carried = new Set(Object.values(next.acc));
+    // A running sum written in place, or not added to by this piece, is carried over as it
+    // is: not freed.
+    const carried = new Set<tf.Tensor>([...Object.values(next.acc), next.p]);
     if (summed) tf.dispose(Object.values(summed).filter((g) => !carried.has(g)));
-    if (packedSum) (packedSum as tf.Tensor).dispose();
+    if (packedSum && !carried.has(packedSum)) (packedSum as tf.Tensor).dispose();
     summed = next.acc;
     packedSum = next.p as tf.Tensor1D;
   }
