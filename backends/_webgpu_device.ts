@@ -57,10 +57,47 @@ async function createBackend(): Promise<tf.KernelBackend> {
     Math.max(8, adapter.limits.maxStorageBuffersPerShaderStage ?? 8),
   );
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  watchErrors(device);
   return new (WebGPUBackend as unknown as new (d: unknown, i: unknown) => tf.KernelBackend)(
     device,
     adapter.info,
   );
+}
+
+/** Every uncaptured error of the device, in order (see {@linkcode webGpuErrors}). */
+const errors: string[] = [];
+
+/** Errors printed at most; the rest are only counted. */
+const ERRORS_PRINTED = 3;
+
+/**
+ * Listens for the device's uncaptured errors. WebGPU reports a shader that does not
+ * compile or a bind group that does not match its pipeline only this way, and the command
+ * buffer holding it then does nothing at all: without this, such a kernel's output would be
+ * whatever its buffer held, silently.
+ */
+function watchErrors(device: unknown): void {
+  const target = device as {
+    addEventListener?(
+      type: string,
+      listener: (event: { error?: { message?: string } }) => void,
+    ): void;
+  };
+  target.addEventListener?.("uncapturederror", (event) => {
+    const message = event.error?.message ?? String(event.error);
+    errors.push(message);
+    if (errors.length <= ERRORS_PRINTED) {
+      console.error(`WebGPU error (results computed on the GPU are wrong): ${message}`);
+    }
+  });
+}
+
+/**
+ * The uncaptured errors of the webgpu backend's device so far (shader compilation,
+ * validation), in order; empty when all is well. Printed as they happen, the first three.
+ */
+export function webGpuErrors(): readonly string[] {
+  return errors;
 }
 
 let installed = false;

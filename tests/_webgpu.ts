@@ -4,7 +4,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { assert } from "./_assert.ts";
+import { assert, assertEquals } from "./_assert.ts";
+import { webGpuErrors } from "../backends/_webgpu_device.ts";
 
 /**
  * Registers, as the module's last test, the release of tfjs's WebGPU backend and device.
@@ -16,11 +17,13 @@ import { assert } from "./_assert.ts";
  * Call it at the end of the module, after every test that may select webgpu.
  */
 export function releaseWebGpuAfterTests(): void {
-  Deno.test("the WebGPU device is released before the process exits", () => {
+  Deno.test("the WebGPU device reported no errors and is released before the process exits", () => {
     // The registry, not tf.findBackend: that would start a backend that never ran here.
     const registry = (tf.engine() as unknown as { registry: Record<string, unknown> }).registry;
     const backend = registry.webgpu as { device?: { destroy(): void } } | undefined;
     if (backend === undefined) return;
+    // A kernel that did not compile, or a binding that did not match, ran as nothing.
+    assertEquals([...webGpuErrors()], [], "the device reported errors during this module");
     const device = backend.device;
     tf.removeBackend("webgpu");
     device?.destroy();
