@@ -66,7 +66,7 @@ if want 2; then
   tests=(tests/backends_test.ts tests/kernels_test.ts tests/sigma_test.ts tests/diffurec_test.ts
     tests/diffurecsys_test.ts tests/model_file_test.ts tests/recommender_test.ts
     tests/dropout_test.ts tests/adam_fused_test.ts tests/fused_ops_test.ts tests/attention_test.ts
-    tests/gru_fused_test.ts
+    tests/gru_fused_test.ts tests/webgpu_ops_test.ts
     tests/training_parity_test.ts)
   timeout "$(bound 150)" deno test -A --no-check --parallel "${tests[@]}" >"$OUT/parity-tests.log" 2>&1
   say "parity tests (rc $?, $(elapsed) s): $(grep -E '^(ok|FAILED) \|' "$OUT/parity-tests.log" | tail -1)"
