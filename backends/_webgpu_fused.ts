@@ -550,6 +550,20 @@ class ElementwiseProgram implements WebGpuProgram {
 /** φ(x) = exp(-x²/2) / √(2π), the standard normal density, as WGSL of `v`. */
 const NORMAL_DENSITY = `sigmaExpNegSquare(v, 0.5) * ${lit(1 / Math.sqrt(2 * Math.PI))}`;
 
+/**
+ * The GELUs as WGSL functions for other programs (the linear layers' epilogue,
+ * `_webgpu_linear.ts`): `sigmaActGelu(v)`, `sigmaActGeluGrad(v)` (the derivative),
+ * `sigmaActGeluTanh(v)`, `sigmaActGeluTanhGrad(v)`, the same arithmetic as this file's
+ * GELU kernels.
+ */
+export const ACTIVATIONS_WGSL = `
+  ${ERF_WGSL}
+  ${GELU_TANH_WGSL}
+  fn sigmaActGelu(v : f32) -> f32 { return v * sigmaPhi(v); }
+  fn sigmaActGeluGrad(v : f32) -> f32 { return sigmaPhi(v) + v * ${NORMAL_DENSITY}; }
+  fn sigmaActGeluTanh(v : f32) -> f32 { return sigmaGeluTanh(v); }
+  fn sigmaActGeluTanhGrad(v : f32) -> f32 { return sigmaGeluTanhGrad(v); }`;
+
 function geluKernel(args: Parameters<tf.KernelFunc>[0]): Info {
   const { x } = args.inputs as { x: Info };
   const backend = args.backend as unknown as WebGpuBackend;

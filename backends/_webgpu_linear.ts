@@ -34,16 +34,19 @@
  * writable).
  *
  * Bindings: the forward program binds `1 + 3n` storage buffers and the backward `2 + 4n`
- * (one more with an addend): a device with fewer storage buffers per stage than a group of
- * layers needs gets the layers in smaller groups, the input gradient carried from group to
- * group as the addend.
+ * (one more with an addend, one more per activated layer): a device with fewer storage
+ * buffers per stage than a group of layers needs gets the layers in smaller groups, the
+ * input gradient carried from group to group as the addend.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { type Info, type ProgramUniform, type WebGpuProgram } from "./_webgpu_program.ts";
 import { PHILOX_WGSL } from "./_webgpu_dropout.ts";
+import { ACTIVATIONS_WGSL } from "./_webgpu_fused.ts";
 import {
+  LINEAR_ACT_KERNEL,
+  type LinearActivationName,
   type LinearsAttrs,
   linearsGradKernelName,
   linearsKernelName,
@@ -200,6 +203,7 @@ class TileProgram implements WebGpuProgram {
   private extra: string[];
   private regions: Region[];
   private uniformNames: string[];
+  private activations: boolean;
 
   constructor(
     key: string,
@@ -208,7 +212,9 @@ class TileProgram implements WebGpuProgram {
     outputShape: number[],
     uniformNames: string[],
     regions: Region[],
+    activations = false,
   ) {
+    this.activations = activations;
     this.variableNames = names;
     this.extra = extra;
     this.outputShape = outputShape;
@@ -255,6 +261,7 @@ class TileProgram implements WebGpuProgram {
     return `
   ${extraDecls.join("\n  ")}
   ${PHILOX_WGSL}
+  ${this.activations ? ACTIVATIONS_WGSL : ""}
   // The dropout mask's value at flat index i (dropout.ts): scale where kept, else 0.
   fn sigmaKeep(i : i32, seed : u32, threshold : u32, scale : f32) -> f32 {
     let words = sigmaPhilox(u32(i) >> 1u, seed);
@@ -312,6 +319,24 @@ const maskOf = (i: number) => (at: string) =>
 const dropoutUniforms = (masked: boolean[]) =>
   masked.flatMap((m, i) => m ? [`seed${i}`, `threshold${i}`, `scale${i}:f32`] : []);
 
+/** The WGSL function of an activation (`ACTIVATIONS_WGSL`), or of its derivative. */
+const actFn = (act: LinearActivationName, grad = false) =>
+  `sigmaAct${act === "gelu" ? "Gelu" : "GeluTanh"}${grad ? "Grad" : ""}`;
+
+/**
+ * The factor layer `i`'s `dy` is read with backward: an activated layer's saved slope
+ * `slope${i}` (its dropout mask times the activation's derivative, written by the forward
+ * pass: one load instead of an erf and a Philox per read), else its dropout mask.
+ */
+function dyFactor(
+  i: number,
+  masked: boolean,
+  act: LinearActivationName | null,
+): ((at: string) => string) | undefined {
+  if (act) return (at) => `slope${i}[${at}]`;
+  return masked ? maskOf(i) : undefined;
+}
+
 /** Row-major `[rows, cols]` matrix `buffer`, read as it is. */
 const plain = (buffer: string, rows: string, cols: string): Operand => ({
   buffer,
@@ -330,19 +355,37 @@ const transposed = (buffer: string, rows: string, cols: string): Operand => ({
   alongRows: true,
 });
 
-/** `y_i = x w_i + b_i`: region `i` is layer `i`'s output; `y_0` is the program's output. */
+/**
+ * `y_i = act_i(x w_i + b_i) * mask_i`: region `i` is layer `i`'s output; `y_0` is the
+ * program's output, the others and each activated layer's slope `mask_i * act_i'(x w_i +
+ * b_i)` (what its gradient multiplies `dy_i` by) are extra outputs.
+ */
 function forwardProgram(
   n: number,
   rows: number,
   outs: number[],
   masked: boolean[],
+  acts: (LinearActivationName | null)[],
 ): TileProgram {
   const names = ["x"];
   for (let i = 0; i < n; i++) names.push(`w${i}`, `b${i}`);
   const extra = Array.from({ length: n - 1 }, (_, i) => `y${i + 1}`);
+  acts.forEach((act, i) => act && extra.push(`slope${i}`));
   const regions = outs.map((out, i): Region => {
     const o = `uniforms.out${i}`;
     const target = i === 0 ? "result" : `y${i}W`;
+    const act = acts[i];
+    const value = act ? `${actFn(act)}(v)` : "v";
+    const mask = masked[i] ? maskOf(i)("at") : "1.0";
+    const store = act
+      ? `let at = row * ${o} + col;
+              let v = acc[i * 4 + j] + b${i}[col];
+              let m = ${mask};
+              slope${i}W[at] = m * ${actFn(act, true)}(v);
+              ${target}[at] = ${value} * m;`
+      : `let at = row * ${o} + col;
+              let v = acc[i * 4 + j] + b${i}[col];
+              ${target}[at] = ${masked[i] ? `${value} * ${mask}` : value};`;
     return {
       rows,
       cols: out,
@@ -351,25 +394,17 @@ function forwardProgram(
           a: plain("x", "uniforms.rows", "uniforms.inDim"),
           b: plain(`w${i}`, "uniforms.inDim", o),
         }])
-      }${
-        storeWgsl(
-          "uniforms.rows",
-          o,
-          masked[i]
-            ? `let at = row * ${o} + col;
-              ${target}[at] = (acc[i * 4 + j] + b${i}[col]) * ${maskOf(i)("at")};`
-            : `${target}[row * ${o} + col] = acc[i * 4 + j] + b${i}[col];`,
-        )
-      }`,
+      }${storeWgsl("uniforms.rows", o, store)}`,
     };
   });
   return new TileProgram(
-    `sigmaLinears_${n}_${masked.map(Number).join("")}`,
+    `sigmaLinears_${n}_${masked.map(Number).join("")}_${acts.map((a) => a ?? "-").join(",")}`,
     [...names, ...extra],
     extra,
     [rows, outs[0]],
     ["rows", "inDim", ...outs.map((_, i) => `out${i}`), ...dropoutUniforms(masked)],
     regions,
+    acts.some((a) => a !== null),
   );
 }
 
@@ -384,9 +419,13 @@ function backwardProgram(
   outs: number[],
   withAddend: boolean,
   masked: boolean[],
+  acts: (LinearActivationName | null)[],
 ): TileProgram {
   const names = ["x"];
-  for (let i = 0; i < n; i++) names.push(`w${i}`, `dy${i}`);
+  for (let i = 0; i < n; i++) {
+    names.push(`w${i}`, `dy${i}`);
+    if (acts[i]) names.push(`slope${i}`);
+  }
   if (withAddend) names.push("addend");
   const extra: string[] = [];
   for (let i = 0; i < n; i++) extra.push(`dw${i}`, `db${i}`);
@@ -396,7 +435,7 @@ function backwardProgram(
     cols: inDim,
     body: `${
       termsWgsl(outs.map((_, i) => ({
-        a: { ...plain(`dy${i}`, "uniforms.rows", o(i)), factor: masked[i] ? maskOf(i) : undefined },
+        a: { ...plain(`dy${i}`, "uniforms.rows", o(i)), factor: dyFactor(i, masked[i], acts[i]) },
         b: transposed(`w${i}`, o(i), "uniforms.inDim"),
       })))
     }${
@@ -415,7 +454,7 @@ function backwardProgram(
     body: `${
       termsWgsl([{
         a: transposed("x", "uniforms.inDim", "uniforms.rows"),
-        b: { ...plain(`dy${i}`, "uniforms.rows", o(i)), factor: masked[i] ? maskOf(i) : undefined },
+        b: { ...plain(`dy${i}`, "uniforms.rows", o(i)), factor: dyFactor(i, masked[i], acts[i]) },
         sumB: true,
       }])
     }${storeWgsl("uniforms.inDim", o(i), `dw${i}W[row * ${o(i)} + col] = acc[i * 4 + j];`)}
@@ -427,12 +466,15 @@ function backwardProgram(
         }`,
   }));
   return new TileProgram(
-    `sigmaLinearsGrad_${n}_${withAddend}_${masked.map(Number).join("")}`,
+    `sigmaLinearsGrad_${n}_${withAddend}_${masked.map(Number).join("")}_${
+      acts.map((a) => a ?? "-").join(",")
+    }`,
     [...names, ...extra],
     extra,
     [rows, inDim],
     ["rows", "inDim", ...outs.map((_, i) => `out${i}`), ...dropoutUniforms(masked)],
     [dx, ...grads],
+    acts.some((a) => a !== null),
   );
 }
 
@@ -474,10 +516,31 @@ export function capLinearGroups(layers: number): void {
   groupCap = Math.max(1, Math.min(MAX_SHARED_LINEARS, Math.floor(layers)));
 }
 
-/** Layers one program takes on this device: its storage bindings must fit. */
-function groupSize(backend: Backend, perLayer: number, fixed: number): number {
+/**
+ * The layers' groups, `[first, end)` each, one program apiece: as many layers as the
+ * device's storage bindings per stage take (`fixed` for the program, `perLayer(i)` for
+ * layer `i`), at most {@linkcode capLinearGroups}'s; one layer at least.
+ */
+function groups(
+  backend: Backend,
+  n: number,
+  fixed: number,
+  perLayer: (i: number) => number,
+): [number, number][] {
   const limit = backend.device.limits.maxStorageBuffersPerShaderStage;
-  return Math.max(1, Math.min(groupCap, Math.floor((limit - fixed) / perLayer)));
+  const out: [number, number][] = [];
+  let first = 0;
+  while (first < n) {
+    let end = first + 1;
+    let used = fixed + perLayer(first);
+    while (end < n && end - first < groupCap && used + perLayer(end) <= limit) {
+      used += perLayer(end);
+      end++;
+    }
+    out.push([first, end]);
+    first = end;
+  }
+  return out;
 }
 
 /** `SigmaLinears{n}`: `(x, w0, b0, ...) -> y_0..y_{n-1}`. */
@@ -491,23 +554,31 @@ function linearsKernel(n: number) {
       { length: n },
       (_, i) => ({ w: inputs[`w${i}`], b: inputs[`b${i}`] }),
     );
-    const { dropouts } = args.attrs as unknown as LinearsAttrs;
-    const size = groupSize(backend, 3, 1);
-    const outputs: Info[] = [];
-    for (let first = 0; first < n; first += size) {
-      const group = layers.slice(first, first + size);
+    const { dropouts, activations } = args.attrs as unknown as LinearsAttrs;
+    // Bindings: the output and x; per layer w, b, its output (but the first's) and an
+    // activated layer's slope.
+    const spans = groups(backend, n, 1, (i) => 3 + (activations[i] ? 1 : 0));
+    const ys: Info[] = [];
+    const slopes: Info[] = [];
+    for (const [first, end] of spans) {
+      const group = layers.slice(first, end);
       const outs = group.map((l) => l.w.shape[1]);
+      const acts = activations.slice(first, end);
       const extra = outs.slice(1).map((out) => backend.makeTensorInfo([rows, out], "float32"));
-      const masks = dropouts.slice(first, first + size);
+      const slope = outs.flatMap((out, i) =>
+        acts[i] ? [backend.makeTensorInfo([rows, out], "float32")] : []
+      );
+      const masks = dropouts.slice(first, end);
       const y0 = run(
         backend,
-        forwardProgram(group.length, rows, outs, masks.map((d) => d !== null)),
-        [x, ...group.flatMap((l) => [l.w, l.b]), ...extra],
+        forwardProgram(group.length, rows, outs, masks.map((d) => d !== null), acts),
+        [x, ...group.flatMap((l) => [l.w, l.b]), ...extra, ...slope],
         groupUniforms(rows, inDim, outs, masks),
       );
-      outputs.push(y0, ...extra);
+      ys.push(y0, ...extra);
+      slopes.push(...slope);
     }
-    return outputs;
+    return [...ys, ...slopes];
   };
 }
 
@@ -520,23 +591,30 @@ function linearsGradKernel(n: number) {
     const [rows, inDim] = x.shape;
     const layers = Array.from(
       { length: n },
-      (_, i) => ({ w: inputs[`w${i}`], dy: inputs[`dy${i}`] }),
+      (_, i) => ({
+        w: inputs[`w${i}`],
+        dy: inputs[`dy${i}`],
+        slope: inputs[`slope${i}`] as Info | undefined,
+      }),
     );
-    const { dropouts } = args.attrs as unknown as LinearsAttrs;
-    const size = groupSize(backend, 4, 3);
+    const { dropouts, activations } = args.attrs as unknown as LinearsAttrs;
+    // Bindings: dx, x, an addend; per layer w, dy, dw, db and an activated layer's
+    // pre-activation.
+    const spans = groups(backend, n, 3, (i) => 4 + (activations[i] ? 1 : 0));
     const dw: Info[] = [];
     const db: Info[] = [];
     let dx: Info | null = null;
     const partial: Info[] = [];
-    for (let first = 0; first < n; first += size) {
-      const group = layers.slice(first, first + size);
+    for (const [first, end] of spans) {
+      const group = layers.slice(first, end);
       const outs = group.map((l) => l.w.shape[1]);
       const extra: Info[] = [];
       for (const out of outs) {
         extra.push(backend.makeTensorInfo([inDim, out], "float32"));
         extra.push(backend.makeTensorInfo([out], "float32"));
       }
-      const masks = dropouts.slice(first, first + size);
+      const masks = dropouts.slice(first, end);
+      const acts = activations.slice(first, end);
       const next: Info = run(
         backend,
         backwardProgram(
@@ -546,8 +624,14 @@ function linearsGradKernel(n: number) {
           outs,
           dx !== null,
           masks.map((d) => d !== null),
+          acts,
         ),
-        [x, ...group.flatMap((l) => [l.w, l.dy]), ...(dx ? [dx] : []), ...extra],
+        [
+          x,
+          ...group.flatMap((l, i) => acts[i] ? [l.w, l.dy, l.slope!] : [l.w, l.dy]),
+          ...(dx ? [dx] : []),
+          ...extra,
+        ],
         groupUniforms(rows, inDim, outs, masks),
       );
       if (dx) partial.push(dx);
@@ -569,6 +653,11 @@ let registered = false;
 export function registerWebGpuLinears(): void {
   if (registered) return;
   registered = true;
+  tf.registerKernel({
+    kernelName: LINEAR_ACT_KERNEL,
+    backendName: "webgpu",
+    kernelFunc: linearsKernel(1) as unknown as tf.KernelFunc,
+  });
   for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
     tf.registerKernel({
       kernelName: linearsKernelName(n),

@@ -29,6 +29,7 @@ import {
   SOFTMAX_XENT_KERNEL,
 } from "../lib/nn/fused_ops.ts";
 import { embeddingLookup } from "../lib/nn/layers.ts";
+import { geluFused, geluTanhFused } from "../lib/nn/fused.ts";
 import { itemLoss, softmaxCrossEntropy } from "../lib/nn/item_losses.ts";
 import { seededUniform } from "./_fixtures.ts";
 import { assert, assertEquals } from "./_assert.ts";
@@ -127,6 +128,13 @@ Deno.test({
 function linearsWork(m: number, inDim: number, outs: number[], seed: number, rate = 0) {
   // Dropout on every other layer's output when `rate` > 0: the same Philox mask as dropout().
   const dropoutOf = (i: number) => rate > 0 && i % 2 === 0 ? { rate, seed: seed + i } : undefined;
+  // An activation on every third layer, from the second (a kernel of its own).
+  const activationOf = (i: number) =>
+    i % 3 === 1
+      ? (seed % 2 === 0
+        ? { name: "gelu" as const, apply: geluFused }
+        : { name: "geluTanh" as const, apply: geluTanhFused })
+      : undefined;
   return () => {
     const x = tf.tensor2d(uniform(m * inDim, seed), [m, inDim]);
     const params = outs.flatMap((out, i) => [
@@ -140,6 +148,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
         w: wb[2 * i] as tf.Tensor2D,
         b: wb[2 * i + 1],
         dropout: dropoutOf(i),
+        activation: activationOf(i),
       }));
       const ys = fusedLinears(a as tf.Tensor2D, layers);
       // One scalar whose gradient by y_i is dy_i.
@@ -151,6 +160,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
         w: params[2 * i] as tf.Tensor2D,
         b: params[2 * i + 1],
         dropout: dropoutOf(i),
+        activation: activationOf(i),
       })),
     );
     return [...ys, ...tf.grads(f)([x, ...params])];
@@ -159,7 +169,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
 
 Deno.test({
   name:
-    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout, values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
+    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout and GELUs, values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
@@ -380,6 +390,23 @@ Deno.test({
       );
     await linears();
     assertEquals(await linears(), 2, "three linears of one input: one kernel each way");
+    // A layer with a GELU and dropout (an FFN's first layer): one kernel each way.
+    const activated = () =>
+      dispatchesOf(
+        () => [[12, 8], [8, 16], [16], [12, 16]].map((shape) => tf.randomNormal(shape)),
+        ([x, w, b, dy]) => {
+          const f = (a: tf.Tensor, v: tf.Tensor, c: tf.Tensor) =>
+            fusedLinears(a as tf.Tensor2D, [{
+              w: v as tf.Tensor2D,
+              b: c,
+              dropout: { rate: 0.2, seed: 3 },
+              activation: { name: "geluTanh", apply: geluTanhFused },
+            }])[0];
+          return tf.grads(f)([x, w, b], dy);
+        },
+      );
+    await activated();
+    assertEquals(await activated(), 2, "a linear layer with GELU and dropout");
     const embedding = () =>
       dispatchesOf(
         () => [tf.tensor1d(ints(12, 10, 9), "int32"), tf.randomNormal([12, 6])],

@@ -497,7 +497,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
 
   /** u^j = MLP(x^j): interest vectors in item space, `[P, k, d]`. */
   #interestDecoder(x: tf.Tensor3D): tf.Tensor3D {
-    const h = gelu(linear(this.params, "interest.l1", x));
+    const h = linear(this.params, "interest.l1", x, undefined, "gelu");
     return linear(this.params, "interest.l2", h) as tf.Tensor3D;
   }
 

@@ -55,7 +55,19 @@ export const linearsKernelName = (n: number): string => `SigmaLinears${n}`;
  */
 export const linearsGradKernelName = (n: number): string => `SigmaLinearsGrad${n}`;
 
-/** The attributes of both linears kernels. */
+/** An activation the linears kernels apply in their epilogue: `fused.ts`'s GELUs. */
+export type LinearActivationName = "gelu" | "geluTanh";
+
+/**
+ * Kernel `(x [M, in], w0 [in, o], b0 [o]) -> (y [M, o], slope [M, o])`: one linear layer
+ * with an activation (attrs as {@linkcode LinearsAttrs}, one layer): with `z = x w0 + b0`
+ * and `m` the dropout mask (1 without), `y = act(z) m` and `slope = act'(z) m`, what the
+ * gradient multiplies `dy` by. Its gradient runs {@linkcode linearsGradKernelName}`(1)`
+ * with `slope0`.
+ */
+export const LINEAR_ACT_KERNEL = "SigmaLinearAct";
+
+/** The attributes of the linears kernels. */
 export interface LinearsAttrs {
   /**
    * Per layer, the inverted dropout applied to its output (`y_i = (x w_i + b_i) * mask`,
@@ -64,6 +76,11 @@ export interface LinearsAttrs {
    * null for none.
    */
   dropouts: ([number, number, number] | null)[];
+  /**
+   * Per layer, the activation applied before the dropout, or null: `y_i = act(x w_i + b_i)`
+   * (`LINEAR_ACT_KERNEL` only; the grad kernel then takes the layer's `slope${i}`).
+   */
+  activations: (LinearActivationName | null)[];
 }
 
 function hasKernels(...names: string[]): boolean {
@@ -95,7 +112,7 @@ export function columnSum(x: Tensor2D): Tensor1D {
 
 /** Whether the active backend has the kernels of {@linkcode fusedLinears}. */
 export function hasLinearsKernels(): boolean {
-  const names: string[] = [];
+  const names: string[] = [LINEAR_ACT_KERNEL];
   for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
     names.push(linearsKernelName(n), linearsGradKernelName(n));
   }
@@ -113,6 +130,22 @@ let linearGradientsRegistered = false;
 function registerLinearGradients(): void {
   if (linearGradientsRegistered) return;
   linearGradientsRegistered = true;
+  tf.registerGradient({
+    kernelName: LINEAR_ACT_KERNEL,
+    inputsToSave: ["x", "w0"],
+    outputsToSave: [false, true], // slope
+    gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[], attrs: tf.NamedAttrMap) => {
+      // Only y is used downstream: slope's gradient (zeros tfjs makes) is ignored.
+      const dyY = Array.isArray(dy) ? dy[0] : dy;
+      const [x, w0, slope0] = saved;
+      const out = tf.engine().runKernel(
+        linearsGradKernelName(1),
+        { x, w0, dy0: dyY, slope0 },
+        attrs,
+      ) as tf.Tensor[];
+      return { x: () => out[0], w0: () => out[1], b0: () => out[2] };
+    },
+  });
   for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
     const ws = Array.from({ length: n }, (_, i) => `w${i}`);
     tf.registerGradient({
@@ -148,6 +181,11 @@ export interface LinearLayer {
    * none where absent, at rate 0 or with a null seed (inference).
    */
   dropout?: { rate: number; seed: number | null };
+  /**
+   * An activation before the dropout: its kernel's name, and the function the reference
+   * path applies (`fused.ts`'s GELU of the same name).
+   */
+  activation?: { name: LinearActivationName; apply: (t: Tensor) => Tensor };
 }
 
 /**
@@ -178,14 +216,23 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
     layer.dropout && layer.dropout.rate > 0 && layer.dropout.seed !== null;
   if (x.dtype !== "float32" || x.size === 0 || !hasLinearsKernels()) {
     return layers.map((layer) => {
-      const y = fusedLinear(x, layer.w, layer.b);
+      const linear = fusedLinear(x, layer.w, layer.b);
+      const y = layer.activation ? layer.activation.apply(linear) as Tensor2D : linear;
       return dropped(layer) ? dropout(y, layer.dropout!.rate, layer.dropout!.seed) as Tensor2D : y;
     });
   }
   registerLinearGradients();
   const out: Tensor2D[] = [];
-  for (let first = 0; first < layers.length; first += MAX_SHARED_LINEARS) {
-    const group = layers.slice(first, first + MAX_SHARED_LINEARS);
+  // Layers without an activation go up to three to a kernel; one with, alone.
+  const groups: LinearLayer[][] = [];
+  for (const layer of layers) {
+    const last = groups[groups.length - 1];
+    const joins = last && !layer.activation && !last[0].activation &&
+      last.length < MAX_SHARED_LINEARS;
+    if (joins) last.push(layer);
+    else groups.push([layer]);
+  }
+  for (const group of groups) {
     const inputs: tf.NamedTensorMap = { x };
     group.forEach(({ w, b }, i) => {
       inputs[`w${i}`] = w;
@@ -197,13 +244,19 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
         const { rate, seed } = layer.dropout!;
         return [seed! >>> 0, keepThreshold(rate), keepScale(rate)];
       }),
+      activations: group.map((layer) => layer.activation?.name ?? null),
     };
+    const activated = group[0].activation !== undefined;
     const ys = tf.engine().runKernel(
-      linearsKernelName(group.length),
+      activated ? LINEAR_ACT_KERNEL : linearsKernelName(group.length),
       inputs,
       attrs as unknown as tf.NamedAttrMap,
     );
-    out.push(...(Array.isArray(ys) ? ys : [ys]) as Tensor2D[]);
+    if (activated) {
+      const [y, slope] = ys as Tensor2D[];
+      slope.dispose(); // the gradient keeps its own reference
+      out.push(y);
+    } else out.push(...(Array.isArray(ys) ? ys : [ys]) as Tensor2D[]);
   }
   return out;
 }

@@ -9,7 +9,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { scaledDotAttention } from "./attention.ts";
 import { dropout } from "./dropout.ts";
-import { geluFused, layerNormResidual } from "./fused.ts";
+import { geluFused, geluTanhFused, layerNormResidual } from "./fused.ts";
 import { embeddingGradient, fusedLinears } from "./fused_ops.ts";
 import type { ParamStore } from "./params.ts";
 
@@ -122,13 +122,29 @@ export interface OutputDropout {
  * With `drop`, the output goes through `dropout(y, drop.rate, drop.seed)`: on webgpu inside
  * the product's own dispatches.
  */
-export function linear(p: ParamStore, name: string, x: tf.Tensor, drop?: OutputDropout): tf.Tensor {
-  return linears(p, [name], x, drop ? [drop] : [])[0];
+export function linear(
+  p: ParamStore,
+  name: string,
+  x: tf.Tensor,
+  drop?: OutputDropout,
+  activation?: LinearActivation,
+): tf.Tensor {
+  return linears(p, [name], x, drop ? [drop] : [], activation ? [activation] : [])[0];
 }
+
+/** An activation of a {@linkcode linear} layer's output, before its dropout. */
+export type LinearActivation = "gelu" | "geluTanh";
+
+/** The functions the activations are elsewhere than in a fused kernel. */
+const ACTIVATION_FUNCTIONS: Record<LinearActivation, (t: tf.Tensor) => tf.Tensor> = {
+  gelu: geluFused,
+  geluTanh: geluTanhFused,
+};
 
 /**
  * Several {@linkcode linear} layers of one input (an attention's projections), `drops[i]`
- * the dropout of layer `i`'s output if any: on webgpu one dispatch forward and one backward
+ * the dropout of layer `i`'s output if any and `activations[i]` its activation (applied
+ * before the dropout): on webgpu one dispatch forward and one backward
  * for up to three of them (`fusedLinears`), the input's gradient summed and the dropout
  * applied in the same dispatches. Elsewhere each is `matmul`, an add (explicit transposes,
  * for wasm's fast path) and `dropout`, as `linear` always was.
@@ -138,6 +154,7 @@ export function linears(
   names: string[],
   x: tf.Tensor,
   drops: (OutputDropout | undefined)[] = [],
+  activations: (LinearActivation | undefined)[] = [],
 ): tf.Tensor[] {
   const inDim = x.shape[x.shape.length - 1];
   const lead = x.shape.slice(0, -1);
@@ -146,11 +163,14 @@ export function linears(
     w: p.get(`${name}.w`) as tf.Tensor2D, // [in, out]
     b: p.get(`${name}.b`), // [out]
     dropout: drops[i],
+    activation: activations[i] &&
+      { name: activations[i]!, apply: ACTIVATION_FUNCTIONS[activations[i]!] },
   }));
   const ys = tf.getBackend() === "webgpu"
     ? fusedLinears(x2, layers) // each [M, out]
-    : layers.map(({ w, b, dropout: drop }) => {
-      const y = tf.add(matmul(x2, w), b); // [M, out]
+    : layers.map(({ w, b, dropout: drop, activation }) => {
+      const linear = tf.add(matmul(x2, w), b); // [M, out]
+      const y = activation ? activation.apply(linear) : linear;
       return drop ? dropout(y, drop.rate, drop.seed) : y;
     });
   return ys.map((y, i) => tf.reshape(y, [...lead, layers[i].w.shape[1]])); // each [..., out]
@@ -333,7 +353,7 @@ export function transformer(
     const attn = selfAttention(p, `${b}.attn`, h, mask, s, onlyLast, attentionSeed, drop); // [B, L or 1, d]
     const residual = onlyLast ? tf.slice(h, [0, h.shape[1] - 1, 0], [-1, 1, -1]) : h; // [B, L or 1, d]
     h = layerNorm(p, `${b}.ln1`, attn, s.layerNormEps, residual) as tf.Tensor3D;
-    const inner = gelu(linear(p, `${b}.ffn.in`, h));
+    const inner = linear(p, `${b}.ffn.in`, h, undefined, "gelu");
     const ffn = linear(p, `${b}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) });
     h = layerNorm(p, `${b}.ln2`, ffn, s.layerNormEps, h) as tf.Tensor3D;
   }

@@ -177,7 +177,8 @@ export function feedForwardSublayer(
   seeds: SeedSource,
 ): Tensor3D {
   const normed = layerNorm(p, `${name}.ln2`, x, s.layerNormEps);
-  const inner = dropout(geluTanh(linear(p, `${name}.ffn.in`, normed)), s.dropout, seedOf(seeds));
+  const drop = { rate: s.dropout, seed: seedOf(seeds) };
+  const inner = linear(p, `${name}.ffn.in`, normed, drop, "geluTanh"); // dropout(GELU(W1 x))
   return tf.add(
     x,
     linear(p, `${name}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) }),
