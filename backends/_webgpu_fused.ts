@@ -554,7 +554,7 @@ const NORMAL_DENSITY = `sigmaExpNegSquare(v, 0.5) * ${lit(1 / Math.sqrt(2 * Math
  * The GELUs as WGSL functions for other programs (the linear layers' epilogue,
  * `_webgpu_linear.ts`): `sigmaActGelu(v)`, `sigmaActGeluGrad(v)` (the derivative),
  * `sigmaActGeluTanh(v)`, `sigmaActGeluTanhGrad(v)`, the same arithmetic as this file's
- * GELU kernels.
+ * GELU kernels; and the SiLU `v sigmoid(v)`, `sigmaActSilu(v)` and `sigmaActSiluGrad(v)`.
  */
 export const ACTIVATIONS_WGSL = `
   ${ERF_WGSL}
@@ -562,7 +562,12 @@ export const ACTIVATIONS_WGSL = `
   fn sigmaActGelu(v : f32) -> f32 { return v * sigmaPhi(v); }
   fn sigmaActGeluGrad(v : f32) -> f32 { return sigmaPhi(v) + v * ${NORMAL_DENSITY}; }
   fn sigmaActGeluTanh(v : f32) -> f32 { return sigmaGeluTanh(v); }
-  fn sigmaActGeluTanhGrad(v : f32) -> f32 { return sigmaGeluTanhGrad(v); }`;
+  fn sigmaActGeluTanhGrad(v : f32) -> f32 { return sigmaGeluTanhGrad(v); }
+  fn sigmaActSilu(v : f32) -> f32 { return v * (1.0 / (1.0 + exp(-v))); }
+  fn sigmaActSiluGrad(v : f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(-v));
+    return s + v * s * (1.0 - s);
+  }`;
 
 function geluKernel(args: Parameters<tf.KernelFunc>[0]): Info {
   const { x } = args.inputs as { x: Info };

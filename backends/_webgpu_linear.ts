@@ -321,7 +321,7 @@ const dropoutUniforms = (masked: boolean[]) =>
 
 /** The WGSL function of an activation (`ACTIVATIONS_WGSL`), or of its derivative. */
 const actFn = (act: LinearActivationName, grad = false) =>
-  `sigmaAct${act === "gelu" ? "Gelu" : "GeluTanh"}${grad ? "Grad" : ""}`;
+  `sigmaAct${{ gelu: "Gelu", geluTanh: "GeluTanh", silu: "Silu" }[act]}${grad ? "Grad" : ""}`;
 
 /**
  * The factor layer `i`'s `dy` is read with backward: an activated layer's saved slope

@@ -129,12 +129,12 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
   // Dropout on every other layer's output when `rate` > 0: the same Philox mask as dropout().
   const dropoutOf = (i: number) => rate > 0 && i % 2 === 0 ? { rate, seed: seed + i } : undefined;
   // An activation on every third layer, from the second (a kernel of its own).
-  const activationOf = (i: number) =>
-    i % 3 === 1
-      ? (seed % 2 === 0
-        ? { name: "gelu" as const, apply: geluFused }
-        : { name: "geluTanh" as const, apply: geluTanhFused })
-      : undefined;
+  const activations = [
+    { name: "gelu" as const, apply: geluFused },
+    { name: "geluTanh" as const, apply: geluTanhFused },
+    { name: "silu" as const, apply: (t: tf.Tensor) => tf.mul(t, tf.sigmoid(t)) },
+  ];
+  const activationOf = (i: number) => i % 3 === 1 ? activations[seed % 3] : undefined;
   return () => {
     const x = tf.tensor2d(uniform(m * inDim, seed), [m, inDim]);
     const params = outs.flatMap((out, i) => [
@@ -169,7 +169,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
 
 Deno.test({
   name:
-    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout and GELUs, values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
+    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout and activations (GELUs, SiLU), values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });

@@ -55,8 +55,11 @@ export const linearsKernelName = (n: number): string => `SigmaLinears${n}`;
  */
 export const linearsGradKernelName = (n: number): string => `SigmaLinearsGrad${n}`;
 
-/** An activation the linears kernels apply in their epilogue: `fused.ts`'s GELUs. */
-export type LinearActivationName = "gelu" | "geluTanh";
+/**
+ * An activation the linears kernels apply in their epilogue: `fused.ts`'s GELUs, or the
+ * SiLU `x sigmoid(x)` (DiffuRec's step embedding).
+ */
+export type LinearActivationName = "gelu" | "geluTanh" | "silu";
 
 /**
  * Kernel `(x [M, in], w0 [in, o], b0 [o]) -> (y [M, o], slope [M, o])`: one linear layer

@@ -132,13 +132,17 @@ export function linear(
   return linears(p, [name], x, drop ? [drop] : [], activation ? [activation] : [])[0];
 }
 
-/** An activation of a {@linkcode linear} layer's output, before its dropout. */
-export type LinearActivation = "gelu" | "geluTanh";
+/**
+ * An activation of a {@linkcode linear} layer's output, before its dropout: the exact
+ * GELU, the tanh GELU, or the SiLU `x sigmoid(x)`.
+ */
+export type LinearActivation = "gelu" | "geluTanh" | "silu";
 
 /** The functions the activations are elsewhere than in a fused kernel. */
 const ACTIVATION_FUNCTIONS: Record<LinearActivation, (t: tf.Tensor) => tf.Tensor> = {
   gelu: geluFused,
   geluTanh: geluTanhFused,
+  silu: (t) => tf.mul(t, tf.sigmoid(t)),
 };
 
 /**
