@@ -366,9 +366,13 @@ function forwardProgram(
   outs: number[],
   masked: boolean[],
   acts: (LinearActivationName | null)[],
+  residuals: boolean[],
 ): TileProgram {
   const names = ["x"];
-  for (let i = 0; i < n; i++) names.push(`w${i}`, `b${i}`);
+  for (let i = 0; i < n; i++) {
+    names.push(`w${i}`, `b${i}`);
+    if (residuals[i]) names.push(`r${i}`);
+  }
   const extra = Array.from({ length: n - 1 }, (_, i) => `y${i + 1}`);
   acts.forEach((act, i) => act && extra.push(`slope${i}`));
   const regions = outs.map((out, i): Region => {
@@ -377,15 +381,16 @@ function forwardProgram(
     const act = acts[i];
     const value = act ? `${actFn(act)}(v)` : "v";
     const mask = masked[i] ? maskOf(i)("at") : "1.0";
+    const add = residuals[i] ? `r${i}[at] + ` : "";
     const store = act
       ? `let at = row * ${o} + col;
               let v = acc[i * 4 + j] + b${i}[col];
               let m = ${mask};
               slope${i}W[at] = m * ${actFn(act, true)}(v);
-              ${target}[at] = ${value} * m;`
+              ${target}[at] = ${add}${value} * m;`
       : `let at = row * ${o} + col;
               let v = acc[i * 4 + j] + b${i}[col];
-              ${target}[at] = ${masked[i] ? `${value} * ${mask}` : value};`;
+              ${target}[at] = ${add}${masked[i] ? `${value} * ${mask}` : value};`;
     return {
       rows,
       cols: out,
@@ -398,7 +403,9 @@ function forwardProgram(
     };
   });
   return new TileProgram(
-    `sigmaLinears_${n}_${masked.map(Number).join("")}_${acts.map((a) => a ?? "-").join(",")}`,
+    `sigmaLinears_${n}_${masked.map(Number).join("")}_${acts.map((a) => a ?? "-").join(",")}_${
+      residuals.map(Number).join("")
+    }`,
     [...names, ...extra],
     extra,
     [rows, outs[0]],
@@ -552,12 +559,21 @@ function linearsKernel(n: number) {
     const [rows, inDim] = x.shape;
     const layers = Array.from(
       { length: n },
-      (_, i) => ({ w: inputs[`w${i}`], b: inputs[`b${i}`] }),
+      (_, i) => ({
+        w: inputs[`w${i}`],
+        b: inputs[`b${i}`],
+        r: inputs[`r${i}`] as Info | undefined,
+      }),
     );
-    const { dropouts, activations } = args.attrs as unknown as LinearsAttrs;
-    // Bindings: the output and x; per layer w, b, its output (but the first's) and an
-    // activated layer's slope.
-    const spans = groups(backend, n, 1, (i) => 3 + (activations[i] ? 1 : 0));
+    const { dropouts, activations, residuals } = args.attrs as unknown as LinearsAttrs;
+    // Bindings: the output and x; per layer w, b, its output (but the first's), an
+    // activated layer's slope and a residual.
+    const spans = groups(
+      backend,
+      n,
+      1,
+      (i) => 3 + (activations[i] ? 1 : 0) + (residuals[i] ? 1 : 0),
+    );
     const ys: Info[] = [];
     const slopes: Info[] = [];
     for (const [first, end] of spans) {
@@ -571,8 +587,15 @@ function linearsKernel(n: number) {
       const masks = dropouts.slice(first, end);
       const y0 = run(
         backend,
-        forwardProgram(group.length, rows, outs, masks.map((d) => d !== null), acts),
-        [x, ...group.flatMap((l) => [l.w, l.b]), ...extra, ...slope],
+        forwardProgram(
+          group.length,
+          rows,
+          outs,
+          masks.map((d) => d !== null),
+          acts,
+          residuals.slice(first, end),
+        ),
+        [x, ...group.flatMap((l) => l.r ? [l.w, l.b, l.r] : [l.w, l.b]), ...extra, ...slope],
         groupUniforms(rows, inDim, outs, masks),
       );
       ys.push(y0, ...extra);

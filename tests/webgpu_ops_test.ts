@@ -135,6 +135,11 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
     { name: "silu" as const, apply: (t: tf.Tensor) => tf.mul(t, tf.sigmoid(t)) },
   ];
   const activationOf = (i: number) => i % 3 === 1 ? activations[seed % 3] : undefined;
+  // A residual added to the first layer's output when the seed is even.
+  const residualOf = (i: number) =>
+    i === 0 && seed % 2 === 0
+      ? tf.tensor2d(uniform(m * outs[0], seed + 99), [m, outs[0]])
+      : undefined;
   return () => {
     const x = tf.tensor2d(uniform(m * inDim, seed), [m, inDim]);
     const params = outs.flatMap((out, i) => [
@@ -142,6 +147,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
       tf.tensor1d(uniform(out, seed + 10 * i + 2)),
     ]);
     const dys = outs.map((out, i) => tf.tensor2d(uniform(m * out, seed + 10 * i + 3), [m, out]));
+    const r = residualOf(0);
     // On cpu each layer is fusedLinear (tfjs's fused matmul): the reference.
     const f = (a: tf.Tensor, ...wb: tf.Tensor[]) => {
       const layers = outs.map((_, i) => ({
@@ -149,6 +155,7 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
         b: wb[2 * i + 1],
         dropout: dropoutOf(i),
         activation: activationOf(i),
+        residual: i === 0 ? r : undefined,
       }));
       const ys = fusedLinears(a as tf.Tensor2D, layers);
       // One scalar whose gradient by y_i is dy_i.
@@ -161,15 +168,29 @@ function linearsWork(m: number, inDim: number, outs: number[], seed: number, rat
         b: params[2 * i + 1],
         dropout: dropoutOf(i),
         activation: activationOf(i),
+        residual: i === 0 ? r : undefined,
       })),
     );
-    return [...ys, ...tf.grads(f)([x, ...params])];
+    // The residual's gradient too, where there is one.
+    const g = r
+      ? tf.grads((rr: tf.Tensor) =>
+        tf.sum(tf.mul(
+          fusedLinears(x, [{
+            w: params[0] as tf.Tensor2D,
+            b: params[1],
+            residual: rr as tf.Tensor2D,
+          }])[0],
+          dys[0],
+        ))
+      )([r])
+      : [];
+    return [...ys, ...tf.grads(f)([x, ...params]), ...g];
   };
 }
 
 Deno.test({
   name:
-    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout and activations (GELUs, SiLU), values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
+    "fusedLinears() on webgpu: 1-3 layers of one input, with and without output dropout, activations (GELUs, SiLU) and a residual, values and every gradient equal cpu's layer by layer (16 random shapes, grouped and not)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });

@@ -275,7 +275,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
     const c = this.config;
     const [batch] = history.h0.shape;
     const phi = stepEmbedding(steps, c.hidden); // [B, d]
-    const hiddenT = linear(this.params, "time.l1", phi, undefined, "silu"); // SiLU(W1 φ + b1), [B, 4d]
+    const hiddenT = linear(this.params, "time.l1", phi, { activation: "silu" }); // SiLU(W1 φ + b1), [B, 4d]
     const temb = linear(this.params, "time.l2", hiddenT) as Tensor2D; // [B, d]
     const target = tf.add(xt, temb) as Tensor2D; // [B, d]
     const h = this.approximator({ ...history, target, xt, lambdaSeeds, seeds }); // [B, 1, d]

@@ -497,7 +497,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
 
   /** u^j = MLP(x^j): interest vectors in item space, `[P, k, d]`. */
   #interestDecoder(x: tf.Tensor3D): tf.Tensor3D {
-    const h = linear(this.params, "interest.l1", x, undefined, "gelu");
+    const h = linear(this.params, "interest.l1", x, { activation: "gelu" });
     return linear(this.params, "interest.l2", h) as tf.Tensor3D;
   }
 

@@ -84,6 +84,11 @@ export interface LinearsAttrs {
    * (`LINEAR_ACT_KERNEL` only; the grad kernel then takes the layer's `slope${i}`).
    */
   activations: (LinearActivationName | null)[];
+  /**
+   * Per layer, whether the input `r${i}` (`[M, o_i]`) is added to its output last, after
+   * the dropout: a residual connection, whose gradient is `dy_i`.
+   */
+  residuals: boolean[];
 }
 
 function hasKernels(...names: string[]): boolean {
@@ -146,7 +151,14 @@ function registerLinearGradients(): void {
         { x, w0, dy0: dyY, slope0 },
         attrs,
       ) as tf.Tensor[];
-      return { x: () => out[0], w0: () => out[1], b0: () => out[2] };
+      const grads: Record<string, () => tf.Tensor> = {
+        x: () => out[0],
+        w0: () => out[1],
+        b0: () => out[2],
+      };
+      // A residual's gradient is dy: a clone (no dispatch, shared data), owned apart.
+      if ((attrs as unknown as LinearsAttrs).residuals[0]) grads.r0 = () => tf.clone(dyY);
+      return grads;
     },
   });
   for (let n = 1; n <= MAX_SHARED_LINEARS; n++) {
@@ -163,9 +175,11 @@ function registerLinearGradients(): void {
         }
         const out = tf.engine().runKernel(linearsGradKernelName(n), inputs, attrs) as tf.Tensor[];
         const grads: Record<string, () => tf.Tensor> = { x: () => out[0] };
+        const { residuals } = attrs as unknown as LinearsAttrs;
         for (let i = 0; i < n; i++) {
           grads[`w${i}`] = () => out[1 + i];
           grads[`b${i}`] = () => out[1 + n + i];
+          if (residuals[i]) grads[`r${i}`] = () => tf.clone(dys[i]);
         }
         return grads;
       },
@@ -189,6 +203,8 @@ export interface LinearLayer {
    * path applies (`fused.ts`'s GELU of the same name).
    */
   activation?: { name: LinearActivationName; apply: (t: Tensor) => Tensor };
+  /** Added to the output last, after the dropout (a residual connection), `[M, out]`. */
+  residual?: Tensor2D;
 }
 
 /**
@@ -196,14 +212,20 @@ export interface LinearLayer {
  * and `b_i` `[o_i]`: an attention's query, key and value projections, or one layer. Where
  * the active backend has {@linkcode hasLinearsKernels} (webgpu), up to
  * {@linkcode MAX_SHARED_LINEARS} layers are one dispatch forward and one backward (the
- * input's gradient summed over the layers in the same dispatch), a layer's dropout included
- * (drawn in the product's epilogue forward, applied to `dy` as it is read backward).
+ * input's gradient summed over the layers in the same dispatch), a layer's activation,
+ * dropout and residual add included (in the product's epilogue forward; backward, `dy` is
+ * multiplied by the saved slope or the recomputed mask as it is read).
  * Elsewhere each layer is {@linkcode fusedLinear} and `dropout`: the reference these
  * kernels are tested against, with the same mask.
  */
 export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
   if (x.rank !== 2) throw new RangeError(`fusedLinears needs x [M, in], got [${x.shape}]`);
-  for (const { w, b, dropout: drop } of layers) {
+  for (const { w, b, dropout: drop, residual } of layers) {
+    if (residual && !tf.util.arraysEqual(residual.shape, [x.shape[0], w.shape[1]])) {
+      throw new RangeError(
+        `fusedLinears: a residual must be [${x.shape[0]}, ${w.shape[1]}], got [${residual.shape}]`,
+      );
+    }
     if (drop && !(drop.rate >= 0 && drop.rate < 1)) {
       throw new RangeError(`dropout rate must be in [0, 1), got ${drop.rate}`);
     }
@@ -221,7 +243,10 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
     return layers.map((layer) => {
       const linear = fusedLinear(x, layer.w, layer.b);
       const y = layer.activation ? layer.activation.apply(linear) as Tensor2D : linear;
-      return dropped(layer) ? dropout(y, layer.dropout!.rate, layer.dropout!.seed) as Tensor2D : y;
+      const kept = dropped(layer)
+        ? dropout(y, layer.dropout!.rate, layer.dropout!.seed) as Tensor2D
+        : y;
+      return layer.residual ? tf.add(layer.residual, kept) as Tensor2D : kept;
     });
   }
   registerLinearGradients();
@@ -237,9 +262,10 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
   }
   for (const group of groups) {
     const inputs: tf.NamedTensorMap = { x };
-    group.forEach(({ w, b }, i) => {
+    group.forEach(({ w, b, residual }, i) => {
       inputs[`w${i}`] = w;
       inputs[`b${i}`] = tf.reshape(b, [w.shape[1]]);
+      if (residual) inputs[`r${i}`] = residual;
     });
     const attrs: LinearsAttrs = {
       dropouts: group.map((layer) => {
@@ -248,6 +274,7 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
         return [seed! >>> 0, keepThreshold(rate), keepScale(rate)];
       }),
       activations: group.map((layer) => layer.activation?.name ?? null),
+      residuals: group.map((layer) => layer.residual !== undefined),
     };
     const activated = group[0].activation !== undefined;
     const ys = tf.engine().runKernel(

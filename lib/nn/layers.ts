@@ -118,18 +118,29 @@ export interface OutputDropout {
 }
 
 /**
- * `x @ W + b` over the last axis; `W` is `[in, out]` named `${name}.w`, `b` `${name}.b`.
- * With `drop`, the output goes through `dropout(y, drop.rate, drop.seed)`: on webgpu inside
- * the product's own dispatches.
+ * What follows a {@linkcode linear} layer's product, in this order: `activation`, then
+ * `dropout`, then `+ residual`. On webgpu all of it runs in the product's own dispatches.
+ */
+export interface LinearOptions {
+  /** The activation of `x W + b`. */
+  activation?: LinearActivation;
+  /** Inverted dropout of the (activated) output. */
+  dropout?: OutputDropout;
+  /** A tensor of the output's shape added last: a residual connection. */
+  residual?: tf.Tensor;
+}
+
+/**
+ * `x @ W + b` over the last axis; `W` is `[in, out]` named `${name}.w`, `b` `${name}.b`,
+ * then what `options` adds (activation, dropout, residual).
  */
 export function linear(
   p: ParamStore,
   name: string,
   x: tf.Tensor,
-  drop?: OutputDropout,
-  activation?: LinearActivation,
+  options: LinearOptions = {},
 ): tf.Tensor {
-  return linears(p, [name], x, drop ? [drop] : [], activation ? [activation] : [])[0];
+  return linears(p, [name], x, [options])[0];
 }
 
 /**
@@ -146,36 +157,40 @@ const ACTIVATION_FUNCTIONS: Record<LinearActivation, (t: tf.Tensor) => tf.Tensor
 };
 
 /**
- * Several {@linkcode linear} layers of one input (an attention's projections), `drops[i]`
- * the dropout of layer `i`'s output if any and `activations[i]` its activation (applied
- * before the dropout): on webgpu one dispatch forward and one backward
- * for up to three of them (`fusedLinears`), the input's gradient summed and the dropout
- * applied in the same dispatches. Elsewhere each is `matmul`, an add (explicit transposes,
- * for wasm's fast path) and `dropout`, as `linear` always was.
+ * Several {@linkcode linear} layers of one input (an attention's projections), layer `i`
+ * followed by what `options[i]` adds: on webgpu one dispatch forward and one backward for up
+ * to three of them (`fusedLinears`), the input's gradient summed, the activation, dropout
+ * and residual applied in the same dispatches. Elsewhere each is `matmul`, an add
+ * (explicit transposes, for wasm's fast path), the activation, `dropout` and an add, as
+ * the composed ops always were.
  */
 export function linears(
   p: ParamStore,
   names: string[],
   x: tf.Tensor,
-  drops: (OutputDropout | undefined)[] = [],
-  activations: (LinearActivation | undefined)[] = [],
+  options: LinearOptions[] = [],
 ): tf.Tensor[] {
   const inDim = x.shape[x.shape.length - 1];
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, inDim]) as tf.Tensor2D; // [M, in]
-  const layers = names.map((name, i) => ({
-    w: p.get(`${name}.w`) as tf.Tensor2D, // [in, out]
-    b: p.get(`${name}.b`), // [out]
-    dropout: drops[i],
-    activation: activations[i] &&
-      { name: activations[i]!, apply: ACTIVATION_FUNCTIONS[activations[i]!] },
-  }));
+  const layers = names.map((name, i) => {
+    const { activation, dropout: drop, residual } = options[i] ?? {};
+    const w = p.get(`${name}.w`) as tf.Tensor2D; // [in, out]
+    return {
+      w,
+      b: p.get(`${name}.b`), // [out]
+      dropout: drop,
+      activation: activation && { name: activation, apply: ACTIVATION_FUNCTIONS[activation] },
+      residual: residual && tf.reshape(residual, [-1, w.shape[1]]) as tf.Tensor2D, // [M, out]
+    };
+  });
   const ys = tf.getBackend() === "webgpu"
     ? fusedLinears(x2, layers) // each [M, out]
-    : layers.map(({ w, b, dropout: drop, activation }) => {
+    : layers.map(({ w, b, dropout: drop, activation, residual }) => {
       const linear = tf.add(matmul(x2, w), b); // [M, out]
-      const y = activation ? activation.apply(linear) : linear;
-      return drop ? dropout(y, drop.rate, drop.seed) : y;
+      const activated = activation ? activation.apply(linear) : linear;
+      const y = drop ? dropout(activated, drop.rate, drop.seed) : activated;
+      return residual ? tf.add(residual, y) : y;
     });
   return ys.map((y, i) => tf.reshape(y, [...lead, layers[i].w.shape[1]])); // each [..., out]
 }
@@ -328,7 +343,7 @@ function selfAttention(
     dropout: { rate: s.attentionDropout ?? 0, seed: attentionSeed },
   }); // [B, Lq, h, dh]
   const joined = tf.reshape(ctx, [batch, queries, hidden]);
-  return linear(p, `${name}.o`, joined, outputDropout) as tf.Tensor3D; // [B, Lq, d]
+  return linear(p, `${name}.o`, joined, { dropout: outputDropout }) as tf.Tensor3D; // [B, Lq, d]
 }
 
 /**
@@ -357,8 +372,10 @@ export function transformer(
     const attn = selfAttention(p, `${b}.attn`, h, mask, s, onlyLast, attentionSeed, drop); // [B, L or 1, d]
     const residual = onlyLast ? tf.slice(h, [0, h.shape[1] - 1, 0], [-1, 1, -1]) : h; // [B, L or 1, d]
     h = layerNorm(p, `${b}.ln1`, attn, s.layerNormEps, residual) as tf.Tensor3D;
-    const inner = linear(p, `${b}.ffn.in`, h, undefined, "gelu");
-    const ffn = linear(p, `${b}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) });
+    const inner = linear(p, `${b}.ffn.in`, h, { activation: "gelu" });
+    const ffn = linear(p, `${b}.ffn.out`, inner, {
+      dropout: { rate: s.dropout, seed: seedOf(seeds) },
+    });
     h = layerNorm(p, `${b}.ln2`, ffn, s.layerNormEps, h) as tf.Tensor3D;
   }
   return h; // [B, L, d], or [B, 1, d] with lastOnly

@@ -106,7 +106,11 @@ function seedOf(seeds: SeedSource): number | null {
   return seeds ? seeds() : null;
 }
 
-/** Multi-head attention of queries `xq` `[B, Lq, d]` over `x` `[B, L, d]`. */
+/**
+ * `residual + Drop(MHA(xq, x))`: multi-head attention of queries `xq` `[B, Lq, d]` over `x`
+ * `[B, L, d]`, its output projection's dropout and the residual add in that layer's kernel
+ * on webgpu.
+ */
 function attention(
   p: ParamStore,
   name: string,
@@ -115,6 +119,7 @@ function attention(
   mask: Tensor4D, // [B, 1, Lq, L]
   s: PreLnSettings,
   seeds: SeedSource,
+  residual: Tensor3D, // [B, Lq, d]
 ): Tensor3D {
   const [batch, length, hidden] = x.shape;
   const queries = xq.shape[1];
@@ -141,7 +146,8 @@ function attention(
   }); // [B, Lq, h, dh]
   // The output's dropout, drawn after the probabilities' as it always was.
   const drop = { rate: s.dropout, seed: seedOf(seeds) };
-  return linear(p, `${name}.o`, tf.reshape(context, [batch, queries, hidden]), drop) as Tensor3D;
+  const joined = tf.reshape(context, [batch, queries, hidden]);
+  return linear(p, `${name}.o`, joined, { dropout: drop, residual }) as Tensor3D; // [B, Lq, d]
 }
 
 /**
@@ -164,8 +170,7 @@ export function selfAttentionSublayer(
   const last = (t: tf.Tensor) => tf.slice(t, [0, length - 1, 0], [-1, 1, -1]) as Tensor3D;
   const queries = lastOnly ? last(normed) : normed;
   const rows = lastOnly ? tf.slice(mask, [0, 0, length - 1, 0], [-1, -1, 1, -1]) as Tensor4D : mask;
-  const attended = attention(p, `${name}.attn`, queries, normed, rows, s, seeds); // dropped out
-  return tf.add(lastOnly ? last(h) : h, attended) as Tensor3D;
+  return attention(p, `${name}.attn`, queries, normed, rows, s, seeds, lastOnly ? last(h) : h);
 }
 
 /** The feed-forward sublayer `x + Drop(W2 Drop(GELU(W1 LN2(x))))`. */
@@ -178,11 +183,9 @@ export function feedForwardSublayer(
 ): Tensor3D {
   const normed = layerNorm(p, `${name}.ln2`, x, s.layerNormEps);
   const drop = { rate: s.dropout, seed: seedOf(seeds) };
-  const inner = linear(p, `${name}.ffn.in`, normed, drop, "geluTanh"); // dropout(GELU(W1 x))
-  return tf.add(
-    x,
-    linear(p, `${name}.ffn.out`, inner, { rate: s.dropout, seed: seedOf(seeds) }),
-  ) as Tensor3D;
+  const inner = linear(p, `${name}.ffn.in`, normed, { dropout: drop, activation: "geluTanh" }); // dropout(GELU(W1 x))
+  const drop2 = { rate: s.dropout, seed: seedOf(seeds) };
+  return linear(p, `${name}.ffn.out`, inner, { dropout: drop2, residual: x }) as Tensor3D;
 }
 
 /**
