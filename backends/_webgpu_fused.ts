@@ -1,6 +1,6 @@
 /**
  * WGSL programs for the fused ops of `lib/nn/fused.ts`, registered for the webgpu backend:
- * LayerNorm with its residual add (one dispatch forward, two backward), the exact GELU and
+ * LayerNorm with its residual add (one dispatch forward, one backward), the exact GELU and
  * the tanh-approximated GELU (one forward, one backward each). tfjs-backend-webgpu runs one
  * dispatch per op, and their fixed cost is most of a training step on a GPU; see that
  * module for what they replace.
@@ -14,9 +14,10 @@
  * values per thread, and sum over it with a tree in workgroup memory (fixed order: the
  * results do not change from run to run).
  *
- * Two of the kernels return two tensors from one dispatch. A tfjs program has one output
- * binding, so the second output is made here and handed to the program as an input, and
- * the program's code declares that input's binding a second time, writable. WGSL forbids
+ * The LayerNorm kernels return more than one tensor from one dispatch (the forward pass its
+ * rows' statistics, the backward pass three gradients). A tfjs program has one output
+ * binding, so the other outputs are made here and handed to the program as inputs, and
+ * the program's code declares each such binding a second time, writable. WGSL forbids
  * two variables on one binding only within what one entry point uses, and tfjs's read-only
  * declaration and its accessors are never called (checked under Deno's wgpu, on llvmpipe;
  * the pipeline layout, derived from the entry point, then has the binding writable). The
@@ -35,8 +36,7 @@ import {
   GELU_TANH_GRAD_KERNEL,
   GELU_TANH_KERNEL,
   GELU_TANH_SLOPE,
-  LAYER_NORM_GRAD_PARAMS_KERNEL,
-  LAYER_NORM_GRAD_X_KERNEL,
+  LAYER_NORM_GRAD_KERNEL,
   LAYER_NORM_KERNEL,
 } from "../lib/nn/fused.ts";
 import type { Tensor } from "../lib/nn/tensor_types.ts";
@@ -96,7 +96,9 @@ class LayerNormProgram implements WebGpuProgram {
   constructor(rows: number, cols: number, withResidual: boolean) {
     const workgroup = rowWorkgroup(cols);
     this.withResidual = withResidual;
-    this.variableNames = withResidual ? ["x", "residual", "gamma", "beta"] : ["x", "gamma", "beta"];
+    this.variableNames = withResidual
+      ? ["x", "residual", "gamma", "beta", "outStats"]
+      : ["x", "gamma", "beta", "outStats"];
     this.outputShape = [rows, cols];
     this.workgroupSize = [workgroup, 1, 1];
     this.perThread = Math.ceil(cols / workgroup);
@@ -107,7 +109,9 @@ class LayerNormProgram implements WebGpuProgram {
   getUserCode(): string {
     const workgroup = this.workgroupSize[0];
     const z = this.withResidual ? "x[base + c] + residual[base + c]" : "x[base + c]";
+    const statsBinding = this.variableNames.length; // binding 1 + index of "outStats"
     return `
+  @group(0) @binding(${statsBinding}) var<storage, read_write> sigmaStatsOut : array<f32>;
   const SIGMA_PER_THREAD = ${this.perThread};
   ${WORKGROUP_INDEX_WGSL}
   ${workgroupSumWgsl(workgroup)}
@@ -145,174 +149,125 @@ class LayerNormProgram implements WebGpuProgram {
           result[base + c] = (z[k] - mean) * rstd * gamma[c] + beta[c];
         }
       }
+      // The row's statistics, for the backward pass.
+      if (tid == 0) {
+        sigmaStatsOut[2 * row] = mean;
+        sigmaStatsOut[2 * row + 1] = rstd;
+      }
     }
   }`;
   }
 }
 
+/** Columns per workgroup of {@linkcode LayerNormGradProgram}'s parameter workgroups. */
+const PARAM_COLUMNS = 8;
+
 /**
- * The LayerNorm's input gradient, `dx = (g - mean(g) - x̂ mean(g x̂)) / std` with
- * `g = dy gamma`, and per chunk of rows the column sums of `dy x̂` and `dy` into the second
- * output (bound as the input `outExtra`). One workgroup per chunk of `rowsPerGroup` rows:
- * fewer workgroups than rows, so that the parameter kernel has few partials to add.
+ * The LayerNorm's backward pass in one dispatch, from the row statistics (mean, 1/std) its
+ * forward pass saved: workgroups `0..R-1` each take one row's input gradient,
+ * `dx = (g - mean(g) - x̂ mean(g x̂)) / std` with `g = dy gamma` (sums over the row by a
+ * tree in workgroup memory); the `ceil(d / 8)` after them each take 8 columns of the
+ * parameter gradients over every row, `dgamma = Σ dy x̂` (the output `outGamma`) and
+ * `dbeta = Σ dy` (`outBeta`), the workgroup's threads striding the rows and adding up by
+ * a tree. Which kind a workgroup is, thread 0 decides and `workgroupUniformLoad` tells all
+ * (the barriers must be in uniform control flow; tfjs's workgroup id is not uniform to
+ * WGSL's analysis).
  */
-class LayerNormGradXProgram implements WebGpuProgram {
+class LayerNormGradProgram implements WebGpuProgram {
   variableNames: string[];
   outputShape: number[];
   shaderKey: string;
   dispatchLayout = { x: [0, 1] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number];
-  uniforms = "rows : i32, cols : i32, rowsPerGroup : i32, chunks : i32, eps : f32,";
+  uniforms = "rows : i32, cols : i32,";
   perThread: number;
   withResidual: boolean;
 
-  constructor(rows: number, cols: number, chunks: number, withResidual: boolean) {
+  constructor(rows: number, cols: number, withResidual: boolean) {
     const workgroup = rowWorkgroup(cols);
     this.withResidual = withResidual;
     this.variableNames = withResidual
-      ? ["dy", "x", "residual", "gamma", "outExtra"]
-      : ["dy", "x", "gamma", "outExtra"];
+      ? ["dy", "x", "residual", "gamma", "stats", "outGamma", "outBeta"]
+      : ["dy", "x", "gamma", "stats", "outGamma", "outBeta"];
     this.outputShape = [rows, cols];
     this.workgroupSize = [workgroup, 1, 1];
     this.perThread = Math.ceil(cols / workgroup);
-    this.dispatch = [chunks, 1, 1];
-    this.shaderKey = `sigmaLayerNormGradX_${workgroup}_${this.perThread}_${withResidual}`;
+    this.dispatch = [rows + Math.ceil(cols / PARAM_COLUMNS), 1, 1];
+    this.shaderKey = `sigmaLayerNormGrad_${workgroup}_${this.perThread}_${withResidual}`;
   }
 
   getUserCode(): string {
     const workgroup = this.workgroupSize[0];
-    const z = this.withResidual ? "x[base + c] + residual[base + c]" : "x[base + c]";
-    const extraBinding = this.variableNames.length; // binding 1 + index of "outExtra"
+    const lanes = workgroup / PARAM_COLUMNS;
+    const zAt = (i: string) => this.withResidual ? `x[${i}] + residual[${i}]` : `x[${i}]`;
+    const gammaBinding = this.variableNames.indexOf("outGamma") + 1;
     return `
-  @group(0) @binding(${extraBinding}) var<storage, read_write> sigmaExtraOut : array<f32>;
+  @group(0) @binding(${gammaBinding}) var<storage, read_write> sigmaGammaOut : array<f32>;
+  @group(0) @binding(${gammaBinding + 1}) var<storage, read_write> sigmaBetaOut : array<f32>;
   const SIGMA_PER_THREAD = ${this.perThread};
   ${WORKGROUP_INDEX_WGSL}
   ${workgroupSumWgsl(workgroup)}
+  var<workgroup> sigmaTask : i32;
   fn main(index : i32) {
     let rows = uniforms.rows;
     let cols = uniforms.cols;
-    let chunk = sigmaWorkgroupIndex();
+    if (localIndex == 0u) {
+      sigmaTask = sigmaWorkgroupIndex();
+    }
+    let w = workgroupUniformLoad(&sigmaTask);
     let tid = i32(localIndex);
-    var z : array<f32, SIGMA_PER_THREAD>;
-    var g : array<f32, SIGMA_PER_THREAD>;
-    var sumDyXhat : array<f32, SIGMA_PER_THREAD>;
-    var sumDy : array<f32, SIGMA_PER_THREAD>;
-    for (var i = 0; i < uniforms.rowsPerGroup; i++) {
-      let row = chunk * uniforms.rowsPerGroup + i;
-      // Past the last row: compute the last row again (barriers), write and sum nothing.
-      let valid = row < rows;
-      let base = min(row, rows - 1) * cols;
-      var s = 0.0;
-      for (var k = 0; k < SIGMA_PER_THREAD; k++) {
-        let c = tid + k * ${workgroup};
-        if (c < cols) {
-          z[k] = ${z};
-          s += z[k];
-        }
-      }
-      let mean = sigmaWorkgroupSum(vec4<f32>(s, 0.0, 0.0, 0.0)).x / f32(cols);
-      // One tree for three sums: sum (z - mean)^2 (the variance, summed in the forward
-      // pass's order, so 1/std is the forward pass's), sum g and sum g (z - mean).
+    if (w < rows) {
+      // A row's input gradient.
+      let base = w * cols;
+      let mean = stats[2 * w];
+      let rstd = stats[2 * w + 1];
+      var xhat : array<f32, SIGMA_PER_THREAD>;
+      var g : array<f32, SIGMA_PER_THREAD>;
       var a = vec4<f32>(0.0);
       for (var k = 0; k < SIGMA_PER_THREAD; k++) {
         let c = tid + k * ${workgroup};
         if (c < cols) {
-          let dz = z[k] - mean;
+          xhat[k] = (${zAt("base + c")} - mean) * rstd;
           g[k] = dy[base + c] * gamma[c];
-          a += vec4<f32>(dz * dz, g[k], g[k] * dz, 0.0);
+          a += vec4<f32>(g[k], g[k] * xhat[k], 0.0, 0.0);
         }
       }
       let t = sigmaWorkgroupSum(a) / f32(cols);
-      let rstd = inverseSqrt(t.x + uniforms.eps);
-      let meanG = t.y;
-      let meanGXhat = t.z * rstd;
-      if (valid) {
-        for (var k = 0; k < SIGMA_PER_THREAD; k++) {
-          let c = tid + k * ${workgroup};
-          if (c < cols) {
-            let xhat = (z[k] - mean) * rstd;
-            result[base + c] = rstd * (g[k] - meanG - xhat * meanGXhat);
-            let d = dy[base + c];
-            sumDyXhat[k] += d * xhat;
-            sumDy[k] += d;
-          }
-        }
-      }
-    }
-    if (chunk < uniforms.chunks) {
       for (var k = 0; k < SIGMA_PER_THREAD; k++) {
         let c = tid + k * ${workgroup};
         if (c < cols) {
-          sigmaExtraOut[2 * chunk * cols + c] = sumDyXhat[k];
-          sigmaExtraOut[(2 * chunk + 1) * cols + c] = sumDy[k];
+          result[base + c] = rstd * (g[k] - t.x - xhat[k] * t.y);
         }
       }
-    }
-  }`;
-  }
-}
-
-/** Columns per workgroup of {@linkcode LayerNormGradParamsProgram}. */
-const PARAM_COLUMNS = 8;
-/** Threads per column of {@linkcode LayerNormGradParamsProgram}, summing chunks in turn. */
-const PARAM_LANES = 32;
-
-/**
- * `partials [C, 2, d] -> dgamma [d]` (the output) and `dbeta [d]` (the input `outExtra`,
- * written): each workgroup adds up the chunks of 8 columns, 32 threads a column.
- */
-class LayerNormGradParamsProgram implements WebGpuProgram {
-  variableNames = ["partials", "outExtra"];
-  outputShape: number[];
-  shaderKey = `sigmaLayerNormGradParams_${PARAM_COLUMNS}_${PARAM_LANES}`;
-  dispatchLayout = { x: [0] };
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number] = [PARAM_COLUMNS * PARAM_LANES, 1, 1];
-  uniforms = "chunks : i32, cols : i32,";
-
-  constructor(cols: number) {
-    this.outputShape = [cols];
-    this.dispatch = [Math.ceil(cols / PARAM_COLUMNS), 1, 1];
-  }
-
-  getUserCode(): string {
-    return `
-  @group(0) @binding(2) var<storage, read_write> sigmaExtraOut : array<f32>;
-  ${WORKGROUP_INDEX_WGSL}
-  var<workgroup> sigmaPairs : array<vec2<f32>, ${PARAM_COLUMNS * PARAM_LANES}>;
-  fn main(index : i32) {
-    let cols = uniforms.cols;
-    let tid = i32(localIndex);
-    let lane = tid / ${PARAM_COLUMNS};
-    let col = sigmaWorkgroupIndex() * ${PARAM_COLUMNS} + tid % ${PARAM_COLUMNS};
-    var acc = vec2<f32>(0.0);
-    if (col < cols) {
-      for (var k = lane; k < uniforms.chunks; k += ${PARAM_LANES}) {
-        acc += vec2<f32>(partials[2 * k * cols + col], partials[(2 * k + 1) * cols + col]);
+    } else if (w < rows + (cols + ${PARAM_COLUMNS - 1}) / ${PARAM_COLUMNS}) {
+      // 8 columns of the parameter gradients, ${lanes} threads a column striding the rows.
+      let lane = tid / ${PARAM_COLUMNS};
+      let col = (w - rows) * ${PARAM_COLUMNS} + tid % ${PARAM_COLUMNS};
+      var acc = vec2<f32>(0.0);
+      if (col < cols) {
+        for (var r = lane; r < rows; r += ${lanes}) {
+          let i = r * cols + col;
+          let d = dy[i];
+          acc += vec2<f32>(d * (${zAt("i")} - stats[2 * r]) * stats[2 * r + 1], d);
+        }
       }
-    }
-    sigmaPairs[tid] = acc;
-    workgroupBarrier();
-    for (var s = ${PARAM_LANES / 2}; s > 0; s = s / 2) {
-      if (lane < s) {
-        sigmaPairs[tid] = sigmaPairs[tid] + sigmaPairs[tid + s * ${PARAM_COLUMNS}];
-      }
+      sigmaRed[tid] = vec4<f32>(acc, 0.0, 0.0);
       workgroupBarrier();
-    }
-    if (lane == 0 && col < cols) {
-      result[col] = sigmaPairs[tid].x;
-      sigmaExtraOut[col] = sigmaPairs[tid].y;
+      for (var s = ${lanes / 2}; s > 0; s = s / 2) {
+        if (lane < s) {
+          sigmaRed[tid] = sigmaRed[tid] + sigmaRed[tid + s * ${PARAM_COLUMNS}];
+        }
+        workgroupBarrier();
+      }
+      if (lane == 0 && col < cols) {
+        sigmaGammaOut[col] = sigmaRed[tid].x;
+        sigmaBetaOut[col] = sigmaRed[tid].y;
+      }
     }
   }`;
   }
 }
-
-/**
- * Chunks of rows the input-gradient kernel sums parameter partials over: enough
- * workgroups to fill a large GPU, few enough that adding them up is a short loop.
- */
-const MAX_CHUNKS = 1024;
 
 function rowsAndCols(x: Info): [number, number] {
   const cols = x.shape[x.shape.length - 1];
@@ -324,7 +279,7 @@ function rowsAndCols(x: Info): [number, number] {
   return [tf.util.sizeFromShape(x.shape) / cols, cols];
 }
 
-function layerNormKernel(args: Parameters<tf.KernelFunc>[0]): Info {
+function layerNormKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
   const { x, residual, gamma, beta } = args.inputs as Record<string, Info | undefined>;
   const { eps } = args.attrs as unknown as { eps: number };
   const backend = args.backend as unknown as WebGpuBackend;
@@ -332,50 +287,31 @@ function layerNormKernel(args: Parameters<tf.KernelFunc>[0]): Info {
   const program = new LayerNormProgram(rows, cols, residual !== undefined);
   const flat = [viewAs(x!, [rows, cols])]; // [R, d]
   if (residual) flat.push(viewAs(residual, [rows, cols]));
-  const y = backend.runWebGPUProgram(program, [...flat, gamma!, beta!], "float32", [
+  const stats = backend.makeTensorInfo([rows, 2], "float32"); // written, not read
+  const y = backend.runWebGPUProgram(program, [...flat, gamma!, beta!, stats], "float32", [
     { type: "int32", data: [rows] },
     { type: "int32", data: [cols] },
     { type: "float32", data: [eps] },
   ]);
-  return viewAs(y, x!.shape);
+  return [viewAs(y, x!.shape), stats];
 }
 
-function layerNormGradXKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
-  const { dy, x, residual, gamma } = args.inputs as Record<string, Info | undefined>;
-  const { eps } = args.attrs as unknown as { eps: number };
+function layerNormGradKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { dy, x, residual, gamma, stats } = args.inputs as Record<string, Info | undefined>;
   const backend = args.backend as unknown as WebGpuBackend;
   const [rows, cols] = rowsAndCols(x!);
-  const rowsPerGroup = Math.ceil(rows / Math.min(rows, MAX_CHUNKS));
-  const chunks = Math.ceil(rows / rowsPerGroup);
-  const partials = backend.makeTensorInfo([chunks, 2, cols], "float32"); // written, not read
-  const program = new LayerNormGradXProgram(rows, cols, chunks, residual !== undefined);
+  const dgamma = backend.makeTensorInfo([cols], "float32"); // written, not read
+  const dbeta = backend.makeTensorInfo([cols], "float32"); // written, not read
+  const program = new LayerNormGradProgram(rows, cols, residual !== undefined);
   const flat = [viewAs(dy!, [rows, cols]), viewAs(x!, [rows, cols])]; // [R, d] each
   if (residual) flat.push(viewAs(residual, [rows, cols]));
-  const dx = backend.runWebGPUProgram(program, [...flat, gamma!, partials], "float32", [
-    { type: "int32", data: [rows] },
-    { type: "int32", data: [cols] },
-    { type: "int32", data: [rowsPerGroup] },
-    { type: "int32", data: [chunks] },
-    { type: "float32", data: [eps] },
-  ]);
-  return [viewAs(dx, x!.shape), partials];
-}
-
-function layerNormGradParamsKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
-  const { partials } = args.inputs as { partials: Info };
-  const backend = args.backend as unknown as WebGpuBackend;
-  const [chunks, two, cols] = partials.shape;
-  if (partials.shape.length !== 3 || two !== 2) {
-    throw new RangeError(`LayerNorm parameter partials must be [C, 2, d], got [${partials.shape}]`);
-  }
-  const dbeta = backend.makeTensorInfo([cols], "float32"); // written, not read
-  const dgamma = backend.runWebGPUProgram(
-    new LayerNormGradParamsProgram(cols),
-    [partials, dbeta],
+  const dx = backend.runWebGPUProgram(
+    program,
+    [...flat, gamma!, stats!, dgamma, dbeta],
     "float32",
-    [{ type: "int32", data: [chunks] }, { type: "int32", data: [cols] }],
+    [{ type: "int32", data: [rows] }, { type: "int32", data: [cols] }],
   );
-  return [dgamma, dbeta];
+  return [viewAs(dx, x!.shape), dgamma, dbeta];
 }
 
 // ------------------------------------------------------------------------------ GELU
@@ -647,8 +583,7 @@ export function registerWebGpuFusedKernels(): void {
   registered = true;
   const kernels: [string, tf.KernelFunc][] = [
     [LAYER_NORM_KERNEL, layerNormKernel as tf.KernelFunc],
-    [LAYER_NORM_GRAD_X_KERNEL, layerNormGradXKernel as tf.KernelFunc],
-    [LAYER_NORM_GRAD_PARAMS_KERNEL, layerNormGradParamsKernel as tf.KernelFunc],
+    [LAYER_NORM_GRAD_KERNEL, layerNormGradKernel as tf.KernelFunc],
     [GELU_KERNEL, geluKernel as tf.KernelFunc],
     [GELU_GRAD_KERNEL, geluGradKernel as tf.KernelFunc],
     [GELU_TANH_KERNEL, geluTanhKernel as tf.KernelFunc],

@@ -6,7 +6,7 @@
  * Why: tfjs-backend-webgpu runs one GPU dispatch per op, and on a GPU the fixed cost of a
  * dispatch, not its arithmetic, is most of a small op's time. Composed of tfjs ops, a
  * LayerNorm forward and backward is 31 dispatches (32 with the residual add) and a GELU 15;
- * as kernels they are 3 and 2, and a tanh GELU 2 (`tests/fused_ops_test.ts` counts them).
+ * as kernels they are 2 and 2, and a tanh GELU 2 (`tests/fused_ops_test.ts` counts them).
  * `backends/_webgpu_fused.ts` registers WGSL programs under these names for the webgpu
  * backend. Where the active backend has no such kernel (cpu, wasm), each function returns
  * exactly the op sequence `lib/nn/layers.ts` used before, so results there stay bit for bit
@@ -19,24 +19,17 @@ import { columnSum, hasColumnSumKernel } from "./fused_ops.ts";
 import type { Tensor, Tensor2D } from "./tensor_types.ts";
 
 /**
- * Kernel `(x [R, d], residual? [R, d], gamma [d], beta [d]; eps) -> y [R, d]`: LayerNorm
- * over the last axis of `x + residual` (any leading shape; rows are everything before it).
+ * Kernel `(x [R, d], residual? [R, d], gamma [d], beta [d]; eps) -> (y [R, d],
+ * stats [R, 2])`: LayerNorm over the last axis of `x + residual` (any leading shape; rows
+ * are everything before it), and each row's mean and 1/std, which the backward pass uses.
  */
 export const LAYER_NORM_KERNEL = "SigmaLayerNorm";
 /**
- * Kernel `(dy [R, d], x [R, d], residual? [R, d], gamma [d]; eps) -> (dx [R, d],
- * partials [C, 2, d])`: the input gradient of {@linkcode LAYER_NORM_KERNEL}, each row's
- * mean and 1/std recomputed, and per chunk of rows the column sums of `dy * x̂` (row 0)
- * and `dy` (row 1), from which {@linkcode LAYER_NORM_GRAD_PARAMS_KERNEL} finishes the
- * parameter gradients. (The rows must be read for dx anyway; summing there keeps the
- * parameter kernel a short reduction instead of a second pass over `[R, d]`.)
+ * Kernel `(dy [R, d], x [R, d], residual? [R, d], gamma [d], stats [R, 2]) -> (dx [R, d],
+ * dgamma [d], dbeta [d])`: the gradients of {@linkcode LAYER_NORM_KERNEL} in one dispatch,
+ * from the statistics it saved.
  */
-export const LAYER_NORM_GRAD_X_KERNEL = "SigmaLayerNormGradX";
-/**
- * Kernel `partials [C, 2, d] -> (dgamma [d], dbeta [d])`: the sums over chunks of the
- * partials of {@linkcode LAYER_NORM_GRAD_X_KERNEL}, as two outputs of one dispatch.
- */
-export const LAYER_NORM_GRAD_PARAMS_KERNEL = "SigmaLayerNormGradParams";
+export const LAYER_NORM_GRAD_KERNEL = "SigmaLayerNormGrad";
 /** Kernel `x -> y`, any shape: the exact GELU `x Φ(x)`, Φ the standard normal CDF. */
 export const GELU_KERNEL = "SigmaGelu";
 /** Kernel `(dy, x) -> dx`, any shape: `dy (Φ(x) + x φ(x))`, the GELU's derivative. */
@@ -95,7 +88,7 @@ export function layerNormResidualReference(
  * `beta` are `[d]`, `d` the last axis. Differentiable in every tensor argument; the
  * gradient of `residual` is the gradient of `x`.
  *
- * Where the active backend has the kernels (webgpu) this is one dispatch forward and two
+ * Where the active backend has the kernels (webgpu) this is one dispatch forward and one
  * backward; elsewhere, and for non-float32 input, an empty tensor or `d` over
  * {@linkcode FUSED_LAYER_NORM_MAX_WIDTH}, it is {@linkcode layerNormResidualReference}.
  *
@@ -135,7 +128,7 @@ export function layerNormResidual(
   const fused = x.dtype === "float32" && x.size > 0 && d <= FUSED_LAYER_NORM_MAX_WIDTH &&
     (residual === null || residual.dtype === "float32") &&
     gamma.dtype === "float32" && beta.dtype === "float32" &&
-    hasKernels(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_X_KERNEL, LAYER_NORM_GRAD_PARAMS_KERNEL);
+    hasKernels(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL);
   if (!fused) return layerNormResidualReference(x, residual, gamma, beta, eps);
   const withResidual = residual !== null;
   const f = tf.customGrad((...args: (Tensor | tf.GradSaveFunc)[]) => {
@@ -143,24 +136,21 @@ export function layerNormResidual(
     const ts = args as Tensor[];
     const [xt, g, b] = withResidual ? [ts[0], ts[2], ts[3]] : ts;
     const rt: tf.NamedTensorMap = withResidual ? { residual: ts[1] } : {}; // optional input
-    save(withResidual ? [xt, ts[1], g] : [xt, g]);
+    const [y, stats] = tf.engine().runKernel(
+      LAYER_NORM_KERNEL,
+      { x: xt, ...rt, gamma: g, beta: b },
+      { eps },
+    ) as Tensor[]; // [..., d], [R, 2]
+    save(withResidual ? [xt, ts[1], g, stats] : [xt, g, stats]);
     return {
-      value: tf.engine().runKernel(LAYER_NORM_KERNEL, { x: xt, ...rt, gamma: g, beta: b }, {
-        eps,
-      }) as Tensor,
+      value: y,
       gradFunc: (dy: Tensor, saved: Tensor[]) => {
-        const [xs, gs] = [saved[0], saved[saved.length - 1]];
+        const [xs, gs, st] = [saved[0], saved[saved.length - 2], saved[saved.length - 1]];
         const rs: tf.NamedTensorMap = withResidual ? { residual: saved[1] } : {};
-        const [dx, partials] = tf.engine().runKernel(
-          LAYER_NORM_GRAD_X_KERNEL,
-          { dy, x: xs, ...rs, gamma: gs },
-          { eps },
-        ) as Tensor[]; // [..., d], [C, 2, d]
-        const [dgamma, dbeta] = tf.engine().runKernel(
-          LAYER_NORM_GRAD_PARAMS_KERNEL,
-          { partials },
-        ) as Tensor[]; // [d], [d]
-        partials.dispose();
+        const [dx, dgamma, dbeta] = tf.engine().runKernel(
+          LAYER_NORM_GRAD_KERNEL,
+          { dy, x: xs, ...rs, gamma: gs, stats: st },
+        ) as Tensor[]; // [..., d], [d], [d]
         // The residual's gradient is dx; a clone (Identity: no dispatch, shared data) so
         // that tfjs can accumulate and dispose the two gradients independently.
         return withResidual ? [dx, tf.clone(dx), dgamma, dbeta] : [dx, dgamma, dbeta];
