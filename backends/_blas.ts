@@ -118,6 +118,65 @@ function quietIdleThreads(): void {
   }
 }
 
+/**
+ * Whether this CPU runs OpenBLAS's SkylakeX kernels (AVX-512 F, CD, BW, DQ and VL, with the
+ * OS saving their registers), or null where that cannot be told. Read from libgcc's
+ * `__cpu_model` (the table behind GCC's `__builtin_cpu_supports`, filled when libgcc_s
+ * loads; its layout is GCC's ABI since 4.8) through the FFI: the `deno task` permissions do
+ * not let a program read `/proc/cpuinfo` (Deno 2 reads `/proc` only under `--allow-all`).
+ * Linux on x86-64 only.
+ */
+export function cpuHasAvx512(): boolean | null {
+  if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") return null;
+  let libc:
+    | Deno.DynamicLibrary<{
+      dlopen: { parameters: ["buffer", "i32"]; result: "pointer" };
+      dlvsym: { parameters: ["pointer", "buffer", "buffer"]; result: "pointer" };
+    }>
+    | null = null;
+  try {
+    libc = Deno.dlopen("libc.so.6", {
+      dlopen: { parameters: ["buffer", "i32"], result: "pointer" },
+      dlvsym: { parameters: ["pointer", "buffer", "buffer"], result: "pointer" },
+    });
+    const text = (s: string) => new TextEncoder().encode(`${s}\0`);
+    const RTLD_NOW = 2;
+    const handle = libc.symbols.dlopen(text("libgcc_s.so.1"), RTLD_NOW);
+    if (!handle) return null;
+    // `__cpu_model` has a non-default symbol version: dlsym would not find it.
+    const model = libc.symbols.dlvsym(handle, text("__cpu_model"), text("GCC_4.8.0"));
+    if (!model) return null;
+    // struct { u32 vendor, type, subtype; u32 features[1]; }: GCC's processor_features
+    // bits AVX512F 15, AVX512VL 20, AVX512BW 21, AVX512DQ 22, AVX512CD 23.
+    const features = new Deno.UnsafePointerView(model).getUint32(12);
+    return [15, 20, 21, 22, 23].every((bit) => (features >>> bit & 1) === 1);
+  } catch {
+    return null;
+  } finally {
+    libc?.close();
+  }
+}
+
+/**
+ * OpenBLAS 0.3.21 runs its Haswell (AVX2) kernels on CPUs it does not know, AVX-512 ones
+ * included (this project's AMD EPYC hosts), where its SkylakeX kernels do the item GEMMs
+ * 1.6-1.8x faster (docs/performance.md). So, before OpenBLAS loads and unless the user set
+ * `OPENBLAS_CORETYPE`, it is set to SkylakeX where {@linkcode cpuHasAvx512} says the CPU
+ * has what those kernels use; never elsewhere (they would stop the process with an illegal
+ * instruction). Returns what to say of the choice, or "" where nothing was decided here.
+ */
+function chooseCoreType(): string {
+  try {
+    if (Deno.env.get("OPENBLAS_CORETYPE") !== undefined) return "OPENBLAS_CORETYPE";
+    const avx512 = cpuHasAvx512();
+    if (avx512 !== true) return avx512 === false ? "" : "AVX-512 unknown";
+    Deno.env.set("OPENBLAS_CORETYPE", "SkylakeX");
+    return "chosen: the CPU has AVX-512";
+  } catch {
+    return ""; // no --allow-env: OpenBLAS chooses
+  }
+}
+
 function open(path: string): BlasLibrary | string {
   const known = opened.get(path);
   if (known) return known;
@@ -154,6 +213,7 @@ export function useNativeBlas(choice: string, threads?: number): BlasStatus {
     return { active: false, detail: "native BLAS not used: --allow-ffi not granted" };
   }
   quietIdleThreads();
+  const why = chooseCoreType();
   const tried: string[] = [];
   for (const path of choice === "auto" ? BLAS_CANDIDATES : [choice]) {
     const library = open(path);
@@ -168,8 +228,8 @@ export function useNativeBlas(choice: string, threads?: number): BlasStatus {
     const config = library.symbols.openblas_get_config
       ? cString(library.symbols.openblas_get_config())
       : null;
-    const build = [config?.split(" ").slice(0, 2).join(" "), core && `core ${core}`]
-      .filter(Boolean).join(", ");
+    const coreText = core && `core ${core}${why ? ` (${why})` : ""}`;
+    const build = [config?.split(" ").slice(0, 2).join(" "), coreText].filter(Boolean).join(", ");
     active = { library };
     return {
       active: true,

@@ -4,6 +4,7 @@ import { selectBackend } from "../backends/mod.ts";
 import {
   BLAS_MIN_MULTIPLY_ADDS,
   BLAS_MIN_PRODUCT,
+  cpuHasAvx512,
   nativeBlasActive,
   nativeBlasCalls,
   useNativeBlas,
@@ -178,9 +179,19 @@ Deno.test("useNativeBlas() names a library that does not load, and rejects an em
 
 /** Runs `code` (TypeScript) in a new Deno process with the project's import map and the
  * given permissions, and returns its standard output's lines. */
-async function runInNewProcess(code: string, permissions: string[]): Promise<string[]> {
+async function runInNewProcess(
+  code: string,
+  permissions: string[],
+  env: Record<string, string | undefined> = {},
+): Promise<string[]> {
   const script = await Deno.makeTempFile({ suffix: ".ts" });
   await Deno.writeTextFile(script, code);
+  // This process's environment with `env`'s changes (undefined: removed).
+  const childEnv: Record<string, string> = { ...Deno.env.toObject(), NO_COLOR: "1" };
+  for (const [key, value] of Object.entries(env)) {
+    if (value === undefined) delete childEnv[key];
+    else childEnv[key] = value;
+  }
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -189,7 +200,8 @@ async function runInNewProcess(code: string, permissions: string[]): Promise<str
       ...permissions,
       script,
     ],
-    env: { NO_COLOR: "1" },
+    env: childEnv,
+    clearEnv: true,
     stdin: "null",
   }).output();
   await Deno.remove(script);
@@ -237,5 +249,49 @@ Deno.test({
     assert(reason.includes("1 thread(s)") && reason.includes("native BLAS"), reason);
     assert(Number(calls) === 1, `native calls: ${calls}`);
     assert(Number(diff) <= 1e-4, `max diff ${diff}`);
+  },
+});
+
+/** Whether /proc/cpuinfo lists every AVX-512 extension OpenBLAS's SkylakeX kernels use. */
+async function cpuinfoHasAvx512(): Promise<boolean> {
+  const out = await new Deno.Command("cat", { args: ["/proc/cpuinfo"], stdout: "piped" }).output();
+  const flags = new TextDecoder().decode(out.stdout).match(/^flags\s*:(.*)$/m)?.[1].split(/\s+/) ??
+    [];
+  return ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].every((f) =>
+    flags.includes(f)
+  );
+}
+
+const linuxX64 = Deno.build.os === "linux" && Deno.build.arch === "x86_64";
+
+Deno.test({
+  name: "cpuHasAvx512() (libgcc's CPU table, through the FFI) agrees with /proc/cpuinfo",
+  ignore: !linuxX64,
+  fn: async () => {
+    const found = cpuHasAvx512();
+    assert(found !== null, "libgcc_s's __cpu_model was not found");
+    assert(found === await cpuinfoHasAvx512(), `cpuHasAvx512() ${found}, /proc/cpuinfo differs`);
+  },
+});
+
+Deno.test({
+  name:
+    "OpenBLAS gets SkylakeX kernels where the CPU has AVX-512 and the user set no core type, the user's core type otherwise, and the backend line says which",
+  ignore: ignore || !linuxX64,
+  fn: async () => {
+    const blasModule = new URL("../backends/_blas.ts", import.meta.url).href;
+    const code = `import { useNativeBlas } from "${blasModule}";\n` +
+      `console.log(useNativeBlas("auto").detail);\n`;
+    const permissions = ["--allow-read", "--allow-env", "--allow-ffi"];
+    const [chosen] = (await runInNewProcess(code, permissions, { OPENBLAS_CORETYPE: undefined }))
+      .slice(-1);
+    if (await cpuinfoHasAvx512()) {
+      assert(chosen.includes("core SkylakeX (chosen: the CPU has AVX-512)"), chosen);
+    } else {
+      assert(!chosen.includes("SkylakeX"), chosen);
+    }
+    const [kept] = (await runInNewProcess(code, permissions, { OPENBLAS_CORETYPE: "Haswell" }))
+      .slice(-1);
+    assert(kept.includes("core Haswell (OPENBLAS_CORETYPE)"), kept);
   },
 });
