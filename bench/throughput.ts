@@ -37,7 +37,8 @@
  * The SASRec step comparison times this project's SASRec on a fixed synthetic batch (256
  * rows, length 50, 12,000 items, a target at every position, full softmax, Adam), and
  * `bench/torch_reference.py` times the same step in PyTorch on CPU, in the same run; the
- * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times; with `sigma` among
+ * line `ratio sasrec-step <backend>/pytorch: X.XX` divides the two times (the two sides
+ * alternate, `--pairs` times (2), and the ratio is the median of the pairs'); with `sigma` among
  * `--models`, SIGMA's step on the same batch likewise (`ratio sigma-step`), PyTorch's by
  * the twin in interop/torch. `--torch-device cuda`
  * times PyTorch on the GPU instead (the anchor for the WebGPU rows on a machine with one).
@@ -80,6 +81,7 @@ const { values } = parseArgs({
     "batch-size": { type: "string" },
     threads: { type: "string" },
     torch: { type: "string", default: "true" },
+    pairs: { type: "string", default: "2" },
     "torch-device": { type: "string", default: "cpu" },
     child: { type: "string" },
   },
@@ -329,16 +331,53 @@ async function child<T>(spec: string): Promise<T | null> {
   return JSON.parse(text) as T;
 }
 
+let shim: Promise<string | null> | undefined;
+
+/**
+ * A shared library whose `mkl_serv_intel_cpu_true` returns 1, built once with the first C
+ * compiler found (null without one), to preload into PyTorch: MKL, linked into pip's torch,
+ * runs its fast code paths only on CPUs it takes for Intel's, and on this project's AMD EPYC
+ * hosts that made the anchor's item GEMM 2.6x slower (bench/torch_gemm.py, 80 against 206-216
+ * GFLOP/s single-threaded). On an Intel CPU the function already returns 1: no change.
+ */
+function mklShim(): Promise<string | null> {
+  shim ??= (async () => {
+    if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") return null;
+    const dir = await Deno.makeTempDir({ prefix: "mkl_shim_" });
+    const source = `${dir}/mkl_shim.c`;
+    const library = `${dir}/libmkl_shim.so`;
+    await Deno.writeTextFile(source, "int mkl_serv_intel_cpu_true(void) { return 1; }\n");
+    for (const cc of ["cc", "gcc", "clang", "clang-16"]) {
+      try {
+        const out = await new Deno.Command(cc, {
+          args: ["-shared", "-fPIC", "-O2", "-o", library, source],
+          stdout: "null",
+          stderr: "null",
+        }).output();
+        if (out.success) return library;
+      } catch {
+        // not installed: the next one
+      }
+    }
+    return null;
+  })();
+  return shim;
+}
+
 /** Runs bench/torch_reference.py for `model`'s step with the first python3 that has torch. */
 async function torchReference(
   model: "sasrec" | "sigma",
-): Promise<{ secondsPerStep: number; blas: string } | string> {
+): Promise<
+  { secondsPerStep: number; blas: string; gemmGflops: number; gemmFreshGflops: number } | string
+> {
   const script = new URL("./torch_reference.py", import.meta.url).pathname;
   const { python, missing } = await findTorchPython();
   if (missing) return missing;
+  const preload = await mklShim();
   const out = await new Deno.Command(python, {
-    // The script picks OpenBLAS's kernels itself: SkylakeX only on a CPU with AVX-512.
+    // The script names torch's own BLAS and kernels, and times its item-logits GEMM.
     args: [script, "--steps", "3", "--device", values["torch-device"], "--model", model],
+    env: preload ? { LD_PRELOAD: preload } : {},
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -346,6 +385,8 @@ async function torchReference(
   const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
   return {
     secondsPerStep: r.seconds_per_step,
+    gemmGflops: r.gemm_gflops,
+    gemmFreshGflops: r.gemm_fresh_gflops,
     blas: r.device === "cpu"
       ? `${python}, torch ${r.torch}, ${r.blas}, ${r.threads} threads, kernels ${r.coretype}`
       : `${python}, torch ${r.torch} on ${r.device}`,
@@ -405,25 +446,39 @@ async function main(): Promise<void> {
   }
   printWebGpuRatios(rows);
   if (values.torch !== "true") return;
+  const pairs = positiveInt("pairs", values.pairs);
   for (const step of ["sasrec", "sigma"] as const) {
     if (step === "sigma" && !models.includes("sigma")) continue;
-    console.log("");
-    const torch = await torchReference(step);
-    if (typeof torch === "string") {
-      console.log(`${step}-step vs PyTorch skipped: ${torch}`);
-      continue;
-    }
-    console.log(`pytorch ${step}-step: ${torch.secondsPerStep.toFixed(2)} s (${torch.blas})`);
     for (const backend of backends.filter((b) => b !== "cpu")) {
-      const r = await child<{ label: string; secondsPerStep: number }>(
-        `${step}-step:none:${backend}`,
-      );
-      if (!r) continue;
-      console.log(`${r.label} ${step}-step: ${r.secondsPerStep.toFixed(2)} s`);
+      console.log("");
+      // PyTorch and the library alternate (A, B, A, B): a host that slows down or speeds
+      // up during the run moves both sides, and the ratio is the median of the pairs'.
+      const ratios: number[] = [];
+      for (let pair = 0; pair < pairs; pair++) {
+        const torch = await torchReference(step);
+        if (typeof torch === "string") {
+          console.log(`${step}-step vs PyTorch skipped: ${torch}`);
+          break;
+        }
+        console.log(
+          `pytorch ${step}-step: ${torch.secondsPerStep.toFixed(2)} s (${torch.blas}; ` +
+            `item-logits GEMM ${torch.gemmGflops.toFixed(1)} GFLOP/s, ` +
+            `${torch.gemmFreshGflops.toFixed(1)} with a fresh output)`,
+        );
+        const r = await child<{ label: string; secondsPerStep: number }>(
+          `${step}-step:none:${backend}`,
+        );
+        if (!r) break;
+        console.log(`${r.label} ${step}-step: ${r.secondsPerStep.toFixed(2)} s`);
+        ratios.push(r.secondsPerStep / torch.secondsPerStep);
+      }
+      if (ratios.length === 0) continue;
+      const sorted = [...ratios].sort((a, b) => a - b);
+      const mid = sorted.length >> 1;
+      const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
       console.log(
-        `ratio ${step}-step ${backend}/pytorch: ${
-          (r.secondsPerStep / torch.secondsPerStep).toFixed(2)
-        }`,
+        `ratio ${step}-step ${backend}/pytorch: ${median.toFixed(2)} (median of ${ratios.length} ` +
+          `alternated pairs: ${ratios.map((x) => x.toFixed(2)).join(", ")})`,
       );
     }
   }

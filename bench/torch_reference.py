@@ -9,6 +9,12 @@ position, so both sides do identical work.
 Prints one JSON line: {"seconds_per_step": ..., "blas": ..., "threads": ..., ...}.
 Exit code 3 with a message on stderr when torch is not installed.
 
+The BLAS reported is torch's own (its build configuration; pip's wheels link MKL in), with
+the kernels it runs where that can be told and its rate on the step's item-logits GEMM, into a
+preallocated output and with a fresh output per product;
+`mapped_blas` lists the BLAS libraries the process mapped (numpy's OpenBLAS among them,
+which torch does not use).
+
 Fair-reference notes (measured on this project's machines): Debian's python3-torch
 falls back to a generic reference BLAS unless OpenBLAS is installed
 (`apt-get install python3-torch libopenblas0-pthread`), and OpenBLAS 0.3.21 picks AVX2
@@ -29,6 +35,7 @@ every position, full softmax, Adam.
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -54,6 +61,66 @@ except ImportError:
     print("torch is not installed (apt-get install python3-torch libopenblas0-pthread)",
           file=sys.stderr)
     sys.exit(3)
+
+
+def torch_blas():
+    """Torch's own BLAS, from its build configuration (BLAS_INFO, and MKL's version)."""
+    config = torch.__config__.show()
+    found = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    info = found.group(1) if found else "unknown"
+    mkl = re.search(r"Math Kernel Library Version (\S+)", config)
+    return f"mkl {mkl.group(1)}" if info == "mkl" and mkl else info
+
+
+def cpu_vendor():
+    """The CPU's vendor_id from /proc/cpuinfo, or "unknown"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def torch_kernels(blas):
+    """Which kernels torch's BLAS runs. OpenBLAS's are named by OPENBLAS_CORETYPE or its own
+    choice. MKL runs its Intel code paths only where mkl_serv_intel_cpu_true() says the CPU
+    is Intel's: on this project's AMD EPYC hosts (AVX-512) the item-logits GEMM does 80
+    GFLOP/s single-threaded without the preloaded shim that says so, 206-216 with it
+    (bench/torch_gemm.py). bench/throughput.ts preloads the shim where it can build it."""
+    if blas.startswith("mkl"):
+        if "mkl_shim" in os.environ.get("LD_PRELOAD", ""):
+            return "MKL's Intel code paths (mkl_serv_intel_cpu_true shim preloaded)"
+        vendor = cpu_vendor()
+        return "MKL's own choice" + ("" if vendor == "GenuineIntel" else
+                                     f" on a {vendor} CPU: its slower non-Intel paths")
+    return os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice")
+
+
+def gemm_gflops(device, fresh):
+    """Torch's rate on the item-logits product of the step, [2048, 128] x [128, 12000]:
+    into one preallocated output (the BLAS kernel's rate), or with a fresh output for every
+    product (`fresh`, as a training step allocates its tensors: on these hosts each fresh
+    98 MB output costs its page faults, several times the product)."""
+    a = torch.randn(2048, 128, device=device)
+    b = torch.randn(128, 12000, device=device)
+    c = torch.empty(2048, 12000, device=device)
+
+    def product():
+        return a @ b if fresh else torch.mm(a, b, out=c)
+
+    for _ in range(2):
+        product()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        product()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * 2048 * 128 * 12000 * 5 / (time.perf_counter() - t0) / 1e9
 
 
 def loaded_blas():
@@ -160,8 +227,11 @@ def main():
         "seconds_per_step": statistics.median(times),
         "steps": args.steps,
         "threads": torch.get_num_threads(),
-        "coretype": os.environ.get("OPENBLAS_CORETYPE", "OpenBLAS's own choice"),
-        "blas": loaded_blas(),
+        "coretype": torch_kernels(torch_blas()),
+        "blas": torch_blas(),
+        "mapped_blas": loaded_blas(),
+        "gemm_gflops": gemm_gflops(device, fresh=False),
+        "gemm_fresh_gflops": gemm_gflops(device, fresh=True),
         "model": args.model,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
