@@ -329,3 +329,95 @@ async function openInChromium(page: string, dir: string) {
   };
   return { devtools: devtools!, close };
 }
+
+const NODE = Deno.env.get("NODE") ?? "node";
+const nodeProbe = await new Deno.Command(NODE, {
+  args: ["--version"],
+  stdout: "null",
+  stderr: "null",
+}).output().catch(() => null);
+if (!nodeProbe?.success) {
+  console.warn(`web_test: the Node.js check skipped: no ${NODE} (it comes with npx)`);
+}
+
+Deno.test({
+  name:
+    "the bundles take tfjs's web platform where a process global exists: under Node.js, inference.js recommends what the Deno API does, and app.js gets past tfjs to the page",
+  ignore: !nodeProbe?.success,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const site = `${dir}/site`;
+    const built = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-write",
+        "--allow-run",
+        "--allow-env",
+        BUILD,
+        "--out",
+        site,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+
+    await selectBackend("cpu");
+    const data = syntheticDataset({ seed: 29, users: 40, items: 60, maxLength: 10 });
+    const model = new SasRec({
+      numItems: data.numItems,
+      hidden: 16,
+      heads: 2,
+      layers: 1,
+      inner: 16,
+      seed: 7,
+    });
+    using made = new Recommender(model, data.vocab.items);
+    await Deno.writeFile(`${site}/model.safetensors`, await made.toBytes());
+    const history = ["i3", "i9", "not-an-item", "i27"];
+    const expected = await made.recommend(history, { k: 10 });
+
+    // Node.js defines process.versions.node: tfjs used to pick its Node platform there.
+    const script = `${dir}/check.mjs`;
+    await Deno.writeTextFile(
+      script,
+      `import { readFileSync } from "node:fs";\n` +
+        `const { Recommender, selectBackend } = await import(${
+          JSON.stringify(`${site}/inference.js`)
+        });\n` +
+        `await selectBackend("cpu");\n` +
+        `const bytes = new Uint8Array(readFileSync(${
+          JSON.stringify(`${site}/model.safetensors`)
+        }));\n` +
+        `const recommender = await Recommender.load(bytes);\n` +
+        `console.log(JSON.stringify(await recommender.recommend(${
+          JSON.stringify(history)
+        }, { k: 10 })));\n`,
+    );
+    const ran = await new Deno.Command(NODE, { args: [script], stdout: "piped", stderr: "piped" })
+      .output();
+    const stderr = new TextDecoder().decode(ran.stderr);
+    assertEquals(ran.code, 0, stderr);
+    const got = JSON.parse(new TextDecoder().decode(ran.stdout).trim().split("\n").pop()!);
+    assertEquals(got.items.map((r: { item: string }) => r.item), expected.items.map((r) => r.item));
+    assertEquals(got.unknown, expected.unknown);
+    for (let i = 0; i < expected.items.length; i++) {
+      assert(Math.abs(got.items[i].score - expected.items[i].score) <= 1e-5, `score ${i}`);
+    }
+
+    // The page's script needs a page: under Node it stops at the first page global, after
+    // tfjs loaded (before the fix it stopped inside tfjs, at TextEncoder).
+    await Deno.writeTextFile(
+      script,
+      `try { await import(${JSON.stringify(`${site}/app.js`)}); console.log("loaded"); }\n` +
+        `catch (e) { console.log(e.message); }\n`,
+    );
+    const page = await new Deno.Command(NODE, { args: [script], stdout: "piped", stderr: "piped" })
+      .output();
+    const said = new TextDecoder().decode(page.stdout).trim();
+    assert(!said.includes("TextEncoder"), said);
+    assert(/location|document/.test(said), `app.js under Node: ${said}`);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
