@@ -333,12 +333,15 @@ Deno.test({
 // ------------------------------------------------------------ tensors and dispatches
 
 Deno.test({
-  name: "the fused ops keep the tensor count flat over repeated steps on webgpu",
+  name:
+    "the fused ops keep the tensor count flat over repeated steps on webgpu (linear layers with their epilogues included)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
     const works = [
       linearWork(9, 5, 7, 3),
+      // Three layers of one input: dropout, an activation and a residual among them.
+      linearsWork(9, 5, [4, 6, 3], 2, 0.3),
       embeddingWork(20, 6, ints(12, 20, 4), [3, 4], 5),
       lossWork(7, 30, 4, 1 << 23, true, 6),
       lossWork(7, 30, 4, 60, false, 7),
