@@ -20,7 +20,8 @@
  * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as
  * `deno task train` does), `--batch-size` (the model's training default) and
  * `--max-positions` (the trainer's), `--top` (20 rows), `--trace` (also every kernel call of
- * the step in order, with shapes), `--calls A,B` (also list the 10
+ * the step in order, with shapes), `--synthetic-length N` (instead of the default synthetic
+ * set, one of 2,000 items and histories of N/4 to N items: ML-1M-like lengths at 200), `--calls A,B` (also list the 10
  * slowest calls of kernels A and B with their input and output shapes). Kernel times of
  * ops that contain other ops (custom gradients appear as `forward` and `unnamed scope`)
  * include their inner kernels, so the column adds up to more than the wall time.
@@ -71,6 +72,7 @@ const { values } = parseArgs({
     "batch-size": { type: "string" },
     "max-positions": { type: "string" },
     trace: { type: "boolean", default: false },
+    "synthetic-length": { type: "string" },
   },
   strict: true,
 });
@@ -112,7 +114,16 @@ if (values["reference-step"]) {
   batch = sasrecStepBatch();
   source = "the reference step (bench/torch_reference.py's shape)";
 } else {
-  const data = values.data ? await readDataset(values.data) : syntheticDataset({ seed: 42 });
+  // Long synthetic histories (ML-1M-like) with --synthetic-length: users' lengths from a
+  // quarter of it up to it, 2,000 items.
+  const long = optionalPositiveInt("synthetic-length", values["synthetic-length"]);
+  const data = values.data
+    ? await readDataset(values.data)
+    : syntheticDataset(
+      long === undefined
+        ? { seed: 42 }
+        : { seed: 42, items: 2000, minLength: Math.max(5, long >> 2), maxLength: long },
+    );
   const { split } = leaveOneOut(data);
   const entry = modelEntry(values.model);
   const created = entry.create({
