@@ -117,13 +117,11 @@ if (values["reference-step"]) {
   // Long synthetic histories (ML-1M-like) with --synthetic-length: users' lengths from a
   // quarter of it up to it, 2,000 items.
   const long = optionalPositiveInt("synthetic-length", values["synthetic-length"]);
-  const data = values.data
-    ? await readDataset(values.data)
-    : syntheticDataset(
-      long === undefined
-        ? { seed: 42 }
-        : { seed: 42, items: 2000, minLength: Math.max(5, long >> 2), maxLength: long },
-    );
+  const data = values.data ? await readDataset(values.data) : syntheticDataset(
+    long === undefined
+      ? { seed: 42 }
+      : { seed: 42, items: 2000, minLength: Math.max(5, long >> 2), maxLength: long },
+  );
   const { split } = leaveOneOut(data);
   const entry = modelEntry(values.model);
   const created = entry.create({
