@@ -12,6 +12,7 @@ import { probeWebGpu, selectBackend } from "../backends/mod.ts";
 import { webGpuErf } from "../backends/_webgpu_fused.ts";
 import {
   addLeadingBroadcast,
+  fusedLayerNormMaxRows,
   GELU_KERNEL,
   GELU_TANH_KERNEL,
   geluFused,
@@ -335,7 +336,7 @@ async function assertLayerNormMatchesCpu(c: LayerNormCase, label: string) {
 
 Deno.test({
   name:
-    "layerNormResidual() on webgpu: values and gradients equal the composed ops on cpu (30 random cases and 3 edge shapes)",
+    "layerNormResidual() on webgpu: values and gradients equal the composed ops on cpu (30 random cases and 4 edge shapes)",
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
@@ -357,16 +358,24 @@ Deno.test({
       ),
       { numRuns: 30 },
     );
-    // More rows than gradient chunks (1,024): several rows per chunk, the last one short.
+    // Many rows: the parameter gradients' threads each stride over hundreds of them.
     await assertLayerNormMatchesCpu(
       { shape: [2050, 5], withResidual: true, eps: 1e-12, seed: 11 },
       "2,050 rows",
     );
-    // More rows than the 65,535 workgroups of one dispatch dimension: tfjs folds the
-    // forward dispatch, and the rows past the last one must write nothing.
+    // More rows than the 65,535 workgroups of one dispatch dimension (the fused kernel's
+    // most at d = 2): tfjs folds both dispatches, and the workgroups past the last row
+    // must write nothing.
+    assertEquals(fusedLayerNormMaxRows(2), 65536);
     await assertLayerNormMatchesCpu(
-      { shape: [66001, 2], withResidual: false, eps: 1e-5, seed: 12 },
-      "66,001 rows",
+      { shape: [65536, 2], withResidual: false, eps: 1e-5, seed: 12 },
+      "65,536 rows",
+    );
+    // Past that, the reference path runs (llvmpipe truncated the kernel's long parameter
+    // sums): still cpu's values.
+    await assertLayerNormMatchesCpu(
+      { shape: [65537, 2], withResidual: true, eps: 1e-5, seed: 14 },
+      "65,537 rows",
     );
     // Wider than a workgroup by a remainder: 3 values per thread, some threads idle.
     await assertLayerNormMatchesCpu(

@@ -22,6 +22,7 @@ import {
   columnSum,
   EMBEDDING_GRAD_KERNEL,
   embeddingGradient,
+  FUSED_LINEARS_MAX_ROWS,
   fusedLinear,
   fusedLinears,
   linearsKernelName,
@@ -217,6 +218,12 @@ Deno.test({
         { numRuns: 16 },
       );
       capLinearGroups(3);
+      // Past FUSED_LINEARS_MAX_ROWS the reference path runs (llvmpipe truncated the kernel's
+      // long weight-gradient sums): still cpu's values.
+      const [cpuLong, gpuLong] = await onBoth(
+        linearsWork(FUSED_LINEARS_MAX_ROWS + 3, 3, [2, 5], 8, 0.3),
+      );
+      assertClose(gpuLong, cpuLong, `linears ${FUSED_LINEARS_MAX_ROWS + 3} x 3 -> [2, 5]`);
       // A long summed axis: the weight and bias gradients add 1,037 rows.
       const [cpu, gpu] = await onBoth(linearsWork(1037, 20, [3, 17], 5));
       assertClose(gpu, cpu, "linears 1037 x 20 -> [3, 17]");

@@ -55,6 +55,18 @@ export const GELU_TANH_CUBIC = GELU_TANH_SLOPE * 0.044715;
  */
 export const FUSED_LAYER_NORM_MAX_WIDTH = 8192;
 
+/**
+ * The most rows the fused LayerNorm takes for a last axis of `d`; more run the reference
+ * path. Its backward program sums the parameter gradients over every row in the threads of
+ * a few workgroups (`d / 8` of them, `w / 8` threads a column for the `w` threads a row
+ * gets): 16,384 rows a thread at most, because llvmpipe stops a shader after 65,535 loop
+ * iterations (the sum was silently truncated past it), and a GPU runs such a sum serially.
+ */
+export function fusedLayerNormMaxRows(d: number): number {
+  const threadsPerRow = Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(d))));
+  return 16384 * (threadsPerRow / 8);
+}
+
 function hasKernels(...names: string[]): boolean {
   const backend = tf.getBackend();
   return names.every((name) => tf.getKernel(name, backend) !== undefined);
@@ -126,6 +138,7 @@ export function layerNormResidual(
     );
   }
   const fused = x.dtype === "float32" && x.size > 0 && d <= FUSED_LAYER_NORM_MAX_WIDTH &&
+    x.size / d <= fusedLayerNormMaxRows(d) &&
     (residual === null || residual.dtype === "float32") &&
     gamma.dtype === "float32" && beta.dtype === "float32" &&
     hasKernels(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL);

@@ -118,6 +118,16 @@ export function columnSum(x: Tensor2D): Tensor1D {
   return tf.engine().runKernel(COLUMN_SUM_KERNEL, { x }) as Tensor1D;
 }
 
+/**
+ * The most rows (`M`) {@linkcode fusedLinears} gives its kernels; more run the reference
+ * path. Why: a weight-gradient tile of the backward program is one workgroup summing over
+ * every row, and llvmpipe (the software adapter) stops a shader after 65,535 loop
+ * iterations, which truncated that sum silently at about 39,000 rows with dropout; on a GPU
+ * such a long serial sum also leaves most of it idle. Training pieces stay far below
+ * (`--max-positions`, 2,048 by default).
+ */
+export const FUSED_LINEARS_MAX_ROWS = 16384;
+
 /** Whether the active backend has the kernels of {@linkcode fusedLinears}. */
 export function hasLinearsKernels(): boolean {
   const names: string[] = [LINEAR_ACT_KERNEL];
@@ -239,7 +249,9 @@ export function fusedLinears(x: Tensor2D, layers: LinearLayer[]): Tensor2D[] {
   }
   const dropped = (layer: LinearLayer) =>
     layer.dropout && layer.dropout.rate > 0 && layer.dropout.seed !== null;
-  if (x.dtype !== "float32" || x.size === 0 || !hasLinearsKernels()) {
+  const fused = x.dtype === "float32" && x.size > 0 && x.shape[0] <= FUSED_LINEARS_MAX_ROWS &&
+    hasLinearsKernels();
+  if (!fused) {
     return layers.map((layer) => {
       const linear = fusedLinear(x, layer.w, layer.b);
       const y = layer.activation ? layer.activation.apply(linear) as Tensor2D : linear;
