@@ -218,6 +218,12 @@ Deno.test({
         { numRuns: 16 },
       );
       capLinearGroups(3);
+      // At FUSED_LINEARS_MAX_ROWS the kernel's weight-gradient sums, dropout masks drawn in
+      // them, are whole (llvmpipe cut such sums at about 39,000 rows).
+      const [cpuAt, gpuAt] = await onBoth(
+        linearsWork(FUSED_LINEARS_MAX_ROWS, 3, [2, 5], 8, 0.3),
+      );
+      assertClose(gpuAt, cpuAt, `linears ${FUSED_LINEARS_MAX_ROWS} x 3 -> [2, 5]`);
       // Past FUSED_LINEARS_MAX_ROWS the reference path runs (llvmpipe truncated the kernel's
       // long weight-gradient sums): still cpu's values.
       const [cpuLong, gpuLong] = await onBoth(
