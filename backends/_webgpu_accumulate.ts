@@ -12,23 +12,17 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { type Info, type ProgramUniform, type WebGpuProgram } from "./_webgpu_program.ts";
+import {
+  type Info,
+  int,
+  type ProgramUniform,
+  type WebGpuBackend as Backend,
+  type WebGpuProgram,
+} from "./_webgpu_program.ts";
 import { ACCUMULATE_KERNEL } from "../lib/train/accumulate.ts";
 
 /** Threads per workgroup. */
 const WORKGROUP = 64;
-
-interface Backend {
-  runWebGPUProgram(
-    program: WebGpuProgram,
-    inputs: Info[],
-    outputDtype: tf.DataType,
-    uniforms?: ProgramUniform[],
-  ): Info;
-  disposeData(dataId: tf.DataId): boolean;
-  tensorMap: { get(dataId: tf.DataId): { values: unknown } };
-  device: { limits: { maxStorageBuffersPerShaderStage: number } };
-}
 
 /** `acc_k[i] += g_k[i]` over `count` pairs whose elements follow each other. */
 class AccumulateProgram implements WebGpuProgram {
@@ -102,10 +96,10 @@ function accumulateKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
     let total = 0;
     for (let k = first; k < Math.min(pairs, first + perProgram); k++) {
       group.push(inputs[`acc${k}`], inputs[`g${k}`]);
-      uniforms.push({ type: "int32", data: [total] });
+      uniforms.push(int(total));
       total += size(inputs[`acc${k}`]);
     }
-    uniforms.push({ type: "int32", data: [total] });
+    uniforms.push(int(total));
     const placeholder = backend.runWebGPUProgram(
       new AccumulateProgram(group.length / 2, total),
       group,

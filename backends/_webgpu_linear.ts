@@ -41,7 +41,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { type Info, type ProgramUniform, type WebGpuProgram } from "./_webgpu_program.ts";
+import {
+  type Info,
+  int,
+  type ProgramUniform,
+  type WebGpuBackend as Backend,
+  type WebGpuProgram,
+} from "./_webgpu_program.ts";
 import { PHILOX_WGSL } from "./_webgpu_dropout.ts";
 import { ACTIVATIONS_WGSL } from "./_webgpu_fused.ts";
 import {
@@ -59,20 +65,6 @@ const TILE = 32;
 const THREADS = 64;
 /** The step along the summed axis: each operand's tile in workgroup memory is 32 x 16. */
 const STEP = 16;
-
-const int = (value: number): ProgramUniform => ({ type: "int32", data: [value] });
-
-/** tfjs-backend-webgpu's backend, the members used here. */
-interface Backend {
-  runWebGPUProgram(
-    program: WebGpuProgram,
-    inputs: Info[],
-    outputDtype: tf.DataType,
-    uniforms?: ProgramUniform[],
-  ): Info;
-  makeTensorInfo(shape: number[], dtype: tf.DataType): Info;
-  device: { limits: { maxStorageBuffersPerShaderStage: number } };
-}
 
 /**
  * One operand of a tile product, a logical matrix read from a buffer: `index(p, q)` is
@@ -662,7 +654,7 @@ function linearsGradKernel(n: number) {
       for (let i = 0; i < group.length; i++) dw.push(extra[2 * i]), db.push(extra[2 * i + 1]);
     }
     // A group's input gradient was the next group's addend only: not an output.
-    for (const t of partial) (backend as unknown as tf.KernelBackend).disposeData(t.dataId);
+    for (const t of partial) backend.disposeData(t.dataId);
     return [dx!, ...dw, ...db];
   };
 }

@@ -20,7 +20,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import {
   type Info,
-  type ProgramUniform,
+  int,
   viewAs,
   type WebGpuBackend,
   type WebGpuProgram,
@@ -31,8 +31,6 @@ import {
   SOFTMAX_XENT_GRAD_KERNEL,
   SOFTMAX_XENT_KERNEL,
 } from "../lib/nn/fused_ops.ts";
-
-const int = (value: number): ProgramUniform => ({ type: "int32", data: [value] });
 
 /** The flat index of this workgroup, whichever way tfjs folded the dispatch. */
 const WORKGROUP_INDEX_WGSL = `

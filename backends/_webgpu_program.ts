@@ -51,7 +51,16 @@ export interface WebGpuBackend {
   ): Info;
   /** A new tensor's bookkeeping (its buffer comes with its first use). */
   makeTensorInfo(shape: number[], dtype: tf.DataType): Info;
+  /** Drops one reference to a tensor's data (freed once the queue no longer uses it). */
+  disposeData(dataId: tf.DataId): boolean;
+  /** The backend's tensor records; `values` is a copy on the CPU kept by a read. */
+  tensorMap: { get(dataId: tf.DataId): { values: unknown } };
+  /** The device, for the limits that decide how much one program may bind. */
+  device: { limits: { maxStorageBuffersPerShaderStage: number } };
 }
+
+/** An i32 uniform of one value. */
+export const int = (value: number): ProgramUniform => ({ type: "int32", data: [value] });
 
 /** `t`'s data under another shape of the same size (a view, as tfjs's Reshape returns). */
 export const viewAs = (t: Info, shape: number[]): Info => ({

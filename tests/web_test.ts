@@ -19,6 +19,39 @@ if (!probe?.success) {
   );
 }
 
+/** Runs `deno task build:web` into `site`, asserting it succeeds. */
+async function buildSite(site: string): Promise<void> {
+  const built = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-run",
+      "--allow-env",
+      BUILD,
+      "--out",
+      site,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+}
+
+/** A small untrained SASRec on a synthetic catalogue (data seed, model seed), as a recommender. */
+function tinyRecommender(dataSeed: number, seed: number): Recommender {
+  const data = syntheticDataset({ seed: dataSeed, users: 40, items: 60, maxLength: 10 });
+  const model = new SasRec({
+    numItems: data.numItems,
+    hidden: 16,
+    heads: 2,
+    layers: 1,
+    inner: 16,
+    seed,
+  });
+  return new Recommender(model, data.vocab.items);
+}
+
 /** A minimal Chrome DevTools Protocol client over the page target's WebSocket. */
 class DevTools {
   #socket: WebSocket;
@@ -115,34 +148,11 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const site = `${dir}/site`;
-    const built = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-run",
-        "--allow-env",
-        BUILD,
-        "--out",
-        site,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    await buildSite(site);
 
     // A model file, and what the Deno API recommends from it.
     await selectBackend("wasm");
-    const data = syntheticDataset({ seed: 23, users: 40, items: 60, maxLength: 10 });
-    const model = new SasRec({
-      numItems: data.numItems,
-      hidden: 16,
-      heads: 2,
-      layers: 1,
-      inner: 16,
-      seed: 5,
-    });
-    using made = new Recommender(model, data.vocab.items);
+    using made = tinyRecommender(23, 5);
     const bytes = await made.toBytes();
     await Deno.writeFile(`${site}/model.safetensors`, bytes);
     using loaded = await Recommender.load(bytes);
@@ -347,33 +357,10 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const site = `${dir}/site`;
-    const built = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-run",
-        "--allow-env",
-        BUILD,
-        "--out",
-        site,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    await buildSite(site);
 
     await selectBackend("cpu");
-    const data = syntheticDataset({ seed: 29, users: 40, items: 60, maxLength: 10 });
-    const model = new SasRec({
-      numItems: data.numItems,
-      hidden: 16,
-      heads: 2,
-      layers: 1,
-      inner: 16,
-      seed: 7,
-    });
-    using made = new Recommender(model, data.vocab.items);
+    using made = tinyRecommender(29, 7);
     await Deno.writeFile(`${site}/model.safetensors`, await made.toBytes());
     const history = ["i3", "i9", "not-an-item", "i27"];
     const expected = await made.recommend(history, { k: 10 });
