@@ -148,7 +148,7 @@ function gatherRows(memory: Memory, x: Info, indices: Info, axis: number, batchD
 }
 
 /** What the bmm kernel needs of a tfjs-backend-wasm instance. */
-interface WasmBackendInternals {
+export interface WasmBackendInternals {
   wasm: {
     wasmMemory?: WebAssembly.Memory;
     _malloc(bytes: number): number;
@@ -158,8 +158,12 @@ interface WasmBackendInternals {
   makeOutput(shape: number[], dtype: string): Info;
 }
 
-interface Bmm {
+/** bmm.wasm's exports bound to one heap (see bmm.c for each), and its scratch buffer. */
+export interface Bmm {
   run: (...args: number[]) => void;
+  gruForward: (...args: number[]) => void;
+  gruBackward: (...args: number[]) => void;
+  gruScratchFloats: (rows: number, d: number, backward: number) => number;
   philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
   routeToRows: (...args: number[]) => void;
@@ -171,7 +175,7 @@ let bmmModule: WebAssembly.Module | null = null;
 const bmmInstances = new WeakMap<object, Bmm | null>();
 
 /** The bmm kernel bound to `backend`'s heap; null when that heap is not shared memory. */
-function bmmFor(backend: WasmBackendInternals): Bmm | null {
+export function bmmFor(backend: WasmBackendInternals): Bmm | null {
   if (bmmInstances.has(backend)) return bmmInstances.get(backend)!;
   let bmm: Bmm | null = null;
   const memory = backend.wasm.wasmMemory;
@@ -185,6 +189,9 @@ function bmmFor(backend: WasmBackendInternals): Bmm | null {
     const e = instance.exports;
     bmm = {
       run: e.bmm as Bmm["run"],
+      gruForward: e.gru_forward as Bmm["gruForward"],
+      gruBackward: e.gru_backward as Bmm["gruBackward"],
+      gruScratchFloats: e.gru_scratch_floats as Bmm["gruScratchFloats"],
       philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
       routeToRows: e.route_to_rows as Bmm["routeToRows"],
@@ -240,7 +247,8 @@ function batchMatMul(
   return out;
 }
 
-const offsetOf = (backend: WasmBackendInternals, t: Info) =>
+/** Where `t`'s data starts on `backend`'s heap, in bytes. */
+export const offsetOf = (backend: WasmBackendInternals, t: Info): number =>
   backend.dataIdMap.get(t.dataId).memoryOffset;
 
 /** {@linkcode maxOverInterests} through bmm.wasm's SIMD loop; null without bmm.wasm. */

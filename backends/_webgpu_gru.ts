@@ -33,7 +33,7 @@ import {
   type WebGpuBackend,
   type WebGpuProgram,
 } from "./_webgpu_program.ts";
-import { FUSED_GRU_MAX_WIDTH, GRU_BACKWARD_KERNEL, GRU_FORWARD_KERNEL } from "../lib/nn/gru.ts";
+import { GRU_BACKWARD_KERNEL, GRU_FORWARD_KERNEL, gruKernelSizes } from "../lib/nn/gru.ts";
 
 /** `t` as a flat view: tfjs then declares rank-1 shape uniforms for it. */
 const flat = (t: Info): Info => viewAs(t, [tf.util.sizeFromShape(t.shape)]);
@@ -283,29 +283,6 @@ class GruBackwardProgram implements WebGpuProgram {
   }
 }
 
-/** The sizes of a call, checked: batch, length, categories, width, and xi's categories. */
-function sizes(xiOrDy: Info, gates: Info, wh: Info, xiWidth: number) {
-  if (gates.shape.length !== 3) {
-    throw new RangeError(`gated GRU: gates must be [B, L, k], got [${gates.shape}]`);
-  }
-  const [batch, steps, k] = gates.shape;
-  const d = wh.shape[0];
-  if (wh.shape.length !== 2 || wh.shape[1] !== 3 * d) {
-    throw new RangeError(`gated GRU: wh must be [d, 3d], got [${wh.shape}]`);
-  }
-  if (!(d <= FUSED_GRU_MAX_WIDTH)) {
-    throw new RangeError(`gated GRU: width up to ${FUSED_GRU_MAX_WIDTH}, got ${d}`);
-  }
-  const size = tf.util.sizeFromShape(xiOrDy.shape);
-  const xiK = size / (batch * steps * xiWidth * d);
-  if (xiK !== 1 && xiK !== k) {
-    throw new RangeError(
-      `gated GRU: input [${xiOrDy.shape}] does not fit gates [${gates.shape}] and d ${d}`,
-    );
-  }
-  return { batch, steps, k, d, xiK, rows: batch * k };
-}
-
 function uniformsOf(rows: number, steps: number, k: number, xiK: number): ProgramUniform[] {
   return [rows, steps, k, xiK].map((v) => ({ type: "int32", data: [v] }));
 }
@@ -313,7 +290,7 @@ function uniformsOf(rows: number, steps: number, k: number, xiK: number): Progra
 function gruForwardKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
   const { xi, gates, wh, bh } = args.inputs as Record<string, Info>;
   const backend = args.backend as unknown as WebGpuBackend;
-  const { batch, steps, k, d, xiK, rows } = sizes(xi, gates, wh, 3);
+  const { batch, steps, k, d, xiK, rows } = gruKernelSizes(xi.shape, gates.shape, wh.shape, 3);
   const shape = [batch, steps, k, d];
   const size = tf.util.sizeFromShape(shape);
   const prev = backend.makeTensorInfo(shape, "float32"); // written, not read
@@ -330,7 +307,7 @@ function gruForwardKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
 function gruBackwardKernel(args: Parameters<tf.KernelFunc>[0]): Info[] {
   const { dy, prev, acts, gates, wh } = args.inputs as Record<string, Info>;
   const backend = args.backend as unknown as WebGpuBackend;
-  const { batch, steps, k, d, xiK, rows } = sizes(dy, gates, wh, 1);
+  const { batch, steps, k, d, xiK, rows } = gruKernelSizes(dy.shape, gates.shape, wh.shape, 1);
   if (xiK !== k) throw new RangeError(`gated GRU: dy must be [B, L, k, d], got [${dy.shape}]`);
   const shape = [batch, steps, k, 3 * d];
   const dxi = backend.makeTensorInfo(shape, "float32"); // written, not read

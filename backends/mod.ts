@@ -22,6 +22,7 @@ import {
 import "./_gradients.ts";
 import { installThreadedWasm, type ThreadedWasmStatus } from "./_wasm_threads.ts";
 import { useNativeBlas } from "./_blas.ts";
+import { registerWasmGru } from "./_wasm_gru.ts";
 
 export {
   BACKEND_CHOICES,
@@ -62,6 +63,7 @@ export interface SelectBackendOptions {
 /** Switches the native BLAS on or off for the now active wasm backend and describes both. */
 async function startWasmExtras(threads: ThreadedWasmStatus, blas: string): Promise<string> {
   const native = useNativeBlas(blas, wasm.getThreadsCount());
+  registerWasmGru();
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
   const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
   return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why}); ${native.detail}`;

@@ -1,6 +1,7 @@
 /**
- * The gated category GRU on its webgpu kernels (`lib/nn/gru.ts`, `backends/_webgpu_gru.ts`):
- * values and every gradient against the composed path on cpu, over random shapes, layers
+ * The gated category GRU on its webgpu and wasm kernels (`lib/nn/gru.ts`,
+ * `backends/_webgpu_gru.ts`, `backends/_wasm_gru.ts`): values and every gradient against the
+ * composed path on cpu, over random shapes, layers
  * and gate patterns (all-zero rows like padding, one-hots, fractional gates); a tensor count
  * that stays flat; and the dispatches of a forward and backward pass.
  *
@@ -9,6 +10,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import fc from "fast-check";
 import { probeWebGpu, selectBackend } from "../backends/mod.ts";
+import { bmmActive } from "../backends/_kernels.ts";
 import {
   createGru,
   gatedCategoryGru,
@@ -21,6 +23,10 @@ import { assert, assertEquals } from "./_assert.ts";
 import { countGpuDispatches, releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const noGpu = (await probeWebGpu()) === null;
+await selectBackend("wasm");
+/** Whether this process's wasm backend runs bmm.wasm, and so the GRU kernels. */
+const wasmKernels = bmmActive();
+await selectBackend("cpu");
 
 const uniform = seededUniform;
 
@@ -40,6 +46,8 @@ interface GruCase {
   layers: number;
   gates: GatePattern;
   seed: number;
+  /** The items' range, +-scale (default 2). */
+  scale?: number;
 }
 
 /** The case's gates `[B, L, k]`, host-side. */
@@ -84,7 +92,11 @@ async function gruRun(c: GruCase): Promise<Float32Array[]> {
     tf.tidy(() => v.assign(tf.tensor(uniform(v.size, seed + 10 + i, -0.6, 0.6), v.shape)))
   );
   const outs: tf.Tensor[] = [];
-  const items = variableOf(uniform(batch * length * d, seed + 2, -2, 2), [batch, length, d]);
+  const items = variableOf(uniform(batch * length * d, seed + 2, -(c.scale ?? 2), c.scale ?? 2), [
+    batch,
+    length,
+    d,
+  ]);
   const gates = variableOf(gateValues(c), [batch, length, k]);
   const dy = tf.tensor4d(uniform(batch * length * k * d, seed + 3), [batch, length, k, d]);
   const vars = [items, gates, ...p.list()];
@@ -139,13 +151,86 @@ function worst(gpu: Float32Array[], cpu: Float32Array[]): { rel: number; output:
   return out;
 }
 
-Deno.test("gatedCategoryGru() on cpu and wasm: no GRU kernel, the composed path", async () => {
-  for (const backend of ["cpu", "wasm"] as const) {
-    await selectBackend(backend);
-    assertEquals(tf.getKernel(GRU_FORWARD_KERNEL, backend), undefined);
-    assertEquals(tf.getKernel(GRU_BACKWARD_KERNEL, backend), undefined);
-  }
+Deno.test("gatedCategoryGru() on cpu: no GRU kernel, the composed path (the reference)", async () => {
   await selectBackend("cpu");
+  assertEquals(tf.getKernel(GRU_FORWARD_KERNEL, "cpu"), undefined);
+  assertEquals(tf.getKernel(GRU_BACKWARD_KERNEL, "cpu"), undefined);
+});
+
+Deno.test("gatedCategoryGru() on wasm: the kernels are there exactly when bmm.wasm runs", async () => {
+  await selectBackend("wasm");
+  const registered = tf.getKernel(GRU_FORWARD_KERNEL, "wasm") !== undefined &&
+    tf.getKernel(GRU_BACKWARD_KERNEL, "wasm") !== undefined;
+  assertEquals(registered, bmmActive(), "GRU kernels registered iff bmm.wasm is bound");
+  await selectBackend("cpu");
+});
+
+/**
+ * The wasm kernels (bmm.c) against cpu's composed path: the same tolerance as webgpu's (its
+ * own exp, the recurrent products summed in the SIMD product's order, weight gradients in
+ * one matmul over all steps).
+ */
+Deno.test({
+  name: "gatedCategoryGru() on wasm kernels equals cpu's composed path, values and gradients",
+  ignore: !wasmKernels,
+  fn: async () => {
+    let seen = 0;
+    const check = async (c: GruCase) => {
+      await selectBackend("cpu");
+      const cpu = await gruRun(c);
+      await selectBackend("wasm");
+      const wasm = await gruRun(c);
+      const { rel, output } = worst(wasm, cpu);
+      seen = Math.max(seen, rel);
+      assert(rel <= TOLERANCE, `${JSON.stringify(c)}: output ${output} off by ${rel}`);
+    };
+    await fc.assert(fc.asyncProperty(smallCase, check), { numRuns: 100 });
+    // Wide, and saturated: items of +-60 put sigmoid and tanh far out on their flat ends.
+    await check({ batch: 2, length: 3, k: 2, d: 300, layers: 2, gates: "padded", seed: 7 });
+    await check({ batch: 3, length: 6, k: 3, d: 12, layers: 2, gates: "soft", seed: 9, scale: 60 });
+    console.log(`largest relative difference: ${seen.toExponential(2)} (tolerance ${TOLERANCE})`);
+    await selectBackend("cpu");
+  },
+});
+
+Deno.test({
+  name: "gatedCategoryGru() on wasm: a layer is one kernel call each way, tensors flat",
+  ignore: !wasmKernels,
+  fn: async () => {
+    await selectBackend("wasm");
+    const [batch, length, k, d, layers] = [4, 30, 3, 16, 2];
+    const p = new ParamStore(5, 0.3);
+    createGru(p, "gru", d, layers);
+    const items = variableOf(uniform(batch * length * d, 1), [batch, length, d]);
+    const gates = variableOf(
+      gateValues({ batch, length, k, d, layers, gates: "padded", seed: 2 }),
+      [batch, length, k],
+    );
+    const vars = [items, gates, ...p.list()];
+    const step = () => {
+      const { value, grads } = tf.variableGrads(
+        () => tf.sum(gatedCategoryGru(p, "gru", items, gates, layers)) as tf.Scalar,
+        vars,
+      );
+      tf.dispose([value, ...Object.values(grads)]);
+    };
+    step();
+    const before = tf.memory().numTensors;
+    const kernelNames = (await tf.profile(step)).kernels.map((kernel) => kernel.name);
+    step();
+    assertEquals(tf.memory().numTensors, before, "tensors left behind");
+    const count = (name: string) => kernelNames.filter((n) => n === name).length;
+    assertEquals(count(GRU_FORWARD_KERNEL), layers);
+    assertEquals(count(GRU_BACKWARD_KERNEL), layers);
+    // The composed path runs a dozen kernels per position and layer forward, two dozen
+    // backward (~2,000 here); the kernels' path a few dozen per layer whatever the length
+    // (70 when written: projections, weight gradients, reshapes, the loss).
+    console.log(`kernel calls of a forward and backward pass: ${kernelNames.length}`);
+    assert(kernelNames.length <= 50 * layers, `${kernelNames.length} kernel calls`);
+    tf.dispose([items, gates]);
+    p.dispose();
+    await selectBackend("cpu");
+  },
 });
 
 Deno.test({

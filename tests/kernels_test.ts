@@ -296,7 +296,15 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
   ]);
   assertEquals(
     WebAssembly.Module.exports(module).map((e) => e.name).sort(),
-    ["bmm", "max_over_rows", "philox_dropout", "route_to_rows"],
+    [
+      "bmm",
+      "gru_backward",
+      "gru_forward",
+      "gru_scratch_floats",
+      "max_over_rows",
+      "philox_dropout",
+      "route_to_rows",
+    ],
   );
 });
 

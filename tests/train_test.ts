@@ -430,6 +430,45 @@ Deno.test("train() with resume continues a stopped run as if it had never stoppe
   await Deno.remove(cut, { recursive: true });
 });
 
+Deno.test("SIGMA on wasm's kernels (the GRU recurrence, dropout) resumes bit for bit", async () => {
+  // wasm runs SIGMA's gated GRU and its dropout masks in bmm.wasm (when tfjs's threaded
+  // build runs): a resumed run must still equal the uninterrupted one exactly.
+  await selectBackend("wasm");
+  const config = { numItems: data.numItems, hidden: 16, heads: 2, inner: 32, maxLength: 12 };
+  const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
+  const hooksOf = (out: string, resume = false) => ({
+    out,
+    checkpointInfo: { data: { kind: "synthetic", seed: 5 }, itemTokens: data.vocab.items },
+    resume,
+  });
+  const whole = new Sigma({ ...config, seed: 3 });
+  const uninterrupted = await train(
+    whole,
+    split,
+    data.numItems,
+    { ...FAST, epochs: 3 },
+    hooksOf(dirs[0]),
+  );
+  const first = new Sigma({ ...config, seed: 3 });
+  await train(first, split, data.numItems, { ...FAST, epochs: 1 }, hooksOf(dirs[1]));
+  const resumedModel = new Sigma({ ...config, seed: 3 });
+  const resumed = await train(
+    resumedModel,
+    split,
+    data.numItems,
+    { ...FAST, epochs: 3 },
+    hooksOf(dirs[1], true),
+  );
+  assertEquals(resumed.history.map((h) => h.loss), uninterrupted.history.map((h) => h.loss));
+  assertEquals(
+    (await resumedModel.params.toArrays()).values,
+    (await whole.params.toArrays()).values,
+  );
+  for (const m of [whole, first, resumedModel]) m.params.dispose();
+  for (const dir of dirs) await Deno.remove(dir, { recursive: true });
+  await selectBackend("cpu");
+});
+
 Deno.test("train() resumes a run saved before a config field existed, as that field's default", async () => {
   await selectBackend("cpu");
   const out = await Deno.makeTempDir();

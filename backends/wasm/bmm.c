@@ -172,3 +172,146 @@ void philox_dropout(const float *x, float *y, int n, uint32_t seed, uint32_t thr
     if (i + 1 < n) y[i + 1] = x[i + 1] * ((uint32_t)(words >> 32) >= threshold ? scale : 0.0f);
   }
 }
+
+// SIGMA's gated category GRU (lib/nn/gru.ts), one layer's whole recurrence per call, for
+// the wasm backend: the same contract as the webgpu programs of backends/_webgpu_gru.ts.
+//
+// Why: composed of tfjs ops the recurrence is a dozen ops per position and layer forward
+// and two dozen backward, each paying tfjs-backend-wasm's per-op cost (a SIGMA step at
+// length 100 made 114k kernel calls, docs/performance.md). Here each position is one
+// product of all state rows with W_h (the gemm above) and one pass over the rows.
+//
+// Rows: m = b * k + j is the state of sequence b, category j; at position t it lives at
+// row (b * L + t) * k + j of the [B, L, k, .] tensors.
+
+// exp(x) for x clamped to [-87, 88]: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
+// Taylor series to r^7 (truncation below 1e-8 relative), times 2^n built in the exponent
+// bits. Plain multiplies and adds (no relaxed fused ones), so the bits do not depend on
+// the CPU. Branch-free so that clang vectorises the loops that call it.
+static inline float exp_clamped(float x) {
+  x = x < -87.0f ? -87.0f : x;  // NaN passes: it compares false
+  x = x > 88.0f ? 88.0f : x;
+  const float n = __builtin_rintf(x * 1.44269504f);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+static inline float sigmoid(float a) { return 1.0f / (1.0f + exp_clamped(-a)); }
+
+// tanh from exp of a non-positive argument only, as the webgpu program does.
+static inline float tanh_(float a) {
+  const float e = exp_clamped(-2.0f * __builtin_fabsf(a));
+  return __builtin_copysignf((1.0f - e) / (1.0f + e), a);
+}
+
+// The scratch floats gru_forward (backward = 0) or gru_backward (1) needs for M = B k state
+// rows of width d: the callers allocate what this says, so the two cannot disagree.
+EXPORT("gru_scratch_floats")
+int gru_scratch_floats(int M, int d, int backward) {
+  return backward ? (3 * d + 5 * M) * d : 4 * M * d;
+}
+
+// Forward: xi [B, L, xiK, 3d] (the input projection with its bias; xiK = 1 broadcasts over
+// categories), gates [B, L, k], wh [d, 3d], bh [3d] -> states, prev [B, L, k, d] (the
+// state after and before each step), acts [B, L, k, 4d] (r, z, n, W_hn h + b_hn).
+// Scratch, 4 B k d floats: the state h [B k, d] and h W_h [B k, 3d].
+EXPORT("gru_forward")
+void gru_forward(const float *restrict xi, const float *restrict gates,
+                 const float *restrict wh, const float *restrict bh, float *restrict states,
+                 float *restrict prev, float *restrict acts, int B, int L, int k, int xiK,
+                 int d, float *scratch) {
+  const int M = B * k, d3 = 3 * d;
+  float *restrict h = scratch, *restrict hh = h + M * d;
+  for (int i = 0; i < M * d; i++) h[i] = 0.0f;
+  for (int t = 0; t < L; t++) {
+    gemm(h, d, 1, wh, d3, hh, M, d3, d);  // hh = h W_h, [M, 3d]
+    for (int m = 0; m < M; m++) {
+      const int b = m / k, j = m - b * k;
+      const int row = (b * L + t) * k + j;
+      const float *restrict x = xi + ((b * L + t) * xiK + (xiK == 1 ? 0 : j)) * d3;
+      const float *restrict s = hh + m * d3;
+      const float g = gates[row];
+      float *restrict hm = h + m * d;
+      float *restrict out = states + row * d, *restrict before = prev + row * d;
+      float *restrict a = acts + row * 4 * d;
+      for (int u = 0; u < d; u++) {
+        const float an = s[2 * d + u] + bh[2 * d + u];
+        const float r = sigmoid(x[u] + (s[u] + bh[u]));
+        const float z = sigmoid(x[d + u] + (s[d + u] + bh[d + u]));
+        const float n = tanh_(x[2 * d + u] + r * an);
+        const float hu = hm[u];
+        // h + gate * (GRU(h) - h), as the composed path computes it.
+        const float next = hu + g * (((1.0f - z) * n + z * hu) - hu);
+        before[u] = hu;
+        out[u] = next;
+        hm[u] = next;
+        a[u] = r, a[d + u] = z, a[2 * d + u] = n, a[3 * d + u] = an;
+      }
+    }
+  }
+}
+
+// Backward, positions last to first: dy [B, L, k, d] (into the states from outside the
+// recurrence), prev and acts of gru_forward, gates, wh -> dhh [B, L, k, 3d] (into
+// W_h h + b_h), dxi [B, L, k, 3d] (into xi), dgate [B, L, k]. Scratch, (3d + 5 B k) d
+// floats: W_h transposed [3d, d], the gradient into the previous state [B k, d], this
+// step's dhh rows packed for the product [B k, 3d], the direct part of that gradient
+// [B k, d].
+EXPORT("gru_backward")
+void gru_backward(const float *restrict dy, const float *restrict prev,
+                  const float *restrict acts, const float *restrict gates,
+                  const float *restrict wh, float *restrict dhh, float *restrict dxi,
+                  float *restrict dgate, int B, int L, int k, int d, float *scratch) {
+  const int M = B * k, d3 = 3 * d;
+  float *restrict wht = scratch, *restrict carry = wht + d3 * d;
+  float *restrict dhhT = carry + M * d, *restrict direct = dhhT + M * d3;
+  for (int u = 0; u < d; u++) {
+    for (int i = 0; i < d3; i++) wht[i * d + u] = wh[u * d3 + i];
+  }
+  for (int i = 0; i < M * d; i++) carry[i] = 0.0f;
+  for (int t = L - 1; t >= 0; t--) {
+    for (int m = 0; m < M; m++) {
+      const int b = m / k, j = m - b * k;
+      const int row = (b * L + t) * k + j;
+      const float g = gates[row];
+      const float *restrict dyr = dy + row * d, *restrict c = carry + m * d;
+      const float *restrict hp = prev + row * d, *restrict a = acts + row * 4 * d;
+      float *restrict o = dhh + row * d3, *restrict x = dxi + row * d3;
+      float *restrict p = dhhT + m * d3, *restrict dir = direct + m * d;
+      float part = 0.0f;  // d gate: sum over units, in unit order
+      for (int u = 0; u < d; u++) {
+        const float dOut = dyr[u] + c[u];
+        const float z = a[d + u], n = a[2 * d + u], h = hp[u];
+        part += dOut * (((1.0f - z) * n + z * h) - h);
+      }
+      dgate[row] = part;
+      for (int u = 0; u < d; u++) {
+        const float dOut = dyr[u] + c[u];
+        const float r = a[u], z = a[d + u], n = a[2 * d + u], hn = a[3 * d + u];
+        const float h = hp[u];
+        const float dMoved = dOut * g;
+        const float dn = dMoved * (1.0f - z);
+        const float dz = dMoved * (h - n);
+        const float dnPre = dn * (1.0f - n * n);  // through tanh
+        const float drPre = (dnPre * hn) * (r * (1.0f - r));  // through sigmoid
+        const float dzPre = dz * (z * (1.0f - z));
+        const float dhn = dnPre * r;
+        o[u] = drPre, o[d + u] = dzPre, o[2 * d + u] = dhn;
+        x[u] = drPre, x[d + u] = dzPre, x[2 * d + u] = dnPre;
+        p[u] = drPre, p[d + u] = dzPre, p[2 * d + u] = dhn;
+        dir[u] = dOut * ((1.0f - g) + g * z);  // straight into the previous state
+      }
+    }
+    gemm(dhhT, d3, 1, wht, d, carry, M, d, d3);  // ... and through W_h: dhh W_h^T
+    for (int i = 0; i < M * d; i++) carry[i] += direct[i];
+  }
+}

@@ -5,7 +5,7 @@
 # the end fails the build if the stack pointer or a data segment appears.
 set -eu
 cd "$(dirname "$0")"
-clang-16 --target=wasm32 -O3 -msimd128 -mrelaxed-simd -matomics -mbulk-memory -nostdlib \
+clang-16 --target=wasm32 -O3 -msimd128 -mrelaxed-simd -mnontrapping-fptoint -matomics -mbulk-memory -nostdlib \
   -fno-builtin -Wall -Wextra -Werror \
   -Wl,--no-entry -Wl,--import-memory -Wl,--shared-memory -Wl,--max-memory=4294967296 \
   -Wl,--strip-all -o bmm.wasm bmm.c

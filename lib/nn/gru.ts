@@ -10,11 +10,12 @@
  * `h' = (1 - z) * n + z * h`. One set of weights serves every category.
  *
  * On a backend with the kernels {@linkcode GRU_FORWARD_KERNEL} and
- * {@linkcode GRU_BACKWARD_KERNEL} (webgpu: `backends/_webgpu_gru.ts`) each layer's
- * recurrence over all positions is one dispatch forward and one backward, instead of a
- * dozen ops per position and layer forward and two dozen backward: tfjs runs one GPU
- * dispatch per op, with a fixed cost each. Elsewhere (cpu, wasm) the op sequence below runs,
- * bit for bit as before the kernels existed.
+ * {@linkcode GRU_BACKWARD_KERNEL} each layer's recurrence over all positions is one kernel
+ * call forward and one backward, instead of a dozen ops per position and layer forward and
+ * two dozen backward, each with tfjs's fixed cost per op: webgpu (`backends/_webgpu_gru.ts`,
+ * one dispatch) and wasm where bmm.wasm runs on tfjs's threaded build
+ * (`backends/_wasm_gru.ts`). Elsewhere (cpu, wasm's single-threaded build) the op sequence
+ * below runs: the reference the kernels are tested against.
  *
  * @module
  */
@@ -44,6 +45,48 @@ export const GRU_BACKWARD_KERNEL = "SigmaGatedGruGrad";
  * program keeps `3d` floats of a row in workgroup memory (16 KiB by WebGPU's default).
  */
 export const FUSED_GRU_MAX_WIDTH = 1024;
+
+/** The sizes of one call of the GRU kernels, from its inputs' shapes. */
+export interface GruKernelSizes {
+  batch: number; // B
+  steps: number; // L
+  k: number; // categories
+  d: number; // state width
+  xiK: number; // the input's categories: 1 (broadcast) or k
+  rows: number; // B*k state rows
+}
+
+/**
+ * Checks the shapes of a {@linkcode GRU_FORWARD_KERNEL} call (`xiOrDy` is `xi`, `xiWidth`
+ * 3) or a {@linkcode GRU_BACKWARD_KERNEL} call (`dy`, 1) against `gates` and `wh`: what
+ * every backend's kernel does first.
+ *
+ * @throws {RangeError} naming the shape that does not fit.
+ */
+export function gruKernelSizes(
+  xiOrDy: readonly number[],
+  gates: readonly number[],
+  wh: readonly number[],
+  xiWidth: number,
+): GruKernelSizes {
+  if (gates.length !== 3) {
+    throw new RangeError(`gated GRU: gates must be [B, L, k], got [${gates}]`);
+  }
+  const [batch, steps, k] = gates;
+  const d = wh[0];
+  if (wh.length !== 2 || wh[1] !== 3 * d) {
+    throw new RangeError(`gated GRU: wh must be [d, 3d], got [${wh}]`);
+  }
+  if (!(d <= FUSED_GRU_MAX_WIDTH)) {
+    throw new RangeError(`gated GRU: width up to ${FUSED_GRU_MAX_WIDTH}, got ${d}`);
+  }
+  const size = xiOrDy.reduce((a, b) => a * b, 1);
+  const xiK = size / (batch * steps * xiWidth * d);
+  if (xiK !== 1 && xiK !== k) {
+    throw new RangeError(`gated GRU: input [${xiOrDy}] does not fit gates [${gates}] and d ${d}`);
+  }
+  return { batch, steps, k, d, xiK, rows: batch * k };
+}
 
 /** Creates the parameters of {@linkcode gatedCategoryGru}: `layers` GRU layers of width d. */
 export function createGru(p: ParamStore, prefix: string, hidden: number, layers: number): void {
@@ -334,7 +377,7 @@ function backward(dy: tf.Tensor, saved: tf.Tensor[], layers: number, s: GruShape
  * state after every step, `[L, B*k, d]` per layer, and recomputes the gates of a step when
  * it needs them: a taped loop would hold ~20 tensors of `[B*k, 3d]` per step and layer.
  * Equal to {@linkcode gatedCategoryGruReference}, values and gradients (tested). Where the
- * active backend has the GRU kernels (webgpu) and the state is at most
+ * active backend has the GRU kernels (webgpu, threaded wasm) and the state is at most
  * {@linkcode FUSED_GRU_MAX_WIDTH} wide, each layer runs as one kernel call forward and one
  * backward instead (`tests/gru_fused_test.ts` compares the two paths).
  *
@@ -479,12 +522,14 @@ function fusedBackward(dy: tf.Tensor, saved: tf.Tensor[], layers: number, s: Gru
     const dhh2 = tf.reshape(dhh, [rows, 3 * d]) as tf.Tensor2D;
     const dxi2 = tf.reshape(dxi, [rows, 3 * d]) as tf.Tensor2D;
     const at = weightIndex(l);
-    // Sums over all steps and rows: one matmul (transpose flags are free on webgpu).
+    // Sums over all steps and rows: one matmul each (a transpose flag is free on webgpu, and
+    // wasm transposes first: backends/_kernels.ts).
     dw[at] = tf.matMul(tf.reshape(prevs[l], [rows, d]) as tf.Tensor2D, dhh2, true, false);
     dw[at + 1] = tf.sum(dhh2, 0);
     const next: tf.Tensor[] = [];
     if (l > 0) {
-      dw[at + 2] = tf.matMul(tf.reshape(states[l - 1], [rows, d]) as tf.Tensor2D, dxi2, true);
+      const below = tf.reshape(states[l - 1], [rows, d]) as tf.Tensor2D;
+      dw[at + 2] = tf.matMul(below, dxi2, true, false);
       dw[at + 3] = tf.sum(dxi2, 0);
       next.push(tf.reshape(tf.matMul(dxi2, lw.wi!, false, true), [batch, length, k, d]));
     } else {

@@ -1,0 +1,117 @@
+/**
+ * SIGMA's gated category GRU (`lib/nn/gru.ts`) on the wasm backend: one call of bmm.wasm
+ * runs a layer's whole recurrence forward ({@linkcode GRU_FORWARD_KERNEL}), one its whole
+ * backpropagation through time ({@linkcode GRU_BACKWARD_KERNEL}), the same contract as the
+ * webgpu programs (`_webgpu_gru.ts`). The composed tfjs ops of `gatedCategoryGru` stay
+ * the reference (cpu runs them); `tests/gru_fused_test.ts` compares the two.
+ *
+ * Why: composed, the recurrence is a dozen tfjs ops per position and layer forward and two
+ * dozen backward, each paying tfjs-backend-wasm's per-op cost: at length 100 a SIGMA step
+ * made 114k kernel calls and took 6.9x SASRec's time (docs/performance.md, "SIGMA on long
+ * histories"). In bmm.c each position is one SIMD product of all state rows with `W_h` and
+ * one pass over the rows; the input projections and weight gradients stay matmuls over
+ * all positions outside (on the native BLAS when it is on).
+ *
+ * Registered only once a wasm backend with bmm.wasm runs (tfjs's threaded build, whose
+ * heap is shared memory): elsewhere the kernels are absent and the composed ops run.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { GRU_BACKWARD_KERNEL, GRU_FORWARD_KERNEL, gruKernelSizes } from "../lib/nn/gru.ts";
+import { type Bmm, bmmFor, offsetOf, type WasmBackendInternals } from "./_kernels.ts";
+
+type Info = tf.TensorInfo;
+
+/** Runs `body` with `floats` of scratch on the heap, freed afterwards. */
+function withScratch(backend: WasmBackendInternals, floats: number, body: (at: number) => void) {
+  const at = backend.wasm._malloc(4 * floats);
+  try {
+    body(at);
+  } finally {
+    backend.wasm._free(at);
+  }
+}
+
+function bmmOf(backend: WasmBackendInternals): Bmm {
+  const bmm = bmmFor(backend);
+  if (!bmm) throw new Error("gated GRU on wasm: bmm.wasm is not bound to this heap");
+  return bmm;
+}
+
+function gruForward(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { xi, gates, wh, bh } = args.inputs as Record<string, Info>;
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const { batch, steps, k, d, xiK, rows } = gruKernelSizes(xi.shape, gates.shape, wh.shape, 3);
+  const bmm = bmmOf(backend);
+  const states = backend.makeOutput([batch, steps, k, d], "float32");
+  const prev = backend.makeOutput([batch, steps, k, d], "float32");
+  const acts = backend.makeOutput([batch, steps, k, 4 * d], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  withScratch(backend, bmm.gruScratchFloats(rows, d, 0), (scratch) =>
+    bmm.gruForward(
+      at(xi),
+      at(gates),
+      at(wh),
+      at(bh),
+      at(states),
+      at(prev),
+      at(acts),
+      batch,
+      steps,
+      k,
+      xiK,
+      d,
+      scratch,
+    ));
+  return [states, prev, acts];
+}
+
+function gruBackward(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { dy, prev, acts, gates, wh } = args.inputs as Record<string, Info>;
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const { batch, steps, k, d, xiK, rows } = gruKernelSizes(dy.shape, gates.shape, wh.shape, 1);
+  if (xiK !== k) throw new RangeError(`gated GRU: dy must be [B, L, k, d], got [${dy.shape}]`);
+  const bmm = bmmOf(backend);
+  const dhh = backend.makeOutput([batch, steps, k, 3 * d], "float32");
+  const dxi = backend.makeOutput([batch, steps, k, 3 * d], "float32");
+  const dgate = backend.makeOutput([batch, steps, k], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  withScratch(backend, bmm.gruScratchFloats(rows, d, 1), (scratch) =>
+    bmm.gruBackward(
+      at(dy),
+      at(prev),
+      at(acts),
+      at(gates),
+      at(wh),
+      at(dhh),
+      at(dxi),
+      at(dgate),
+      batch,
+      steps,
+      k,
+      d,
+      scratch,
+    ));
+  return [dhh, dxi, dgate];
+}
+
+/**
+ * Registers the wasm GRU kernels when the active backend is wasm with bmm.wasm bound to
+ * its heap; idempotent, and a no-op elsewhere. Called by `backends/mod.ts` once wasm runs.
+ *
+ * @returns Whether the kernels are registered for wasm.
+ */
+export function registerWasmGru(): boolean {
+  if (tf.getKernel(GRU_FORWARD_KERNEL, "wasm") !== undefined) return true;
+  if (tf.getBackend() !== "wasm") return false;
+  if (!bmmFor(tf.backend() as unknown as WasmBackendInternals)) return false;
+  const kernels: [string, tf.KernelFunc][] = [
+    [GRU_FORWARD_KERNEL, gruForward as tf.KernelFunc],
+    [GRU_BACKWARD_KERNEL, gruBackward as tf.KernelFunc],
+  ];
+  for (const [kernelName, kernelFunc] of kernels) {
+    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
+  }
+  return true;
+}
