@@ -309,6 +309,45 @@ function wasmDropout(
   return out;
 }
 
+/**
+ * A single product (no batch above 1) with a transpose flag, as tfjs's own `BatchMatMul`
+ * of the operands transposed first; null when there is no flag. Why: tfjs-backend-wasm
+ * 4.22 takes a slow path for a flagged product that bmm.wasm does not serve (no batch),
+ * 440 ms against 24 for `[8000, 128]ᵀ [8000, 384]` on these hosts, and tfjs's own
+ * gradients of every dense layer (`dy wᵀ`, `xᵀ dy`) are such products. The transposes are
+ * tfjs's `Transpose` kernel; the temporary copies are freed before returning.
+ */
+function transposedFirst(
+  args: Parameters<tf.KernelFunc>[0],
+  product: tf.KernelFunc,
+): Info | null {
+  const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+  if (!transposeA && !transposeB) return null;
+  const transpose = tf.getKernel("Transpose", "wasm");
+  if (!transpose) return null;
+  const backend = args.backend as unknown as tf.KernelBackend;
+  const flipped = (x: Info): Info => {
+    const perm = x.shape.map((_, i) => i);
+    const last = perm.length - 1;
+    [perm[last - 1], perm[last]] = [perm[last], perm[last - 1]];
+    return transpose.kernelFunc({ inputs: { x }, backend, attrs: { perm } }) as Info;
+  };
+  const a = args.inputs.a as Info;
+  const b = args.inputs.b as Info;
+  const at = transposeA ? flipped(a) : a;
+  const bt = transposeB ? flipped(b) : b;
+  try {
+    return product({
+      inputs: { a: at, b: bt },
+      backend,
+      attrs: { ...args.attrs, transposeA: false, transposeB: false },
+    }) as Info;
+  } finally {
+    if (at !== a) backend.disposeData(at.dataId);
+    if (bt !== b) backend.disposeData(bt.dataId);
+  }
+}
+
 let registered = false;
 
 /** Registers the kernels above; idempotent. Called by `backends/mod.ts` on load. */
@@ -365,13 +404,15 @@ export function registerProjectKernels(): void {
         attrs as unknown as { seed: number; threshold: number; scale: number },
       ),
   });
+  const tfjsBatchMatMul = tf.getKernel("BatchMatMul", "wasm");
   overrideWasmKernel("BatchMatMul", (args) => {
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
     const a = args.inputs.a as Info;
     const b = args.inputs.b as Info;
     const backend = args.backend as WasmBackendInternals;
     return matMulAccelerator?.(backend, a, b, transposeA, transposeB) ??
-      batchMatMul(backend, a, b, transposeA, transposeB);
+      batchMatMul(backend, a, b, transposeA, transposeB) ??
+      (tfjsBatchMatMul ? transposedFirst(args, tfjsBatchMatMul.kernelFunc) : null);
   });
   overrideWasmKernel("GatherV2", (args) => {
     const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };

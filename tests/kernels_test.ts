@@ -157,6 +157,46 @@ Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every tr
   });
 });
 
+Deno.test("a single flagged matMul on wasm equals the product of the transposed operands, freeing its copies", async () => {
+  // backends/_kernels.ts transposes first (tfjs-wasm's flagged 2-D product is a slow path):
+  // the result must be tfjs's own unflagged product of the transposed operands, bit for bit.
+  await selectBackend("wasm");
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.boolean(),
+      fc.boolean(),
+      fc.boolean(), // a leading batch dimension of 1
+      fc.integer({ min: 1, max: 1 << 30 }),
+      (m, n, k, ta, tb, batched, seed) => {
+        const lead = batched ? [1] : [];
+        tf.tidy(() => {
+          const a = tf.randomNormal([...lead, ...(ta ? [k, m] : [m, k])], 0, 1, "float32", seed);
+          const b = tf.randomNormal(
+            [...lead, ...(tb ? [n, k] : [k, n])],
+            0,
+            1,
+            "float32",
+            seed + 1,
+          );
+          const swap = (x: tf.Tensor) => tf.transpose(x, batched ? [0, 2, 1] : [1, 0]);
+          const buffers = tf.backend().numDataIds();
+          const flagged = tf.matMul(a, b, ta, tb);
+          // Only the output is left: the transposed copies were freed.
+          assertEquals(tf.backend().numDataIds(), buffers + 1, "buffers left behind");
+          const plain = tf.matMul(ta ? swap(a) : a, tb ? swap(b) : b);
+          assertEquals(flagged.shape, plain.shape);
+          assertEquals(Array.from(flagged.dataSync()), Array.from(plain.dataSync()));
+        });
+      },
+    ),
+    { numRuns: 200 },
+  );
+  await selectBackend("cpu");
+});
+
 /** One call of a data-movement op on a seeded random input, for the layout-kernel test. */
 interface LayoutCase {
   op: "slice" | "split" | "transpose" | "sum";
