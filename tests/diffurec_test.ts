@@ -11,6 +11,7 @@ import { evaluateModel, splitBatch, train } from "../lib/train/trainer.ts";
 import { readCheckpoint } from "../lib/train/checkpoint.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
+import { DiffuRecSys } from "../lib/models/diffurecsys.ts";
 import { historiesBatch, tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { assertFlatTensorCount, assertParity, maxAbsDiff, modelRun } from "./_model_checks.ts";
 import { releaseWebGpuAfterTests } from "./_webgpu.ts";
@@ -247,6 +248,42 @@ Deno.test("the trainer splits DiffuRec's batches by history tokens, not by targe
     }
   }
   model.params.dispose();
+});
+
+Deno.test("compat models are charged for the padded length they read, and train on short histories within it", async () => {
+  // compat pads every history to maxLength: a batch of short rows reads maxLength tokens
+  // per example, which the split must count (it once sent 25,600 tokens in one pass).
+  const budget = 16;
+  for (
+    const model of [
+      new DiffuRec({ ...TINY, attentionMask: "compat" }),
+      new DiffuRecSys({ ...TINY, attentionMask: "compat", ca: "compat" }),
+    ]
+  ) {
+    const max = model.config.maxLength;
+    for (const length of [2, 4, 8]) assertEquals(model.trainingCost(length), max / 2);
+    const short = tinyTrainBatch(12, 3, TINY.numItems); // length 3, padded to 8 by the model
+    const pieces = splitBatch(short, budget, (length) => model.trainingCost(length));
+    assert(pieces.length > 1, "a batch over the budget at the padded length was not split");
+    for (const piece of pieces) {
+      const targets = piece.targets.filter((t) => t !== 0).length;
+      // Tokens the model reads in this piece: each target re-reads a prefix padded to max.
+      assert(targets * max <= 2 * budget || piece.batch === 1, `${targets} x ${max} tokens`);
+    }
+    model.params.dispose();
+  }
+  // And training runs on short and long histories alike, with that bound.
+  await selectBackend("wasm");
+  const data = syntheticDataset({ seed: 2, users: 40, items: 30, maxLength: 8 });
+  const model = new DiffuRec({ ...TINY, numItems: data.numItems, attentionMask: "compat" });
+  const result = await train(model, leaveOneOut(data).split, data.numItems, {
+    epochs: 1,
+    batchSize: 32,
+    maxPositions: budget,
+  });
+  assert(Number.isFinite(result.history[0].loss), `loss ${result.history[0].loss}`);
+  model.params.dispose();
+  await selectBackend("cpu");
 });
 
 /** Least-squares residual of `s` on the columns of `a` (`rows x cols`, row-major), in float64. */

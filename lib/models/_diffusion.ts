@@ -204,11 +204,15 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
 
   /**
    * One target position is one example that re-reads its whole prefix: its memory grows
-   * with the batch length. Half the length keeps a pass of the trainer's default 2048 within
-   * 4096 history tokens, which the wasm heap holds (7,500 did, 15,000 did not, at d = 128).
+   * with the length the model reads, the batch's, or `maxLength` where every history is
+   * padded to it ({@linkcode readsPadding}: compat). Half that length keeps a pass of the
+   * trainer's default 2048 within 4096 history tokens, which the wasm heap holds (7,500
+   * did, 15,000 did not, at d = 128). Counting the batch length alone, a compat batch of 512
+   * short histories became one pass of 25,600 tokens and wasm aborted.
    */
   trainingCost(length: number): number {
-    return Math.max(1, length / 2);
+    const read = this.readsPadding() ? Math.max(length, this.config.maxLength) : length;
+    return Math.max(1, read / 2);
   }
 
   /** Creates the Approximator's parameters (called by the constructor). */
