@@ -39,6 +39,7 @@ import { Adam } from "../lib/train/adam.ts";
 import { parseArgs } from "../cli/_args.ts";
 import { optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { countDispatches, describeCount, NO_WORK_KERNELS } from "./_dispatches.ts";
+import { totalFlops } from "./_flops.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
 import { prepareBatch, type PreparedBatch, rankTensors, readRanks } from "../lib/eval/_device.ts";
@@ -195,7 +196,8 @@ console.log(
       `(profiled), ${info.kernels.length} kernel calls; ${describeCount(count)}`
     : `${model.name} on ${source}, ${backend.name} (${backend.reason}): batch ${batch.batch} x ${batch.length}, ` +
       `${positions} target positions; one step ${wall.toFixed(0)} ms wall (profiled), ` +
-      `${info.kernels.length} kernel calls; ${describeCount(count)}`,
+      `${info.kernels.length} kernel calls; ${describeCount(count)}; ` +
+      `${(totalFlops(info.kernels) / 1e9).toFixed(2)} GFLOP in matrix products`,
 );
 console.log("kernel                          ms     calls");
 for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {
@@ -206,13 +208,26 @@ for (const name of values.calls?.split(",") ?? []) {
   if (calls.length === 0) throw new RangeError(`--calls: no kernel "${name}" ran in the step`);
   console.log(`\nslowest ${Math.min(10, calls.length)} of ${calls.length} ${name} calls`);
   calls.sort((a, b) => Number(b.kernelTimeMs) - Number(a.kernelTimeMs));
+  const shapes = (list: number[][]) => list.map((s) => `[${s}]`).join(" ");
   for (const k of calls.slice(0, 10)) {
-    const shapes = (list: number[][]) => list.map((s) => `[${s}]`).join(" ");
     console.log(
       `${Number(k.kernelTimeMs).toFixed(1).padStart(8)} ms  ${shapes(k.inputShapes)} -> ${
         shapes(k.outputShapes)
       }`,
     );
+  }
+  // The same calls summed by shape: where a kernel's time goes when no one call is slow.
+  const byShape = new Map<string, { ms: number; calls: number }>();
+  for (const k of calls) {
+    const key = `${shapes(k.inputShapes)} -> ${shapes(k.outputShapes)}`;
+    const e = byShape.get(key) ?? { ms: 0, calls: 0 };
+    e.ms += Number(k.kernelTimeMs);
+    e.calls++;
+    byShape.set(key, e);
+  }
+  console.log(`\n${name} by shape (10 largest totals): ms, calls`);
+  for (const [key, e] of [...byShape].sort((a, b) => b[1].ms - a[1].ms).slice(0, 10)) {
+    console.log(`${e.ms.toFixed(1).padStart(8)} ms ${String(e.calls).padStart(5)}  ${key}`);
   }
 }
 if (values.trace) {

@@ -49,6 +49,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "../lib/train/adam.ts";
 import os from "node:os";
 import { parseArgs } from "../cli/_args.ts";
+import { totalFlops } from "./_flops.ts";
 import { CHILD_PERMISSIONS, optionalPositiveInt, positiveInt } from "./_flags.ts";
 import { SASREC_STEP_ITEMS, SASREC_STEP_LENGTH, sasrecStepBatch } from "./_shapes.ts";
 import { type BackendChoice, selectBackend } from "../backends/mod.ts";
@@ -132,21 +133,9 @@ function peakRssMiB(): number {
   return Deno.memoryUsage().rss / 2 ** 20;
 }
 
-/** GEMM operations of one profiled call: 2·M·N·K per (batched) matrix product. */
+/** GEMM operations of one profiled call (`bench/_flops.ts`). */
 async function gemmFlops(run: () => void): Promise<number> {
-  const info = await tf.profile(run);
-  let flops = 0;
-  for (const k of info.kernels) {
-    if (!["MatMul", "BatchMatMul", "_FusedMatMul"].includes(k.name)) continue;
-    const a = k.inputShapes[0];
-    const out = k.outputShapes[0];
-    if (!a || !out) continue;
-    const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-    const n = out[out.length - 1];
-    const inner = (size(a) * n) / size(out); // K, whatever the transposes
-    flops += 2 * size(out) * inner;
-  }
-  return flops;
+  return totalFlops((await tf.profile(run)).kernels);
 }
 
 function backendLabel(chosen: { name: string; reason: string }): string {
