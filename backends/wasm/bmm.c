@@ -149,7 +149,8 @@ void route_to_rows(const float *g, const int32_t *winner, float *out, int k, int
 
 // Inverted dropout with lib/nn/dropout.ts's mask: y[i] = x[i] * m[i], where m[i] = scale if
 // word (i mod 2) of Philox2x32-10((i / 2, 0), seed) >= threshold, else 0. The host loop in
-// JavaScript costs ~30 ns an element; here there is no JS and no upload.
+// JavaScript costs ~30 ns an element; here there is no JS and no upload, and four counters
+// run in SIMD lanes.
 
 // Philox2x32-10 of the counter (pair, 0) under seed: word 0 in the low half, word 1 high.
 static inline uint64_t philox(uint32_t pair, uint32_t seed) {
@@ -163,10 +164,46 @@ static inline uint64_t philox(uint32_t pair, uint32_t seed) {
   return ((uint64_t)x1 << 32) | x0;
 }
 
+// Philox2x32-10 of the four counters (pair + i, 0), i = 0..3, under seed, in SIMD lanes:
+// *w0 gets each counter's word 0, the return value its word 1. The u32 x u32 -> u64
+// products are two widening multiplies (lanes 0-1 and 2-3), their halves regathered.
+static inline v128_t philox4(v128_t x0, uint32_t seed, v128_t *w0) {
+  const v128_t m = wasm_i32x4_splat((int32_t)0xd256d193u);
+  v128_t x1 = wasm_i32x4_splat(0);
+  uint32_t k = seed;
+  for (int round = 0; round < 10; round++) {
+    if (round > 0) k += 0x9e3779b9u;
+    const v128_t low = wasm_u64x2_extmul_low_u32x4(x0, m);  // counters 0, 1
+    const v128_t high = wasm_u64x2_extmul_high_u32x4(x0, m);  // counters 2, 3
+    const v128_t lo = wasm_i32x4_shuffle(low, high, 0, 2, 4, 6);
+    const v128_t hi = wasm_i32x4_shuffle(low, high, 1, 3, 5, 7);
+    x0 = wasm_v128_xor(wasm_v128_xor(hi, wasm_i32x4_splat((int32_t)k)), x1);
+    x1 = lo;
+  }
+  *w0 = x0;
+  return x1;
+}
+
 EXPORT("philox_dropout")
 void philox_dropout(const float *x, float *y, int n, uint32_t seed, uint32_t threshold,
                     float scale) {
-  for (int i = 0; i < n; i += 2) {
+  // Eight elements (four counters) at a time: element 2p is word 0 of counter p, 2p + 1
+  // word 1, as the scalar loop below and lib/nn/dropout.ts draw them.
+  const v128_t limit = wasm_i32x4_splat((int32_t)threshold);
+  const v128_t kept = wasm_f32x4_splat(scale);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const int pair = i >> 1;
+    v128_t w0;
+    const v128_t w1 = philox4(wasm_i32x4_make(pair, pair + 1, pair + 2, pair + 3), seed, &w0);
+    const v128_t first = wasm_i32x4_shuffle(w0, w1, 0, 4, 1, 5);  // elements i .. i+3
+    const v128_t second = wasm_i32x4_shuffle(w0, w1, 2, 6, 3, 7);  // elements i+4 .. i+7
+    const v128_t m0 = wasm_v128_and(wasm_u32x4_ge(first, limit), kept);
+    const v128_t m1 = wasm_v128_and(wasm_u32x4_ge(second, limit), kept);
+    wasm_v128_store(y + i, wasm_f32x4_mul(wasm_v128_load(x + i), m0));
+    wasm_v128_store(y + i + 4, wasm_f32x4_mul(wasm_v128_load(x + i + 4), m1));
+  }
+  for (; i < n; i += 2) {
     const uint64_t words = philox((uint32_t)(i >> 1), seed);
     y[i] = x[i] * ((uint32_t)words >= threshold ? scale : 0.0f);
     if (i + 1 < n) y[i + 1] = x[i + 1] * ((uint32_t)(words >> 32) >= threshold ? scale : 0.0f);
