@@ -164,6 +164,8 @@ export interface Bmm {
   gruForward: (...args: number[]) => void;
   gruBackward: (...args: number[]) => void;
   gruScratchFloats: (rows: number, d: number, backward: number) => number;
+  layerNorm: (...args: number[]) => void;
+  layerNormGrad: (...args: number[]) => void;
   philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
   routeToRows: (...args: number[]) => void;
@@ -192,6 +194,8 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       gruForward: e.gru_forward as Bmm["gruForward"],
       gruBackward: e.gru_backward as Bmm["gruBackward"],
       gruScratchFloats: e.gru_scratch_floats as Bmm["gruScratchFloats"],
+      layerNorm: e.layer_norm as Bmm["layerNorm"],
+      layerNormGrad: e.layer_norm_grad as Bmm["layerNormGrad"],
       philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
       routeToRows: e.route_to_rows as Bmm["routeToRows"],

@@ -23,6 +23,7 @@ import "./_gradients.ts";
 import { installThreadedWasm, type ThreadedWasmStatus } from "./_wasm_threads.ts";
 import { useNativeBlas } from "./_blas.ts";
 import { registerWasmGru } from "./_wasm_gru.ts";
+import { registerWasmFused } from "./_wasm_fused.ts";
 
 export {
   BACKEND_CHOICES,
@@ -64,6 +65,7 @@ export interface SelectBackendOptions {
 async function startWasmExtras(threads: ThreadedWasmStatus, blas: string): Promise<string> {
   const native = useNativeBlas(blas, wasm.getThreadsCount());
   registerWasmGru();
+  registerWasmFused();
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) ? "SIMD" : "no SIMD";
   const why = threads.fallbackReason ? `; ${threads.fallbackReason}` : "";
   return `WebAssembly (${simd}, ${wasm.getThreadsCount()} thread(s)${why}); ${native.detail}`;

@@ -9,6 +9,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import fc from "fast-check";
 import { probeWebGpu, selectBackend } from "../backends/mod.ts";
+import { bmmActive } from "../backends/_kernels.ts";
 import { webGpuErf } from "../backends/_webgpu_fused.ts";
 import {
   addLeadingBroadcast,
@@ -19,6 +20,7 @@ import {
   geluReference,
   geluTanhFused,
   geluTanhReference,
+  LAYER_NORM_GRAD_KERNEL,
   LAYER_NORM_KERNEL,
   layerNormResidual,
   layerNormResidualReference,
@@ -137,18 +139,21 @@ const smallLayerNormCase = fc.record({
 
 // ------------------------------------------------------------- cpu and wasm: unchanged
 
-Deno.test("layerNormResidual() and geluFused() on cpu and wasm are today's composed ops, bit for bit, values and gradients (2 x 40 cases)", async () => {
+Deno.test("layerNormResidual() and geluFused() on cpu, and geluFused() on wasm, are today's composed ops, bit for bit, values and gradients (2 x 40 cases)", async () => {
   for (const backend of ["cpu", "wasm"] as const) {
     await selectBackend(backend);
-    // No kernel there: the functions take the reference path.
-    assertEquals(tf.getKernel(LAYER_NORM_KERNEL, backend), undefined);
+    // No GELU kernel there, and no LayerNorm kernel on cpu: the reference path. wasm runs
+    // LayerNorm on bmm.wasm (compared with cpu's in the next test).
+    if (backend === "cpu") assertEquals(tf.getKernel(LAYER_NORM_KERNEL, backend), undefined);
     assertEquals(tf.getKernel(GELU_KERNEL, backend), undefined);
     await fc.assert(
       fc.asyncProperty(smallLayerNormCase, async (c) => {
-        const fused = await layerNormRun(layerNormResidual, c);
-        const today = await layerNormRun(todaysLayerNorm, c);
-        assertEquals(fused.length, today.length);
-        fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+        if (backend === "cpu") {
+          const fused = await layerNormRun(layerNormResidual, c);
+          const today = await layerNormRun(todaysLayerNorm, c);
+          assertEquals(fused.length, today.length);
+          fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
+        }
         const size = c.shape.reduce((a, b) => a * b, 1);
         const xs = uniform(size, c.seed, -8, 8);
         const dy = uniform(size, c.seed + 5, -1, 1);
@@ -157,6 +162,33 @@ Deno.test("layerNormResidual() and geluFused() on cpu and wasm are today's compo
         gelu.forEach((a, i) => assertEquals(bits(a), bits(geluToday[i]), `${backend} gelu ${i}`));
       }),
       { numRuns: 40 },
+    );
+  }
+  await selectBackend("cpu");
+});
+
+Deno.test("layerNormResidual() on wasm: the kernels run exactly where bmm.wasm does, and equal the composed ops on cpu (100 random cases, 3 edge shapes)", async () => {
+  await selectBackend("wasm");
+  const registered = tf.getKernel(LAYER_NORM_KERNEL, "wasm") !== undefined &&
+    tf.getKernel(LAYER_NORM_GRAD_KERNEL, "wasm") !== undefined;
+  assertEquals(registered, bmmActive(), "LayerNorm kernels registered iff bmm.wasm is bound");
+  if (!registered) return;
+  await fc.assert(
+    fc.asyncProperty(smallLayerNormCase, (c) => assertLayerNormMatchesCpu(c, "random", "wasm")),
+    { numRuns: 100 },
+  );
+  // Many rows (the parameter gradients sum all of them), a wide row, one column.
+  for (
+    const [shape, label] of [
+      [[2050, 5], "2,050 rows"],
+      [[3, 515], "d = 515"],
+      [[7, 1], "d = 1"],
+    ] as const
+  ) {
+    await assertLayerNormMatchesCpu(
+      { shape: [...shape], withResidual: true, eps: 1e-12, seed: shape[1] },
+      label,
+      "wasm",
     );
   }
   await selectBackend("cpu");
@@ -313,10 +345,14 @@ function layerNormTolerances(c: LayerNormCase): Float64Array[] {
   return c.withResidual ? [y, dx, dx, dgamma, dbeta] : [y, dx, dgamma, dbeta];
 }
 
-async function assertLayerNormMatchesCpu(c: LayerNormCase, label: string) {
+async function assertLayerNormMatchesCpu(
+  c: LayerNormCase,
+  label: string,
+  backend: "webgpu" | "wasm" = "webgpu",
+) {
   await selectBackend("cpu");
   const reference = await layerNormRun(layerNormResidualReference, c);
-  await selectBackend("webgpu", { webgpuCpuForward: false });
+  await selectBackend(backend, { webgpuCpuForward: false });
   const fused = await layerNormRun(layerNormResidual, c);
   const names = c.withResidual
     ? ["y", "dx", "dresidual", "dgamma", "dbeta"]

@@ -341,6 +341,8 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
       "gru_backward",
       "gru_forward",
       "gru_scratch_floats",
+      "layer_norm",
+      "layer_norm_grad",
       "max_over_rows",
       "philox_dropout",
       "route_to_rows",

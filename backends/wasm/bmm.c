@@ -352,3 +352,58 @@ void gru_backward(const float *restrict dy, const float *restrict prev,
     for (int i = 0; i < M * d; i++) carry[i] += direct[i];
   }
 }
+
+// LayerNorm over the last axis (lib/nn/fused.ts, LAYER_NORM_KERNEL): rows of z = residual + x
+// (x alone when has_residual is 0) -> y = (z - mean) / sqrt(var + eps) * gamma + beta, the
+// biased variance, and stats [R, 2] = (mean, 1 / sqrt(var + eps)) per row for the backward
+// pass. One pass over a row for the sum, one for the variance, one for the output, where
+// the composed tfjs ops make nine.
+EXPORT("layer_norm")
+void layer_norm(const float *restrict x, const float *restrict residual,
+                const float *restrict gamma, const float *restrict beta, float *restrict y,
+                float *restrict stats, int R, int d, float eps, int has_residual) {
+  for (int r = 0; r < R; r++) {
+    const float *restrict xr = x + r * d;
+    float *restrict yr = y + r * d;
+    float sum = 0.0f;
+    if (has_residual) {
+      const float *restrict rr = residual + r * d;
+      for (int u = 0; u < d; u++) yr[u] = rr[u] + xr[u], sum += yr[u];
+    } else {
+      for (int u = 0; u < d; u++) yr[u] = xr[u], sum += xr[u];
+    }
+    const float mean = sum / (float)d;
+    float squares = 0.0f;
+    for (int u = 0; u < d; u++) squares += (yr[u] - mean) * (yr[u] - mean);
+    const float inv = 1.0f / __builtin_sqrtf(squares / (float)d + eps);
+    for (int u = 0; u < d; u++) yr[u] = (yr[u] - mean) * inv * gamma[u] + beta[u];
+    stats[2 * r] = mean, stats[2 * r + 1] = inv;
+  }
+}
+
+// Its gradients (LAYER_NORM_GRAD_KERNEL) from the saved stats: with xhat = (z - mean) inv and
+// g = dy gamma, dx = inv (g - mean(g) - xhat mean(g xhat)); dgamma = sum over rows of
+// dy xhat, dbeta of dy, summed row after row (the same order on every run).
+EXPORT("layer_norm_grad")
+void layer_norm_grad(const float *restrict dy, const float *restrict x,
+                     const float *restrict residual, const float *restrict gamma,
+                     const float *restrict stats, float *restrict dx, float *restrict dgamma,
+                     float *restrict dbeta, int R, int d, int has_residual) {
+  for (int u = 0; u < d; u++) dgamma[u] = 0.0f, dbeta[u] = 0.0f;
+  for (int r = 0; r < R; r++) {
+    const float *restrict dyr = dy + r * d, *restrict xr = x + r * d;
+    const float *restrict rr = has_residual ? residual + r * d : xr;
+    float *restrict dxr = dx + r * d;
+    const float mean = stats[2 * r], inv = stats[2 * r + 1];
+    float sumG = 0.0f, sumGX = 0.0f;
+    for (int u = 0; u < d; u++) {
+      const float z = has_residual ? rr[u] + xr[u] : xr[u];
+      const float xhat = (z - mean) * inv, g = dyr[u] * gamma[u];
+      dxr[u] = xhat;  // kept for the second pass
+      sumG += g, sumGX += g * xhat;
+      dgamma[u] += dyr[u] * xhat, dbeta[u] += dyr[u];
+    }
+    const float meanG = sumG / (float)d, meanGX = sumGX / (float)d;
+    for (int u = 0; u < d; u++) dxr[u] = inv * (dyr[u] * gamma[u] - meanG - dxr[u] * meanGX);
+  }
+}

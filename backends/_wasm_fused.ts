@@ -1,0 +1,101 @@
+/**
+ * LayerNorm with its residual add (`lib/nn/fused.ts`: {@linkcode LAYER_NORM_KERNEL},
+ * {@linkcode LAYER_NORM_GRAD_KERNEL}) on the wasm backend: one bmm.wasm call forward and one
+ * backward (`layer_norm`, `layer_norm_grad` in `wasm/bmm.c`), the contract of the webgpu
+ * programs in `_webgpu_fused.ts`. The composed tfjs ops of `layerNormResidualReference` stay
+ * the reference (cpu runs them); `tests/fused_ops_test.ts` compares the two.
+ *
+ * Why: composed, a LayerNorm is 9 tfjs kernels forward and about 20 backward, each a pass
+ * over the tensor with tfjs-backend-wasm's per-op cost; every block of every model has two
+ * or three.
+ *
+ * Registered only once a wasm backend with bmm.wasm runs (tfjs's threaded build).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL } from "../lib/nn/fused.ts";
+import { type Bmm, bmmFor, offsetOf, type WasmBackendInternals } from "./_kernels.ts";
+
+type Info = tf.TensorInfo;
+
+/** Rows and width of a LayerNorm input: the last axis, and everything before it. */
+function rowsAndWidth(x: Info): [number, number] {
+  const d = x.shape[x.shape.length - 1];
+  return [tf.util.sizeFromShape(x.shape) / d, d];
+}
+
+function bmmOf(backend: WasmBackendInternals): Bmm {
+  const bmm = bmmFor(backend);
+  if (!bmm) throw new Error("LayerNorm on wasm: bmm.wasm is not bound to this heap");
+  return bmm;
+}
+
+function layerNorm(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { x, residual, gamma, beta } = args.inputs as Record<string, Info | undefined>;
+  const { eps } = args.attrs as unknown as { eps: number };
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const bmm = bmmOf(backend);
+  const [rows, d] = rowsAndWidth(x!);
+  const y = backend.makeOutput(x!.shape, "float32");
+  const stats = backend.makeOutput([rows, 2], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  bmm.layerNorm(
+    at(x!),
+    residual ? at(residual) : at(x!), // not read without a residual
+    at(gamma!),
+    at(beta!),
+    at(y),
+    at(stats),
+    rows,
+    d,
+    eps,
+    residual ? 1 : 0,
+  );
+  return [y, stats];
+}
+
+function layerNormGrad(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { dy, x, residual, gamma, stats } = args.inputs as Record<string, Info | undefined>;
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const bmm = bmmOf(backend);
+  const [rows, d] = rowsAndWidth(x!);
+  const dx = backend.makeOutput(x!.shape, "float32");
+  const dgamma = backend.makeOutput([d], "float32");
+  const dbeta = backend.makeOutput([d], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  bmm.layerNormGrad(
+    at(dy!),
+    at(x!),
+    residual ? at(residual) : at(x!),
+    at(gamma!),
+    at(stats!),
+    at(dx),
+    at(dgamma),
+    at(dbeta),
+    rows,
+    d,
+    residual ? 1 : 0,
+  );
+  return [dx, dgamma, dbeta];
+}
+
+/**
+ * Registers the wasm LayerNorm kernels when the active backend is wasm with bmm.wasm bound
+ * to its heap; idempotent, and a no-op elsewhere. Called by `backends/mod.ts` once wasm runs.
+ *
+ * @returns Whether the kernels are registered for wasm.
+ */
+export function registerWasmFused(): boolean {
+  if (tf.getKernel(LAYER_NORM_KERNEL, "wasm") !== undefined) return true;
+  if (tf.getBackend() !== "wasm") return false;
+  if (!bmmFor(tf.backend() as unknown as WasmBackendInternals)) return false;
+  const kernels: [string, tf.KernelFunc][] = [
+    [LAYER_NORM_KERNEL, layerNorm as tf.KernelFunc],
+    [LAYER_NORM_GRAD_KERNEL, layerNormGrad as tf.KernelFunc],
+  ];
+  for (const [kernelName, kernelFunc] of kernels) {
+    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
+  }
+  return true;
+}
