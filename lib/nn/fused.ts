@@ -8,9 +8,10 @@
  * LayerNorm forward and backward is 31 dispatches (32 with the residual add) and a GELU 15;
  * as kernels they are 2 and 2, and a tanh GELU 2 (`tests/fused_ops_test.ts` counts them).
  * `backends/_webgpu_fused.ts` registers WGSL programs under these names for the webgpu
- * backend. Where the active backend has no such kernel (cpu, wasm), each function returns
- * exactly the op sequence `lib/nn/layers.ts` used before, so results there stay bit for bit
- * what they were. Tests check that both paths agree.
+ * backend, and `backends/_wasm_fused.ts` the LayerNorm pair for wasm (bmm.wasm, on tfjs's
+ * threaded build). Where the active backend has no such kernel (cpu; wasm for the GELUs),
+ * each function returns exactly the op sequence `lib/nn/layers.ts` used before, so results
+ * there stay bit for bit what they were. Tests check that both paths agree.
  *
  * @module
  */
@@ -100,8 +101,8 @@ export function layerNormResidualReference(
  * `beta` are `[d]`, `d` the last axis. Differentiable in every tensor argument; the
  * gradient of `residual` is the gradient of `x`.
  *
- * Where the active backend has the kernels (webgpu) this is one dispatch forward and one
- * backward; elsewhere, and for non-float32 input, an empty tensor or `d` over
+ * Where the active backend has the kernels (webgpu, threaded wasm) this is one kernel call
+ * forward and one backward; elsewhere, and for non-float32 input, an empty tensor or `d` over
  * {@linkcode FUSED_LAYER_NORM_MAX_WIDTH}, it is {@linkcode layerNormResidualReference}.
  *
  * @example Usage
