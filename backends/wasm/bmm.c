@@ -184,6 +184,36 @@ static inline v128_t philox4(v128_t x0, uint32_t seed, v128_t *w0) {
   return x1;
 }
 
+// philox4 on two sets of counters at once (a and b, words 0 and 1 in place).
+static inline void philox4x2(v128_t *a0, v128_t *a1, v128_t *b0, v128_t *b1, uint32_t seed) {
+  const v128_t m = wasm_i32x4_splat((int32_t)0xd256d193u);
+  v128_t xa = *a0, ya = *a1, xb = *b0, yb = *b1;
+  uint32_t k = seed;
+  for (int round = 0; round < 10; round++) {
+    if (round > 0) k += 0x9e3779b9u;
+    const v128_t key = wasm_i32x4_splat((int32_t)k);
+    const v128_t la = wasm_u64x2_extmul_low_u32x4(xa, m), ha = wasm_u64x2_extmul_high_u32x4(xa, m);
+    const v128_t lb = wasm_u64x2_extmul_low_u32x4(xb, m), hb = wasm_u64x2_extmul_high_u32x4(xb, m);
+    const v128_t loA = wasm_i32x4_shuffle(la, ha, 0, 2, 4, 6), hiA = wasm_i32x4_shuffle(la, ha, 1, 3, 5, 7);
+    const v128_t loB = wasm_i32x4_shuffle(lb, hb, 0, 2, 4, 6), hiB = wasm_i32x4_shuffle(lb, hb, 1, 3, 5, 7);
+    xa = wasm_v128_xor(wasm_v128_xor(hiA, key), ya), ya = loA;
+    xb = wasm_v128_xor(wasm_v128_xor(hiB, key), yb), yb = loB;
+  }
+  *a0 = xa, *a1 = ya, *b0 = xb, *b1 = yb;
+}
+
+// Elements 0..7 of y = x * mask from four counters' words w0, w1 (element 2p is word 0 of
+// counter p, 2p + 1 its word 1).
+static inline void dropout8(const float *x, float *y, v128_t w0, v128_t w1, v128_t limit,
+                            v128_t kept) {
+  const v128_t first = wasm_i32x4_shuffle(w0, w1, 0, 4, 1, 5);  // elements 0 .. 3
+  const v128_t second = wasm_i32x4_shuffle(w0, w1, 2, 6, 3, 7);  // elements 4 .. 7
+  const v128_t m0 = wasm_v128_and(wasm_u32x4_ge(first, limit), kept);
+  const v128_t m1 = wasm_v128_and(wasm_u32x4_ge(second, limit), kept);
+  wasm_v128_store(y, wasm_f32x4_mul(wasm_v128_load(x), m0));
+  wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_v128_load(x + 4), m1));
+}
+
 EXPORT("philox_dropout")
 void philox_dropout(const float *x, float *y, int n, uint32_t seed, uint32_t threshold,
                     float scale) {
@@ -192,16 +222,21 @@ void philox_dropout(const float *x, float *y, int n, uint32_t seed, uint32_t thr
   const v128_t limit = wasm_i32x4_splat((int32_t)threshold);
   const v128_t kept = wasm_f32x4_splat(scale);
   int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // Two independent chains of four counters, interleaved round by round: one chain's
+    // widening multiplies wait on the last round's, the other's fill the gap.
+    const int pair = i >> 1;
+    v128_t a0 = wasm_i32x4_make(pair, pair + 1, pair + 2, pair + 3), a1 = wasm_i32x4_splat(0);
+    v128_t b0 = wasm_i32x4_make(pair + 4, pair + 5, pair + 6, pair + 7), b1 = a1;
+    philox4x2(&a0, &a1, &b0, &b1, seed);
+    dropout8(x + i, y + i, a0, a1, limit, kept);
+    dropout8(x + i + 8, y + i + 8, b0, b1, limit, kept);
+  }
   for (; i + 8 <= n; i += 8) {
     const int pair = i >> 1;
     v128_t w0;
     const v128_t w1 = philox4(wasm_i32x4_make(pair, pair + 1, pair + 2, pair + 3), seed, &w0);
-    const v128_t first = wasm_i32x4_shuffle(w0, w1, 0, 4, 1, 5);  // elements i .. i+3
-    const v128_t second = wasm_i32x4_shuffle(w0, w1, 2, 6, 3, 7);  // elements i+4 .. i+7
-    const v128_t m0 = wasm_v128_and(wasm_u32x4_ge(first, limit), kept);
-    const v128_t m1 = wasm_v128_and(wasm_u32x4_ge(second, limit), kept);
-    wasm_v128_store(y + i, wasm_f32x4_mul(wasm_v128_load(x + i), m0));
-    wasm_v128_store(y + i + 4, wasm_f32x4_mul(wasm_v128_load(x + i + 4), m1));
+    dropout8(x + i, y + i, w0, w1, limit, kept);
   }
   for (; i < n; i += 2) {
     const uint64_t words = philox((uint32_t)(i >> 1), seed);
