@@ -217,8 +217,8 @@ static inline void dropout8(const float *x, float *y, v128_t w0, v128_t w1, v128
 EXPORT("philox_dropout")
 void philox_dropout(const float *x, float *y, int n, uint32_t seed, uint32_t threshold,
                     float scale) {
-  // Eight elements (four counters) at a time: element 2p is word 0 of counter p, 2p + 1
-  // word 1, as the scalar loop below and lib/nn/dropout.ts draw them.
+  // Sixteen elements (eight counters) at a time, then eight, then a pair: element 2p is word
+  // 0 of counter p, 2p + 1 word 1, as the scalar loop below and lib/nn/dropout.ts draw them.
   const v128_t limit = wasm_i32x4_splat((int32_t)threshold);
   const v128_t kept = wasm_f32x4_splat(scale);
   int i = 0;
