@@ -165,6 +165,7 @@ export interface Bmm {
   gruBackward: (...args: number[]) => void;
   gruScratchFloats: (rows: number, d: number, backward: number) => number;
   layerNorm: (...args: number[]) => void;
+  broadcastBinary: (...args: number[]) => void;
   layerNormGrad: (...args: number[]) => void;
   philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
@@ -195,6 +196,7 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       gruBackward: e.gru_backward as Bmm["gruBackward"],
       gruScratchFloats: e.gru_scratch_floats as Bmm["gruScratchFloats"],
       layerNorm: e.layer_norm as Bmm["layerNorm"],
+      broadcastBinary: e.broadcast_binary as Bmm["broadcastBinary"],
       layerNormGrad: e.layer_norm_grad as Bmm["layerNormGrad"],
       philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
@@ -352,6 +354,61 @@ function transposedFirst(
   }
 }
 
+/** bmm.c's `broadcast_binary` operations. */
+const BROADCAST_OPS = { Add: 0, Sub: 1, Multiply: 2 } as const;
+
+/**
+ * How `a op b` maps onto `broadcast_binary`: one operand full, `[R, d]` as rows of its last
+ * axis, the other a `[d]` row repeated over the rows (`perRow` false) or a `[R, 1]` column
+ * repeated over the columns (`perRow` true), leading 1s allowed. `swap` when the full one is
+ * `b` (Add and Multiply only: they commute bit for bit). Null for every other call.
+ */
+export function broadcastPlan(
+  op: keyof typeof BROADCAST_OPS,
+  a: Info,
+  b: Info,
+): { full: Info; small: Info; rows: number; d: number; perRow: boolean } | null {
+  if (a.dtype !== "float32" || b.dtype !== "float32") return null;
+  const na = tf.util.sizeFromShape(a.shape);
+  const nb = tf.util.sizeFromShape(b.shape);
+  if (na === nb || Math.min(na, nb) === 0) return null;
+  const swap = nb > na;
+  if (swap && op === "Sub") return null;
+  const [full, small] = swap ? [b, a] : [a, b];
+  const rank = full.shape.length;
+  if (small.shape.length > rank || rank === 0) return null;
+  const t = [...new Array(rank - small.shape.length).fill(1), ...small.shape];
+  const d = full.shape[rank - 1];
+  const rows = tf.util.sizeFromShape(full.shape) / d;
+  const lead = t.slice(0, rank - 1);
+  if (t[rank - 1] === d && lead.every((x) => x === 1)) {
+    return { full, small, rows, d, perRow: false };
+  }
+  if (t[rank - 1] === 1 && lead.every((x, i) => x === full.shape[i])) {
+    return { full, small, rows, d, perRow: true };
+  }
+  return null;
+}
+
+/** `op` through bmm.wasm's `broadcast_binary`; null when the call is not one it takes. */
+function simdBroadcast(args: Parameters<tf.KernelFunc>[0], op: keyof typeof BROADCAST_OPS) {
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const bmm = bmmFor(backend);
+  const plan = bmm && broadcastPlan(op, args.inputs.a as Info, args.inputs.b as Info);
+  if (!bmm || !plan) return null;
+  const out = backend.makeOutput(plan.full.shape, "float32");
+  bmm.broadcastBinary(
+    offsetOf(backend, plan.full),
+    offsetOf(backend, plan.small),
+    offsetOf(backend, out),
+    plan.rows,
+    plan.d,
+    BROADCAST_OPS[op],
+    plan.perRow ? 1 : 0,
+  );
+  return out;
+}
+
 let registered = false;
 
 /** Registers the kernels above; idempotent. Called by `backends/mod.ts` on load. */
@@ -418,6 +475,9 @@ export function registerProjectKernels(): void {
       batchMatMul(backend, a, b, transposeA, transposeB) ??
       (tfjsBatchMatMul ? transposedFirst(args, tfjsBatchMatMul.kernelFunc) : null);
   });
+  for (const op of Object.keys(BROADCAST_OPS) as (keyof typeof BROADCAST_OPS)[]) {
+    overrideWasmKernel(op, (args) => simdBroadcast(args, op));
+  }
   overrideWasmKernel("GatherV2", (args) => {
     const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
     const x = args.inputs.x as Info;

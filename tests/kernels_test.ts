@@ -197,6 +197,61 @@ Deno.test("a single flagged matMul on wasm equals the product of the transposed 
   await selectBackend("cpu");
 });
 
+Deno.test("broadcasting add, sub and mul on wasm (bmm.wasm's row and column loops) equal cpu bit for bit", async () => {
+  // Shapes: a full [..., d] operand and a row [d] or column [..., 1] on either side, leading
+  // 1s, plus shapes the SIMD path does not take (same shape, middle-axis broadcasts).
+  const cases = fc.sample(
+    fc.record({
+      lead: fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 2 }),
+      d: fc.integer({ min: 1, max: 37 }),
+      kind: fc.constantFrom("row", "column", "same", "middle", "scalar"),
+      swap: fc.boolean(),
+      leadingOnes: fc.boolean(),
+      seed: fc.integer({ min: 1, max: 1 << 30 }),
+    }),
+    { numRuns: 200, seed: 3 },
+  );
+  const shapesOf = (c: (typeof cases)[number]): [number[], number[]] => {
+    const full = [...c.lead, c.d];
+    const ones = c.leadingOnes ? [1] : [];
+    const small = c.kind === "row"
+      ? [...ones, c.d]
+      : c.kind === "column"
+      ? [...c.lead, 1]
+      : c.kind === "same"
+      ? full
+      : c.kind === "middle"
+      ? [c.lead[0], ...c.lead.slice(1).map(() => 1), c.d]
+      : [];
+    return c.swap ? [small, full] : [full, small];
+  };
+  const run = () =>
+    cases.map((c) =>
+      tf.tidy(() => {
+        const [sa, sb] = shapesOf(c);
+        const a = tf.randomNormal(sa, 0, 2, "float32", c.seed);
+        const b = tf.randomNormal(sb, 0, 2, "float32", c.seed + 1);
+        return [tf.add(a, b), tf.sub(a, b), tf.mul(a, b)].map((t) => t.dataSync().slice());
+      })
+    );
+  await selectBackend("cpu");
+  const expected = run();
+  await selectBackend("wasm");
+  const buffers = tf.backend().numDataIds();
+  const got = run();
+  assertEquals(tf.backend().numDataIds(), buffers, "buffers left behind");
+  cases.forEach((c, i) =>
+    ["add", "sub", "mul"].forEach((op, j) =>
+      assertEquals(
+        Array.from(new Uint32Array(got[i][j].buffer)),
+        Array.from(new Uint32Array(expected[i][j].buffer)),
+        `${op} ${JSON.stringify(shapesOf(c))}`,
+      )
+    )
+  );
+  await selectBackend("cpu");
+});
+
 /** One call of a data-movement op on a seeded random input, for the layout-kernel test. */
 interface LayoutCase {
   op: "slice" | "split" | "transpose" | "sum";
@@ -338,6 +393,7 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
     WebAssembly.Module.exports(module).map((e) => e.name).sort(),
     [
       "bmm",
+      "broadcast_binary",
       "gru_backward",
       "gru_forward",
       "gru_scratch_floats",

@@ -442,3 +442,33 @@ void layer_norm_grad(const float *restrict dy, const float *restrict x,
     for (int u = 0; u < d; u++) dxr[u] = inv * (dyr[u] * gamma[u] - meanG - dxr[u] * meanGX);
   }
 }
+
+// out = a op b where b broadcasts over a [R, d] (op: 0 add, 1 subtract, 2 multiply): per
+// column (per_row 0: b is [d], one value a column) or per row (per_row 1: b is [R], one
+// value a row). tfjs-backend-wasm 4.22 runs every broadcasting binary op element by
+// element with index arithmetic (~7-14 ns an element); these are SIMD loops. Each result
+// is the one float32 operation tfjs computes, so the bits are the same.
+EXPORT("broadcast_binary")
+void broadcast_binary(const float *restrict a, const float *restrict b, float *restrict out,
+                      int R, int d, int op, int per_row) {
+  for (int r = 0; r < R; r++) {
+    const float *restrict ar = a + r * d;
+    float *restrict o = out + r * d;
+    if (per_row) {
+      const float v = b[r];
+      if (op == 0) {
+        for (int u = 0; u < d; u++) o[u] = ar[u] + v;
+      } else if (op == 1) {
+        for (int u = 0; u < d; u++) o[u] = ar[u] - v;
+      } else {
+        for (int u = 0; u < d; u++) o[u] = ar[u] * v;
+      }
+    } else if (op == 0) {
+      for (int u = 0; u < d; u++) o[u] = ar[u] + b[u];
+    } else if (op == 1) {
+      for (int u = 0; u < d; u++) o[u] = ar[u] - b[u];
+    } else {
+      for (int u = 0; u < d; u++) o[u] = ar[u] * b[u];
+    }
+  }
+}
