@@ -17,7 +17,7 @@
  */
 import type * as tf from "@tensorflow/tfjs-core";
 import { matMulDims } from "./_matmul_dims.ts";
-import { setMatMulAccelerator } from "./_kernels.ts";
+import { setHeapGemm, setMatMulAccelerator } from "./_kernels.ts";
 
 type Info = tf.TensorInfo;
 
@@ -309,3 +309,32 @@ export function blasBatchMatMul(
 setMatMulAccelerator((backend, a, b, transposeA, transposeB) =>
   blasBatchMatMul(backend as WasmHeap, a, b, transposeA, transposeB)
 );
+
+// Loops of one product a step (the wasm GRU kernel) use it for products the rule above
+// would send here; `calls` counts them too.
+setHeapGemm({
+  accepts: (m, n, k) => active !== null && m * n * k >= BLAS_MIN_MULTIPLY_ADDS,
+  run: (backend, a, b, c, m, n, k, transB, beta) => {
+    const heap = Deno.UnsafePointer.of(
+      (backend as WasmHeap).wasm.HEAPU8 as Uint8Array<ArrayBuffer>,
+    );
+    const at = (offset: number) => Deno.UnsafePointer.offset(heap!, offset);
+    calls++;
+    active!.library.symbols.cblas_sgemm(
+      ROW_MAJOR,
+      NO_TRANS,
+      transB ? TRANS : NO_TRANS,
+      m,
+      n,
+      k,
+      1,
+      at(a),
+      k,
+      at(b),
+      transB ? k : n,
+      beta,
+      at(c),
+      n,
+    );
+  },
+});

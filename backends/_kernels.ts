@@ -163,6 +163,8 @@ export interface Bmm {
   run: (...args: number[]) => void;
   gruForward: (...args: number[]) => void;
   gruBackward: (...args: number[]) => void;
+  gruForwardStep: (...args: number[]) => void;
+  gruBackwardStep: (...args: number[]) => void;
   gruScratchFloats: (rows: number, d: number, backward: number) => number;
   layerNorm: (...args: number[]) => void;
   broadcastBinary: (...args: number[]) => void;
@@ -194,6 +196,8 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       run: e.bmm as Bmm["run"],
       gruForward: e.gru_forward as Bmm["gruForward"],
       gruBackward: e.gru_backward as Bmm["gruBackward"],
+      gruForwardStep: e.gru_forward_step as Bmm["gruForwardStep"],
+      gruBackwardStep: e.gru_backward_step as Bmm["gruBackwardStep"],
       gruScratchFloats: e.gru_scratch_floats as Bmm["gruScratchFloats"],
       layerNorm: e.layer_norm as Bmm["layerNorm"],
       broadcastBinary: e.broadcast_binary as Bmm["broadcastBinary"],
@@ -510,6 +514,40 @@ let matMulAccelerator: MatMulAccelerator | null = null;
 /** Installs (or, with null, removes) the wasm backend's {@linkcode MatMulAccelerator}. */
 export function setMatMulAccelerator(accelerator: MatMulAccelerator | null): void {
   matMulAccelerator = accelerator;
+}
+
+/**
+ * A native GEMM on the wasm heap, for kernels that need one product per step of a loop (the
+ * GRU's state product): `c = a op(b) + beta c`, row-major, `a` `[m, k]`, `op(b)` `[k, n]`
+ * (`b` stored `[n, k]` when `transB`), all given as byte offsets on `backend`'s heap.
+ * `accepts` says whether the product is large enough to pay for the call. The native BLAS
+ * (`_blas.ts`, Deno only) installs one while it is active.
+ */
+export interface HeapGemm {
+  accepts(m: number, n: number, k: number): boolean;
+  run(
+    backend: unknown,
+    a: number,
+    b: number,
+    c: number,
+    m: number,
+    n: number,
+    k: number,
+    transB: boolean,
+    beta: number,
+  ): void;
+}
+
+let heapGemm: HeapGemm | null = null;
+
+/** Installs (or, with null, removes) the {@linkcode HeapGemm}. */
+export function setHeapGemm(gemm: HeapGemm | null): void {
+  heapGemm = gemm;
+}
+
+/** The installed {@linkcode HeapGemm} when it takes an `m x k x n` product, else null. */
+export function heapGemmFor(m: number, n: number, k: number): HeapGemm | null {
+  return heapGemm?.accepts(m, n, k) ? heapGemm : null;
 }
 
 /**

@@ -10,6 +10,8 @@ import {
   useNativeBlas,
 } from "../backends/_blas.ts";
 import { Sigma } from "../lib/models/sigma.ts";
+import { createGru, gatedCategoryGru } from "../lib/nn/gru.ts";
+import { ParamStore } from "../lib/nn/params.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { assert, assertThrows } from "./_assert.ts";
 import {
@@ -163,6 +165,63 @@ Deno.test({
     assertFlatTensorCount(model, numItems, "wasm + native BLAS");
     assert(nativeBlasCalls() > before, "the training steps never reached the native BLAS");
     model.params.dispose();
+    useNativeBlas("off");
+  },
+});
+
+Deno.test({
+  name:
+    "the wasm GRU kernels with each position's state product on the native BLAS equal plain wasm's",
+  ignore,
+  fn: async () => {
+    // 8 sequences x 4 categories of width 128: each position's [32, 128] x [128, 384] product
+    // passes the BLAS threshold, so the kernels loop in JavaScript, the products on the BLAS.
+    const [batch, length, k, d] = [8, 6, 4, 128];
+    const run = async (blas: "off" | "auto") => {
+      await selectBackend("wasm", { blas });
+      const p = new ParamStore(3, 0.2);
+      createGru(p, "gru", d, 2);
+      const items = tf.variable(tf.randomNormal([batch, length, d], 0, 1, "float32", 4));
+      // One category (or none, k) per position, as SIGMA's hard interests gate.
+      const gateValues = new Float32Array(batch * length * k);
+      for (let i = 0; i < batch * length; i++) {
+        const j = (i * 7 + 3) % (k + 1);
+        if (j < k) gateValues[i * k + j] = 1;
+      }
+      const gates = tf.variable(tf.tensor3d(gateValues, [batch, length, k]));
+      const { value, grads } = tf.variableGrads(
+        () =>
+          tf.sum(
+            tf.square(
+              gatedCategoryGru(
+                p,
+                "gru",
+                items as tf.Variable<tf.Rank.R3>,
+                gates as tf.Variable<tf.Rank.R3>,
+                2,
+              ),
+            ),
+          ) as tf.Scalar,
+        [items, gates, ...p.list()],
+      );
+      const out = [
+        await value.data(),
+        ...(await Promise.all(Object.values(grads).map((g) => g.data()))),
+      ];
+      tf.dispose([value, ...Object.values(grads), items, gates]);
+      p.dispose();
+      return out as Float32Array[];
+    };
+    const plain = await run("off");
+    const before = nativeBlasCalls();
+    const native = await run("auto");
+    // Two layers, each a product per position forward and backward, at least.
+    assert(nativeBlasCalls() - before >= 4 * length, "the GRU's products did not reach the BLAS");
+    plain.forEach((a, i) => {
+      const scale = Math.max(1, maxAbs(a));
+      const diff = maxAbsDiff(a, native[i]);
+      assert(diff <= 5e-5 * scale, `output ${i}: off by ${diff} (scale ${scale})`);
+    });
     useNativeBlas("off");
   },
 });

@@ -292,6 +292,41 @@ int gru_scratch_floats(int M, int d, int backward) {
   return backward ? (3 * d + 5 * M) * d : 4 * M * d;
 }
 
+// Position t of gru_forward, once hh = h W_h is in the scratch (there, or by the native
+// BLAS from JavaScript, backends/_wasm_gru.ts): the gates, the outputs, h moved on.
+EXPORT("gru_forward_step")
+void gru_forward_step(const float *restrict xi, const float *restrict gates,
+                      const float *restrict bh, float *restrict states, float *restrict prev,
+                      float *restrict acts, int B, int L, int k, int xiK, int d, float *scratch,
+                      int t) {
+  const int M = B * k, d3 = 3 * d;
+  float *restrict h = scratch;
+  const float *restrict hh = h + M * d;
+  for (int m = 0; m < M; m++) {
+    const int b = m / k, j = m - b * k;
+    const int row = (b * L + t) * k + j;
+    const float *restrict x = xi + ((b * L + t) * xiK + (xiK == 1 ? 0 : j)) * d3;
+    const float *restrict s = hh + m * d3;
+    const float g = gates[row];
+    float *restrict hm = h + m * d;
+    float *restrict out = states + row * d, *restrict before = prev + row * d;
+    float *restrict a = acts + row * 4 * d;
+    for (int u = 0; u < d; u++) {
+      const float an = s[2 * d + u] + bh[2 * d + u];
+      const float r = sigmoid(x[u] + (s[u] + bh[u]));
+      const float z = sigmoid(x[d + u] + (s[d + u] + bh[d + u]));
+      const float n = tanh_(x[2 * d + u] + r * an);
+      const float hu = hm[u];
+      // h + gate * (GRU(h) - h), as the composed path computes it.
+      const float next = hu + g * (((1.0f - z) * n + z * hu) - hu);
+      before[u] = hu;
+      out[u] = next;
+      hm[u] = next;
+      a[u] = r, a[d + u] = z, a[2 * d + u] = n, a[3 * d + u] = an;
+    }
+  }
+}
+
 // Forward: xi [B, L, xiK, 3d] (the input projection with its bias; xiK = 1 broadcasts over
 // categories), gates [B, L, k], wh [d, 3d], bh [3d] -> states, prev [B, L, k, d] (the
 // state after and before each step), acts [B, L, k, 4d] (r, z, n, W_hn h + b_hn).
@@ -306,28 +341,52 @@ void gru_forward(const float *restrict xi, const float *restrict gates,
   for (int i = 0; i < M * d; i++) h[i] = 0.0f;
   for (int t = 0; t < L; t++) {
     gemm(h, d, 1, wh, d3, hh, M, d3, d);  // hh = h W_h, [M, 3d]
-    for (int m = 0; m < M; m++) {
-      const int b = m / k, j = m - b * k;
-      const int row = (b * L + t) * k + j;
-      const float *restrict x = xi + ((b * L + t) * xiK + (xiK == 1 ? 0 : j)) * d3;
-      const float *restrict s = hh + m * d3;
-      const float g = gates[row];
-      float *restrict hm = h + m * d;
-      float *restrict out = states + row * d, *restrict before = prev + row * d;
-      float *restrict a = acts + row * 4 * d;
-      for (int u = 0; u < d; u++) {
-        const float an = s[2 * d + u] + bh[2 * d + u];
-        const float r = sigmoid(x[u] + (s[u] + bh[u]));
-        const float z = sigmoid(x[d + u] + (s[d + u] + bh[d + u]));
-        const float n = tanh_(x[2 * d + u] + r * an);
-        const float hu = hm[u];
-        // h + gate * (GRU(h) - h), as the composed path computes it.
-        const float next = hu + g * (((1.0f - z) * n + z * hu) - hu);
-        before[u] = hu;
-        out[u] = next;
-        hm[u] = next;
-        a[u] = r, a[d + u] = z, a[2 * d + u] = n, a[3 * d + u] = an;
-      }
+    gru_forward_step(xi, gates, bh, states, prev, acts, B, L, k, xiK, d, scratch, t);
+  }
+}
+
+// Position t of gru_backward before its product: from dy and the carried gradient, this
+// step's dhh, dxi and dgate, dhh's rows packed into the scratch and the gradient's direct
+// part (straight into the previous state) beside them. The caller then forms the carry
+// for position t - 1: dhh W_h^T + direct (there, or by the native BLAS from JavaScript).
+EXPORT("gru_backward_step")
+void gru_backward_step(const float *restrict dy, const float *restrict prev,
+                       const float *restrict acts, const float *restrict gates,
+                       float *restrict dhh, float *restrict dxi, float *restrict dgate, int B,
+                       int L, int k, int d, float *scratch, int t) {
+  const int M = B * k, d3 = 3 * d;
+  const float *restrict carry = scratch + d3 * d;
+  float *restrict dhhT = scratch + d3 * d + M * d, *restrict direct = dhhT + M * d3;
+  for (int m = 0; m < M; m++) {
+    const int b = m / k, j = m - b * k;
+    const int row = (b * L + t) * k + j;
+    const float g = gates[row];
+    const float *restrict dyr = dy + row * d, *restrict c = carry + m * d;
+    const float *restrict hp = prev + row * d, *restrict a = acts + row * 4 * d;
+    float *restrict o = dhh + row * d3, *restrict x = dxi + row * d3;
+    float *restrict p = dhhT + m * d3, *restrict dir = direct + m * d;
+    float part = 0.0f;  // d gate: sum over units, in unit order
+    for (int u = 0; u < d; u++) {
+      const float dOut = dyr[u] + c[u];
+      const float z = a[d + u], n = a[2 * d + u], h = hp[u];
+      part += dOut * (((1.0f - z) * n + z * h) - h);
+    }
+    dgate[row] = part;
+    for (int u = 0; u < d; u++) {
+      const float dOut = dyr[u] + c[u];
+      const float r = a[u], z = a[d + u], n = a[2 * d + u], hn = a[3 * d + u];
+      const float h = hp[u];
+      const float dMoved = dOut * g;
+      const float dn = dMoved * (1.0f - z);
+      const float dz = dMoved * (h - n);
+      const float dnPre = dn * (1.0f - n * n);  // through tanh
+      const float drPre = (dnPre * hn) * (r * (1.0f - r));  // through sigmoid
+      const float dzPre = dz * (z * (1.0f - z));
+      const float dhn = dnPre * r;
+      o[u] = drPre, o[d + u] = dzPre, o[2 * d + u] = dhn;
+      x[u] = drPre, x[d + u] = dzPre, x[2 * d + u] = dnPre;
+      p[u] = drPre, p[d + u] = dzPre, p[2 * d + u] = dhn;
+      dir[u] = dOut * ((1.0f - g) + g * z);  // straight into the previous state
     }
   }
 }
@@ -351,38 +410,7 @@ void gru_backward(const float *restrict dy, const float *restrict prev,
   }
   for (int i = 0; i < M * d; i++) carry[i] = 0.0f;
   for (int t = L - 1; t >= 0; t--) {
-    for (int m = 0; m < M; m++) {
-      const int b = m / k, j = m - b * k;
-      const int row = (b * L + t) * k + j;
-      const float g = gates[row];
-      const float *restrict dyr = dy + row * d, *restrict c = carry + m * d;
-      const float *restrict hp = prev + row * d, *restrict a = acts + row * 4 * d;
-      float *restrict o = dhh + row * d3, *restrict x = dxi + row * d3;
-      float *restrict p = dhhT + m * d3, *restrict dir = direct + m * d;
-      float part = 0.0f;  // d gate: sum over units, in unit order
-      for (int u = 0; u < d; u++) {
-        const float dOut = dyr[u] + c[u];
-        const float z = a[d + u], n = a[2 * d + u], h = hp[u];
-        part += dOut * (((1.0f - z) * n + z * h) - h);
-      }
-      dgate[row] = part;
-      for (int u = 0; u < d; u++) {
-        const float dOut = dyr[u] + c[u];
-        const float r = a[u], z = a[d + u], n = a[2 * d + u], hn = a[3 * d + u];
-        const float h = hp[u];
-        const float dMoved = dOut * g;
-        const float dn = dMoved * (1.0f - z);
-        const float dz = dMoved * (h - n);
-        const float dnPre = dn * (1.0f - n * n);  // through tanh
-        const float drPre = (dnPre * hn) * (r * (1.0f - r));  // through sigmoid
-        const float dzPre = dz * (z * (1.0f - z));
-        const float dhn = dnPre * r;
-        o[u] = drPre, o[d + u] = dzPre, o[2 * d + u] = dhn;
-        x[u] = drPre, x[d + u] = dzPre, x[2 * d + u] = dnPre;
-        p[u] = drPre, p[d + u] = dzPre, p[2 * d + u] = dhn;
-        dir[u] = dOut * ((1.0f - g) + g * z);  // straight into the previous state
-      }
-    }
+    gru_backward_step(dy, prev, acts, gates, dhh, dxi, dgate, B, L, k, d, scratch, t);
     gemm(dhhT, d3, 1, wht, d, carry, M, d, d3);  // ... and through W_h: dhh W_h^T
     for (int i = 0; i < M * d; i++) carry[i] += direct[i];
   }
