@@ -517,6 +517,23 @@ export function setMatMulAccelerator(accelerator: MatMulAccelerator | null): voi
 }
 
 /**
+ * Registers `kernels` for wasm when the active backend is wasm with bmm.wasm bound to its
+ * heap (tfjs's threaded build); idempotent (the first kernel's presence says it is done),
+ * and a no-op elsewhere, so that the composed ops run where bmm.wasm cannot.
+ *
+ * @returns Whether the kernels are registered for wasm.
+ */
+export function registerWithBmm(kernels: [string, tf.KernelFunc][]): boolean {
+  if (tf.getKernel(kernels[0][0], "wasm") !== undefined) return true;
+  if (tf.getBackend() !== "wasm") return false;
+  if (!bmmFor(tf.backend() as unknown as WasmBackendInternals)) return false;
+  for (const [kernelName, kernelFunc] of kernels) {
+    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
+  }
+  return true;
+}
+
+/**
  * A native GEMM on the wasm heap, for kernels that need one product per step of a loop (the
  * GRU's state product): `c = a op(b) + beta c`, row-major, `a` `[m, k]`, `op(b)` `[k, n]`
  * (`b` stored `[n, k]` when `transB`), all given as byte offsets on `backend`'s heap.

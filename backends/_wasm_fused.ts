@@ -15,7 +15,13 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL } from "../lib/nn/fused.ts";
-import { type Bmm, bmmFor, offsetOf, type WasmBackendInternals } from "./_kernels.ts";
+import {
+  type Bmm,
+  bmmFor,
+  offsetOf,
+  registerWithBmm,
+  type WasmBackendInternals,
+} from "./_kernels.ts";
 
 type Info = tf.TensorInfo;
 
@@ -81,21 +87,14 @@ function layerNormGrad(args: Parameters<tf.KernelFunc>[0]): Info[] {
 }
 
 /**
- * Registers the wasm LayerNorm kernels when the active backend is wasm with bmm.wasm bound
- * to its heap; idempotent, and a no-op elsewhere. Called by `backends/mod.ts` once wasm runs.
+ * Registers the wasm LayerNorm kernels where bmm.wasm runs (`registerWithBmm`). Called by
+ * `backends/mod.ts` once wasm runs.
  *
  * @returns Whether the kernels are registered for wasm.
  */
 export function registerWasmFused(): boolean {
-  if (tf.getKernel(LAYER_NORM_KERNEL, "wasm") !== undefined) return true;
-  if (tf.getBackend() !== "wasm") return false;
-  if (!bmmFor(tf.backend() as unknown as WasmBackendInternals)) return false;
-  const kernels: [string, tf.KernelFunc][] = [
+  return registerWithBmm([
     [LAYER_NORM_KERNEL, layerNorm as tf.KernelFunc],
     [LAYER_NORM_GRAD_KERNEL, layerNormGrad as tf.KernelFunc],
-  ];
-  for (const [kernelName, kernelFunc] of kernels) {
-    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
-  }
-  return true;
+  ]);
 }

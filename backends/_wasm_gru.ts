@@ -22,7 +22,14 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { GRU_BACKWARD_KERNEL, GRU_FORWARD_KERNEL, gruKernelSizes } from "../lib/nn/gru.ts";
-import { type Bmm, bmmFor, heapGemmFor, offsetOf, type WasmBackendInternals } from "./_kernels.ts";
+import {
+  type Bmm,
+  bmmFor,
+  heapGemmFor,
+  offsetOf,
+  registerWithBmm,
+  type WasmBackendInternals,
+} from "./_kernels.ts";
 
 type Info = tf.TensorInfo;
 
@@ -110,21 +117,14 @@ function gruBackward(args: Parameters<tf.KernelFunc>[0]): Info[] {
 }
 
 /**
- * Registers the wasm GRU kernels when the active backend is wasm with bmm.wasm bound to
- * its heap; idempotent, and a no-op elsewhere. Called by `backends/mod.ts` once wasm runs.
+ * Registers the wasm GRU kernels where bmm.wasm runs (`registerWithBmm`). Called by
+ * `backends/mod.ts` once wasm runs.
  *
  * @returns Whether the kernels are registered for wasm.
  */
 export function registerWasmGru(): boolean {
-  if (tf.getKernel(GRU_FORWARD_KERNEL, "wasm") !== undefined) return true;
-  if (tf.getBackend() !== "wasm") return false;
-  if (!bmmFor(tf.backend() as unknown as WasmBackendInternals)) return false;
-  const kernels: [string, tf.KernelFunc][] = [
+  return registerWithBmm([
     [GRU_FORWARD_KERNEL, gruForward as tf.KernelFunc],
     [GRU_BACKWARD_KERNEL, gruBackward as tf.KernelFunc],
-  ];
-  for (const [kernelName, kernelFunc] of kernels) {
-    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
-  }
-  return true;
+  ]);
 }

@@ -113,6 +113,29 @@ async function gruRun(c: GruCase): Promise<Float32Array[]> {
   return values;
 }
 
+/**
+ * A GRU of `layers` layers over padded gates, and `step`, one forward and backward pass of
+ * the sum of its output into every variable (results disposed): for counting kernels.
+ */
+function trainingPass(batch: number, length: number, k: number, d: number, layers: number) {
+  const p = new ParamStore(5, 0.3);
+  createGru(p, "gru", d, layers);
+  const items = variableOf(uniform(batch * length * d, 1), [batch, length, d]);
+  const gates = variableOf(
+    gateValues({ batch, length, k, d, layers, gates: "padded", seed: 2 }),
+    [batch, length, k],
+  );
+  const vars = [items, gates, ...p.list()];
+  const step = () => {
+    const { value, grads } = tf.variableGrads(
+      () => tf.sum(gatedCategoryGru(p, "gru", items, gates, layers)) as tf.Scalar,
+      vars,
+    );
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  return { p, items, gates, step };
+}
+
 /** Largest absolute value. */
 const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
@@ -198,22 +221,8 @@ Deno.test({
   ignore: !wasmKernels,
   fn: async () => {
     await selectBackend("wasm");
-    const [batch, length, k, d, layers] = [4, 30, 3, 16, 2];
-    const p = new ParamStore(5, 0.3);
-    createGru(p, "gru", d, layers);
-    const items = variableOf(uniform(batch * length * d, 1), [batch, length, d]);
-    const gates = variableOf(
-      gateValues({ batch, length, k, d, layers, gates: "padded", seed: 2 }),
-      [batch, length, k],
-    );
-    const vars = [items, gates, ...p.list()];
-    const step = () => {
-      const { value, grads } = tf.variableGrads(
-        () => tf.sum(gatedCategoryGru(p, "gru", items, gates, layers)) as tf.Scalar,
-        vars,
-      );
-      tf.dispose([value, ...Object.values(grads)]);
-    };
+    const layers = 2;
+    const { p, items, gates, step } = trainingPass(4, 30, 3, 16, layers);
     step();
     const before = tf.memory().numTensors;
     const kernelNames = (await tf.profile(step)).kernels.map((kernel) => kernel.name);
@@ -261,22 +270,8 @@ Deno.test({
   ignore: noGpu,
   fn: async () => {
     await selectBackend("webgpu", { webgpuCpuForward: false });
-    const [batch, length, k, d, layers] = [4, 12, 3, 16, 2];
-    const p = new ParamStore(5, 0.3);
-    createGru(p, "gru", d, layers);
-    const items = variableOf(uniform(batch * length * d, 1), [batch, length, d]);
-    const gates = variableOf(
-      gateValues({ batch, length, k, d, layers, gates: "padded", seed: 2 }),
-      [batch, length, k],
-    );
-    const vars = [items, gates, ...p.list()];
-    const step = () => {
-      const { value, grads } = tf.variableGrads(
-        () => tf.sum(gatedCategoryGru(p, "gru", items, gates, layers)) as tf.Scalar,
-        vars,
-      );
-      tf.dispose([value, ...Object.values(grads)]);
-    };
+    const layers = 2;
+    const { p, items, gates, step } = trainingPass(4, 12, 3, 16, layers);
     step(); // compiles the programs
     await tf.backend().read(items.dataId); // the queue has run
     const before = tf.memory().numTensors;
