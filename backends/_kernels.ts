@@ -320,12 +320,13 @@ function wasmDropout(
 }
 
 /**
- * A single product (no batch above 1) with a transpose flag, as tfjs's own `BatchMatMul`
- * of the operands transposed first; null when there is no flag. Why: tfjs-backend-wasm
- * 4.22 takes a slow path for a flagged product that bmm.wasm does not serve (no batch),
- * 440 ms against 24 for `[8000, 128]ᵀ [8000, 384]` on these hosts, and tfjs's own
- * gradients of every dense layer (`dy wᵀ`, `xᵀ dy`) are such products. The transposes are
- * tfjs's `Transpose` kernel; the temporary copies are freed before returning.
+ * A product with a transpose flag that neither the BLAS nor bmm.wasm took (any 2-D one
+ * without the BLAS, batched ones where bmm.wasm does not run), as tfjs's own `BatchMatMul`
+ * of the operands transposed first; null when there is no flag or an operand has rank
+ * under 2. Why: tfjs-backend-wasm 4.22 takes a slow path for flagged products, 440 ms
+ * against 24 for `[8000, 128]ᵀ [8000, 384]` on these hosts, and tfjs's own gradients of
+ * every dense layer (`dy wᵀ`, `xᵀ dy`) are such products. The transposes are tfjs's
+ * `Transpose` kernel; the temporary copies are freed before returning, also on a throw.
  */
 function transposedFirst(
   args: Parameters<tf.KernelFunc>[0],
@@ -334,7 +335,9 @@ function transposedFirst(
   const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
   if (!transposeA && !transposeB) return null;
   const transpose = tf.getKernel("Transpose", "wasm");
-  if (!transpose) return null;
+  const a = args.inputs.a as Info;
+  const b = args.inputs.b as Info;
+  if (!transpose || a.shape.length < 2 || b.shape.length < 2) return null;
   const backend = args.backend as unknown as tf.KernelBackend;
   const flipped = (x: Info): Info => {
     const perm = x.shape.map((_, i) => i);
@@ -342,11 +345,11 @@ function transposedFirst(
     [perm[last - 1], perm[last]] = [perm[last], perm[last - 1]];
     return transpose.kernelFunc({ inputs: { x }, backend, attrs: { perm } }) as Info;
   };
-  const a = args.inputs.a as Info;
-  const b = args.inputs.b as Info;
-  const at = transposeA ? flipped(a) : a;
-  const bt = transposeB ? flipped(b) : b;
+  let at = a;
+  let bt = b;
   try {
+    if (transposeA) at = flipped(a);
+    if (transposeB) bt = flipped(b);
     return product({
       inputs: { a: at, b: bt },
       backend,

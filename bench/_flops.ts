@@ -21,9 +21,10 @@ export function kernelFlops(k: ProfiledKernel): number {
   if (["MatMul", "BatchMatMul", "_FusedMatMul"].includes(k.name)) {
     const a = k.inputShapes[0];
     const out = k.outputShapes[0];
-    if (!a || !out) return 0;
-    const n = out[out.length - 1];
-    const inner = (size(a) * n) / size(out); // K, whatever the transposes
+    if (!a || a.length < 2 || !out || out.length < 2) return 0;
+    // One product of a is [M, K] or [K, M] whatever the transposes, and M is out's rows;
+    // a broadcast over out's batch (a batch of 1) counts once per product all the same.
+    const inner = (a[a.length - 1] * a[a.length - 2]) / out[out.length - 2]; // K
     return 2 * size(out) * inner;
   }
   // Forward (xi, gates, wh, bh) and backward (dy, prev, acts, gates, wh): every state row
