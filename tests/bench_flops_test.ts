@@ -13,7 +13,7 @@ import { createGru, gatedCategoryGru, GRU_FORWARD_KERNEL } from "../lib/nn/gru.t
 import { ParamStore } from "../lib/nn/params.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
-Deno.test("kernelFlops() of a profiled matMul is 2·batch·M·N·K for every transpose", async () => {
+Deno.test("kernelFlops() of a profiled matMul is 2·batch·M·N·K for every transpose and broadcast", async () => {
   await selectBackend("cpu");
   const cases = fc.sample(
     fc.record({
@@ -23,14 +23,19 @@ Deno.test("kernelFlops() of a profiled matMul is 2·batch·M·N·K for every tra
       k: fc.integer({ min: 1, max: 9 }),
       ta: fc.boolean(),
       tb: fc.boolean(),
+      broadcastA: fc.boolean(), // a of batch 1, broadcast over b's
     }),
     200,
   );
-  for (const { batch, m, n, k, ta, tb } of cases) {
-    const a = tf.zeros([batch, ...(ta ? [k, m] : [m, k])]);
+  for (const { batch, m, n, k, ta, tb, broadcastA } of cases) {
+    const a = tf.zeros([broadcastA ? 1 : batch, ...(ta ? [k, m] : [m, k])]);
     const b = tf.zeros([batch, ...(tb ? [n, k] : [k, n])]);
     const { kernels } = await tf.profile(() => tf.matMul(a, b, ta, tb));
-    assertEquals(totalFlops(kernels), 2 * batch * m * n * k, `${batch} ${m} ${n} ${k} ${ta} ${tb}`);
+    assertEquals(
+      totalFlops(kernels),
+      2 * batch * m * n * k,
+      `${batch} ${m} ${n} ${k} ${ta} ${tb} ${broadcastA}`,
+    );
     tf.dispose([a, b]);
   }
 });
