@@ -168,6 +168,7 @@ export interface Bmm {
   gruScratchFloats: (rows: number, d: number, backward: number) => number;
   layerNorm: (...args: number[]) => void;
   broadcastBinary: (...args: number[]) => void;
+  gelu: (...args: number[]) => void;
   layerNormGrad: (...args: number[]) => void;
   philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
@@ -201,6 +202,7 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       gruScratchFloats: e.gru_scratch_floats as Bmm["gruScratchFloats"],
       layerNorm: e.layer_norm as Bmm["layerNorm"],
       broadcastBinary: e.broadcast_binary as Bmm["broadcastBinary"],
+      gelu: e.gelu as Bmm["gelu"],
       layerNormGrad: e.layer_norm_grad as Bmm["layerNormGrad"],
       philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],

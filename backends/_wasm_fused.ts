@@ -1,20 +1,29 @@
 /**
- * LayerNorm with its residual add (`lib/nn/fused.ts`: {@linkcode LAYER_NORM_KERNEL},
- * {@linkcode LAYER_NORM_GRAD_KERNEL}) on the wasm backend: one bmm.wasm call forward and one
- * backward (`layer_norm`, `layer_norm_grad` in `wasm/bmm.c`), the contract of the webgpu
- * programs in `_webgpu_fused.ts`. The composed tfjs ops of `layerNormResidualReference` stay
- * the reference (cpu runs them); `tests/fused_ops_test.ts` compares the two.
+ * LayerNorm with its residual add and the two GELUs (`lib/nn/fused.ts`:
+ * {@linkcode LAYER_NORM_KERNEL}, {@linkcode GELU_KERNEL}, {@linkcode GELU_TANH_KERNEL} and
+ * their gradients) on the wasm backend: one bmm.wasm call forward and one backward
+ * (`layer_norm`, `layer_norm_grad`, `gelu` in `wasm/bmm.c`), the contract and formulas of
+ * the webgpu programs in `_webgpu_fused.ts`. The composed tfjs ops (`layerNormResidual-
+ * Reference`, `geluReference`, `geluTanhReference`) stay the reference (cpu runs them);
+ * `tests/fused_ops_test.ts` compares the two.
  *
- * Why: composed, a LayerNorm is 9 tfjs kernels forward and about 20 backward, each a pass
- * over the tensor with tfjs-backend-wasm's per-op cost; every block of every model has two
- * or three.
+ * Why: composed, a LayerNorm is 9 tfjs kernels forward and about 20 backward, a GELU 4-6
+ * and about 15, each a pass over the tensor with tfjs-backend-wasm's per-op cost; every
+ * block of every model has two or three LayerNorms and a GELU.
  *
  * Registered only once a wasm backend with bmm.wasm runs (tfjs's threaded build).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL } from "../lib/nn/fused.ts";
+import {
+  GELU_GRAD_KERNEL,
+  GELU_KERNEL,
+  GELU_TANH_GRAD_KERNEL,
+  GELU_TANH_KERNEL,
+  LAYER_NORM_GRAD_KERNEL,
+  LAYER_NORM_KERNEL,
+} from "../lib/nn/fused.ts";
 import {
   type Bmm,
   bmmFor,
@@ -86,8 +95,22 @@ function layerNormGrad(args: Parameters<tf.KernelFunc>[0]): Info[] {
   return [dx, dgamma, dbeta];
 }
 
+/** The GELU kernels: `tanh` picks the form, `dy` present makes it the gradient. */
+function geluKernel(tanh: boolean) {
+  return (args: Parameters<tf.KernelFunc>[0]): Info => {
+    const { x, dy } = args.inputs as Record<string, Info | undefined>;
+    const backend = args.backend as unknown as WasmBackendInternals;
+    const bmm = bmmOf(backend);
+    const y = backend.makeOutput(x!.shape, "float32");
+    const at = (t: Info) => offsetOf(backend, t);
+    const n = tf.util.sizeFromShape(x!.shape);
+    bmm.gelu(at(x!), dy ? at(dy) : at(x!), at(y), n, tanh ? 1 : 0, dy ? 1 : 0);
+    return y;
+  };
+}
+
 /**
- * Registers the wasm LayerNorm kernels where bmm.wasm runs (`registerWithBmm`). Called by
+ * Registers the wasm LayerNorm and GELU kernels where bmm.wasm runs (`registerWithBmm`). Called by
  * `backends/mod.ts` once wasm runs.
  *
  * @returns Whether the kernels are registered for wasm.
@@ -96,5 +119,9 @@ export function registerWasmFused(): boolean {
   return registerWithBmm([
     [LAYER_NORM_KERNEL, layerNorm as tf.KernelFunc],
     [LAYER_NORM_GRAD_KERNEL, layerNormGrad as tf.KernelFunc],
+    [GELU_KERNEL, geluKernel(false) as tf.KernelFunc],
+    [GELU_GRAD_KERNEL, geluKernel(false) as tf.KernelFunc],
+    [GELU_TANH_KERNEL, geluKernel(true) as tf.KernelFunc],
+    [GELU_TANH_GRAD_KERNEL, geluKernel(true) as tf.KernelFunc],
   ]);
 }

@@ -30,6 +30,10 @@ import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const noGpu = (await probeWebGpu()) === null;
+await selectBackend("wasm");
+/** Whether this process's wasm backend runs bmm.wasm, and so its LayerNorm and GELU kernels. */
+const wasmKernels = bmmActive();
+await selectBackend("cpu");
 
 // --------------------------------------------------------------- the code replaced
 
@@ -139,21 +143,19 @@ const smallLayerNormCase = fc.record({
 
 // ------------------------------------------------------------- cpu and wasm: unchanged
 
-Deno.test("layerNormResidual() and geluFused() on cpu, and geluFused() on wasm, are today's composed ops, bit for bit, values and gradients (2 x 40 cases)", async () => {
-  for (const backend of ["cpu", "wasm"] as const) {
+Deno.test("layerNormResidual() and geluFused() on cpu are today's composed ops, bit for bit, values and gradients (40 cases)", async () => {
+  for (const backend of ["cpu"] as const) {
     await selectBackend(backend);
-    // No GELU kernel there, and no LayerNorm kernel on cpu: the reference path. wasm runs
-    // LayerNorm on bmm.wasm (compared with cpu's in the next test).
-    if (backend === "cpu") assertEquals(tf.getKernel(LAYER_NORM_KERNEL, backend), undefined);
+    // No kernel there: the reference path. (wasm runs them on bmm.wasm: compared with cpu's
+    // below, within tolerances.)
+    assertEquals(tf.getKernel(LAYER_NORM_KERNEL, backend), undefined);
     assertEquals(tf.getKernel(GELU_KERNEL, backend), undefined);
     await fc.assert(
       fc.asyncProperty(smallLayerNormCase, async (c) => {
-        if (backend === "cpu") {
-          const fused = await layerNormRun(layerNormResidual, c);
-          const today = await layerNormRun(todaysLayerNorm, c);
-          assertEquals(fused.length, today.length);
-          fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
-        }
+        const fused = await layerNormRun(layerNormResidual, c);
+        const today = await layerNormRun(todaysLayerNorm, c);
+        assertEquals(fused.length, today.length);
+        fused.forEach((a, i) => assertEquals(bits(a), bits(today[i]), `${backend} output ${i}`));
         const size = c.shape.reduce((a, b) => a * b, 1);
         const xs = uniform(size, c.seed, -8, 8);
         const dy = uniform(size, c.seed + 5, -1, 1);
@@ -222,8 +224,8 @@ function geluTanhInputs(n: number, seed: number): Float32Array {
   return Float32Array.from([...uniform(n, seed, -12, 12), ...tails]);
 }
 
-Deno.test("geluTanhFused() on cpu and wasm is today's composed geluTanh, bit for bit, value and gradient (2 x 40 cases)", async () => {
-  for (const backend of ["cpu", "wasm"] as const) {
+Deno.test("geluTanhFused() on cpu is today's composed geluTanh, bit for bit, value and gradient (40 cases)", async () => {
+  for (const backend of ["cpu"] as const) {
     await selectBackend(backend);
     assertEquals(tf.getKernel(GELU_TANH_KERNEL, backend), undefined);
     await fc.assert(
@@ -421,35 +423,46 @@ Deno.test({
   },
 });
 
+/** `geluFused` on `backend` against the composed ops on cpu, `runs` random cases. */
+async function assertGeluMatchesCpu(backend: "webgpu" | "wasm", runs: number) {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 3000 }),
+      fc.integer({ min: 1, max: 2 ** 30 }),
+      async (n, seed) => {
+        const xs = uniform(n, seed, -10, 10);
+        const dy = uniform(n, seed + 1, -1, 1);
+        await selectBackend("cpu");
+        const [y, dx] = await geluRun(geluReference, xs, dy);
+        await selectBackend(backend, { webgpuCpuForward: false });
+        const [yf, dxf] = await geluRun(geluFused, xs, dy);
+        // tfjs's Erf (cpu) is Abramowitz-Stegun 7.1.26, 1.5e-7 absolute error; the
+        // kernels' erf is float32-accurate. So they may differ by 1.5e-7 in erf, i.e.
+        // 0.75e-7 |x| in GELU and 0.75e-7 (1 + |x|) |dy| in its gradient (|dy| <= 1),
+        // plus a few roundings of values up to |x|.
+        for (let i = 0; i < n; i++) {
+          const bound = 4e-7 * (1 + Math.abs(xs[i]));
+          assert(Math.abs(yf[i] - y[i]) <= bound, `gelu(${xs[i]}): ${yf[i]} vs ${y[i]}`);
+          assert(Math.abs(dxf[i] - dx[i]) <= bound, `gelu'(${xs[i]}): ${dxf[i]} vs ${dx[i]}`);
+        }
+      },
+    ),
+    { numRuns: runs },
+  );
+  await selectBackend("cpu");
+}
+
 Deno.test({
   name: "geluFused() on webgpu: value and gradient equal the composed ops on cpu (15 random cases)",
   ignore: noGpu,
-  fn: async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.integer({ min: 1, max: 3000 }),
-        fc.integer({ min: 1, max: 2 ** 30 }),
-        async (n, seed) => {
-          const xs = uniform(n, seed, -10, 10);
-          const dy = uniform(n, seed + 1, -1, 1);
-          await selectBackend("cpu");
-          const [y, dx] = await geluRun(geluReference, xs, dy);
-          await selectBackend("webgpu", { webgpuCpuForward: false });
-          const [yf, dxf] = await geluRun(geluFused, xs, dy);
-          // tfjs's Erf (cpu) is Abramowitz-Stegun 7.1.26, 1.5e-7 absolute error; the
-          // WGSL erf is float32-accurate. So they may differ by 1.5e-7 in erf, i.e.
-          // 0.75e-7 |x| in GELU and 0.75e-7 (1 + |x|) |dy| in its gradient (|dy| <= 1),
-          // plus a few roundings of values up to |x|.
-          for (let i = 0; i < n; i++) {
-            const bound = 4e-7 * (1 + Math.abs(xs[i]));
-            assert(Math.abs(yf[i] - y[i]) <= bound, `gelu(${xs[i]}): ${yf[i]} vs ${y[i]}`);
-            assert(Math.abs(dxf[i] - dx[i]) <= bound, `gelu'(${xs[i]}): ${dxf[i]} vs ${dx[i]}`);
-          }
-        },
-      ),
-      { numRuns: 15 },
-    );
-  },
+  fn: () => assertGeluMatchesCpu("webgpu", 15),
+});
+
+Deno.test({
+  name:
+    "geluFused() on wasm (bmm.wasm): value and gradient equal the composed ops on cpu (60 random cases)",
+  ignore: !wasmKernels,
+  fn: () => assertGeluMatchesCpu("wasm", 60),
 });
 
 /**
@@ -477,35 +490,46 @@ function geluTanhTolerances(x: number, dy: number): [number, number] {
   return [y, grad];
 }
 
+/** `geluTanhFused` on `backend` against the composed ops on cpu, `runs` random cases. */
+async function assertGeluTanhMatchesCpu(backend: "webgpu" | "wasm", runs: number) {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 3000 }),
+      fc.integer({ min: 1, max: 2 ** 30 }),
+      async (n, seed) => {
+        const xs = geluTanhInputs(n, seed);
+        const dy = uniform(xs.length, seed + 1, -1, 1);
+        await selectBackend("cpu");
+        const [y, dx] = await geluRun(geluTanhReference, xs, dy);
+        await selectBackend(backend, { webgpuCpuForward: false });
+        const [yf, dxf] = await geluRun(geluTanhFused, xs, dy);
+        for (let i = 0; i < xs.length; i++) {
+          const [ty, tdx] = geluTanhTolerances(xs[i], dy[i]);
+          assert(Math.abs(yf[i] - y[i]) <= ty, `geluTanh(${xs[i]}): ${yf[i]} vs ${y[i]}`);
+          assert(
+            Math.abs(dxf[i] - dx[i]) <= tdx,
+            `geluTanh'(${xs[i]}) dy ${dy[i]}: ${dxf[i]} vs ${dx[i]} (tolerance ${tdx})`,
+          );
+        }
+      },
+    ),
+    { numRuns: runs },
+  );
+  await selectBackend("cpu");
+}
+
 Deno.test({
   name:
     "geluTanhFused() on webgpu: value and gradient equal the composed ops on cpu, tails included (15 random cases)",
   ignore: noGpu,
-  fn: async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.integer({ min: 1, max: 3000 }),
-        fc.integer({ min: 1, max: 2 ** 30 }),
-        async (n, seed) => {
-          const xs = geluTanhInputs(n, seed);
-          const dy = uniform(xs.length, seed + 1, -1, 1);
-          await selectBackend("cpu");
-          const [y, dx] = await geluRun(geluTanhReference, xs, dy);
-          await selectBackend("webgpu", { webgpuCpuForward: false });
-          const [yf, dxf] = await geluRun(geluTanhFused, xs, dy);
-          for (let i = 0; i < xs.length; i++) {
-            const [ty, tdx] = geluTanhTolerances(xs[i], dy[i]);
-            assert(Math.abs(yf[i] - y[i]) <= ty, `geluTanh(${xs[i]}): ${yf[i]} vs ${y[i]}`);
-            assert(
-              Math.abs(dxf[i] - dx[i]) <= tdx,
-              `geluTanh'(${xs[i]}) dy ${dy[i]}: ${dxf[i]} vs ${dx[i]} (tolerance ${tdx})`,
-            );
-          }
-        },
-      ),
-      { numRuns: 15 },
-    );
-  },
+  fn: () => assertGeluTanhMatchesCpu("webgpu", 15),
+});
+
+Deno.test({
+  name:
+    "geluTanhFused() on wasm (bmm.wasm): value and gradient equal the composed ops on cpu, tails included (60 random cases)",
+  ignore: !wasmKernels,
+  fn: () => assertGeluTanhMatchesCpu("wasm", 60),
 });
 
 Deno.test({

@@ -394,6 +394,7 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
     [
       "bmm",
       "broadcast_binary",
+      "gelu",
       "gru_backward",
       "gru_backward_step",
       "gru_forward",

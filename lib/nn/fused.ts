@@ -8,10 +8,11 @@
  * LayerNorm forward and backward is 31 dispatches (32 with the residual add) and a GELU 15;
  * as kernels they are 2 and 2, and a tanh GELU 2 (`tests/fused_ops_test.ts` counts them).
  * `backends/_webgpu_fused.ts` registers WGSL programs under these names for the webgpu
- * backend, and `backends/_wasm_fused.ts` the LayerNorm pair for wasm (bmm.wasm, on tfjs's
- * threaded build). Where the active backend has no such kernel (cpu; wasm for the GELUs),
- * each function returns exactly the op sequence `lib/nn/layers.ts` used before, so results
- * there stay bit for bit what they were. Tests check that both paths agree.
+ * backend, and `backends/_wasm_fused.ts` the LayerNorm and GELU kernels for wasm (bmm.wasm,
+ * on tfjs's threaded build). Where the active backend has no such kernel (cpu, wasm's
+ * single-threaded build), each function returns exactly the op sequence `lib/nn/layers.ts`
+ * used before, so results there stay bit for bit what they were. Tests check that both
+ * paths agree.
  *
  * @module
  */
@@ -185,8 +186,8 @@ export function geluReference(x: Tensor): Tensor {
 /**
  * The exact (erf) GELU `x Φ(x) = 0.5 x (1 + erf(x / √2))`, element-wise, any shape.
  *
- * Where the active backend has the kernels (webgpu) this is one dispatch forward and one
- * backward, with an erf accurate to float32 (tfjs's own `Erf` is the Abramowitz-Stegun
+ * Where the active backend has the kernels (webgpu, threaded wasm) this is one kernel call
+ * forward and one backward, with an erf accurate to float32 (tfjs's own `Erf` is the Abramowitz-Stegun
  * 7.1.26 fit, 1.5e-7 absolute error); elsewhere, and for non-float32 input, it is
  * {@linkcode geluReference}.
  *
@@ -221,8 +222,8 @@ export function geluTanhReference(x: Tensor): Tensor {
  * The tanh-approximated GELU `0.5 x (1 + tanh(sqrt(2/π)(x + 0.044715 x³)))` (DiffuRec's,
  * the authors' code), element-wise, any shape.
  *
- * Where the active backend has the kernels (webgpu) this is one dispatch forward and one
- * backward instead of 6 and about 15, the sigmoid taken in a form that neither overflows
+ * Where the active backend has the kernels (webgpu, threaded wasm) this is one kernel call
+ * forward and one backward instead of 6 and about 15, the sigmoid taken in a form that neither overflows
  * nor cancels; elsewhere, and for non-float32 input, it is {@linkcode geluTanhReference},
  * so cpu and wasm compute bit for bit what they did.
  *
