@@ -223,9 +223,9 @@ export function geluTanhReference(x: Tensor): Tensor {
  * the authors' code), element-wise, any shape.
  *
  * Where the active backend has the kernels (webgpu, threaded wasm) this is one kernel call
- * forward and one backward instead of 6 and about 15, the sigmoid taken in a form that neither overflows
- * nor cancels; elsewhere, and for non-float32 input, it is {@linkcode geluTanhReference},
- * so cpu and wasm compute bit for bit what they did.
+ * forward and one backward instead of 6 and about 15, the sigmoid taken in a form that
+ * neither overflows nor cancels; elsewhere, and for non-float32 input, it is
+ * {@linkcode geluTanhReference}, so cpu computes bit for bit what it did.
  *
  * @example Usage
  * ```ts
