@@ -642,23 +642,52 @@ Deno.test({
       // tf.erf is within 1.5e-7 of erf (absolute), so within that plus roundings of ours.
       assert(Math.abs(ours[i] - tfErf[i]) <= 3e-7, `erf(${xs[i]}): ${ours[i]} vs tf ${tfErf[i]}`);
     }
-    // GELU and its derivative keep their relative accuracy where 1 + erf(x/√2) would
-    // cancel (down to x = -10, GELU -7.6e-23), which the composed ops lose entirely: the
-    // fit's 1.2e-7 and a few roundings, within 2e-6 (worst seen on llvmpipe: 7.6e-7). The
-    // derivative Φ(x) + x φ(x) is a difference, so its error is measured against the size
-    // of its terms (worst seen: 3.4e-7).
-    for (const [i, x] of grid.entries()) {
-      const exact = gelu64(x);
-      if (exact !== 0) {
-        const error = Math.abs(geluOurs[i] - exact);
-        assert(error <= 2e-6 * Math.abs(exact), `gelu(${x}) = ${geluOurs[i]}, exact ${exact}`);
-      }
-      const exactGrad = geluGrad64(x);
-      const scale = Math.abs(exactGrad) +
-        Math.abs(x * Math.exp(-x * x / 2)) / Math.sqrt(2 * Math.PI);
-      const error = Math.abs(geluGradOurs[i] - exactGrad);
-      assert(error <= 2e-6 * scale, `gelu'(${x}) = ${geluGradOurs[i]}, exact ${exactGrad}`);
+    assertGeluKeepsItsTail(grid, geluOurs, geluGradOurs);
+  },
+});
+
+/**
+ * GELU and its derivative keep their relative accuracy where 1 + erf(x/√2) would cancel
+ * (down to x = -10, GELU -7.6e-23), which the composed ops lose entirely: the erfc fit's
+ * 1.2e-7 and a few roundings, within 2e-6 (worst seen on llvmpipe: 7.6e-7). The derivative
+ * Φ(x) + x φ(x) is a difference, so its error is measured against the size of its terms
+ * (worst seen: 3.4e-7).
+ */
+function assertGeluKeepsItsTail(grid: Float32Array, gelu: Float32Array, geluGrad: Float32Array) {
+  for (const [i, x] of grid.entries()) {
+    const exact = gelu64(x);
+    if (exact !== 0) {
+      const error = Math.abs(gelu[i] - exact);
+      assert(error <= 2e-6 * Math.abs(exact), `gelu(${x}) = ${gelu[i]}, exact ${exact}`);
     }
+    const exactGrad = geluGrad64(x);
+    const scale = Math.abs(exactGrad) + Math.abs(x * Math.exp(-x * x / 2)) / Math.sqrt(2 * Math.PI);
+    const error = Math.abs(geluGrad[i] - exactGrad);
+    assert(error <= 2e-6 * scale, `gelu'(${x}) = ${geluGrad[i]}, exact ${exactGrad}`);
+  }
+}
+
+Deno.test({
+  name:
+    "the wasm GELU (bmm.wasm) keeps its left tail on [-10, 10] and gives 0 from |x| = 16 on the left, x on the right",
+  ignore: !wasmKernels,
+  fn: async () => {
+    const grid = Float32Array.from({ length: 20001 }, (_, i) => -10 + i / 1000);
+    await selectBackend("wasm");
+    const [gelu, geluGrad] = tf.tidy(() => {
+      const x = tf.tensor1d(grid);
+      return [geluFused(x).dataSync(), tf.grad(geluFused)(x).dataSync()] as Float32Array[];
+    });
+    assertGeluKeepsItsTail(grid, gelu, geluGrad);
+    // Past |x| = 16 (z = 11.3) φ is 0 in float32 and Φ is 0 or 1: the kernel's selects.
+    const far = Float32Array.from([-40, -16.5, -16, 16, 16.5, 40]);
+    const [y, dy] = tf.tidy(() => {
+      const x = tf.tensor1d(far);
+      return [geluFused(x).dataSync(), tf.grad(geluFused)(x).dataSync()] as Float32Array[];
+    });
+    assertEquals([...y], [-0, -0, -0, 16, 16.5, 40]);
+    assertEquals([...dy], [0, 0, 0, 1, 1, 1]);
+    await selectBackend("cpu");
   },
 });
 

@@ -508,10 +508,13 @@ void broadcast_binary(const float *restrict a, const float *restrict b, float *r
 // with v^2 split so that it is not rounded, the tanh GELU's sigmoid from exp(-|a|).
 
 // exp(-scale v^2) for scale 1 or 1/2: v^2 = vh^2 + (v - vh)(v + vh), vh v's top 12 bits.
+// 0 from |v| = 16 on. Branch-free (a select), as are the helpers below, so that the GELU
+// loops vectorise: the scalar loop with branches took 22 ns an element forward and 52
+// backward, against about 1 for an add.
 static inline float exp_neg_square(float v, float scale) {
-  if (__builtin_fabsf(v) >= 16.0f) return 0.0f;
   const float vh = __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, v) & 0xfffff000u);
-  return exp_clamped(-scale * vh * vh) * exp_clamped(-scale * (v - vh) * (v + vh));
+  const float e = exp_clamped(-scale * vh * vh) * exp_clamped(-scale * (v - vh) * (v + vh));
+  return __builtin_fabsf(v) >= 16.0f ? 0.0f : e;
 }
 
 // 2/sqrt(pi) (-1)^n / (n! (2n + 1)), n = 0..11, in z^2 (Horner).
@@ -526,12 +529,15 @@ static inline float erfc_fit(float z, float exp_neg_z2) {
   return t * exp_neg_z2 * exp_clamped(-1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f + t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f + t * (0.17087277f))))))))));
 }
 
-// Phi(x), the standard normal CDF, from erfc directly on the far left.
-static inline float normal_cdf(float x) {
+// Phi(x), the standard normal CDF, given e = exp(-x^2 / 2): the series below |z| = 1, erfc
+// beyond (directly on the far left). Both are computed and one selected (no branch); each
+// value is the one the branch would give, and neither produces a NaN the other hides.
+static inline float normal_cdf(float x, float e) {
   const float z = x * 0.7071067811865476f;
-  if (z <= -1.0f) return 0.5f * erfc_fit(-z, exp_neg_square(x, 0.5f));
-  if (z < 1.0f) return 0.5f + 0.5f * erf_series(z);
-  return 1.0f - 0.5f * erfc_fit(z, exp_neg_square(x, 0.5f));
+  const float series = 0.5f + 0.5f * erf_series(z);
+  const float tail = 0.5f * erfc_fit(__builtin_fabsf(z), e);
+  const float outer = z < 0.0f ? tail : 1.0f - tail;
+  return __builtin_fabsf(z) < 1.0f ? series : outer;
 }
 
 // The tanh GELU's s = sigmoid(a), a = x (c0 + c1 x^2), and e = exp(-|a|) (0 past |a| = 87).
@@ -542,28 +548,35 @@ static inline float gelu_tanh_sigmoid(float v, float *e) {
   return a >= 0.0f ? 1.0f / (1.0f + *e) : *e / (1.0f + *e);
 }
 
-// y = gelu(x) (tanh 0: exact, x Phi(x); 1: x sigmoid(a)); with dy (not null): the
-// gradient dy gelu'(x) instead.
+// y = gelu(x) (tanh 0: exact, x Phi(x); 1: x sigmoid(a)); with dy (gradient 1): the
+// gradient dy gelu'(x) instead. One loop a case, each without branches, so each vectorises.
 EXPORT("gelu")
 void gelu(const float *restrict x, const float *restrict dy, float *restrict y, int n,
           int tanh_form, int gradient) {
-  for (int i = 0; i < n; i++) {
-    const float v = x[i];
-    float out;
-    if (tanh_form) {
+  if (tanh_form && !gradient) {
+    for (int i = 0; i < n; i++) {
+      float e;
+      y[i] = x[i] * gelu_tanh_sigmoid(x[i], &e);
+    }
+  } else if (tanh_form) {
+    for (int i = 0; i < n; i++) {
+      const float v = x[i];
       float e;
       const float s = gelu_tanh_sigmoid(v, &e);
-      if (!gradient) {
-        out = v * s;
-      } else {
-        const float slope = 1.5957691216057308f + 3.0f * 0.07135481627260025f * v * v;
-        out = dy[i] * (s + (e == 0.0f ? 0.0f : v * (e / ((1.0f + e) * (1.0f + e))) * slope));
-      }
-    } else {
-      const float phi = normal_cdf(v);
-      out = gradient ? dy[i] * (phi + v * (exp_neg_square(v, 0.5f) * 0.3989422804014327f))
-                     : v * phi;
+      const float slope = 1.5957691216057308f + 3.0f * 0.07135481627260025f * v * v;
+      const float tail = v * (e / ((1.0f + e) * (1.0f + e))) * slope;
+      y[i] = dy[i] * (s + (e == 0.0f ? 0.0f : tail));
     }
-    y[i] = out;
+  } else if (!gradient) {
+    for (int i = 0; i < n; i++) {
+      const float v = x[i];
+      y[i] = v * normal_cdf(v, exp_neg_square(v, 0.5f));
+    }
+  } else {
+    for (int i = 0; i < n; i++) {
+      const float v = x[i];
+      const float e = exp_neg_square(v, 0.5f);
+      y[i] = dy[i] * (normal_cdf(v, e) + v * (e * 0.3989422804014327f));
+    }
   }
 }
