@@ -9,6 +9,15 @@ import * as tf from "@tensorflow/tfjs-core";
 import { historyBatches } from "../data/batches.ts";
 import { type SequentialModel } from "../models/_model.ts";
 import { modelEntry, withInferenceOverrides } from "../models/mod.ts";
+import {
+  checkDiversityWeight,
+  DEFAULT_DIVERSITY_POOL,
+  diversifiedOrder,
+  type DiversityMethod,
+  type PoolSignals,
+  poolSignals,
+  resolveDiversityMethod,
+} from "../eval/diversify.ts";
 import { ParamStore } from "../nn/params.ts";
 import {
   decodeModelFile,
@@ -38,6 +47,21 @@ export interface RecommendOptions {
    * skipping it and listing it in `unknown`. Default false.
    */
   strict?: boolean;
+  /**
+   * How much to trade relevance for variety, a number >= 0. 0 (default): the model's
+   * ranking, exactly. Above 0 the best {@linkcode RecommendOptions.diversityPool} items are
+   * re-ranked so that each next item adds what the list lacks (`lib/eval/diversify.ts`):
+   * the list is then no longer in score order. 1 weighs the two about equally.
+   */
+  diversity?: number;
+  /**
+   * How variety is judged: `auto` (default; `interests` where the model has them, SIGMA,
+   * else `mmr`), `mmr` (item vectors: unlike items), `interests` (the model's interests:
+   * fill the list across them in proportion to their weight).
+   */
+  diversityMethod?: DiversityMethod | "auto";
+  /** Candidates re-ranked when `diversity` is above 0, at least `k`. Default 100. */
+  diversityPool?: number;
 }
 
 /** One recommended item. */
@@ -290,7 +314,7 @@ export class Recommender {
     // loop runs between passes: 256 histories at k = 1000 held a server's loop for 7 s
     // (its /health waited) in one pass.
     let widest = 1;
-    for (const r of rows) widest = Math.max(widest, r.k + r.excluded.size + 1);
+    for (const r of rows) widest = Math.max(widest, r.want + r.excluded.size + 1);
     const batchSize = Math.max(
       1,
       Math.min(this.#batchSize, Math.floor(PASS_BUDGET / Math.min(widest, this.numItems + 1))),
@@ -303,7 +327,7 @@ export class Recommender {
       if (pass > 0) await new Promise((resolve) => setTimeout(resolve, 0));
       // Over-fetch so that excluded items can be dropped on the host and k still remain.
       let fetch = 1;
-      for (const m of members) fetch = Math.max(fetch, rows[m].k + rows[m].excluded.size + 1);
+      for (const m of members) fetch = Math.max(fetch, rows[m].want + rows[m].excluded.size + 1);
       fetch = Math.min(fetch, this.numItems + 1);
       const [values, indices] = tf.tidy(() => {
         const scores = this.model.scores(batch); // [b, N + 1]
@@ -317,13 +341,21 @@ export class Recommender {
       } finally {
         tf.dispose([values, indices]);
       }
+      // The model's view of the fetched items, once per method any row of the pass asks for.
+      const signals = new Map<DiversityMethod, PoolSignals>();
+      for (const m of members) {
+        const method = rows[m].method;
+        if (method && !signals.has(method)) {
+          signals.set(method, await poolSignals(this.model, method, batch, ix));
+        }
+      }
       members.forEach((m, r) => {
-        results[m] = this.#pick(
-          rows[m],
-          v.subarray(r * fetch, (r + 1) * fetch),
-          ix.subarray(r * fetch, (r + 1) * fetch),
-          m,
-        );
+        const row = rows[m];
+        const values = v.subarray(r * fetch, (r + 1) * fetch);
+        const indices = ix.subarray(r * fetch, (r + 1) * fetch);
+        results[m] = row.method
+          ? this.#pickDiverse(row, values, indices, m, signals.get(row.method)!, r, fetch)
+          : this.#pick(row, values, indices, m);
       });
     }
     return results;
@@ -393,7 +425,42 @@ export class Recommender {
       const id = this.#ids.get(token);
       if (id !== undefined) excluded.add(id);
     }
-    return { ids: Int32Array.from(ids), unknown: [...unknown], excluded, k };
+    const diversity = o.diversity ?? 0;
+    // Only a positive weight re-ranks: 0 keeps the model's ranking, bit for bit.
+    const method = diversity > 0
+      ? resolveDiversityMethod(this.model, o.diversityMethod ?? "auto")
+      : undefined;
+    const want = method ? Math.max(k, o.diversityPool ?? DEFAULT_DIVERSITY_POOL) : k;
+    return {
+      ids: Int32Array.from(ids),
+      unknown: [...unknown],
+      excluded,
+      k,
+      diversity,
+      method,
+      want,
+    };
+  }
+
+  /** The row's candidates in score order: fetched columns that are not excluded, checked. */
+  #candidates(
+    row: { excluded: Set<number> },
+    values: Float32Array,
+    indices: Int32Array,
+    index: number,
+    limit: number,
+  ): number[] {
+    const columns: number[] = [];
+    for (let j = 0; j < indices.length && columns.length < limit; j++) {
+      // NaN sorts anywhere in topk; an infinite score would reach JSON as null.
+      if (Number.isNaN(values[j])) throw new RangeError(`history ${index}: the model scored NaN`);
+      if (row.excluded.has(indices[j])) continue;
+      if (!Number.isFinite(values[j])) {
+        throw new RangeError(`history ${index}: the model scored ${values[j]}`);
+      }
+      columns.push(j);
+    }
+    return columns;
   }
 
   #pick(
@@ -402,16 +469,46 @@ export class Recommender {
     indices: Int32Array,
     index: number,
   ): RecommendResult {
-    const items: Recommendation[] = [];
-    for (let j = 0; j < indices.length && items.length < row.k; j++) {
-      // NaN sorts anywhere in topk; an infinite score would reach JSON as null.
-      if (Number.isNaN(values[j])) throw new RangeError(`history ${index}: the model scored NaN`);
-      if (row.excluded.has(indices[j])) continue;
-      if (!Number.isFinite(values[j])) {
-        throw new RangeError(`history ${index}: the model scored ${values[j]}`);
-      }
-      items.push({ item: this.items[indices[j]], score: values[j] });
-    }
+    const items = this.#candidates(row, values, indices, index, row.k).map((j) => ({
+      item: this.items[indices[j]],
+      score: values[j],
+    }));
+    return { items, unknown: row.unknown };
+  }
+
+  /** {@linkcode Recommender.#pick} re-ranked for variety (`diversity` above 0). */
+  #pickDiverse(
+    row: {
+      excluded: Set<number>;
+      k: number;
+      unknown: string[];
+      diversity: number;
+      method?: DiversityMethod;
+      want: number;
+    },
+    values: Float32Array,
+    indices: Int32Array,
+    index: number,
+    signals: PoolSignals,
+    passRow: number,
+    fetch: number,
+  ): RecommendResult {
+    const columns = this.#candidates(row, values, indices, index, row.want);
+    const scores = Float32Array.from(columns, (j) => values[j]);
+    const order = diversifiedOrder(
+      row.method!,
+      signals,
+      passRow,
+      fetch,
+      scores,
+      row.k,
+      row.diversity,
+      (i) => columns[i],
+    );
+    const items = Array.from(order, (i) => ({
+      item: this.items[indices[columns[i]]],
+      score: scores[i],
+    }));
     return { items, unknown: row.unknown };
   }
 }
@@ -428,6 +525,18 @@ function checkOptions(o: RecommendOptions, index: number): void {
   const k = o.k ?? 10;
   if (!Number.isInteger(k) || k < 1) {
     throw new RangeError(`k must be a positive integer, got ${k}`);
+  }
+  if (o.diversity !== undefined) checkDiversityWeight(o.diversity, `${at}: diversity`);
+  if (o.diversityMethod !== undefined && typeof o.diversityMethod !== "string") {
+    throw new TypeError(
+      `${at}: diversityMethod must be a string, got ${JSON.stringify(o.diversityMethod)}`,
+    );
+  }
+  const pool = o.diversityPool;
+  if (pool !== undefined && (!Number.isInteger(pool) || pool < 1 || pool > 100_000)) {
+    throw new RangeError(
+      `${at}: diversityPool must be an integer from 1 to 100000, got ${JSON.stringify(pool)}`,
+    );
   }
   for (const flag of ["excludeSeen", "strict"] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== "boolean") {

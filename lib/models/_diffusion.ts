@@ -339,6 +339,11 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
 
   // ------------------------------------------------------------------- scores
 
+  /** The item embedding table `[N + 1, d]` (not a copy), for MMR-diversified lists. */
+  itemVectors(): Tensor2D {
+    return this.params.get("item") as Tensor2D;
+  }
+
   /**
    * Scores `[B, N + 1]`: x · Eᵀ for x the end of the reverse chain (or the one-call
    * ablation). Each row's draws come from `evalSeed` and its own history, so a history gets

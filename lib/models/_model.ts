@@ -33,6 +33,20 @@ export interface SequentialModel<C = unknown> {
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
   scores(batch: EvalBatch): Tensor2D;
   /**
+   * Item vectors `[N + 1, d]` whose cosine says how alike two items are, for diversified
+   * lists (`lib/eval/diversify.ts`, MMR). The models here return their item embedding
+   * table itself: the caller must not dispose it.
+   */
+  itemVectors?(): Tensor2D;
+  /**
+   * The user's interests after each history, for interest-aware diversified lists:
+   * `profile` `[B, k]`, each row's interest weights (summing to 1), and `items`
+   * `[N + 1, k]`, each item's membership in each interest (rows summing to 1). SIGMA: its
+   * intensities alpha at the newest position and MIE-VAE's item-to-category
+   * probabilities. Absent for models without interests.
+   */
+  interestsForRanking?(batch: EvalBatch): { profile: Tensor2D; items: Tensor2D };
+  /**
    * Memory of one target position of a training batch padded to `length`, relative to one
    * SASRec position (default 1). The trainer splits batches so that positions times this
    * stays within its `maxPositions`: a model that re-reads a history per target (the

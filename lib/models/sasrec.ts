@@ -149,6 +149,11 @@ export class SasRec implements SequentialModel<SasRecConfig> {
     const last = tf.reshape(h, [batch.batch, this.config.hidden]) as tf.Tensor2D; // [B, d]
     return matmul(last, this.params.transposed("item") as tf.Tensor2D); // [B, N+1]
   }
+
+  /** The item embedding table `[N + 1, d]` (not a copy), for MMR-diversified lists. */
+  itemVectors(): Tensor2D {
+    return this.params.get("item") as Tensor2D;
+  }
 }
 
 /** Flat row indices (into `[B*L]`) and target ids of every position that has a target. */

@@ -658,6 +658,30 @@ export class Sigma implements SequentialModel<SigmaConfig> {
     return matmul(decoded, itemsT); // [B, N+1]
   }
 
+  /** The item embedding table `[N + 1, d]` (not a copy), for MMR-diversified lists. */
+  itemVectors(): Tensor2D {
+    return this.params.get("item") as Tensor2D;
+  }
+
+  /**
+   * SIGMA's interests after each history, for interest-aware diversified lists: the
+   * intensities alpha `[B, k]` at the newest position (how much of the history each
+   * interest holds) and {@linkcode Sigma.itemCategories} `[N + 1, k]`. The soft interests
+   * alone give the intensities, so the GRU is not run.
+   */
+  interestsForRanking(batch: EvalBatch): { profile: Tensor2D; items: Tensor2D } {
+    return tf.tidy(() => {
+      const { batch: b, length, inputs } = batch;
+      const e = this.#embed(inputs, b, length, null);
+      const { intensity } = this.#interests(e.items, e.realMask, null, false); // [B, L, k]
+      const profile = tf.reshape(
+        tf.slice(intensity, [0, length - 1, 0], [-1, 1, -1]),
+        [b, this.config.interests],
+      ) as Tensor2D; // [B, k]
+      return { profile, items: this.itemCategories() };
+    });
+  }
+
   /**
    * MIE-VAE's view of left-padded histories at inference (hard interests by argmax):
    * item-to-category probabilities `[B, L, k]`, intensities `[B, L, k]` (rows sum to 1 at
