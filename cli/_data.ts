@@ -18,6 +18,8 @@ export type DataSpec =
     format?: "lines" | "recbole" | "movielens";
     kCore?: number;
     categories?: string;
+    /** Categories of that file left out (`--drop-categories`). */
+    dropCategories?: string[];
     minRating?: number;
   };
 

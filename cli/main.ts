@@ -11,7 +11,13 @@
  * @module
  */
 import { parseArgs } from "./_args.ts";
-import { leaveOneOut } from "../lib/data/mod.ts";
+import { evalBatches, leaveOneOut } from "../lib/data/mod.ts";
+import {
+  checkDiversityWeight,
+  DIVERSITY_METHODS,
+  type DiversityMethod,
+  evaluateDiversified,
+} from "../lib/eval/diversify.ts";
 import type { LeaveOneOutSplit, SequenceDataset } from "../lib/data/types.ts";
 import { type ModelEntry, modelEntry, modelPreset, MODELS } from "../lib/models/mod.ts";
 import { readCheckpoint, writeFileAtomic } from "../lib/train/checkpoint.ts";
@@ -104,9 +110,13 @@ function usage(): string {
     "                 [--backend B] [--threads N] [--blas L] [--eval-batch-size N]",
     "                 [--split test|valid] [--protocol library|diffurec]",
     "                 [--reverse-steps N] [--sampling chain|one] [--eval-seed N] [--lambda X]",
+    "                 [--categories FILE [--drop-categories A,B]]",
+    "                 [--diversity W,W,... [--diversity-method auto|mmr|interests] [--diversity-pool N]]",
     "                 (--data is read as training read its data; --protocol diffurec: history",
-    "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks; the last four:",
-    "                 ablations of a diffurec/diffurecsys model's ranking)",
+    "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks; the next four:",
+    "                 ablations of a diffurec/diffurecsys model's ranking; --diversity: the",
+    "                 metrics of lists re-ranked for variety at each weight, 0 the model's own,",
+    "                 from one scoring pass: MMR on item vectors, or interests (SIGMA))",
     "  deno task export --data FILE [--format F] [--k-core K] [--min-rating R] --out FILE",
     "                 (the data as training reads it, as sequence lines: what the PyTorch",
     "                 twins in interop/torch read)",
@@ -120,6 +130,7 @@ function usage(): string {
     `                      --max-length 30; others ${SYNTHETIC_EPOCHS} epochs; patience ${SYNTHETIC_PATIENCE}; flags win)`,
     "  --format F          lines | recbole | movielens (default: from the extension)",
     "  --categories FILE   item categories (JSON item -> [category] or lines), for diversity",
+    "  --drop-categories A,B  leave these categories of --categories out (e.g. a root on every item)",
     "  --k-core K          apply K-core filtering first (default 0: none)",
     "  --min-rating R      MovieLens: keep ratings >= R (default 4)",
     "Run:",
@@ -202,6 +213,7 @@ function parseTrainFlags(args: string[]): TrainFlags {
     "data",
     "format",
     "categories",
+    "drop-categories",
     "k-core",
     "min-rating",
     "out",
@@ -294,7 +306,7 @@ function modelConfigFrom(
 
 /** What to train on: `--data` with its reading flags, or the embedded synthetic set. */
 function trainDataSpec(v: TrainFlags): DataSpec {
-  const readFlags = ["format", "categories", "k-core", "min-rating"].filter((f) =>
+  const readFlags = ["format", "categories", "drop-categories", "k-core", "min-rating"].filter((f) =>
     v[f] !== undefined
   );
   if (typeof v.data !== "string" && readFlags.length > 0) {
@@ -563,6 +575,25 @@ function evalDataSpec(
 }
 
 /**
+ * `spec` with `eval`'s category flags applied: `--categories FILE` (with or without
+ * `--data`) replaces the run's categories and what it dropped; `--drop-categories A,B`
+ * drops from whichever categories apply.
+ */
+function withCategoryFlags(spec: DataSpec, v: Record<string, unknown>): DataSpec {
+  if (v.categories === undefined && v["drop-categories"] === undefined) return spec;
+  if (spec.kind !== "file") {
+    throw new TypeError(
+      "--categories and --drop-categories need a data file (the embedded data set's are fixed)",
+    );
+  }
+  const categories = typeof v.categories === "string" ? v.categories : spec.categories;
+  const { dropCategories: stored, ...rest } = spec;
+  const dropCategories = dropCategoriesFlag({ ...v, categories }) ??
+    (v.categories === undefined ? stored : undefined);
+  return { ...rest, categories, ...(dropCategories ? { dropCategories } : {}) };
+}
+
+/**
  * The data a checkpoint says it was trained on. A run trained through the library without
  * `checkpointInfo` stores none (`{}`); `eval` then needs `--data`.
  */
@@ -632,6 +663,11 @@ async function evalCommand(args: string[]): Promise<void> {
       protocol: { type: "string" },
       ...INFERENCE_OPTIONS,
       "eval-batch-size": { type: "string" },
+      categories: { type: "string" },
+      "drop-categories": { type: "string" },
+      diversity: { type: "string" },
+      "diversity-method": { type: "string" },
+      "diversity-pool": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -640,6 +676,7 @@ async function evalCommand(args: string[]): Promise<void> {
     console.log(usage());
     return;
   }
+  const diversity = diversityFlags(values);
   if ((values.checkpoint === undefined) === (values.model === undefined)) {
     throw new TypeError(
       "eval needs one of --checkpoint DIR (a run's checkpoint) and --model FILE|RUN_DIR|URL " +
@@ -662,7 +699,7 @@ async function evalCommand(args: string[]): Promise<void> {
     ? await trainedFromModelFile(values.model, overrides)
     : await trainedFromCheckpoint(values.checkpoint!, overrides);
   const { model, path, epoch } = trained;
-  const spec = evalDataSpec(storedDataSpec(trained.data), values, path);
+  const spec = withCategoryFlags(evalDataSpec(storedDataSpec(trained.data), values, path), values);
   const source = spec.kind === "file" ? spec.path : "the embedded synthetic data set";
   const dataset = alignToVocabulary(await loadData(spec), trained.itemTokens, source);
   const { split } = leaveOneOut(dataset);
@@ -672,23 +709,69 @@ async function evalCommand(args: string[]): Promise<void> {
         `test item), so there is nothing to evaluate`,
     );
   }
+  for (const note of dataset.report.notes) console.error(`data: ${note}`);
   const batchSize = intFlag("eval-batch-size", values["eval-batch-size"], 256);
+  const examples = which === "test" ? split.test : split.valid;
+  const header = { checkpoint: path, epoch, split: which, protocol, overrides };
+  if (diversity) {
+    if (protocol !== "library") throw new TypeError("--diversity goes with --protocol library");
+    const results = await withFlagNames(
+      () =>
+        evaluateDiversified(
+          model,
+          evalBatches(examples, { batchSize, maxLength: model.config.maxLength }),
+          { numItems: dataset.numItems, categories: dataset.categories, ...diversity },
+        ),
+      { method: "diversity-method", pool: "diversity-pool" },
+    );
+    console.log(JSON.stringify({ ...header, diversified: results }, null, 1));
+    return;
+  }
   const metrics = await evaluateModel(
     model,
-    which === "test" ? split.test : split.valid,
+    examples,
     dataset.numItems,
     batchSize,
     model.config.maxLength,
     dataset.categories,
     protocol,
   );
-  console.log(
-    JSON.stringify(
-      { checkpoint: path, epoch, split: which, protocol, overrides, metrics },
-      null,
-      1,
-    ),
-  );
+  console.log(JSON.stringify({ ...header, metrics }, null, 1));
+}
+
+/** `--diversity W,W,...` with its method and pool, checked; undefined without it. */
+function diversityFlags(
+  v: Record<string, string | boolean | undefined>,
+): { weights: number[]; method: DiversityMethod | "auto"; pool: number } | undefined {
+  if (typeof v.diversity !== "string") {
+    const stray = ["diversity-method", "diversity-pool"].find((f) => v[f] !== undefined);
+    if (stray) throw new TypeError(`--${stray} goes with --diversity W,W,...`);
+    return undefined;
+  }
+  const weights = v.diversity.split(",").map((w) => numberFlag("diversity", w.trim()));
+  weights.forEach((w) => checkDiversityWeight(w, "--diversity"));
+  const method = (v["diversity-method"] ?? "auto") as DiversityMethod | "auto";
+  if (!DIVERSITY_METHODS.includes(method)) {
+    throw new RangeError(
+      `--diversity-method must be one of ${DIVERSITY_METHODS.join(", ")}, got "${method}"`,
+    );
+  }
+  const pool = intFlag("diversity-pool", v["diversity-pool"] as string | undefined, 100, 1);
+  return { weights, method, pool };
+}
+
+/** `--drop-categories A,B`, which only means something beside `--categories`. */
+function dropCategoriesFlag(v: Record<string, unknown>): string[] | undefined {
+  const text = v["drop-categories"];
+  if (typeof text !== "string") return undefined;
+  if (typeof v.categories !== "string") {
+    throw new TypeError("--drop-categories goes with --categories FILE");
+  }
+  const names = text.split(",").map((t) => t.trim());
+  if (names.some((t) => t === "")) {
+    throw new RangeError(`--drop-categories must list category names, got "${text}"`);
+  }
+  return names;
 }
 
 /** The data `--data FILE` and its read flags describe (`--format`, `--k-core`, ...). */
@@ -699,6 +782,7 @@ function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
     format: v.format as "lines" | "recbole" | "movielens" | undefined,
     kCore: typeof v["k-core"] === "string" ? intFlag("k-core", v["k-core"], 0, 0) : undefined,
     categories: v.categories as string | undefined,
+    dropCategories: dropCategoriesFlag(v),
     minRating: typeof v["min-rating"] === "string"
       ? numberFlag("min-rating", v["min-rating"] as string)
       : undefined,

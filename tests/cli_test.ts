@@ -596,6 +596,58 @@ Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, other weights re-rank; --drop-categories and bad flags named", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines = Array.from(
+    { length: 30 },
+    (_, u) => `u${u} ${[0, 1, 2, 3, 4, 5].map((j) => 1 + (u + j * 5) % 12).join(" ")}`,
+  );
+  await Deno.writeTextFile(`${dir}/d.txt`, lines.join("\n") + "\n");
+  // Every item carries "root" (100%): the warning names it; --drop-categories leaves it out.
+  const cats = Object.fromEntries(
+    Array.from({ length: 12 }, (_, i) => [String(i + 1), ["root", `c${i % 4}`]]),
+  );
+  await Deno.writeTextFile(`${dir}/cats.json`, JSON.stringify(cats));
+  const out = `${dir}/sigma`;
+  const trained = await cli(
+    "train",
+    ...["--model", "sigma", "--interests", "3", "--data", `${dir}/d.txt`],
+    ...["--categories", `${dir}/cats.json`, "--out", out, "--backend", "cpu"],
+    ...TINY_TRAIN_FLAGS,
+  );
+  assertEquals(trained.code, 0, trained.stderr);
+  assert(trained.stderr.includes('"root" is on 100.0% of the items'), trained.stderr);
+  const run = JSON.parse(await Deno.readTextFile(`${out}/metrics.json`));
+  const evalArgs = ["eval", "--checkpoint", `${out}/checkpoint`, "--backend", "cpu"];
+  const r = await cli(...evalArgs, "--diversity", "0,2", "--diversity-method", "interests");
+  assertEquals(r.code, 0, r.stderr);
+  const { diversified } = JSON.parse(r.stdout);
+  assertEquals(diversified.map((d: { weight: number }) => d.weight), [0, 2]);
+  assertEquals(diversified[0].method, "interests");
+  assertEquals(diversified[0].metrics, run.test);
+  assert(diversified[1].metrics["ild@20"] >= 0, JSON.stringify(diversified[1].metrics));
+  // Dropping the root: Eq. 15 stops counting every pair alike.
+  const dropped = await cli(...evalArgs, "--drop-categories", "root");
+  assertEquals(dropped.code, 0, dropped.stderr);
+  const { metrics } = JSON.parse(dropped.stdout);
+  assertEquals(run.test["diversity@20"], 0);
+  assert(metrics["diversity@20"] > 0, JSON.stringify(metrics));
+  for (
+    const [args, message] of [
+      [["--diversity=-1"], "--diversity must be a finite number >= 0"],
+      [["--diversity", "1", "--diversity-method", "random"], "--diversity-method must be one of"],
+      [["--diversity-method", "mmr"], "--diversity-method goes with --diversity"],
+      [["--drop-categories", "rot"], '"rot" to drop is on no item'],
+    ] as const
+  ) {
+    const bad = await cli(...evalArgs, ...args);
+    assertNotZero(bad.code, ["eval", ...args]);
+    assert(bad.stderr.includes(message), `${args.join(" ")}: ${bad.stderr}`);
+    assert(!bad.stderr.includes("    at "), `a stack trace: ${bad.stderr}`);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("cli: --preset authors sets SIGMA's authors'-code fields, and a flag beside it wins", async () => {
   const dir = await Deno.makeTempDir();
   const r = await cliIn(

@@ -321,6 +321,38 @@ Deno.test("fiveCore() re-densifies ids, carries categories and notes the removal
 // ---------------------------------------------------------------------------------------
 // Categories
 
+Deno.test("parseCategories() names a category on more than 90% of the items and drops the ones asked for", () => {
+  const items = ["<pad>", ...Array.from({ length: 20 }, (_, i) => `i${i}`)];
+  const vocab = { users: [], items };
+  // "root" is on 19 of 20 items (95%), "half" on 10 (50%), each item also its own leaf.
+  const text = items.slice(1).map((t, i) =>
+    `${t} ${i === 0 ? "" : "root "}${i % 2 ? "half " : ""}leaf${i}`
+  ).join("\n");
+  const parsed = parseCategories(text, vocab, "tree.txt");
+  const dominant = parsed.notes.filter((n) => n.includes("% of the items"));
+  assertEquals(dominant.length, 1);
+  assert(dominant[0].includes('"root" is on 95.0%'), dominant[0]);
+  assert(dominant[0].includes("--drop-categories root"), dominant[0]);
+  const dropped = parseCategories(text, vocab, "tree.txt", { drop: ["root"] });
+  assertEquals(dropped.notes.filter((n) => n.includes("% of the items")), []);
+  assert(!dropped.categoryTokens.includes("root"));
+  assertEquals(dropped.numCategories, parsed.numCategories - 1);
+  assertEquals(dropped.categories[2].length, parsed.categories[2].length - 1);
+  // A category the file does not have is a typo, not a no-op.
+  assertThrows(
+    () => parseCategories(text, vocab, "tree.txt", { drop: ["rot"] }),
+    RangeError,
+    '"rot"',
+  );
+  // Exactly 90% is not named: the line is "more than".
+  const ninety = items.slice(1).map((t, i) => `${t} ${i < 18 ? "common " : ""}leaf${i}`)
+    .join("\n");
+  assertEquals(
+    parseCategories(ninety, vocab, "n.txt").notes.filter((n) => n.includes("%")),
+    [],
+  );
+});
+
 Deno.test("parseCategories() names what is wrong: empty lists of known items, a top-level array, non-categories (hardening item 15)", () => {
   const vocab = { users: ["u"], items: ["<pad>", "a", "b"] };
   assertThrows(

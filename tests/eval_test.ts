@@ -7,6 +7,7 @@ import {
   evaluate,
   evaluateModel,
   listDiversity,
+  listIntraListDistance,
   METRIC_KEYS,
   MetricAccumulator,
   metricKeys,
@@ -106,7 +107,14 @@ Deno.test("metricsFromRanks() defaults to the paper's keys", () => {
   const m = metricsFromRanks([3]);
   assertEquals(Object.keys(m), [...METRIC_KEYS]);
   assertEquals(metricKeys(), [...METRIC_KEYS]);
-  assertEquals(metricKeys([5], true), ["recall@5", "ndcg@5", "mrr", "diversity@5", "coverage@5"]);
+  assertEquals(metricKeys([5], true), [
+    "recall@5",
+    "ndcg@5",
+    "mrr",
+    "diversity@5",
+    "coverage@5",
+    "ild@5",
+  ]);
 });
 
 Deno.test("metricsFromRanks() rejects bad cutoffs, ranks and empty input", () => {
@@ -148,6 +156,16 @@ Deno.test("MetricAccumulator computes diversity (Eq. 15) and coverage by hand", 
   assertEquals(m["coverage@3"], (3 + 2) / 3 / 2);
   assertEquals(listDiversity([1, 2, 3], categories), 2 / 3);
   assertEquals(listDiversity([1], categories), 0);
+  // ILD, 1 - Jaccard: {0} vs {0,2} 1 - 1/2; {0} vs {1} 1; {0,2} vs {1} 1; {1} vs {} 1;
+  // {} vs {} would be 1 too (nothing shared). A@2 1/2, A@3 (1/2 + 1 + 1) / 3; B@2 1,
+  // B@3 ({3,4} 1, {3,1} 1, {4,1} 1) 1.
+  assertEquals(m["ild@2"], (0.5 + 1) / 2);
+  assertAlmostEquals(m["ild@3"], (2.5 / 3 + 1) / 2, 1e-15);
+  assertEquals(listIntraListDistance([1, 2], categories), 0.5);
+  assertEquals(listIntraListDistance([2, 4, 4], categories, 2), 1);
+  const overlap = [[], [0, 1], [1, 2], [0, 1, 2, 3]].map((c) => Int32Array.from(c));
+  // {0,1} vs {1,2}: 1 - 1/3; {0,1} vs {0,1,2,3}: 1 - 2/4; {1,2} vs {0,1,2,3}: 1 - 2/4.
+  assertAlmostEquals(listIntraListDistance([1, 2, 3], overlap), (2 / 3 + 0.5 + 0.5) / 3, 1e-15);
 });
 
 Deno.test("MetricAccumulator rejects inconsistent top lists and categories", () => {

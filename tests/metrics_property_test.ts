@@ -4,6 +4,7 @@ import { selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
 import {
   evaluate,
+  listIntraListDistance,
   MetricAccumulator,
   type Metrics,
   metricsFromRanks,
@@ -268,5 +269,83 @@ Deno.test("diversity is 0 with one shared category and 1 with a category per ite
       }
     }),
     RUNS,
+  );
+});
+
+/** Category lists of `n` items (each a set of up to 4 ids of 0..5) and top lists over them. */
+const listsArb = fc.integer({ min: 2, max: 30 }).chain((n) =>
+  fc.record({
+    categories: fc.array(
+      fc.uniqueArray(fc.integer({ min: 0, max: 5 }), { maxLength: 4 }),
+      { minLength: n, maxLength: n },
+    ),
+    lists: fc.array(
+      fc.uniqueArray(fc.integer({ min: 1, max: n }), { minLength: 1, maxLength: 45 }),
+      { minLength: 1, maxLength: 10 },
+    ),
+  }).map(({ categories, lists }) => ({
+    categories: [Int32Array.of(), ...categories.map((l) => Int32Array.from(l))],
+    lists,
+  }))
+);
+
+Deno.test("ILD lies in [0, 1] and does not depend on the order of a list's items (300 cases)", () => {
+  fc.assert(
+    fc.property(listsArb, fc.nat(), ({ categories, lists }, seed) => {
+      for (const list of lists) {
+        const ild = listIntraListDistance(list, categories);
+        assert(ild >= 0 && ild <= 1, `ILD ${ild}`);
+        const shuffled = [...list];
+        let s = seed;
+        for (let i = shuffled.length - 1; i > 0; i--) {
+          s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+          const j = s % (i + 1);
+          [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
+        }
+        const again = listIntraListDistance(shuffled, categories);
+        assert(Math.abs(again - ild) <= 1e-12, `${ild} vs ${again} after a shuffle`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("ILD is 0 for items with one and the same category set, 1 for disjoint singletons (300 cases)", () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 2, max: 40 }),
+      fc.uniqueArray(fc.integer({ min: 0, max: 50 }), { minLength: 1, maxLength: 5 }),
+      (n, set) => {
+        const ids = Array.from({ length: n }, (_, i) => i + 1);
+        const same = [Int32Array.of(), ...ids.map(() => Int32Array.from(set))];
+        const own = [Int32Array.of(), ...ids.map((i) => Int32Array.of(i))];
+        assertEquals(listIntraListDistance(ids, same), 0);
+        assertEquals(listIntraListDistance(ids, own), 1);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("ild@K is the mean of each list's ILD, the same bits however the lists are split or ordered (300 cases)", () => {
+  fc.assert(
+    fc.property(listsArb, ksArb, ({ categories, lists }, ks) => {
+      const whole = new MetricAccumulator({ ks, categories, numCategories: 6 });
+      whole.add(lists.map(() => 0));
+      whole.addTopK(lists);
+      const pieces = new MetricAccumulator({ ks, categories, numCategories: 6 });
+      for (const list of [...lists].reverse()) {
+        pieces.add([0]);
+        pieces.addTopK([list]);
+      }
+      const a = whole.result();
+      assertEquals(pieces.result(), a);
+      for (const k of ks) {
+        const mean = lists.reduce((s, l) => s + listIntraListDistance(l, categories, k), 0) /
+          lists.length;
+        assert(Math.abs(a[`ild@${k}`] - mean) <= 1e-12, `ild@${k} ${a[`ild@${k}`]} vs ${mean}`);
+      }
+    }),
+    { numRuns: 300 },
   );
 });

@@ -18,6 +18,21 @@ export interface ItemCategories {
   notes: string[];
 }
 
+/** Options of {@linkcode parseCategories}. */
+export interface ParseCategoriesOptions {
+  /**
+   * Category tokens to leave out, e.g. a root category nearly every item carries (which
+   * makes Diversity@K, Eq. 15, 0 for every list). Each must occur in the file.
+   */
+  drop?: readonly string[];
+}
+
+/**
+ * A category on more than this share of the data set's items is named in the notes: Eq. 15
+ * counts two items that share it as alike, so Diversity@K is near 0 for every list.
+ */
+export const DOMINANT_CATEGORY_SHARE = 0.9;
+
 /**
  * Parses an item-categories text against a vocabulary. Two layouts are accepted, told
  * apart by the first non-blank character:
@@ -28,7 +43,8 @@ export interface ItemCategories {
  * Category tokens are densified to 0..C-1 in order of first appearance among items of the
  * vocabulary. Items absent from the vocabulary are ignored and counted in `notes`; vocabulary
  * items with no categories get an empty list (also counted). Repeated categories of one
- * item are kept once.
+ * item are kept once. `options.drop` leaves categories out; a category on more than 90% of
+ * the items ({@linkcode DOMINANT_CATEGORY_SHARE}) is named in `notes` with how to drop it.
  *
  * @example Usage
  * ```ts
@@ -41,11 +57,18 @@ export interface ItemCategories {
  * @param text The file's content.
  * @param vocab The dataset's vocabulary (item tokens to dense ids).
  * @param source A name for the text, used in error messages.
+ * @param options See {@linkcode ParseCategoriesOptions}.
  * @throws {SyntaxError} Invalid JSON, a JSON value that is not a list of strings or
  * numbers, or an item listed twice (both line numbers named).
- * @throws {RangeError} No item of `vocab` has a category.
+ * @throws {RangeError} No item of `vocab` has a category, or a category to drop that the
+ * file does not have (named).
  */
-export function parseCategories(text: string, vocab: Vocabulary, source: string): ItemCategories {
+export function parseCategories(
+  text: string,
+  vocab: Vocabulary,
+  source: string,
+  options: ParseCategoriesOptions = {},
+): ItemCategories {
   const itemId = new Map<string, number>();
   for (let i = 1; i < vocab.items.length; i++) itemId.set(vocab.items[i], i);
   const cats = new TokenIndex(0);
@@ -54,9 +77,10 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   let knownEmpty = 0;
   const start = text.trimStart()[0];
   // "[" is JSON too (an array at the top), not the lines layout: named as the wrong JSON.
-  const entries = start === "{" || start === "["
+  const read = start === "{" || start === "["
     ? jsonEntries(text, source)
     : lineEntries(text, source);
+  const entries = withoutDropped(read, options.drop ?? [], source);
   for (const [item, tokens] of entries) {
     const i = itemId.get(item);
     if (i === undefined) {
@@ -93,7 +117,50 @@ export function parseCategories(text: string, vocab: Vocabulary, source: string)
   if (missing > 0) {
     notes.push(`${source}: ${plural(missing, "vocabulary item")} without categories`);
   }
+  notes.push(...dominantNotes(categories, [...cats.tokens], source));
   return { categories, numCategories: cats.size, categoryTokens: [...cats.tokens], notes };
+}
+
+/** `entries` with the categories `drop` names left out; each must occur. */
+function withoutDropped(
+  entries: [string, string[]][],
+  drop: readonly string[],
+  source: string,
+): [string, string[]][] {
+  if (drop.length === 0) return entries;
+  const dropped = new Set(drop);
+  const found = new Set<string>();
+  const kept = entries.map(([item, tokens]): [string, string[]] => [
+    item,
+    tokens.filter((t) => {
+      if (!dropped.has(t)) return true;
+      found.add(t);
+      return false;
+    }),
+  ]);
+  const absent = drop.find((t) => !found.has(t));
+  if (absent !== undefined) {
+    throw new RangeError(`${source}: category ${quote(absent)} to drop is on no item of the file`);
+  }
+  return kept;
+}
+
+/** A note for each category on more than {@linkcode DOMINANT_CATEGORY_SHARE} of the items. */
+function dominantNotes(categories: Int32Array[], tokens: string[], source: string): string[] {
+  const items = categories.length - 1;
+  if (items < 1) return [];
+  const counts = new Int32Array(tokens.length);
+  for (const list of categories) for (const c of list) counts[c]++;
+  const notes: string[] = [];
+  counts.forEach((n, c) => {
+    if (n / items <= DOMINANT_CATEGORY_SHARE) return;
+    notes.push(
+      `${source}: category ${quote(tokens[c])} is on ${(100 * n / items).toFixed(1)}% of ` +
+        `the items, so Diversity@K (Eq. 15) counts nearly every pair as alike; ` +
+        `--drop-categories ${tokens[c]} leaves it out (ILD@K weighs it less)`,
+    );
+  });
+  return notes;
 }
 
 /** The `[item, categories]` pairs of the JSON layout, in the file's order. */

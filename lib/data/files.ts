@@ -7,7 +7,12 @@
 import { shownPath } from "../_io.ts";
 import type { SequenceDataset, Vocabulary } from "./types.ts";
 import { formatFromPath, parseDataset, type ReadDatasetOptions } from "./readers.ts";
-import { attachCategories, type ItemCategories, parseCategories } from "./categories.ts";
+import {
+  attachCategories,
+  type ItemCategories,
+  parseCategories,
+  type ParseCategoriesOptions,
+} from "./categories.ts";
 
 /** The largest data file read: JavaScript strings stop at about 512 MiB. */
 export const MAX_DATA_FILE_BYTES = 512 * 1024 * 1024;
@@ -67,12 +72,15 @@ export async function readDataset(
   path: string,
   options: ReadDatasetOptions = {},
 ): Promise<SequenceDataset> {
-  const { categories, ...parse } = options;
+  const { categories, dropCategories, ...parse } = options;
   // An unknown extension is reported before the file is read.
   if (options.format === undefined) formatFromPath(path);
   let dataset = parseDataset(await readText(path, "dataset"), path, parse);
   if (categories !== undefined) {
-    dataset = attachCategories(dataset, await readCategories(categories, dataset.vocab));
+    dataset = attachCategories(
+      dataset,
+      await readCategories(categories, dataset.vocab, { drop: dropCategories }),
+    );
   }
   return dataset;
 }
@@ -88,9 +96,14 @@ export async function readDataset(
  *
  * @param path The file to read.
  * @param vocab The dataset's vocabulary.
+ * @param options See {@linkcode ParseCategoriesOptions} (categories to drop).
  * @throws {Deno.errors.NotFound} The file does not exist.
  * @throws {SyntaxError} As {@linkcode parseCategories}.
  */
-export async function readCategories(path: string, vocab: Vocabulary): Promise<ItemCategories> {
-  return parseCategories(await readText(path, "categories"), vocab, path);
+export async function readCategories(
+  path: string,
+  vocab: Vocabulary,
+  options: ParseCategoriesOptions = {},
+): Promise<ItemCategories> {
+  return parseCategories(await readText(path, "categories"), vocab, path, options);
 }

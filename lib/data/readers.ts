@@ -37,6 +37,8 @@ export interface ReadDatasetOptions extends MovieLensOptions {
   kCore?: number;
   /** Path of an item-categories file to attach (see {@linkcode readCategories}). */
   categories?: string;
+  /** Categories of that file to leave out (see `ParseCategoriesOptions.drop`). */
+  dropCategories?: string[];
 }
 
 /**

@@ -1,6 +1,6 @@
 /**
  * Host-side metric maths: Recall@K, NDCG@K and MRR from 0-based ranks, and Diversity@K
- * (paper Eq. 15) and coverage@K from top-K lists.
+ * (paper Eq. 15), coverage@K and intra-list distance ILD@K from top-K lists.
  *
  * Every sum is kept as exact integer counts (a histogram of ranks, counts of dissimilar
  * pairs and of distinct categories) and only turned into means in {@linkcode
@@ -30,14 +30,15 @@ export type MetricKey = typeof METRIC_KEYS[number];
 
 /**
  * Metric values by key: `"recall@K"`, `"ndcg@K"` for each K, `"mrr"`, and, when item
- * categories were given, `"diversity@K"` and `"coverage@K"` for each K. All lie in [0, 1].
+ * categories were given, `"diversity@K"`, `"coverage@K"` and `"ild@K"` for each K. All lie
+ * in [0, 1].
  */
 export type Metrics = Record<string, number>;
 
 /**
  * The metric keys produced for `ks`, in the order {@linkcode MetricAccumulator.result}
- * lists them: recall for each K, NDCG for each K, MRR, then (with categories) diversity
- * and coverage for each K.
+ * lists them: recall for each K, NDCG for each K, MRR, then (with categories) diversity,
+ * coverage and ILD for each K.
  *
  * @example Usage
  * ```ts
@@ -46,7 +47,7 @@ export type Metrics = Record<string, number>;
  * ```
  *
  * @param ks Cutoffs, positive integers.
- * @param withCategories Whether diversity and coverage keys are included. Default false.
+ * @param withCategories Whether diversity, coverage and ILD keys are included. Default false.
  * @throws {RangeError} A K that is not a positive integer, or an empty list.
  */
 export function metricKeys(ks: readonly number[] = DEFAULT_KS, withCategories = false): string[] {
@@ -57,7 +58,11 @@ export function metricKeys(ks: readonly number[] = DEFAULT_KS, withCategories = 
     "mrr",
   ];
   if (withCategories) {
-    keys.push(...checked.map((k) => `diversity@${k}`), ...checked.map((k) => `coverage@${k}`));
+    keys.push(
+      ...checked.map((k) => `diversity@${k}`),
+      ...checked.map((k) => `coverage@${k}`),
+      ...checked.map((k) => `ild@${k}`),
+    );
   }
   return keys;
 }
@@ -94,6 +99,11 @@ export interface MetricAccumulatorOptions {
  * - Coverage@K: per example, the number of distinct categories among the first K items
  *   of its top list divided by `numCategories`; mean over examples. (A per-user catalogue
  *   coverage, so it is comparable across data sets of different sizes.)
+ * - ILD@K, intra-list distance: per example, the mean over pairs of the first K items of
+ *   `1 - Jaccard` of their category sets (two items without categories are at distance 1,
+ *   as Eq. 15 counts them dissimilar); fewer than 2 items count as 0; mean over examples.
+ *   Unlike Eq. 15, a category shared by every item only lowers each pair's distance (by
+ *   less the more categories the items have), so it does not make every list score 0.
  *
  * @example Usage
  * ```ts
@@ -118,6 +128,8 @@ export class MetricAccumulator {
   readonly #dissimilar: Map<number, number>[];
   /** Per K: total over lists of the number of distinct categories. */
   readonly #distinct: number[];
+  /** Per K: each list's ILD -> how many lists had it, summed in key order at the end. */
+  readonly #ild: Map<number, number>[];
 
   /**
    * Starts an empty accumulator.
@@ -131,6 +143,7 @@ export class MetricAccumulator {
     this.#maxK = Math.max(...this.ks);
     this.#dissimilar = this.ks.map(() => new Map());
     this.#distinct = this.ks.map(() => 0);
+    this.#ild = this.ks.map(() => new Map());
     this.#numCategories = 0;
     if (options.categories) {
       let largest = -1;
@@ -225,12 +238,18 @@ export class MetricAccumulator {
     // every cutoff K reads its prefix without recounting.
     const dissimilarUpTo = new Int32Array(Math.max(m, 1));
     const distinctUpTo = new Int32Array(Math.max(m, 1));
+    const distanceUpTo = new Float64Array(Math.max(m, 1)); // summed in list order: fixed
     const seen = new Set<number>();
     for (let k = 0; k < m; k++) {
       const ck = categories[list[k]];
       let d = 0;
-      for (let j = 0; j < k; j++) if (!intersects(categories[list[j]], ck)) d++;
+      let distance = 0;
+      for (let j = 0; j < k; j++) {
+        if (!intersects(categories[list[j]], ck)) d++;
+        distance += jaccardDistance(categories[list[j]], ck);
+      }
       dissimilarUpTo[k] = (k > 0 ? dissimilarUpTo[k - 1] : 0) + d;
+      distanceUpTo[k] = (k > 0 ? distanceUpTo[k - 1] : 0) + distance;
       for (const c of ck) seen.add(c);
       distinctUpTo[k] = seen.size;
     }
@@ -240,6 +259,8 @@ export class MetricAccumulator {
       const dissimilar = n > 0 ? dissimilarUpTo[n - 1] : 0;
       this.#dissimilar[i].set(pairs, (this.#dissimilar[i].get(pairs) ?? 0) + dissimilar);
       this.#distinct[i] += n > 0 ? distinctUpTo[n - 1] : 0;
+      const ild = pairs > 0 ? distanceUpTo[n - 1] / pairs : 0;
+      this.#ild[i].set(ild, (this.#ild[i].get(ild) ?? 0) + 1);
     });
   }
 
@@ -283,6 +304,15 @@ export class MetricAccumulator {
       });
       this.ks.forEach((K, i) => {
         out[`coverage@${K}`] = this.#distinct[i] / this.#numCategories / n;
+      });
+      this.ks.forEach((K, i) => {
+        // Ascending values: the same sum whatever order the lists came in.
+        let total = 0;
+        const byValue = this.#ild[i];
+        for (const value of [...byValue.keys()].sort((a, b) => a - b)) {
+          total += value * byValue.get(value)!;
+        }
+        out[`ild@${K}`] = total / n;
       });
     }
     return out;
@@ -343,6 +373,57 @@ export function listDiversity(
     }
   }
   return m < 2 ? 0 : dissimilar / ((m * (m - 1)) / 2);
+}
+
+/**
+ * Intra-list distance of one top list (ILD@K for a single user): the mean over pairs of its
+ * first `k` items of `1 - Jaccard` of their category sets; 0 with fewer than 2 items. Two
+ * items without categories are at distance 1 (they share none, as in Eq. 15).
+ *
+ * @example Usage
+ * ```ts
+ * import { listIntraListDistance } from "./metrics.ts";
+ * const categories = [new Int32Array(0), Int32Array.of(0, 1), Int32Array.of(1), Int32Array.of(2)];
+ * listIntraListDistance([1, 2, 3], categories); // ((1 - 1/2) + 1 + 1) / 3 = 5/6
+ * ```
+ *
+ * @param list Item ids, best first.
+ * @param categories `categories[i]` lists the (distinct) category ids of item `i`.
+ * @param k Cutoff, a positive integer. Default: the whole list.
+ * @throws {RangeError} `k` is not a positive integer, or an item has no categories entry.
+ */
+export function listIntraListDistance(
+  list: ArrayLike<number>,
+  categories: readonly Int32Array[],
+  k: number = list.length,
+): number {
+  if (!Number.isInteger(k) || k < 1) throw new RangeError(`k must be a positive integer, got ${k}`);
+  const m = Math.min(k, list.length);
+  // Summed in the order MetricAccumulator sums, so that the two agree bit for bit.
+  let total = 0;
+  for (let b = 0; b < m; b++) {
+    let distance = 0;
+    for (let a = 0; a < b; a++) {
+      const ca = categories[list[a]];
+      const cb = categories[list[b]];
+      if (!ca || !cb) {
+        throw new RangeError(`item ${ca ? list[b] : list[a]} has no categories entry`);
+      }
+      distance += jaccardDistance(ca, cb);
+    }
+    total += distance;
+  }
+  return m < 2 ? 0 : total / ((m * (m - 1)) / 2);
+}
+
+/** `1 - |a ∩ b| / |a ∪ b|` of two lists of distinct ids; 1 when both are empty. */
+function jaccardDistance(a: Int32Array, b: Int32Array): number {
+  let shared = 0;
+  for (let i = 0; i < a.length; i++) {
+    for (let j = 0; j < b.length; j++) if (a[i] === b[j]) shared++;
+  }
+  const union = a.length + b.length - shared;
+  return union === 0 ? 1 : 1 - shared / union;
 }
 
 /** Validates cutoffs: a non-empty list of positive integers. */

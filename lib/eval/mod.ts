@@ -1,7 +1,8 @@
 /**
  * Full-catalogue evaluation for sequential recommendation: pessimistic ranking of each
  * target with its history excluded, Recall@K, NDCG@K, MRR, and, with item categories,
- * Diversity@K (paper Eq. 15) and coverage@K.
+ * Diversity@K (paper Eq. 15), coverage@K and intra-list distance ILD@K; diversified top-K
+ * lists (MMR, or coverage of SIGMA's interests) and their evaluation.
  *
  * ```ts ignore
  * import { evaluate, METRIC_KEYS } from "./mod.ts";
@@ -14,6 +15,7 @@
 export {
   DEFAULT_KS,
   listDiversity,
+  listIntraListDistance,
   METRIC_KEYS,
   MetricAccumulator,
   type MetricAccumulatorOptions,
@@ -23,6 +25,22 @@ export {
   metricsFromRanks,
 } from "./metrics.ts";
 export { rankBatch, rankOfTarget, topKBatch } from "./rank.ts";
+export {
+  checkDiversityWeight,
+  DEFAULT_DIVERSITY_POOL,
+  type DiversifiableModel,
+  type DiversifiedEvalOptions,
+  diversifiedOrder,
+  diversifiedRank,
+  DIVERSITY_METHODS,
+  type DiversityMethod,
+  evaluateDiversified,
+  interestOrder,
+  mmrOrder,
+  type PoolSignals,
+  poolSignals,
+  resolveDiversityMethod,
+} from "./diversify.ts";
 export {
   EVAL_PROTOCOLS,
   type EvalProtocol,
