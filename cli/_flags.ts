@@ -9,6 +9,7 @@ import {
   type ChosenBackend,
   selectBackend,
 } from "../backends/mod.ts";
+import { DIVERSITY_METHODS, type DiversityMethod } from "../lib/eval/diversify.ts";
 
 /** The number a flag holds; a `RangeError` naming the flag otherwise. */
 export function numberFlag(flag: string, text: string): number {
@@ -160,4 +161,28 @@ export function inferenceFlags(
   }
   if (values.lambda !== undefined) out.lambda = numberFlag("lambda", values.lambda);
   return out;
+}
+
+/**
+ * The diversity flags `eval` and `recommend` share, checked: `--diversity-method` (auto,
+ * mmr or interests; default auto) and `--diversity-pool` (default 100); undefined when
+ * `--diversity` is not given, where either of the other two is an error.
+ */
+export function diversityFlags(
+  v: Record<string, unknown>,
+  shape: string,
+): { method: DiversityMethod | "auto"; pool: number } | undefined {
+  if (typeof v.diversity !== "string") {
+    const stray = ["diversity-method", "diversity-pool"].find((f) => v[f] !== undefined);
+    if (stray) throw new TypeError(`--${stray} goes with --diversity ${shape}`);
+    return undefined;
+  }
+  const method = (v["diversity-method"] ?? "auto") as DiversityMethod | "auto";
+  if (!DIVERSITY_METHODS.includes(method)) {
+    throw new RangeError(
+      `--diversity-method must be one of ${DIVERSITY_METHODS.join(", ")}, got "${method}"`,
+    );
+  }
+  const pool = intFlag("diversity-pool", v["diversity-pool"] as string | undefined, 100);
+  return { method, pool };
 }

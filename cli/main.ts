@@ -14,7 +14,6 @@ import { parseArgs } from "./_args.ts";
 import { evalBatches, leaveOneOut } from "../lib/data/mod.ts";
 import {
   checkDiversityWeight,
-  DIVERSITY_METHODS,
   type DiversityMethod,
   evaluateDiversified,
 } from "../lib/eval/diversify.ts";
@@ -38,6 +37,7 @@ import { alignToVocabulary, type DataSpec, loadData, withoutStrayMinRating } fro
 import {
   BACKEND_OPTIONS,
   booleanFlag,
+  diversityFlags,
   flagsGiven,
   INFERENCE_OPTIONS,
   inferenceFlags,
@@ -306,9 +306,9 @@ function modelConfigFrom(
 
 /** What to train on: `--data` with its reading flags, or the embedded synthetic set. */
 function trainDataSpec(v: TrainFlags): DataSpec {
-  const readFlags = ["format", "categories", "drop-categories", "k-core", "min-rating"].filter((f) =>
-    v[f] !== undefined
-  );
+  const readFlags = ["format", "categories", "drop-categories", "k-core", "min-rating"].filter((
+    f,
+  ) => v[f] !== undefined);
   if (typeof v.data !== "string" && readFlags.length > 0) {
     // Ignoring them would train on the embedded data set as if they had been applied.
     throw new TypeError(`--${readFlags[0]} goes with --data FILE (the embedded data set is fixed)`);
@@ -676,7 +676,7 @@ async function evalCommand(args: string[]): Promise<void> {
     console.log(usage());
     return;
   }
-  const diversity = diversityFlags(values);
+  const diversity = diversityWeights(values);
   if ((values.checkpoint === undefined) === (values.model === undefined)) {
     throw new TypeError(
       "eval needs one of --checkpoint DIR (a run's checkpoint) and --model FILE|RUN_DIR|URL " +
@@ -740,24 +740,15 @@ async function evalCommand(args: string[]): Promise<void> {
 }
 
 /** `--diversity W,W,...` with its method and pool, checked; undefined without it. */
-function diversityFlags(
-  v: Record<string, string | boolean | undefined>,
+function diversityWeights(
+  v: Record<string, unknown>,
 ): { weights: number[]; method: DiversityMethod | "auto"; pool: number } | undefined {
-  if (typeof v.diversity !== "string") {
-    const stray = ["diversity-method", "diversity-pool"].find((f) => v[f] !== undefined);
-    if (stray) throw new TypeError(`--${stray} goes with --diversity W,W,...`);
-    return undefined;
-  }
-  const weights = v.diversity.split(",").map((w) => numberFlag("diversity", w.trim()));
-  weights.forEach((w) => checkDiversityWeight(w, "--diversity"));
-  const method = (v["diversity-method"] ?? "auto") as DiversityMethod | "auto";
-  if (!DIVERSITY_METHODS.includes(method)) {
-    throw new RangeError(
-      `--diversity-method must be one of ${DIVERSITY_METHODS.join(", ")}, got "${method}"`,
-    );
-  }
-  const pool = intFlag("diversity-pool", v["diversity-pool"] as string | undefined, 100, 1);
-  return { weights, method, pool };
+  const flags = diversityFlags(v, "W,W,...");
+  if (!flags) return undefined;
+  const weights = (v.diversity as string).split(",").map((w) =>
+    checkDiversityWeight(numberFlag("diversity", w.trim()), "--diversity")
+  );
+  return { weights, ...flags };
 }
 
 /** `--drop-categories A,B`, which only means something beside `--categories`. */

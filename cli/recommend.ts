@@ -7,12 +7,15 @@
 import { writing } from "../lib/_io.ts";
 import { parseArgs } from "./_args.ts";
 import type { Recommender, RecommendOptions } from "../lib/inference/recommender.ts";
+import { checkDiversityWeight } from "../lib/eval/diversify.ts";
 import {
   BACKEND_OPTIONS,
+  diversityFlags,
   flagsGiven,
   INFERENCE_OPTIONS,
   inferenceFlags,
   intFlag,
+  numberFlag,
   progressWriter,
   startBackend,
   withFlagNames,
@@ -37,6 +40,10 @@ export const RECOMMEND_OPTIONS = [
   "  -k, --k N         how many items per history (default 10)",
   "  --exclude I       items never to recommend, separated by spaces",
   "  --keep-seen       may recommend items of the history (default: never)",
+  "  --diversity W     trade relevance for variety, W >= 0 (default 0: the model's ranking);",
+  "                    the best --diversity-pool items (default 100) are re-ranked",
+  "  --diversity-method auto | mmr | interests: unlike item vectors (mmr), or filling the",
+  "                    list across the model's interests (SIGMA; auto picks it there)",
   "  --batch-size N    histories scored per forward pass (default 256)",
   "  --backend, --threads, --blas: as for train (threads default: the logical CPUs)",
   "  --reverse-steps, --sampling, --eval-seed, --lambda: as for eval (DiffuRec, DiffuRecSys)",
@@ -54,6 +61,9 @@ export async function recommendCommand(args: string[]): Promise<void> {
       k: { type: "string", short: "k" },
       exclude: { type: "string" },
       "keep-seen": { type: "boolean" },
+      diversity: { type: "string" },
+      "diversity-method": { type: "string" },
+      "diversity-pool": { type: "string" },
       "batch-size": { type: "string" },
       ...BACKEND_OPTIONS,
       ...INFERENCE_OPTIONS,
@@ -76,6 +86,7 @@ export async function recommendCommand(args: string[]): Promise<void> {
     k: intFlag("k", values.k, 10),
     excludeSeen: !values["keep-seen"],
     exclude: values.exclude?.split(/\s+/).filter((t) => t) ?? [],
+    ...diversityOptions(values),
   };
   const batchSize = intFlag("batch-size", values["batch-size"], 256);
   const inference = inferenceFlags(values);
@@ -222,4 +233,15 @@ async function recommendFile(
       (unknownTotal > 0 ? `; ${unknownTotal} history items not in the model were skipped` : "") +
       (target.kind !== "stdout" ? `; wrote ${output}` : "") + "\n",
   );
+}
+
+/** `--diversity`, `--diversity-method` and `--diversity-pool` as recommend options, checked. */
+function diversityOptions(v: Record<string, unknown>): RecommendOptions {
+  const flags = diversityFlags(v, "W");
+  if (!flags) return {};
+  return {
+    diversity: checkDiversityWeight(numberFlag("diversity", v.diversity as string), "--diversity"),
+    diversityMethod: flags.method,
+    diversityPool: flags.pool,
+  };
 }

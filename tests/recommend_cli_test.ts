@@ -141,6 +141,30 @@ Deno.test("cli recommend --input writes one JSON line per user, as recommendBatc
   assertEquals(toStdout.stdout.trim().split("\n").length, 31);
 });
 
+Deno.test("cli recommend --diversity W re-ranks as the API does at that weight; a method the model lacks is named", async () => {
+  await using f = await fixture();
+  const users = data.sequences.slice(0, 12).map((s) => Array.from(s, (i) => data.vocab.items[i]));
+  await Deno.writeTextFile(
+    `${f.dir}/in.txt`,
+    users.map((u, i) => [`user${i}`, ...u].join(" ")).join("\n") + "\n",
+  );
+  const args = ["recommend", "--model", f.dir, "--input", `${f.dir}/in.txt`, "--backend", "cpu"];
+  const out = await cli(...args, "-k", "6", "--diversity", "2");
+  assertEquals(out.code, 0, out.stderr);
+  const lines = out.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  const expected = await f.r.recommendBatch(users, { k: 6, diversity: 2 });
+  const plain = await f.r.recommendBatch(users, { k: 6 });
+  const names = (items: { item: string }[]) => items.map((x) => x.item);
+  lines.forEach((l, i) => assertEquals(names(l.items), names(expected[i].items)));
+  assert(expected.some((e, i) => names(e.items).join() !== names(plain[i].items).join()));
+  const bad = await cli(...args, "--diversity", "1", "--diversity-method", "interests");
+  assert(bad.code !== 0);
+  assert(bad.stderr.includes("use the diversity method mmr"), bad.stderr);
+  const stray = await cli(...args, "--diversity-pool", "50");
+  assert(stray.code !== 0);
+  assert(stray.stderr.includes("--diversity-pool goes with --diversity W"), stray.stderr);
+});
+
 Deno.test("cli recommend rejects bad input with messages naming the flag, file or line", async () => {
   await using f = await fixture();
   await Deno.writeTextFile(`${f.dir}/dup.txt`, "a i1 i2\nb i3\na i4\n");

@@ -1,6 +1,7 @@
 import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
+import { Sigma } from "../lib/models/sigma.ts";
 import { DiffuRec } from "../lib/models/diffurec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { createHandler } from "../lib/serve/handler.ts";
@@ -386,4 +387,58 @@ Deno.test("GET /health says how a diffusion model ranks, as it was loaded; SASRe
   using sasrec = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
   const health = await (await createHandler(sasrec)(new Request("http://x/health"))).json();
   assertEquals("inference" in health, false);
+});
+
+Deno.test("/recommend takes a diversity weight (0: today's answer exactly) and a method the model has; anything else is a 400 naming the field", async () => {
+  await selectBackend("cpu");
+  using sasrec = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  using sigma = new Recommender(
+    new Sigma({ ...TINY, seed: 2, interests: 3 }),
+    data.vocab.items,
+  );
+  const ask = async (handler: (r: Request) => Promise<Response>, body: unknown) => {
+    const response = await handler(
+      new Request("http://x/recommend", { method: "POST", body: JSON.stringify(body) }),
+    );
+    return { status: response.status, json: await response.json() };
+  };
+  const history = ["i1", "i2", "i3"];
+  for (const [r, methods] of [[sasrec, ["mmr"]], [sigma, ["mmr", "interests"]]] as const) {
+    const handler = createHandler(r, { batchWaitMs: 0 });
+    const health = await (await handler(new Request("http://x/health"))).json();
+    assertEquals(health.diversityMethods, methods);
+    const plain = await ask(handler, { history, k: 8 });
+    assertEquals(await ask(handler, { history, k: 8, diversity: 0 }), plain);
+    for (const method of ["auto", ...methods]) {
+      const diverse = await ask(handler, { history, k: 8, diversity: 5, diversityMethod: method });
+      assertEquals(diverse.status, 200, JSON.stringify(diverse.json));
+      const items = diverse.json.items.map((x: { item: string }) => x.item);
+      assertEquals(items.length, 8);
+      for (const item of history) assert(!items.includes(item), `${method}: seen ${item}`);
+    }
+    const bad: [Record<string, unknown>, string][] = [
+      [{ diversity: -0.5 }, "diversity"],
+      [{ diversity: "1" }, "diversity"],
+      [{ diversity: null }, "diversity"],
+      [{ diversity: 1, diversityMethod: "random" }, "diversityMethod"],
+      [{ diversity: 1, diversityMethod: 3 }, "diversityMethod"],
+    ];
+    if (methods.length === 1) {
+      bad.push([{ diversity: 1, diversityMethod: "interests" }, "diversityMethod"]);
+    }
+    for (const [extra, field] of bad) {
+      const answer = await ask(handler, { history, ...extra });
+      assertEquals(answer.status, 400, JSON.stringify(extra));
+      assertEquals(answer.json.field, field, JSON.stringify(answer.json));
+    }
+    // Inside a batch, the field names its request.
+    const batch = await handler(
+      new Request("http://x/recommend/batch", {
+        method: "POST",
+        body: JSON.stringify({ requests: [{ history }, { history, diversity: -1 }] }),
+      }),
+    );
+    assertEquals(batch.status, 400);
+    assertEquals((await batch.json()).field, "requests[1].diversity");
+  }
 });

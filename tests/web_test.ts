@@ -216,6 +216,22 @@ Deno.test({
         "k must be a positive integer, got 0",
       );
       assertEquals(await devtools.evaluate("document.getElementById('results').hidden"), true);
+      // The variety box: the same re-ranked list as the Deno API's at that weight.
+      const diverse = await loaded.recommend(history, { k: 10, diversity: 3 });
+      assert(
+        diverse.items.map((x) => x.item).join() !== expected.items.map((x) => x.item).join(),
+        "weight 3 re-ranked nothing: the check below would prove nothing",
+      );
+      await devtools.evaluate(
+        "document.getElementById('k').value = '10'; document.getElementById('diversity').value = '3'; document.getElementById('form').requestSubmit()",
+      );
+      assertEquals(await waitForPage(devtools), "done");
+      const diverseRows = JSON.parse(
+        await devtools.evaluate(
+          "JSON.stringify([...document.querySelectorAll('#results tbody tr')].map((tr) => tr.dataset.item))",
+        ) as string,
+      );
+      assertEquals(diverseRows, diverse.items.map((x) => x.item));
     } finally {
       await close();
       await server.shutdown();
@@ -256,6 +272,17 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 100));
       }
       assertEquals(await rows(), expected.items.map((x) => x.item));
+      // The variety box goes to the server as `diversity`: its re-ranked list is shown.
+      const diverse = (await made.recommend(["i2", "i7"], { k: 5, diversity: 4 })).items
+        .map((x) => x.item);
+      assert(diverse.join() !== expected.items.map((x) => x.item).join(), "nothing re-ranked");
+      await devtools.evaluate(
+        "document.getElementById('diversity').value = '4'; document.getElementById('form').requestSubmit()",
+      );
+      for (let i = 0; i < 300 && (await rows()).join() !== diverse.join(); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assertEquals(await rows(), diverse);
       server.child.kill("SIGTERM");
       await server.child.status;
       await devtools.evaluate("document.getElementById('form').requestSubmit()");

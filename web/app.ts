@@ -34,6 +34,13 @@ function readK(): number {
   return box.value.trim() === "" ? 10 : Number(box.value);
 }
 
+/** The variety box: a weight >= 0, blank for 0 (the model's own ranking). */
+function readDiversity(): number {
+  const box = $<HTMLInputElement>("diversity");
+  if (box.validity.badInput) throw new RangeError("variety must be a number >= 0");
+  return box.value.trim() === "" ? 0 : Number(box.value);
+}
+
 let recommender: Recommender | undefined;
 
 // Attached before anything loads: a submit before the model is ready would otherwise be
@@ -47,7 +54,9 @@ $("form").addEventListener("submit", async (event) => {
     const items = $<HTMLTextAreaElement>("history").value.split("\n").map((s) => s.trim())
       .filter((s) => s);
     const excludeSeen = $<HTMLInputElement>("seen").checked;
-    render(await recommender.recommend(items, { k: readK(), excludeSeen }));
+    render(
+      await recommender.recommend(items, { k: readK(), excludeSeen, diversity: readDiversity() }),
+    );
     state("done");
   } catch (e) {
     showError((e as Error).message);
@@ -112,6 +121,7 @@ async function main(): Promise<void> {
   if (query.getAll("item").length > 0) {
     history.value = query.getAll("item").join("\n");
     if (query.get("k")) $<HTMLInputElement>("k").value = query.get("k")!;
+    if (query.get("diversity")) $<HTMLInputElement>("diversity").value = query.get("diversity")!;
     $<HTMLFormElement>("form").requestSubmit();
   }
 }

@@ -36,6 +36,7 @@ export const PAGE_HTML = `<!doctype html>
   <div class="row">
     <label>Top <input id="k" type="number" min="1" max="1000" value="10" style="width:5rem"></label>
     <label><input id="seen" type="checkbox" checked> hide items already in the history</label>
+    <label title="0: the model's ranking; higher trades relevance for variety">Variety <input id="diversity" type="number" min="0" step="0.1" value="0" style="width:4rem"></label>
     <button type="submit">Recommend</button>
   </div>
 </form>
@@ -56,6 +57,7 @@ const query = new URLSearchParams(location.search);
 if (query.getAll("item").length) {
   $("history").value = query.getAll("item").join("\\n");
   if (query.get("k")) $("k").value = query.get("k");
+  if (query.get("diversity")) $("diversity").value = query.get("diversity");
   queueMicrotask(() => $("form").requestSubmit());
 }
 // Only the latest request's answer is shown: an earlier one may arrive after it.
@@ -74,7 +76,10 @@ $("form").addEventListener("submit", async (event) => {
   if (box.validity.badInput) return showError("k must be a whole number");
   // Blank is the server's default; a bad number is the server's to name (a 400).
   const k = box.value.trim() === "" ? {} : { k: Number(box.value) };
-  const body = { history, ...k, excludeSeen: $("seen").checked };
+  const variety = $("diversity");
+  if (variety.validity.badInput) return showError("variety must be a number >= 0");
+  const diversity = variety.value.trim() === "" ? {} : { diversity: Number(variety.value) };
+  const body = { history, ...k, excludeSeen: $("seen").checked, ...diversity };
   let response, answer;
   try {
     response = await fetch(new URL("recommend", base), {

@@ -4,9 +4,9 @@
  *
  * | route | body in | body out |
  * | --- | --- | --- |
- * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
+ * | `POST /recommend` | `{ "history": [item, ...], "k"?, "exclude"?, "excludeSeen"?, "strict"?, "diversity"?, "diversityMethod"? }` | `{ "items": [{ "item", "score" }], "unknown": [...] }` |
  * | `POST /recommend/batch` | `{ "requests": [<a /recommend body>, ...] }` | `{ "results": [<a /recommend answer>, ...] }` |
- * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "inFlight", "limits", "inference"? }` |
+ * | `GET /health` | | `{ "status": "ok", "model", "items", "maxLength", "backend", "formatVersion", "tensors", "inFlight", "limits", "diversityMethods", "inference"? }` |
  * | `GET /` | | a page where a person types a history and sees the recommendations |
  *
  * A bad request gets a 4xx answer `{ "error": "...", "field"?: "..." }` naming what is
@@ -22,6 +22,7 @@ import { MODEL_FILE_VERSION } from "../inference/model_file.ts";
 import { MAX_WAIT_MS, MicroBatcher } from "./batcher.ts";
 import { MODELS } from "../models/mod.ts";
 import { PAGE_HTML } from "./_page.ts";
+import { type DiversityMethod, resolveDiversityMethod } from "../eval/diversify.ts";
 
 /** Limits and behaviour of {@linkcode createHandler}. */
 export interface HandlerOptions {
@@ -141,7 +142,15 @@ async function readJson(request: Request, max: number): Promise<unknown> {
   }
 }
 
-const ONE_FIELDS = new Set(["history", "k", "exclude", "excludeSeen", "strict"]);
+const ONE_FIELDS = new Set([
+  "history",
+  "k",
+  "exclude",
+  "excludeSeen",
+  "strict",
+  "diversity",
+  "diversityMethod",
+]);
 
 function stringList(value: unknown, field: string, max: number): string[] {
   if (!Array.isArray(value)) {
@@ -172,8 +181,16 @@ interface ParsedRequest {
   options: RecommendOptions & { strict: boolean };
 }
 
-/** Checks one `/recommend` body; `at` prefixes field names inside a batch. */
-function parseOne(body: unknown, limits: HandlerLimits, at = ""): ParsedRequest {
+/**
+ * Checks one `/recommend` body; `at` prefixes field names inside a batch. `methods`: the
+ * diversity methods the model can give.
+ */
+function parseOne(
+  body: unknown,
+  limits: HandlerLimits,
+  methods: readonly DiversityMethod[],
+  at = "",
+): ParsedRequest {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new HttpError(400, `${at || "the body"} must be a JSON object`, at || undefined);
   }
@@ -213,8 +230,38 @@ function parseOne(body: unknown, limits: HandlerLimits, at = ""): ParsedRequest 
       exclude,
       excludeSeen: (b.excludeSeen as boolean | undefined) ?? true,
       strict: (b.strict as boolean | undefined) ?? false,
+      ...parseDiversity(b, methods, at),
     },
   };
+}
+
+/** The body's `diversity` (a number >= 0, default 0) and `diversityMethod`, checked. */
+function parseDiversity(
+  b: Record<string, unknown>,
+  methods: readonly DiversityMethod[],
+  at: string,
+): Pick<RecommendOptions, "diversity" | "diversityMethod"> {
+  // Absent means the default; null is refused, as for every other field.
+  const diversity = b.diversity === undefined ? 0 : b.diversity;
+  if (typeof diversity !== "number" || !Number.isFinite(diversity) || diversity < 0) {
+    throw new HttpError(
+      400,
+      `${at}diversity must be a number >= 0 (0: the model's ranking), got ${shown(b.diversity)}`,
+      `${at}diversity`,
+    );
+  }
+  const method = b.diversityMethod === undefined ? "auto" : b.diversityMethod;
+  const known = ["auto", ...methods];
+  if (typeof method !== "string" || !known.includes(method)) {
+    throw new HttpError(
+      400,
+      `${at}diversityMethod must be one of ${known.join(", ")} for this model, got ${
+        shown(b.diversityMethod)
+      }`,
+      `${at}diversityMethod`,
+    );
+  }
+  return { diversity, diversityMethod: method as DiversityMethod | "auto" };
 }
 
 /** A 422 when `strict` was asked for and the history holds unknown items. */
@@ -231,7 +278,11 @@ function checkStrict(strict: boolean, unknown: string[], at = ""): void {
 type Route = (request: Request) => Promise<Response> | Response;
 
 /** The requests of a `/recommend/batch` body `{ "requests": [...] }`, each checked. */
-function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
+function parseMany(
+  body: unknown,
+  limits: HandlerLimits,
+  methods: readonly DiversityMethod[],
+): ParsedRequest[] {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new HttpError(400, 'the body must be a JSON object { "requests": [...] }');
   }
@@ -253,7 +304,7 @@ function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
       "requests",
     );
   }
-  return list.map((r, i) => parseOne(r, limits, `requests[${i}].`));
+  return list.map((r, i) => parseOne(r, limits, methods, `requests[${i}].`));
 }
 
 /**
@@ -265,6 +316,7 @@ function parseMany(body: unknown, limits: HandlerLimits): ParsedRequest[] {
 function healthReport(
   recommender: Recommender,
   limits: HandlerLimits,
+  diversityMethods: readonly DiversityMethod[],
   inFlight: () => number,
 ): () => Record<string, unknown> {
   const fields = MODELS[recommender.model.name]?.inferenceFields ?? [];
@@ -282,7 +334,20 @@ function healthReport(
     tensors: tf.memory().numTensors,
     inFlight: inFlight(),
     limits,
+    diversityMethods,
     ...(inference ? { inference } : {}),
+  });
+}
+
+/** The diversity methods `recommender`'s model can give (`mmr` for all here, `interests` for SIGMA). */
+function diversityMethodsOf(recommender: Recommender): DiversityMethod[] {
+  return (["mmr", "interests"] as const).filter((m) => {
+    try {
+      resolveDiversityMethod(recommender.model, m);
+      return true;
+    } catch {
+      return false;
+    }
   });
 }
 
@@ -359,6 +424,7 @@ export function createHandler(
     throw new RangeError(`batchWaitMs must be from 0 to ${MAX_WAIT_MS}, got ${batchWaitMs}`);
   }
   const batcher = new MicroBatcher(recommender, { waitMs: batchWaitMs });
+  const methods = diversityMethodsOf(recommender);
 
   // Recommendation requests being answered now: in /health, so a load balancer (or a test
   // that signals the server) can see work waiting in the micro-batching window.
@@ -373,14 +439,15 @@ export function createHandler(
   };
 
   const recommendOne: Route = async (request) => {
-    const { history, options: o } = parseOne(await readJson(request, limits.maxBodyBytes), limits);
+    const body = await readJson(request, limits.maxBodyBytes);
+    const { history, options: o } = parseOne(body, limits, methods);
     const { items, unknown } = await batcher.recommend(history, { ...o, strict: false });
     checkStrict(o.strict, unknown);
     return json(200, { items, unknown });
   };
 
   const recommendMany: Route = async (request) => {
-    const parsed = parseMany(await readJson(request, limits.maxBodyBytes), limits);
+    const parsed = parseMany(await readJson(request, limits.maxBodyBytes), limits, methods);
     const results = await recommender.recommendBatch(
       parsed.map((p) => p.history),
       parsed.map((p) => ({ ...p.options, strict: false })),
@@ -389,7 +456,7 @@ export function createHandler(
     return json(200, { results });
   };
 
-  const health = healthReport(recommender, limits, () => inFlight);
+  const health = healthReport(recommender, limits, methods, () => inFlight);
   return router({
     "/": {
       GET: () =>
