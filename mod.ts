@@ -57,6 +57,7 @@ export {
   type SequenceEncoderConfig,
   type SequentialModel,
   Sigma,
+  SIGMA_DEFAULT_PRESET,
   SIGMA_DEFAULTS,
   SIGMA_HELP,
   SIGMA_PRESETS,

@@ -14,7 +14,9 @@
  * longest), `--eval` (instead of a training step: one evaluation batch of the trainer's
  * `evalBatchSize` validation users, scored, ranked and read back as `evaluate` does it),
  * `--preset NAME` (a model's named config bundle, as `deno task train --preset`, e.g. SIGMA's
- * `authors`), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
+ * `authors`; without it the model's defaults, SIGMA's paper text, as the profiles in
+ * docs/performance.md were taken, where `train` applies SIGMA's default preset
+ * `authors-bounded`), `--reference-step` (instead of a data set: SASRec's fixed step of batch 256, length 50,
  * 12,000 items that `bench/torch_reference.py` also times; `--model` must be sasrec, and
  * `--data`, `--preset` and `--batch-size` are refused),
  * `--backend` (wasm), `--threads`, `--blas` (off; auto: large matmuls on a native BLAS, as

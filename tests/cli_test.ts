@@ -3,6 +3,8 @@ import { leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { train } from "../lib/train/trainer.ts";
 import { TINY_TRAIN_FLAGS } from "./_fixtures.ts";
+import { SIGMA_DEFAULTS, SIGMA_PRESETS } from "../lib/models/sigma.ts";
+import { decodeModelFile } from "../lib/inference/model_file.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const MAIN = new URL("../cli/main.ts", import.meta.url).pathname;
@@ -75,7 +77,7 @@ Deno.test("cli rejects bad input with messages that name the flag, file or line"
     [["train", "--batch-size", "0"], "--batch-size must be a positive integer"],
     [
       ["train", "--preset", "nope"],
-      "--preset nope is not a preset of model sigma (known: authors)",
+      "--preset nope is not a preset of model sigma (known: authors-bounded, paper, authors)",
     ],
     [
       ["train", "--model", "sasrec", "--preset", "authors"],
@@ -443,7 +445,7 @@ Deno.test("bench tools stop on a bad flag with a message naming it, not a stack 
     [
       "profile_step.ts",
       ["--preset", "nope"],
-      "error: --preset nope is not a preset of model sigma (known: authors)",
+      "error: --preset nope is not a preset of model sigma (known: authors-bounded, paper, authors)",
     ],
     [
       "profile_step.ts",
@@ -648,6 +650,71 @@ Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, othe
   await Deno.remove(dir, { recursive: true });
 });
 
+/** Canonical JSON (keys sorted at every level), as checkpoints hash their `model.json`. */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined).sort(([a], [b]) =>
+      a < b ? -1 : a > b ? 1 : 0
+    );
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+Deno.test("cli: on a data file SIGMA trains its default preset (authors-bounded), recorded in the run; --preset paper the defaults; the demo the paper's mode; a run that recorded no preset resumes as it was trained", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines = Array.from(
+    { length: 24 },
+    (_, u) => `u${u} ${[0, 1, 2, 3, 4].map((j) => 1 + (u + j * 3) % 9).join(" ")}`,
+  );
+  await Deno.writeTextFile(`${dir}/d.txt`, lines.join("\n") + "\n");
+  const train = (out: string, ...flags: string[]) =>
+    cli(
+      "train",
+      ...["--model", "sigma", "--data", `${dir}/d.txt`, "--backend", "cpu", "--out", out],
+      ...TINY_TRAIN_FLAGS,
+      ...flags,
+    );
+  const configOf = async (out: string) =>
+    JSON.parse(await Deno.readTextFile(`${out}/metrics.json`)).config;
+  const fields = { hidden: 8, heads: 1, inner: 8, numItems: 9, seed: 42 };
+  const byDefault = await train(`${dir}/default`);
+  assertEquals(byDefault.code, 0, byDefault.stderr);
+  assertEquals(await configOf(`${dir}/default`), {
+    ...SIGMA_DEFAULTS,
+    ...SIGMA_PRESETS["authors-bounded"],
+    ...fields,
+  });
+  const state = JSON.parse(await Deno.readTextFile(`${dir}/default/state/model.json`));
+  assertEquals(state.preset, "authors-bounded");
+  const file = await decodeModelFile(await Deno.readFile(`${dir}/default/model.safetensors`));
+  assertEquals(file.info.preset, "authors-bounded");
+  const paper = await train(`${dir}/paper`, "--preset", "paper");
+  assertEquals(paper.code, 0, paper.stderr);
+  assertEquals(await configOf(`${dir}/paper`), { ...SIGMA_DEFAULTS, ...fields });
+  // A run from before presets were recorded: the paper's config, no "preset" in its state.
+  const statePath = `${dir}/paper/state/model.json`;
+  const { preset: _, checksum: __, ...old } = JSON.parse(await Deno.readTextFile(statePath));
+  const weights = await Deno.readFile(`${dir}/paper/state/weights.bin`);
+  const head = new TextEncoder().encode(canonical(old) + "\n");
+  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array([...head, ...weights]));
+  const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  await Deno.writeTextFile(statePath, JSON.stringify({ ...old, checksum: `sha256:${hex}` }));
+  const resumed = await train(`${dir}/paper`, "--resume", "--epochs", "2");
+  assertEquals(resumed.code, 0, resumed.stderr);
+  assertEquals(await configOf(`${dir}/paper`), { ...SIGMA_DEFAULTS, ...fields });
+  // Resuming the default run without --preset continues the preset it recorded.
+  const again = await train(`${dir}/default`, "--resume", "--epochs", "2");
+  assertEquals(again.code, 0, again.stderr);
+  // The demonstration on the embedded data trains the paper's mode, and says so.
+  const demo = await cli("train", "--out", `${dir}/demo`, "--backend", "cpu", ...TINY_TRAIN_FLAGS);
+  assertEquals(demo.code, 0, demo.stderr);
+  assert(demo.stderr.includes("--preset paper"), demo.stderr);
+  assertEquals((await configOf(`${dir}/demo`)).mieInput, "raw");
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("cli: --preset authors sets SIGMA's authors'-code fields, and a flag beside it wins", async () => {
   const dir = await Deno.makeTempDir();
   const r = await cliIn(
@@ -760,9 +827,9 @@ Deno.test("cli: DiffuRec trains from the command line, and eval ablates its rank
     ],
   );
   const accuracy = Object.fromEntries(
-    Object.entries(metrics).filter(([key]) => !/^(diversity|coverage)@/.test(key)),
+    Object.entries(metrics).filter(([key]) => !/^(diversity|coverage|ild)@/.test(key)),
   );
-  assertEquals(rows[0].metrics, accuracy); // the bench leaves out diversity and coverage
+  assertEquals(rows[0].metrics, accuracy); // the bench leaves out the category metrics
   assertEquals(rows[0].agree, { same: 1, overlap: 1 });
   const table = new TextDecoder().decode(bench.stdout).split("\n").filter((l) =>
     l.startsWith("| ")
@@ -801,7 +868,7 @@ Deno.test("cli: on the embedded data set a model's own epoch cap gives way to th
   const sigma = await cli("train", "--backend", "cpu", "--hidden", "32", "--out", `${dir}/held`);
   assert(
     sigma.stderr.includes(
-      "a demonstration: 10 epochs, patience 5, --lr 0.01, --inner 128, --max-length 30 (flags",
+      "a demonstration: 10 epochs, patience 5, --preset paper, --lr 0.01, --inner 128, --max-length 30",
     ),
     sigma.stderr,
   );

@@ -4,13 +4,18 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { Adam } from "../lib/train/adam.ts";
 import { selectBackend } from "../backends/mod.ts";
-import { Sigma, SIGMA_PRESETS, type SigmaConfig } from "../lib/models/sigma.ts";
+import {
+  Sigma,
+  SIGMA_DEFAULT_PRESET,
+  SIGMA_PRESETS,
+  type SigmaConfig,
+} from "../lib/models/sigma.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
 import { trainStep } from "../lib/train/trainer.ts";
 import { tinyEvalBatch, tinyTrainBatch } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "./_assert.ts";
-import { modelPreset } from "../lib/models/mod.ts";
+import { modelPreset, MODELS } from "../lib/models/mod.ts";
 
 await selectBackend("cpu");
 
@@ -262,7 +267,7 @@ Deno.test("modelPreset: the preset's values, none without a name, a RangeError n
   assertThrows(
     () => modelPreset("sigma", "nope"),
     RangeError,
-    "--preset nope is not a preset of model sigma (known: authors)",
+    "--preset nope is not a preset of model sigma (known: authors-bounded, paper, authors)",
   );
   assertThrows(
     () => modelPreset("sasrec", "authors"),
@@ -270,4 +275,18 @@ Deno.test("modelPreset: the preset's values, none without a name, a RangeError n
     "--preset authors is not a preset of model sasrec (it has none)",
   );
   assertThrows(() => modelPreset("gru4rec", "authors"), RangeError, 'Unknown model "gru4rec"');
+  // "paper" is every model's defaults as they are, so one reproduce can name it for all.
+  assertEquals(modelPreset("sigma", "paper"), {});
+  assertEquals(modelPreset("sasrec", "paper"), {});
+  assertEquals(modelPreset("diffurec", "paper"), {});
+});
+
+Deno.test("SIGMA's default preset is the bounded authors' mode: authors' values with the log-variance bound 10", () => {
+  assertEquals(MODELS.sigma.defaultPreset, SIGMA_DEFAULT_PRESET);
+  assertEquals(SIGMA_DEFAULT_PRESET, "authors-bounded");
+  assertEquals(SIGMA_PRESETS["authors-bounded"], {
+    ...SIGMA_PRESETS.authors,
+    interestLogVarBound: 10,
+  });
+  assertEquals(MODELS.sasrec.defaultPreset, undefined);
 });

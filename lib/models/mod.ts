@@ -28,6 +28,7 @@ import {
 } from "./sasrec.ts";
 import {
   Sigma,
+  SIGMA_DEFAULT_PRESET,
   SIGMA_DEFAULTS,
   SIGMA_HELP,
   SIGMA_PRESETS,
@@ -66,6 +67,7 @@ export {
 } from "./sasrec.ts";
 export {
   Sigma,
+  SIGMA_DEFAULT_PRESET,
   SIGMA_DEFAULTS,
   SIGMA_HELP,
   SIGMA_PRESETS,
@@ -89,6 +91,12 @@ export interface ModelEntry {
    * of the authors' released code. Default: none.
    */
   presets?: Record<string, Record<string, number | string | boolean>>;
+  /**
+   * The preset `deno task train` applies when `--preset` is not given (SIGMA's
+   * `authors-bounded`, the mode that wins); `--preset paper` then gives the defaults as they
+   * are. Default: none, the defaults as they are.
+   */
+  defaultPreset?: string;
   /**
    * Training settings of the model's own code that differ from the trainer's defaults;
    * `deno task train` applies them, and its flags override them. Default: none.
@@ -129,6 +137,7 @@ export const MODELS: Record<string, ModelEntry> = {
     defaults: SIGMA_DEFAULTS as unknown as Record<string, number | string | boolean>,
     help: SIGMA_HELP,
     presets: SIGMA_PRESETS as Record<string, Record<string, number | string | boolean>>,
+    defaultPreset: SIGMA_DEFAULT_PRESET,
     validate: (config) =>
       validateSigmaConfig({ ...SIGMA_DEFAULTS, ...upgradeSigmaConfig(config) } as SigmaConfig),
     create: (config) => new Sigma(config),
@@ -183,7 +192,9 @@ export function modelEntry(name: string): ModelEntry {
 
 /**
  * The config values of the preset called `preset` of the model called `model` (`--preset
- * NAME`); none when `preset` is undefined.
+ * NAME`); none when `preset` is undefined, or is `paper` for a model without presets (every
+ * model's defaults are its paper's or its code's, so `--preset paper` may be given to a
+ * `reproduce` of several models).
  *
  * @throws {RangeError} An unknown model, or a preset the model does not have (the known
  * ones are listed).
@@ -194,6 +205,8 @@ export function modelPreset(
 ): Record<string, number | string | boolean> {
   if (preset === undefined) return {};
   const presets = modelEntry(model).presets ?? {};
+  // Every model knows "paper": its defaults as they are (SIGMA names it among its presets).
+  if (preset === "paper" && !Object.hasOwn(presets, preset)) return {};
   if (!Object.hasOwn(presets, preset)) {
     const known = Object.keys(presets);
     throw new RangeError(

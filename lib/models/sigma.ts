@@ -209,7 +209,16 @@ export interface SigmaConfig extends SequenceEncoderConfig {
 
 /**
  * Named bundles of config values (`deno task train --model sigma --preset NAME`; flags
- * given beside it win). `authors`: MIE-VAE as the authors' released code trains it (read
+ * given beside it win), over {@linkcode SIGMA_DEFAULTS} (the paper's text).
+ *
+ * `authors-bounded` is what `deno task train --model sigma` trains when no preset is named
+ * ({@linkcode SIGMA_DEFAULT_PRESET}): `authors` with the interests' log-variance bounded at
+ * 10. It is the mode that beats SASRec (Office and Beauty, 3 seeds each; docs/results.md);
+ * unbounded, `authors` froze a third of the model on Beauty in its first epoch.
+ *
+ * `paper`: nothing over the defaults, the paper's text (ties SASRec here).
+ *
+ * `authors`: MIE-VAE as the authors' released code trains it (read
  * at libeibei95/SIGMA 6396a9c; `docs/sigma-notes.md` lists each difference and what the
  * code leaves out), with its Office run script's values:
  * - MIE reads `dropout(LayerNorm(item))`, and each interest mean gets a LayerNorm and
@@ -221,25 +230,37 @@ export interface SigmaConfig extends SequenceEncoderConfig {
  * - the GRU (hard) interests join from epoch 32; attention dropout 0.3;
  * - ranking at mu + sigma.
  */
-export const SIGMA_PRESETS: Record<string, Partial<Omit<SigmaConfig, "numItems">>> = {
-  authors: {
-    mieInput: "normed",
-    interestLayerNorm: true,
-    mieRecon: "mean",
-    interestTemperature: 0.1,
-    mieKlReduce: "mean",
-    mieKlWeight: 0.002,
-    mieKlWarmup: 4000,
-    beta1: 0.001,
-    beta2: 1e-5,
-    mieBoostEpochs: 200,
-    hardInterestsFrom: 32,
-    attentionDropout: 0.3,
-    scoreAt: "mu+sigma",
-  },
+const AUTHORS: Partial<Omit<SigmaConfig, "numItems">> = {
+  mieInput: "normed",
+  interestLayerNorm: true,
+  mieRecon: "mean",
+  interestTemperature: 0.1,
+  mieKlReduce: "mean",
+  mieKlWeight: 0.002,
+  mieKlWarmup: 4000,
+  beta1: 0.001,
+  beta2: 1e-5,
+  mieBoostEpochs: 200,
+  hardInterestsFrom: 32,
+  attentionDropout: 0.3,
+  scoreAt: "mu+sigma",
 };
 
-/** Defaults for every {@linkcode SigmaConfig} field except `numItems`. */
+export const SIGMA_PRESETS: Record<string, Partial<Omit<SigmaConfig, "numItems">>> = {
+  "authors-bounded": { ...AUTHORS, interestLogVarBound: 10 },
+  paper: {},
+  authors: AUTHORS,
+};
+
+/** The preset `deno task train --model sigma` applies when none is named. */
+export const SIGMA_DEFAULT_PRESET = "authors-bounded";
+
+/**
+ * Defaults for every {@linkcode SigmaConfig} field except `numItems`: the paper's text, what
+ * `new Sigma({ numItems })` builds. The command line trains {@linkcode SIGMA_DEFAULT_PRESET}
+ * over them unless told `--preset paper`; in code, spread `SIGMA_PRESETS["authors-bounded"]`
+ * into the config for the same model.
+ */
 export const SIGMA_DEFAULTS: Omit<SigmaConfig, "numItems"> = {
   ...SEQUENCE_ENCODER_DEFAULTS,
   layers: 1,

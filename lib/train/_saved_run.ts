@@ -47,7 +47,12 @@ export async function writeBest(
       items: meta.itemTokens,
       params,
       values,
-      info: { epoch: meta.epoch, valid: meta.valid, data: meta.data },
+      info: {
+        epoch: meta.epoch,
+        valid: meta.valid,
+        data: meta.data,
+        ...(meta.preset !== undefined ? { preset: meta.preset } : {}),
+      },
     }),
   );
 }

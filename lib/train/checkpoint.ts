@@ -30,6 +30,12 @@ export interface CheckpointMeta {
   data: Record<string, unknown>;
   /** Training settings of the run. */
   train: Record<string, unknown>;
+  /**
+   * The named config bundle the run's config was built from (`deno task train --preset`, or
+   * the model's default preset), for the record: `config` holds every field. Absent where
+   * none was applied, and in runs from before presets were recorded.
+   */
+  preset?: string;
   /** Dense item id -> token (index 0 = padding). */
   itemTokens: string[];
   /** Epoch (1-based) whose parameters these are. */
@@ -61,6 +67,7 @@ const META_FIELDS = new Set([
   "config",
   "data",
   "train",
+  "preset",
   "itemTokens",
   "epoch",
   "valid",
@@ -290,6 +297,11 @@ export async function readCheckpoint(
     if (!META_FIELDS.has(field)) {
       throw new SyntaxError(`${metaPath}: unknown field "${field}" (a changed or foreign file?)`);
     }
+  }
+  if (meta.preset !== undefined && typeof meta.preset !== "string") {
+    throw new SyntaxError(
+      `${metaPath}: field "preset" is ${JSON.stringify(meta.preset)}, not a name`,
+    );
   }
   const bytes = await Deno.readFile(`${path}/weights.bin`);
   if (bytes.length !== meta.values * 4) {

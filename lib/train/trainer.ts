@@ -156,7 +156,7 @@ export interface TrainHooks {
    * `vocab.items`. Default: no data description, and items named by their dense ids
    * ("1".."N"), so the files always carry a vocabulary.
    */
-  checkpointInfo?: Pick<CheckpointMeta, "data" | "itemTokens">;
+  checkpointInfo?: Pick<CheckpointMeta, "data" | "itemTokens" | "preset">;
   /** Receives progress text; `\r`-prefixed text replaces the current line. Default: none. */
   progress?: (text: string) => void;
   /**
@@ -669,6 +669,7 @@ async function saveEpoch(
     data: hooks.checkpointInfo?.data ?? {},
     itemTokens,
     train: { ...o },
+    ...(hooks.checkpointInfo?.preset !== undefined ? { preset: hooks.checkpointInfo.preset } : {}),
     epoch,
     valid,
   });
