@@ -760,15 +760,19 @@ async function evalCommand(args: string[]): Promise<void> {
   const header = { checkpoint: path, epoch, split: which, protocol, overrides };
   if (diversity) {
     if (protocol !== "library") throw new TypeError("--diversity goes with --protocol library");
+    const say = progressWriter();
+    const onProgress = (done: number, total: number) =>
+      say(`\rdiversified at ${diversity.weights.length} weights: ${done}/${total} histories`);
     const results = await withFlagNames(
       () =>
         evaluateDiversified(
           model,
           evalBatches(examples, { batchSize, maxLength: model.config.maxLength }),
-          { numItems: dataset.numItems, categories: dataset.categories, ...diversity },
+          { numItems: dataset.numItems, categories: dataset.categories, onProgress, ...diversity },
         ),
       { method: "diversity-method", pool: "diversity-pool" },
     );
+    say(`\rdiversified at ${diversity.weights.length} weights: ${examples.length} histories\n`);
     console.log(JSON.stringify({ ...header, diversified: results }, null, 1));
     return;
   }
