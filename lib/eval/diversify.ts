@@ -105,6 +105,11 @@ function relevance(scores: ArrayLike<number>): Float64Array {
   return rel;
 }
 
+/** Weight 0: the pool's own order, its first `length` indices. */
+function poolOrder(pool: number, length: number): Int32Array {
+  return Int32Array.from({ length: Math.min(length, pool) }, (_, i) => i);
+}
+
 /**
  * The greedy loop both methods share: `length` picks from `pool` candidates, each the
  * unpicked index of highest `gain(i)` (the first on ties), then `picked(i)` updates the
@@ -149,7 +154,7 @@ export function mmrOrder(
   weight: number,
 ): Int32Array {
   const pool = scores.length;
-  if (weight === 0) return Int32Array.from({ length: Math.min(length, pool) }, (_, i) => i);
+  if (weight === 0) return poolOrder(pool, length);
   const rel = relevance(scores);
   const closest = new Float64Array(pool).fill(-Infinity); // max cosine to the list so far
   return greedy(
@@ -185,7 +190,7 @@ export function interestOrder(
   weight: number,
 ): Int32Array {
   const pool = scores.length;
-  if (weight === 0) return Int32Array.from({ length: Math.min(length, pool) }, (_, i) => i);
+  if (weight === 0) return poolOrder(pool, length);
   const rel = relevance(scores);
   const uncovered = new Float64Array(k).fill(1); // prod over the list of (1 - a_sj)
   return greedy(

@@ -359,20 +359,7 @@ export function listDiversity(
   categories: readonly Int32Array[],
   k: number = list.length,
 ): number {
-  if (!Number.isInteger(k) || k < 1) throw new RangeError(`k must be a positive integer, got ${k}`);
-  const m = Math.min(k, list.length);
-  let dissimilar = 0;
-  for (let a = 0; a < m; a++) {
-    for (let b = a + 1; b < m; b++) {
-      const ca = categories[list[a]];
-      const cb = categories[list[b]];
-      if (!ca || !cb) {
-        throw new RangeError(`item ${ca ? list[b] : list[a]} has no categories entry`);
-      }
-      if (!intersects(ca, cb)) dissimilar++;
-    }
-  }
-  return m < 2 ? 0 : dissimilar / ((m * (m - 1)) / 2);
+  return meanOverPairs(list, categories, k, (a, b) => intersects(a, b) ? 0 : 1);
 }
 
 /**
@@ -397,21 +384,34 @@ export function listIntraListDistance(
   categories: readonly Int32Array[],
   k: number = list.length,
 ): number {
+  return meanOverPairs(list, categories, k, jaccardDistance);
+}
+
+/**
+ * The mean of `pair` over the pairs of the first `k` items of `list`; 0 with fewer than 2.
+ * Summed in the order {@linkcode MetricAccumulator} sums (each item against those before it,
+ * then the running total), so that the two agree bit for bit.
+ */
+function meanOverPairs(
+  list: ArrayLike<number>,
+  categories: readonly Int32Array[],
+  k: number,
+  pair: (a: Int32Array, b: Int32Array) => number,
+): number {
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`k must be a positive integer, got ${k}`);
   const m = Math.min(k, list.length);
-  // Summed in the order MetricAccumulator sums, so that the two agree bit for bit.
   let total = 0;
   for (let b = 0; b < m; b++) {
-    let distance = 0;
+    let sum = 0;
     for (let a = 0; a < b; a++) {
       const ca = categories[list[a]];
       const cb = categories[list[b]];
       if (!ca || !cb) {
         throw new RangeError(`item ${ca ? list[b] : list[a]} has no categories entry`);
       }
-      distance += jaccardDistance(ca, cb);
+      sum += pair(ca, cb);
     }
-    total += distance;
+    total += sum;
   }
   return m < 2 ? 0 : total / ((m * (m - 1)) / 2);
 }
