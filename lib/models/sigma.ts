@@ -207,6 +207,23 @@ export interface SigmaConfig extends SequenceEncoderConfig {
   interestLogVarBound: number;
 }
 
+/** The authors' code's MIE-VAE settings: the `authors` preset (documented there). */
+const AUTHORS: Partial<Omit<SigmaConfig, "numItems">> = {
+  mieInput: "normed",
+  interestLayerNorm: true,
+  mieRecon: "mean",
+  interestTemperature: 0.1,
+  mieKlReduce: "mean",
+  mieKlWeight: 0.002,
+  mieKlWarmup: 4000,
+  beta1: 0.001,
+  beta2: 1e-5,
+  mieBoostEpochs: 200,
+  hardInterestsFrom: 32,
+  attentionDropout: 0.3,
+  scoreAt: "mu+sigma",
+};
+
 /**
  * Named bundles of config values (`deno task train --model sigma --preset NAME`; flags
  * given beside it win), over {@linkcode SIGMA_DEFAULTS} (the paper's text).
@@ -230,22 +247,6 @@ export interface SigmaConfig extends SequenceEncoderConfig {
  * - the GRU (hard) interests join from epoch 32; attention dropout 0.3;
  * - ranking at mu + sigma.
  */
-const AUTHORS: Partial<Omit<SigmaConfig, "numItems">> = {
-  mieInput: "normed",
-  interestLayerNorm: true,
-  mieRecon: "mean",
-  interestTemperature: 0.1,
-  mieKlReduce: "mean",
-  mieKlWeight: 0.002,
-  mieKlWarmup: 4000,
-  beta1: 0.001,
-  beta2: 1e-5,
-  mieBoostEpochs: 200,
-  hardInterestsFrom: 32,
-  attentionDropout: 0.3,
-  scoreAt: "mu+sigma",
-};
-
 export const SIGMA_PRESETS: Record<string, Partial<Omit<SigmaConfig, "numItems">>> = {
   "authors-bounded": { ...AUTHORS, interestLogVarBound: 10 },
   paper: {},
