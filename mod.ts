@@ -100,6 +100,9 @@ export type {
 export {
   decodeModelFile,
   encodeModelFile,
+  type EncodeModelFileOptions,
+  ITEM_DTYPES,
+  type ItemDtype,
   MAX_MODEL_FILE_BYTES,
   MODEL_FETCH_STALL_MS,
   MODEL_FILE_FORMAT,

@@ -50,6 +50,7 @@ import {
 } from "./_flags.ts";
 import type { ChosenBackend } from "../backends/mod.ts";
 import { loadRecommender, modelFromCheckpoint } from "./_model.ts";
+import { ITEM_DTYPES, type ItemDtype } from "../lib/inference/model_file.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { RECOMMEND_OPTIONS, RECOMMEND_USAGE, recommendCommand } from "./recommend.ts";
 import { SERVE_OPTIONS, SERVE_USAGE, serveCommand } from "./serve.ts";
@@ -129,6 +130,9 @@ function usage(): string {
     "  deno task export --data FILE [--format F] [--k-core K] [--min-rating R] --out FILE",
     "                 (the data as training reads it, as sequence lines: what the PyTorch",
     "                 twins in interop/torch read)",
+    "  deno task export --model FILE|RUN_DIR|URL --item-dtype f32|f16|i8 --out FILE",
+    "                 (the model file again, its item table in float16 or int8 with a scale",
+    "                 a row: a half or a quarter of the bytes; every loader reads it)",
     ...RECOMMEND_USAGE,
     ...SERVE_USAGE,
     "",
@@ -837,6 +841,38 @@ function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
  * file), which model files make harmless: they name every item by its token. Refuses to
  * replace an existing file, and tokens that hold whitespace.
  */
+/**
+ * `export --model M --item-dtype f32|f16|i8 --out FILE`: the model file of M (a file, run
+ * folder or URL) written again with its item table in that dtype; never replaces a file.
+ */
+async function exportModel(v: Record<string, string | boolean | undefined>): Promise<void> {
+  if (typeof v.model !== "string") throw new TypeError("--item-dtype goes with --model M");
+  if (v.data !== undefined) throw new TypeError("export takes one of --data and --model");
+  const itemDtype = (v["item-dtype"] ?? "f32") as ItemDtype;
+  if (!ITEM_DTYPES.includes(itemDtype)) {
+    throw new RangeError(
+      `--item-dtype must be one of ${ITEM_DTYPES.join(", ")}, got "${v["item-dtype"]}"`,
+    );
+  }
+  if (typeof v.out !== "string") throw new TypeError("export --model needs --out FILE");
+  const out = v.out;
+  if (await Deno.stat(out).then(() => true, () => false)) {
+    throw new Deno.errors.AlreadyExists(`--out ${shownPath(out)} exists; not replaced`);
+  }
+  await startBackend({ backend: "cpu" });
+  const { recommender, from } = await loadRecommender(v.model);
+  try {
+    const bytes = await recommender.toBytes(recommender.info, { itemDtype });
+    await writeFileAtomic(out, bytes);
+    console.error(
+      `wrote ${shownPath(out)}: ${recommender.model.name} over ${recommender.numItems} items ` +
+        `from ${from}, item table ${itemDtype}, ${bytes.length.toLocaleString("en")} bytes`,
+    );
+  } finally {
+    recommender.dispose();
+  }
+}
+
 async function exportCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -846,6 +882,8 @@ async function exportCommand(args: string[]): Promise<void> {
       "k-core": { type: "string" },
       "min-rating": { type: "string" },
       out: { type: "string" },
+      model: { type: "string" },
+      "item-dtype": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -854,7 +892,10 @@ async function exportCommand(args: string[]): Promise<void> {
     console.log(usage());
     return;
   }
-  if (!values.data) throw new TypeError("export needs --data FILE");
+  if (values.model !== undefined || values["item-dtype"] !== undefined) {
+    return await exportModel(values);
+  }
+  if (!values.data) throw new TypeError("export needs --data FILE (or --model M --item-dtype D)");
   if (!values.out) throw new TypeError("export needs --out FILE (sequence lines)");
   const out = values.out;
   const exists = await Deno.stat(out).then(() => true, () => false);

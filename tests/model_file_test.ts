@@ -11,6 +11,14 @@ import {
   ModelFileError,
 } from "../lib/inference/model_file.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import {
+  decodeInt8Rows,
+  encodeInt8Rows,
+  fromFloat16Bits,
+  toFloat16Bits,
+} from "../lib/inference/_item_codec.ts";
+import fc from "fast-check";
+import { seededUniform } from "./_fixtures.ts";
 import { evaluateModel, train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
@@ -392,11 +400,13 @@ with safe_open(sys.argv[1], "np") as f:
         if k != "checksum":
             h.update(f"{k}={meta[k]}\\n".encode())
     shapes = {}
+    dtypes = {"float32": ("F32", "<f4"), "float16": ("F16", "<f2"), "int8": ("I8", "i1")}
     for name in sorted(f.keys()):
         t = f.get_tensor(name)
         shapes[name] = list(t.shape)
-        h.update(f"{name} F32 [{','.join(map(str, t.shape))}]\\n".encode())
-        h.update(t.astype("<f4").tobytes())
+        dtype, layout = dtypes[str(t.dtype)]
+        h.update(f"{name} {dtype} [{','.join(map(str, t.shape))}]\\n".encode())
+        h.update(t.astype(layout).tobytes())
 print(json.dumps({"model": meta["model"], "ok": "sha256:" + h.hexdigest() == meta["checksum"],
                   "shapes": shapes, "items": json.loads(meta["items"])[:3]}))
 `;
@@ -429,8 +439,182 @@ Deno.test({
       seen.shapes,
       Object.fromEntries(r.model.params.records().map((p) => [p.name, p.shape])),
     );
+    // The compact item tables are standard safetensors dtypes: read, and the checksum agrees.
+    for (const itemDtype of ["f16", "i8"] as const) {
+      await Deno.writeFile(`${dir}/${itemDtype}.safetensors`, await r.toBytes({}, { itemDtype }));
+      const compact = await new Deno.Command("python3", {
+        args: ["-c", PYTHON_CHECK, `${dir}/${itemDtype}.safetensors`],
+      }).output();
+      assertEquals(compact.code, 0, new TextDecoder().decode(compact.stderr));
+      const read = JSON.parse(new TextDecoder().decode(compact.stdout));
+      assertEquals(read.ok, true, itemDtype);
+      if (itemDtype === "i8") assertEquals(read.shapes["item.scale"], [data.numItems + 1]);
+    }
     await Deno.remove(dir, { recursive: true });
   },
+});
+
+Deno.test("float16 codes are the nearest half to every float (ties to even), specials kept (2,000 cases)", () => {
+  const check = (x: number) => {
+    const bits = toFloat16Bits(x);
+    const h = fromFloat16Bits(bits);
+    if (Number.isNaN(x)) return assert(Number.isNaN(h), `NaN -> ${h}`);
+    assertEquals(toFloat16Bits(h), bits, `${x}: ${h} does not code back to itself`);
+    // IEEE: past the largest half plus half its ulp (65504 + 16), the nearest is infinity.
+    if (!Number.isFinite(h)) return assert(Math.abs(x) >= 65520, `${x} -> ${h}`);
+    // No other half is nearer: the neighbours one code below and above.
+    for (const other of [bits - 1, bits + 1]) {
+      if (other < 0 || (other & 0x7fff) > 0x7c00 || (other & 0x8000) !== (bits & 0x8000)) continue;
+      const o = fromFloat16Bits(other);
+      const [dh, d_o] = [Math.abs(Math.fround(x) - h), Math.abs(Math.fround(x) - o)];
+      assert(
+        dh < d_o || (dh === d_o && (bits & 1) === 0) || !Number.isFinite(o),
+        `${x}: ${h} (${bits}) but ${o} is as near or nearer`,
+      );
+    }
+  };
+  for (
+    const x of [
+      0,
+      -0,
+      1,
+      -1,
+      65504,
+      65519,
+      65520,
+      1e6,
+      -1e6,
+      2 ** -24,
+      2 ** -25,
+      2 ** -26,
+      6e-8,
+      Infinity,
+      -Infinity,
+      NaN,
+    ]
+  ) {
+    check(x);
+  }
+  assertEquals(Object.is(fromFloat16Bits(toFloat16Bits(-0)), -0), true);
+  assertEquals(fromFloat16Bits(toFloat16Bits(65520)), Infinity); // halfway to 2^16: even is Inf
+  fc.assert(
+    fc.property(fc.float({ noNaN: true, min: Math.fround(-7e4), max: Math.fround(7e4) }), check),
+    { numRuns: 1000 },
+  );
+  fc.assert(
+    fc.property(fc.float({ noNaN: true, min: Math.fround(-1e-3), max: Math.fround(1e-3) }), check),
+    { numRuns: 1000 },
+  );
+});
+
+Deno.test("int8 rows: codes in -127..127, each value within half its row's scale, zero rows stay zero (300 cases)", () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 6 }),
+      fc.integer({ min: 1, max: 20 }),
+      fc.nat(),
+      (rows, width, seed) => {
+        const values = seededUniform(rows * width, seed, -3, 3);
+        values.fill(0, 0, width); // a padding row of zeros
+        const { codes, scales } = encodeInt8Rows(values, rows, width);
+        const back = decodeInt8Rows(codes, scales, width);
+        assertEquals(scales[0], 0);
+        const signed = new Int8Array(codes.buffer);
+        for (let r = 1; r < rows; r++) {
+          // The scale uses the whole range: the row's largest value codes as +-127.
+          const largest = Math.max(...signed.subarray(r * width, (r + 1) * width).map(Math.abs));
+          assertEquals(largest, 127, `row ${r}`);
+        }
+        for (let r = 0; r < rows; r++) {
+          for (let u = 0; u < width; u++) {
+            const i = r * width + u;
+            const code = new Int8Array(codes.buffer)[i];
+            assert(code >= -127 && code <= 127);
+            const error = Math.abs(back[i] - values[i]);
+            assert(error <= scales[r] * (0.5 + 1e-6), `row ${r}: ${back[i]} vs ${values[i]}`);
+          }
+        }
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("compact item tables: f16 and i8 files are smaller, decode within the codec's bounds, keep the rest exact, and the checksum covers them", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(tinyModel("sasrec"), data.vocab.items);
+  const f32 = await r.toBytes();
+  assertEquals(await r.toBytes({}, { itemDtype: "f32" }), f32); // f32 files as before
+  const plain = await decodeModelFile(f32);
+  assertEquals(plain.itemDtype, "f32");
+  const rows = data.numItems + 1;
+  const d = TINY.hidden;
+  let previous = f32.length;
+  for (const itemDtype of ["f16", "i8"] as const) {
+    const bytes = await r.toBytes({}, { itemDtype });
+    assert(bytes.length < previous, `${itemDtype}: ${bytes.length} bytes, not below ${previous}`);
+    previous = bytes.length;
+    const back = await decodeModelFile(bytes);
+    assertEquals(back.itemDtype, itemDtype);
+    assertEquals(back.params, plain.params);
+    let at = 0;
+    for (const p of plain.params) {
+      const size = p.shape.reduce((a, b) => a * b, 1);
+      const mine = back.values.subarray(at, at + size);
+      const theirs = plain.values.subarray(at, at + size);
+      if (p.name !== "item") assertEquals(mine, theirs, p.name);
+      else {
+        for (let i = 0; i < size; i++) {
+          const row = theirs.subarray(Math.floor(i / d) * d, Math.floor(i / d) * d + d);
+          const bound = itemDtype === "f16"
+            ? Math.abs(theirs[i]) * 2 ** -11 + 2 ** -25
+            : Math.max(...row.map(Math.abs)) / 127 / 2 * (1 + 1e-6);
+          assert(Math.abs(mine[i] - theirs[i]) <= bound, `${itemDtype} item ${i}`);
+        }
+      }
+      at += size;
+    }
+    // A flipped byte of the compact table (the data's last bytes for i8 are its scales).
+    for (const from of [bytes.length - 1, bytes.length - rows * (itemDtype === "i8" ? 4 : 1) - 3]) {
+      const bad = bytes.slice();
+      bad[from] ^= 0x10;
+      await assertRejects(() => decodeModelFile(bad), ModelFileError, "checksum mismatch");
+    }
+  }
+  assert(rows * d > 0);
+  // A file that says i8 but lacks the scales, and one with a stray scale tensor, are named.
+  const i8 = await r.toBytes({}, { itemDtype: "i8" });
+  const noScale = withHeader(i8, (h) => {
+    delete h["item.scale"];
+  });
+  await assertRejects(() => decodeModelFile(noScale), ModelFileError);
+  const unknownDtype = withHeader(i8, (h) => {
+    (h.__metadata__ as Record<string, string>).item_dtype = "f8";
+  });
+  await assertRejects(() => decodeModelFile(unknownDtype), ModelFileError, '"item_dtype" is "f8"');
+  await assertRejects(() => r.toBytes({}, { itemDtype: "f8" as "f16" }), RangeError, "itemDtype");
+});
+
+Deno.test("a trained model saved with an f16 or i8 item table ranks the same top-10 as float32 (f16: every list; i8: at least 9 of 10 items on average)", async () => {
+  await selectBackend("cpu");
+  for (const kind of ["sasrec", "sigma"] as const) {
+    const model = tinyModel(kind);
+    await train(model, split, data.numItems, { epochs: 3, batchSize: 32, seed: 3 });
+    using r = new Recommender(model, data.vocab.items);
+    const histories = split.test.map((ex) => Array.from(ex.history, (i) => data.vocab.items[i]));
+    const names = (rs: { items: { item: string }[] }[]) =>
+      rs.map((x) => x.items.map((i) => i.item));
+    const reference = names(await r.recommendBatch(histories, { k: 10 }));
+    for (const itemDtype of ["f16", "i8"] as const) {
+      using loaded = await Recommender.load(await r.toBytes({}, { itemDtype }));
+      const lists = names(await loaded.recommendBatch(histories, { k: 10 }));
+      const overlap = lists.map((l, h) => l.filter((x) => reference[h].includes(x)).length / 10);
+      const mean = overlap.reduce((a, b) => a + b, 0) / overlap.length;
+      if (itemDtype === "f16") assert(mean >= 0.99, `${kind} f16: top-10 overlap ${mean}`);
+      else assert(mean >= 0.9, `${kind} i8: top-10 overlap ${mean}`);
+      console.log(`${kind} ${itemDtype}: mean top-10 overlap with f32 ${mean.toFixed(4)}`);
+    }
+  }
 });
 
 releaseWebGpuAfterTests();

@@ -165,6 +165,38 @@ Deno.test("cli recommend --diversity W re-ranks as the API does at that weight; 
   assert(stray.stderr.includes("--diversity-pool goes with --diversity W"), stray.stderr);
 });
 
+Deno.test("cli export --model --item-dtype writes a smaller model file that recommend reads; bad dtypes and existing files are refused by name", async () => {
+  await using f = await fixture();
+  const history = data.vocab.items.slice(1, 4).join(" ");
+  const top = async (model: string) => {
+    const out = await cli("recommend", "--model", model, "--history", history, "--backend", "cpu");
+    assertEquals(out.code, 0, out.stderr);
+    return out.stdout.trim().split("\n").slice(1).map((l) => l.trim().split(/\s+/)[1]);
+  };
+  const reference = await top(f.dir);
+  const f32 = (await Deno.stat(`${f.dir}/model.safetensors`)).size;
+  for (const dtype of ["f16", "i8"]) {
+    const path = `${f.dir}/${dtype}.safetensors`;
+    const out = await cli("export", "--model", f.dir, "--item-dtype", dtype, "--out", path);
+    assertEquals(out.code, 0, out.stderr);
+    assert(out.stderr.includes(`item table ${dtype}`), out.stderr);
+    assert((await Deno.stat(path)).size < f32, `${dtype} is not smaller`);
+    const mine = await top(path);
+    // An untrained model's scores lie close: most of the top 10, not every one.
+    assert(
+      mine.filter((x) => reference.includes(x)).length >= 8,
+      `${dtype}: ${mine} vs ${reference}`,
+    );
+    const again = await cli("export", "--model", f.dir, "--item-dtype", dtype, "--out", path);
+    assert(again.code !== 0 && again.stderr.includes("exists; not replaced"), again.stderr);
+  }
+  const bad = await cli("export", "--model", f.dir, "--item-dtype", "f8", "--out", `${f.dir}/x`);
+  assert(
+    bad.code !== 0 && bad.stderr.includes("--item-dtype must be one of f32, f16, i8"),
+    bad.stderr,
+  );
+});
+
 Deno.test("cli recommend rejects bad input with messages naming the flag, file or line", async () => {
   await using f = await fixture();
   await Deno.writeTextFile(`${f.dir}/dup.txt`, "a i1 i2\nb i3\na i4\n");

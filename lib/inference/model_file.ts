@@ -9,7 +9,9 @@
  *
  * - 8 bytes: the header's length N, an unsigned little-endian 64-bit integer;
  * - N bytes: the header, UTF-8 JSON, padded with spaces so the data starts 8-aligned;
- * - the data: every tensor's bytes, little-endian float32, in the model's parameter order.
+ * - the data: every tensor's bytes, little-endian float32, in the model's parameter order;
+ *   with a compact item table (`item_dtype` below), `item` is float16 (`F16`) or int8
+ *   (`I8`, followed by `item.scale` `[N + 1]` `F32`, one scale a row).
  *
  * The header maps each parameter name (as the model's {@linkcode ParamStore} names it, e.g.
  * `item` `[N + 1, d]` or `enc.block0.attn.q.w` `[d, d]`) to
@@ -24,6 +26,7 @@
  * | `config` | the model's full config, JSON |
  * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i |
  * | `info` | JSON, not needed to load: where the model came from (epoch, validation metrics, data) |
+ * | `item_dtype` | `"f16"` or `"i8"` where the item table is stored compact (format version 2); absent for float32 |
  * | `checksum` | `"sha256:"` + 64 hex digits, see below |
  *
  * The checksum is the SHA-256 of, in order: for every metadata key except `checksum`, in
@@ -40,11 +43,27 @@
  */
 import { PAD_TOKEN } from "../data/_dense.ts";
 import type { ParamRecord } from "../nn/params.ts";
+import {
+  decodeFloat16,
+  decodeInt8Rows,
+  encodeFloat16,
+  encodeInt8Rows,
+  ITEM_DTYPES,
+  type ItemDtype,
+} from "./_item_codec.ts";
+
+export { ITEM_DTYPES, type ItemDtype } from "./_item_codec.ts";
 
 /** The value of `__metadata__.format`. */
 export const MODEL_FILE_FORMAT = "sigma-rec";
-/** The format version this library writes and reads. */
+/**
+ * The format version this library writes for float32 files; files with a compact item table
+ * are version 2 (a reader of version 1 refuses them by their version, not deep inside). It
+ * reads both.
+ */
 export const MODEL_FILE_VERSION = 1;
+/** The format version of files whose item table is float16 or int8. */
+const COMPACT_FILE_VERSION = 2;
 /** The conventional file name in a run folder. */
 export const MODEL_FILE_NAME = "model.safetensors";
 
@@ -81,6 +100,32 @@ export interface ModelFileContents {
   values: Float32Array;
   /** Where the model came from (epoch, validation metrics, data); not needed to load. */
   info: Record<string, unknown>;
+  /**
+   * How the file stored the item table (decoding gives float32 `values` either way). Absent
+   * when encoding means `"f32"`; see {@linkcode EncodeModelFileOptions} to write another.
+   */
+  itemDtype?: ItemDtype;
+}
+
+/** Options of {@linkcode encodeModelFile}. */
+export interface EncodeModelFileOptions {
+  /**
+   * How to store the item table (the parameter named `item`, `[N + 1, d]`): `f32` as
+   * trained (default), `f16` (half the bytes), `i8` (a quarter, and a scale a row). The
+   * rest of the model stays float32. What each costs in accuracy: `docs/serving.md`.
+   */
+  itemDtype?: ItemDtype;
+}
+
+/** Bytes a value of a stored dtype takes. */
+const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, I8: 1 };
+
+/** A tensor as stored: its name, dtype, shape and bytes. */
+interface StoredTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  bytes: Uint8Array;
 }
 
 /** Thrown when bytes are not a valid model file; the message names what is wrong. */
@@ -122,7 +167,7 @@ export async function sha256Hex(parts: Uint8Array[]): Promise<string> {
 /** The checksum of metadata (without `checksum`) and named tensors, as the module doc says. */
 async function checksumOf(
   metadata: Record<string, string>,
-  tensors: { name: string; shape: number[]; bytes: Uint8Array }[],
+  tensors: StoredTensor[],
 ): Promise<string> {
   const parts: Uint8Array[] = [];
   for (const key of Object.keys(metadata).sort()) {
@@ -130,7 +175,7 @@ async function checksumOf(
   }
   const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const t of sorted) {
-    parts.push(encoder.encode(`${t.name} F32 [${t.shape.join(",")}]\n`), t.bytes);
+    parts.push(encoder.encode(`${t.name} ${t.dtype} [${t.shape.join(",")}]\n`), t.bytes);
   }
   return `sha256:${await sha256Hex(parts)}`;
 }
@@ -186,36 +231,35 @@ function checkItems(items: unknown, source: string): string[] {
  */
 export async function encodeModelFile(
   contents: ModelFileContents,
+  options: EncodeModelFileOptions = {},
 ): Promise<Uint8Array<ArrayBuffer>> {
   const items = checkItems(contents.items, "model file");
-  const sizes = contents.params.map((p) => p.shape.reduce((a, b) => a * b, 1));
-  const total = sizes.reduce((a, b) => a + b, 0);
-  if (total !== contents.values.length) {
+  const itemDtype = options.itemDtype ?? "f32";
+  if (!ITEM_DTYPES.includes(itemDtype)) {
     throw new RangeError(
-      `the parameters' shapes hold ${total} values, but ${contents.values.length} were given`,
+      `itemDtype must be one of ${ITEM_DTYPES.join(", ")}, got ${JSON.stringify(itemDtype)}`,
     );
   }
-  const bytes = new Uint8Array(
-    contents.values.buffer,
-    contents.values.byteOffset,
-    contents.values.byteLength,
-  );
-  const tensors: { name: string; shape: number[]; bytes: Uint8Array }[] = [];
+  const tensors = storedTensors(contents, itemDtype);
   const header: Record<string, unknown> = {};
   let offset = 0;
-  contents.params.forEach((p, i) => {
-    const end = offset + sizes[i] * 4;
-    header[p.name] = { dtype: "F32", shape: p.shape, data_offsets: [offset, end] };
-    tensors.push({ name: p.name, shape: p.shape, bytes: bytes.subarray(offset, end) });
-    offset = end;
-  });
+  for (const t of tensors) {
+    header[t.name] = {
+      dtype: t.dtype,
+      shape: t.shape,
+      data_offsets: [offset, offset + t.bytes.length],
+    };
+    offset += t.bytes.length;
+  }
+  const compact = itemDtype !== "f32";
   const metadata: Record<string, string> = {
     format: MODEL_FILE_FORMAT,
-    format_version: String(MODEL_FILE_VERSION),
+    format_version: String(compact ? COMPACT_FILE_VERSION : MODEL_FILE_VERSION),
     model: contents.model,
     config: JSON.stringify(contents.config),
     items: JSON.stringify(items),
     info: JSON.stringify(contents.info ?? {}),
+    ...(compact ? { item_dtype: itemDtype } : {}),
   };
   metadata.checksum = await checksumOf(metadata, tensors);
   let json = encoder.encode(JSON.stringify({ __metadata__: metadata, ...header }));
@@ -225,12 +269,61 @@ export async function encodeModelFile(
     spaced.set(json);
     json = spaced;
   }
-  const out = new Uint8Array(8 + json.length + bytes.length);
+  const out = new Uint8Array(8 + json.length + offset);
   new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
   out.set(json, 8);
-  out.set(bytes, 8 + json.length);
+  let at = 8 + json.length;
+  for (const t of tensors) {
+    out.set(t.bytes, at);
+    at += t.bytes.length;
+  }
   return out;
 }
+
+/**
+ * The tensors of `contents` as the file stores them, in parameter order: float32, except the
+ * item table in `itemDtype` (int8 followed by its row scales, `item.scale`).
+ *
+ * @throws {RangeError} `values` does not match the shapes, or a compact dtype was asked for a
+ * model without an `item` table `[rows, d]`.
+ */
+function storedTensors(contents: ModelFileContents, itemDtype: ItemDtype): StoredTensor[] {
+  const sizes = contents.params.map((p) => p.shape.reduce((a, b) => a * b, 1));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  if (total !== contents.values.length) {
+    throw new RangeError(
+      `the parameters' shapes hold ${total} values, but ${contents.values.length} were given`,
+    );
+  }
+  const item = contents.params.find((p) => p.name === "item");
+  if (itemDtype !== "f32" && (item === undefined || item.shape.length !== 2)) {
+    throw new RangeError(
+      `itemDtype ${itemDtype} needs an "item" table [rows, d] among the parameters`,
+    );
+  }
+  const tensors: StoredTensor[] = [];
+  let offset = 0;
+  contents.params.forEach((p, i) => {
+    const values = contents.values.subarray(offset, offset + sizes[i]);
+    offset += sizes[i];
+    if (p.name !== "item" || itemDtype === "f32") {
+      const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+      tensors.push({ name: p.name, dtype: "F32", shape: p.shape, bytes });
+    } else if (itemDtype === "f16") {
+      tensors.push({ name: p.name, dtype: "F16", shape: p.shape, bytes: encodeFloat16(values) });
+    } else {
+      const [rows, width] = p.shape;
+      const { codes, scales } = encodeInt8Rows(values, rows, width);
+      tensors.push({ name: p.name, dtype: "I8", shape: p.shape, bytes: codes });
+      const bytes = new Uint8Array(scales.buffer);
+      tensors.push({ name: ITEM_SCALE, dtype: "F32", shape: [rows], bytes });
+    }
+  });
+  return tensors;
+}
+
+/** The int8 item table's row scales: a tensor of the file, not a parameter of the model. */
+const ITEM_SCALE = "item.scale";
 
 function parseJsonField(metadata: Record<string, string>, key: string, source: string): unknown {
   try {
@@ -303,15 +396,27 @@ function readMetadata(header: Record<string, unknown>, source: string): Record<s
       `metadata "format" is ${JSON.stringify(m.format)}, expected "${MODEL_FILE_FORMAT}"`,
     );
   }
-  if (m.format_version !== String(MODEL_FILE_VERSION)) {
+  const versions = [String(MODEL_FILE_VERSION), String(COMPACT_FILE_VERSION)];
+  if (!versions.includes(m.format_version)) {
     throw new ModelFileError(
       source,
       `format version ${JSON.stringify(m.format_version)} is not one this library reads ` +
-        `(it reads version ${MODEL_FILE_VERSION}); a newer library may read it`,
+        `(it reads versions ${versions.join(" and ")}); a newer library may read it`,
     );
   }
   for (const key of ["model", "config", "items", "checksum"]) {
     if (!(key in m)) throw new ModelFileError(source, `metadata "${key}" is missing`);
+  }
+  if (
+    m.item_dtype !== undefined &&
+    (m.item_dtype === "f32" || !ITEM_DTYPES.includes(m.item_dtype as ItemDtype))
+  ) {
+    throw new ModelFileError(
+      source,
+      `metadata "item_dtype" is ${
+        JSON.stringify(m.item_dtype)
+      }; expected "f16" or "i8" (absent: float32)`,
+    );
   }
   return m;
 }
@@ -322,24 +427,34 @@ function readTensors(
   bytes: Uint8Array,
   dataStart: number,
   source: string,
-): { name: string; shape: number[]; bytes: Uint8Array; begin: number }[] {
+): (StoredTensor & { begin: number })[] {
   const dataLength = bytes.length - dataStart;
   const tensors = [];
+  const itemDtype = (header.__metadata__ as Record<string, string>).item_dtype;
+  // The item table may be compact, as the metadata says; every other tensor is float32.
+  const expected = (name: string) =>
+    name === "item" && itemDtype === "f16"
+      ? "F16"
+      : name === "item" && itemDtype === "i8"
+      ? "I8"
+      : "F32";
   for (const [name, entry] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (e?.dtype !== "F32") {
+    if (e?.dtype !== expected(name)) {
       throw new ModelFileError(
         source,
-        `tensor "${name}" has dtype ${JSON.stringify(e?.dtype)}; only F32 is read`,
+        `tensor "${name}" has dtype ${JSON.stringify(e?.dtype)}; ${expected(name)} is read there` +
+          (name === "item" ? ` (item_dtype ${JSON.stringify(itemDtype ?? "f32")})` : ""),
       );
     }
+    const dtype = e.dtype as string;
     const shape = e.shape;
     if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
       throw new ModelFileError(source, `tensor "${name}" has shape ${JSON.stringify(shape)}`);
     }
     const offsets = e.data_offsets;
-    const size = shape.reduce((a: number, b: number) => a * b, 1) * 4;
+    const size = shape.reduce((a: number, b: number) => a * b, 1) * DTYPE_BYTES[dtype];
     if (
       !Array.isArray(offsets) || offsets.length !== 2 || !Number.isInteger(offsets[0]) ||
       !Number.isInteger(offsets[1]) || offsets[0] < 0 || offsets[1] > dataLength ||
@@ -352,7 +467,7 @@ function readTensors(
       );
     }
     const begin = dataStart + offsets[0];
-    tensors.push({ name, shape, begin, bytes: bytes.subarray(begin, begin + size) });
+    tensors.push({ name, dtype, shape, begin, bytes: bytes.subarray(begin, begin + size) });
   }
   tensors.sort((a, b) => a.begin - b.begin);
   let covered = 0;
@@ -408,21 +523,57 @@ export async function decodeModelFile(
   }
   const items = checkItems(parseJsonField(metadata, "items", source), source);
   const info = "info" in metadata ? parseJsonField(metadata, "info", source) : {};
-  const values = new Float32Array(tensors.reduce((n, t) => n + t.bytes.length / 4, 0));
+  const itemDtype = (metadata.item_dtype ?? "f32") as ItemDtype;
+  if (tensors.some((t) => t.name === ITEM_SCALE) && itemDtype !== "i8") {
+    throw new ModelFileError(source, `tensor "${ITEM_SCALE}" belongs to int8 item tables only`);
+  }
+  const params = tensors.filter((t) => t.name !== ITEM_SCALE);
+  const values = new Float32Array(params.reduce((n, t) => n + sizeOf(t.shape), 0));
   let offset = 0;
-  for (const t of tensors) {
-    // A copy through a byte view: the data need not be 4-aligned in `bytes`.
-    new Uint8Array(values.buffer, offset * 4, t.bytes.length).set(t.bytes);
-    offset += t.bytes.length / 4;
+  for (const t of params) {
+    values.set(decodedValues(t, tensors, source), offset);
+    offset += sizeOf(t.shape);
   }
   return {
     model: metadata.model,
     config: config as Record<string, unknown>,
     items,
-    params: tensors.map(({ name, shape }) => ({ name, shape })),
+    params: params.map(({ name, shape }) => ({ name, shape })),
     values,
     info: (info ?? {}) as Record<string, unknown>,
+    itemDtype,
   };
+}
+
+function sizeOf(shape: number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * A stored tensor's values as float32: float32 bytes copied (the data need not be 4-aligned
+ * in the file), the item table decoded from float16 or from int8 and its row scales.
+ *
+ * @throws {ModelFileError} An int8 item table whose `item.scale` is missing or of the wrong
+ * shape.
+ */
+function decodedValues(t: StoredTensor, all: StoredTensor[], source: string): Float32Array {
+  if (t.dtype === "F16") return decodeFloat16(t.bytes);
+  if (t.dtype === "I8") {
+    const scale = all.find((s) => s.name === ITEM_SCALE);
+    if (!scale || scale.shape.length !== 1 || scale.shape[0] !== t.shape[0]) {
+      throw new ModelFileError(
+        source,
+        `the int8 item table [${t.shape}] needs "${ITEM_SCALE}" [${t.shape[0]}], found ` +
+          (scale ? `[${scale.shape}]` : "none"),
+      );
+    }
+    const scales = new Float32Array(scale.shape[0]);
+    new Uint8Array(scales.buffer).set(scale.bytes);
+    return decodeInt8Rows(t.bytes, scales, t.shape[1]);
+  }
+  const out = new Float32Array(t.bytes.length / 4);
+  new Uint8Array(out.buffer).set(t.bytes);
+  return out;
 }
 
 /** Where a model file can come from. */

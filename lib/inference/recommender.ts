@@ -22,6 +22,7 @@ import { ParamStore } from "../nn/params.ts";
 import {
   decodeModelFile,
   encodeModelFile,
+  type EncodeModelFileOptions,
   modelFileBytes,
   ModelFileError,
   type ModelSource,
@@ -255,8 +256,13 @@ export class Recommender {
    * The model file of this recommender's model and vocabulary (see `model_file.ts`).
    *
    * @param info Where the model came from, stored as the file's `info`.
+   * @param options How to store the item table: `{ itemDtype: "f16" | "i8" }` for a smaller
+   * file (see `EncodeModelFileOptions`). Default float32, as trained.
    */
-  async toBytes(info: Record<string, unknown> = {}): Promise<Uint8Array<ArrayBuffer>> {
+  async toBytes(
+    info: Record<string, unknown> = {},
+    options: EncodeModelFileOptions = {},
+  ): Promise<Uint8Array<ArrayBuffer>> {
     this.#check();
     const { records, values } = await this.model.params.toArrays();
     return await encodeModelFile({
@@ -266,7 +272,7 @@ export class Recommender {
       params: records,
       values,
       info,
-    });
+    }, options);
   }
 
   /**
