@@ -4,6 +4,7 @@ import { selectBackend } from "../backends/mod.ts";
 import type { EvalBatch } from "../lib/data/types.ts";
 import {
   evaluate,
+  listDiversity,
   listIntraListDistance,
   MetricAccumulator,
   type Metrics,
@@ -289,7 +290,7 @@ const listsArb = fc.integer({ min: 2, max: 30 }).chain((n) =>
   }))
 );
 
-Deno.test("ILD lies in [0, 1] and does not depend on the order of a list's items (300 cases)", () => {
+Deno.test("ILD and Eq. 15's Diversity lie in [0, 1] and do not depend on the order of a list's items (300 cases)", () => {
   fc.assert(
     fc.property(listsArb, fc.nat(), ({ categories, lists }, seed) => {
       for (const list of lists) {
@@ -304,6 +305,10 @@ Deno.test("ILD lies in [0, 1] and does not depend on the order of a list's items
         }
         const again = listIntraListDistance(shuffled, categories);
         assert(Math.abs(again - ild) <= 1e-12, `${ild} vs ${again} after a shuffle`);
+        // Eq. 15 counts pairs: exactly the same after a shuffle.
+        const diversity = listDiversity(list, categories);
+        assert(diversity >= 0 && diversity <= 1, `Diversity ${diversity}`);
+        assertEquals(listDiversity(shuffled, categories), diversity);
       }
     }),
     { numRuns: 300 },
