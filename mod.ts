@@ -103,6 +103,7 @@ export {
   type EncodeModelFileOptions,
   ITEM_DTYPES,
   type ItemDtype,
+  type LoadProgress,
   MAX_MODEL_FILE_BYTES,
   MODEL_FETCH_STALL_MS,
   MODEL_FILE_FORMAT,

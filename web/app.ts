@@ -97,7 +97,13 @@ async function main(): Promise<void> {
   const chosen = await selectBackend(choice, { wasmPaths: new URL("./", import.meta.url).href });
   $("backend").textContent = `backend: ${chosen.name} (${chosen.reason})`;
   const modelUrl = new URL(query.get("model") ?? "model.safetensors", location.href);
-  const loaded = await Recommender.load(modelUrl);
+  const megabytes = (n: number) => (n / 1e6).toFixed(1);
+  const loaded = await Recommender.load(modelUrl, {
+    onLoadProgress: (n, total) => {
+      $("model").textContent = `downloading the model: ${megabytes(n)}` +
+        (total === undefined ? " MB" : ` of ${megabytes(total)} MB`);
+    },
+  });
   $("model").textContent = `${loaded.model.name} over ${loaded.numItems} items, ` +
     `from ${modelSource(modelUrl)}`;
   const picker = $<HTMLDataListElement>("catalogue");

@@ -580,6 +580,12 @@ function decodedValues(t: StoredTensor, all: StoredTensor[], source: string): Fl
 export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
 
 /**
+ * A download's progress: the bytes so far, and the total the server declared
+ * (`content-length`), undefined when it declared none.
+ */
+export type LoadProgress = (loaded: number, total: number | undefined) => void;
+
+/**
  * The bytes of a model file from a path (under Deno), a URL (`http:`, `https:`, `file:`,
  * `data:`, fetched), a `Response`, or bytes; and a name for errors.
  *
@@ -587,6 +593,9 @@ export type ModelSource = string | URL | Response | Uint8Array | ArrayBuffer;
  * @param maxBytes The largest file fetched from a URL or read from a `Response`: a larger one
  * is refused from its `content-length`, or when the download passes it. Paths (the caller's
  * own files) and bytes in memory are not limited.
+ * @param stallMs See {@linkcode MODEL_FETCH_STALL_MS}.
+ * @param onProgress Called as a fetched file's bytes arrive: the bytes so far and the total
+ * its `content-length` declares (undefined without one). Not called for paths and bytes.
  * @throws {TypeError} A path where the runtime has no file system (pass a URL or bytes).
  * @throws {RangeError} A fetched file larger than `maxBytes` (both sizes are named).
  * @throws {TypeError} A `Response` whose body was already read.
@@ -596,6 +605,7 @@ export async function modelFileBytes(
   source: ModelSource,
   maxBytes: number = MAX_MODEL_FILE_BYTES,
   stallMs: number = MODEL_FETCH_STALL_MS,
+  onProgress?: LoadProgress,
 ): Promise<{ bytes: Uint8Array; name: string }> {
   if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
     throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
@@ -606,7 +616,7 @@ export async function modelFileBytes(
   if (source instanceof Uint8Array) return { bytes: source, name: "model bytes" };
   if (source instanceof ArrayBuffer) return { bytes: new Uint8Array(source), name: "model bytes" };
   if (source instanceof Response) {
-    return await responseBytes(source, source.url || "response", maxBytes);
+    return await responseBytes(source, source.url || "response", maxBytes, undefined, onProgress);
   }
   const text = String(source);
   if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text)) {
@@ -620,7 +630,7 @@ export async function modelFileBytes(
       throw new Error(`${text}: could not fetch the model file (${(e as Error).message})`);
     }
     try {
-      return await responseBytes(response, text, maxBytes, stall);
+      return await responseBytes(response, text, maxBytes, stall, onProgress);
     } finally {
       stall.stop();
     }
@@ -727,6 +737,7 @@ async function responseBytes(
   name: string,
   maxBytes: number,
   stall?: StallTimer,
+  onProgress?: LoadProgress,
 ) {
   if (response.bodyUsed || response.body?.locked) {
     throw new TypeError(`${name}: the response's body was already read`);
@@ -763,6 +774,7 @@ async function responseBytes(
       throw tooLarge(name, length, maxBytes, "at least ");
     }
     chunks.push(chunk.value);
+    onProgress?.(length, Number.isFinite(declared) ? declared : undefined);
   }
   const bytes = new Uint8Array(length);
   let at = 0;

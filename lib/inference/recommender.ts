@@ -23,6 +23,7 @@ import {
   decodeModelFile,
   encodeModelFile,
   type EncodeModelFileOptions,
+  type LoadProgress,
   modelFileBytes,
   ModelFileError,
   type ModelSource,
@@ -105,6 +106,12 @@ export interface RecommenderOptions {
    * saying so. Default `MODEL_FETCH_STALL_MS` (30 s).
    */
   fetchStallMs?: number;
+  /**
+   * For {@linkcode Recommender.load} from a URL or a `Response`: called as the file's bytes
+   * arrive, with the bytes so far and the declared total (undefined without a
+   * `content-length`), e.g. for a progress bar. Default: none.
+   */
+  onLoadProgress?: LoadProgress;
 }
 
 /** A model a {@linkcode Recommender} can serve: any model whose config has these two fields. */
@@ -211,6 +218,7 @@ export class Recommender {
       source,
       options.maxFileBytes,
       options.fetchStallMs,
+      options.onLoadProgress,
     );
     const file = await decodeModelFile(bytes, name);
     const numItems = file.items.length - 1;
