@@ -4,6 +4,7 @@
  * ```sh
  * deno task bench:serve                                   # both models, wasm, 50 clients, 10 s
  * deno task bench:serve --models sasrec --clients 8 --seconds 5 --waits 0,2
+ * deno task bench:serve --models sasrec --items 1000000 --item-dtype i8   # a large catalogue
  * ```
  *
  * For each model:
@@ -26,7 +27,10 @@
  * and the in-process measurement.
  *
  * Data: `../shared/data/Office_Products.txt` beside the repository where it exists, else a
- * synthetic data set with Office's item count (said so in the output).
+ * synthetic data set with Office's item count (said so in the output). `--items N` instead
+ * measures a catalogue of N items (`i1`..`iN`) with 2,000 histories of 1-50 items spread over
+ * it; `--item-dtype f16|i8` serves the model file with that item table (`export
+ * --item-dtype`), and the model file's size is printed.
  *
  * @module
  */
@@ -38,6 +42,7 @@ import { type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
 import { modelEntry } from "../lib/models/mod.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import { ITEM_DTYPES, type ItemDtype } from "../lib/inference/model_file.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -51,6 +56,8 @@ const { values } = parseArgs({
     "max-requests": { type: "string", default: "200000" },
     waits: { type: "string", default: "0,2" },
     threads: { type: "string", default: "1" },
+    items: { type: "string" },
+    "item-dtype": { type: "string", default: "f32" },
   },
   strict: true,
 });
@@ -141,10 +148,35 @@ async function load(url: URL, histories: string[][], seconds: number) {
   return { latencies, errors, seconds: (performance.now() - started) / 1000 };
 }
 
-const data = await officeData();
-const histories = data.sequences.map((s, u) =>
-  Array.from(s.subarray(Math.max(0, s.length - 1 - (u % 50))), (i) => data.vocab.items[i])
-);
+const itemDtype = values["item-dtype"] as ItemDtype;
+if (!ITEM_DTYPES.includes(itemDtype)) {
+  throw new RangeError(`--item-dtype must be one of ${ITEM_DTYPES.join(", ")}, got "${itemDtype}"`);
+}
+const { data, histories } = values.items === undefined
+  ? officeHistories(await officeData())
+  : catalogueHistories(positiveInt("items", values.items));
+
+/** Office's users' own histories (their newest 1-50 items). */
+function officeHistories(data: SequenceDataset) {
+  const histories = data.sequences.map((s, u) =>
+    Array.from(s.subarray(Math.max(0, s.length - 1 - (u % 50))), (i) => data.vocab.items[i])
+  );
+  return { data, histories };
+}
+
+/** A catalogue of `n` items and 2,000 histories of 1-50 of them, spread by two primes. */
+function catalogueHistories(n: number) {
+  const items = ["<pad>", ...Array.from({ length: n }, (_, i) => `i${i + 1}`)];
+  const histories = Array.from(
+    { length: 2000 },
+    (_, u) =>
+      Array.from({ length: 1 + (u % 50) }, (_, j) => items[1 + (u * 7919 + j * 104729) % n]),
+  );
+  return {
+    data: { source: `a synthetic catalogue of ${n} items`, numItems: n, vocab: { items } },
+    histories,
+  };
+}
 const chosen = await selectBackend(values.backend as BackendChoice, {
   wasmThreads: positiveInt("threads", values.threads),
 });
@@ -157,7 +189,11 @@ try {
     const model = modelEntry(kind).create({ numItems: data.numItems });
     using recommender = new Recommender(model, data.vocab.items);
     const file = `${dir}/${kind}.safetensors`;
-    await Deno.writeFile(file, await recommender.toBytes({ bench: "untrained" }));
+    const bytes = await recommender.toBytes({ bench: "untrained" }, { itemDtype });
+    await Deno.writeFile(file, bytes);
+    console.log(
+      `${kind}: model file ${bytes.length.toLocaleString("en")} bytes, item table ${itemDtype}`,
+    );
     for (let i = 0; i < 20; i++) await recommender.recommend(histories[i], { k: 20 });
     const ms: number[] = [];
     for (let i = 0; i < calls; i++) {
