@@ -18,7 +18,7 @@ export type DataSpec =
     format?: "lines" | "recbole" | "movielens";
     kCore?: number;
     categories?: string;
-    /** Categories of that file left out (`--drop-categories`). */
+    /** Categories of that file left out (`--drop-category`). */
     dropCategories?: string[];
     minRating?: number;
   };

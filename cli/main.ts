@@ -120,7 +120,7 @@ function usage(): string {
     "                 [--backend B] [--threads N] [--blas L] [--eval-batch-size N]",
     "                 [--split test|valid] [--protocol library|diffurec]",
     "                 [--reverse-steps N] [--sampling chain|one] [--eval-seed N] [--lambda X]",
-    "                 [--categories FILE [--drop-categories A,B]]",
+    "                 [--categories FILE [--drop-category C ...]]",
     "                 [--diversity W,W,... [--diversity-method auto|mmr|interests] [--diversity-pool N]]",
     "                 (--data is read as training read its data; --protocol diffurec: history",
     "                 not excluded, K = 5, 10, 20, as DiffuRec's code ranks; the next four:",
@@ -143,7 +143,7 @@ function usage(): string {
     `                      --max-length 30; others ${SYNTHETIC_EPOCHS} epochs; patience ${SYNTHETIC_PATIENCE}; flags win)`,
     "  --format F          lines | recbole | movielens (default: from the extension)",
     "  --categories FILE   item categories (JSON item -> [category] or lines), for diversity",
-    "  --drop-categories A,B  leave these categories of --categories out (e.g. a root on every item)",
+    "  --drop-category C   leave category C of --categories out (repeatable; e.g. a root on every item)",
     "  --k-core K          apply K-core filtering first (default 0: none)",
     "  --min-rating R      MovieLens: keep ratings >= R (default 4)",
     "Run:",
@@ -228,7 +228,6 @@ function parseTrainFlags(args: string[]): TrainFlags {
     "data",
     "format",
     "categories",
-    "drop-categories",
     "k-core",
     "min-rating",
     "out",
@@ -243,6 +242,7 @@ function parseTrainFlags(args: string[]): TrainFlags {
     options: {
       ...Object.fromEntries(stringFlags.map((f) => [f, { type: "string" as const }])),
       "no-bucket": { type: "boolean" },
+      "drop-category": { type: "string", multiple: true },
       examples: { type: "string" },
       "valid-sampling": { type: "string" },
       preset: { type: "string" },
@@ -298,11 +298,15 @@ async function presetOf(
 ): Promise<string | undefined> {
   if (typeof v.preset === "string") return v.preset;
   if (v.resume === true) {
-    try {
-      const meta = JSON.parse(await Deno.readTextFile(`${out}/state/model.json`));
-      return typeof meta.preset === "string" ? meta.preset : undefined;
-    } catch {
-      // No readable state: the resume check names what is missing.
+    // `state.prev/` is where the state is while a crash interrupted its swap (as
+    // readCheckpoint reads it).
+    for (const dir of [`${out}/state`, `${out}/state.prev`]) {
+      try {
+        const meta = JSON.parse(await Deno.readTextFile(`${dir}/model.json`));
+        return typeof meta.preset === "string" ? meta.preset : undefined;
+      } catch {
+        // Not here: the next place, or the resume check names what is missing.
+      }
     }
   }
   if (demo !== undefined && Object.hasOwn(DEMO_PRESET, demo)) return DEMO_PRESET[demo];
@@ -345,7 +349,7 @@ function modelConfigFrom(
 
 /** What to train on: `--data` with its reading flags, or the embedded synthetic set. */
 function trainDataSpec(v: TrainFlags): DataSpec {
-  const readFlags = ["format", "categories", "drop-categories", "k-core", "min-rating"].filter((
+  const readFlags = ["format", "categories", "drop-category", "k-core", "min-rating"].filter((
     f,
   ) => v[f] !== undefined);
   if (typeof v.data !== "string" && readFlags.length > 0) {
@@ -625,21 +629,23 @@ function evalDataSpec(
 
 /**
  * `spec` with `eval`'s category flags applied: `--categories FILE` (with or without
- * `--data`) replaces the run's categories and what it dropped; `--drop-categories A,B`
- * drops from whichever categories apply.
+ * `--data`) replaces the run's categories and what it dropped; `--drop-category C` drops C
+ * too, beside what the run dropped when its categories are kept.
  */
 function withCategoryFlags(spec: DataSpec, v: Record<string, unknown>): DataSpec {
-  if (v.categories === undefined && v["drop-categories"] === undefined) return spec;
+  const drop = v["drop-category"] as string[] | undefined;
+  if (v.categories === undefined && (drop === undefined || drop.length === 0)) return spec;
   if (spec.kind !== "file") {
     throw new TypeError(
-      "--categories and --drop-categories need a data file (the embedded data set's are fixed)",
+      "--categories and --drop-category need a data file (the embedded data set's are fixed)",
     );
   }
   const categories = typeof v.categories === "string" ? v.categories : spec.categories;
   const { dropCategories: stored, ...rest } = spec;
-  const dropCategories = dropCategoriesFlag({ ...v, categories }) ??
-    (v.categories === undefined ? stored : undefined);
-  return { ...rest, categories, ...(dropCategories ? { dropCategories } : {}) };
+  const given = dropCategoryFlags({ ...v, categories }) ?? [];
+  const kept = v.categories === undefined ? stored ?? [] : [];
+  const dropCategories = [...new Set([...kept, ...given])];
+  return { ...rest, categories, ...(dropCategories.length > 0 ? { dropCategories } : {}) };
 }
 
 /**
@@ -713,7 +719,7 @@ async function evalCommand(args: string[]): Promise<void> {
       ...INFERENCE_OPTIONS,
       "eval-batch-size": { type: "string" },
       categories: { type: "string" },
-      "drop-categories": { type: "string" },
+      "drop-category": { type: "string", multiple: true },
       diversity: { type: "string" },
       "diversity-method": { type: "string" },
       "diversity-pool": { type: "string" },
@@ -804,17 +810,17 @@ function diversityWeights(
   return { weights, ...flags };
 }
 
-/** `--drop-categories A,B`, which only means something beside `--categories`. */
-function dropCategoriesFlag(v: Record<string, unknown>): string[] | undefined {
-  const text = v["drop-categories"];
-  if (typeof text !== "string") return undefined;
+/**
+ * `--drop-category NAME` (repeatable; a name as the categories file spells it, commas and
+ * spaces included), which only means something beside `--categories`.
+ */
+function dropCategoryFlags(v: Record<string, unknown>): string[] | undefined {
+  const names = v["drop-category"] as string[] | undefined;
+  if (names === undefined || names.length === 0) return undefined;
   if (typeof v.categories !== "string") {
-    throw new TypeError("--drop-categories goes with --categories FILE");
+    throw new TypeError("--drop-category goes with --categories FILE");
   }
-  const names = text.split(",").map((t) => t.trim());
-  if (names.some((t) => t === "")) {
-    throw new RangeError(`--drop-categories must list category names, got "${text}"`);
-  }
+  if (names.some((t) => t === "")) throw new RangeError("--drop-category needs a category name");
   return names;
 }
 
@@ -826,7 +832,7 @@ function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
     format: v.format as "lines" | "recbole" | "movielens" | undefined,
     kCore: typeof v["k-core"] === "string" ? intFlag("k-core", v["k-core"], 0, 0) : undefined,
     categories: v.categories as string | undefined,
-    dropCategories: dropCategoriesFlag(v),
+    dropCategories: dropCategoryFlags(v),
     minRating: typeof v["min-rating"] === "string"
       ? numberFlag("min-rating", v["min-rating"] as string)
       : undefined,
@@ -834,20 +840,13 @@ function fileDataSpec(path: string, v: Record<string, unknown>): DataSpec {
 }
 
 /**
- * `export`: the data as training reads it (any format, k-core and rating filters applied),
- * written as sequence lines, `user item item ...` in time order with the original tokens:
- * what the PyTorch twins (interop/torch) read. The same users, items and sequences; item
- * ids may be numbered differently (a reader numbers items by first appearance in its own
- * file), which model files make harmless: they name every item by its token. Refuses to
- * replace an existing file, and tokens that hold whitespace.
- */
-/**
  * `export --model M --item-dtype f32|f16|i8 --out FILE`: the model file of M (a file, run
  * folder or URL) written again with its item table in that dtype; never replaces a file.
  */
 async function exportModel(v: Record<string, string | boolean | undefined>): Promise<void> {
   if (typeof v.model !== "string") throw new TypeError("--item-dtype goes with --model M");
-  if (v.data !== undefined) throw new TypeError("export takes one of --data and --model");
+  const dataFlag = ["data", "format", "k-core", "min-rating"].find((f) => v[f] !== undefined);
+  if (dataFlag) throw new TypeError(`--${dataFlag} goes with export --data, not --model`);
   const itemDtype = (v["item-dtype"] ?? "f32") as ItemDtype;
   if (!ITEM_DTYPES.includes(itemDtype)) {
     throw new RangeError(
@@ -873,6 +872,14 @@ async function exportModel(v: Record<string, string | boolean | undefined>): Pro
   }
 }
 
+/**
+ * `export`: the data as training reads it (any format, k-core and rating filters applied),
+ * written as sequence lines, `user item item ...` in time order with the original tokens:
+ * what the PyTorch twins (interop/torch) read. The same users, items and sequences; item
+ * ids may be numbered differently (a reader numbers items by first appearance in its own
+ * file), which model files make harmless: they name every item by its token. Refuses to
+ * replace an existing file, and tokens that hold whitespace.
+ */
 async function exportCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,

@@ -598,14 +598,14 @@ Deno.test("cli: --interests sets SIGMA's k and --categories FILE the data's item
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, other weights re-rank; --drop-categories and bad flags named", async () => {
+Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, other weights re-rank; --drop-category and bad flags named", async () => {
   const dir = await Deno.makeTempDir();
   const lines = Array.from(
     { length: 30 },
     (_, u) => `u${u} ${[0, 1, 2, 3, 4, 5].map((j) => 1 + (u + j * 5) % 12).join(" ")}`,
   );
   await Deno.writeTextFile(`${dir}/d.txt`, lines.join("\n") + "\n");
-  // Every item carries "root" (100%): the warning names it; --drop-categories leaves it out.
+  // Every item carries "root" (100%): the warning names it; --drop-category leaves it out.
   const cats = Object.fromEntries(
     Array.from({ length: 12 }, (_, i) => [String(i + 1), ["root", `c${i % 4}`]]),
   );
@@ -629,7 +629,7 @@ Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, othe
   assertEquals(diversified[0].metrics, run.test);
   assert(diversified[1].metrics["ild@20"] >= 0, JSON.stringify(diversified[1].metrics));
   // Dropping the root: Eq. 15 stops counting every pair alike.
-  const dropped = await cli(...evalArgs, "--drop-categories", "root");
+  const dropped = await cli(...evalArgs, "--drop-category", "root");
   assertEquals(dropped.code, 0, dropped.stderr);
   const { metrics } = JSON.parse(dropped.stdout);
   assertEquals(run.test["diversity@20"], 0);
@@ -639,7 +639,7 @@ Deno.test("cli eval --diversity: weight 0 gives the run's own test metrics, othe
       [["--diversity=-1"], "--diversity must be a finite number >= 0"],
       [["--diversity", "1", "--diversity-method", "random"], "--diversity-method must be one of"],
       [["--diversity-method", "mmr"], "--diversity-method goes with --diversity"],
-      [["--drop-categories", "rot"], '"rot" to drop is on no item'],
+      [["--drop-category", "rot"], '"rot" to drop is on no item'],
     ] as const
   ) {
     const bad = await cli(...evalArgs, ...args);

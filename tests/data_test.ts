@@ -332,12 +332,20 @@ Deno.test("parseCategories() names a category on more than 90% of the items and 
   const dominant = parsed.notes.filter((n) => n.includes("% of the items"));
   assertEquals(dominant.length, 1);
   assert(dominant[0].includes('"root" is on 95.0%'), dominant[0]);
-  assert(dominant[0].includes("--drop-categories root"), dominant[0]);
+  assert(dominant[0].includes("--drop-category root"), dominant[0]);
   const dropped = parseCategories(text, vocab, "tree.txt", { drop: ["root"] });
   assertEquals(dropped.notes.filter((n) => n.includes("% of the items")), []);
   assert(!dropped.categoryTokens.includes("root"));
   assertEquals(dropped.numCategories, parsed.numCategories - 1);
   assertEquals(dropped.categories[2].length, parsed.categories[2].length - 1);
+  // A name with a comma and spaces (an Amazon root) is dropped whole, and shown quoted.
+  const json = JSON.stringify(
+    Object.fromEntries(items.slice(1).map((t) => [t, ["Clothing, Shoes & Jewelry", t]])),
+  );
+  const note = parseCategories(json, vocab, "a.json").notes.find((n) => n.includes("100.0%"))!;
+  assert(note.includes("--drop-category 'Clothing, Shoes & Jewelry'"), note);
+  const gone = parseCategories(json, vocab, "a.json", { drop: ["Clothing, Shoes & Jewelry"] });
+  assert(!gone.categoryTokens.includes("Clothing, Shoes & Jewelry"));
   // A category the file does not have is a typo, not a no-op.
   assertThrows(
     () => parseCategories(text, vocab, "tree.txt", { drop: ["rot"] }),

@@ -201,6 +201,27 @@ Deno.test("evaluateDiversified() at weight 0 equals evaluate() exactly; other we
   }
 });
 
+Deno.test("evaluateDiversified() at weight 0 keeps evaluate()'s pessimistic ties: a constant scorer ranks every target last", async () => {
+  const model = new SasRec({ ...TINY, seed: 4 });
+  try {
+    const constant = {
+      name: "constant",
+      scores: (b: { batch: number }) => tf.zeros([b.batch, data.numItems + 1]) as tf.Tensor2D,
+      itemVectors: () => model.itemVectors(),
+    };
+    const batches = evalBatches(split.test, { batchSize: 16, maxLength: 10 });
+    const plain = await evaluate((b) => constant.scores(b), batches, { numItems: data.numItems });
+    const [zero] = await evaluateDiversified(constant, batches, {
+      numItems: data.numItems,
+      weights: [0],
+    });
+    assertEquals(zero.metrics, plain.metrics);
+    assertEquals(plain.metrics["recall@10"], 0);
+  } finally {
+    model.params.dispose();
+  }
+});
+
 Deno.test("SASRec diversifies by MMR; asking it for interests is a RangeError naming mmr", () => {
   const sasrec = new SasRec({ ...TINY, seed: 2 });
   const sigma = new Sigma({ ...TINY, seed: 2, interests: 3 });
@@ -251,9 +272,25 @@ Deno.test("Recommender: diversity 0 is today's ranking exactly; any weight never
   }
 });
 
+Deno.test("SIGMA diversifies an empty history over its interests, weighed alike", async () => {
+  using recommender = new Recommender(
+    new Sigma({ ...TINY, seed: 8, interests: 3 }),
+    data.vocab.items,
+  );
+  const names = (r: { items: { item: string }[] }) => r.items.map((x) => x.item).join(" ");
+  const plain = await recommender.recommend([], { k: 10 });
+  const diverse = await recommender.recommend([], { k: 10, diversity: 50 });
+  assert(names(plain) !== names(diverse), "an empty history was not re-ranked");
+});
+
 Deno.test("Recommender: bad diversity options are errors naming the option", async () => {
   using recommender = new Recommender(new SasRec({ ...TINY, seed: 1 }), data.vocab.items);
   const history = ["i1", "i2"];
+  await assertRejects(
+    () => recommender.recommend(history, { diversityMethod: "random" as "mmr" }),
+    RangeError,
+    "diversityMethod must be one of",
+  );
   await assertRejects(
     () => recommender.recommend(history, { diversity: -1 }),
     RangeError,

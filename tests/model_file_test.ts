@@ -13,6 +13,7 @@ import {
 import { Recommender } from "../lib/inference/recommender.ts";
 import {
   decodeInt8Rows,
+  encodeFloat16,
   encodeInt8Rows,
   fromFloat16Bits,
   toFloat16Bits,
@@ -21,7 +22,7 @@ import fc from "fast-check";
 import { seededUniform } from "./_fixtures.ts";
 import { evaluateModel, train } from "../lib/train/trainer.ts";
 import { maxAbs, maxAbsDiff } from "./_model_checks.ts";
-import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 
 const data = syntheticDataset({ seed: 13, users: 60, items: 30, maxLength: 12 });
@@ -614,6 +615,13 @@ Deno.test("compact item tables: f16 and i8 files are smaller, decode within the 
   });
   await assertRejects(() => decodeModelFile(unknownDtype), ModelFileError, '"item_dtype" is "f8"');
   await assertRejects(() => r.toBytes({}, { itemDtype: "f8" as "f16" }), RangeError, "itemDtype");
+  // A decoded file encodes as it was stored.
+  const decoded = await decodeModelFile(i8);
+  assertEquals((await decodeModelFile(await encodeModelFile(decoded))).itemDtype, "i8");
+  // float16 refuses what it would make infinite; int8 keeps a row of tiny values apart from 0.
+  assertThrows(() => encodeFloat16(Float32Array.of(1, 70000)), RangeError, "item value 1");
+  const tiny = encodeInt8Rows(Float32Array.of(1e-44, -1e-44), 1, 2);
+  assert(decodeInt8Rows(tiny.codes, tiny.scales, 2)[0] > 0, "a tiny row decoded to 0");
 });
 
 Deno.test("a trained model saved with an f16 or i8 item table ranks the same top-10 as float32 (f16: every list; i8: at least 9 of 10 items on average)", async () => {

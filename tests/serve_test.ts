@@ -431,6 +431,20 @@ Deno.test("/recommend takes a diversity weight (0: today's answer exactly) and a
       assertEquals(answer.status, 400, JSON.stringify(extra));
       assertEquals(answer.json.field, field, JSON.stringify(answer.json));
     }
+    // A model without item vectors cannot diversify: a 400, not a 500.
+    if (methods.length === 1) {
+      const bare = new SasRec({ ...TINY, seed: 3 });
+      Object.defineProperty(bare, "itemVectors", { value: undefined });
+      using plainModel = new Recommender(bare, data.vocab.items);
+      const without = createHandler(plainModel, { batchWaitMs: 0 });
+      assertEquals(
+        (await (await without(new Request("http://x/health"))).json()).diversityMethods,
+        [],
+      );
+      const refused = await ask(without, { history, diversity: 1 });
+      assertEquals([refused.status, refused.json.field], [400, "diversity"]);
+      assertEquals((await ask(without, { history, diversity: 0 })).status, 200);
+    }
     // Inside a batch, the field names its request.
     const batch = await handler(
       new Request("http://x/recommend/batch", {

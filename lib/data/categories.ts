@@ -145,6 +145,11 @@ function withoutDropped(
   return kept;
 }
 
+/** `text` as one shell word: as it is when plain, else in single quotes. */
+function shellWord(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
 /** A note for each category on more than {@linkcode DOMINANT_CATEGORY_SHARE} of the items. */
 function dominantNotes(categories: Int32Array[], tokens: string[], source: string): string[] {
   const items = categories.length - 1;
@@ -157,7 +162,7 @@ function dominantNotes(categories: Int32Array[], tokens: string[], source: strin
     notes.push(
       `${source}: category ${quote(tokens[c])} is on ${(100 * n / items).toFixed(1)}% of ` +
         `the items, so Diversity@K (Eq. 15) counts nearly every pair as alike; ` +
-        `--drop-categories ${tokens[c]} leaves it out (ILD@K weighs it less)`,
+        `--drop-category ${shellWord(tokens[c])} leaves it out (ILD@K weighs it less)`,
     );
   });
   return notes;

@@ -298,7 +298,9 @@ export function diversifiedOrder(
 /**
  * The 0-based rank of a target in the diversified ranking: the re-ranked `list` first, then
  * every other competing item in score order (ties pessimistic, as `rankOfTarget`). So an
- * item the list left out ranks after it, and the metrics at every cutoff are exact.
+ * item the list left out ranks after it, and the metrics at every cutoff are exact. (At
+ * weight 0 callers use `rank` itself: the list is then the model's order, whose ties
+ * `topk` breaks by id, and `evaluate` counts tied items ahead of the target.)
  *
  * @param rank The target's rank in the model's own ranking.
  * @param targetScore The target's score.
@@ -355,14 +357,23 @@ export async function evaluateDiversified(
 ): Promise<{ weight: number; method: DiversityMethod; metrics: Metrics }[]> {
   const method = resolveDiversityMethod(model, options.method);
   const weights = options.weights.map((w, i) => checkDiversityWeight(w, `weights[${i}]`));
+  const { numItems, categories } = options;
+  if (!Number.isInteger(numItems) || numItems < 1) {
+    throw new RangeError(`numItems must be a positive integer, got ${numItems}`);
+  }
+  if (categories && categories.length !== numItems + 1) {
+    throw new RangeError(
+      `categories must have numItems + 1 = ${numItems + 1} entries, got ${categories.length}`,
+    );
+  }
+  if (options.pool !== undefined && (!Number.isInteger(options.pool) || options.pool < 1)) {
+    throw new RangeError(`pool must be a positive integer, got ${options.pool}`);
+  }
   const accs = weights.map(() =>
     new MetricAccumulator({ ks: options.ks ?? DEFAULT_KS, categories: options.categories })
   );
   const length = accs[0]?.maxK ?? 0;
   const pool = Math.max(length, options.pool ?? DEFAULT_DIVERSITY_POOL);
-  if (!Number.isInteger(pool) || pool < 1) {
-    throw new RangeError(`pool must be a positive integer, got ${options.pool}`);
-  }
   const total = batches.reduce((n, b) => n + b.batch, 0);
   let done = 0;
   for (const batch of batches) {
@@ -377,7 +388,8 @@ export async function evaluateDiversified(
         const order = diversifiedOrder(method, signals, r, fetched.pool, scores, length, weight);
         const list = order.map((i) => fetched.ids[r * fetched.pool + i]);
         const listScores = Array.from(order, (i) => scores[i]);
-        ranks[r] = diversifiedRank(
+        // Weight 0 is the model's ranking: its own pessimistic rank, exactly evaluate's.
+        ranks[r] = weight === 0 ? fetched.ranks[r] : diversifiedRank(
           fetched.ranks[r],
           fetched.targetScores[r],
           batch.targets[r],

@@ -58,11 +58,27 @@ export function fromFloat16Bits(bits: number): number {
   return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
-/** `values` as little-endian float16 bytes. */
+/** The largest finite float16, 65504; from 65520 on a value rounds to infinity. */
+export const FLOAT16_MAX = 65504;
+
+/**
+ * `values` as little-endian float16 bytes.
+ *
+ * @throws {RangeError} A finite value that float16 would make infinite (|x| >= 65520), or a
+ * value that is not finite, naming its index: it would score every item as infinity.
+ */
 export function encodeFloat16(values: Float32Array): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(values.length * 2);
   const view = new DataView(out.buffer);
-  for (let i = 0; i < values.length; i++) view.setUint16(2 * i, toFloat16Bits(values[i]), true);
+  for (let i = 0; i < values.length; i++) {
+    const bits = toFloat16Bits(values[i]);
+    if ((bits & 0x7c00) === 0x7c00) {
+      throw new RangeError(
+        `item value ${i} is ${values[i]}: float16 holds finite values up to ${FLOAT16_MAX}`,
+      );
+    }
+    view.setUint16(2 * i, bits, true);
+  }
   return out;
 }
 
@@ -93,7 +109,8 @@ export function encodeInt8Rows(
       if (!Number.isFinite(x)) throw new RangeError(`item row ${r} holds ${x}: no int8 code`);
       largest = Math.max(largest, Math.abs(x));
     }
-    const scale = Math.fround(largest / 127);
+    // A row below ~1.8e-43 would get scale 0 and decode to 0: the smallest float instead.
+    const scale = largest === 0 ? 0 : Math.max(Math.fround(largest / 127), 1.401298464324817e-45);
     scales[r] = scale;
     if (scale === 0) continue;
     for (let u = 0; u < width; u++) {

@@ -3,7 +3,8 @@
  * holding a trained model's weights, its kind, its full config, its item vocabulary and a
  * checksum over all of them. It loads from bytes, so it needs no filesystem: a path (under
  * Deno), a URL, a `Response` or an `ArrayBuffer` all work. PyTorch, JAX and the Hugging
- * Face tools read the weights as they are.
+ * Face tools read the weights as they are (a compact int8 item table as its codes and
+ * `item.scale`: multiply each row by its scale).
  *
  * Layout (the safetensors format):
  *
@@ -21,7 +22,7 @@
  * | key | value |
  * | --- | --- |
  * | `format` | `"sigma-rec"` |
- * | `format_version` | `"1"` |
+ * | `format_version` | `"1"`; `"2"` when the item table is compact (`item_dtype`) |
  * | `model` | the model kind, as in `--model`: `"sasrec"`, `"sigma"`, `"diffurec"` or `"diffurecsys"` |
  * | `config` | the model's full config, JSON |
  * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i |
@@ -101,8 +102,9 @@ export interface ModelFileContents {
   /** Where the model came from (epoch, validation metrics, data); not needed to load. */
   info: Record<string, unknown>;
   /**
-   * How the file stored the item table (decoding gives float32 `values` either way). Absent
-   * when encoding means `"f32"`; see {@linkcode EncodeModelFileOptions} to write another.
+   * How the file stored the item table (decoding gives float32 `values` either way). When
+   * encoding, how to store it unless `EncodeModelFileOptions.itemDtype` says otherwise
+   * (so a decoded file encodes as it was); absent means `"f32"`.
    */
   itemDtype?: ItemDtype;
 }
@@ -234,7 +236,7 @@ export async function encodeModelFile(
   options: EncodeModelFileOptions = {},
 ): Promise<Uint8Array<ArrayBuffer>> {
   const items = checkItems(contents.items, "model file");
-  const itemDtype = options.itemDtype ?? "f32";
+  const itemDtype = options.itemDtype ?? contents.itemDtype ?? "f32";
   if (!ITEM_DTYPES.includes(itemDtype)) {
     throw new RangeError(
       `itemDtype must be one of ${ITEM_DTYPES.join(", ")}, got ${JSON.stringify(itemDtype)}`,

@@ -13,6 +13,7 @@ import {
   checkDiversityWeight,
   DEFAULT_DIVERSITY_POOL,
   diversifiedOrder,
+  DIVERSITY_METHODS,
   type DiversityMethod,
   type PoolSignals,
   poolSignals,
@@ -35,6 +36,9 @@ import {
  * event loop free between them.
  */
 export const PASS_BUDGET = 16_384;
+
+/** Re-ranking work (k x pool x width multiply-adds) done between event-loop turns: ~20 ms. */
+const RERANK_SLICE = 2e7;
 
 /** How a history is turned into recommendations. */
 export interface RecommendOptions {
@@ -363,14 +367,25 @@ export class Recommender {
           signals.set(method, await poolSignals(this.model, method, batch, ix));
         }
       }
-      members.forEach((m, r) => {
+      // Re-ranking costs about k x pool x width per row (MMR at k = pool = 1,000 took 140 ms
+      // a row): the event loop runs between rows once a slice of that work is done.
+      let work = 0;
+      for (const [r, m] of members.entries()) {
         const row = rows[m];
         const values = v.subarray(r * fetch, (r + 1) * fetch);
         const indices = ix.subarray(r * fetch, (r + 1) * fetch);
-        results[m] = row.method
-          ? this.#pickDiverse(row, values, indices, m, signals.get(row.method)!, r, fetch)
-          : this.#pick(row, values, indices, m);
-      });
+        if (!row.method) {
+          results[m] = this.#pick(row, values, indices, m);
+          continue;
+        }
+        const rowSignals = signals.get(row.method)!;
+        results[m] = this.#pickDiverse(row, values, indices, m, rowSignals, r, fetch);
+        work += row.k * row.want * rowSignals.width;
+        if (work > RERANK_SLICE) {
+          work = 0;
+          await new Promise((resolve) => setTimeout(resolve, 0));
+        }
+      }
     }
     return results;
   }
@@ -441,9 +456,14 @@ export class Recommender {
     }
     const diversity = o.diversity ?? 0;
     // Only a positive weight re-ranks: 0 keeps the model's ranking, bit for bit.
-    const method = diversity > 0
-      ? resolveDiversityMethod(this.model, o.diversityMethod ?? "auto")
-      : undefined;
+    let method: DiversityMethod | undefined;
+    try {
+      method = diversity > 0
+        ? resolveDiversityMethod(this.model, o.diversityMethod ?? "auto")
+        : undefined;
+    } catch (e) {
+      throw new RangeError(`options of history ${index}: ${(e as Error).message}`);
+    }
     const want = method ? Math.max(k, o.diversityPool ?? DEFAULT_DIVERSITY_POOL) : k;
     return {
       ids: Int32Array.from(ids),
@@ -544,6 +564,13 @@ function checkOptions(o: RecommendOptions, index: number): void {
   if (o.diversityMethod !== undefined && typeof o.diversityMethod !== "string") {
     throw new TypeError(
       `${at}: diversityMethod must be a string, got ${JSON.stringify(o.diversityMethod)}`,
+    );
+  }
+  if (o.diversityMethod !== undefined && !DIVERSITY_METHODS.includes(o.diversityMethod)) {
+    throw new RangeError(
+      `${at}: diversityMethod must be one of ${DIVERSITY_METHODS.join(", ")}, got ${
+        JSON.stringify(o.diversityMethod)
+      }`,
     );
   }
   const pool = o.diversityPool;

@@ -688,18 +688,20 @@ export class Sigma implements SequentialModel<SigmaConfig> {
   /**
    * SIGMA's interests after each history, for interest-aware diversified lists: the
    * intensities alpha `[B, k]` at the newest position (how much of the history each
-   * interest holds) and {@linkcode Sigma.itemCategories} `[N + 1, k]`. The soft interests
-   * alone give the intensities, so the GRU is not run.
+   * interest holds; uniform for a history with no known item) and
+   * {@linkcode Sigma.itemCategories} `[N + 1, k]`. The soft interests alone give the
+   * intensities, so the GRU is not run.
    */
   interestsForRanking(batch: EvalBatch): { profile: Tensor2D; items: Tensor2D } {
     return tf.tidy(() => {
       const { batch: b, length, inputs } = batch;
       const e = this.#embed(inputs, b, length, null);
       const { intensity } = this.#interests(e.items, e.realMask, null, false); // [B, L, k]
-      const profile = tf.reshape(
-        tf.slice(intensity, [0, length - 1, 0], [-1, 1, -1]),
-        [b, this.config.interests],
-      ) as Tensor2D; // [B, k]
+      const k = this.config.interests;
+      const newest = tf.reshape(tf.slice(intensity, [0, length - 1, 0], [-1, 1, -1]), [b, k]);
+      // A history with no known item has no intensities: every interest weighs the same.
+      const known = tf.greater(tf.sum(newest, 1, true), 0); // [B, 1]
+      const profile = tf.where(known, newest, tf.fill([b, k], 1 / k)) as Tensor2D; // [B, k]
       return { profile, items: this.itemCategories() };
     });
   }

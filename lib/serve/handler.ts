@@ -250,6 +250,13 @@ function parseDiversity(
       `${at}diversity`,
     );
   }
+  if (diversity > 0 && methods.length === 0) {
+    throw new HttpError(
+      400,
+      `${at}diversity: this model has no item vectors to diversify with; send 0 or leave it out`,
+      `${at}diversity`,
+    );
+  }
   const method = b.diversityMethod === undefined ? "auto" : b.diversityMethod;
   const known = ["auto", ...methods];
   if (typeof method !== "string" || !known.includes(method)) {
