@@ -61,9 +61,9 @@ export interface RecommendOptions {
    */
   diversity?: number;
   /**
-   * How variety is judged: `auto` (default; `interests` where the model has them, SIGMA,
-   * else `mmr`), `mmr` (item vectors: unlike items), `interests` (the model's interests:
-   * fill the list across them in proportion to their weight).
+   * How variety is judged: `mmr` (item vectors: unlike items), `interests` (the model's
+   * interests, SIGMA's: fill the list across them in proportion to their weight), or `auto`
+   * (default): `mmr`, which bought far more diversity than SIGMA's interests on Beauty.
    */
   diversityMethod?: DiversityMethod | "auto";
   /** Candidates re-ranked when `diversity` is above 0, at least `k`. Default 100. */
