@@ -27,6 +27,7 @@ import type { SequentialModel } from "../models/_model.ts";
 import { l2Normalise } from "../prob/distributions.ts";
 import { prepareBatch, rankTensors, readRanks } from "./_device.ts";
 import { DEFAULT_KS, MetricAccumulator, type Metrics } from "./metrics.ts";
+import { checkCatalogue } from "./evaluate.ts";
 
 /** How a list is diversified: see the module's description. */
 export type DiversityMethod = "mmr" | "interests";
@@ -361,15 +362,7 @@ export async function evaluateDiversified(
 ): Promise<{ weight: number; method: DiversityMethod; metrics: Metrics }[]> {
   const method = resolveDiversityMethod(model, options.method);
   const weights = options.weights.map((w, i) => checkDiversityWeight(w, `weights[${i}]`));
-  const { numItems, categories } = options;
-  if (!Number.isInteger(numItems) || numItems < 1) {
-    throw new RangeError(`numItems must be a positive integer, got ${numItems}`);
-  }
-  if (categories && categories.length !== numItems + 1) {
-    throw new RangeError(
-      `categories must have numItems + 1 = ${numItems + 1} entries, got ${categories.length}`,
-    );
-  }
+  checkCatalogue(options.numItems, options.categories);
   if (options.pool !== undefined && (!Number.isInteger(options.pool) || options.pool < 1)) {
     throw new RangeError(`pool must be a positive integer, got ${options.pool}`);
   }

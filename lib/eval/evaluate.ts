@@ -67,14 +67,7 @@ export async function evaluate(
   options: EvaluateOptions,
 ): Promise<EvalResult> {
   const { numItems, categories } = options;
-  if (!Number.isInteger(numItems) || numItems < 1) {
-    throw new RangeError(`numItems must be a positive integer, got ${numItems}`);
-  }
-  if (categories && categories.length !== numItems + 1) {
-    throw new RangeError(
-      `categories must have numItems + 1 = ${numItems + 1} entries, got ${categories.length}`,
-    );
-  }
+  checkCatalogue(numItems, categories);
   const acc = new MetricAccumulator({
     ks: options.ks ?? DEFAULT_KS,
     categories,
@@ -111,6 +104,23 @@ export async function evaluate(
     options.onProgress?.(done, total);
   }
   return { metrics: acc.result(), count: acc.count };
+}
+
+/**
+ * Checks an evaluation's catalogue: `numItems` a positive integer, `categories` (if given)
+ * one entry per item and padding.
+ *
+ * @throws {RangeError} Naming the value.
+ */
+export function checkCatalogue(numItems: number, categories?: readonly Int32Array[]): void {
+  if (!Number.isInteger(numItems) || numItems < 1) {
+    throw new RangeError(`numItems must be a positive integer, got ${numItems}`);
+  }
+  if (categories && categories.length !== numItems + 1) {
+    throw new RangeError(
+      `categories must have numItems + 1 = ${numItems + 1} entries, got ${categories.length}`,
+    );
+  }
 }
 
 /**
