@@ -87,6 +87,8 @@ export type RankTensors = {
   nans: tf.Tensor1D;
   /** `[rows, k]` int32 item ids, best first, when a top-k was asked for. */
   top?: tf.Tensor2D;
+  /** `[rows, k]` their scores (-Infinity past the competing items), when asked for too. */
+  topScores?: tf.Tensor2D;
 };
 
 /**
@@ -97,7 +99,12 @@ export type RankTensors = {
  * disposed as soon as used, so besides the scores and the mask at most two `[rows, width]`
  * tensors live at once.
  */
-export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): RankTensors {
+export function rankTensors(
+  scores: tf.Tensor2D,
+  prep: PreparedBatch,
+  k = 0,
+  withScores = false,
+): RankTensors {
   const { rows, width } = prep;
   const x = scores.dtype === "float32" ? scores : tf.cast(scores, "float32");
   const allowed = allowedTensor(prep, SPARSE_MASK_BACKENDS.has(tf.getBackend()));
@@ -114,16 +121,20 @@ export function rankTensors(scores: tf.Tensor2D, prep: PreparedBatch, k = 0): Ra
   }
 
   let top: tf.Tensor2D | undefined;
+  let topScores: tf.Tensor2D | undefined;
   if (k > 0) {
     const floor = tf.fill([rows, width], -Infinity);
     const masked = tf.where(allowed, x, floor);
     floor.dispose();
-    top = tf.topk(masked, Math.min(k, width)).indices as tf.Tensor2D;
+    const best = tf.topk(masked, Math.min(k, width));
+    top = best.indices as tf.Tensor2D;
+    if (withScores) topScores = best.values as tf.Tensor2D;
+    else best.values.dispose();
     masked.dispose();
   }
   allowed.dispose();
   targetIndex.dispose();
-  return { ranks, nans, top };
+  return { ranks, nans, top, ...(topScores ? { topScores } : {}) };
 }
 
 /**

@@ -274,6 +274,8 @@ async function readAndDispose<T extends Float32Array | Int32Array = Float32Array
  *
  * @param row The row of `signals` and of the pool.
  * @param scores This row's pool scores, best first (excluded items already removed).
+ * @param keep Maps candidate `i` to its column of the fetched pool (the recommender drops
+ * excluded columns); default: the first columns, in order.
  */
 export function diversifiedOrder(
   method: DiversityMethod,
@@ -283,11 +285,15 @@ export function diversifiedOrder(
   scores: ArrayLike<number>,
   length: number,
   weight: number,
-  keep: (i: number) => number = (i) => i,
+  keep?: (i: number) => number,
 ): Int32Array {
+  if (weight === 0) return poolOrder(scores.length, length);
   const w = signals.width;
-  // `keep` maps the row's remaining candidates to their columns of the fetched pool.
+  // `keep` maps the row's remaining candidates to their columns of the fetched pool; without
+  // it they are its first columns, read in place.
   const gather = (table: Float32Array) => {
+    const start = row * pool * w;
+    if (!keep) return table.subarray(start, start + scores.length * w);
     const out = new Float32Array(scores.length * w);
     for (let i = 0; i < scores.length; i++) {
       const at = (row * pool + keep(i)) * w;
@@ -425,12 +431,11 @@ async function scoredPools(
       );
     }
     prep = prepareBatch(batch, scores.shape);
-    const { ranks, nans } = rankTensors(scores, prep, 0);
-    const allowed = tf.tensor2d(prep.allowed, [prep.rows, width], "bool");
-    const top = tf.topk(tf.where(allowed, scores, tf.fill([prep.rows, width], -Infinity)), fetch);
+    // The ranks and the pool from one upload of the mask, as evaluate's top lists are made.
+    const { ranks, nans, top, topScores } = rankTensors(scores, prep, fetch, true);
     const flat = tf.reshape(scores, [-1]);
     const targetScores = tf.gather(flat, tf.tensor1d(prep.targetIndex, "int32"));
-    return { ranks, nans, values: top.values, indices: top.indices, targetScores };
+    return { ranks, nans, values: topScores!, indices: top!, targetScores };
   });
   const [scores, ids, targetScores] = await Promise.all([
     readAndDispose<Float32Array>(t.values),
