@@ -173,6 +173,8 @@ export interface Bmm {
   philoxDropout: (...args: number[]) => void;
   maxOverRows: (...args: number[]) => void;
   routeToRows: (...args: number[]) => void;
+  softmaxXent: (...args: number[]) => void;
+  softmaxXentGrad: (...args: number[]) => void;
   scratch: number;
   scratchFloats: number;
 }
@@ -207,6 +209,8 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       philoxDropout: e.philox_dropout as Bmm["philoxDropout"],
       maxOverRows: e.max_over_rows as Bmm["maxOverRows"],
       routeToRows: e.route_to_rows as Bmm["routeToRows"],
+      softmaxXent: e.softmax_xent as Bmm["softmaxXent"],
+      softmaxXentGrad: e.softmax_xent_grad as Bmm["softmaxXentGrad"],
       scratch: 0,
       scratchFloats: 0,
     };

@@ -3,7 +3,10 @@
  * {@linkcode LAYER_NORM_KERNEL}, {@linkcode GELU_KERNEL}, {@linkcode GELU_TANH_KERNEL} and
  * their gradients) on the wasm backend: one bmm.wasm call forward and one backward
  * (`layer_norm`, `layer_norm_grad`, `gelu` in `wasm/bmm.c`), the contract and formulas of
- * the webgpu programs in `_webgpu_fused.ts`. The composed tfjs ops (`layerNormResidual-
+ * the webgpu programs in `_webgpu_fused.ts`. Likewise the full softmax's loss over a chunk
+ * of logits and its gradient (`lib/nn/fused_ops.ts`: {@linkcode SOFTMAX_XENT_KERNEL},
+ * {@linkcode SOFTMAX_XENT_GRAD_KERNEL}; `softmax_xent`, `softmax_xent_grad`), the contract of
+ * `_webgpu_ops.ts`'s programs; `lib/nn/item_losses.ts`'s composed ops are their reference. The composed tfjs ops (`layerNormResidual-
  * Reference`, `geluReference`, `geluTanhReference`) stay the reference (cpu runs them);
  * `tests/fused_ops_test.ts` compares the two.
  *
@@ -24,6 +27,7 @@ import {
   LAYER_NORM_GRAD_KERNEL,
   LAYER_NORM_KERNEL,
 } from "../lib/nn/fused.ts";
+import { SOFTMAX_XENT_GRAD_KERNEL, SOFTMAX_XENT_KERNEL } from "../lib/nn/fused_ops.ts";
 import {
   type Bmm,
   bmmFor,
@@ -42,7 +46,7 @@ function rowsAndWidth(x: Info): [number, number] {
 
 function bmmOf(backend: WasmBackendInternals): Bmm {
   const bmm = bmmFor(backend);
-  if (!bmm) throw new Error("LayerNorm on wasm: bmm.wasm is not bound to this heap");
+  if (!bmm) throw new Error("fused kernels on wasm: bmm.wasm is not bound to this heap");
   return bmm;
 }
 
@@ -109,8 +113,31 @@ function geluKernel(tanh: boolean) {
   };
 }
 
+function softmaxXent(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { logits, targets } = args.inputs as { logits: Info; targets: Info };
+  const { start, first } = args.attrs as unknown as { start: number; first: number };
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const [rows, cols] = logits.shape;
+  const prob = backend.makeOutput([rows, cols], "float32");
+  const loss = backend.makeOutput([rows], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  bmmOf(backend).softmaxXent(at(logits), at(targets), at(prob), at(loss), rows, cols, start, first);
+  return [prob, loss];
+}
+
+function softmaxXentGrad(args: Parameters<tf.KernelFunc>[0]): Info {
+  const { prob, targets, dy } = args.inputs as { prob: Info; targets: Info; dy: Info };
+  const { start } = args.attrs as unknown as { start: number };
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const [rows, cols] = prob.shape;
+  const g = backend.makeOutput([rows, cols], "float32");
+  const at = (t: Info) => offsetOf(backend, t);
+  bmmOf(backend).softmaxXentGrad(at(prob), at(targets), at(dy), at(g), rows, cols, start);
+  return g;
+}
+
 /**
- * Registers the wasm LayerNorm and GELU kernels where bmm.wasm runs (`registerWithBmm`). Called by
+ * Registers the wasm LayerNorm, GELU and softmax cross-entropy kernels where bmm.wasm runs (`registerWithBmm`). Called by
  * `backends/mod.ts` once wasm runs.
  *
  * @returns Whether the kernels are registered for wasm.
@@ -123,5 +150,7 @@ export function registerWasmFused(): boolean {
     [GELU_GRAD_KERNEL, geluKernel(false) as tf.KernelFunc],
     [GELU_TANH_KERNEL, geluKernel(true) as tf.KernelFunc],
     [GELU_TANH_GRAD_KERNEL, geluKernel(true) as tf.KernelFunc],
+    [SOFTMAX_XENT_KERNEL, softmaxXent as tf.KernelFunc],
+    [SOFTMAX_XENT_GRAD_KERNEL, softmaxXentGrad as tf.KernelFunc],
   ]);
 }

@@ -405,6 +405,8 @@ Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from
       "max_over_rows",
       "philox_dropout",
       "route_to_rows",
+      "softmax_xent",
+      "softmax_xent_grad",
     ],
   );
 });

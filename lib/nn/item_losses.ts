@@ -181,9 +181,15 @@ function forwardChunk(
     best = tf.reshape(max.best, [size, n]);
     winner = max.winner;
   }
-  // One softmax kernel (threaded on wasm) instead of exp, sum and divide passes. The
-  // log-sum-exp follows exactly from the largest probability, which sits at the largest
-  // logit and is at least 1/N, so its log never underflows: lse = max - log(p_max).
+  if (hasSoftmaxCrossEntropyKernels()) {
+    // One kernel (webgpu, wasm) for the softmax, its log-sum-exp and the loss; the ops
+    // below are its reference.
+    const [prob, loss] = softmaxCrossEntropyRows(best as Tensor2D, rows as Tensor1D, start, 0);
+    return { loss, prob, winner };
+  }
+  // One softmax kernel instead of exp, sum and divide passes. The log-sum-exp follows
+  // exactly from the largest probability, which sits at the largest logit and is at least
+  // 1/N, so its log never underflows: lse = max - log(p_max).
   const prob = tf.softmax(best); // [c, N]
   const lse = tf.sub(tf.max(best, 1), tf.log(tf.max(prob, 1))); // [c]
   const flatIndex = rowMajorIndex(tf.slice(rows, [start], [size]), size, n); // [c]
