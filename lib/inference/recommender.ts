@@ -20,6 +20,9 @@ import {
   resolveDiversityMethod,
 } from "../eval/diversify.ts";
 import { ParamStore } from "../nn/params.ts";
+import type { Tensor2D } from "../nn/tensor_types.ts";
+import type { EvalBatch } from "../data/types.ts";
+import { blockedTopK, type TopK } from "./_blocked_top_k.ts";
 import {
   decodeModelFile,
   encodeModelFile,
@@ -36,6 +39,12 @@ import {
  * event loop free between them.
  */
 export const PASS_BUDGET = 16_384;
+
+/**
+ * Default {@linkcode RecommenderOptions.blockItems}: catalogues of more items are ranked
+ * 65,536 items at a time with a running top-k.
+ */
+export const BLOCK_ITEMS = 65_536;
 
 /** Re-ranking work (k x pool x width multiply-adds) done between event-loop turns: ~20 ms. */
 const RERANK_SLICE = 2e7;
@@ -90,6 +99,14 @@ export interface RecommendResult {
 export interface RecommenderOptions {
   /** Most histories scored in one forward pass of {@linkcode Recommender.recommendBatch}. Default 256. */
   batchSize?: number;
+  /**
+   * A catalogue of more items than this is ranked in blocks of this many items, merging a
+   * running top-k (`_blocked_top_k.ts`), for models that give their ranking queries (all
+   * here): no `[batch, items]` score matrix and no transposed copy of the item table, which
+   * at 1M items of d 128 are 256 MB (64 histories) and 512 MB. The items returned are the
+   * same; scores may differ in the last float bits. Default {@linkcode BLOCK_ITEMS}.
+   */
+  blockItems?: number;
   /**
    * For {@linkcode Recommender.load}: new values of config fields that change only how the
    * model ranks (its `inferenceFields`, see `withInferenceOverrides`). For DiffuRec and
@@ -169,6 +186,7 @@ export class Recommender {
   info: Readonly<Record<string, unknown>> = {};
   readonly #ids: Map<string, number>;
   readonly #batchSize: number;
+  readonly #blockItems: number;
   #disposed = false;
 
   /**
@@ -176,7 +194,7 @@ export class Recommender {
    * `dataset.vocab.items`, whose index 0 is padding).
    *
    * @throws {RangeError} The vocabulary's size does not match the model's `numItems`, or a
-   * token appears twice, or `batchSize` is not a positive integer.
+   * token appears twice, or `batchSize` or `blockItems` is not a positive integer.
    */
   constructor(model: ServableModel, items: readonly string[], options: RecommenderOptions = {}) {
     if (items.length !== model.config.numItems + 1) {
@@ -197,9 +215,14 @@ export class Recommender {
     if (!Number.isInteger(batchSize) || batchSize < 1) {
       throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
     }
+    const blockItems = options.blockItems ?? BLOCK_ITEMS;
+    if (!Number.isInteger(blockItems) || blockItems < 1) {
+      throw new RangeError(`blockItems must be a positive integer, got ${blockItems}`);
+    }
     this.model = model;
     this.items = items;
     this.#batchSize = batchSize;
+    this.#blockItems = blockItems;
   }
 
   /**
@@ -348,8 +371,7 @@ export class Recommender {
       for (const m of members) fetch = Math.max(fetch, rows[m].want + rows[m].excluded.size + 1);
       fetch = Math.min(fetch, this.numItems + 1);
       const [values, indices] = tf.tidy(() => {
-        const scores = this.model.scores(batch); // [b, N + 1]
-        const top = tf.topk(scores, fetch, true);
+        const top = this.#topK(batch, fetch); // [b, fetch] each
         return [top.values, top.indices];
       });
       let v: Float32Array, ix: Int32Array;
@@ -425,6 +447,17 @@ export class Recommender {
 
   #check(): void {
     if (this.#disposed) throw new TypeError("this Recommender has been disposed");
+  }
+
+  /** A pass's `fetch` best items: the full scores' top-k, or in blocks past `blockItems`. */
+  #topK(batch: EvalBatch, fetch: number): TopK {
+    const { rankingQueries, itemVectors } = this.model;
+    if (this.numItems + 1 > this.#blockItems && rankingQueries && itemVectors) {
+      const queries = rankingQueries.call(this.model, batch); // [b, q, d]
+      return blockedTopK(queries, itemVectors.call(this.model), fetch, this.#blockItems);
+    }
+    const top = tf.topk(this.model.scores(batch), fetch, true); // of [b, N + 1]
+    return { values: top.values as Tensor2D, indices: top.indices as Tensor2D };
   }
 
   #prepare(history: Iterable<string>, o: RecommendOptions, index: number) {

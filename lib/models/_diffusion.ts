@@ -350,6 +350,12 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
    * the same scores alone or in any batch, on any backend.
    */
   scores(batch: EvalBatch): Tensor2D {
+    const x = tf.reshape(this.rankingQueries(batch), [batch.batch, this.config.hidden]);
+    return matmul(x as Tensor2D, this.params.transposed("item") as Tensor2D); // [B, N+1]
+  }
+
+  /** x, the end of the reverse chain (or the one-call ablation), `[B, 1, d]`: what {@linkcode DiffusionRecommender.scores} ranks by. */
+  rankingQueries(batch: EvalBatch): Tensor3D {
     const c = this.config;
     const history = this.history(batch.inputs, batch.batch, batch.length, null);
     const rows = historySeeds(batch, c.evalSeed);
@@ -372,7 +378,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
         tf.tensor2d(rowNormals(stream(salt), c.hidden), [batch.batch, c.hidden]);
       x = reverseChain(predict, normal(0), this.reverseSchedule, (t) => normal(2000 + t));
     }
-    return matmul(x, this.params.transposed("item") as Tensor2D); // [B, N+1]
+    return tf.reshape(x, [batch.batch, 1, c.hidden]) as Tensor3D; // [B, 1, d]
   }
 }
 

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Scalar, Tensor2D } from "../nn/tensor_types.ts";
+import type { Scalar, Tensor2D, Tensor3D } from "../nn/tensor_types.ts";
 import type { EvalBatch, TrainBatch } from "../data/types.ts";
 import type { ParamStore } from "../nn/params.ts";
 
@@ -32,6 +32,14 @@ export interface SequentialModel<C = unknown> {
   ): { loss: Scalar; parts: Record<string, Scalar> };
   /** Scores `[B, numItems + 1]` of every item (column 0 = padding) after each history. */
   scores(batch: EvalBatch): Tensor2D;
+  /**
+   * The query vectors `[B, q, d]` that {@linkcode SequentialModel.scores} ranks by: item
+   * `i`'s score after history `b` is `max_j queries[b, j] · itemVectors()[i]` (q = 1: the
+   * plain dot product), computed by `scores` from these very tensors. Lets a caller rank a
+   * large catalogue in blocks (`lib/inference/blocked_top_k.ts`) without the `[B, N + 1]`
+   * scores. Models that have it also have `itemVectors`.
+   */
+  rankingQueries?(batch: EvalBatch): Tensor3D;
   /**
    * Item vectors `[N + 1, d]` whose cosine says how alike two items are, for diversified
    * lists (`lib/eval/diversify.ts`, MMR). The models here return their item embedding

@@ -145,9 +145,13 @@ export class SasRec implements SequentialModel<SasRecConfig> {
 
   /** Scores `[B, N + 1]` of every item after each history, from the newest position. */
   scores(batch: EvalBatch): Tensor2D {
-    const h = this.encode(batch.inputs, batch.batch, batch.length, null, true); // [B, 1, d]
-    const last = tf.reshape(h, [batch.batch, this.config.hidden]) as tf.Tensor2D; // [B, d]
-    return matmul(last, this.params.transposed("item") as tf.Tensor2D); // [B, N+1]
+    const last = tf.reshape(this.rankingQueries(batch), [batch.batch, this.config.hidden]); // [B, d]
+    return matmul(last as tf.Tensor2D, this.params.transposed("item") as tf.Tensor2D); // [B, N+1]
+  }
+
+  /** The newest position's hidden state `[B, 1, d]`, which {@linkcode SasRec.scores} ranks by. */
+  rankingQueries(batch: EvalBatch): Tensor3D {
+    return this.encode(batch.inputs, batch.batch, batch.length, null, true) as Tensor3D; // [B, 1, d]
   }
 
   /** The item embedding table `[N + 1, d]` (not a copy), for MMR-diversified lists. */

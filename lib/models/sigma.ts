@@ -27,7 +27,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Scalar, Tensor, Tensor2D } from "../nn/tensor_types.ts";
+import type { Scalar, Tensor, Tensor2D, Tensor3D } from "../nn/tensor_types.ts";
 import type { EvalBatch, TrainBatch } from "../data/types.ts";
 import {
   causalPaddingMask,
@@ -654,19 +654,30 @@ export class Sigma implements SequentialModel<SigmaConfig> {
    * the interest means (`ranking: "mie"`).
    */
   scores(batch: EvalBatch): Tensor2D {
+    const queries = this.rankingQueries(batch); // [B, q, d]
+    const [b, q, d] = queries.shape;
+    const itemsT = this.params.transposed("item") as tf.Tensor2D; // [d, N+1]
+    const all = matmul(tf.reshape(queries, [b * q, d]) as tf.Tensor2D, itemsT); // [B*q, N+1]
+    if (q === 1) return all;
+    return tf.max(tf.reshape(all, [b, q, -1]), 1) as tf.Tensor2D; // [B, N+1]: max over interests
+  }
+
+  /**
+   * What {@linkcode Sigma.scores} ranks by, `[B, q, d]`: the decoder's output at the newest
+   * position (q = 1), or with `ranking: "mie"` the k interests' vectors (q = k, an item's
+   * score the max over them, Eq. 9).
+   */
+  rankingQueries(batch: EvalBatch): Tensor3D {
     const c = this.config;
     const { batch: b, length, inputs } = batch;
     const d = c.hidden;
-    const itemsT = this.params.transposed("item") as tf.Tensor2D; // [d, N+1]
     const e = this.#embed(inputs, b, length, null);
     const last = (t: tf.Tensor, tail: number[]) =>
       tf.reshape(tf.slice(t, [0, length - 1], [-1, 1]), [b, ...tail]);
     if (c.ranking === "mie") {
       const interests = this.#interests(e.items, e.realMask, null);
       const mean = this.#shownMean(last(interests.mean, [c.interests, d]) as tf.Tensor3D);
-      const u = c.mieRecon === "mean" ? mean : this.#interestDecoder(mean); // [B, k, d]
-      const perInterest = matmul(tf.reshape(u, [b * c.interests, d]) as tf.Tensor2D, itemsT);
-      return tf.max(tf.reshape(perInterest, [b, c.interests, -1]), 1) as tf.Tensor2D; // [B, N+1]
+      return (c.mieRecon === "mean" ? mean : this.#interestDecoder(mean)) as Tensor3D; // [B, k, d]
     }
     // Inference uses z = mu (Enc_sigma is not run), or mu + sigma as the authors' code.
     let z = transformer(this.params, "enc_mu", e.input, e.mask, this.#block, null); // [B, L, d]
@@ -675,9 +686,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       z = tf.add(z, tf.exp(tf.mul(logVar, 0.5))) as tf.Tensor3D;
     }
     // Only the newest position is ranked: the decoder's last block computes that one.
-    const newest = transformer(this.params, "dec", z, e.mask, this.#block, null, true); // [B, 1, d]
-    const decoded = tf.reshape(newest, [b, d]) as tf.Tensor2D; // [B, d]
-    return matmul(decoded, itemsT); // [B, N+1]
+    return transformer(this.params, "dec", z, e.mask, this.#block, null, true) as Tensor3D; // [B, 1, d]
   }
 
   /** The item embedding table `[N + 1, d]` (not a copy), for MMR-diversified lists. */

@@ -1,0 +1,76 @@
+/**
+ * The top items of a large catalogue without its full score matrix: the item table is
+ * scored in blocks of rows against each history's ranking queries
+ * (`SequentialModel.rankingQueries`), and a running top-k is merged block by block. At
+ * 1M items a pass of 64 histories would otherwise hold `[64, 1M]` scores (256 MB) and the
+ * scoring matmul a transposed copy of the table (512 MB at d 128). Backend-agnostic tfjs
+ * ops (wasm, webgpu, cpu); the full `scores` followed by `tf.topk` is its reference.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor2D, Tensor3D } from "../nn/tensor_types.ts";
+
+/** The top `k` of each row: scores best first, and their item ids (int32). */
+export interface TopK {
+  /** `[B, k]` scores, best first. */
+  values: Tensor2D;
+  /** `[B, k]` item ids (rows of the table), int32. */
+  indices: Tensor2D;
+}
+
+/**
+ * The `k` best rows of `table` `[M, d]` for each history, where row `i`'s score after
+ * history `b` is `max_j queries[b, j] · table[i]` (`queries` `[B, q, d]`), scoring at most
+ * `block` rows at a time. The values equal those of the full scores' `tf.topk` up to the
+ * float rounding of the products; on equal scores the lower id comes first.
+ *
+ * Returns kept tensors (call inside `tf.tidy`, or dispose them). Between blocks only the
+ * running `[B, k]` values and ids are held.
+ *
+ * @throws {RangeError} `k` or `block` is not a positive integer, or `k` exceeds the rows.
+ */
+export function blockedTopK(queries: Tensor3D, table: Tensor2D, k: number, block: number): TopK {
+  const [b, q, d] = queries.shape;
+  const rows = table.shape[0];
+  if (!Number.isInteger(k) || k < 1 || k > rows) {
+    throw new RangeError(`k must be an integer from 1 to ${rows} (the table's rows), got ${k}`);
+  }
+  if (!Number.isInteger(block) || block < 1) {
+    throw new RangeError(`block must be a positive integer, got ${block}`);
+  }
+  const flat = tf.reshape(queries, [b * q, d]) as Tensor2D; // [B*q, d]
+  let best: TopK | null = null;
+  for (let start = 0; start < rows; start += block) {
+    const size = Math.min(block, rows - start);
+    const running: TopK | null = best;
+    const next: TopK = tf.tidy(() => {
+      const part = tf.slice(table, [start, 0], [size, d]) as Tensor2D; // [n, d]
+      let scores = tf.matMul(flat, part, false, true) as Tensor2D; // [B*q, n]
+      if (q > 1) scores = tf.max(tf.reshape(scores, [b, q, size]), 1) as Tensor2D; // [B, n]
+      const top = tf.topk(scores, Math.min(k, size), true);
+      const ids = tf.add(top.indices, tf.scalar(start, "int32")) as Tensor2D; // [B, k']
+      if (running === null) return { values: top.values as Tensor2D, indices: ids };
+      // The running top first: on equal scores topk keeps the earlier column, the lower id.
+      const values = tf.concat([running.values, top.values], 1) as Tensor2D; // [B, k + k']
+      const indices = tf.concat([running.indices, ids], 1) as Tensor2D;
+      const width = values.shape[1];
+      const merged = tf.topk(values, Math.min(k, width), true);
+      // The ids of the picked columns, by a flat gather: tfjs-backend-wasm 4.22's gather
+      // with batchDims returns wrong int32 values.
+      const flatAt = tf.add(
+        merged.indices,
+        tf.reshape(tf.range(0, b * width, width, "int32"), [b, 1]),
+      );
+      const picked = tf.gather(tf.reshape(indices, [-1]), tf.reshape(flatAt, [-1]));
+      return {
+        values: merged.values as Tensor2D,
+        indices: tf.reshape(picked, merged.indices.shape) as Tensor2D, // [B, k]
+      };
+    });
+    if (running !== null) tf.dispose([running.values, running.indices]);
+    best = next;
+  }
+  flat.dispose();
+  return best!;
+}
