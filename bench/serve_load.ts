@@ -5,6 +5,7 @@
  * deno task bench:serve                                   # both models, wasm, 50 clients, 10 s
  * deno task bench:serve --models sasrec --clients 8 --seconds 5 --waits 0,2
  * deno task bench:serve --models sasrec --items 1000000 --item-dtype i8   # a large catalogue
+ * deno task bench:serve --models sasrec --items 1000000 --block-items 2000000 --waits 0  # whole-catalogue ranking
  * ```
  *
  * For each model:
@@ -30,7 +31,10 @@
  * synthetic data set with Office's item count (said so in the output). `--items N` instead
  * measures a catalogue of N items (`i1`..`iN`) with 2,000 histories of 1-50 items spread over
  * it; `--item-dtype f16|i8` serves the model file with that item table (`export
- * --item-dtype`), and the model file's size is printed.
+ * --item-dtype`), and the model file's size is printed. `--block-items N` is the
+ * recommenders' `blockItems`, in process and in the server (`serve --block-items`): a
+ * catalogue of more items is ranked N at a time with a running top-k (default 65,536; a
+ * larger N than the catalogue ranks it whole, with its full scores and transposed table).
  *
  * @module
  */
@@ -41,7 +45,7 @@ import { type BackendChoice, selectBackend } from "../backends/mod.ts";
 import { type SequenceDataset, syntheticDataset } from "../lib/data/mod.ts";
 import { readDataset } from "../lib/data/files.ts";
 import { modelEntry } from "../lib/models/mod.ts";
-import { Recommender } from "../lib/inference/recommender.ts";
+import { BLOCK_ITEMS, Recommender } from "../lib/inference/recommender.ts";
 import { ITEM_DTYPES, type ItemDtype } from "../lib/inference/model_file.ts";
 
 const { values } = parseArgs({
@@ -58,6 +62,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "1" },
     items: { type: "string" },
     "item-dtype": { type: "string", default: "f32" },
+    "block-items": { type: "string", default: String(BLOCK_ITEMS) },
   },
   strict: true,
 });
@@ -119,6 +124,8 @@ async function startServer(model: string, waitMs: number) {
     String(waitMs),
     "--threads",
     values.threads,
+    "--block-items",
+    String(blockItems),
   ], [...CHILD_PERMISSIONS, "--allow-net"]);
   return { ...server, url: new URL("recommend", server.base) };
 }
@@ -149,6 +156,7 @@ async function load(url: URL, histories: string[][], seconds: number) {
 }
 
 const itemDtype = values["item-dtype"] as ItemDtype;
+const blockItems = positiveInt("block-items", values["block-items"]);
 if (!ITEM_DTYPES.includes(itemDtype)) {
   throw new RangeError(`--item-dtype must be one of ${ITEM_DTYPES.join(", ")}, got "${itemDtype}"`);
 }
@@ -187,7 +195,7 @@ const dir = await Deno.makeTempDir();
 try {
   for (const kind of values.models.split(",")) {
     const model = modelEntry(kind).create({ numItems: data.numItems });
-    using recommender = new Recommender(model, data.vocab.items);
+    using recommender = new Recommender(model, data.vocab.items, { blockItems });
     const file = `${dir}/${kind}.safetensors`;
     const bytes = await recommender.toBytes({ bench: "untrained" }, { itemDtype });
     await Deno.writeFile(file, bytes);

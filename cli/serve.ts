@@ -18,6 +18,7 @@ import {
   withFlagNames,
 } from "./_flags.ts";
 import { loadRecommender } from "./_model.ts";
+import { BLOCK_ITEMS } from "../lib/inference/recommender.ts";
 
 /** The `serve` lines of the CLI's usage. */
 export const SERVE_USAGE = [
@@ -31,6 +32,8 @@ export const SERVE_OPTIONS = [
   "  --port P          port (default 8000; 0 picks a free one)",
   "  --batch-wait-ms W micro-batching window of POST /recommend (default 2; 0 = off)",
   "  --max-history N   longest history or exclude list accepted (default 1000)",
+  "  --block-items N   rank catalogues of more items N at a time, with a running top-k",
+  "                    (default 65536; no [batch, items] scores, no transposed item table)",
   "  --backend B       auto | webgpu | wasm | cpu (default auto); --blas L as for train",
   "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write,",
   "                    which deno task serve does not grant: use deno run -A cli/main.ts serve)",
@@ -50,6 +53,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       port: { type: "string" },
       "batch-wait-ms": { type: "string" },
       "max-history": { type: "string" },
+      "block-items": { type: "string" },
       ...BACKEND_OPTIONS,
       ...INFERENCE_OPTIONS,
       help: { type: "boolean", short: "h" },
@@ -69,13 +73,14 @@ export async function serveCommand(args: string[]): Promise<void> {
     throw new RangeError(`--batch-wait-ms must be from 0 to ${MAX_WAIT_MS}, got "${waitText}"`);
   }
   const maxHistory = intFlag("max-history", values["max-history"], 1000, 1);
+  const blockItems = intFlag("block-items", values["block-items"], BLOCK_ITEMS, 1);
   const inference = inferenceFlags(values);
   // One wasm thread by default: a single history is too small a product to share, and on 2
   // cores a second thread raised p99 latency from 5 ms to 18-28 ms (docs/performance.md).
   await startBackend(values, 1);
   const model = values.model;
   const { recommender, from } = await withFlagNames(
-    () => loadRecommender(model, { inference }),
+    () => loadRecommender(model, { inference, blockItems }),
     flagsGiven(inference),
   );
   console.error(
