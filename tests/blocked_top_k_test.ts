@@ -13,7 +13,7 @@ import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
 import { DiffuRec } from "../lib/models/diffurec.ts";
 import type { SequentialModel } from "../lib/models/_model.ts";
-import { blockedTopK } from "../lib/inference/_blocked_top_k.ts";
+import { BLOCK_SCORES, blockedTopK, blockRows } from "../lib/inference/_blocked_top_k.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { seededUniform } from "./_fixtures.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
@@ -79,6 +79,10 @@ Deno.test("blockedTopK() refuses a bad k or block by name, and keeps the tensor 
   assertThrows(() => blockedTopK(queries, table, 0, 4), RangeError, "k must be");
   assertThrows(() => blockedTopK(queries, table, 10, 4), RangeError, "got 10");
   assertThrows(() => blockedTopK(queries, table, 3, 0), RangeError, "block must be");
+  // A block holds at most BLOCK_SCORES scores, and at least the floor given.
+  assertEquals(blockRows(1, 65_536), BLOCK_SCORES);
+  assertEquals(blockRows(64, 65_536), 65_536);
+  assertEquals(blockRows(64 * 4, 1000), BLOCK_SCORES / 256);
   const before = tf.memory().numTensors;
   for (let i = 0; i < 5; i++) {
     const top = blockedTopK(queries, table, 3, 2);
@@ -111,7 +115,7 @@ Deno.test("a Recommender that ranks in blocks answers as one that ranks the whol
       const model = make();
       using whole = new Recommender(model, data.vocab.items);
       // The same seed, the same weights.
-      using blocks = new Recommender(make(), data.vocab.items, { blockItems: 7 });
+      using blocks = new Recommender(make(), data.vocab.items, { blockItems: 7, blockScores: 1 });
       const histories = split.test.slice(0, 20).map((e) => tokens(e.history));
       histories.push([], ["unknown-token"]);
       const options = [{ k: 5 }, { k: 12, exclude: ["i3", "i4"] }, { k: 30, excludeSeen: false }];
@@ -135,6 +139,7 @@ Deno.test("ranking in blocks never builds the transposed item table and keeps th
     await selectBackend(backend);
     using r = new Recommender(new Sigma({ ...TINY, seed: 2, interests: 3 }), data.vocab.items, {
       blockItems: 8,
+      blockScores: 1,
     });
     const fresh = tf.memory().numTensors;
     await r.recommend(["i1"]);
@@ -154,6 +159,11 @@ Deno.test("ranking in blocks never builds the transposed item table and keeps th
     () => new Recommender(new SasRec({ ...TINY }), data.vocab.items, { blockItems: 0 }),
     RangeError,
     "blockItems must be a positive integer, got 0",
+  );
+  assertThrows(
+    () => new Recommender(new SasRec({ ...TINY }), data.vocab.items, { blockScores: 2.5 }),
+    RangeError,
+    "blockScores must be a positive integer, got 2.5",
   );
 });
 

@@ -19,6 +19,19 @@ export interface TopK {
   indices: Tensor2D;
 }
 
+/** Most scores ({@linkcode blockedTopK}'s `[B·q, n]`) a block holds: 2^22 floats, 16 MB. */
+export const BLOCK_SCORES = 1 << 22;
+
+/**
+ * Rows of the table a block of {@linkcode blockedTopK} scores for `rowsOfQueries` (`B·q`)
+ * queries: as many as `budget` scores allow ({@linkcode BLOCK_SCORES}), and at least `least`. One history
+ * (B·q = 1) thus scores up to 4M items in one block, with no slice of the table; 64 histories
+ * 65,536 at a time.
+ */
+export function blockRows(rowsOfQueries: number, least: number, budget = BLOCK_SCORES): number {
+  return Math.max(least, Math.floor(budget / Math.max(1, rowsOfQueries)));
+}
+
 /**
  * The `k` best rows of `table` `[M, d]` for each history, where row `i`'s score after
  * history `b` is `max_j queries[b, j] · table[i]` (`queries` `[B, q, d]`), scoring at most
@@ -45,8 +58,12 @@ export function blockedTopK(queries: Tensor3D, table: Tensor2D, k: number, block
     const size = Math.min(block, rows - start);
     const running: TopK | null = best;
     const next: TopK = tf.tidy(() => {
-      const part = tf.slice(table, [start, 0], [size, d]) as Tensor2D; // [n, d]
-      let scores = tf.matMul(flat, part, false, true) as Tensor2D; // [B*q, n]
+      // One block is the table itself: a slice would copy it (512 MB at 1M items of d 128).
+      const part = size === rows ? table : tf.slice(table, [start, 0], [size, d]) as Tensor2D; // [n, d]
+      // (part · flatᵀ)ᵀ, not flat · partᵀ: a transpose flag on the big operand made
+      // tfjs-wasm without the BLAS copy it transposed (1 s at 1M items of d 128, against
+      // 0.17 s this way); the flag on the small one, and the transpose of the result, are cheap.
+      let scores = tf.transpose(tf.matMul(part, flat, false, true)) as Tensor2D; // [B*q, n]
       if (q > 1) scores = tf.max(tf.reshape(scores, [b, q, size]), 1) as Tensor2D; // [B, n]
       const top = tf.topk(scores, Math.min(k, size), true);
       const ids = tf.add(top.indices, tf.scalar(start, "int32")) as Tensor2D; // [B, k']

@@ -22,7 +22,7 @@ import {
 import { ParamStore } from "../nn/params.ts";
 import type { Tensor2D } from "../nn/tensor_types.ts";
 import type { EvalBatch } from "../data/types.ts";
-import { blockedTopK, type TopK } from "./_blocked_top_k.ts";
+import { BLOCK_SCORES, blockedTopK, blockRows, type TopK } from "./_blocked_top_k.ts";
 import {
   decodeModelFile,
   encodeModelFile,
@@ -100,13 +100,20 @@ export interface RecommenderOptions {
   /** Most histories scored in one forward pass of {@linkcode Recommender.recommendBatch}. Default 256. */
   batchSize?: number;
   /**
-   * A catalogue of more items than this is ranked in blocks of this many items, merging a
-   * running top-k (`_blocked_top_k.ts`), for models that give their ranking queries (all
-   * here): no `[batch, items]` score matrix and no transposed copy of the item table, which
-   * at 1M items of d 128 are 256 MB (64 histories) and 512 MB. The items returned are the
-   * same; scores may differ in the last float bits. Default {@linkcode BLOCK_ITEMS}.
+   * A catalogue of more items than this is ranked from the model's ranking queries (all
+   * models here give them) in blocks of at least this many items, as many as 16 MB of
+   * scores allow (one history: up to 4M items at once), merging a running top-k
+   * (`_blocked_top_k.ts`): no `[batch, items]` score matrix and no transposed copy of the
+   * item table, which at 1M items of d 128 are 256 MB (64 histories) and 512 MB. The items
+   * returned are the same; scores may differ in the last float bits. Default
+   * {@linkcode BLOCK_ITEMS}.
    */
   blockItems?: number;
+  /**
+   * Most scores (histories x queries x items) one block of that ranking holds. Default
+   * `BLOCK_SCORES` (2^22, 16 MB).
+   */
+  blockScores?: number;
   /**
    * For {@linkcode Recommender.load}: new values of config fields that change only how the
    * model ranks (its `inferenceFields`, see `withInferenceOverrides`). For DiffuRec and
@@ -187,6 +194,7 @@ export class Recommender {
   readonly #ids: Map<string, number>;
   readonly #batchSize: number;
   readonly #blockItems: number;
+  readonly #blockScores: number;
   #disposed = false;
 
   /**
@@ -194,7 +202,8 @@ export class Recommender {
    * `dataset.vocab.items`, whose index 0 is padding).
    *
    * @throws {RangeError} The vocabulary's size does not match the model's `numItems`, or a
-   * token appears twice, or `batchSize` or `blockItems` is not a positive integer.
+   * token appears twice, or `batchSize`, `blockItems` or `blockScores` is not a positive
+   * integer.
    */
   constructor(model: ServableModel, items: readonly string[], options: RecommenderOptions = {}) {
     if (items.length !== model.config.numItems + 1) {
@@ -216,13 +225,17 @@ export class Recommender {
       throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
     }
     const blockItems = options.blockItems ?? BLOCK_ITEMS;
-    if (!Number.isInteger(blockItems) || blockItems < 1) {
-      throw new RangeError(`blockItems must be a positive integer, got ${blockItems}`);
+    const blockScores = options.blockScores ?? BLOCK_SCORES;
+    for (const [name, value] of [["blockItems", blockItems], ["blockScores", blockScores]]) {
+      if (!Number.isInteger(value) || (value as number) < 1) {
+        throw new RangeError(`${name} must be a positive integer, got ${value}`);
+      }
     }
     this.model = model;
     this.items = items;
     this.#batchSize = batchSize;
     this.#blockItems = blockItems;
+    this.#blockScores = blockScores;
   }
 
   /**
@@ -454,7 +467,9 @@ export class Recommender {
     const { rankingQueries, itemVectors } = this.model;
     if (this.numItems + 1 > this.#blockItems && rankingQueries && itemVectors) {
       const queries = rankingQueries.call(this.model, batch); // [b, q, d]
-      return blockedTopK(queries, itemVectors.call(this.model), fetch, this.#blockItems);
+      const rowsOfQueries = queries.shape[0] * queries.shape[1];
+      const block = blockRows(rowsOfQueries, this.#blockItems, this.#blockScores);
+      return blockedTopK(queries, itemVectors.call(this.model), fetch, block);
     }
     const top = tf.topk(this.model.scores(batch), fetch, true); // of [b, N + 1]
     return { values: top.values as Tensor2D, indices: top.indices as Tensor2D };
