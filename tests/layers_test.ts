@@ -5,7 +5,7 @@ import { causalPaddingMask, createTransformer, dropout, transformer } from "../l
 import { geluTanh } from "../lib/nn/pre_ln.ts";
 import { ParamStore } from "../lib/nn/params.ts";
 import { maxAbsDiff } from "./_model_checks.ts";
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
 
 /** P(|K - n p| >= |k - n p|) for K ~ Binomial(n, p): how rare a count as far out as k is. */
 function binomialTail(n: number, p: number, k: number): number {
@@ -173,4 +173,36 @@ Deno.test("dropout() keeps each element as x / (1 - rate) or zeroes it, by its s
   assert(dropout(x, 0, 7) === x, "rate 0 is the identity");
   assert(dropout(x, 0.5, null) === x, "no seed (inference) is the identity");
   x.dispose();
+});
+
+Deno.test("ParamStore.withValues() builds a model from given values by name, allocating each once, and names what is missing", async () => {
+  await selectBackend("cpu");
+  const build = () => {
+    const p = new ParamStore(3);
+    p.create("a", [2, 3]);
+    p.create("b", [4], "zeros");
+    return p;
+  };
+  const reference = build();
+  const { values } = await reference.toArrays();
+  const given = new Map([["a", values.subarray(0, 6)], ["b", Float32Array.from([1, 2, 3, 4])]]);
+  const before = tf.memory().numTensors;
+  const p = ParamStore.withValues(given, build);
+  assertEquals(tf.memory().numTensors, before + 2, "one tensor a parameter, no drawn one kept");
+  assertEquals(Array.from(p.get("a").dataSync()), Array.from(values.subarray(0, 6)));
+  assertEquals(Array.from(p.get("b").dataSync()), [1, 2, 3, 4]);
+  assertThrows(
+    () => ParamStore.withValues(new Map([["a", values.subarray(0, 6)]]), build),
+    RangeError,
+    `parameter "b" [4] needs 4 values, and none were given`,
+  );
+  assertThrows(
+    () => ParamStore.withValues(new Map([["a", values.subarray(0, 5)]]), build),
+    RangeError,
+    `parameter "a" [2,3] needs 6 values, got 5`,
+  );
+  // Afterwards create() draws again.
+  const again = build();
+  assertEquals(Array.from(again.get("a").dataSync()), Array.from(values.subarray(0, 6)));
+  tf.dispose([...reference.list(), ...p.list(), ...again.list()]);
 });

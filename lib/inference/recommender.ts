@@ -278,14 +278,24 @@ export class Recommender {
         // Twice the file's, so that a tensor missing from it is named below instead.
         { tensors: 2 * file.params.length + 8, values: 2 * file.values.length + 4096 },
       );
-      matchByName(planned, file.params, name);
-      model = modelEntry(file.model).create({ ...config, numItems });
+      const places = matchByName(planned, file.params, name);
+      // Built from the file's values (views, no copy): no drawn initial values to replace,
+      // so each tensor is allocated once (the wasm heap never shrinks back).
+      const values = new Map(
+        planned.map((r, i) => [
+          r.name,
+          file.values.subarray(places[i].offset, places[i].offset + places[i].size),
+        ]),
+      );
+      model = ParamStore.withValues(
+        values,
+        () => modelEntry(file.model).create({ ...config, numItems }),
+      );
     } catch (e) {
       if (e instanceof ModelFileError) throw e; // a tensor named already
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
     }
     try {
-      assignByName(model, file.params, file.values, name);
       const recommender = new Recommender(model, file.items, options);
       recommender.info = file.info;
       return recommender;
@@ -694,21 +704,4 @@ function requireBackend(): void {
         "Recommender) before loading a model",
     );
   }
-}
-
-/** Assigns a file's tensors to the model's parameters by name, checking every shape. */
-function assignByName(
-  model: SequentialModel,
-  params: { name: string; shape: number[] }[],
-  values: Float32Array,
-  source: string,
-): void {
-  const mine = model.params.records();
-  const ordered = new Float32Array(model.params.size());
-  let at = 0;
-  for (const { offset, size } of matchByName(mine, params, source)) {
-    ordered.set(values.subarray(offset, offset + size), at);
-    at += size;
-  }
-  model.params.assign(mine, ordered, source);
 }
