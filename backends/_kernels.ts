@@ -24,7 +24,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { MAX_OVER_INTERESTS, ROUTE_TO_INTERESTS } from "../lib/nn/interest_kernels.ts";
 import { RANK_OF_TARGET_KERNEL } from "../lib/eval/rank.ts";
 import { DROPOUT_KERNEL, maskWithThreshold as dropoutMaskOf } from "../lib/nn/dropout.ts";
-import { BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
+import { BMM_SINGLE_WASM_BASE64, BMM_WASM_BASE64 } from "./wasm/_bmm_wasm.ts";
 import { matMulDims } from "./_matmul_dims.ts";
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
@@ -150,7 +150,10 @@ function gatherRows(memory: Memory, x: Info, indices: Info, axis: number, batchD
 /** What the bmm kernel needs of a tfjs-backend-wasm instance. */
 export interface WasmBackendInternals {
   wasm: {
+    /** The heap of tfjs's threaded build. */
     wasmMemory?: WebAssembly.Memory;
+    /** The single-threaded build's exports, its heap among them. */
+    asm?: { memory?: WebAssembly.Memory };
     _malloc(bytes: number): number;
     _free(ptr: number): void;
   };
@@ -175,25 +178,36 @@ export interface Bmm {
   routeToRows: (...args: number[]) => void;
   softmaxXent: (...args: number[]) => void;
   softmaxXentGrad: (...args: number[]) => void;
+  int8TopK: (...args: number[]) => void;
   scratch: number;
   scratchFloats: number;
 }
 
 let bmmModule: WebAssembly.Module | null = null;
+let bmmSingleModule: WebAssembly.Module | null = null;
+
+function moduleOf(base64: string): WebAssembly.Module {
+  return new WebAssembly.Module(Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)));
+}
 const bmmInstances = new WeakMap<object, Bmm | null>();
 
-/** The bmm kernel bound to `backend`'s heap; null when that heap is not shared memory. */
+/**
+ * The bmm kernel bound to `backend`'s heap; null when the heap cannot be reached. tfjs's
+ * threaded build exposes its heap as a shared WebAssembly.Memory (`wasmMemory`), which
+ * bmm.wasm imports; the single-threaded one (`--threads 1`, and `serve`) keeps an ordinary
+ * memory among its exports, which bmm_single.wasm (the same code) imports. Until
+ * 2026-12-07 only the first was bound, so one-thread runs had none of these kernels.
+ */
 export function bmmFor(backend: WasmBackendInternals): Bmm | null {
   if (bmmInstances.has(backend)) return bmmInstances.get(backend)!;
   let bmm: Bmm | null = null;
-  const memory = backend.wasm.wasmMemory;
-  // Only tfjs's threaded build exposes its heap as a shared WebAssembly.Memory, which is
-  // what bmm.wasm imports; the single-threaded build keeps tfjs's own BatchMatMul.
-  if (memory && memory.buffer instanceof SharedArrayBuffer) {
-    bmmModule ??= new WebAssembly.Module(
-      Uint8Array.from(atob(BMM_WASM_BASE64), (c) => c.charCodeAt(0)),
-    );
-    const instance = new WebAssembly.Instance(bmmModule, { env: { memory } });
+  const shared = backend.wasm.wasmMemory;
+  const memory = shared ?? backend.wasm.asm?.memory;
+  if (memory instanceof WebAssembly.Memory) {
+    const module = memory.buffer instanceof SharedArrayBuffer
+      ? bmmModule ??= moduleOf(BMM_WASM_BASE64)
+      : bmmSingleModule ??= moduleOf(BMM_SINGLE_WASM_BASE64);
+    const instance = new WebAssembly.Instance(module, { env: { memory } });
     const e = instance.exports;
     bmm = {
       run: e.bmm as Bmm["run"],
@@ -211,6 +225,7 @@ export function bmmFor(backend: WasmBackendInternals): Bmm | null {
       routeToRows: e.route_to_rows as Bmm["routeToRows"],
       softmaxXent: e.softmax_xent as Bmm["softmaxXent"],
       softmaxXentGrad: e.softmax_xent_grad as Bmm["softmaxXentGrad"],
+      int8TopK: e.int8_top_k as Bmm["int8TopK"],
       scratch: 0,
       scratchFloats: 0,
     };

@@ -28,6 +28,7 @@ import {
   LAYER_NORM_KERNEL,
 } from "../lib/nn/fused.ts";
 import { SOFTMAX_XENT_GRAD_KERNEL, SOFTMAX_XENT_KERNEL } from "../lib/nn/fused_ops.ts";
+import { INT8_TOP_K_KERNEL } from "../lib/inference/_int8_items.ts";
 import {
   type Bmm,
   bmmFor,
@@ -136,6 +137,32 @@ function softmaxXentGrad(args: Parameters<tf.KernelFunc>[0]): Info {
   return g;
 }
 
+/** {@linkcode INT8_TOP_K_KERNEL}: bmm.wasm's `int8_top_k` over the heap's codes. */
+function int8TopK(args: Parameters<tf.KernelFunc>[0]): Info[] {
+  const { q16, qscale, codes, scales } = args.inputs as Record<string, Info>;
+  const { Q, k, first } = args.attrs as unknown as { Q: number; k: number; first: number };
+  const backend = args.backend as unknown as WasmBackendInternals;
+  const rows = qscale.shape[0], d = q16.shape[1] * 2, n = scales.shape[0];
+  const values = backend.makeOutput([rows / Q, k], "float32");
+  const ids = backend.makeOutput([rows / Q, k], "int32");
+  const at = (t: Info) => offsetOf(backend, t);
+  bmmOf(backend).int8TopK(
+    at(q16),
+    at(qscale),
+    rows / Q,
+    Q,
+    d,
+    at(codes),
+    at(scales),
+    first,
+    n,
+    k,
+    at(values),
+    at(ids),
+  );
+  return [values, ids];
+}
+
 /**
  * Registers the wasm LayerNorm, GELU and softmax cross-entropy kernels where bmm.wasm runs (`registerWithBmm`). Called by
  * `backends/mod.ts` once wasm runs.
@@ -152,5 +179,6 @@ export function registerWasmFused(): boolean {
     [GELU_TANH_GRAD_KERNEL, geluKernel(true) as tf.KernelFunc],
     [SOFTMAX_XENT_KERNEL, softmaxXent as tf.KernelFunc],
     [SOFTMAX_XENT_GRAD_KERNEL, softmaxXentGrad as tf.KernelFunc],
+    [INT8_TOP_K_KERNEL, int8TopK as tf.KernelFunc],
   ]);
 }

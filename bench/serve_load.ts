@@ -35,6 +35,9 @@
  * recommenders' `blockItems`, in process and in the server (`serve --block-items`): a
  * catalogue of more items is ranked N at a time with a running top-k (default 65,536; a
  * larger N than the catalogue ranks it whole, with its full scores and transposed table).
+ * `--compact-items` (with `--item-dtype i8`) keeps the table int8 in memory, in process and
+ * in the server (`serve --compact-items`). The in-process recommender is loaded from the
+ * same model file the server serves.
  *
  * @module
  */
@@ -63,6 +66,7 @@ const { values } = parseArgs({
     items: { type: "string" },
     "item-dtype": { type: "string", default: "f32" },
     "block-items": { type: "string", default: String(BLOCK_ITEMS) },
+    "compact-items": { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -126,6 +130,7 @@ async function startServer(model: string, waitMs: number) {
     values.threads,
     "--block-items",
     String(blockItems),
+    ...(values["compact-items"] ? ["--compact-items"] : []),
   ], [...CHILD_PERMISSIONS, "--allow-net"]);
   return { ...server, url: new URL("recommend", server.base) };
 }
@@ -195,12 +200,21 @@ const dir = await Deno.makeTempDir();
 try {
   for (const kind of values.models.split(",")) {
     const model = modelEntry(kind).create({ numItems: data.numItems });
-    using recommender = new Recommender(model, data.vocab.items, { blockItems });
     const file = `${dir}/${kind}.safetensors`;
-    const bytes = await recommender.toBytes({ bench: "untrained" }, { itemDtype });
+    let bytes: Uint8Array;
+    {
+      using built = new Recommender(model, data.vocab.items);
+      bytes = await built.toBytes({ bench: "untrained" }, { itemDtype });
+    }
     await Deno.writeFile(file, bytes);
+    // In process, the model as the server has it: loaded from the file.
+    using recommender = await Recommender.load(bytes, {
+      blockItems,
+      compactItems: values["compact-items"],
+    });
     console.log(
-      `${kind}: model file ${bytes.length.toLocaleString("en")} bytes, item table ${itemDtype}`,
+      `${kind}: model file ${bytes.length.toLocaleString("en")} bytes, item table ${itemDtype}` +
+        (recommender.compactItems ? ", kept int8 in memory" : ""),
     );
     for (let i = 0; i < 20; i++) await recommender.recommend(histories[i], { k: 20 });
     const ms: number[] = [];

@@ -34,6 +34,8 @@ export const SERVE_OPTIONS = [
   "  --max-history N   longest history or exclude list accepted (default 1000)",
   "  --block-items N   rank catalogues of more items N at a time, with a running top-k",
   "                    (default 65536; no [batch, items] scores, no transposed item table)",
+  "  --compact-items   keep a model file's int8 item table int8 in memory and rank from it",
+  "                    (wasm; a quarter of the float32 table; no diversity re-ranking)",
   "  --backend B       auto | webgpu | wasm | cpu (default auto); --blas L as for train",
   "  --threads N       wasm threads (default 1: lowest latency; more need --allow-write,",
   "                    which deno task serve does not grant: use deno run -A cli/main.ts serve)",
@@ -54,6 +56,7 @@ export async function serveCommand(args: string[]): Promise<void> {
       "batch-wait-ms": { type: "string" },
       "max-history": { type: "string" },
       "block-items": { type: "string" },
+      "compact-items": { type: "boolean" },
       ...BACKEND_OPTIONS,
       ...INFERENCE_OPTIONS,
       help: { type: "boolean", short: "h" },
@@ -80,11 +83,12 @@ export async function serveCommand(args: string[]): Promise<void> {
   await startBackend(values, 1);
   const model = values.model;
   const { recommender, from } = await withFlagNames(
-    () => loadRecommender(model, { inference, blockItems }),
+    () => loadRecommender(model, { inference, blockItems, compactItems: values["compact-items"] }),
     flagsGiven(inference),
   );
   console.error(
-    `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}`,
+    `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}` +
+      (recommender.compactItems ? " (item table kept int8)" : ""),
   );
   const handler = createHandler(recommender, {
     batchWaitMs,

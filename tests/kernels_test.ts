@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { selectBackend } from "../backends/mod.ts";
 import { bmmActive } from "../backends/_kernels.ts";
-import { BMM_WASM_BASE64 } from "../backends/wasm/_bmm_wasm.ts";
+import { BMM_SINGLE_WASM_BASE64, BMM_WASM_BASE64 } from "../backends/wasm/_bmm_wasm.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
 import { stepSeeds } from "../lib/models/_model.ts";
@@ -380,35 +380,41 @@ Deno.test("wasm Slice, SplitV, Transpose and Sum equal the cpu backend on random
   });
 });
 
-Deno.test("the embedded bmm.wasm is the committed binary that build.sh made from bmm.c", async () => {
-  const file = await Deno.readFile(new URL("../backends/wasm/bmm.wasm", import.meta.url));
-  const embedded = Uint8Array.from(atob(BMM_WASM_BASE64), (c) => c.charCodeAt(0));
-  assertEquals(embedded, file);
-  // The module may only import the heap it works on: no memory, stack or data of its own.
-  const module = new WebAssembly.Module(file);
-  assertEquals(WebAssembly.Module.imports(module), [
-    { module: "env", name: "memory", kind: "memory" },
-  ]);
-  assertEquals(
-    WebAssembly.Module.exports(module).map((e) => e.name).sort(),
-    [
-      "bmm",
-      "broadcast_binary",
-      "gelu",
-      "gru_backward",
-      "gru_backward_step",
-      "gru_forward",
-      "gru_forward_step",
-      "gru_scratch_floats",
-      "layer_norm",
-      "layer_norm_grad",
-      "max_over_rows",
-      "philox_dropout",
-      "route_to_rows",
-      "softmax_xent",
-      "softmax_xent_grad",
-    ],
-  );
+Deno.test("the embedded bmm.wasm and bmm_single.wasm are the committed binaries that build.sh made from bmm.c", async () => {
+  const exports = [
+    "bmm",
+    "broadcast_binary",
+    "gelu",
+    "gru_backward",
+    "gru_backward_step",
+    "gru_forward",
+    "gru_forward_step",
+    "gru_scratch_floats",
+    "int8_top_k",
+    "layer_norm",
+    "layer_norm_grad",
+    "max_over_rows",
+    "philox_dropout",
+    "route_to_rows",
+    "softmax_xent",
+    "softmax_xent_grad",
+  ];
+  for (
+    const [name, base64] of [
+      ["bmm.wasm", BMM_WASM_BASE64],
+      ["bmm_single.wasm", BMM_SINGLE_WASM_BASE64],
+    ] as const
+  ) {
+    const file = await Deno.readFile(new URL(`../backends/wasm/${name}`, import.meta.url));
+    const embedded = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    assertEquals(embedded, file, name);
+    // The module may only import the heap it works on: no memory, stack or data of its own.
+    const module = new WebAssembly.Module(file);
+    assertEquals(WebAssembly.Module.imports(module), [
+      { module: "env", name: "memory", kind: "memory" },
+    ], name);
+    assertEquals(WebAssembly.Module.exports(module).map((e) => e.name).sort(), exports, name);
+  }
 });
 
 // The wasm Identity shares its input's buffer (backends/_layout_kernels.ts): a clone must

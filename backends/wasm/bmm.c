@@ -684,3 +684,76 @@ void softmax_xent_grad(const float *restrict prob, const int32_t *restrict targe
     gr[t] = (p[t] - 1.0f) * d;
   }
 }
+
+// The best k rows of an int8 item table for each history, without a score vector of the
+// catalogue (lib/inference/_int8_items.ts: INT8_TOP_K_KERNEL). Queries q [H * Q, d] (Q a
+// history: an item's score is the max over them) come quantised to int16 with a scale per
+// query row (q16, qscale); the table is int8 codes [N, d] with a float32 scale per row. Row
+// i's score for query r is qscale[r] * scale[i] * (the int32 dot product of the codes), for
+// rows first..N-1. Each history keeps a min-heap of its best k in vals/idx [H, k] (a lower
+// score, or an equal one at a higher row, is worse), sorted best first at the end. d must
+// be a multiple of 16.
+
+static inline int worse(float va, int ia, float vb, int ib) {
+  return va < vb || (va == vb && ia > ib);
+}
+
+static void sift_down(float *v, int32_t *x, int k, int at) {
+  for (;;) {
+    const int l = 2 * at + 1, r = l + 1;
+    int w = at;
+    if (l < k && worse(v[l], x[l], v[w], x[w])) w = l;
+    if (r < k && worse(v[r], x[r], v[w], x[w])) w = r;
+    if (w == at) return;
+    const float tv = v[at];
+    const int32_t tx = x[at];
+    v[at] = v[w], x[at] = x[w], v[w] = tv, x[w] = tx;
+    at = w;
+  }
+}
+
+EXPORT("int8_top_k")
+void int8_top_k(const int16_t *restrict q16, const float *restrict qscale, int H, int Q, int d,
+                const int8_t *restrict codes, const float *restrict scale, int first, int N,
+                int k, float *restrict vals, int32_t *restrict idx) {
+  for (int h = 0; h < H * k; h++) vals[h] = -__builtin_inff(), idx[h] = 0x7fffffff;
+  for (int i = first; i < N; i++) {
+    const int8_t *restrict row = codes + (int64_t)i * d;
+    for (int h = 0; h < H; h++) {
+      float best = -__builtin_inff();
+      for (int j = 0; j < Q; j++) {
+        const int16_t *restrict qr = q16 + (int64_t)(h * Q + j) * d;
+        v128_t acc = wasm_i32x4_splat(0);
+        for (int u = 0; u < d; u += 16) {
+          const v128_t c = wasm_v128_load(row + u);
+          acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c),
+                                                         wasm_v128_load(qr + u)));
+          acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c),
+                                                         wasm_v128_load(qr + u + 8)));
+        }
+        const int32_t dot = wasm_i32x4_extract_lane(acc, 0) + wasm_i32x4_extract_lane(acc, 1) +
+                            wasm_i32x4_extract_lane(acc, 2) + wasm_i32x4_extract_lane(acc, 3);
+        const float s = (float)dot * qscale[h * Q + j] * scale[i];
+        best = s > best ? s : best;
+      }
+      float *restrict v = vals + (int64_t)h * k;
+      int32_t *restrict x = idx + (int64_t)h * k;
+      // Rows come in increasing order: an equal score never displaces the heap's worst.
+      if (best > v[0]) {
+        v[0] = best, x[0] = i;
+        sift_down(v, x, k, 0);
+      }
+    }
+  }
+  // Heap sort each history's k: the worst moves to the end, so the row ends best first.
+  for (int h = 0; h < H; h++) {
+    float *restrict v = vals + (int64_t)h * k;
+    int32_t *restrict x = idx + (int64_t)h * k;
+    for (int n = k - 1; n > 0; n--) {
+      const float tv = v[0];
+      const int32_t tx = x[0];
+      v[0] = v[n], x[0] = x[n], v[n] = tv, x[n] = tx;
+      sift_down(v, x, n, 0);
+    }
+  }
+}

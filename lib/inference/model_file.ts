@@ -107,6 +107,32 @@ export interface ModelFileContents {
    * (so a decoded file encodes as it was); absent means `"f32"`.
    */
   itemDtype?: ItemDtype;
+  /**
+   * With `DecodeModelFileOptions.keepInt8Items`, an int8 item table as stored (its codes
+   * and row scales), left out of `params` and `values`.
+   */
+  int8Items?: Int8Items;
+}
+
+/** An int8 item table as a model file stores it. */
+export interface Int8Items {
+  /** The parameter's name (`item`). */
+  name: string;
+  /** Its shape, `[N + 1, d]`. */
+  shape: number[];
+  /** One int8 code a value, row after row (a view of the file's bytes). */
+  codes: Uint8Array;
+  /** One float32 scale a row: a value is `code * scale`. */
+  scales: Float32Array;
+}
+
+/** Options of {@linkcode decodeModelFile}. */
+export interface DecodeModelFileOptions {
+  /**
+   * Return an int8 item table as stored (`int8Items`) instead of decoding it to float32
+   * values: for serving it int8 (`Recommender.load`'s `compactItems`). Default false.
+   */
+  keepInt8Items?: boolean;
 }
 
 /** Options of {@linkcode encodeModelFile}. */
@@ -507,6 +533,7 @@ function readTensors(
 export async function decodeModelFile(
   bytes: Uint8Array,
   source = "model file",
+  options: DecodeModelFileOptions = {},
 ): Promise<ModelFileContents> {
   const { header, dataStart } = readHeader(bytes, source);
   const metadata = readMetadata(header, source);
@@ -529,7 +556,8 @@ export async function decodeModelFile(
   if (tensors.some((t) => t.name === ITEM_SCALE) && itemDtype !== "i8") {
     throw new ModelFileError(source, `tensor "${ITEM_SCALE}" belongs to int8 item tables only`);
   }
-  const params = tensors.filter((t) => t.name !== ITEM_SCALE);
+  const kept = options.keepInt8Items ? tensors.find((t) => t.dtype === "I8") : undefined;
+  const params = tensors.filter((t) => t.name !== ITEM_SCALE && t !== kept);
   const values = new Float32Array(params.reduce((n, t) => n + sizeOf(t.shape), 0));
   let offset = 0;
   for (const t of params) {
@@ -544,11 +572,40 @@ export async function decodeModelFile(
     values,
     info: (info ?? {}) as Record<string, unknown>,
     itemDtype,
+    ...(kept
+      ? {
+        int8Items: {
+          name: kept.name,
+          shape: [...kept.shape],
+          codes: kept.bytes,
+          scales: int8Scales(kept, tensors, source),
+        },
+      }
+      : {}),
   };
 }
 
 function sizeOf(shape: number[]): number {
   return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * The row scales of the int8 item table `t` (`item.scale`).
+ *
+ * @throws {ModelFileError} They are missing or of the wrong shape.
+ */
+function int8Scales(t: StoredTensor, all: StoredTensor[], source: string): Float32Array {
+  const scale = all.find((s) => s.name === ITEM_SCALE);
+  if (!scale || scale.shape.length !== 1 || scale.shape[0] !== t.shape[0]) {
+    throw new ModelFileError(
+      source,
+      `the int8 item table [${t.shape}] needs "${ITEM_SCALE}" [${t.shape[0]}], found ` +
+        (scale ? `[${scale.shape}]` : "none"),
+    );
+  }
+  const scales = new Float32Array(scale.shape[0]);
+  new Uint8Array(scales.buffer).set(scale.bytes);
+  return scales;
 }
 
 /**
@@ -560,19 +617,7 @@ function sizeOf(shape: number[]): number {
  */
 function decodedValues(t: StoredTensor, all: StoredTensor[], source: string): Float32Array {
   if (t.dtype === "F16") return decodeFloat16(t.bytes);
-  if (t.dtype === "I8") {
-    const scale = all.find((s) => s.name === ITEM_SCALE);
-    if (!scale || scale.shape.length !== 1 || scale.shape[0] !== t.shape[0]) {
-      throw new ModelFileError(
-        source,
-        `the int8 item table [${t.shape}] needs "${ITEM_SCALE}" [${t.shape[0]}], found ` +
-          (scale ? `[${scale.shape}]` : "none"),
-      );
-    }
-    const scales = new Float32Array(scale.shape[0]);
-    new Uint8Array(scales.buffer).set(scale.bytes);
-    return decodeInt8Rows(t.bytes, scales, t.shape[1]);
-  }
+  if (t.dtype === "I8") return decodeInt8Rows(t.bytes, int8Scales(t, all, source), t.shape[1]);
   const out = new Float32Array(t.bytes.length / 4);
   new Uint8Array(out.buffer).set(t.bytes);
   return out;

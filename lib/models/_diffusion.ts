@@ -16,6 +16,7 @@ import {
   createLayerNorm,
   dropout,
   embeddingLookup,
+  itemRows,
   layerNorm,
   linear,
   matmul,
@@ -248,7 +249,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
       length = c.maxLength;
     }
     const ids = tf.tensor2d(inputs, [batch, length], "int32");
-    let x = embeddingLookup(this.params.get("item") as Tensor2D, ids); // [B, L, d]
+    let x = itemRows(this.params, "item", ids); // [B, L, d]
     if (c.positions === "learned") {
       const at = tf.range(c.maxLength - length, c.maxLength, 1, "int32");
       x = tf.add(x, embeddingLookup(this.params.get("position") as Tensor2D, at)); // [B, L, d]

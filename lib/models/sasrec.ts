@@ -17,6 +17,7 @@ import {
   createTransformer,
   dropout,
   embeddingLookup,
+  itemRows,
   layerNorm,
   matmul,
   type SeedSource,
@@ -114,7 +115,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
   ): Tensor3D {
     const c = this.config;
     const ids = tf.tensor2d(inputs, [batch, length], "int32");
-    const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
+    const items = itemRows(this.params, "item", ids); // [B, L, d]
     const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
     const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
     // items + pos; on webgpu pos's gradient (the sum over the batch) is one dispatch.

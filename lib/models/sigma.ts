@@ -38,6 +38,7 @@ import {
   dropout,
   embeddingLookup,
   gelu,
+  itemRows,
   layerNorm,
   linear,
   matmul,
@@ -408,7 +409,7 @@ export class Sigma implements SequentialModel<SigmaConfig> {
       [batch, length, 1],
       "float32",
     ); // [B, L, 1]
-    const items = embeddingLookup(this.params.get("item") as tf.Tensor2D, ids); // [B, L, d]
+    const items = itemRows(this.params, "item", ids); // [B, L, d]
     const posIds = tf.range(c.maxLength - length, c.maxLength, 1, "int32"); // [L]
     const pos = embeddingLookup(this.params.get("position") as tf.Tensor2D, posIds); // [L, d]
     const x = layerNorm(this.params, "embed.ln", tf.add(items, pos), c.layerNormEps);

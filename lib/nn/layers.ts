@@ -88,6 +88,16 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 }
 
 /**
+ * The rows of parameter `name` (an item table) for `ids`, `[...ids.shape, d]`: its
+ * {@linkcode embeddingLookup}, or where the table is held outside the store (an int8 table
+ * kept for serving, `ParamStore.external`) that table's decoded rows.
+ */
+export function itemRows(params: ParamStore, name: string, ids: tf.Tensor): tf.Tensor {
+  const external = params.external(name);
+  return external ? external.rowsOf(ids) : embeddingLookup(params.get(name) as tf.Tensor2D, ids);
+}
+
+/**
  * Rows of `table` at `ids` (any shape), giving `[...ids.shape, d]`. Its gradient is a
  * ScatterNd of the incoming gradient (duplicates summed), because tfjs's gather gradient
  * needs UnsortedSegmentSum, which tfjs-backend-wasm lacks and tfjs-backend-cpu runs ~100x

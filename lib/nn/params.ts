@@ -53,8 +53,20 @@ function planned(name: string, shape: number[]): Variable {
   return null as unknown as Variable;
 }
 
+/**
+ * A parameter held outside the store, of which only rows are read: an item table kept int8
+ * for serving (`lib/inference/_int8_items.ts`). Its model can embed histories (through
+ * `itemRows` in `layers.ts`) but not train, score the whole table or be saved.
+ */
+export interface ExternalRows {
+  /** The rows of `ids` (int32, any shape), `[...ids.shape, width]` float32. */
+  rowsOf(ids: Tensor): Tensor;
+  /** Frees what holds the rows. */
+  dispose(): void;
+}
+
 /** What {@linkcode ParamStore.withValues} gives `create`, while it runs. */
-let given: Map<string, Float32Array> | null = null;
+let given: Map<string, Float32Array | ExternalRows> | null = null;
 
 /**
  * Owns every trainable variable of a model, by name. Creation is seeded: the same seed
@@ -64,6 +76,7 @@ let given: Map<string, Float32Array> | null = null;
 export class ParamStore {
   readonly #vars = new Map<string, tf.Variable>();
   readonly #derived = new Map<string, { source: object; value: tf.Tensor }>();
+  readonly #external = new Map<string, ExternalRows>();
   #seed: number;
   /** Standard deviation of `"normal"` initialisation (reference code: 0.02). */
   readonly initStd: number;
@@ -102,11 +115,13 @@ export class ParamStore {
    * Runs `build` with every store's `create` taking each parameter's values from `values`
    * (by name, in the parameter's shape) instead of drawing them: a model loaded from a file
    * is then allocated once, with no random table to replace (at 1M items of d 128 that
-   * table is 512 MB, and the heap it grew stays grown).
+   * table is 512 MB, and the heap it grew stays grown). A value that is
+   * {@linkcode ExternalRows} makes that parameter external: the store owns it from then
+   * on, `get` refuses it by name, and only its rows are read.
    *
    * @throws {RangeError} A parameter `values` lacks, or whose size differs (named).
    */
-  static withValues<T>(values: Map<string, Float32Array>, build: () => T): T {
+  static withValues<T>(values: Map<string, Float32Array | ExternalRows>, build: () => T): T {
     if (planning || given) throw new Error("ParamStore.withValues does not nest");
     given = values;
     try {
@@ -141,8 +156,16 @@ export class ParamStore {
     return v;
   }
 
-  #fromGiven(name: string, shape: number[], values: Map<string, Float32Array>): Variable {
+  #fromGiven(
+    name: string,
+    shape: number[],
+    values: Map<string, Float32Array | ExternalRows>,
+  ): Variable {
     const data = values.get(name);
+    if (data && !(data instanceof Float32Array)) {
+      this.#external.set(name, data);
+      return null as unknown as Variable; // no caller reads it (as in a plan)
+    }
     const size = shape.reduce((a, b) => a * b, 1);
     if (!data || data.length !== size) {
       throw new RangeError(
@@ -160,8 +183,21 @@ export class ParamStore {
   /** The parameter called `name`; throws a clear error if there is none. */
   get(name: string): Variable {
     const v = this.#vars.get(name);
-    if (!v) throw new Error(`No parameter named "${name}"`);
+    if (!v) {
+      if (this.#external.has(name)) {
+        throw new TypeError(
+          `parameter "${name}" is held outside this model (an int8 item table kept for ` +
+            "serving): only its rows can be read",
+        );
+      }
+      throw new Error(`No parameter named "${name}"`);
+    }
     return v;
+  }
+
+  /** The {@linkcode ExternalRows} that stand for parameter `name`, if it is external. */
+  external(name: string): ExternalRows | undefined {
+    return this.#external.get(name);
   }
 
   /** All parameters in creation order. */
@@ -271,10 +307,12 @@ export class ParamStore {
     return value;
   }
 
-  /** Frees every variable and every cached transpose. */
+  /** Frees every variable, every cached transpose and every external parameter. */
   dispose(): void {
     for (const v of this.#vars.values()) v.dispose();
     this.#vars.clear();
+    for (const e of this.#external.values()) e.dispose();
+    this.#external.clear();
     for (const d of this.#derived.values()) d.value.dispose();
     this.#derived.clear();
   }

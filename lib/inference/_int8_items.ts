@@ -1,0 +1,156 @@
+/**
+ * An int8 item table kept int8 in memory (`Recommender.load(..., { compactItems: true })`):
+ * a model file's `i8` table (`_item_codec.ts`: a code per value, a float32 scale per row)
+ * is uploaded as it is, 4 codes to an int32, a quarter of the float32 table (128 MB against
+ * 512 MB at 1M items of d 128). Two things read it:
+ *
+ * - the history's rows, for the model's embedding lookups (`ParamStore`'s external rows):
+ *   gathered as codes and decoded `code * scale` on the host, the values a decoded file has;
+ * - the ranking: {@linkcode INT8_TOP_K_KERNEL} scores every row against the ranking
+ *   queries, each query quantised to int16 (a scale per query), with integer dot products,
+ *   and keeps each history's best k in a heap: no score vector of the catalogue, no float32
+ *   table. The scores differ from the decoded table's float32 ones by the query's rounding
+ *   (a relative 2^-16 of its largest entry).
+ *
+ * The kernel runs on wasm (bmm.wasm's `int8_top_k`, registered by `backends/`); where it is
+ * not registered the recommender decodes the table to float32 instead.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { Tensor, Tensor1D, Tensor2D, Tensor3D } from "../nn/tensor_types.ts";
+
+/**
+ * Kernel `(q16 [R, d/2] int32: int16 pairs, qscale [R], codes [N, d/4] int32: int8
+ * quads, scales [N]; Q, k, first) -> (values [R/Q, k], ids [R/Q, k] int32)`: for each
+ * history (Q query rows), the k best rows `first..N-1` by `max over its queries of
+ * qscale * scale * dot(q16, codes)`, best first, the lower row first on equal scores.
+ */
+export const INT8_TOP_K_KERNEL = "SigmaInt8TopK";
+
+/** Widths the kernel takes: a multiple of 16 (its SIMD step). */
+export function int8TableWidthOk(d: number): boolean {
+  return d > 0 && d % 16 === 0;
+}
+
+/** Whether the active backend ranks int8 tables in place. */
+export function hasInt8TopK(): boolean {
+  return tf.getKernel(INT8_TOP_K_KERNEL, tf.getBackend()) !== undefined;
+}
+
+/** An int8 item table on the active backend: codes and row scales. */
+export class Int8ItemTable {
+  /** Rows (items, padding included). */
+  readonly rows: number;
+  /** Values a row. */
+  readonly width: number;
+  readonly #codes: Tensor2D; // [rows, width / 4] int32, 4 codes each, little-endian
+  readonly #scales: Tensor1D; // [rows]
+
+  /**
+   * @param codes The file's int8 codes, `rows * width` bytes.
+   * @param scales One float32 scale a row.
+   * @throws {RangeError} A width the kernel does not take, or sizes that disagree.
+   */
+  constructor(codes: Uint8Array, scales: Float32Array, width: number) {
+    if (!int8TableWidthOk(width)) {
+      throw new RangeError(`an int8 item table needs a width divisible by 16, got ${width}`);
+    }
+    if (codes.length !== scales.length * width) {
+      throw new RangeError(
+        `${codes.length} int8 codes for ${scales.length} rows of ${width}`,
+      );
+    }
+    this.rows = scales.length;
+    this.width = width;
+    // Aligned for the int32 view (the file's bytes need not be).
+    const packed = codes.byteOffset % 4 === 0
+      ? new Int32Array(codes.buffer, codes.byteOffset, codes.length / 4)
+      : new Int32Array(codes.slice().buffer);
+    this.#codes = tf.keep(tf.tensor2d(packed, [this.rows, width / 4], "int32"));
+    this.#scales = tf.keep(tf.tensor1d(scales));
+  }
+
+  /** The rows of `ids` (int32, any shape) decoded, `[...ids.shape, width]` float32. */
+  rowsOf(ids: Tensor): Tensor {
+    const [packed, scales] = tf.tidy(() => {
+      const flat = tf.reshape(ids, [-1]);
+      return [tf.gather(this.#codes, flat), tf.gather(this.#scales, flat)];
+    });
+    try {
+      const p = packed.dataSync() as Int32Array, s = scales.dataSync() as Float32Array;
+      const signed = new Int8Array(p.buffer, p.byteOffset, p.byteLength);
+      const out = new Float32Array(signed.length);
+      for (let r = 0; r < s.length; r++) {
+        for (let u = 0; u < this.width; u++) {
+          out[r * this.width + u] = signed[r * this.width + u] * s[r];
+        }
+      }
+      return tf.tensor(out, [...ids.shape, this.width], "float32");
+    } finally {
+      tf.dispose([packed, scales]);
+    }
+  }
+
+  /**
+   * The best `k` rows `first..rows-1` for each history of `queries` `[H, Q, d]` (a row's
+   * score the max over the history's Q queries): values and ids `[H, k]`, best first.
+   *
+   * @throws {RangeError} `k` outside 1..rows - first, or a query of another width.
+   */
+  topK(queries: Tensor3D, k: number, first = 1): { values: Tensor2D; indices: Tensor2D } {
+    const [h, q, d] = queries.shape;
+    if (d !== this.width) {
+      throw new RangeError(`queries of width ${d} for an item table of width ${this.width}`);
+    }
+    if (!Number.isInteger(k) || k < 1 || k > this.rows - first) {
+      throw new RangeError(`k must be an integer from 1 to ${this.rows - first}, got ${k}`);
+    }
+    const { q16, qscale } = quantiseQueries(queries.dataSync() as Float32Array, h * q, d);
+    return tf.tidy(() => {
+      const [values, indices] = tf.engine().runKernel(INT8_TOP_K_KERNEL, {
+        q16: tf.tensor2d(new Int32Array(q16.buffer), [h * q, d / 2], "int32"),
+        qscale: tf.tensor1d(qscale),
+        codes: this.#codes,
+        scales: this.#scales,
+      }, { Q: q, k, first }) as Tensor2D[];
+      if (!qscale.some(Number.isNaN)) return { values, indices };
+      // A query that is not finite scores NaN, as the float32 path would say.
+      const v = values.dataSync().slice();
+      for (let r = 0; r < h * q; r++) {
+        if (Number.isNaN(qscale[r])) v.fill(NaN, Math.floor(r / q) * k, Math.floor(r / q) * k + k);
+      }
+      return { values: tf.tensor2d(v, [h, k]), indices };
+    });
+  }
+
+  /** Frees the codes and scales. */
+  dispose(): void {
+    tf.dispose([this.#codes, this.#scales]);
+  }
+}
+
+/**
+ * Each row of `values` (`rows` of `d`) as int16 codes with a scale, `max |x| / 32767` (1 for
+ * a row of zeros); a non-finite row keeps its NaN in the scale, so that its scores are NaN.
+ */
+export function quantiseQueries(
+  values: Float32Array,
+  rows: number,
+  d: number,
+): { q16: Int16Array; qscale: Float32Array } {
+  const q16 = new Int16Array(rows * d);
+  const qscale = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let top = 0;
+    for (let u = 0; u < d; u++) top = Math.max(top, Math.abs(values[r * d + u]));
+    if (!Number.isFinite(top)) {
+      qscale[r] = NaN;
+      continue;
+    }
+    const scale = top === 0 ? 1 : Math.fround(top / 32767);
+    qscale[r] = scale;
+    for (let u = 0; u < d; u++) q16[r * d + u] = Math.round(values[r * d + u] / scale);
+  }
+  return { q16, qscale };
+}
