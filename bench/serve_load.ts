@@ -15,7 +15,8 @@
  *    once per micro-batching window in `--waits` (0 = off), and `--clients` concurrent
  *    clients in this process, each posting `/recommend` (k = 20) in a loop for `--rounds`
  *    rounds of `--seconds` (each at most `--max-requests` requests): requests/s, p50/p95/p99 latency,
- *    errors (any answer but 200, or a failed fetch), and the server's RSS (`ps -o rss`) and
+ *    errors (any answer but 200, or a failed fetch), the server's RSS (`ps -o rss`; and its
+ *    peak, `VmHWM`, model loading included) and
  *    live tensors (`/health`) before the load and after each round, after a warm-up of
  *    up to 3 s under the same load (heaps grow to their working size first).
  *
@@ -118,6 +119,15 @@ async function rssMiB(pid: number): Promise<number> {
   return out?.success ? Number(new TextDecoder().decode(out.stdout).trim()) / 1024 : NaN;
 }
 
+/** The process's peak RSS so far (Linux's `VmHWM`), in MiB; NaN where it cannot be read. */
+async function peakRssMiB(pid: number): Promise<number> {
+  // Through grep: Deno lets a script read /proc only with --allow-all.
+  const out = await new Deno.Command("grep", { args: ["VmHWM", `/proc/${pid}/status`] }).output()
+    .catch(() => null);
+  const kb = out?.success ? new TextDecoder().decode(out.stdout).match(/(\d+) kB/)?.[1] : undefined;
+  return kb === undefined ? NaN : Number(kb) / 1024;
+}
+
 async function startServer(model: string, waitMs: number) {
   const server = await startServeChild([
     "--model",
@@ -131,7 +141,7 @@ async function startServer(model: string, waitMs: number) {
     "--block-items",
     String(blockItems),
     ...(values["compact-items"] ? ["--compact-items"] : []),
-  ], [...CHILD_PERMISSIONS, "--allow-net"]);
+  ], [...CHILD_PERMISSIONS, "--allow-net", "--v8-flags=--expose-gc"]);
   return { ...server, url: new URL("recommend", server.base) };
 }
 
@@ -240,13 +250,15 @@ try {
         rss.push(await rssMiB(server.child.pid));
         tensors.push(await tensorCount(server.url));
       }
+      const peak = await peakRssMiB(server.child.pid);
       server.child.kill("SIGTERM");
       await server.child.status;
       const rate = result.latencies.length / result.seconds;
       console.log(
         `${kind}: HTTP, ${clients} clients, batch wait ${waitMs} ms: ${rate.toFixed(0)} req/s, ` +
           `${summary(result.latencies)}, ${result.errors} errors of ${result.latencies.length}, ` +
-          `server RSS ${rss.map((m) => m.toFixed(0)).join(" -> ")} MiB, ` +
+          `server RSS ${rss.map((m) => m.toFixed(0)).join(" -> ")} MiB (peak ${peak.toFixed(0)}, ` +
+          `loading included), ` +
           `tensors ${tensors.join(" -> ")}`,
       );
     }

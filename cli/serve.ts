@@ -86,6 +86,10 @@ export async function serveCommand(args: string[]): Promise<void> {
     () => loadRecommender(model, { inference, blockItems, compactItems: values["compact-items"] }),
     flagsGiven(inference),
   );
+  // The file's bytes and the decoded copies are garbage now; collect them before serving
+  // where the runtime allows it (`deno task serve` passes --expose-gc): otherwise they stay
+  // resident until a major collection happens to run (hundreds of MB for a large catalogue).
+  (globalThis as { gc?: () => void }).gc?.();
   console.error(
     `model: ${recommender.model.name} over ${recommender.numItems} items, from ${from}` +
       (recommender.compactItems ? " (item table kept int8)" : ""),

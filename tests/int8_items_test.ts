@@ -93,7 +93,17 @@ Deno.test({
             const all = Array.from({ length: n - 1 }, (_, i) => score(b, i + 1)).sort((x, y) =>
               y - x
             );
-            const tol = 1e-3 * Math.max(1e-9, Math.abs(all[0]));
+            // The query's int16 rounding moves an entry by at most half its scale, so row i's
+            // score by at most half the scale times scale[i] times the sum of |codes|.
+            let top = 0;
+            for (let u = 0; u < q * d; u++) top = Math.max(top, Math.abs(queries[b * q * d + u]));
+            const bound = (i: number) => {
+              let sum = 0;
+              for (let u = 0; u < d; u++) sum += Math.abs(signed[i * d + u]);
+              return 0.51 * (top / 32767) * scales[i] * sum + 1e-5 * Math.abs(score(b, i));
+            };
+            let tol = 0;
+            for (let i = 1; i < n; i++) tol = Math.max(tol, bound(i));
             const label = `history ${b}: h ${h}, q ${q}, n ${n}, d ${d}, k ${k}`;
             for (let r = 0; r < k; r++) {
               const id = ids[b * k + r];

@@ -712,37 +712,74 @@ static void sift_down(float *v, int32_t *x, int k, int at) {
   }
 }
 
+// The int32 dot product of 16-code steps of row and the int16 query qr, d values.
+static inline v128_t dot_i8_i16(const int8_t *restrict row, const int16_t *restrict qr, int d) {
+  v128_t acc = wasm_i32x4_splat(0);
+  for (int u = 0; u < d; u += 16) {
+    const v128_t c = wasm_v128_load(row + u);
+    acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c),
+                                                   wasm_v128_load(qr + u)));
+    acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c),
+                                                   wasm_v128_load(qr + u + 8)));
+  }
+  return acc;
+}
+
+static inline void heap_offer(float *restrict v, int32_t *restrict x, int k, float s, int i) {
+  // Rows come in increasing order: an equal score never displaces the heap's worst.
+  if (s > v[0]) {
+    v[0] = s, x[0] = i;
+    sift_down(v, x, k, 0);
+  }
+}
+
 EXPORT("int8_top_k")
 void int8_top_k(const int16_t *restrict q16, const float *restrict qscale, int H, int Q, int d,
                 const int8_t *restrict codes, const float *restrict scale, int first, int N,
                 int k, float *restrict vals, int32_t *restrict idx) {
   for (int h = 0; h < H * k; h++) vals[h] = -__builtin_inff(), idx[h] = 0x7fffffff;
-  for (int i = first; i < N; i++) {
+  int i = first;
+  if (Q == 1) {
+    // Four rows at a time: their four dot products summed across lanes together, and the
+    // four scores made and compared with the heap's worst in one SIMD step each.
+    for (; i + 4 <= N; i += 4) {
+      const int8_t *restrict row = codes + (int64_t)i * d;
+      const v128_t rowScale = wasm_v128_load(scale + i);
+      for (int h = 0; h < H; h++) {
+        const int16_t *restrict qr = q16 + (int64_t)h * d;
+        const v128_t a0 = dot_i8_i16(row, qr, d), a1 = dot_i8_i16(row + d, qr, d);
+        const v128_t a2 = dot_i8_i16(row + 2 * d, qr, d), a3 = dot_i8_i16(row + 3 * d, qr, d);
+        const v128_t s01 = wasm_i32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5),
+                                          wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
+        const v128_t s23 = wasm_i32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5),
+                                          wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
+        const v128_t dots = wasm_i32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5),
+                                           wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
+        const v128_t scores = wasm_f32x4_mul(
+            wasm_f32x4_mul(wasm_f32x4_convert_i32x4(dots), wasm_f32x4_splat(qscale[h])),
+            rowScale);
+        float *restrict v = vals + (int64_t)h * k;
+        int32_t *restrict x = idx + (int64_t)h * k;
+        if (!wasm_v128_any_true(wasm_f32x4_gt(scores, wasm_f32x4_splat(v[0])))) continue;
+        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 0), i);
+        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 1), i + 1);
+        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 2), i + 2);
+        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 3), i + 3);
+      }
+    }
+  }
+  for (; i < N; i++) {
     const int8_t *restrict row = codes + (int64_t)i * d;
     for (int h = 0; h < H; h++) {
       float best = -__builtin_inff();
       for (int j = 0; j < Q; j++) {
-        const int16_t *restrict qr = q16 + (int64_t)(h * Q + j) * d;
-        v128_t acc = wasm_i32x4_splat(0);
-        for (int u = 0; u < d; u += 16) {
-          const v128_t c = wasm_v128_load(row + u);
-          acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c),
-                                                         wasm_v128_load(qr + u)));
-          acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c),
-                                                         wasm_v128_load(qr + u + 8)));
-        }
+        const v128_t acc = dot_i8_i16(row, q16 + (int64_t)(h * Q + j) * d, d);
         const int32_t dot = wasm_i32x4_extract_lane(acc, 0) + wasm_i32x4_extract_lane(acc, 1) +
                             wasm_i32x4_extract_lane(acc, 2) + wasm_i32x4_extract_lane(acc, 3);
         const float s = (float)dot * qscale[h * Q + j] * scale[i];
         best = s > best ? s : best;
       }
-      float *restrict v = vals + (int64_t)h * k;
-      int32_t *restrict x = idx + (int64_t)h * k;
-      // Rows come in increasing order: an equal score never displaces the heap's worst.
-      if (best > v[0]) {
-        v[0] = best, x[0] = i;
-        sift_down(v, x, k, 0);
-      }
+      heap_offer(vals + (int64_t)h * k, idx + (int64_t)h * k, k, best, i);
     }
   }
   // Heap sort each history's k: the worst moves to the end, so the row ends best first.
