@@ -10,7 +10,9 @@
  * - `SIGMA_MODEL`: the model file's path or URL (required);
  * - `SIGMA_BACKEND`: `auto` (default), `webgpu`, `wasm` or `cpu`;
  * - `SIGMA_BATCH_WAIT_MS`: the micro-batching window in milliseconds, from 0 (off) to
- *   10000 (default 2).
+ *   10000 (default 2);
+ * - `SIGMA_COMPACT_ITEMS`: `1` keeps an int8 item table int8 in memory (`serve
+ *   --compact-items`; default `0`).
  *
  * A missing or bad variable, or a model file that fails its checks, stops the server before
  * it listens, with one line naming the variable or file (no stack trace) and exit code 1.
@@ -48,11 +50,15 @@ async function fromEnv(): Promise<{ recommender: Recommender; batchWaitMs: numbe
     );
   }
   const batchWaitMs = batchWaitFromEnv();
+  const compact = Deno.env.get("SIGMA_COMPACT_ITEMS") ?? "0";
+  if (compact !== "0" && compact !== "1") {
+    throw new RangeError(`SIGMA_COMPACT_ITEMS must be 0 or 1, got "${compact}"`);
+  }
   const chosen = await selectBackend(backend as BackendChoice);
-  const recommender = await Recommender.load(source);
+  const recommender = await Recommender.load(source, { compactItems: compact === "1" });
   console.error(
     `sigma-rec: ${recommender.model.name} over ${recommender.numItems} items from ${source}, ` +
-      `backend ${chosen.name}`,
+      `backend ${chosen.name}` + (recommender.compactItems ? ", item table kept int8" : ""),
   );
   return { recommender, batchWaitMs };
 }

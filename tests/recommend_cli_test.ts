@@ -298,6 +298,10 @@ Deno.test("the deno serve module refuses a missing or bad variable by name, befo
       'SIGMA_BACKEND must be one of auto, webgpu, wasm, cpu, got "gpu"',
     ],
     [{ SIGMA_MODEL: `${f.dir}/missing.safetensors`, SIGMA_BACKEND: "cpu" }, "missing.safetensors"],
+    [
+      { SIGMA_MODEL: model, SIGMA_COMPACT_ITEMS: "yes" },
+      'SIGMA_COMPACT_ITEMS must be 0 or 1, got "yes"',
+    ],
   ];
   for (const [env, word] of cases) {
     const r = await run(
