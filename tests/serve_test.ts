@@ -456,3 +456,55 @@ Deno.test("/recommend takes a diversity weight (0: today's answer exactly) and a
     assertEquals((await batch.json()).field, "requests[1].diversity");
   }
 });
+
+Deno.test("serve --compact-items keeps an int8 file's table int8 and answers as the file decoded; --block-items is checked by name", async () => {
+  await selectBackend("wasm");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 2 }), data.vocab.items);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/model-i8.safetensors`;
+  await Deno.writeFile(path, await r.toBytes({}, { itemDtype: "i8" }));
+  const server = await startServeChild(["--model", path, "--backend", "wasm", "--compact-items"]);
+  try {
+    const history = data.vocab.items.slice(1, 6);
+    const got = await post(server.base, "recommend", JSON.stringify({ history, k: 5 }));
+    assertEquals(got.status, 200);
+    using decoded = await Recommender.load(path);
+    const want = await decoded.recommend(history, { k: 5 });
+    const mine = got.json.items.map((x: { item: string }) => x.item);
+    // The query's int16 rounding may swap two items of nearly equal score at the edge.
+    const shared = want.items.filter((x) => mine.includes(x.item)).length;
+    assert(shared >= 4, `compact ${mine} against decoded ${want.items.map((x) => x.item)}`);
+    const diverse = await post(
+      server.base,
+      "recommend",
+      JSON.stringify({ history, k: 5, diversity: 1 }),
+    );
+    assertEquals(diverse.status, 400);
+    assert(JSON.stringify(diverse.json).includes("kept int8"), JSON.stringify(diverse.json));
+    const health = await (await fetch(new URL("health", server.base))).json();
+    assertEquals(health.diversityMethods, []);
+  } finally {
+    server.child.kill("SIGTERM");
+    const log = await server.log();
+    await server.child.status;
+    assert(log.includes("(item table kept int8)"), log);
+  }
+  const bad = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../cli/main.ts", import.meta.url).pathname,
+      "serve",
+      "--model",
+      path,
+      "--block-items",
+      "0",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  });
+  const out = await bad.output();
+  assertEquals(out.code, 1);
+  assert(new TextDecoder().decode(out.stderr).includes("--block-items"), "names the flag");
+  await Deno.remove(dir, { recursive: true });
+});

@@ -253,7 +253,8 @@ function parseDiversity(
   if (diversity > 0 && methods.length === 0) {
     throw new HttpError(
       400,
-      `${at}diversity: this model has no item vectors to diversify with; send 0 or leave it out`,
+      `${at}diversity: this model has no float32 item vectors to diversify with (none, or ` +
+        `an item table kept int8); send 0 or leave it out`,
       `${at}diversity`,
     );
   }
@@ -346,8 +347,12 @@ function healthReport(
   });
 }
 
-/** The diversity methods `recommender`'s model can give (`mmr` for all here, `interests` for SIGMA). */
+/**
+ * The diversity methods `recommender`'s model can give (`mmr` for all here, `interests` for
+ * SIGMA); none when its item table is kept int8 (`compactItems`: no float32 item vectors).
+ */
 function diversityMethodsOf(recommender: Recommender): DiversityMethod[] {
+  if (recommender.compactItems) return [];
   return (["mmr", "interests"] as const).filter((m) => {
     try {
       resolveDiversityMethod(recommender.model, m);
