@@ -310,7 +310,7 @@ function simdRouteToInterests(
 
 /**
  * {@linkcode DROPOUT_KERNEL} on wasm: bmm.wasm's Philox loop on the heap, or the host mask
- * (`dropoutMask`, the same bits) where bmm.wasm does not run (single-threaded build).
+ * (`dropoutMask`, the same bits) where bmm.wasm is not bound to the heap.
  */
 function wasmDropout(
   backend: WasmBackendInternals,
@@ -542,7 +542,7 @@ export function setMatMulAccelerator(accelerator: MatMulAccelerator | null): voi
 
 /**
  * Registers `kernels` for wasm when the active backend is wasm with bmm.wasm bound to its
- * heap (tfjs's threaded build); idempotent (the first kernel's presence says it is done),
+ * heap (either of tfjs's builds, `bmmFor`); idempotent (the first kernel's presence says it is done),
  * and a no-op elsewhere, so that the composed ops run where bmm.wasm cannot.
  *
  * @returns Whether the kernels are registered for wasm.

@@ -14,7 +14,7 @@
  * and about 15, each a pass over the tensor with tfjs-backend-wasm's per-op cost; every
  * block of every model has two or three LayerNorms and a GELU.
  *
- * Registered only once a wasm backend with bmm.wasm runs (tfjs's threaded build).
+ * Registered only once a wasm backend with bmm.wasm bound to its heap runs (`bmmFor`).
  *
  * @module
  */

@@ -15,8 +15,8 @@
  * position's product on the BLAS (several threads, AVX-512 where there is some) and its
  * element-wise part in bmm.wasm (`gru_forward_step`, `gru_backward_step`).
  *
- * Registered only once a wasm backend with bmm.wasm runs (tfjs's threaded build, whose
- * heap is shared memory): elsewhere the kernels are absent and the composed ops run.
+ * Registered only once a wasm backend with bmm.wasm bound to its heap runs (either of
+ * tfjs's builds, `bmmFor`): elsewhere the kernels are absent and the composed ops run.
  *
  * @module
  */

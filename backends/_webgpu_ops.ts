@@ -186,7 +186,10 @@ class SoftmaxXentProgram implements WebGpuProgram {
       if (tid == 0) {
         // Not \`target\`: a reserved word in WGSL (the shader would not compile, silently).
         let targetCol = targets[uniforms.start + row];
-        opsLossOut[row] = m + log(s) - logits[base + targetCol];
+        // A target outside first..cols-1 gives NaN, not another row's logit.
+        let inside = targetCol >= first && targetCol < cols;
+        let picked = logits[base + select(first, targetCol, inside)];
+        opsLossOut[row] = select(bitcast<f32>(0x7fc00000u), (m - picked) + log(s), inside);
       }
     }
   }`;

@@ -16,7 +16,7 @@ import type { ServableModel } from "../lib/inference/recommender.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import { hasInt8TopK, Int8ItemTable, quantiseQueries } from "../lib/inference/_int8_items.ts";
 import { seededUniform } from "./_fixtures.ts";
-import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 
 await selectBackend("wasm");
 /** Whether this process's wasm backend has the int8 ranking kernel (bmm.wasm). */
@@ -207,5 +207,42 @@ Deno.test({
     await selectBackend("cpu");
     using onCpu = await Recommender.load(i8, { compactItems: true });
     assert(!onCpu.compactItems, "cpu");
+  },
+});
+
+Deno.test({
+  name:
+    "Int8ItemTable refuses a width past the int32 sums and a non-finite row scale; tiny queries keep their codes in range",
+  ignore: !kernel,
+  fn: async () => {
+    await selectBackend("wasm");
+    assertThrows(
+      () => new Int8ItemTable(new Uint8Array(2 * 528), new Float32Array(2), 528),
+      RangeError,
+      "at most 512, got 528",
+    );
+    assertThrows(
+      () => new Int8ItemTable(new Uint8Array(2 * 16), Float32Array.from([1, NaN]), 16),
+      RangeError,
+      "row 1 of the int8 item table has scale NaN",
+    );
+    // At 512, every code 127 and a query of ones: the largest sum, exactly.
+    const table = new Int8ItemTable(
+      new Uint8Array(2 * 512).fill(127),
+      Float32Array.from([1, 1]),
+      512,
+    );
+    const top = tf.tidy(() => table.topK(tf.ones([1, 1, 512]) as tf.Tensor3D, 1, 1));
+    assertEquals(top.values.dataSync()[0], 127 * 512);
+    tf.dispose([top.values, top.indices]);
+    table.dispose();
+    for (const tiny of [1e-38, 1e-40, 1e-44]) {
+      const { q16, qscale } = quantiseQueries(Float32Array.from([tiny, -tiny / 3]), 1, 2);
+      assert(
+        qscale[0] > 0 && Math.abs(q16[0]) <= 32767 && q16[0] > 0,
+        `${tiny}: ${q16} x ${qscale}`,
+      );
+    }
+    await selectBackend("cpu");
   },
 });

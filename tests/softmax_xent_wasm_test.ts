@@ -224,3 +224,52 @@ Deno.test({
     await selectBackend("cpu");
   },
 });
+
+Deno.test({
+  name:
+    "softmax_xent on wasm: a target outside the row gives a NaN loss and no write past the row; extreme rows keep their loss",
+  ignore: !wasmKernels,
+  fn: async () => {
+    await selectBackend("wasm");
+    for (const t of [-1, 5, 7, 1 << 20]) {
+      const [prob, loss, g] = tf.tidy(() => {
+        const targets = tf.tensor1d([t, 2], "int32");
+        const [p, l] = softmaxCrossEntropyRows(
+          tf.tensor2d([1, 2, 3, 4, 5, 5, 4, 3, 2, 1], [2, 5]),
+          targets,
+          0,
+          1,
+        );
+        return [p, l, softmaxCrossEntropyRowsGrad(p, targets, tf.tensor1d([1, 1]), 0)];
+      });
+      const l = loss.dataSync(), p = prob.dataSync(), gr = g.dataSync();
+      assert(Number.isNaN(l[0]) && Number.isFinite(l[1]), `target ${t}: losses ${l}`);
+      // Row 0 has no one-hot (its target is outside), row 1 has it at column 2.
+      for (let c = 0; c < 5; c++) assertEquals(gr[c], p[c], `target ${t}: gradient [0, ${c}]`);
+      assertEquals(gr[5 + 2], Math.fround(p[5 + 2] - 1), `target ${t}: gradient [1, 2]`);
+      tf.dispose([prob, loss, g]);
+    }
+    // Logits at float32's lowest: log 4 (the old start of the max, above them, gave 4e31).
+    const lowest = -3.4028234663852886e38;
+    const [p1, l1] = tf.tidy(() =>
+      softmaxCrossEntropyRows(
+        tf.tensor2d([lowest, lowest, lowest, lowest], [1, 4]),
+        tf.tensor1d([2], "int32"),
+        0,
+        0,
+      )
+    );
+    assert(Math.abs(l1.dataSync()[0] - Math.log(4)) < 1e-6, `loss ${l1.dataSync()[0]}`);
+    const [p2, l2] = tf.tidy(() =>
+      softmaxCrossEntropyRows(
+        tf.tensor2d([-Infinity, -Infinity, -Infinity], [1, 3]),
+        tf.tensor1d([0], "int32"),
+        0,
+        0,
+      )
+    );
+    assert(Number.isNaN(l2.dataSync()[0]), `an all -inf row: loss ${l2.dataSync()[0]}`);
+    tf.dispose([p1, l1, p2, l2]);
+    await selectBackend("cpu");
+  },
+});

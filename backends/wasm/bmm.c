@@ -586,7 +586,9 @@ void gelu(const float *restrict x, const float *restrict dy, float *restrict y, 
 // the columns first..cols-1, m = max, s = sum of exp(x - m), prob = exp(x - m) / s (0 in the
 // columns before first) and loss[i] = m + log(s) - x[targets[start + i]]. Three passes over
 // a row (max; exp and store; scale) where the composed tfjs ops made a softmax, two maxima, a
-// log, a gather and subtractions, the maxima single-threaded at ~1.6 ns an element.
+// log, a gather and subtractions, the maxima single-threaded at ~1.6 ns an element. A target
+// outside first..cols-1, or a row with no finite maximum, gives a NaN loss (and the gradient
+// kernel leaves such a row's one-hot out) instead of reading or writing past the row.
 
 // exp_clamped on four lanes: the same operations in the same order, so each lane's bits are
 // the scalar function's.
@@ -632,7 +634,7 @@ void softmax_xent(const float *restrict logits, const int32_t *restrict targets,
     float *restrict p = prob + (int64_t)i * cols;
     for (int c = 0; c < first; c++) p[c] = 0.0f;
     // Max: four lanes, then the tail (the order is fixed; max is exact anyway).
-    float m = -3.402823e38f;
+    float m = -__builtin_inff();
     int c = first;
     if (cols - first >= 4) {
       v128_t mv = wasm_f32x4_splat(m);
@@ -665,7 +667,10 @@ void softmax_xent(const float *restrict logits, const int32_t *restrict targets,
     for (; c + 4 <= cols; c += 4) wasm_v128_store(p + c, wasm_f32x4_mul(wasm_v128_load(p + c), iv));
     for (; c < cols; c++) p[c] *= inverse;
     const int t = targets[start + i];
-    loss[i] = (float)((double)m + log_at_least_one((double)s) - (double)x[t]);
+    const int inside = t >= first && t < cols && m > -__builtin_inff();
+    // (m - x[t]) first: m + log(s) would lose log(s) to rounding at |m| near float's range.
+    loss[i] = inside ? (float)(((double)m - (double)x[t]) + log_at_least_one((double)s))
+                     : __builtin_nanf("");
   }
 }
 
@@ -681,7 +686,7 @@ void softmax_xent_grad(const float *restrict prob, const int32_t *restrict targe
     const float d = dy[start + i];
     for (int c = 0; c < cols; c++) gr[c] = p[c] * d;
     const int t = targets[start + i];
-    gr[t] = (p[t] - 1.0f) * d;
+    if (t >= 0 && t < cols) gr[t] = (p[t] - 1.0f) * d;
   }
 }
 
@@ -692,7 +697,8 @@ void softmax_xent_grad(const float *restrict prob, const int32_t *restrict targe
 // i's score for query r is qscale[r] * scale[i] * (the int32 dot product of the codes), for
 // rows first..N-1. Each history keeps a min-heap of its best k in vals/idx [H, k] (a lower
 // score, or an equal one at a higher row, is worse), sorted best first at the end. d must
-// be a multiple of 16.
+// be a multiple of 16 and at most 512: a sum of d products of up to 127 * 32767 each
+// overflows int32 past 516.
 
 static inline int worse(float va, int ia, float vb, int ib) {
   return va < vb || (va == vb && ia > ib);

@@ -10,7 +10,7 @@
  *   queries, each query quantised to int16 (a scale per query), with integer dot products,
  *   and keeps each history's best k in a heap: no score vector of the catalogue, no float32
  *   table. The scores differ from the decoded table's float32 ones by the query's rounding
- *   (a relative 2^-16 of its largest entry).
+ *   (a relative 2^-16 of its largest entry). Widths up to 512 (the int32 sums).
  *
  * The kernel runs on wasm (bmm.wasm's `int8_top_k`, registered by `backends/`); where it is
  * not registered the recommender decodes the table to float32 instead.
@@ -28,9 +28,12 @@ import type { Tensor, Tensor1D, Tensor2D, Tensor3D } from "../nn/tensor_types.ts
  */
 export const INT8_TOP_K_KERNEL = "SigmaInt8TopK";
 
-/** Widths the kernel takes: a multiple of 16 (its SIMD step). */
+/**
+ * Widths the kernel takes: a multiple of 16 (its SIMD step), at most 512 (a sum of d
+ * products of up to 127 x 32767 each stays within int32 up to 516).
+ */
 export function int8TableWidthOk(d: number): boolean {
-  return d > 0 && d % 16 === 0;
+  return d > 0 && d % 16 === 0 && d <= 512;
 }
 
 /** Whether the active backend ranks int8 tables in place. */
@@ -54,7 +57,13 @@ export class Int8ItemTable {
    */
   constructor(codes: Uint8Array, scales: Float32Array, width: number) {
     if (!int8TableWidthOk(width)) {
-      throw new RangeError(`an int8 item table needs a width divisible by 16, got ${width}`);
+      throw new RangeError(
+        `an int8 item table needs a width divisible by 16 and at most 512, got ${width}`,
+      );
+    }
+    const bad = scales.findIndex((s) => !Number.isFinite(s));
+    if (bad >= 0) {
+      throw new RangeError(`row ${bad} of the int8 item table has scale ${scales[bad]}`);
     }
     if (codes.length !== scales.length * width) {
       throw new RangeError(
@@ -148,9 +157,13 @@ export function quantiseQueries(
       qscale[r] = NaN;
       continue;
     }
-    const scale = top === 0 ? 1 : Math.fround(top / 32767);
+    // At least the smallest float32 (a subnormal top would round its scale to 0), and each
+    // code clamped: a rounded scale may fall below top / 32767.
+    const scale = top === 0 ? 1 : Math.max(Math.fround(top / 32767), 2 ** -149);
     qscale[r] = scale;
-    for (let u = 0; u < d; u++) q16[r * d + u] = Math.round(values[r * d + u] / scale);
+    for (let u = 0; u < d; u++) {
+      q16[r * d + u] = Math.max(-32767, Math.min(32767, Math.round(values[r * d + u] / scale)));
+    }
   }
   return { q16, qscale };
 }

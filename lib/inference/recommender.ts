@@ -112,8 +112,11 @@ export interface RecommenderOptions {
    */
   blockItems?: number;
   /**
-   * Most scores (histories x queries x items) one block of that ranking holds. Default
-   * `BLOCK_SCORES` (2^22, 16 MB).
+   * How many scores (histories x queries x items) a block of that ranking aims at: a block
+   * scores `max(blockItems, blockScores / (histories x queries))` items, so past
+   * `blockScores / blockItems` queries (64 by default) the `blockItems` floor decides, and a
+   * block holds that many more. Its product is computed transposed first, so the peak is
+   * about twice the block's scores. Default `BLOCK_SCORES` (2^22, 16 MB).
    */
   blockScores?: number;
   /**

@@ -36,7 +36,7 @@ export interface SequentialModel<C = unknown> {
    * The query vectors `[B, q, d]` that {@linkcode SequentialModel.scores} ranks by: item
    * `i`'s score after history `b` is `max_j queries[b, j] · itemVectors()[i]` (q = 1: the
    * plain dot product), computed by `scores` from these very tensors. Lets a caller rank a
-   * large catalogue in blocks (`lib/inference/blocked_top_k.ts`) without the `[B, N + 1]`
+   * large catalogue in blocks (`lib/inference/_blocked_top_k.ts`) without the `[B, N + 1]`
    * scores. Models that have it also have `itemVectors`.
    */
   rankingQueries?(batch: EvalBatch): Tensor3D;

@@ -56,7 +56,7 @@ export function itemLoss(
   const targetIds = tf.tensor1d(targets, "int32");
   if (o.kind === "softmax") {
     if (queries.shape[1] === 1 && hasSoftmaxCrossEntropyKernels()) {
-      // One interest, fused kernels (webgpu): the whole table, its padding column 0 left
+      // One interest, fused kernels (webgpu, wasm): the whole table, its padding column 0 left
       // out of the softmax by the kernel, so no slice of the table (and no pad of its
       // gradient); the targets are then their own columns.
       const q2 = tf.reshape(q, [positions, queries.shape[2]]) as Tensor2D; // [P, d]
@@ -321,10 +321,10 @@ function maxInterestSoftmaxCrossEntropy(
 /**
  * The full-softmax cross-entropy `[P]` of one query per position against the columns
  * `first..M-1` of `queries @ tableᵀ` (`table` `[M, d]`), on the fused kernels of
- * `lib/nn/fused_ops.ts` (webgpu): what {@linkcode maxInterestSoftmaxCrossEntropy} computes
+ * `lib/nn/fused_ops.ts` (webgpu, wasm): what {@linkcode maxInterestSoftmaxCrossEntropy} computes
  * for one interest, in the same chunks (of at most `budget` logits, counting the `M - first`
  * columns in the softmax). Per chunk, forward: one GEMM with a transposed operand (a free
- * flag on webgpu) and one kernel for the softmax, its log-sum-exp and the loss; backward:
+ * flag on webgpu, the BLAS's on wasm) and one kernel for the softmax, its log-sum-exp and the loss; backward:
  * one kernel for `(softmax - onehot) dy` and two GEMMs. The probabilities are kept for the
  * backward pass, as there. Callers check {@linkcode hasSoftmaxCrossEntropyKernels}.
  *
