@@ -7,7 +7,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import fc from "fast-check";
-import { selectBackend } from "../backends/mod.ts";
+import { probeWebGpu, selectBackend } from "../backends/mod.ts";
+import { releaseWebGpuAfterTests } from "./_webgpu.ts";
 import { evalBatches, leaveOneOut, syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Sigma } from "../lib/models/sigma.ts";
@@ -28,11 +29,14 @@ function inputs(b: number, q: number, m: number, d: number, ties: boolean, seed:
   };
 }
 
-Deno.test("blockedTopK() equals the full scores' topk: the same ids (lower id first on ties) and scores (400 random cases, cpu and wasm)", async () => {
-  for (const backend of ["cpu", "wasm"] as const) {
-    await selectBackend(backend);
-    fc.assert(
-      fc.property(
+const noGpu = (await probeWebGpu()) === null;
+
+Deno.test("blockedTopK() equals the full scores' topk: the same ids (lower id first on ties) and scores (200 random cases on cpu and on wasm, 30 on webgpu)", async () => {
+  for (const backend of ["cpu", "wasm", "webgpu"] as const) {
+    if (backend === "webgpu" && noGpu) continue;
+    await selectBackend(backend, { webgpuCpuForward: false });
+    await fc.assert(
+      fc.asyncProperty(
         fc.integer({ min: 1, max: 5 }), // histories
         fc.integer({ min: 1, max: 3 }), // queries a history (3: SIGMA's interests)
         fc.integer({ min: 1, max: 60 }), // items
@@ -41,7 +45,7 @@ Deno.test("blockedTopK() equals the full scores' topk: the same ids (lower id fi
         fc.integer({ min: 1, max: 2 ** 30 }),
         fc.integer({ min: 1, max: 70 }),
         fc.integer({ min: 1, max: 70 }),
-        (b, q, m, d, ties, seed, kDraw, blockDraw) => {
+        async (b, q, m, d, ties, seed, kDraw, blockDraw) => {
           const k = 1 + (kDraw - 1) % m;
           const block = 1 + (blockDraw - 1) % (m + 2); // past m: one block
           const [full, blocked] = tf.tidy(() => {
@@ -54,7 +58,7 @@ Deno.test("blockedTopK() equals the full scores' topk: the same ids (lower id fi
           });
           const label =
             `${backend}: B ${b}, q ${q}, M ${m}, d ${d}, k ${k}, block ${block}, ties ${ties}`;
-          const [fv, fi, bv, bi] = [...full, ...blocked].map((t) => t.dataSync());
+          const [fv, fi, bv, bi] = await Promise.all([...full, ...blocked].map((t) => t.data()));
           tf.dispose([...full, ...blocked]);
           assert(maxAbsDiff(bv, fv) <= 1e-5, `${label}: values ${bv} vs ${fv}`);
           // Ids: equal where scores are exactly equal too (the lower id first).
@@ -67,7 +71,7 @@ Deno.test("blockedTopK() equals the full scores' topk: the same ids (lower id fi
           }
         },
       ),
-      { numRuns: 200 },
+      { numRuns: backend === "webgpu" ? 30 : 200 },
     );
   }
   await selectBackend("cpu");
@@ -184,3 +188,5 @@ Deno.test("evaluation's scores are unchanged by the ranking queries: scores() is
     }
   }
 });
+
+releaseWebGpuAfterTests();
