@@ -739,6 +739,26 @@ static inline void heap_offer(float *restrict v, int32_t *restrict x, int k, flo
   }
 }
 
+// Four rows' int32 sums (one vector each) reduced across lanes together into their scores,
+// compared with the heap's worst in one step, and offered in row order.
+static inline void offer_four(float *restrict v, int32_t *restrict x, int k, v128_t a0, v128_t a1,
+                              v128_t a2, v128_t a3, float qscale, const float *scale, int i) {
+  const v128_t s01 = wasm_i32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5),
+                                    wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
+  const v128_t s23 = wasm_i32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5),
+                                    wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
+  const v128_t dots = wasm_i32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5),
+                                     wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
+  const v128_t scores = wasm_f32x4_mul(
+      wasm_f32x4_mul(wasm_f32x4_convert_i32x4(dots), wasm_f32x4_splat(qscale)),
+      wasm_v128_load(scale));
+  if (!wasm_v128_any_true(wasm_f32x4_gt(scores, wasm_f32x4_splat(v[0])))) return;
+  heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 0), i);
+  heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 1), i + 1);
+  heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 2), i + 2);
+  heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 3), i + 3);
+}
+
 EXPORT("int8_top_k")
 void int8_top_k(const int16_t *restrict q16, const float *restrict qscale, int H, int Q, int d,
                 const int8_t *restrict codes, const float *restrict scale, int first, int N,
@@ -746,44 +766,32 @@ void int8_top_k(const int16_t *restrict q16, const float *restrict qscale, int H
   for (int h = 0; h < H * k; h++) vals[h] = -__builtin_inff(), idx[h] = 0x7fffffff;
   int i = first;
   if (Q == 1) {
-    // Four rows at a time: their four dot products summed across lanes together, and the
-    // four scores made and compared with the heap's worst in one SIMD step each.
-    for (; i + 4 <= N; i += 4) {
+    // Eight rows at a time: each 16-value step of the query loaded once for the eight, one
+    // accumulator a row (named, not an array: bmm.wasm may not use a stack); their sums
+    // reduced four at a time across lanes, and four scores made and compared with the heap's
+    // worst in one SIMD step.
+    for (; i + 8 <= N; i += 8) {
       const int8_t *restrict row = codes + (int64_t)i * d;
-      const v128_t rowScale = wasm_v128_load(scale + i);
       for (int h = 0; h < H; h++) {
         const int16_t *restrict qr = q16 + (int64_t)h * d;
-        // Each 16-value step of the query loaded once for the four rows, four accumulators.
         v128_t a0 = wasm_i32x4_splat(0), a1 = a0, a2 = a0, a3 = a0;
+        v128_t a4 = a0, a5 = a0, a6 = a0, a7 = a0;
         for (int u = 0; u < d; u += 16) {
           const v128_t lo = wasm_v128_load(qr + u), hi = wasm_v128_load(qr + u + 8);
-          const v128_t c0 = wasm_v128_load(row + u), c1 = wasm_v128_load(row + d + u);
-          const v128_t c2 = wasm_v128_load(row + 2 * d + u), c3 = wasm_v128_load(row + 3 * d + u);
-          a0 = wasm_i32x4_add(a0, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c0), lo));
-          a1 = wasm_i32x4_add(a1, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c1), lo));
-          a2 = wasm_i32x4_add(a2, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c2), lo));
-          a3 = wasm_i32x4_add(a3, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c3), lo));
-          a0 = wasm_i32x4_add(a0, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c0), hi));
-          a1 = wasm_i32x4_add(a1, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c1), hi));
-          a2 = wasm_i32x4_add(a2, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c2), hi));
-          a3 = wasm_i32x4_add(a3, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c3), hi));
+#define STEP(acc, r)                                                                        \
+  do {                                                                                      \
+    const v128_t c = wasm_v128_load(row + (r) * d + u);                                     \
+    acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(c), lo));  \
+    acc = wasm_i32x4_add(acc, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(c), hi)); \
+  } while (0)
+          STEP(a0, 0); STEP(a1, 1); STEP(a2, 2); STEP(a3, 3);
+          STEP(a4, 4); STEP(a5, 5); STEP(a6, 6); STEP(a7, 7);
+#undef STEP
         }
-        const v128_t s01 = wasm_i32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5),
-                                          wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
-        const v128_t s23 = wasm_i32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5),
-                                          wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
-        const v128_t dots = wasm_i32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5),
-                                           wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
-        const v128_t scores = wasm_f32x4_mul(
-            wasm_f32x4_mul(wasm_f32x4_convert_i32x4(dots), wasm_f32x4_splat(qscale[h])),
-            rowScale);
         float *restrict v = vals + (int64_t)h * k;
         int32_t *restrict x = idx + (int64_t)h * k;
-        if (!wasm_v128_any_true(wasm_f32x4_gt(scores, wasm_f32x4_splat(v[0])))) continue;
-        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 0), i);
-        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 1), i + 1);
-        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 2), i + 2);
-        heap_offer(v, x, k, wasm_f32x4_extract_lane(scores, 3), i + 3);
+        offer_four(v, x, k, a0, a1, a2, a3, qscale[h], scale + i, i);
+        offer_four(v, x, k, a4, a5, a6, a7, qscale[h], scale + i + 4, i + 4);
       }
     }
   }
