@@ -87,7 +87,7 @@ export {
   type ItemLossKind,
   type ItemLossOptions,
 } from "./lib/nn/item_losses.ts";
-export { type Init, type ParamRecord, ParamStore } from "./lib/nn/params.ts";
+export { type ExternalRows, type Init, type ParamRecord, ParamStore } from "./lib/nn/params.ts";
 export type { SeedSource } from "./lib/nn/layers.ts";
 export type {
   Scalar,
@@ -99,8 +99,10 @@ export type {
 } from "./lib/nn/tensor_types.ts";
 export {
   decodeModelFile,
+  type DecodeModelFileOptions,
   encodeModelFile,
   type EncodeModelFileOptions,
+  type Int8Items,
   ITEM_DTYPES,
   type ItemDtype,
   type LoadProgress,
@@ -115,6 +117,7 @@ export {
   type ModelSource,
 } from "./lib/inference/model_file.ts";
 export {
+  BLOCK_ITEMS,
   PASS_BUDGET,
   type Recommendation,
   Recommender,
