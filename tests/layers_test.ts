@@ -201,6 +201,13 @@ Deno.test("ParamStore.withValues() builds a model from given values by name, all
     RangeError,
     `parameter "a" [2,3] needs 6 values, got 5`,
   );
+  // A failed build frees what it had made.
+  const made = tf.memory().numTensors;
+  assertThrows(
+    () => ParamStore.withValues(new Map([["a", values.subarray(0, 6)]]), build),
+    RangeError,
+  );
+  assertEquals(tf.memory().numTensors, made, "no tensor left by the failed build");
   // Afterwards create() draws again.
   const again = build();
   assertEquals(Array.from(again.get("a").dataSync()), Array.from(values.subarray(0, 6)));

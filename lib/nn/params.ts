@@ -67,6 +67,8 @@ export interface ExternalRows {
 
 /** What {@linkcode ParamStore.withValues} gives `create`, while it runs. */
 let given: Map<string, Float32Array | ExternalRows> | null = null;
+/** The stores `create` filled while {@linkcode ParamStore.withValues} ran. */
+const givenStores = new Set<ParamStore>();
 
 /**
  * Owns every trainable variable of a model, by name. Creation is seeded: the same seed
@@ -119,6 +121,8 @@ export class ParamStore {
    * {@linkcode ExternalRows} makes that parameter external: the store owns it from then
    * on, `get` refuses it by name, and only its rows are read.
    *
+   * On a throw, every parameter created so far is freed (external ones stay the caller's).
+   *
    * @throws {RangeError} A parameter `values` lacks, or whose size differs (named).
    */
   static withValues<T>(values: Map<string, Float32Array | ExternalRows>, build: () => T): T {
@@ -126,8 +130,15 @@ export class ParamStore {
     given = values;
     try {
       return build();
+    } catch (e) {
+      for (const store of givenStores) {
+        store.#external.clear(); // not this store's to free: the build failed
+        store.dispose();
+      }
+      throw e;
     } finally {
       given = null;
+      givenStores.clear();
     }
   }
 
@@ -161,6 +172,7 @@ export class ParamStore {
     shape: number[],
     values: Map<string, Float32Array | ExternalRows>,
   ): Variable {
+    givenStores.add(this);
     const data = values.get(name);
     if (data && !(data instanceof Float32Array)) {
       this.#external.set(name, data);
