@@ -647,3 +647,27 @@ Deno.test("a trained model saved with an f16 or i8 item table ranks the same top
 });
 
 releaseWebGpuAfterTests();
+
+Deno.test("a model file whose weights hold a NaN is refused on load, naming the parameter, as a checkpoint is", async () => {
+  await selectBackend("cpu");
+  using r = new Recommender(new SasRec({ ...TINY, seed: 4 }), data.vocab.items);
+  const { records, values } = await r.model.params.toArrays();
+  const bad = values.slice();
+  bad[bad.length - 1] = NaN; // in the last parameter
+  const bytes = await encodeModelFile({
+    model: "sasrec",
+    config: r.model.config as unknown as Record<string, unknown>,
+    items: [...data.vocab.items],
+    params: records,
+    values: bad,
+    info: {},
+  });
+  const before = tf.memory().numTensors;
+  const last = records[records.length - 1].name;
+  await assertRejects(
+    () => Recommender.load(bytes),
+    ModelFileError,
+    `parameter "${last}" holds a non-finite value`,
+  );
+  assertEquals(tf.memory().numTensors, before, "no tensor left by the refused load");
+});

@@ -65,6 +65,13 @@ export interface ExternalRows {
   dispose(): void;
 }
 
+/** Throws a `RangeError` naming `what` if `values` holds a NaN or an infinity. */
+function requireFinite(values: Float32Array, what: string): void {
+  for (let j = 0; j < values.length; j++) {
+    if (!Number.isFinite(values[j])) throw new RangeError(`${what} holds a non-finite value`);
+  }
+}
+
 /** What {@linkcode ParamStore.withValues} gives `create`, while it runs. */
 let given: Map<string, Float32Array | ExternalRows> | null = null;
 /** The stores `create` filled while {@linkcode ParamStore.withValues} ran. */
@@ -123,7 +130,8 @@ export class ParamStore {
    *
    * On a throw, every parameter created so far is freed (external ones stay the caller's).
    *
-   * @throws {RangeError} A parameter `values` lacks, or whose size differs (named).
+   * @throws {RangeError} A parameter `values` lacks, whose size differs, or that holds a
+   * non-finite value (named), as {@linkcode ParamStore.assign} refuses one.
    */
   static withValues<T>(values: Map<string, Float32Array | ExternalRows>, build: () => T): T {
     if (planning || given) throw new Error("ParamStore.withValues does not nest");
@@ -185,6 +193,7 @@ export class ParamStore {
           (data ? `got ${data.length}` : "and none were given"),
       );
     }
+    requireFinite(data, `parameter "${name}"`);
     const value = tf.tensor(data, shape, "float32");
     const v = tf.variable(value, true);
     value.dispose();
@@ -266,11 +275,7 @@ export class ParamStore {
     let offset = 0;
     for (const [name, v] of this.#vars) {
       const slice = values.subarray(offset, offset + v.size);
-      for (let j = 0; j < slice.length; j++) {
-        if (!Number.isFinite(slice[j])) {
-          throw new RangeError(`${source}: parameter "${name}" holds a non-finite value`);
-        }
-      }
+      requireFinite(slice, `${source}: parameter "${name}"`);
       tf.tidy(() => v.assign(tf.tensor(slice, v.shape)));
       offset += v.size;
     }
