@@ -124,8 +124,8 @@ export interface RecommenderOptions {
    * --item-dtype i8`): keep the table int8 in memory instead of decoding it to float32 (a
    * quarter of the bytes: 132 MB against 512 MB at 1M items of d 128), and rank by integer
    * dot products with a running top-k (`_int8_items.ts`). Where the backend lacks that
-   * kernel (it runs on wasm), or the width is not a multiple of 16, the table is decoded as
-   * usual (`Recommender.compactItems` says which). Such a recommender cannot re-rank for
+   * kernel (it runs on wasm), or the width is not a multiple of 16 up to 512, the table is
+   * decoded as usual (`Recommender.compactItems` says which). Such a recommender cannot re-rank for
    * diversity, give full score vectors or save a model file. Default false.
    */
   compactItems?: boolean;
@@ -210,7 +210,6 @@ export class Recommender {
   readonly #batchSize: number;
   readonly #blockItems: number;
   readonly #blockScores: number;
-  #int8: Int8ItemTable | null = null;
   #disposed = false;
 
   /**
@@ -334,7 +333,6 @@ export class Recommender {
     try {
       const recommender = new Recommender(model, file.items, options);
       recommender.info = file.info;
-      recommender.#int8 = int8; // owned by the model's store, which disposes it
       return recommender;
     } catch (e) {
       model.params.dispose();
@@ -345,6 +343,12 @@ export class Recommender {
   /** Whether the item table is held int8 (`compactItems`), not as the model's float32 table. */
   get compactItems(): boolean {
     return this.#int8 !== null;
+  }
+
+  /** The int8 item table the model's store holds in place of `item` (`compactItems`). */
+  get #int8(): Int8ItemTable | null {
+    const table = this.model.params.external("item");
+    return table instanceof Int8ItemTable ? table : null;
   }
 
   /** Number of real items the model ranks. */
@@ -526,9 +530,8 @@ export class Recommender {
    */
   #topK(batch: EvalBatch, fetch: number): TopK {
     const { rankingQueries, itemVectors } = this.model;
-    if (this.#int8 && rankingQueries) {
-      return this.#int8.topK(rankingQueries.call(this.model, batch), fetch, 0);
-    }
+    const int8 = this.#int8;
+    if (int8 && rankingQueries) return int8.topK(rankingQueries.call(this.model, batch), fetch, 0);
     if (this.numItems + 1 > this.#blockItems && rankingQueries && itemVectors) {
       const queries = rankingQueries.call(this.model, batch); // [b, q, d]
       const rowsOfQueries = queries.shape[0] * queries.shape[1];
