@@ -58,7 +58,7 @@ Deno.test("README: the links form comes before deno add, the in-process latency 
   const links = readme.indexOf('"links"');
   const add = readme.indexOf("deno add jsr:");
   assert(links >= 0 && (add < 0 || links < add), "the links form must come first");
-  const latency = readme.match(/[^\n]*ranks one history in [\d.-]+ ms[\s\S]*?\n\n/)?.[0] ?? "";
+  const latency = readme.match(/[^\n]*ranks one history in[\s\S]*?\n\n/)?.[0] ?? "";
   assert(/in process/.test(latency) && /bench:serve/.test(latency), `latency: ${latency}`);
   const serve = await Deno.readTextFile(new URL("../cli/deno_serve.ts", import.meta.url));
   const variables = [...serve.matchAll(/Deno\.env\.get\("([A-Z_]+)"\)/g)].map((m) => m[1]);
