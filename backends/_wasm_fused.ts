@@ -28,7 +28,7 @@ import {
   LAYER_NORM_KERNEL,
 } from "../lib/nn/fused.ts";
 import { SOFTMAX_XENT_GRAD_KERNEL, SOFTMAX_XENT_KERNEL } from "../lib/nn/fused_ops.ts";
-import { INT8_TOP_K_KERNEL } from "../lib/inference/_int8_items.ts";
+import { INT8_TOP_K_KERNEL, registerTensorBytesWriter } from "../lib/inference/_int8_items.ts";
 import {
   type Bmm,
   bmmFor,
@@ -164,13 +164,25 @@ function int8TopK(args: Parameters<tf.KernelFunc>[0]): Info[] {
 }
 
 /**
+ * Writes `bytes` into `t`'s memory on the wasm heap from `byteOffset` on, for an int8 item
+ * table filled in pieces as its file is read. The heap is looked up at each write: it is
+ * replaced when it grows.
+ */
+function writeInPlace(t: tf.Tensor, byteOffset: number, bytes: Uint8Array): void {
+  const backend = tf.backend() as unknown as WasmBackendInternals;
+  const memory = backend.wasm.wasmMemory ?? backend.wasm.asm?.memory;
+  if (!memory) throw new Error("wasm: found no heap to write the tensor into");
+  new Uint8Array(memory.buffer).set(bytes, offsetOf(backend, t) + byteOffset);
+}
+
+/**
  * Registers the wasm LayerNorm, GELU and softmax cross-entropy kernels where bmm.wasm runs (`registerWithBmm`). Called by
  * `backends/mod.ts` once wasm runs.
  *
  * @returns Whether the kernels are registered for wasm.
  */
 export function registerWasmFused(): boolean {
-  return registerWithBmm([
+  const registered = registerWithBmm([
     [LAYER_NORM_KERNEL, layerNorm as tf.KernelFunc],
     [LAYER_NORM_GRAD_KERNEL, layerNormGrad as tf.KernelFunc],
     [GELU_KERNEL, geluKernel(false) as tf.KernelFunc],
@@ -181,4 +193,6 @@ export function registerWasmFused(): boolean {
     [SOFTMAX_XENT_GRAD_KERNEL, softmaxXentGrad as tf.KernelFunc],
     [INT8_TOP_K_KERNEL, int8TopK as tf.KernelFunc],
   ]);
+  if (registered) registerTensorBytesWriter("wasm", writeInPlace);
+  return registered;
 }

@@ -246,3 +246,79 @@ Deno.test({
     await selectBackend("cpu");
   },
 });
+
+Deno.test({
+  name:
+    "a compactItems recommender loaded from a path streams its int8 table into place: the bytes' ranking exactly; changed codes are refused by the checksum with no tensor left",
+  ignore: !kernel,
+  fn: async () => {
+    await selectBackend("wasm");
+    const dir = await Deno.makeTempDir();
+    try {
+      using source = new Recommender(new Sigma({ ...TINY, seed: 4 }), data.vocab.items);
+      const bytes = await source.toBytes({}, { itemDtype: "i8" });
+      const path = `${dir}/model.safetensors`;
+      await Deno.writeFile(path, bytes);
+      const start = tf.memory().numBytes;
+      using fromBytes = await Recommender.load(bytes, { compactItems: true });
+      const between = tf.memory().numBytes;
+      using fromPath = await Recommender.load(path, { compactItems: true });
+      assert(fromPath.compactItems, "kept int8");
+      // The same tensors as from bytes: nothing else left on the backend.
+      assertEquals(tf.memory().numBytes - between, between - start);
+      const histories = split.test.slice(0, 30).map((e) => tokens(e.history));
+      assertEquals(
+        await fromPath.recommendBatch(histories, { k: 7 }),
+        await fromBytes.recommendBatch(histories, { k: 7 }),
+      );
+      // One code changed, in the middle of the streamed table.
+      const headerLength = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+      const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
+      const [begin, end] = header.item.data_offsets as number[];
+      const changed = bytes.slice();
+      changed[8 + headerLength + Math.floor((begin + end) / 2)] ^= 1;
+      await Deno.writeFile(path, changed);
+      const tensors = tf.memory().numTensors;
+      await assertRejects(
+        () => Recommender.load(path, { compactItems: true }),
+        Error,
+        "checksum mismatch",
+      );
+      assertEquals(tf.memory().numTensors, tensors, "tensors after the refused file");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await selectBackend("cpu");
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "Int8ItemTable.receiving: codes written in pieces, in any order, rank as the table built whole; writes outside it and ranking before the scales are refused",
+  ignore: !kernel,
+  fn: async () => {
+    await selectBackend("wasm");
+    const rows = 37, width = 32;
+    const codes = new Uint8Array(rows * width).map((_, i) => (i * 7919) % 256);
+    const scales = seededUniform(rows, 3, 0.01, 1);
+    const whole = new Int8ItemTable(codes, scales, width);
+    const pieces = Int8ItemTable.receiving(rows, width)!;
+    assert(pieces !== null, "wasm writes in place");
+    assertThrows(() => pieces.write(rows * width - 3, new Uint8Array(4)), RangeError, "outside");
+    const q = tf.tensor3d(seededUniform(2 * 3 * width, 5, -1, 1), [2, 3, width]);
+    assertThrows(() => pieces.topK(q, 5), RangeError, "scales are not set");
+    for (const at of [600, 0, 1000, 100]) {
+      pieces.write(at, codes.subarray(at, Math.min(codes.length, at + (at === 1000 ? 184 : 500))));
+    }
+    pieces.setScales(scales);
+    assertThrows(() => pieces.setScales(scales), RangeError, "already set");
+    const a = whole.topK(q, 9), b = pieces.topK(q, 9);
+    assertEquals(b.indices.arraySync(), a.indices.arraySync());
+    assertEquals(b.values.arraySync(), a.values.arraySync());
+    tf.dispose([q, a.values, a.indices, b.values, b.indices]);
+    whole.dispose();
+    pieces.dispose();
+    await selectBackend("cpu");
+    assertEquals(Int8ItemTable.receiving(rows, width), null, "cpu has no in-place writer");
+  },
+});

@@ -41,6 +41,19 @@ export function hasInt8TopK(): boolean {
   return tf.getKernel(INT8_TOP_K_KERNEL, tf.getBackend()) !== undefined;
 }
 
+/**
+ * Writes `bytes` into tensor `t`'s own memory from `byteOffset` on, in place: how a backend
+ * lets a large table be filled in pieces (registered by `backends/` for wasm).
+ */
+export type TensorBytesWriter = (t: Tensor, byteOffset: number, bytes: Uint8Array) => void;
+
+const writers = new Map<string, TensorBytesWriter>();
+
+/** Registers how backend `name` writes into a tensor in place (see {@linkcode TensorBytesWriter}). */
+export function registerTensorBytesWriter(name: string, writer: TensorBytesWriter): void {
+  writers.set(name, writer);
+}
+
 /** An int8 item table on the active backend: codes and row scales. */
 export class Int8ItemTable {
   /** Rows (items, padding included). */
@@ -48,43 +61,101 @@ export class Int8ItemTable {
   /** Values a row. */
   readonly width: number;
   readonly #codes: Tensor2D; // [rows, width / 4] int32, 4 codes each, little-endian
-  readonly #scales: Tensor1D; // [rows]
+  #scales: Tensor1D | null = null; // [rows]; null until the scales are set
 
   /**
    * @param codes The file's int8 codes, `rows * width` bytes.
    * @param scales One float32 scale a row.
    * @throws {RangeError} A width the kernel does not take, or sizes that disagree.
    */
-  constructor(codes: Uint8Array, scales: Float32Array, width: number) {
+  constructor(codes: Uint8Array, scales: Float32Array, width: number);
+  /** A table of `rows` whose codes arrive by {@linkcode Int8ItemTable.write}. */
+  constructor(codes: null, rows: number, width: number);
+  constructor(codes: Uint8Array | null, scalesOrRows: Float32Array | number, width: number) {
     if (!int8TableWidthOk(width)) {
       throw new RangeError(
         `an int8 item table needs a width divisible by 16 and at most 512, got ${width}`,
       );
     }
-    const bad = scales.findIndex((s) => !Number.isFinite(s));
-    if (bad >= 0) {
-      throw new RangeError(`row ${bad} of the int8 item table has scale ${scales[bad]}`);
-    }
-    if (codes.length !== scales.length * width) {
-      throw new RangeError(
-        `${codes.length} int8 codes for ${scales.length} rows of ${width}`,
-      );
-    }
-    this.rows = scales.length;
+    this.rows = typeof scalesOrRows === "number" ? scalesOrRows : scalesOrRows.length;
     this.width = width;
+    if (codes === null) {
+      // fill, not zeros: zeros makes the values on the host first, then copies them over.
+      this.#codes = tf.keep(tf.fill([this.rows, width / 4], 0, "int32"));
+      return;
+    }
+    if (codes.length !== this.rows * width) {
+      throw new RangeError(`${codes.length} int8 codes for ${this.rows} rows of ${width}`);
+    }
     // Aligned for the int32 view (the file's bytes need not be).
     const packed = codes.byteOffset % 4 === 0
       ? new Int32Array(codes.buffer, codes.byteOffset, codes.length / 4)
       : new Int32Array(codes.slice().buffer);
     this.#codes = tf.keep(tf.tensor2d(packed, [this.rows, width / 4], "int32"));
+    try {
+      this.setScales(scalesOrRows as Float32Array);
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  /**
+   * An empty table of `rows` rows of `width` to fill with {@linkcode Int8ItemTable.write},
+   * where the active backend writes into tensors in place; null elsewhere.
+   *
+   * @throws {RangeError} A width the kernel does not take.
+   */
+  static receiving(rows: number, width: number): Int8ItemTable | null {
+    if (!writers.has(tf.getBackend())) return null;
+    return new Int8ItemTable(null, rows, width);
+  }
+
+  /**
+   * Writes codes `byteOffset..` (row after row, as the file stores them) in place.
+   *
+   * @throws {RangeError} Bytes outside the table, or a backend that cannot write in place.
+   */
+  write(byteOffset: number, bytes: Uint8Array): void {
+    const writer = writers.get(tf.getBackend());
+    if (!writer) throw new RangeError(`backend ${tf.getBackend()} cannot write tensors in place`);
+    if (byteOffset < 0 || byteOffset + bytes.length > this.rows * this.width) {
+      throw new RangeError(
+        `codes ${byteOffset}..${byteOffset + bytes.length} are outside the table's ` +
+          `${this.rows * this.width}`,
+      );
+    }
+    writer(this.#codes, byteOffset, bytes);
+  }
+
+  /**
+   * Sets the row scales (once).
+   *
+   * @throws {RangeError} Not one finite scale a row, or scales already set.
+   */
+  setScales(scales: Float32Array): void {
+    if (this.#scales) throw new RangeError("the table's scales are already set");
+    if (scales.length !== this.rows) {
+      throw new RangeError(`${scales.length} scales for ${this.rows} rows`);
+    }
+    const bad = scales.findIndex((s) => !Number.isFinite(s));
+    if (bad >= 0) {
+      throw new RangeError(`row ${bad} of the int8 item table has scale ${scales[bad]}`);
+    }
     this.#scales = tf.keep(tf.tensor1d(scales));
+  }
+
+  /** The scales, which a table filled in place gets last. */
+  get #rowScales(): Tensor1D {
+    if (!this.#scales) throw new RangeError("the int8 item table's scales are not set yet");
+    return this.#scales;
   }
 
   /** The rows of `ids` (int32, any shape) decoded, `[...ids.shape, width]` float32. */
   rowsOf(ids: Tensor): Tensor {
     const [packed, scales] = tf.tidy(() => {
       const flat = tf.reshape(ids, [-1]);
-      return [tf.gather(this.#codes, flat), tf.gather(this.#scales, flat)];
+      return [tf.gather(this.#codes, flat), tf.gather(this.#rowScales, flat)];
     });
     try {
       const p = packed.dataSync() as Int32Array, s = scales.dataSync() as Float32Array;
@@ -121,7 +192,7 @@ export class Int8ItemTable {
         q16: tf.tensor2d(new Int32Array(q16.buffer), [h * q, d / 2], "int32"),
         qscale: tf.tensor1d(qscale),
         codes: this.#codes,
-        scales: this.#scales,
+        scales: this.#rowScales,
       }, { Q: q, k, first }) as Tensor2D[];
       if (!qscale.some(Number.isNaN)) return { values, indices };
       // A query that is not finite scores NaN, as the float32 path would say.
@@ -135,7 +206,7 @@ export class Int8ItemTable {
 
   /** Frees the codes and scales. */
   dispose(): void {
-    tf.dispose([this.#codes, this.#scales]);
+    tf.dispose(this.#scales ? [this.#codes, this.#scales] : [this.#codes]);
   }
 }
 

@@ -52,6 +52,8 @@ import {
   ITEM_DTYPES,
   type ItemDtype,
 } from "./_item_codec.ts";
+import { Sha256 } from "./_sha256.ts";
+import { TokenIndex } from "./_token_index.ts";
 
 export { ITEM_DTYPES, type ItemDtype } from "./_item_codec.ts";
 
@@ -120,8 +122,11 @@ export interface Int8Items {
   name: string;
   /** Its shape, `[N + 1, d]`. */
   shape: number[];
-  /** One int8 code a value, row after row (a view of the file's bytes). */
-  codes: Uint8Array;
+  /**
+   * One int8 code a value, row after row (a view of the file's bytes); absent where they
+   * went to `int8Sink` as they were read.
+   */
+  codes?: Uint8Array;
   /** One float32 scale a row: a value is `code * scale`. */
   scales: Float32Array;
 }
@@ -134,6 +139,41 @@ export interface DecodeModelFileOptions {
    */
   keepInt8Items?: boolean;
 }
+
+/** Where a kept int8 table's codes go as they are read: `write` is called in byte order. */
+export interface Int8CodesSink {
+  /** Stores `chunk`, the codes from `byteOffset` on. */
+  write(byteOffset: number, chunk: Uint8Array): void;
+}
+
+/** Options of {@linkcode decodeModelFileFrom}. */
+export interface DecodeFromOptions extends DecodeModelFileOptions {
+  /**
+   * With `keepInt8Items`, asked for a place for the int8 table `[rows, width]` before its
+   * codes are read: they are streamed there (and hashed) in pieces instead of being held in
+   * memory, and `int8Items.codes` is absent. Returning null keeps them in memory. The caller
+   * frees what it made when decoding throws (a checksum mismatch comes after the codes).
+   */
+  int8Sink?: (shape: number[]) => Int8CodesSink | null;
+}
+
+/**
+ * A model file's bytes, read by range: from memory, or from a file on disk without holding
+ * all of it (a 1M-item int8 table streams to the backend in pieces).
+ */
+export interface ModelFileReader {
+  /** The file's size in bytes. */
+  readonly size: number;
+  /** A name for errors: the path or URL. */
+  readonly name: string;
+  /** Bytes `begin..end-1` (a view or a copy; not changed by later reads). */
+  read(begin: number, end: number): Promise<Uint8Array>;
+  /** Releases the file. */
+  close(): void;
+}
+
+/** The piece a streamed tensor is read in: 4 MiB. */
+const STREAM_CHUNK = 4 << 20;
 
 /** Options of {@linkcode encodeModelFile}. */
 export interface EncodeModelFileOptions {
@@ -169,43 +209,46 @@ const encoder = new TextEncoder();
 
 /**
  * The SHA-256 of `parts` read one after the other, as 64 hex digits. Shared by the model
- * file and the training checkpoints.
- *
- * @throws {Error} The runtime has no `crypto.subtle`.
+ * file and the training checkpoints. Hashed in pieces (`_sha256.ts`): no joined copy of the
+ * parts, and no need of `crypto.subtle` (which browsers offer only on https:// or localhost
+ * pages).
  */
+// deno-lint-ignore require-await
 export async function sha256Hex(parts: Uint8Array[]): Promise<string> {
-  const subtle = globalThis.crypto?.subtle;
-  if (!subtle) {
-    throw new Error(
-      "checksums need crypto.subtle (SHA-256), which this runtime lacks " +
-        "(browsers offer it only on https:// or localhost pages)",
-    );
+  const hash = new Sha256();
+  for (const p of parts) hash.update(p);
+  return hash.hex();
+}
+
+/**
+ * Feeds the checksum's metadata part to `hash`: for every metadata key but `checksum`, in
+ * sorted order, `key=value\n`. The tensors follow (see {@linkcode hashTensorHead}).
+ */
+function hashMetadata(hash: Sha256, metadata: Record<string, string>): void {
+  for (const key of Object.keys(metadata).sort()) {
+    if (key !== "checksum") hash.update(encoder.encode(`${key}=${metadata[key]}\n`));
   }
-  const total = parts.reduce((n, p) => n + p.length, 0);
-  const all = new Uint8Array(total);
-  let offset = 0;
-  for (const p of parts) {
-    all.set(p, offset);
-    offset += p.length;
-  }
-  const digest = new Uint8Array(await subtle.digest("SHA-256", all));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Feeds a tensor's line, `name dtype [d0,d1,...]\n`, to `hash`; its bytes come next. */
+function hashTensorHead(hash: Sha256, t: { name: string; dtype: string; shape: number[] }) {
+  hash.update(encoder.encode(`${t.name} ${t.dtype} [${t.shape.join(",")}]\n`));
+}
+
+/** Tensors in the checksum's order: by name, in UTF-16 code unit order. */
+function byName<T extends { name: string }>(tensors: T[]): T[] {
+  return [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
 /** The checksum of metadata (without `checksum`) and named tensors, as the module doc says. */
-async function checksumOf(
-  metadata: Record<string, string>,
-  tensors: StoredTensor[],
-): Promise<string> {
-  const parts: Uint8Array[] = [];
-  for (const key of Object.keys(metadata).sort()) {
-    if (key !== "checksum") parts.push(encoder.encode(`${key}=${metadata[key]}\n`));
+function checksumOf(metadata: Record<string, string>, tensors: StoredTensor[]): string {
+  const hash = new Sha256();
+  hashMetadata(hash, metadata);
+  for (const t of byName(tensors)) {
+    hashTensorHead(hash, t);
+    hash.update(t.bytes);
   }
-  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const t of sorted) {
-    parts.push(encoder.encode(`${t.name} ${t.dtype} [${t.shape.join(",")}]\n`), t.bytes);
-  }
-  return `sha256:${await sha256Hex(parts)}`;
+  return `sha256:${hash.hex()}`;
 }
 
 function checkItems(items: unknown, source: string): string[] {
@@ -221,16 +264,11 @@ function checkItems(items: unknown, source: string): string[] {
       `items[0] must be "${PAD_TOKEN}", got ${JSON.stringify(items[0])}`,
     );
   }
-  const seen = new Map<string, number>();
-  items.forEach((t, i) => {
-    const first = seen.get(t);
-    if (first !== undefined) {
-      throw new ModelFileError(
-        source,
-        `item ${JSON.stringify(t)} is both items[${first}] and items[${i}]`,
-      );
-    }
-    seen.set(t, i);
+  new TokenIndex(items as string[], 0, (t, first, second) => {
+    throw new ModelFileError(
+      source,
+      `item ${JSON.stringify(t)} is both items[${first}] and items[${second}]`,
+    );
   });
   return items as string[];
 }
@@ -257,6 +295,7 @@ function checkItems(items: unknown, source: string): string[] {
  * @returns The file's bytes.
  * @throws {RangeError} `values` does not match the shapes, or the vocabulary is not valid.
  */
+// deno-lint-ignore require-await
 export async function encodeModelFile(
   contents: ModelFileContents,
   options: EncodeModelFileOptions = {},
@@ -289,7 +328,7 @@ export async function encodeModelFile(
     info: JSON.stringify(contents.info ?? {}),
     ...(compact ? { item_dtype: itemDtype } : {}),
   };
-  metadata.checksum = await checksumOf(metadata, tensors);
+  metadata.checksum = checksumOf(metadata, tensors);
   let json = encoder.encode(JSON.stringify({ __metadata__: metadata, ...header }));
   const padded = Math.ceil(json.length / 8) * 8;
   if (padded !== json.length) {
@@ -382,19 +421,19 @@ function headerLength(first8: Uint8Array, size: number, source: string): number 
   return Number(length);
 }
 
-function readHeader(
-  bytes: Uint8Array,
-  source: string,
-): { header: Record<string, unknown>; dataStart: number } {
-  if (bytes.length < 8) {
-    throw new ModelFileError(source, `holds ${bytes.length} bytes, too few for a safetensors file`);
+async function readHead(
+  reader: ModelFileReader,
+): Promise<{ header: Record<string, unknown>; dataStart: number }> {
+  const source = reader.name;
+  if (reader.size < 8) {
+    throw new ModelFileError(source, `holds ${reader.size} bytes, too few for a safetensors file`);
   }
-  const length = headerLength(bytes.subarray(0, 8), bytes.length, source);
+  const length = headerLength(await reader.read(0, 8), reader.size, source);
   const dataStart = 8 + length;
   let header: unknown;
   try {
     header = JSON.parse(
-      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, dataStart)),
+      new TextDecoder("utf-8", { fatal: true }).decode(await reader.read(8, dataStart)),
     );
   } catch (e) {
     throw new ModelFileError(source, `the header is not valid JSON (${(e as Error).message})`);
@@ -449,14 +488,23 @@ function readMetadata(header: Record<string, unknown>, source: string): Record<s
   return m;
 }
 
+/** A tensor of the header: where its bytes are in the file. */
+interface PlacedTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  length: number;
+}
+
 /** Every tensor of the header, checked against the data's bounds, in data order. */
-function readTensors(
+function placeTensors(
   header: Record<string, unknown>,
-  bytes: Uint8Array,
+  size: number,
   dataStart: number,
   source: string,
-): (StoredTensor & { begin: number })[] {
-  const dataLength = bytes.length - dataStart;
+): PlacedTensor[] {
+  const dataLength = size - dataStart;
   const tensors = [];
   const itemDtype = (header.__metadata__ as Record<string, string>).item_dtype;
   // The item table may be compact, as the metadata says; every other tensor is float32.
@@ -495,7 +543,7 @@ function readTensors(
       );
     }
     const begin = dataStart + offsets[0];
-    tensors.push({ name, dtype, shape, begin, bytes: bytes.subarray(begin, begin + size) });
+    tensors.push({ name, dtype, shape, begin, length: size });
   }
   tensors.sort((a, b) => a.begin - b.begin);
   let covered = 0;
@@ -506,7 +554,7 @@ function readTensors(
         `tensor "${t.name}" overlaps another or leaves a gap before it`,
       );
     }
-    covered += t.bytes.length;
+    covered += t.length;
   }
   if (covered !== dataLength) {
     throw new ModelFileError(source, `${dataLength - covered} bytes of data belong to no tensor`);
@@ -530,15 +578,51 @@ function readTensors(
  * @throws {ModelFileError} Anything wrong, named: not safetensors, a truncated file, an
  * unknown format or version, a bad vocabulary, or a checksum that does not match.
  */
-export async function decodeModelFile(
+export function decodeModelFile(
   bytes: Uint8Array,
   source = "model file",
   options: DecodeModelFileOptions = {},
 ): Promise<ModelFileContents> {
-  const { header, dataStart } = readHeader(bytes, source);
+  return decodeModelFileFrom(bytesReader(bytes, source), options);
+}
+
+/**
+ * {@linkcode decodeModelFile} over a {@linkcode ModelFileReader}: each tensor read by its
+ * range and hashed in the checksum's order, a kept int8 table optionally streamed to
+ * `int8Sink` in pieces. The reader is not closed.
+ *
+ * @throws {ModelFileError} As {@linkcode decodeModelFile}.
+ */
+export async function decodeModelFileFrom(
+  reader: ModelFileReader,
+  options: DecodeFromOptions = {},
+): Promise<ModelFileContents> {
+  const source = reader.name;
+  const { header, dataStart } = await readHead(reader);
   const metadata = readMetadata(header, source);
-  const tensors = readTensors(header, bytes, dataStart, source);
-  const sum = await checksumOf(metadata, tensors);
+  const placed = placeTensors(header, reader.size, dataStart, source);
+  const keptPlace = options.keepInt8Items ? placed.find((t) => t.dtype === "I8") : undefined;
+  const sink = keptPlace && options.int8Sink ? options.int8Sink([...keptPlace.shape]) : null;
+  // Read in the checksum's order (by name), hashed as they arrive.
+  const hash = new Sha256();
+  hashMetadata(hash, metadata);
+  const read = new Map<PlacedTensor, Uint8Array>();
+  for (const t of byName(placed)) {
+    hashTensorHead(hash, t);
+    if (t === keptPlace && sink) {
+      for (let at = 0; at < t.length; at += STREAM_CHUNK) {
+        const end = Math.min(t.length, at + STREAM_CHUNK);
+        const chunk = await reader.read(t.begin + at, t.begin + end);
+        hash.update(chunk);
+        sink.write(at, chunk);
+      }
+    } else {
+      const bytes = await reader.read(t.begin, t.begin + t.length);
+      hash.update(bytes);
+      read.set(t, bytes);
+    }
+  }
+  const sum = `sha256:${hash.hex()}`;
   if (sum !== metadata.checksum) {
     throw new ModelFileError(
       source,
@@ -546,6 +630,13 @@ export async function decodeModelFile(
         "the file was changed or corrupted after it was written",
     );
   }
+  // In data order, as the model's parameters are.
+  const tensors: StoredTensor[] = placed.filter((t) => read.has(t)).map((t) => ({
+    name: t.name,
+    dtype: t.dtype,
+    shape: t.shape,
+    bytes: read.get(t)!,
+  }));
   const config = parseJsonField(metadata, "config", source);
   if (config === null || typeof config !== "object" || Array.isArray(config)) {
     throw new ModelFileError(source, 'metadata "config" is not a JSON object');
@@ -553,10 +644,10 @@ export async function decodeModelFile(
   const items = checkItems(parseJsonField(metadata, "items", source), source);
   const info = "info" in metadata ? parseJsonField(metadata, "info", source) : {};
   const itemDtype = (metadata.item_dtype ?? "f32") as ItemDtype;
-  if (tensors.some((t) => t.name === ITEM_SCALE) && itemDtype !== "i8") {
+  if (placed.some((t) => t.name === ITEM_SCALE) && itemDtype !== "i8") {
     throw new ModelFileError(source, `tensor "${ITEM_SCALE}" belongs to int8 item tables only`);
   }
-  const kept = options.keepInt8Items ? tensors.find((t) => t.dtype === "I8") : undefined;
+  const kept = keptPlace && (tensors.find((t) => t.name === keptPlace.name) ?? keptPlace);
   const params = tensors.filter((t) => t.name !== ITEM_SCALE && t !== kept);
   const values = new Float32Array(params.reduce((n, t) => n + sizeOf(t.shape), 0));
   let offset = 0;
@@ -577,11 +668,21 @@ export async function decodeModelFile(
         int8Items: {
           name: kept.name,
           shape: [...kept.shape],
-          codes: kept.bytes,
+          ...("bytes" in kept ? { codes: kept.bytes } : {}),
           scales: int8Scales(kept, tensors, source),
         },
       }
       : {}),
+  };
+}
+
+/** A reader over bytes in memory: each range a view. */
+function bytesReader(bytes: Uint8Array, name: string): ModelFileReader {
+  return {
+    size: bytes.length,
+    name,
+    read: (begin, end) => Promise.resolve(bytes.subarray(begin, end)),
+    close() {},
   };
 }
 
@@ -594,7 +695,11 @@ function sizeOf(shape: number[]): number {
  *
  * @throws {ModelFileError} They are missing or of the wrong shape.
  */
-function int8Scales(t: StoredTensor, all: StoredTensor[], source: string): Float32Array {
+function int8Scales(
+  t: { shape: number[] },
+  all: StoredTensor[],
+  source: string,
+): Float32Array {
   const scale = all.find((s) => s.name === ITEM_SCALE);
   if (!scale || scale.shape.length !== 1 || scale.shape[0] !== t.shape[0]) {
     throw new ModelFileError(
@@ -693,6 +798,28 @@ export async function modelFileBytes(
 }
 
 /**
+ * `path` opened for reading, where it is a regular file (a device or FIFO could be read
+ * without end; opening a FIFO waits for a writer, so it is looked at first).
+ *
+ * @throws {Deno.errors.NotFound} No such file (the message names it as a model file).
+ * @throws {ModelFileError} Not a regular file.
+ */
+// deno-lint-ignore no-explicit-any
+async function openRegularFile(deno: any, path: string) {
+  try {
+    if (!(await deno.stat(path)).isFile) {
+      throw new ModelFileError(path, "is not a regular file (a folder, a device or a pipe?)");
+    }
+    return await deno.open(path);
+  } catch (e) {
+    if (e instanceof deno.errors.NotFound) {
+      throw new deno.errors.NotFound(`model file not found: ${path}`);
+    }
+    throw e;
+  }
+}
+
+/**
  * A model file's bytes from a path, with the data readers' checks: a regular file (a device
  * or FIFO could be read without end), and the header length in its first 8 bytes fitting
  * its size, before the whole is read (a 2 GB text file passed as a model was read whole,
@@ -700,19 +827,7 @@ export async function modelFileBytes(
  */
 // deno-lint-ignore no-explicit-any
 async function pathBytes(deno: any, path: string): Promise<Uint8Array> {
-  let file;
-  try {
-    // Looked at before it is opened: opening a FIFO waits for a writer.
-    if (!(await deno.stat(path)).isFile) {
-      throw new ModelFileError(path, "is not a regular file (a folder, a device or a pipe?)");
-    }
-    file = await deno.open(path);
-  } catch (e) {
-    if (e instanceof deno.errors.NotFound) {
-      throw new deno.errors.NotFound(`model file not found: ${path}`);
-    }
-    throw e;
-  }
+  const file = await openRegularFile(deno, path);
   try {
     const info = await file.stat();
     if (info.size < 8) {
@@ -736,6 +851,54 @@ async function pathBytes(deno: any, path: string): Promise<Uint8Array> {
   } finally {
     file.close();
   }
+}
+
+/**
+ * A model file opened for reading by range: a path (under Deno) read piece by piece as it
+ * is decoded, never whole; anything else fetched or taken whole, as
+ * {@linkcode modelFileBytes} does (with its limits and progress). Close it when done.
+ *
+ * @throws As {@linkcode modelFileBytes}.
+ */
+export async function openModelFile(
+  source: ModelSource,
+  maxBytes: number = MAX_MODEL_FILE_BYTES,
+  stallMs: number = MODEL_FETCH_STALL_MS,
+  onProgress?: LoadProgress,
+): Promise<ModelFileReader> {
+  const text = String(source);
+  // deno-lint-ignore no-explicit-any
+  const deno = (globalThis as any).Deno;
+  const isPath = typeof source === "string" && !/^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text);
+  if (!isPath || !deno?.open) {
+    const { bytes, name } = await modelFileBytes(source, maxBytes, stallMs, onProgress);
+    return bytesReader(bytes, name);
+  }
+  const file = await openRegularFile(deno, text);
+  let size: number;
+  try {
+    size = (await file.stat()).size;
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+  return {
+    size,
+    name: text,
+    read: async (begin, end) => {
+      const out = new Uint8Array(end - begin);
+      await file.seek(begin, deno.SeekMode.Start);
+      for (let at = 0; at < out.length;) {
+        const n = await file.read(out.subarray(at));
+        if (n === null) {
+          throw new ModelFileError(text, `ended after ${begin + at} of ${size} bytes`);
+        }
+        at += n;
+      }
+      return out;
+    },
+    close: () => file.close(),
+  };
 }
 
 /** Aborts a fetch when nothing arrives for `ms`; {@linkcode StallTimer.arm} restarts it. */
@@ -801,7 +964,10 @@ async function responseBytes(
     await drop();
     throw tooLarge(name, declared, maxBytes);
   }
-  const chunks: Uint8Array[] = [];
+  // Into one buffer of the declared size (grown by doubling where the body is longer, as a
+  // compressed transfer's is): not a list of chunks joined at the end, which held the file
+  // twice.
+  let bytes = new Uint8Array(Number.isFinite(declared) && declared > 0 ? declared : 1 << 20);
   let length = 0;
   // A reader, not `for await`: Safari's streams are not async iterable.
   const reader = response.body?.getReader();
@@ -820,16 +986,15 @@ async function responseBytes(
       await reader!.cancel().catch(() => {});
       throw tooLarge(name, length, maxBytes, "at least ");
     }
-    chunks.push(chunk.value);
+    if (length > bytes.length) {
+      const grown = new Uint8Array(Math.min(maxBytes, Math.max(length, 2 * bytes.length)));
+      grown.set(bytes.subarray(0, length - chunk.value.length));
+      bytes = grown;
+    }
+    bytes.set(chunk.value, length - chunk.value.length);
     onProgress?.(length, Number.isFinite(declared) ? declared : undefined);
   }
-  const bytes = new Uint8Array(length);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.length;
-  }
-  return { bytes, name };
+  return { bytes: bytes.subarray(0, length), name };
 }
 
 function tooLarge(name: string, size: number, maxBytes: number, atLeast = ""): RangeError {

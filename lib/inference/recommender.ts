@@ -25,14 +25,16 @@ import type { EvalBatch } from "../data/types.ts";
 import { BLOCK_SCORES, blockedTopK, blockRows, type TopK } from "./_blocked_top_k.ts";
 import { hasInt8TopK, Int8ItemTable, int8TableWidthOk } from "./_int8_items.ts";
 import { decodeInt8Rows } from "./_item_codec.ts";
+import { TokenIndex } from "./_token_index.ts";
 import {
-  decodeModelFile,
+  decodeModelFileFrom,
   encodeModelFile,
   type EncodeModelFileOptions,
   type LoadProgress,
-  modelFileBytes,
+  type ModelFileContents,
   ModelFileError,
   type ModelSource,
+  openModelFile,
 } from "./model_file.ts";
 
 /**
@@ -206,7 +208,7 @@ export class Recommender {
    * the epoch, validation metrics and data it was trained on); `{}` when built in code.
    */
   info: Readonly<Record<string, unknown>> = {};
-  readonly #ids: Map<string, number>;
+  readonly #ids: TokenIndex; // token -> id, padding left out
   readonly #batchSize: number;
   readonly #blockItems: number;
   readonly #blockScores: number;
@@ -228,13 +230,9 @@ export class Recommender {
         } (index 0 is padding)`,
       );
     }
-    this.#ids = new Map();
-    for (let i = 1; i < items.length; i++) {
-      if (this.#ids.has(items[i])) {
-        throw new RangeError(`item ${JSON.stringify(items[i])} appears twice in the vocabulary`);
-      }
-      this.#ids.set(items[i], i);
-    }
+    this.#ids = new TokenIndex(items, 1, (token) => {
+      throw new RangeError(`item ${JSON.stringify(token)} appears twice in the vocabulary`);
+    });
     const batchSize = options.batchSize ?? 256;
     if (!Number.isInteger(batchSize) || batchSize < 1) {
       throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
@@ -269,15 +267,32 @@ export class Recommender {
    */
   static async load(source: ModelSource, options: RecommenderOptions = {}): Promise<Recommender> {
     requireBackend();
-    const { bytes, name } = await modelFileBytes(
+    const reader = await openModelFile(
       source,
       options.maxFileBytes,
       options.fetchStallMs,
       options.onLoadProgress,
     );
-    const file = await decodeModelFile(bytes, name, {
-      keepInt8Items: options.compactItems === true && hasInt8TopK(),
-    });
+    const name = reader.name;
+    // A kept int8 table is filled in place as its codes are read (where the backend can):
+    // a path's file is then never in memory whole beside the table.
+    let int8: Int8ItemTable | null = null;
+    let file: ModelFileContents;
+    try {
+      file = await decodeModelFileFrom(reader, {
+        keepInt8Items: options.compactItems === true && hasInt8TopK(),
+        int8Sink: ([rows, width]) => {
+          if (!int8TableWidthOk(width)) return null;
+          int8 = Int8ItemTable.receiving(rows, width);
+          return int8;
+        },
+      });
+    } catch (e) {
+      (int8 as Int8ItemTable | null)?.dispose();
+      throw e;
+    } finally {
+      reader.close();
+    }
     const numItems = file.items.length - 1;
     try {
       modelEntry(file.model).validate({ ...file.config, numItems });
@@ -287,7 +302,6 @@ export class Recommender {
     // The file is sound; a bad override is the caller's (a RangeError naming the field).
     const config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
     let model: ServableModel;
-    let int8: Int8ItemTable | null = null;
     const kept = file.int8Items;
     const keptSize = kept ? kept.shape[0] * kept.shape[1] : 0;
     try {
@@ -314,19 +328,22 @@ export class Recommender {
           file.values.subarray(places[i].offset, places[i].offset + places[i].size),
         );
       });
-      if (kept) {
+      if (kept?.codes) {
         // A width the kernel does not take: decoded after all, as without compactItems.
         int8 = int8TableWidthOk(kept.shape[1])
           ? new Int8ItemTable(kept.codes, kept.scales, kept.shape[1])
           : null;
         values.set(kept.name, int8 ?? decodeInt8Rows(kept.codes, kept.scales, kept.shape[1]));
+      } else if (kept && int8) {
+        (int8 as Int8ItemTable).setScales(kept.scales);
+        values.set(kept.name, int8);
       }
       model = ParamStore.withValues(
         values,
         () => modelEntry(file.model).create({ ...config, numItems }),
       );
     } catch (e) {
-      int8?.dispose();
+      (int8 as Int8ItemTable | null)?.dispose();
       if (e instanceof ModelFileError) throw e; // a tensor named already
       throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
     }
