@@ -16,7 +16,7 @@
  *    clients in this process, each posting `/recommend` (k = 20) in a loop for `--rounds`
  *    rounds of `--seconds` (each at most `--max-requests` requests): requests/s, p50/p95/p99 latency,
  *    errors (any answer but 200, or a failed fetch), the server's RSS (`ps -o rss`; and its
- *    peak, `VmHWM`, model loading included) and
+ *    peak, `VmHWM`) once the model is loaded, and after the warm-up and each round, and
  *    live tensors (`/health`) before the load and after each round, after a warm-up of
  *    up to 3 s under the same load (heaps grow to their working size first).
  *
@@ -237,6 +237,8 @@ try {
     for (const waitMs of waits) {
       const server = await startServer(file, waitMs);
       if (waitMs === waits[0]) console.log(`  server ${server.backendLine}`);
+      // Once it listens: the model is loaded, nothing served yet.
+      const loaded = [await rssMiB(server.child.pid), await peakRssMiB(server.child.pid)];
       // Warm-up under the same load, so that heaps reach their working size first.
       await load(server.url, histories, warmupSeconds);
       const rss = [await rssMiB(server.child.pid)];
@@ -257,8 +259,8 @@ try {
       console.log(
         `${kind}: HTTP, ${clients} clients, batch wait ${waitMs} ms: ${rate.toFixed(0)} req/s, ` +
           `${summary(result.latencies)}, ${result.errors} errors of ${result.latencies.length}, ` +
-          `server RSS ${rss.map((m) => m.toFixed(0)).join(" -> ")} MiB (peak ${peak.toFixed(0)}, ` +
-          `loading included), ` +
+          `server RSS loaded ${loaded[0].toFixed(0)} (peak ${loaded[1].toFixed(0)}), serving ` +
+          `${rss.map((m) => m.toFixed(0)).join(" -> ")} MiB (peak ${peak.toFixed(0)}), ` +
           `tensors ${tensors.join(" -> ")}`,
       );
     }
