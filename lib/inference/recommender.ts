@@ -281,8 +281,10 @@ export class Recommender {
     try {
       file = await decodeModelFileFrom(reader, {
         keepInt8Items: options.compactItems === true && hasInt8TopK(),
-        int8Sink: ([rows, width]) => {
-          if (!int8TableWidthOk(width)) return null;
+        int8Sink: (shape) => {
+          // Anything but a table the kernel takes is read into memory and checked as usual.
+          const [rows, width] = shape;
+          if (shape.length !== 2 || !int8TableWidthOk(width)) return null;
           int8 = Int8ItemTable.receiving(rows, width);
           return int8;
         },
