@@ -797,6 +797,36 @@ export async function modelFileBytes(
   return { bytes: await pathBytes(deno, text), name: text };
 }
 
+/** A reader of the file at `path`, by range (seek and read; never the whole unless asked). */
+// deno-lint-ignore no-explicit-any
+async function pathReader(deno: any, path: string): Promise<ModelFileReader> {
+  const file = await openRegularFile(deno, path);
+  let size: number;
+  try {
+    size = (await file.stat()).size;
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+  return {
+    size,
+    name: path,
+    read: async (begin, end) => {
+      const out = new Uint8Array(end - begin);
+      await file.seek(begin, deno.SeekMode.Start);
+      for (let at = 0; at < out.length;) {
+        const n = await file.read(out.subarray(at));
+        if (n === null) {
+          throw new ModelFileError(path, `ended after ${begin + at} of ${size} bytes`);
+        }
+        at += n;
+      }
+      return out;
+    },
+    close: () => file.close(),
+  };
+}
+
 /**
  * `path` opened for reading, where it is a regular file (a device or FIFO could be read
  * without end; opening a FIFO waits for a writer, so it is looked at first).
@@ -827,29 +857,15 @@ async function openRegularFile(deno: any, path: string) {
  */
 // deno-lint-ignore no-explicit-any
 async function pathBytes(deno: any, path: string): Promise<Uint8Array> {
-  const file = await openRegularFile(deno, path);
+  const reader = await pathReader(deno, path);
   try {
-    const info = await file.stat();
-    if (info.size < 8) {
-      throw new ModelFileError(path, `holds ${info.size} bytes, too few for a safetensors file`);
+    if (reader.size < 8) {
+      throw new ModelFileError(path, `holds ${reader.size} bytes, too few for a safetensors file`);
     }
-    // Into `into` from `at` up to `end`, however the reads split.
-    const fill = async (into: Uint8Array, at: number, end: number) => {
-      while (at < end) {
-        const n = await file.read(into.subarray(at, end));
-        if (n === null) throw new ModelFileError(path, `ended after ${at} of ${info.size} bytes`);
-        at += n;
-      }
-    };
-    const first8 = new Uint8Array(8);
-    await fill(first8, 0, 8);
-    headerLength(first8, info.size, path); // before the whole file is allocated and read
-    const bytes = new Uint8Array(info.size);
-    bytes.set(first8);
-    await fill(bytes, 8, info.size);
-    return bytes;
+    headerLength(await reader.read(0, 8), reader.size, path); // before the whole is read
+    return await reader.read(0, reader.size);
   } finally {
-    file.close();
+    reader.close();
   }
 }
 
@@ -874,31 +890,7 @@ export async function openModelFile(
     const { bytes, name } = await modelFileBytes(source, maxBytes, stallMs, onProgress);
     return bytesReader(bytes, name);
   }
-  const file = await openRegularFile(deno, text);
-  let size: number;
-  try {
-    size = (await file.stat()).size;
-  } catch (e) {
-    file.close();
-    throw e;
-  }
-  return {
-    size,
-    name: text,
-    read: async (begin, end) => {
-      const out = new Uint8Array(end - begin);
-      await file.seek(begin, deno.SeekMode.Start);
-      for (let at = 0; at < out.length;) {
-        const n = await file.read(out.subarray(at));
-        if (n === null) {
-          throw new ModelFileError(text, `ended after ${begin + at} of ${size} bytes`);
-        }
-        at += n;
-      }
-      return out;
-    },
-    close: () => file.close(),
-  };
+  return await pathReader(deno, text);
 }
 
 /** Aborts a fetch when nothing arrives for `ms`; {@linkcode StallTimer.arm} restarts it. */
