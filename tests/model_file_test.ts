@@ -9,6 +9,7 @@ import {
   MODEL_FILE_NAME,
   modelFileBytes,
   ModelFileError,
+  VOCABULARY_TENSOR_ITEMS,
 } from "../lib/inference/model_file.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
 import {
@@ -675,4 +676,58 @@ Deno.test("a model file whose weights hold a NaN is refused on load, naming the 
     `parameter "${last}" holds a non-finite value`,
   );
   assertEquals(tf.memory().numTensors, before, "no tensor left by the refused load");
+});
+
+Deno.test("a vocabulary of more than 65,536 items is a gzip tensor (format version 3) that decodes to the same tokens and loads; smaller ones stay JSON", async () => {
+  await selectBackend("cpu");
+  const header = (bytes: Uint8Array) => {
+    const n = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
+    return JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  };
+  // Tokens shaped like product codes, with a quote and a non-ASCII one among them.
+  const tokens = (n: number) => [
+    "<pad>",
+    'say "tea"',
+    "thé",
+    ...Array.from({ length: n - 2 }, (_, i) => `B0${(i * 7919).toString(36).padStart(8, "0")}`),
+  ];
+  for (const n of [VOCABULARY_TENSOR_ITEMS, VOCABULARY_TENSOR_ITEMS + 1]) {
+    const items = tokens(n);
+    using r = new Recommender(new SasRec({ ...TINY, numItems: n, seed: 3 }), items);
+    for (const itemDtype of ["f32", "i8"] as const) {
+      const bytes = await r.toBytes({}, { itemDtype });
+      const h = header(bytes);
+      const big = n > VOCABULARY_TENSOR_ITEMS;
+      const label = `${n} items, ${itemDtype}`;
+      assertEquals(
+        h.__metadata__.format_version,
+        big ? "3" : itemDtype === "f32" ? "1" : "2",
+        label,
+      );
+      assertEquals("items" in h.__metadata__, !big, label);
+      assertEquals(h.items?.dtype, big ? "U8" : undefined, label);
+      if (big) {
+        // Smaller than the JSON it replaces, which the header would escape once more.
+        const json = JSON.stringify(JSON.stringify(items)).length;
+        assert(h.items.shape[0] < json / 3, `${label}: ${h.items.shape[0]} bytes against ${json}`);
+      }
+      const back = await decodeModelFile(bytes);
+      assertEquals(back.items, items, label);
+      assertEquals(back.params.map((p) => p.name).includes("items"), false, label);
+      using loaded = await Recommender.load(bytes);
+      const top = await loaded.recommend([items[5], "thé"], { k: 3 });
+      assertEquals(top.items.length, 3, label);
+      if (!big) continue;
+      // The tensor is covered by the checksum; version 3 with metadata items is refused.
+      const [begin] = h.items.data_offsets as number[];
+      const n8 = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
+      const bad = bytes.slice();
+      bad[8 + n8 + begin + 20] ^= 1;
+      await assertRejects(() => decodeModelFile(bad), ModelFileError, "checksum mismatch");
+      const both = withHeader(bytes, (x) => {
+        (x.__metadata__ as Record<string, string>).items = "[]";
+      });
+      await assertRejects(() => decodeModelFile(both), ModelFileError, 'not in metadata "items"');
+    }
+  }
 });

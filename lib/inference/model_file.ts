@@ -22,13 +22,19 @@
  * | key | value |
  * | --- | --- |
  * | `format` | `"sigma-rec"` |
- * | `format_version` | `"1"`; `"2"` when the item table is compact (`item_dtype`) |
+ * | `format_version` | `"1"`; `"2"` when the item table is compact (`item_dtype`); `"3"` when the vocabulary is a tensor (below) |
  * | `model` | the model kind, as in `--model`: `"sasrec"`, `"sigma"`, `"diffurec"` or `"diffurecsys"` |
  * | `config` | the model's full config, JSON |
- * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i |
+ * | `items` | the item vocabulary, a JSON array of tokens; index 0 is `"<pad>"`, index i the item whose score is column i; absent in version 3 |
  * | `info` | JSON, not needed to load: where the model came from (epoch, validation metrics, data) |
  * | `item_dtype` | `"f16"` or `"i8"` where the item table is stored compact (format version 2); absent for float32 |
  * | `checksum` | `"sha256:"` + 64 hex digits, see below |
+ *
+ * Vocabularies of more than {@linkcode VOCABULARY_TENSOR_ITEMS} items are stored as the tensor
+ * `items` (`U8`, format version 3) instead: the same JSON array, gzip-compressed. As JSON in the
+ * header's JSON (every quote escaped), a million tokens `i1`..`i1000000` took 12 MB, 9% of an
+ * int8 file; compressed they take about 2 MB. Python reads them with
+ * `json.loads(gzip.decompress(tensor.tobytes()))`.
  *
  * The checksum is the SHA-256 of, in order: for every metadata key except `checksum`, in
  * sorted order, the UTF-8 of `key=value\n`; then for every tensor, in sorted name order,
@@ -67,6 +73,15 @@ export const MODEL_FILE_FORMAT = "sigma-rec";
 export const MODEL_FILE_VERSION = 1;
 /** The format version of files whose item table is float16 or int8. */
 const COMPACT_FILE_VERSION = 2;
+/** The format version of files whose vocabulary is the gzip tensor `items`. */
+const VOCABULARY_TENSOR_VERSION = 3;
+/**
+ * Vocabularies of more items than this are stored as a compressed tensor (format version 3);
+ * smaller ones as JSON in the metadata, readable by readers of versions 1 and 2.
+ */
+export const VOCABULARY_TENSOR_ITEMS = 65_536;
+/** The vocabulary tensor's name. */
+const ITEMS_TENSOR = "items";
 /** The conventional file name in a run folder. */
 export const MODEL_FILE_NAME = "model.safetensors";
 
@@ -186,7 +201,7 @@ export interface EncodeModelFileOptions {
 }
 
 /** Bytes a value of a stored dtype takes. */
-const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, I8: 1 };
+const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, I8: 1, U8: 1 };
 
 /** A tensor as stored: its name, dtype, shape and bytes. */
 interface StoredTensor {
@@ -295,7 +310,6 @@ function checkItems(items: unknown, source: string): string[] {
  * @returns The file's bytes.
  * @throws {RangeError} `values` does not match the shapes, or the vocabulary is not valid.
  */
-// deno-lint-ignore require-await
 export async function encodeModelFile(
   contents: ModelFileContents,
   options: EncodeModelFileOptions = {},
@@ -308,6 +322,11 @@ export async function encodeModelFile(
     );
   }
   const tensors = storedTensors(contents, itemDtype);
+  const vocabularyTensor = items.length - 1 > VOCABULARY_TENSOR_ITEMS;
+  if (vocabularyTensor) {
+    const bytes = await gzip(encoder.encode(JSON.stringify(items)));
+    tensors.push({ name: ITEMS_TENSOR, dtype: "U8", shape: [bytes.length], bytes });
+  }
   const header: Record<string, unknown> = {};
   let offset = 0;
   for (const t of tensors) {
@@ -321,10 +340,16 @@ export async function encodeModelFile(
   const compact = itemDtype !== "f32";
   const metadata: Record<string, string> = {
     format: MODEL_FILE_FORMAT,
-    format_version: String(compact ? COMPACT_FILE_VERSION : MODEL_FILE_VERSION),
+    format_version: String(
+      vocabularyTensor
+        ? VOCABULARY_TENSOR_VERSION
+        : compact
+        ? COMPACT_FILE_VERSION
+        : MODEL_FILE_VERSION,
+    ),
     model: contents.model,
     config: JSON.stringify(contents.config),
-    items: JSON.stringify(items),
+    ...(vocabularyTensor ? {} : { items: JSON.stringify(items) }),
     info: JSON.stringify(contents.info ?? {}),
     ...(compact ? { item_dtype: itemDtype } : {}),
   };
@@ -403,6 +428,48 @@ function parseJsonField(metadata: Record<string, string>, key: string, source: s
   }
 }
 
+/** `bytes` gzip-compressed (`CompressionStream`, which Deno, browsers and edge runtimes have). */
+async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
+  const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
+    .pipeThrough(new CompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/**
+ * The JSON value of gzip-compressed `bytes` (the vocabulary tensor), decompressed up to
+ * {@linkcode MAX_HEADER_BYTES}: a file cannot make it inflate without bound.
+ *
+ * @throws {ModelFileError} Not gzip, more than the bound, or not JSON.
+ */
+async function gzippedJson(bytes: Uint8Array, source: string): Promise<unknown> {
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  try {
+    const reader = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
+      .pipeThrough(new DecompressionStream("gzip")).getReader();
+    for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      length += r.value.length;
+      if (length > MAX_HEADER_BYTES) {
+        await reader.cancel().catch(() => {});
+        throw new RangeError(`it inflates past ${MAX_HEADER_BYTES} bytes`);
+      }
+      chunks.push(r.value);
+    }
+    const all = new Uint8Array(length);
+    let at = 0;
+    for (const c of chunks) {
+      all.set(c, at);
+      at += c.length;
+    }
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(all));
+  } catch (e) {
+    throw new ModelFileError(
+      source,
+      `tensor "${ITEMS_TENSOR}" is not a gzip-compressed JSON vocabulary (${(e as Error).message})`,
+    );
+  }
+}
+
 /** Reads and checks the header; returns it with the data's start. */
 /**
  * The header length a file's first 8 bytes give (little-endian u64), checked against the
@@ -463,15 +530,25 @@ function readMetadata(header: Record<string, unknown>, source: string): Record<s
       `metadata "format" is ${JSON.stringify(m.format)}, expected "${MODEL_FILE_FORMAT}"`,
     );
   }
-  const versions = [String(MODEL_FILE_VERSION), String(COMPACT_FILE_VERSION)];
+  const versions = [MODEL_FILE_VERSION, COMPACT_FILE_VERSION, VOCABULARY_TENSOR_VERSION].map(
+    String,
+  );
   if (!versions.includes(m.format_version)) {
     throw new ModelFileError(
       source,
       `format version ${JSON.stringify(m.format_version)} is not one this library reads ` +
-        `(it reads versions ${versions.join(" and ")}); a newer library may read it`,
+        `(it reads versions ${versions.join(", ")}); a newer library may read it`,
     );
   }
-  for (const key of ["model", "config", "items", "checksum"]) {
+  const vocabularyTensor = m.format_version === String(VOCABULARY_TENSOR_VERSION);
+  if (vocabularyTensor && "items" in m) {
+    throw new ModelFileError(
+      source,
+      'format version 3 keeps the vocabulary in tensor "items", ' +
+        'not in metadata "items"',
+    );
+  }
+  for (const key of ["model", "config", ...(vocabularyTensor ? [] : ["items"]), "checksum"]) {
     if (!(key in m)) throw new ModelFileError(source, `metadata "${key}" is missing`);
   }
   if (
@@ -506,10 +583,15 @@ function placeTensors(
 ): PlacedTensor[] {
   const dataLength = size - dataStart;
   const tensors = [];
-  const itemDtype = (header.__metadata__ as Record<string, string>).item_dtype;
-  // The item table may be compact, as the metadata says; every other tensor is float32.
+  const metadata = header.__metadata__ as Record<string, string>;
+  const itemDtype = metadata.item_dtype;
+  const vocabularyTensor = metadata.format_version === String(VOCABULARY_TENSOR_VERSION);
+  // The item table may be compact, as the metadata says; the vocabulary of version 3 is
+  // bytes; every other tensor is float32.
   const expected = (name: string) =>
-    name === "item" && itemDtype === "f16"
+    name === ITEMS_TENSOR && vocabularyTensor
+      ? "U8"
+      : name === "item" && itemDtype === "f16"
       ? "F16"
       : name === "item" && itemDtype === "i8"
       ? "I8"
@@ -641,14 +723,23 @@ export async function decodeModelFileFrom(
   if (config === null || typeof config !== "object" || Array.isArray(config)) {
     throw new ModelFileError(source, 'metadata "config" is not a JSON object');
   }
-  const items = checkItems(parseJsonField(metadata, "items", source), source);
+  const vocabulary = tensors.find((t) => t.name === ITEMS_TENSOR && t.dtype === "U8");
+  if (metadata.format_version === String(VOCABULARY_TENSOR_VERSION) && !vocabulary) {
+    throw new ModelFileError(source, `format version 3 needs the vocabulary tensor "items"`);
+  }
+  const items = checkItems(
+    vocabulary
+      ? await gzippedJson(vocabulary.bytes, source)
+      : parseJsonField(metadata, "items", source),
+    source,
+  );
   const info = "info" in metadata ? parseJsonField(metadata, "info", source) : {};
   const itemDtype = (metadata.item_dtype ?? "f32") as ItemDtype;
   if (placed.some((t) => t.name === ITEM_SCALE) && itemDtype !== "i8") {
     throw new ModelFileError(source, `tensor "${ITEM_SCALE}" belongs to int8 item tables only`);
   }
   const kept = keptPlace && (tensors.find((t) => t.name === keptPlace.name) ?? keptPlace);
-  const params = tensors.filter((t) => t.name !== ITEM_SCALE && t !== kept);
+  const params = tensors.filter((t) => t.name !== ITEM_SCALE && t !== kept && t !== vocabulary);
   const values = new Float32Array(params.reduce((n, t) => n + sizeOf(t.shape), 0));
   let offset = 0;
   for (const t of params) {
