@@ -25,7 +25,7 @@ import type { EvalBatch } from "../data/types.ts";
 import { BLOCK_SCORES, blockedTopK, blockRows, type TopK } from "./_blocked_top_k.ts";
 import { hasInt8TopK, Int8ItemTable, int8TableWidthOk } from "./_int8_items.ts";
 import { decodeInt8Rows } from "./_item_codec.ts";
-import { TokenIndex } from "./_token_index.ts";
+import { VocabularyIndex } from "./_vocabulary_index.ts";
 import {
   decodeModelFileFrom,
   encodeModelFile,
@@ -208,7 +208,7 @@ export class Recommender {
    * the epoch, validation metrics and data it was trained on); `{}` when built in code.
    */
   info: Readonly<Record<string, unknown>> = {};
-  readonly #ids: TokenIndex; // token -> id, padding left out
+  readonly #ids: VocabularyIndex; // token -> id, padding left out
   readonly #batchSize: number;
   readonly #blockItems: number;
   readonly #blockScores: number;
@@ -230,7 +230,7 @@ export class Recommender {
         } (index 0 is padding)`,
       );
     }
-    this.#ids = new TokenIndex(items, 1, (token) => {
+    this.#ids = new VocabularyIndex(items, 1, (token) => {
       throw new RangeError(`item ${JSON.stringify(token)} appears twice in the vocabulary`);
     });
     const batchSize = options.batchSize ?? 256;
@@ -296,13 +296,19 @@ export class Recommender {
       reader.close();
     }
     const numItems = file.items.length - 1;
+    let config: Record<string, unknown>;
     try {
-      modelEntry(file.model).validate({ ...file.config, numItems });
+      try {
+        modelEntry(file.model).validate({ ...file.config, numItems });
+      } catch (e) {
+        throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+      }
+      // The file is sound; a bad override is the caller's (a RangeError naming the field).
+      config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
     } catch (e) {
-      throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+      (int8 as Int8ItemTable | null)?.dispose(); // filled as the file was read
+      throw e;
     }
-    // The file is sound; a bad override is the caller's (a RangeError naming the field).
-    const config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
     let model: ServableModel;
     const kept = file.int8Items;
     const keptSize = kept ? kept.shape[0] * kept.shape[1] : 0;
