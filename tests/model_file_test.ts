@@ -161,6 +161,8 @@ Deno.test("a model file loads from a path, a file: URL, a data: URL, a Response 
   assertEquals(atLimit.numItems, r.numItems);
   using fromPath = await Recommender.load(path, { maxFileBytes: 1 });
   assertEquals(fromPath.numItems, r.numItems);
+  // A path is not limited, but a limit that is no limit is still refused by name.
+  await assertRejects(() => Recommender.load(path, { maxFileBytes: 0 }), RangeError, "maxBytes");
   // A body read before is named as such, also on an HTTP error (not a stream's TypeError).
   const read = new Response(bytes);
   await read.arrayBuffer();

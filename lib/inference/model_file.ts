@@ -59,7 +59,7 @@ import {
   type ItemDtype,
 } from "./_item_codec.ts";
 import { Sha256 } from "./_sha256.ts";
-import { TokenIndex } from "./_token_index.ts";
+import { VocabularyIndex } from "./_vocabulary_index.ts";
 
 export { ITEM_DTYPES, type ItemDtype } from "./_item_codec.ts";
 
@@ -279,7 +279,7 @@ function checkItems(items: unknown, source: string): string[] {
       `items[0] must be "${PAD_TOKEN}", got ${JSON.stringify(items[0])}`,
     );
   }
-  new TokenIndex(items as string[], 0, (t, first, second) => {
+  new VocabularyIndex(items as string[], 0, (t, first, second) => {
     throw new ModelFileError(
       source,
       `item ${JSON.stringify(t)} is both items[${first}] and items[${second}]`,
@@ -850,19 +850,14 @@ export async function modelFileBytes(
   stallMs: number = MODEL_FETCH_STALL_MS,
   onProgress?: LoadProgress,
 ): Promise<{ bytes: Uint8Array; name: string }> {
-  if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
-    throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
-  }
-  if (!(Number.isFinite(stallMs) && stallMs > 0)) {
-    throw new RangeError(`stallMs must be a positive number, got ${stallMs}`);
-  }
+  checkLimits(maxBytes, stallMs);
   if (source instanceof Uint8Array) return { bytes: source, name: "model bytes" };
   if (source instanceof ArrayBuffer) return { bytes: new Uint8Array(source), name: "model bytes" };
   if (source instanceof Response) {
     return await responseBytes(source, source.url || "response", maxBytes, undefined, onProgress);
   }
   const text = String(source);
-  if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text)) {
+  if (source instanceof URL || isUrlText(text)) {
     const stall = new StallTimer(stallMs);
     let response: Response;
     try {
@@ -940,6 +935,24 @@ async function openRegularFile(deno: any, path: string) {
   }
 }
 
+/** Whether a source's text is a URL to fetch (`scheme://...` or `data:`), not a path. */
+function isUrlText(text: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text);
+}
+
+/**
+ * @throws {RangeError} A `maxBytes` that is not a positive integer, or a `stallMs` that is not
+ * a positive number.
+ */
+function checkLimits(maxBytes: number, stallMs: number): void {
+  if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
+    throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
+  }
+  if (!(Number.isFinite(stallMs) && stallMs > 0)) {
+    throw new RangeError(`stallMs must be a positive number, got ${stallMs}`);
+  }
+}
+
 /**
  * A model file's bytes from a path, with the data readers' checks: a regular file (a device
  * or FIFO could be read without end), and the header length in its first 8 bytes fitting
@@ -973,15 +986,15 @@ export async function openModelFile(
   stallMs: number = MODEL_FETCH_STALL_MS,
   onProgress?: LoadProgress,
 ): Promise<ModelFileReader> {
-  const text = String(source);
   // deno-lint-ignore no-explicit-any
   const deno = (globalThis as any).Deno;
-  const isPath = typeof source === "string" && !/^[a-z][a-z0-9+.-]*:\/\/|^data:/i.test(text);
-  if (!isPath || !deno?.open) {
+  checkLimits(maxBytes, stallMs); // refused for paths too, though a path is not limited
+  // (Not `String(source)` first: that would spell out every byte of a Uint8Array.)
+  if (typeof source !== "string" || isUrlText(source) || !deno?.open) {
     const { bytes, name } = await modelFileBytes(source, maxBytes, stallMs, onProgress);
     return bytesReader(bytes, name);
   }
-  return await pathReader(deno, text);
+  return await pathReader(deno, source);
 }
 
 /** Aborts a fetch when nothing arrives for `ms`; {@linkcode StallTimer.arm} restarts it. */
