@@ -1,8 +1,9 @@
 /**
- * A token -> id index over a vocabulary array, in one `Int32Array` of open-addressed slots.
- * A `Map` of a million item tokens took 49 MB of JavaScript heap, and 105 MB of resident
- * memory while it grew (measured loading a 1M-item model file); this takes 8 MB, and the
- * tokens stay where they are, in the vocabulary array.
+ * A token -> id index over a fixed vocabulary array (a loaded model's), in one `Int32Array` of
+ * open-addressed slots: 8 MB at a million tokens, which stay where they are, in the array. A
+ * `Map` took 49 MB of JavaScript heap and 105 MB of resident memory while it grew (measured at
+ * 6345cd9 loading a 1M-item model file, docs/serving.md). `lib/data/_dense.ts`'s `TokenIndex`
+ * is the growable one the data readers build vocabularies with.
  *
  * @module
  */
@@ -15,7 +16,7 @@ function hashOf(token: string): number {
 }
 
 /** The ids of `tokens[from..]` by token; lookups of anything else say undefined. */
-export class TokenIndex {
+export class VocabularyIndex {
   readonly #tokens: readonly string[];
   readonly #slots: Int32Array; // id + 1 of the token hashed there, 0 where empty
   readonly #mask: number;

@@ -1,20 +1,20 @@
 /**
- * The vocabulary's token -> id index (`lib/inference/_token_index.ts`) against a `Map`.
+ * The vocabulary's token -> id index (`lib/inference/_vocabulary_index.ts`) against a `Map`.
  *
  * @module
  */
 import fc from "fast-check";
-import { TokenIndex } from "../lib/inference/_token_index.ts";
+import { VocabularyIndex } from "../lib/inference/_vocabulary_index.ts";
 import { assertEquals, assertThrows } from "./_assert.ts";
 
-Deno.test("TokenIndex finds every indexed token's id and nothing else, as a Map does (300 random vocabularies)", () => {
+Deno.test("VocabularyIndex finds every indexed token's id and nothing else, as a Map does (300 random vocabularies)", () => {
   fc.assert(
     fc.property(
       fc.uniqueArray(fc.string({ maxLength: 6 }), { minLength: 1, maxLength: 200 }),
       fc.array(fc.string({ maxLength: 6 }), { maxLength: 30 }),
       fc.nat({ max: 3 }),
       (tokens, others, from) => {
-        const index = new TokenIndex(tokens, from);
+        const index = new VocabularyIndex(tokens, from);
         const map = new Map(tokens.slice(from).map((t, i) => [t, i + from]));
         for (const t of [...tokens, ...others]) assertEquals(index.get(t), map.get(t), t);
       },
@@ -23,18 +23,18 @@ Deno.test("TokenIndex finds every indexed token's id and nothing else, as a Map 
   );
 });
 
-Deno.test("TokenIndex names a repeated token with both places, through the caller's error when given", () => {
+Deno.test("VocabularyIndex names a repeated token with both places, through the caller's error when given", () => {
   assertThrows(
-    () => new TokenIndex(["<pad>", "a", "b", "a"]),
+    () => new VocabularyIndex(["<pad>", "a", "b", "a"]),
     RangeError,
     'token "a" is both at 1 and at 3',
   );
   // From 1: a token equal to the one at 0 is not a repeat.
-  assertEquals(new TokenIndex(["x", "x", "y"], 1).get("x"), 1);
+  assertEquals(new VocabularyIndex(["x", "x", "y"], 1).get("x"), 1);
   class Mine extends Error {}
   assertThrows(
     () =>
-      new TokenIndex(["p", "q", "p"], 0, (t, a, b) => {
+      new VocabularyIndex(["p", "q", "p"], 0, (t, a, b) => {
         throw new Mine(`${t} ${a} ${b}`);
       }),
     Mine,
@@ -42,7 +42,7 @@ Deno.test("TokenIndex names a repeated token with both places, through the calle
   );
   // A million tokens: all found, in an index of 2^21 slots.
   const many = Array.from({ length: 1_000_000 }, (_, i) => `i${i}`);
-  const index = new TokenIndex(many);
+  const index = new VocabularyIndex(many);
   for (let i = 0; i < many.length; i += 9_973) assertEquals(index.get(many[i]), i);
   assertEquals(index.get("i1000000"), undefined);
 });
