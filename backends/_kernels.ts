@@ -31,13 +31,14 @@ type TypedArray = Float32Array | Int32Array | Uint8Array;
 type Info = tf.TensorInfo;
 
 /** Reads and allocates tensor memory on one backend. */
-interface Memory {
+export interface Memory {
   /** New outputs; allocate every output before taking views (wasm's heap may grow). */
   alloc(shape: number[], dtype: "float32" | "int32"): Info;
   view(info: Info): TypedArray;
 }
 
-function memoryOf(backendName: "cpu" | "wasm", backend: unknown): Memory {
+/** How to allocate and view tensor memory on the cpu or wasm backend `backend`. */
+export function memoryOf(backendName: "cpu" | "wasm", backend: unknown): Memory {
   if (backendName === "wasm") {
     const b = backend as {
       makeOutput(shape: number[], dtype: string): Info;

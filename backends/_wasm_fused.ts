@@ -32,6 +32,7 @@ import { INT8_TOP_K_KERNEL, registerTensorBytesWriter } from "../lib/inference/_
 import {
   type Bmm,
   bmmFor,
+  memoryOf,
   offsetOf,
   registerWithBmm,
   type WasmBackendInternals,
@@ -165,14 +166,12 @@ function int8TopK(args: Parameters<tf.KernelFunc>[0]): Info[] {
 
 /**
  * Writes `bytes` into `t`'s memory on the wasm heap from `byteOffset` on, for an int8 item
- * table filled in pieces as its file is read. The heap is looked up at each write: it is
+ * table filled in pieces as its file is read. The view is taken at each write: the heap is
  * replaced when it grows.
  */
 function writeInPlace(t: tf.Tensor, byteOffset: number, bytes: Uint8Array): void {
-  const backend = tf.backend() as unknown as WasmBackendInternals;
-  const memory = backend.wasm.wasmMemory ?? backend.wasm.asm?.memory;
-  if (!memory) throw new Error("wasm: found no heap to write the tensor into");
-  new Uint8Array(memory.buffer).set(bytes, offsetOf(backend, t) + byteOffset);
+  const view = memoryOf("wasm", tf.backend()).view(t);
+  new Uint8Array(view.buffer, view.byteOffset, view.byteLength).set(bytes, byteOffset);
 }
 
 /**

@@ -56,6 +56,9 @@ async function fromEnv(): Promise<{ recommender: Recommender; batchWaitMs: numbe
   }
   const chosen = await selectBackend(backend as BackendChoice);
   const recommender = await Recommender.load(source, { compactItems: compact === "1" });
+  // As `serve` does: what loading left is collected now where the runtime allows it
+  // (`--v8-flags=--expose-gc`), not left resident until a major collection happens.
+  (globalThis as { gc?: () => void }).gc?.();
   console.error(
     `sigma-rec: ${recommender.model.name} over ${recommender.numItems} items from ${source}, ` +
       `backend ${chosen.name}` + (recommender.compactItems ? ", item table kept int8" : ""),
