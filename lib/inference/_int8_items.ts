@@ -114,11 +114,12 @@ export class Int8ItemTable {
   /**
    * Writes codes `byteOffset..` (row after row, as the file stores them) in place.
    *
-   * @throws {RangeError} Bytes outside the table, or a backend that cannot write in place.
+   * @throws {RangeError} Bytes outside the table.
+   * @throws {Error} A backend that cannot write in place.
    */
   write(byteOffset: number, bytes: Uint8Array): void {
     const writer = writers.get(tf.getBackend());
-    if (!writer) throw new RangeError(`backend ${tf.getBackend()} cannot write tensors in place`);
+    if (!writer) throw new Error(`backend ${tf.getBackend()} cannot write tensors in place`);
     if (byteOffset < 0 || byteOffset + bytes.length > this.rows * this.width) {
       throw new RangeError(
         `codes ${byteOffset}..${byteOffset + bytes.length} are outside the table's ` +
@@ -131,10 +132,11 @@ export class Int8ItemTable {
   /**
    * Sets the row scales (once).
    *
-   * @throws {RangeError} Not one finite scale a row, or scales already set.
+   * @throws {RangeError} Not one finite scale a row.
+   * @throws {Error} Scales already set.
    */
   setScales(scales: Float32Array): void {
-    if (this.#scales) throw new RangeError("the table's scales are already set");
+    if (this.#scales) throw new Error("the table's scales are already set");
     if (scales.length !== this.rows) {
       throw new RangeError(`${scales.length} scales for ${this.rows} rows`);
     }
@@ -147,7 +149,7 @@ export class Int8ItemTable {
 
   /** The scales, which a table filled in place gets last. */
   get #rowScales(): Tensor1D {
-    if (!this.#scales) throw new RangeError("the int8 item table's scales are not set yet");
+    if (!this.#scales) throw new Error("the int8 item table's scales are not set yet");
     return this.#scales;
   }
 
