@@ -19,7 +19,7 @@ import {
   itemRows,
   layerNorm,
   linear,
-  matmul,
+  queryScores,
   type SeedSource,
 } from "../nn/layers.ts";
 import { type AttentionMask, createTorchLinear, paddingMask } from "../nn/pre_ln.ts";
@@ -351,8 +351,7 @@ export abstract class DiffusionRecommender<C extends DiffusionModelConfig>
    * the same scores alone or in any batch, on any backend.
    */
   scores(batch: EvalBatch): Tensor2D {
-    const x = tf.reshape(this.rankingQueries(batch), [batch.batch, this.config.hidden]);
-    return matmul(x as Tensor2D, this.params.transposed("item") as Tensor2D); // [B, N+1]
+    return queryScores(this.rankingQueries(batch), this.params.transposed("item") as Tensor2D);
   }
 
   /** x, the end of the reverse chain (or the one-call ablation), `[B, 1, d]`: what {@linkcode DiffusionRecommender.scores} ranks by. */

@@ -19,7 +19,7 @@ import {
   embeddingLookup,
   itemRows,
   layerNorm,
-  matmul,
+  queryScores,
   type SeedSource,
   transformer,
   type TransformerSettings,
@@ -146,8 +146,7 @@ export class SasRec implements SequentialModel<SasRecConfig> {
 
   /** Scores `[B, N + 1]` of every item after each history, from the newest position. */
   scores(batch: EvalBatch): Tensor2D {
-    const last = tf.reshape(this.rankingQueries(batch), [batch.batch, this.config.hidden]); // [B, d]
-    return matmul(last as tf.Tensor2D, this.params.transposed("item") as tf.Tensor2D); // [B, N+1]
+    return queryScores(this.rankingQueries(batch), this.params.transposed("item") as Tensor2D);
   }
 
   /** The newest position's hidden state `[B, 1, d]`, which {@linkcode SasRec.scores} ranks by. */

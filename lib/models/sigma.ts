@@ -42,6 +42,7 @@ import {
   layerNorm,
   linear,
   matmul,
+  queryScores,
   type SeedSource,
   stopGradient,
   transformer,
@@ -655,12 +656,8 @@ export class Sigma implements SequentialModel<SigmaConfig> {
    * the interest means (`ranking: "mie"`).
    */
   scores(batch: EvalBatch): Tensor2D {
-    const queries = this.rankingQueries(batch); // [B, q, d]
-    const [b, q, d] = queries.shape;
-    const itemsT = this.params.transposed("item") as tf.Tensor2D; // [d, N+1]
-    const all = matmul(tf.reshape(queries, [b * q, d]) as tf.Tensor2D, itemsT); // [B*q, N+1]
-    if (q === 1) return all;
-    return tf.max(tf.reshape(all, [b, q, -1]), 1) as tf.Tensor2D; // [B, N+1]: max over interests
+    // [B, q, d] queries; with q interests an item's score is the max over them.
+    return queryScores(this.rankingQueries(batch), this.params.transposed("item") as Tensor2D);
   }
 
   /**

@@ -88,6 +88,17 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 }
 
 /**
+ * Every item's score for each history of `queries` `[B, q, d]`: the dot products with
+ * `itemsT` `[d, N + 1]`, the max over a history's q queries where q > 1 (SIGMA's interests);
+ * `[B, N + 1]`. The models' `scores()` from their `rankingQueries()`.
+ */
+export function queryScores(queries: tf.Tensor3D, itemsT: tf.Tensor2D): tf.Tensor2D {
+  const [b, q, d] = queries.shape;
+  const all = matmul(tf.reshape(queries, [b * q, d]) as tf.Tensor2D, itemsT); // [B*q, N+1]
+  return q === 1 ? all : tf.max(tf.reshape(all, [b, q, -1]), 1) as tf.Tensor2D; // [B, N+1]
+}
+
+/**
  * The rows of parameter `name` (an item table) for `ids`, `[...ids.shape, d]`: its
  * {@linkcode embeddingLookup}, or where the table is held outside the store (an int8 table
  * kept for serving, `ParamStore.external`) that table's decoded rows.
