@@ -2,6 +2,7 @@ import { selectBackend } from "../backends/mod.ts";
 import { syntheticDataset } from "../lib/data/mod.ts";
 import { SasRec } from "../lib/models/sasrec.ts";
 import { Recommender } from "../lib/inference/recommender.ts";
+import { VOCABULARY_TENSOR_ITEMS } from "../lib/inference/model_file.ts";
 import { startServeChild } from "../cli/_serve_child.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
@@ -50,6 +51,14 @@ function tinyRecommender(dataSeed: number, seed: number): Recommender {
     seed,
   });
   return new Recommender(model, data.vocab.items);
+}
+
+/** An untrained SASRec over 65,537 items, one more than a version 1 file's vocabulary holds. */
+function bigVocabularyRecommender(): Recommender {
+  const n = VOCABULARY_TENSOR_ITEMS + 1;
+  const items = ["<pad>", ...Array.from({ length: n }, (_, i) => `i${i + 1}`)];
+  const model = new SasRec({ numItems: n, hidden: 16, heads: 2, layers: 1, inner: 16, seed: 4 });
+  return new Recommender(model, items);
 }
 
 /** A minimal Chrome DevTools Protocol client over the page target's WebSocket. */
@@ -232,6 +241,28 @@ Deno.test({
         ) as string,
       );
       assertEquals(diverseRows, diverse.items.map((x) => x.item));
+      // A vocabulary past 65,536 items is a gzip tensor (format version 3): the page's
+      // runtime inflates it (DecompressionStream) and ranks as the Deno API does.
+      const big = bigVocabularyRecommender();
+      await Deno.writeFile(`${site}/big.safetensors`, await big.toBytes());
+      const bigHistory = ["i3", "i65537"];
+      const bigExpected = (await big.recommend(bigHistory, { k: 5 })).items.map((x) => x.item);
+      big.dispose();
+      await devtools.evaluate(
+        `window.bigResult = null; import("./inference.js").then(async (m) => {
+           await m.selectBackend("cpu");
+           const r = await m.Recommender.load(new URL("big.safetensors", location.href));
+           window.bigResult = JSON.stringify((await r.recommend(${
+          JSON.stringify(bigHistory)
+        }, { k: 5 })).items.map((x) => x.item));
+         }).catch((e) => { window.bigResult = "error: " + e.message; })`,
+      );
+      let bigShown: unknown = null;
+      for (let i = 0; i < 600 && bigShown === null; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        bigShown = await devtools.evaluate("window.bigResult");
+      }
+      assertEquals(bigShown, JSON.stringify(bigExpected), "the version 3 file in the page");
     } finally {
       await close();
       await server.shutdown();
