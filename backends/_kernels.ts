@@ -14,7 +14,8 @@
  *   several times faster. 2-D products stay on tfjs's XNNPACK path. With a native BLAS
  *   switched on (`_blas.ts`), large products of either kind go to it first.
  * - `GatherV2` on wasm, for whole rows (axis 0, the embedding lookups): tfjs-backend-wasm
- *   4.22 copies element by element, ~9 ms for 2,000 rows of 128; a row copy is ~0.1 ms.
+ *   4.22 copies element by element, ~9 ms for 2,000 rows of 128; a row copy is ~0.1 ms. Also
+ *   along a batch axis (`batchDims` = `axis`), where its kernel returns wrong int32 values.
  *   Other gathers go to tfjs's kernel. Indices are checked: out of range is a RangeError
  *   naming the index, not a read of arbitrary memory.
  *
@@ -127,13 +128,28 @@ function rankOfTarget(memory: Memory, scores: Info, allowed: Info, targetIndex: 
   return [ranks, nans];
 }
 
-/** Whole-row gather (axis 0); returns null when the call is not of that kind. */
+/**
+ * Whole-row gather: along `axis` = `batchDims` (0: the embedding lookups; 1 with a batch
+ * axis: picking each row's own columns, where tfjs-backend-wasm 4.22 returns wrong int32
+ * values); returns null for any other kind of call.
+ */
 function gatherRows(memory: Memory, x: Info, indices: Info, axis: number, batchDims: number) {
-  if (axis !== 0 || batchDims !== 0 || indices.dtype !== "int32") return null;
+  if (axis !== batchDims || indices.dtype !== "int32") return null;
   if (x.dtype !== "float32" && x.dtype !== "int32") return null;
-  const rows = x.shape[0];
-  const width = x.shape.slice(1).reduce((a, b) => a * b, 1);
-  const out = memory.alloc([...indices.shape, ...x.shape.slice(1)], x.dtype);
+  const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  const batch = size(x.shape.slice(0, batchDims));
+  if (
+    batchDims > 0 && x.shape.slice(0, batchDims).join() !== indices.shape.slice(0, batchDims).join()
+  ) {
+    return null;
+  }
+  const rows = x.shape[axis];
+  const width = size(x.shape.slice(axis + 1));
+  const picks = size(indices.shape.slice(batchDims)); // indices per batch entry
+  const out = memory.alloc(
+    [...x.shape.slice(0, axis), ...indices.shape.slice(batchDims), ...x.shape.slice(axis + 1)],
+    x.dtype,
+  );
   const xs = memory.view(x);
   const is = memory.view(indices);
   const os = memory.view(out);
@@ -142,8 +158,9 @@ function gatherRows(memory: Memory, x: Info, indices: Info, axis: number, batchD
     if (row < 0 || row >= rows) {
       throw new RangeError(`gather: index ${row} at position ${r} is outside [0, ${rows})`);
     }
-    if (width === 1) os[r] = xs[row];
-    else os.set(xs.subarray(row * width, row * width + width), r * width);
+    const from = (Math.floor(r / picks) * rows + row) * width; // this batch entry's row
+    if (width === 1) os[r] = xs[from];
+    else os.set(xs.subarray(from, from + width), r * width);
   }
   return out;
 }

@@ -120,6 +120,45 @@ Deno.test("the wasm row gather names an out-of-range index instead of reading pa
   table.dispose();
 });
 
+Deno.test("a gather along a batch axis (batchDims = axis) on wasm equals the cpu backend, int32 and float32 (200 random cases)", async () => {
+  const cases = fc.sample(
+    fc.record({
+      batch: fc.integer({ min: 1, max: 5 }),
+      rows: fc.integer({ min: 1, max: 9 }),
+      inner: fc.integer({ min: 1, max: 4 }),
+      picks: fc.integer({ min: 1, max: 7 }),
+      seed: fc.nat(),
+    }),
+    { numRuns: 200, seed: 34 },
+  );
+  const gathered = async (backend: "cpu" | "wasm") => {
+    await selectBackend(backend);
+    return cases.map(({ batch, rows, inner, picks, seed }) =>
+      tf.tidy(() => {
+        const n = batch * rows * inner;
+        const ints = tf.tensor3d(
+          Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed) % 100_003 - 50_000),
+          [batch, rows, inner],
+          "int32",
+        );
+        const floats = tf.div(tf.cast(ints, "float32"), 7);
+        const ids = tf.tensor2d(
+          Int32Array.from({ length: batch * picks }, (_, i) => (i * 31 + seed) % rows),
+          [batch, picks],
+          "int32",
+        );
+        return [tf.gather(ints, ids, 1, 1), tf.gather(floats, ids, 1, 1)].map((t) => ({
+          shape: t.shape,
+          values: Array.from(t.dataSync()),
+        }));
+      })
+    );
+  };
+  const wasm = await gathered("wasm");
+  assertEquals(wasm, await gathered("cpu"));
+  await selectBackend("cpu");
+});
+
 Deno.test("batched matMul on wasm (bmm.wasm) equals the cpu backend for every transpose and broadcast", async () => {
   await selectBackend("wasm");
   assert(bmmActive(), "bmm.wasm should serve batched matmuls on the threaded wasm backend");
