@@ -73,16 +73,12 @@ export function blockedTopK(queries: Tensor3D, table: Tensor2D, k: number, block
       const indices = tf.concat([running.indices, ids], 1) as Tensor2D;
       const width = values.shape[1];
       const merged = tf.topk(values, Math.min(k, width), true);
-      // The ids of the picked columns, by a flat gather: tfjs-backend-wasm 4.22's gather
-      // with batchDims returns wrong int32 values.
-      const flatAt = tf.add(
-        merged.indices,
-        tf.reshape(tf.range(0, b * width, width, "int32"), [b, 1]),
-      );
-      const picked = tf.gather(tf.reshape(indices, [-1]), tf.reshape(flatAt, [-1]));
+      // The ids of the picked columns, each row's own (on wasm by backends/_kernels.ts's gather:
+      // tfjs-backend-wasm 4.22's returns wrong int32 values along a batch axis).
+      const picked = tf.gather(indices, merged.indices, 1, 1); // [B, k]
       return {
         values: merged.values as Tensor2D,
-        indices: tf.reshape(picked, merged.indices.shape) as Tensor2D, // [B, k]
+        indices: picked as Tensor2D, // [B, k]
       };
     });
     if (running !== null) tf.dispose([running.values, running.indices]);
