@@ -186,6 +186,8 @@ Deno.test({
     const i8 = await source.toBytes({}, { itemDtype: "i8" });
     using r = await Recommender.load(i8, { compactItems: true });
     await assertRejects(() => r.recommend(["i1"], { diversity: 1 }), RangeError, "compactItems");
+    assertEquals(r.diversityMethods, [], "no method to offer");
+    assertEquals(source.diversityMethods, ["mmr"], "SASRec's float32 table");
     await assertRejects(() => r.toBytes(), TypeError, "compactItems");
     await r.recommend(["i1"]);
     const before = tf.memory().numTensors;

@@ -370,6 +370,23 @@ export class Recommender {
     return this.#int8 !== null;
   }
 
+  /**
+   * The diversity methods {@linkcode RecommendOptions.diversityMethod} can name here: `mmr`
+   * for every model, `interests` for SIGMA; none when the item table is kept int8 (no float32
+   * item vectors to compare).
+   */
+  get diversityMethods(): DiversityMethod[] {
+    if (this.#int8) return [];
+    return (["mmr", "interests"] as const).filter((m) => {
+      try {
+        resolveDiversityMethod(this.model, m);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  }
+
   /** The int8 item table the model's store holds in place of `item` (`compactItems`). */
   get #int8(): Int8ItemTable | null {
     const table = this.model.params.external("item");

@@ -22,7 +22,7 @@ import { MODEL_FILE_VERSION } from "../inference/model_file.ts";
 import { MAX_WAIT_MS, MicroBatcher } from "./batcher.ts";
 import { MODELS } from "../models/mod.ts";
 import { PAGE_HTML } from "./_page.ts";
-import { type DiversityMethod, resolveDiversityMethod } from "../eval/diversify.ts";
+import type { DiversityMethod } from "../eval/diversify.ts";
 
 /** Limits and behaviour of {@linkcode createHandler}. */
 export interface HandlerOptions {
@@ -348,22 +348,6 @@ function healthReport(
 }
 
 /**
- * The diversity methods `recommender`'s model can give (`mmr` for all here, `interests` for
- * SIGMA); none when its item table is kept int8 (`compactItems`: no float32 item vectors).
- */
-function diversityMethodsOf(recommender: Recommender): DiversityMethod[] {
-  if (recommender.compactItems) return [];
-  return (["mmr", "interests"] as const).filter((m) => {
-    try {
-      resolveDiversityMethod(recommender.model, m);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-/**
  * The one router: a 404 for an unknown path, a 405 with `allow` for an unknown method, the
  * route's answer otherwise, an {@linkcode HttpError} as its status with `{ error, field }`,
  * and any other failure as a 500 (after `onError`).
@@ -436,7 +420,7 @@ export function createHandler(
     throw new RangeError(`batchWaitMs must be from 0 to ${MAX_WAIT_MS}, got ${batchWaitMs}`);
   }
   const batcher = new MicroBatcher(recommender, { waitMs: batchWaitMs });
-  const methods = diversityMethodsOf(recommender);
+  const methods = recommender.diversityMethods;
 
   // Recommendation requests being answered now: in /health, so a load balancer (or a test
   // that signals the server) can see work waiting in the micro-batching window.
