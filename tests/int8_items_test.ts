@@ -258,6 +258,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       using source = new Recommender(new Sigma({ ...TINY, seed: 4 }), data.vocab.items);
+      assertEquals(source.diversityMethods, ["mmr", "interests"], "SIGMA's float32 table");
       const bytes = await source.toBytes({}, { itemDtype: "i8" });
       const path = `${dir}/model.safetensors`;
       await Deno.writeFile(path, bytes);
