@@ -587,8 +587,9 @@ void gelu(const float *restrict x, const float *restrict dy, float *restrict y, 
 // columns before first) and loss[i] = m + log(s) - x[targets[start + i]]. Three passes over
 // a row (max; exp and store; scale) where the composed tfjs ops made a softmax, two maxima, a
 // log, a gather and subtractions, the maxima single-threaded at ~1.6 ns an element. A target
-// outside first..cols-1, or a row with no finite maximum, gives a NaN loss (and the gradient
-// kernel leaves such a row's one-hot out) instead of reading or writing past the row.
+// outside first..cols-1, or a row with no finite maximum, gives a NaN loss instead of reading
+// or writing past the row; the gradient kernel, which has no `first`, leaves out the one-hot
+// of a target outside 0..cols-1 only (a NaN loss poisons the step either way).
 
 // exp_clamped on four lanes: the same operations in the same order, so each lane's bits are
 // the scalar function's.
