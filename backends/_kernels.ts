@@ -137,7 +137,6 @@ function gatherRows(memory: Memory, x: Info, indices: Info, axis: number, batchD
   if (axis !== batchDims || indices.dtype !== "int32") return null;
   if (x.dtype !== "float32" && x.dtype !== "int32") return null;
   const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-  const batch = size(x.shape.slice(0, batchDims));
   if (
     batchDims > 0 && x.shape.slice(0, batchDims).join() !== indices.shape.slice(0, batchDims).join()
   ) {
