@@ -717,6 +717,8 @@ Deno.test("a vocabulary of more than 65,536 items is a gzip tensor (format versi
       assertEquals(back.items, items, label);
       assertEquals(back.params.map((p) => p.name).includes("items"), false, label);
       using loaded = await Recommender.load(bytes);
+      // What /health reports: the loaded file's version, not the writer's.
+      assertEquals(loaded.formatVersion, big ? 3 : itemDtype === "f32" ? 1 : 2, label);
       const top = await loaded.recommend([items[5], "thé"], { k: 3 });
       assertEquals(top.items.length, 3, label);
       if (!big) continue;

@@ -124,6 +124,8 @@ export interface ModelFileContents {
    * (so a decoded file encodes as it was); absent means `"f32"`.
    */
   itemDtype?: ItemDtype;
+  /** Decoded: the format version the file was written in. Ignored when encoding. */
+  formatVersion?: number;
   /**
    * With `DecodeModelFileOptions.keepInt8Items`, an int8 item table as stored (its codes
    * and row scales), left out of `params` and `values`.
@@ -754,6 +756,7 @@ export async function decodeModelFileFrom(
     values,
     info: (info ?? {}) as Record<string, unknown>,
     itemDtype,
+    formatVersion: Number(metadata.format_version),
     ...(kept
       ? {
         int8Items: {

@@ -208,6 +208,8 @@ export class Recommender {
    * the epoch, validation metrics and data it was trained on); `{}` when built in code.
    */
   info: Readonly<Record<string, unknown>> = {};
+  /** The format version of the model file it was loaded from; undefined when built in code. */
+  formatVersion: number | undefined = undefined;
   readonly #ids: VocabularyIndex; // token -> id, padding left out
   readonly #batchSize: number;
   readonly #blockItems: number;
@@ -358,6 +360,7 @@ export class Recommender {
     try {
       const recommender = new Recommender(model, file.items, options);
       recommender.info = file.info;
+      recommender.formatVersion = file.formatVersion;
       return recommender;
     } catch (e) {
       model.params.dispose();

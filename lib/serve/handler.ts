@@ -338,7 +338,8 @@ function healthReport(
     items: recommender.numItems,
     maxLength: recommender.model.config.maxLength,
     backend: tf.getBackend(),
-    formatVersion: MODEL_FILE_VERSION,
+    // The loaded file's; what this library writes for a model built in code.
+    formatVersion: recommender.formatVersion ?? MODEL_FILE_VERSION,
     tensors: tf.memory().numTensors,
     inFlight: inFlight(),
     limits,
