@@ -5,19 +5,24 @@ little-endian header length, a JSON header padded with spaces to 8 bytes, then r
 little-endian float32 tensors) whose `__metadata__` holds `format` ("sigma-rec"),
 `format_version` ("1"), `model`, `config` (JSON), `items` (JSON, `"<pad>"` first), `info`
 (JSON) and `checksum`: the SHA-256 of `key=value\\n` for every other metadata key in sorted
-order, then for every tensor in sorted name order `name F32 [d0,d1,...]\\n` and its bytes.
+order, then for every tensor in sorted name order `name DTYPE [d0,d1,...]\\n` and its bytes.
+Version "3" (what the library writes for more than 65,536 items) keeps the vocabulary in the
+tensor `items` (U8: the JSON array, gzip-compressed) instead of the metadata; it is read here
+too. Compact item tables (version "2", `item_dtype`) are not.
 
 This module needs neither the `safetensors` package nor numpy: the layout is simple enough
 to write directly, and the checksum must be computed over the exact bytes anyway. Files it
 writes are ordinary safetensors files (`safetensors.torch.load_file` reads their weights).
 """
 
+import gzip
 import hashlib
 import json
 import struct
 
 FORMAT = "sigma-rec"
 VERSION = "1"
+VOCABULARY_TENSOR_VERSION = "3"
 PAD_TOKEN = "<pad>"
 
 
@@ -26,13 +31,15 @@ class ModelFileError(ValueError):
 
 
 def _checksum(metadata, tensors):
-    """`tensors`: list of (name, shape, bytes). Returns "sha256:<hex>"."""
+    """`tensors`: list of (name, shape, bytes), or (name, shape, bytes, dtype) where not F32.
+    Returns "sha256:<hex>"."""
     h = hashlib.sha256()
     for key in sorted(metadata):
         if key != "checksum":
             h.update(f"{key}={metadata[key]}\n".encode("utf-8"))
-    for name, shape, data in sorted(tensors, key=lambda t: t[0]):
-        h.update(f"{name} F32 [{','.join(str(d) for d in shape)}]\n".encode("utf-8"))
+    for name, shape, data, *dtype in sorted(tensors, key=lambda t: t[0]):
+        kind = dtype[0] if dtype else "F32"
+        h.update(f"{name} {kind} [{','.join(str(d) for d in shape)}]\n".encode("utf-8"))
         h.update(data)
     return "sha256:" + h.hexdigest()
 
@@ -85,44 +92,55 @@ def decode(data, source="model file"):
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f'{source}: not a model file of this library (format "{FORMAT}")')
-    if metadata.get("format_version") != VERSION:
+    version = metadata.get("format_version")
+    if version not in (VERSION, VOCABULARY_TENSOR_VERSION) or "item_dtype" in metadata:
         raise ModelFileError(
-            f"{source}: format version {metadata.get('format_version')!r} is not {VERSION!r}")
-    for key in ("model", "config", "items", "checksum"):
+            f"{source}: format version {version!r} is not {VERSION!r} or "
+            f"{VOCABULARY_TENSOR_VERSION!r} with a float32 item table")
+    vocabulary_tensor = version == VOCABULARY_TENSOR_VERSION
+    for key in ("model", "config", "checksum") + (() if vocabulary_tensor else ("items",)):
         if not isinstance(metadata.get(key), str):
             raise ModelFileError(f'{source}: metadata "{key}" is missing or not a string')
     start = 8 + length
     params = []
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
-            raise ModelFileError(f'{source}: tensor "{name}" is not F32')
+        dtype = "U8" if vocabulary_tensor and name == "items" else "F32"
+        if not isinstance(entry, dict) or entry.get("dtype") != dtype:
+            raise ModelFileError(f'{source}: tensor "{name}" is not {dtype}')
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) for o in offsets)):
             raise ModelFileError(f'{source}: tensor "{name}" has a bad shape or data_offsets')
         begin, end = offsets
-        size = 4
+        size = 1 if dtype == "U8" else 4
         for d in shape:
             size *= d
         if begin < 0 or end - begin != size or start + end > len(data):
             raise ModelFileError(f'{source}: tensor "{name}" {shape} does not fit its offsets')
-        params.append((begin, name, shape, data[start + begin:start + end]))
+        params.append((begin, name, shape, data[start + begin:start + end], dtype))
     params.sort()
     covered = 0
-    for begin, name, _, raw in params:
+    for begin, name, _, raw, _ in params:
         if begin != covered:
             raise ModelFileError(f'{source}: tensor "{name}" overlaps another or leaves a gap')
         covered += len(raw)
     if covered != len(data) - start:
         raise ModelFileError(f"{source}: {len(data) - start - covered} bytes belong to no tensor")
-    tensors = [(name, shape, raw) for _, name, shape, raw in params]
-    if _checksum(metadata, tensors) != metadata["checksum"]:
+    if _checksum(metadata, [(n, s, r, d) for _, n, s, r, d in params]) != metadata["checksum"]:
         raise ModelFileError(f"{source}: the checksum does not match (edited or corrupted)")
+    tensors = [(name, shape, raw) for _, name, shape, raw, dtype in params if dtype == "F32"]
+    if vocabulary_tensor:
+        stored = [raw for _, name, _, raw, dtype in params if dtype == "U8"]
+        if not stored:
+            raise ModelFileError(f'{source}: format version 3 needs the tensor "items"')
+        items = json.loads(gzip.decompress(stored[0]).decode("utf-8"))
+    else:
+        items = json.loads(metadata["items"])
     return {
         "model": metadata["model"],
         "config": json.loads(metadata["config"]),
-        "items": json.loads(metadata["items"]),
+        "items": items,
         "info": json.loads(metadata.get("info", "{}")),
         "params": tensors,
     }

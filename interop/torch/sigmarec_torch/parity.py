@@ -6,6 +6,7 @@ on stdin and JSON out on stdout:
     python -m sigmarec_torch.parity train FILE    # {"model", "config", "steps", "seed"}:
                                                   # trains a twin on random sequences
     python -m sigmarec_torch.parity read FILE     # {} -> {"items", "sequences"} of lines
+    python -m sigmarec_torch.parity items FILE    # {} -> {"items"}: a model file's vocabulary
 
 Inputs are left-padded item ids (0 = padding), targets 0 where a position has none. The
 loss is SASRec's with dropout off (eval mode), or SIGMA's training loss with the draws given
@@ -70,6 +71,10 @@ def train(path, request):
     return {"wrote": path}
 
 
+def items(path, _request):
+    return {"items": load(path)[1]}
+
+
 def read(path, _request):
     items, sequences = read_lines(path)
     return {"items": items, "sequences": sequences}
@@ -77,7 +82,7 @@ def read(path, _request):
 
 def main():
     command, path = sys.argv[1], sys.argv[2]
-    handlers = {"scores": scores, "loss": loss, "train": train, "read": read}
+    handlers = {"scores": scores, "loss": loss, "train": train, "read": read, "items": items}
     if command not in handlers:
         raise SystemExit(f"unknown command {command!r}: {', '.join(handlers)}")
     print(json.dumps(handlers[command](path, json.load(sys.stdin))))
