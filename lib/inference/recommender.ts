@@ -276,94 +276,35 @@ export class Recommender {
       options.onLoadProgress,
     );
     const name = reader.name;
-    // A kept int8 table is filled in place as its codes are read (where the backend can):
-    // a path's file is then never in memory whole beside the table.
-    let int8: Int8ItemTable | null = null;
-    let file: ModelFileContents;
+    // A kept int8 table is filled in place as its codes are read: a path's file is then
+    // never in memory whole beside the table. Freed here on a failure until a model owns it.
+    const made: { table: Int8ItemTable | null; model: ServableModel | null } = {
+      table: null,
+      model: null,
+    };
     try {
-      file = await decodeModelFileFrom(reader, {
-        keepInt8Items: options.compactItems === true && hasInt8TopK(),
-        int8Sink: (shape) => {
-          // Anything but a table the kernel takes is read into memory and checked as usual.
-          const [rows, width] = shape;
-          if (shape.length !== 2 || !int8TableWidthOk(width)) return null;
-          int8 = Int8ItemTable.receiving(rows, width);
-          return int8;
-        },
-      });
-    } catch (e) {
-      (int8 as Int8ItemTable | null)?.dispose();
-      throw e;
-    } finally {
-      reader.close();
-    }
-    const numItems = file.items.length - 1;
-    let config: Record<string, unknown>;
-    try {
+      let file: ModelFileContents;
       try {
-        modelEntry(file.model).validate({ ...file.config, numItems });
-      } catch (e) {
-        throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+        file = await decodeModelFileFrom(reader, {
+          keepInt8Items: options.compactItems === true && hasInt8TopK(),
+          // Anything but a table the kernel takes is read into memory and decoded below.
+          int8Sink: (shape) =>
+            made.table = shape.length === 2 && int8TableWidthOk(shape[1])
+              ? Int8ItemTable.receiving(shape[0], shape[1])
+              : null,
+        });
+      } finally {
+        reader.close();
       }
-      // The file is sound; a bad override is the caller's (a RangeError naming the field).
-      config = withInferenceOverrides(file.model, file.config, options.inference ?? {});
-    } catch (e) {
-      (int8 as Int8ItemTable | null)?.dispose(); // filled as the file was read
-      throw e;
-    }
-    let model: ServableModel;
-    const kept = file.int8Items;
-    const keptSize = kept ? kept.shape[0] * kept.shape[1] : 0;
-    try {
-      // Sized against the file's tensors first: a config that asks for more (10 million
-      // layers, a history of 1e9) is refused before anything is allocated.
-      const planned = ParamStore.plan(
-        () => modelEntry(file.model).create({ ...config, numItems }),
-        // Twice the file's, so that a tensor missing from it is named below instead.
-        {
-          tensors: 2 * file.params.length + 10,
-          values: 2 * (file.values.length + keptSize) + 4096,
-        },
-      );
-      // The kept int8 table goes last, so that the other tensors' offsets are unchanged.
-      const stored = kept ? [...file.params, { name: kept.name, shape: kept.shape }] : file.params;
-      const places = matchByName(planned, stored, name);
-      // Built from the file's values (views, no copy): no drawn initial values to replace,
-      // so each tensor is allocated once (the wasm heap never shrinks back).
-      const values = new Map<string, Float32Array | Int8ItemTable>();
-      planned.forEach((r, i) => {
-        if (r.name === kept?.name) return;
-        values.set(
-          r.name,
-          file.values.subarray(places[i].offset, places[i].offset + places[i].size),
-        );
-      });
-      if (kept?.codes) {
-        // A width the kernel does not take: decoded after all, as without compactItems.
-        int8 = int8TableWidthOk(kept.shape[1])
-          ? new Int8ItemTable(kept.codes, kept.scales, kept.shape[1])
-          : null;
-        values.set(kept.name, int8 ?? decodeInt8Rows(kept.codes, kept.scales, kept.shape[1]));
-      } else if (kept && int8) {
-        (int8 as Int8ItemTable).setScales(kept.scales);
-        values.set(kept.name, int8);
-      }
-      model = ParamStore.withValues(
-        values,
-        () => modelEntry(file.model).create({ ...config, numItems }),
-      );
-    } catch (e) {
-      (int8 as Int8ItemTable | null)?.dispose();
-      if (e instanceof ModelFileError) throw e; // a tensor named already
-      throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
-    }
-    try {
-      const recommender = new Recommender(model, file.items, options);
+      const config = checkedConfig(file, name, options.inference ?? {});
+      made.model = buildFromFile(file, config, made.table, name);
+      const recommender = new Recommender(made.model, file.items, options);
       recommender.info = file.info;
       recommender.formatVersion = file.formatVersion;
       return recommender;
     } catch (e) {
-      model.params.dispose();
+      if (made.model) made.model.params.dispose(); // its store owns the table
+      else made.table?.dispose();
       throw e;
     }
   }
@@ -710,6 +651,72 @@ export class Recommender {
       score: scores[i],
     }));
     return { items, unknown: row.unknown };
+  }
+}
+
+/**
+ * The config of the model `file` holds, checked, with the caller's inference overrides.
+ *
+ * @throws {ModelFileError} The file's config does not describe a model (named).
+ * @throws {RangeError} An override the model does not take (the caller's).
+ */
+function checkedConfig(
+  file: ModelFileContents,
+  name: string,
+  overrides: Record<string, unknown>,
+): Record<string, unknown> {
+  try {
+    modelEntry(file.model).validate({ ...file.config, numItems: file.items.length - 1 });
+  } catch (e) {
+    throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
+  }
+  return withInferenceOverrides(file.model, file.config, overrides);
+}
+
+/**
+ * The model of `file`, built from its values (views, no copy: no drawn initial values to
+ * replace, so each tensor is allocated once, and the wasm heap never shrinks back), with
+ * `table` (an int8 item table filled while reading) as its item table, or a kept int8 table
+ * still in memory (a width the kernel does not take) decoded to float32.
+ *
+ * @throws {ModelFileError} A tensor the model needs that the file lacks or shapes otherwise,
+ * or a model that cannot be built from it (named).
+ */
+function buildFromFile(
+  file: ModelFileContents,
+  config: Record<string, unknown>,
+  table: Int8ItemTable | null,
+  name: string,
+): ServableModel {
+  const numItems = file.items.length - 1;
+  const create = () => modelEntry(file.model).create({ ...config, numItems });
+  const kept = file.int8Items;
+  try {
+    // Sized against the file's tensors first: a config that asks for more (10 million
+    // layers, a history of 1e9) is refused before anything is allocated.
+    const planned = ParamStore.plan(create, {
+      // Twice the file's, so that a tensor missing from it is named below instead.
+      tensors: 2 * file.params.length + 10,
+      values: 2 * (file.values.length + (kept ? kept.shape[0] * kept.shape[1] : 0)) + 4096,
+    });
+    // The kept int8 table goes last, so that the other tensors' offsets are unchanged.
+    const stored = kept ? [...file.params, { name: kept.name, shape: kept.shape }] : file.params;
+    const places = matchByName(planned, stored, name);
+    const values = new Map<string, Float32Array | Int8ItemTable>();
+    planned.forEach((r, i) => {
+      if (r.name === kept?.name) return;
+      values.set(r.name, file.values.subarray(places[i].offset, places[i].offset + places[i].size));
+    });
+    if (kept && table) {
+      table.setScales(kept.scales);
+      values.set(kept.name, table);
+    } else if (kept) {
+      values.set(kept.name, decodeInt8Rows(kept.codes!, kept.scales, kept.shape[1]));
+    }
+    return ParamStore.withValues(values, create);
+  } catch (e) {
+    if (e instanceof ModelFileError) throw e; // a tensor named already
+    throw new ModelFileError(name, `its model cannot be built: ${(e as Error).message}`);
   }
 }
 
